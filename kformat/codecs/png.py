@@ -1,0 +1,166 @@
+"""Index planes as real palette PNG images (bit depth 1, 2, 4 or 8).
+
+The encoder is written here rather than borrowed from Pillow so that the bytes are fully
+determined by the codes (same input, same file) and the filter choice is ours: filter 0 on
+every row, which beats adaptive filtering on code planes because neighbouring codes are not
+correlated the way pixels are. The palette is a grey ramp in code order, and k-means
+codebooks are sorted, so a plane opened in an image viewer looks like the weights.
+
+The decoder accepts what any PNG writer may produce for such an image (all five filter
+types, split IDAT chunks, ancillary chunks) but checks dimensions and the decompressed size
+against what the manifest promises before and while inflating, so a forged plane cannot
+exhaust memory.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+from ..errors import DecodeError
+from .bitpack import pack_rows, row_bytes, unpack_rows
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+COLOR_TYPE_PALETTE = 3
+ZLIB_LEVEL = 9
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def grey_palette(entries: int) -> bytes:
+    """RGB triples of a grey ramp with `entries` steps, black to white."""
+    if entries == 1:
+        return b"\x80\x80\x80"
+    levels = np.round(np.linspace(0, 255, entries)).astype(np.uint8)
+    return np.repeat(levels, 3).tobytes()
+
+
+def encode_png(codes: np.ndarray, depth: int, palette_entries: int) -> bytes:
+    """Encode uint8 codes (rows, cols), all < palette_entries, as a palette PNG."""
+    rows, cols = codes.shape
+    packed = pack_rows(codes, depth)
+    filtered = np.zeros((rows, packed.shape[1] + 1), dtype=np.uint8)  # column 0: filter 0
+    filtered[:, 1:] = packed
+    ihdr = struct.pack(">IIBBBBB", cols, rows, depth, COLOR_TYPE_PALETTE, 0, 0, 0)
+    idat = zlib.compress(filtered.tobytes(), ZLIB_LEVEL)
+    return b"".join(
+        (
+            SIGNATURE,
+            _chunk(b"IHDR", ihdr),
+            _chunk(b"PLTE", grey_palette(palette_entries)),
+            _chunk(b"IDAT", idat),
+            _chunk(b"IEND", b""),
+        )
+    )
+
+
+def _read_chunks(data: bytes):
+    if data[:8] != SIGNATURE:
+        raise DecodeError("not a PNG image (bad signature)")
+    pos = 8
+    while pos < len(data):
+        if pos + 12 > len(data):
+            raise DecodeError(f"PNG truncated inside the chunk header at byte {pos}")
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind = bytes(data[pos + 4 : pos + 8])
+        end = pos + 8 + length
+        if length > 0x7FFFFFFF or end + 4 > len(data):
+            raise DecodeError(f"PNG chunk {kind!r} at byte {pos} runs past the end of the image")
+        body = data[pos + 8 : end]
+        (crc,) = struct.unpack_from(">I", data, end)
+        if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
+            raise DecodeError(f"PNG chunk {kind!r} at byte {pos} has a bad CRC")
+        yield kind, body
+        pos = end + 4
+        if kind == b"IEND":
+            return
+    raise DecodeError("PNG has no IEND chunk")
+
+
+def _paeth(a: int, b: int, c: int) -> int:
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    if pa <= pb and pa <= pc:
+        return a
+    return b if pb <= pc else c
+
+
+def _unfilter(raw: np.ndarray, rows: int, stride: int) -> np.ndarray:
+    """Undo PNG row filters (bytes per pixel is 1 for palette images of depth <= 8)."""
+    lines = raw.reshape(rows, stride + 1)
+    kinds = lines[:, 0]
+    out = lines[:, 1:].copy()
+    if not kinds.any():
+        return out
+    if kinds.max() > 4:
+        raise DecodeError(f"PNG row uses unknown filter type {int(kinds.max())}")
+    prev = np.zeros(stride, dtype=np.uint8)
+    for r in range(rows):
+        kind = kinds[r]
+        line = out[r]
+        if kind == 1:
+            line[:] = np.cumsum(line, dtype=np.uint8)
+        elif kind == 2:
+            line += prev
+        elif kind in (3, 4):
+            vals = line.tolist()
+            up = prev.tolist()
+            left = 0
+            for i in range(stride):
+                above = up[i]
+                if kind == 3:
+                    vals[i] = (vals[i] + ((left + above) >> 1)) & 0xFF
+                else:
+                    upleft = up[i - 1] if i else 0
+                    vals[i] = (vals[i] + _paeth(left, above, upleft)) & 0xFF
+                left = vals[i]
+            line[:] = vals
+        prev = line
+    return out
+
+
+def decode_png(data: bytes, rows: int, cols: int, depth: int, palette_entries: int) -> np.ndarray:
+    """Decode a palette PNG into uint8 codes, checking it is the promised plane."""
+    header = None
+    idat = []
+    palette_len = None
+    for kind, body in _read_chunks(bytes(data)):
+        if kind == b"IHDR":
+            if len(body) != 13:
+                raise DecodeError("PNG IHDR chunk has the wrong length")
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"PLTE":
+            palette_len = len(body) // 3
+        elif kind == b"IDAT":
+            idat.append(body)
+    if header is None:
+        raise DecodeError("PNG has no IHDR chunk")
+    width, height, bit_depth, color_type, _comp, _filt, interlace = header
+    expected = (cols, rows, depth, COLOR_TYPE_PALETTE, 0)
+    got = (width, height, bit_depth, color_type, interlace)
+    if got != expected:
+        raise DecodeError(
+            "PNG plane is not the promised one: expected (width, height, depth, colour type,"
+            f" interlace) {expected}, got {got}"
+        )
+    if palette_len is None or palette_len < palette_entries:
+        raise DecodeError(f"PNG palette has {palette_len} entries, expected {palette_entries}")
+    stride = row_bytes(cols, depth)
+    size = rows * (stride + 1)
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(b"".join(idat), size + 1)
+    except zlib.error as exc:
+        raise DecodeError(f"PNG image data is corrupt: {exc}") from None
+    if len(raw) != size or not inflater.eof:
+        raise DecodeError(f"PNG image data inflates to the wrong size (expected {size} bytes)")
+    packed = _unfilter(np.frombuffer(raw, dtype=np.uint8), rows, stride)
+    codes = unpack_rows(packed, cols, depth)
+    if palette_entries < (1 << depth) and codes.size and codes.max() >= palette_entries:
+        raise DecodeError(f"PNG plane holds code {int(codes.max())} >= {palette_entries} entries")
+    return codes

@@ -1,0 +1,95 @@
+"""Model files in and out: .npz, .safetensors and PyTorch state_dict files.
+
+A TensorSource lists its tensors (name, shape, dtype) without loading them, then loads one
+at a time, so packing holds roughly one tensor in memory. Formats are chosen by extension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import numpy as np
+
+from ..errors import InputError, NotFound
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+class TensorSource(Protocol):
+    path: Path | None
+
+    def tensors(self) -> list[TensorInfo]: ...
+
+    def load(self, name: str) -> np.ndarray: ...
+
+
+class DictSource:
+    """In-memory tensors (tests, the torch integration, programmatic use)."""
+
+    def __init__(self, tensors: dict[str, np.ndarray]):
+        self.path = None
+        self._tensors = {}
+        for name, array in tensors.items():
+            if not isinstance(array, np.ndarray):
+                array = np.asarray(array)
+            _check_array(name, array, "input")
+            self._tensors[str(name)] = array
+
+    def tensors(self) -> list[TensorInfo]:
+        return [TensorInfo(n, tuple(a.shape), a.dtype) for n, a in self._tensors.items()]
+
+    def load(self, name: str) -> np.ndarray:
+        return self._tensors[name]
+
+
+SUPPORTED_KINDS = (".npz", ".safetensors", ".pt", ".pth", ".bin")
+
+
+def _check_array(name: str, array: np.ndarray, where: str) -> None:
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{where}: tensor {name!r} has dtype {array.dtype} (only bool, integer and float tensors)")
+
+
+def open_source(path: str | Path) -> TensorSource:
+    path = Path(path)
+    if not path.exists():
+        raise NotFound(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; expected a .npz, .safetensors or .pt/.pth file")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        from .npz import NpzSource
+
+        return NpzSource(path)
+    if suffix == ".safetensors":
+        from .safetensors import SafetensorsSource
+
+        return SafetensorsSource(path)
+    if suffix in (".pt", ".pth", ".bin"):
+        from .torch_file import TorchSource
+
+        return TorchSource(path)
+    raise InputError(f"{path}: unknown model file type {suffix!r} (expected one of {', '.join(SUPPORTED_KINDS)})")
+
+
+def write_tensors(path: str | Path, tensors: Iterable[tuple[str, np.ndarray]]) -> None:
+    """Write .npz or .safetensors atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        from .npz import write_npz
+
+        write_npz(path, tensors)
+    elif suffix == ".safetensors":
+        from .safetensors import write_safetensors
+
+        write_safetensors(path, tensors)
+    else:
+        raise InputError(f"{path}: can unpack to .npz or .safetensors, not {suffix!r}")

@@ -1,0 +1,219 @@
+"""Fast, deterministic 1-D k-means for codebook quantization.
+
+Weights are scalars, so k-means is one-dimensional and needs none of the machinery of the
+general case. The values are first summarised by a fine histogram (per bin: count and exact
+sum), which costs one streaming pass over the tensor. Clustering then runs on at most a few
+ten thousand weighted points:
+
+1. initial centroids by an exact dynamic programme (optimal 1-D k-means) over a coarse
+   histogram when k is small, or weighted quantiles when it is large;
+2. weighted Lloyd iterations on the fine histogram until the centroids stop moving;
+3. one assignment pass over the real values (a binary search against the cell boundaries),
+   which also collects per-code sums, so the final centroids are the exact means of their
+   cells (a Lloyd update on the real data, which can only lower the error).
+
+Centroids are kept sorted, so codes are ordered like the values they stand for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CHUNK = 1 << 22
+FINE_BINS = 1 << 16
+DP_MAX_K = 32
+DP_BINS = 512
+MAX_ITERS = 300
+TOLERANCE = 1e-7  # stop when no centroid moves more than this fraction of the value range
+DP_MAX_POINTS_PER_GROUP = 1 << 16  # below this, skip the DP init (cost dominates small groups)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Non-empty bins of a value histogram: their exact means and counts."""
+
+    means: np.ndarray  # float64, ascending
+    counts: np.ndarray  # float64
+    lo: float
+    hi: float
+
+
+def histogram(values: np.ndarray, bins: int = FINE_BINS) -> Histogram:
+    """One pass over `values` (any shape, finite) in chunks to bound temporary memory."""
+    flat = values.reshape(-1)
+    lo = float(flat.min())
+    hi = float(flat.max())
+    if hi == lo:
+        return Histogram(np.array([lo]), np.array([float(flat.size)]), lo, hi)
+    scale = bins / (hi - lo)
+    counts = np.zeros(bins, dtype=np.float64)
+    sums = np.zeros(bins, dtype=np.float64)
+    for start in range(0, flat.size, CHUNK):
+        chunk = flat[start : start + CHUNK].astype(np.float64)
+        idx = ((chunk - lo) * scale).astype(np.int64)
+        np.minimum(idx, bins - 1, out=idx)
+        counts += np.bincount(idx, minlength=bins)
+        sums += np.bincount(idx, weights=chunk, minlength=bins)
+    keep = counts > 0
+    means = sums[keep] / counts[keep]
+    # Rounding can nudge a bin mean past its neighbour's; Lloyd needs the points sorted.
+    order = np.argsort(means, kind="stable")
+    return Histogram(means[order], counts[keep][order], lo, hi)
+
+
+def _rebin(hist: Histogram, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge a fine histogram into at most `bins` coarse bins (means, counts)."""
+    if hist.means.size <= bins:
+        return hist.means, hist.counts
+    span = hist.hi - hist.lo
+    idx = np.minimum(((hist.means - hist.lo) * (bins / span)).astype(np.int64), bins - 1)
+    counts = np.bincount(idx, weights=hist.counts, minlength=bins)
+    sums = np.bincount(idx, weights=hist.counts * hist.means, minlength=bins)
+    keep = counts > 0
+    return sums[keep] / counts[keep], counts[keep]
+
+
+def _dp_init(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    """Optimal k-means of weighted sorted points by dynamic programming, O(k * n^2)."""
+    n = points.size
+    w = np.concatenate(([0.0], np.cumsum(weights)))
+    s1 = np.concatenate(([0.0], np.cumsum(weights * points)))
+    s2 = np.concatenate(([0.0], np.cumsum(weights * points * points)))
+    # cost[i, j]: error of one cluster holding points i..j-1 (i < j), from prefix sums.
+    dw = w[None, :] - w[:, None]
+    d1 = s1[None, :] - s1[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cost = (s2[None, :] - s2[:, None]) - d1 * d1 / dw
+    cost[~(dw > 0)] = np.inf
+    cost = np.maximum(cost, 0.0)
+    cost[np.tril_indices(n + 1)] = np.inf
+    best = cost[0].copy()  # best[j]: error of points 0..j-1 in one cluster
+    splits = np.zeros((k, n + 1), dtype=np.int64)
+    for level in range(1, k):
+        total = best[:, None] + cost
+        splits[level] = np.argmin(total, axis=0)
+        best = total[splits[level], np.arange(n + 1)]
+    bounds = [n]
+    for level in range(k - 1, 0, -1):
+        bounds.append(int(splits[level][bounds[-1]]))
+    bounds.append(0)
+    bounds.reverse()
+    centroids = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b > a and w[b] > w[a]:
+            centroids.append((s1[b] - s1[a]) / (w[b] - w[a]))
+    return np.array(centroids)
+
+
+def _quantile_init(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    """Centroids at the weighted quantiles of the points (equal-mass cells)."""
+    cdf = np.cumsum(weights)
+    targets = (np.arange(k) + 0.5) / k * cdf[-1]
+    return points[np.minimum(np.searchsorted(cdf, targets), points.size - 1)]
+
+
+def _companding_init(hist: Histogram, k: int) -> np.ndarray:
+    """Quantiles of the density raised to 1/3: the asymptotically optimal cell density for
+    large k (Panter-Dite). Uses a uniform-width histogram so counts are densities."""
+    bins = min(4096, max(64, 16 * k))
+    points, counts = _rebin(hist, bins)
+    return _quantile_init(points, np.cbrt(counts), k)
+
+
+def boundaries(centroids: np.ndarray) -> np.ndarray:
+    """Cell edges between sorted centroids: a value v gets code searchsorted(edges, v)."""
+    return (centroids[:-1] + centroids[1:]) / 2.0
+
+
+def lloyd(points: np.ndarray, weights: np.ndarray, centroids: np.ndarray, iters: int = MAX_ITERS):
+    """Weighted Lloyd iterations on sorted points; empty cells are dropped."""
+    centroids = np.unique(centroids)
+    tol = TOLERANCE * float(points[-1] - points[0])
+    for _ in range(iters):
+        if centroids.size < 2:
+            break
+        cells = np.searchsorted(boundaries(centroids), points)
+        counts = np.bincount(cells, weights=weights, minlength=centroids.size)
+        sums = np.bincount(cells, weights=weights * points, minlength=centroids.size)
+        keep = counts > 0
+        updated = sums[keep] / counts[keep]
+        converged = updated.size == centroids.size and (
+            np.max(np.abs(updated - centroids)) <= tol
+        )
+        centroids = updated
+        if converged:
+            break
+    return centroids
+
+
+def _sse(points: np.ndarray, weights: np.ndarray, centroids: np.ndarray) -> float:
+    cells = np.searchsorted(boundaries(centroids), points)
+    err = points - centroids[np.minimum(cells, centroids.size - 1)]
+    return float(np.sum(weights * err * err))
+
+
+def _split_largest(points, weights, centroids, k):
+    """Grow a codebook that lost cells by splitting the cell with the largest error."""
+    while centroids.size < min(k, points.size):
+        cells = np.searchsorted(boundaries(centroids), points)
+        err = weights * (points - centroids[cells]) ** 2
+        per_cell = np.bincount(cells, weights=err, minlength=centroids.size)
+        worst = int(np.argmax(per_cell))
+        if per_cell[worst] <= 0:
+            break
+        members = points[cells == worst]
+        kept = np.delete(centroids, worst)
+        split = np.array([members.min(), members.max()])
+        centroids = lloyd(points, weights, np.concatenate([kept, split]), iters=MAX_ITERS)
+    return centroids
+
+
+def fit_centroids(hist: Histogram, k: int, thorough: bool = True) -> np.ndarray:
+    """Sorted centroids (at most k) that minimise the squared error over the histogram.
+
+    Lloyd runs from a companding init and, when `thorough`, also from equal-mass quantiles and
+    (for k <= 32) from the exact DP optimum of a coarse histogram; the best result wins.
+    """
+    points, weights = hist.means, hist.counts
+    if points.size <= k:
+        return points.copy()
+    candidates = [_companding_init(hist, k)]
+    if thorough:
+        candidates.append(_quantile_init(points, weights, k))
+    if thorough and k <= DP_MAX_K:
+        coarse_points, coarse_weights = _rebin(hist, DP_BINS)
+        if coarse_points.size > k:
+            candidates.append(_dp_init(coarse_points, coarse_weights, k))
+    best, best_err = None, np.inf
+    for init in candidates:
+        fitted = _split_largest(points, weights, lloyd(points, weights, init), k)
+        err = _sse(points, weights, fitted)
+        if err < best_err:
+            best, best_err = fitted, err
+    return best
+
+
+@dataclass
+class Assignment:
+    codes: np.ndarray  # uint8, same shape as the values
+    counts: np.ndarray  # values per code
+    sums: np.ndarray  # sum of values per code
+
+
+def assign(values: np.ndarray, centroids: np.ndarray) -> Assignment:
+    """Nearest-centroid codes for every value, streaming in chunks."""
+    flat = values.reshape(-1)
+    codes = np.empty(flat.size, dtype=np.uint8)
+    k = centroids.size
+    edges = boundaries(centroids).astype(np.float32 if values.dtype == np.float32 else np.float64)
+    counts = np.zeros(k, dtype=np.float64)
+    sums = np.zeros(k, dtype=np.float64)
+    for start in range(0, flat.size, CHUNK):
+        chunk = flat[start : start + CHUNK]
+        idx = np.searchsorted(edges, chunk)
+        codes[start : start + chunk.size] = idx
+        counts += np.bincount(idx, minlength=k)
+        sums += np.bincount(idx, weights=chunk, minlength=k)
+    return Assignment(codes.reshape(values.shape), counts, sums)

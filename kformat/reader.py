@@ -1,0 +1,240 @@
+"""Open a container on any fsspec URL and read tensors, tiles and tables from it.
+
+Opening reads the header and manifest only: one range read of the first OPEN_READ bytes,
+and a second one only when the manifest is longer than that. Blobs are read on demand,
+their length and SHA-256 checked before any decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+
+from .codecs import get_codec
+from .dequant import dequantize_kmeans, dequantize_linear
+from .errors import DecodeError, FormatError, IntegrityError, KFormatError, NotFound, StorageError
+from .header import decode_header, decode_manifest
+from .schema import HEADER_SIZE, MANIFEST_NAME, MAX_MANIFEST_BYTES, SHARD_DIR, BlobRef, Manifest, Table, TensorEntry, Tile
+from .store import ByteRange, Store
+from .validate import validate_manifest
+
+OPEN_READ = 64 << 10
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One failed check found by verify: which blob, and what is wrong."""
+
+    label: str
+    message: str
+
+
+def _table_array(data: bytes, table: Table) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.dtype(table.dtype).newbyteorder("<")).reshape(table.shape)
+
+
+class Container:
+    """A opened kformat container (single file or sharded directory)."""
+
+    def __init__(self, store: Store, key: str, manifest: Manifest, data_offset: int, blobs):
+        self.store = store
+        self.key = key  # the single file's key, or the manifest's in a sharded directory
+        self.manifest = manifest
+        self.data_offset = data_offset
+        self.blob_labels = blobs
+        self.tensors: dict[str, TensorEntry] = {t.name: t for t in manifest.tensors}
+        self._tables: dict[str, np.ndarray] = {}
+
+    # -- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, url: str, *, max_manifest: int = MAX_MANIFEST_BYTES, **storage_options) -> "Container":
+        store = Store.from_url(url, **storage_options)
+        if store.isdir():
+            store = store.child(store.root, str(url))
+            return cls._open_key(store, MANIFEST_NAME, max_manifest)
+        try:
+            return cls._open_key(store, "", max_manifest)
+        except FormatError as exc:
+            if str(url).rstrip("/").endswith(".kf") or "bad magic" not in str(exc):
+                raise
+            # A directory URL on a backend without directories (http): try its manifest.
+            child = store.child(store.root.rstrip("/"), str(url).rstrip("/"))
+            try:
+                return cls._open_key(child, MANIFEST_NAME, max_manifest)
+            except (NotFound, FormatError):
+                raise exc from None
+
+    @classmethod
+    def _open_key(cls, store: Store, key: str, max_manifest: int) -> "Container":
+        source = store.describe(key)
+        head = store.read_prefix(key, OPEN_READ)
+        header = decode_header(head, source, max_manifest)
+        end = HEADER_SIZE + header.manifest_length
+        body = head[HEADER_SIZE:end]
+        if len(body) < header.manifest_length and len(head) == OPEN_READ:
+            try:
+                body += store.read(key, len(head), end)
+            except StorageError as exc:
+                raise FormatError(f"{source}: truncated inside the manifest ({exc})") from None
+        manifest = decode_manifest(body, header, source)
+        if manifest.layout == "sharded":
+            if header.data_offset:
+                raise FormatError(f"{source}: a sharded manifest has a data region")
+            if key != MANIFEST_NAME or store.root.endswith(MANIFEST_NAME):
+                # Opened as the manifest file itself: shards live next to it.
+                parent = str(PurePosixPath(store.path(key)).parent)
+                url = store.describe(key).rsplit("/", 1)[0]
+                store, key = store.child(parent, url), PurePosixPath(store.path(key)).name
+        elif not header.data_offset:
+            raise FormatError(f"{source}: a single-file container without a data region")
+        blobs = validate_manifest(manifest, source)
+        return cls(store, key, manifest, header.data_offset, blobs)
+
+    @property
+    def source(self) -> str:
+        return self.store.describe(self.key)
+
+    def close(self) -> None:
+        self._tables.clear()
+
+    def __enter__(self) -> "Container":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- blobs ---------------------------------------------------------------------------
+    def blob_range(self, ref: BlobRef) -> ByteRange:
+        if self.manifest.layout == "sharded":
+            return ByteRange(f"{SHARD_DIR}/{self.manifest.shards[ref.shard].name}", ref.offset, ref.offset + ref.length)
+        start = self.data_offset + ref.offset
+        return ByteRange(self.key, start, start + ref.length)
+
+    def check_blob(self, ref: BlobRef, data: bytes, label: str) -> bytes:
+        if len(data) != ref.length:
+            raise IntegrityError(f"{self.source}: {label}: got {len(data)} bytes, expected {ref.length}")
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            where = self.blob_range(ref)
+            raise IntegrityError(
+                f"{self.source}: {label}: hash mismatch (bytes {where.start}..{where.end}"
+                f" of {where.key or 'the file'}); the blob is corrupted"
+            )
+        return data
+
+    def read_blobs(self, items: list[tuple[BlobRef, str]]) -> list[bytes]:
+        """Fetch several blobs in as few requests as possible, each checked."""
+        try:
+            datas = self.store.read_many([self.blob_range(ref) for ref, _ in items])
+        except NotFound as exc:
+            raise NotFound(f"{exc} (a shard the manifest lists is missing; was the directory copied whole?)") from None
+        return [self.check_blob(ref, data, label) for (ref, label), data in zip(items, datas)]
+
+    def table(self, tensor: TensorEntry, which: str) -> np.ndarray:
+        key = f"{tensor.name}\0{which}"
+        if key not in self._tables:
+            table = getattr(tensor.quant, which)
+            (data,) = self.read_blobs([(table.blob, f"tensor {tensor.name!r} {which}")])
+            self._tables[key] = _table_array(data, table)
+        return self._tables[key]
+
+    # -- tiles ---------------------------------------------------------------------------
+    @staticmethod
+    def tile_label(tensor: TensorEntry, index: int) -> str:
+        tile = tensor.tiles[index]
+        return f"tensor {tensor.name!r} tile {index} (rows {tile.row}..{tile.row + tile.rows}, cols {tile.col}..{tile.col + tile.cols})"
+
+    def decode_tile(self, tensor: TensorEntry, tile: Tile, data: bytes, label: str) -> np.ndarray:
+        """A tile's plane: uint8 codes for kmeans/linear, stored values otherwise."""
+        codec = get_codec(tensor.codec)
+        try:
+            if tensor.depth is not None:
+                entries = 1 << int(tensor.quant.bits)
+                return codec.decode_codes(data, tile.rows, tile.cols, tensor.depth, entries)
+            dtype = np.dtype(tensor.storage).newbyteorder("<")
+            raw = codec.decode_values(data, tile.rows * tile.cols * dtype.itemsize)
+            return np.frombuffer(raw, dtype=dtype).reshape(tile.rows, tile.cols)
+        except DecodeError as exc:
+            raise DecodeError(f"{self.source}: {label}: {exc}") from None
+
+    def dequantize_tile(self, tensor: TensorEntry, tile: Tile, plane: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """float32 values of a decoded tile plane."""
+        q = tensor.quant
+        if q.method == "kmeans":
+            return dequantize_kmeans(plane, tile.row, self.table(tensor, "codebook"), q.group_rows, out=out)
+        if q.method == "linear":
+            return dequantize_linear(plane, tile.row, self.table(tensor, "scale"), self.table(tensor, "zero_point"), q.group_rows, out=out)
+        if out is None:
+            return plane.astype(np.float32)
+        out[...] = plane
+        return out
+
+    def entry(self, name: str) -> TensorEntry:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise NotFound(f"{self.source}: no tensor named {name!r}") from None
+
+    def read_tensor(self, name: str, *, dequantize: bool = True) -> np.ndarray:
+        """The whole tensor: float32 for lossy rules, the original dtype for raw ones."""
+        t = self.entry(name)
+        rows, cols = t.view
+        lossless = t.quant.method == "raw"
+        out = np.empty((rows, cols), dtype=np.dtype(t.dtype) if lossless else np.float32)
+        items = [(tile.blob, self.tile_label(t, i)) for i, tile in enumerate(t.tiles)]
+        for i, (tile, data) in enumerate(zip(t.tiles, self.read_blobs(items))):
+            plane = self.decode_tile(t, tile, data, items[i][1])
+            region = out[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols]
+            if lossless:
+                region[...] = plane
+            else:
+                region[...] = self.dequantize_tile(t, tile, plane)
+        return out.reshape(t.shape)
+
+    # -- verify --------------------------------------------------------------------------
+    def verify(self, progress=None) -> list[Problem]:
+        """Check every blob's length and hash and that every plane decodes; list problems."""
+        problems: list[Problem] = []
+        if self.manifest.layout == "sharded":
+            for shard in self.manifest.shards:
+                key = f"{SHARD_DIR}/{shard.name}"
+                try:
+                    size = self.store.size(key)
+                except KFormatError as exc:
+                    problems.append(Problem(f"shard {shard.name}", str(exc)))
+                    continue
+                if size != shard.length:
+                    problems.append(Problem(f"shard {shard.name}", f"{size} bytes, manifest says {shard.length}"))
+        else:
+            try:
+                size = self.store.size(self.key)
+                ends = [self.data_offset + r.offset + r.length for r, _ in self.blob_labels]
+                if ends and size < max(ends):
+                    problems.append(Problem("file", f"truncated: {size} bytes, blobs end at {max(ends)}"))
+            except KFormatError as exc:
+                problems.append(Problem("file", str(exc)))
+        tile_of = {}
+        for t in self.manifest.tensors:
+            for i, tile in enumerate(t.tiles):
+                tile_of[id(tile.blob)] = (t, tile, self.tile_label(t, i))
+        total = len(self.blob_labels)
+        for n, (ref, label) in enumerate(self.blob_labels):
+            if progress:
+                progress(n, total, label)
+            try:
+                (data,) = self.store.read_many([self.blob_range(ref)])
+                self.check_blob(ref, data, label)
+                if id(ref) in tile_of:
+                    t, tile, _ = tile_of[id(ref)]
+                    self.decode_tile(t, tile, data, label)
+            except KFormatError as exc:
+                problems.append(Problem(label, str(exc)))
+        if progress:
+            progress(total, total, "")
+        return problems
+
+
+def open_container(url: str, **storage_options) -> Container:
+    return Container.open(url, **storage_options)
