@@ -1,3 +1,31 @@
-"""kformat: small, verifiable, lazily loadable containers of quantized model weights."""
+"""kformat: small, verifiable, lazily loadable containers of quantized model weights.
+
+    import kformat
+    kformat.pack("model.safetensors", "model.kf", "mobile")
+    weights = kformat.load_all("model.kf")
+"""
 
 __version__ = "0.1.0"
+
+from .api import build_recipe, inspect, load_all, pack, unpack, verify  # noqa: E402
+from .errors import (  # noqa: E402
+    DecodeError,
+    FormatError,
+    InputError,
+    IntegrityError,
+    KFormatError,
+    NotFound,
+    QuantizationError,
+    RecipeError,
+    StorageError,
+    VersionError,
+)
+from .reader import Container, open_container  # noqa: E402
+from .recipe import PRESETS, Recipe, Rule, load_recipe, parse_rule  # noqa: E402
+
+__all__ = [
+    "__version__", "pack", "unpack", "inspect", "verify", "load_all", "build_recipe", "Container",
+    "open_container", "Recipe", "Rule", "PRESETS", "load_recipe", "parse_rule", "KFormatError",
+    "FormatError", "VersionError", "IntegrityError", "DecodeError", "RecipeError", "QuantizationError",
+    "InputError", "StorageError", "NotFound",
+]

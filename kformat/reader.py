@@ -153,9 +153,7 @@ class Container:
             if tensor.depth is not None:
                 entries = 1 << int(tensor.quant.bits)
                 return codec.decode_codes(data, tile.rows, tile.cols, tensor.depth, entries)
-            dtype = np.dtype(tensor.storage).newbyteorder("<")
-            raw = codec.decode_values(data, tile.rows * tile.cols * dtype.itemsize)
-            return np.frombuffer(raw, dtype=dtype).reshape(tile.rows, tile.cols)
+            return codec.decode_values(data, tile.rows, tile.cols, np.dtype(tensor.storage))
         except DecodeError as exc:
             raise DecodeError(f"{self.source}: {label}: {exc}") from None
 

@@ -48,8 +48,7 @@ def _tile_blob(enc: Encoded, codec, rect) -> bytes:
     if enc.codes is not None:
         bits = int(enc.rule.bits)
         return codec.encode_codes(enc.codes[r : r + h, c : c + w], plane_depth(bits), 1 << bits)
-    values = np.ascontiguousarray(enc.values[r : r + h, c : c + w])
-    return codec.encode_values(values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes())
+    return codec.encode_values(enc.values[r : r + h, c : c + w])
 
 
 def _table(sink, array: np.ndarray) -> Table:

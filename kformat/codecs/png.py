@@ -2,8 +2,8 @@
 
 The encoder is written here rather than borrowed from Pillow so that the bytes are fully
 determined by the codes (same input, same file) and the filter choice is ours: filter 0 on
-every row, which beats adaptive filtering on code planes because neighbouring codes are not
-correlated the way pixels are. The palette is a grey ramp in code order, and k-means
+every row (neighbouring codes are not correlated the way pixels are, so prediction only adds
+entropy) and Huffman-only deflate. The palette is a grey ramp in code order, and k-means
 codebooks are sorted, so a plane opened in an image viewer looks like the weights.
 
 The decoder accepts what any PNG writer may produce for such an image (all five filter
@@ -25,6 +25,10 @@ from .bitpack import pack_rows, row_bytes, unpack_rows
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOR_TYPE_PALETTE = 3
 ZLIB_LEVEL = 9
+# Codes are close to independent symbols: string matching finds nothing worth its cost, and
+# Huffman-only deflate lands within about 1% of the order-0 entropy, 3-4x faster than the
+# default strategy (measured in tools/bench/size_quality.py).
+ZLIB_STRATEGY = zlib.Z_HUFFMAN_ONLY
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -47,7 +51,8 @@ def encode_png(codes: np.ndarray, depth: int, palette_entries: int) -> bytes:
     filtered = np.zeros((rows, packed.shape[1] + 1), dtype=np.uint8)  # column 0: filter 0
     filtered[:, 1:] = packed
     ihdr = struct.pack(">IIBBBBB", cols, rows, depth, COLOR_TYPE_PALETTE, 0, 0, 0)
-    idat = zlib.compress(filtered.tobytes(), ZLIB_LEVEL)
+    deflater = zlib.compressobj(ZLIB_LEVEL, zlib.DEFLATED, 15, 9, ZLIB_STRATEGY)
+    idat = deflater.compress(filtered.tobytes()) + deflater.flush()
     return b"".join(
         (
             SIGNATURE,

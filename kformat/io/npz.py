@@ -27,8 +27,11 @@ class NpzSource:
                 with archive.open(member) as handle:
                     try:
                         version = np.lib.format.read_magic(handle)
-                        shape, _fortran, dtype = np.lib.format._read_array_header(handle, version)
-                    except ValueError as exc:
+                        if version == (1, 0):
+                            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+                        else:
+                            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+                    except (ValueError, EOFError) as exc:
                         raise InputError(f"{path}: member {name!r} is not a valid .npy array ({exc})") from None
                 if dtype.hasobject:
                     raise InputError(f"{path}: member {name!r} holds Python objects; refusing to unpickle")

@@ -1,0 +1,41 @@
+# kformat: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kformat-installed
+EXTRAS ?= dev,torch,http,safetensors
+
+.PHONY: all venv demo test bench schema vectors clean nginx
+
+all: test
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+# nginx from Debian's packages, for the remote-loading tests (they skip cleanly without it).
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
+	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null) \
+	    || echo "warning: could not install nginx; HTTP tests will be skipped"; }
+
+demo: venv
+	$(BIN)/python examples/demo.py
+
+test: venv nginx
+	$(BIN)/python -m pytest
+
+bench: venv
+	$(BIN)/python tools/bench/size_quality.py
+
+schema: venv
+	$(BIN)/python tools/gen_schema.py
+
+vectors: venv
+	$(BIN)/python tools/gen_vectors.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis demo-out bench-out

@@ -1,0 +1,89 @@
+"""The library's file-level operations; the CLI is a thin shell over these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .errors import KFormatError
+from .io import DictSource, TensorSource, open_source, write_tensors
+from .reader import Container, Problem
+from .recipe import Recipe, load_recipe, parse_rule_override
+from .schema import DEFAULT_SHARD_SIZE
+from .summary import summarize
+from .writer import PackReport, pack as _pack
+
+Progress = Callable[[int, int, str], None]
+
+
+def build_recipe(recipe: Recipe | str | Path | None = None, rules: Iterable[str] = ()) -> Recipe:
+    """A recipe from a preset name, a file or a Recipe, with GLOB=RULE overrides first."""
+    base = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    extra = [parse_rule_override(text) for text in rules]
+    return base.with_rules(extra) if extra else base
+
+
+def pack(
+    source: str | Path | TensorSource | dict[str, np.ndarray],
+    output: str | Path,
+    recipe: Recipe | str | Path | None = None,
+    *,
+    rules: Iterable[str] = (),
+    layout: str = "single",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    metadata: dict[str, str] | None = None,
+    progress: Progress | None = None,
+) -> PackReport:
+    """Pack a model file (or a dict of arrays) into a kformat container."""
+    if isinstance(source, dict):
+        source = DictSource(source)
+    elif isinstance(source, (str, Path)):
+        source = open_source(source)
+    return _pack(
+        source, output, build_recipe(recipe, rules),
+        layout=layout, shard_size=shard_size, metadata=metadata, progress=progress,
+    )
+
+
+def unpack(url: str, output: str | Path, progress: Progress | None = None, **storage_options) -> list[str]:
+    """Write every tensor to .npz or .safetensors: raw ones bit-exact, lossy ones float32."""
+    with Container.open(url, **storage_options) as container:
+        names = list(container.tensors)
+
+        def tensors():
+            for i, name in enumerate(names):
+                if progress:
+                    progress(i, len(names), name)
+                yield name, container.read_tensor(name)
+            if progress:
+                progress(len(names), len(names), "")
+
+        write_tensors(output, tensors())
+    return names
+
+
+def load_all(url: str, **storage_options) -> dict[str, np.ndarray]:
+    """Every tensor of a container, eagerly (dequantized to float32 where lossy)."""
+    with Container.open(url, **storage_options) as container:
+        return {name: container.read_tensor(name) for name in container.tensors}
+
+
+def verify(url: str, progress: Progress | None = None, **storage_options) -> list[Problem]:
+    """Check every blob's hash and decode; an empty list means the container is intact."""
+    with Container.open(url, **storage_options) as container:
+        return container.verify(progress)
+
+
+def inspect(url: str, **storage_options) -> dict:
+    """Per-tensor rule, bytes, rate, entropy and SQNR, plus totals."""
+    with Container.open(url, **storage_options) as container:
+        try:
+            if container.manifest.layout == "sharded":
+                size = container.store.size(container.key) + sum(s.length for s in container.manifest.shards)
+            else:
+                size = container.store.size(container.key)
+        except KFormatError:
+            size = None
+        return summarize(container.manifest, size)

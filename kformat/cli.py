@@ -1,0 +1,194 @@
+"""`kformat` command line: parses arguments, calls kformat.api, prints. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+from . import __version__, api
+from .errors import KFormatError
+from .recipe import PRESETS
+from .summary import format_table, human_bytes
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
+
+
+class Progress:
+    """A one-line progress report on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self, verb: str, enabled: bool | None = None):
+        self.verb = verb
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.start = time.monotonic()
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.monotonic() - self.start
+        if done >= total:
+            sys.stderr.write(f"\r\033[K{self.verb}: {total}/{total} done in {elapsed:.1f}s\n")
+        else:
+            sys.stderr.write(f"\r\033[K{self.verb}: {done + 1}/{total} {what[:60]}")
+        sys.stderr.flush()
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+             "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+    number = text.strip().rstrip("bBiI").rstrip("kKmMgG")
+    unit = text.strip()[len(number):].lower()
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 64MB, 512KiB or 1000000") from None
+    return int(value)
+
+
+def _storage_options(args) -> dict:
+    options = {}
+    for item in getattr(args, "storage_option", None) or []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise KFormatError(f"--storage-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def cmd_pack(args) -> int:
+    progress = Progress("pack", None if not args.quiet else False)
+    report = api.pack(
+        args.input, args.output, args.recipe, rules=args.rule,
+        layout="sharded" if args.sharded else "single", shard_size=args.shard_size, progress=progress,
+    )
+    for warning in report.unmatched_rules:
+        print(f"kformat: warning: {warning}", file=sys.stderr)
+    if not args.quiet:
+        summary = api.inspect(str(args.output))
+        tot = summary["totals"]
+        print(
+            f"packed {tot['tensors']} tensors ({tot['params']:,} parameters) into {args.output}:"
+            f" {human_bytes(tot['container_bytes'])}, {tot['ratio_to_float32']:.2f}x smaller than float32"
+            f" ({human_bytes(tot['float32_bytes'])}), {tot['bits_per_weight']:.2f} bits/weight"
+        )
+    return EXIT_OK
+
+
+def cmd_publish(args) -> int:
+    args.sharded = True
+    return cmd_pack(args)
+
+
+def cmd_unpack(args) -> int:
+    names = api.unpack(args.input, args.output, Progress("unpack"), **_storage_options(args))
+    print(f"unpacked {len(names)} tensors to {args.output}")
+    return EXIT_OK
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+def cmd_inspect(args) -> int:
+    summary = api.inspect(args.input, **_storage_options(args))
+    if args.json:
+        print(json.dumps(summary, indent=2, default=_json_default))
+    else:
+        tot = summary["totals"]
+        print(f"{args.input}: kformat {summary['version'][0]}.{summary['version'][1]}, {summary['layout']}"
+              + (f" ({summary['shards']} shards)" if summary["shards"] else "")
+              + f", recipe {summary['recipe'] or '-'}, {summary['generator']}")
+        print(format_table(summary))
+        print(f"float32 would be {human_bytes(tot['float32_bytes'])}")
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    problems = api.verify(args.input, Progress("verify"), **_storage_options(args))
+    if not problems:
+        print(f"{args.input}: OK (every blob's hash matches and every plane decodes)")
+        return EXIT_OK
+    for problem in problems:
+        print(f"{args.input}: BAD {problem.label}: {problem.message}")
+    print(f"{args.input}: {len(problems)} problem(s) found", file=sys.stderr)
+    return EXIT_PROBLEMS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kformat",
+        description="Pack model weights into small, verifiable kformat containers (k-means or linear"
+        " codes stored as PNG/zstd tiles, fp16, raw), look inside them, check and unpack them.",
+        epilog="Exit status: 0 success, 1 verify found problems, 2 bad input or usage.",
+    )
+    parser.add_argument("--version", action="version", version=f"kformat {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_pack_args(p):
+        p.add_argument("input", help="model weights: .npz, .safetensors, or a PyTorch state_dict (.pt/.pth)")
+        p.add_argument("-r", "--recipe", default=None,
+                       help=f"a preset ({', '.join(PRESETS)}) or a TOML/JSON recipe file (default: fp16)")
+        p.add_argument("--rule", action="append", default=[], metavar="GLOB=RULE",
+                       help="override for matching tensors, before the recipe's rules; e.g."
+                       " 'classifier.0.*=kmeans:4' or 'fc*=kmeans:4,group=64,codec=zstd'. Repeatable.")
+        p.add_argument("--shard-size", type=parse_size, default="64MB",
+                       help="largest shard of a sharded directory (default 64MB)")
+        p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+    p = sub.add_parser("pack", help="pack a model file by a recipe", description="Pack a model file into a"
+                       " single .kf file (or, with --sharded, a CDN-ready directory).")
+    add_pack_args(p)
+    p.add_argument("-o", "--output", required=True, help="output .kf file (or directory with --sharded)")
+    p.add_argument("--sharded", action="store_true", help="write a directory: manifest.kf + content-addressed shards")
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("publish", help="pack into a sharded directory for a CDN",
+                       description="Pack into DIR/manifest.kf plus immutable shards/<sha256>.kfs files,"
+                       " ready to serve over HTTP with range requests (see examples/nginx.conf).")
+    add_pack_args(p)
+    p.add_argument("output", help="output directory")
+    p.set_defaults(func=cmd_publish)
+
+    def add_url_args(p):
+        p.add_argument("input", help="a .kf file or sharded directory: a path or any fsspec URL")
+        p.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                       help="fsspec storage option (value parsed as JSON when it can be)")
+
+    p = sub.add_parser("unpack", help="write all tensors to .npz or .safetensors")
+    add_url_args(p)
+    p.add_argument("-o", "--output", required=True, help="output .npz or .safetensors")
+    p.set_defaults(func=cmd_unpack)
+
+    p = sub.add_parser("inspect", help="show each tensor's rule, size, rate and error")
+    add_url_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("verify", help="check every blob's hash; exit 1 naming each bad blob")
+    add_url_args(p)
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KFormatError as exc:
+        print(f"kformat: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("kformat: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""What `kformat inspect` shows: per tensor rule, size, rate and code entropy, and totals."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .schema import Manifest, TensorEntry
+
+
+@dataclass
+class TensorSummary:
+    name: str
+    shape: list[int]
+    dtype: str
+    params: int
+    rule: str
+    codec: str
+    tiles: int
+    bytes: int
+    bits_per_weight: float
+    ratio_to_float32: float
+    code_bits: int | None
+    entropy_bits: float | None
+    sqnr_db: float | None
+    reason: str
+
+
+def tensor_bytes(t: TensorEntry) -> int:
+    total = sum(tile.blob.length for tile in t.tiles)
+    for table in (t.quant.codebook, t.quant.scale, t.quant.zero_point):
+        if table is not None:
+            total += table.blob.length
+    return total
+
+
+def summarize_tensor(t: TensorEntry) -> TensorSummary:
+    params = math.prod(t.shape)
+    nbytes = tensor_bytes(t)
+    return TensorSummary(
+        name=t.name,
+        shape=list(t.shape),
+        dtype=t.dtype,
+        params=params,
+        rule=t.rule,
+        codec=t.codec,
+        tiles=len(t.tiles),
+        bytes=nbytes,
+        bits_per_weight=8 * nbytes / params if params else 0.0,
+        ratio_to_float32=(4 * params / nbytes) if nbytes else 0.0,
+        code_bits=t.quant.bits,
+        entropy_bits=t.stats.get("entropy_bits"),
+        sqnr_db=t.stats.get("sqnr_db"),
+        reason=t.reason,
+    )
+
+
+def summarize(manifest: Manifest, container_bytes: int | None = None) -> dict:
+    tensors = [summarize_tensor(t) for t in manifest.tensors]
+    params = sum(t.params for t in tensors)
+    blob_bytes = sum(t.bytes for t in tensors)
+    return {
+        "layout": manifest.layout,
+        "version": list(manifest.version),
+        "generator": manifest.generator,
+        "recipe": manifest.recipe.name if manifest.recipe else None,
+        "shards": len(manifest.shards),
+        "tensors": [asdict(t) for t in tensors],
+        "totals": {
+            "tensors": len(tensors),
+            "params": params,
+            "blob_bytes": blob_bytes,
+            "container_bytes": container_bytes,
+            "float32_bytes": 4 * params,
+            "ratio_to_float32": (4 * params / container_bytes) if container_bytes else None,
+            "bits_per_weight": 8 * blob_bytes / params if params else 0.0,
+        },
+    }
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def format_table(summary: dict) -> str:
+    head = ("tensor", "shape", "params", "rule", "codec", "bytes", "bits/w", "x f32", "H(codes)", "SQNR dB")
+    rows = [head]
+    for t in summary["tensors"]:
+        rows.append((
+            t["name"],
+            "x".join(map(str, t["shape"])) or "scalar",
+            f"{t['params']:,}",
+            t["rule"],
+            t["codec"],
+            human_bytes(t["bytes"]),
+            f"{t['bits_per_weight']:.2f}",
+            f"{t['ratio_to_float32']:.1f}",
+            f"{t['entropy_bits']:.2f}" if t["entropy_bits"] is not None else "-",
+            f"{t['sqnr_db']:.1f}" if t["sqnr_db"] is not None else ("exact" if t["rule"].startswith("raw") else "-"),
+        ))
+    tot = summary["totals"]
+    rows.append((
+        "TOTAL", f"{tot['tensors']} tensors", f"{tot['params']:,}", summary.get("recipe") or "", "",
+        human_bytes(tot["container_bytes"] or tot["blob_bytes"]), f"{tot['bits_per_weight']:.2f}",
+        f"{tot['ratio_to_float32']:.1f}" if tot["ratio_to_float32"] else "-", "", "",
+    ))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
+    lines = []
+    for n, r in enumerate(rows):
+        cells = [str(c).ljust(w) if i in (0, 1, 3, 4) else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0 or n == len(rows) - 2:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
