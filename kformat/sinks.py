@@ -20,6 +20,21 @@ from .header import encode_header, encode_manifest
 from .schema import ALIGNMENT, HEADER_SIZE, MANIFEST_NAME, SHARD_DIR, SHARD_SUFFIX, BlobRef, Manifest, Shard
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def publishable(path: Path, directory: bool = False) -> None:
+    """Give a temporary file (0600) or directory (0700) the usual umask-derived mode, so a
+    web server's worker can read what we publish."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
+
+
 def _pad(n: int, alignment: int = ALIGNMENT) -> int:
     return (-n) % alignment
 
@@ -80,6 +95,7 @@ class SingleFileSink:
             shutil.copyfileobj(self._spool, out, 1 << 20)
             out.flush()
             os.fsync(out.fileno())
+        publishable(Path(out.name))
         self._spool.close()
         os.replace(out.name, self.path)
         self._temps.remove(Path(out.name))
@@ -144,6 +160,7 @@ class ShardedSink:
                 out.write(self._current)
                 out.flush()
                 os.fsync(out.fileno())
+            publishable(Path(out.name))
             os.replace(out.name, target)
             self._created.append(target)
         self._shards.append(Shard(name=name, length=len(self._current), sha256=digest))
@@ -162,9 +179,11 @@ class ShardedSink:
             out.write(body)
             out.flush()
             os.fsync(out.fileno())
+        publishable(Path(out.name))
         os.replace(out.name, target)
         _fsync_dir(self.dir / SHARD_DIR)
         if self._fresh:
+            publishable(self.dir, directory=True)
             os.replace(self.dir, self.final_dir)
         _fsync_dir(self.final_dir)
 

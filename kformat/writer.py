@@ -104,6 +104,7 @@ def pack(
     metadata: dict[str, str] | None = None,
     progress: Progress | None = None,
     workers: int | None = None,
+    generator: str | None = None,
 ) -> PackReport:
     """Pack every tensor of `source` by `recipe`; the output appears only when complete."""
     output = Path(output)
@@ -129,7 +130,7 @@ def pack(
         if progress:
             progress(total, total, "")
         manifest = Manifest(
-            generator=f"kformat {__version__}",
+            generator=generator or f"kformat {__version__}",
             layout=sink.layout,
             shards=sink.shards(),
             tensors=entries,

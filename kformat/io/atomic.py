@@ -16,6 +16,9 @@ def atomic_path(path: Path):
     os.close(fd)
     try:
         yield Path(temp)
+        from ..sinks import publishable
+
+        publishable(Path(temp))
         os.replace(temp, path)
     finally:
         Path(temp).unlink(missing_ok=True)

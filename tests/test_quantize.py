@@ -1,0 +1,128 @@
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kformat.errors import QuantizationError
+from kformat.quantize import encode_tensor, kmeans
+from kformat.recipe import parse_rule
+
+# SQNR of the optimal (Lloyd-Max) quantizer of a unit Gaussian, in dB, by bits.
+LLOYD_MAX_DB = {1: 4.40, 2: 9.30, 3: 14.62, 4: 20.22}
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    return np.random.default_rng(0).standard_normal((512, 1024)).astype(np.float32)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_kmeans_reaches_lloyd_max_on_gaussian(gaussian, bits):
+    enc = encode_tensor("w", gaussian, parse_rule(f"kmeans:{bits}"))
+    assert enc.stats["sqnr_db"] == pytest.approx(LLOYD_MAX_DB[bits], abs=0.05)
+
+
+def test_kmeans8_reaches_the_high_rate_optimum(gaussian):
+    enc = encode_tensor("w", gaussian, parse_rule("kmeans:8"))
+    # Panter-Dite: 6.02 * 8 - 4.35 dB for a Gaussian at high rate.
+    assert enc.stats["sqnr_db"] > 43.0
+
+
+def _brute_force_optimum(points: np.ndarray, k: int) -> float:
+    """Exact 1-D k-means error by trying every split of the sorted points."""
+    import itertools
+
+    xs = np.sort(points)
+    best = math.inf
+    for cuts in itertools.combinations(range(1, xs.size), k - 1):
+        parts = np.split(xs, cuts)
+        best = min(best, sum(float(((p - p.mean()) ** 2).sum()) for p in parts))
+    return best
+
+
+@given(st.lists(st.floats(-10, 10, allow_nan=False, width=32), min_size=5, max_size=11), st.integers(2, 3))
+@settings(max_examples=60, deadline=None)
+def test_kmeans_matches_exact_optimum_on_small_sets(values, k):
+    points = np.array(values, dtype=np.float64)
+    hist = kmeans.histogram(points, bins=1 << 16)
+    centroids = kmeans.fit_centroids(hist, k)
+    found = kmeans.assign(points, centroids)
+    err = float(((points - centroids[found.codes]) ** 2).sum())
+    assert err <= _brute_force_optimum(points, k) * (1 + 1e-6) + 1e-9
+
+
+def test_few_distinct_values_are_exact():
+    values = np.random.default_rng(1).choice([-1.5, 0.0, 0.25], size=(40, 50)).astype(np.float32)
+    enc = encode_tensor("w", values, parse_rule("kmeans:2"))
+    assert np.array_equal(enc.dequantize_rows(0, 40), values)
+
+
+def test_constant_tensor():
+    enc = encode_tensor("w", np.full((8, 8), 3.5, np.float32), parse_rule("kmeans:4"))
+    assert np.all(enc.dequantize_rows(0, 8) == 3.5)
+
+
+def test_codebooks_are_sorted_and_codes_in_range(gaussian):
+    enc = encode_tensor("w", gaussian, parse_rule("kmeans:3,group=100"))
+    assert enc.codebook.shape == (6, 8)
+    assert np.all(np.diff(enc.codebook.astype(np.float64), axis=1) >= 0)
+    assert enc.codes.max() < 8
+
+
+def test_grouped_codebooks_beat_one_codebook_on_rows_of_different_scale():
+    rng = np.random.default_rng(2)
+    scales = np.geomspace(0.01, 10, 64, dtype=np.float32)[:, None]
+    w = rng.standard_normal((64, 256)).astype(np.float32) * scales
+
+    def mean_row_sqnr(enc):
+        err = ((enc.dequantize_rows(0, 64) - w) ** 2).sum(axis=1)
+        return float(np.mean(10 * np.log10((w**2).sum(axis=1) / err)))
+
+    one = encode_tensor("w", w, parse_rule("kmeans:4"))
+    grouped = encode_tensor("w", w, parse_rule("kmeans:4,group=8"))
+    assert grouped.stats["sqnr_db"] >= one.stats["sqnr_db"]
+    assert mean_row_sqnr(grouped) > mean_row_sqnr(one) + 10
+
+
+@pytest.mark.parametrize("rule", ["kmeans:4,prune=0.6", "linear:8,prune=0.6", "kmeans:2,row,prune=0.5",
+                                  "linear:4,group=16,prune_threshold=0.5"])
+def test_pruned_weights_stay_exact_zeros(gaussian, rule):
+    enc = encode_tensor("w", gaussian, parse_rule(rule))
+    restored = enc.dequantize_rows(0, gaussian.shape[0])
+    threshold = 0.5 if "threshold" in rule else np.quantile(np.abs(gaussian), 0.5 if "0.5" in rule else 0.6)
+    pruned = np.abs(gaussian) < threshold * 0.999
+    assert enc.stats["pruned"] >= pruned.sum()
+    assert np.all(restored[pruned] == 0.0)
+
+
+def test_linear_codes_keep_zero_exact_and_bound_error(gaussian):
+    enc = encode_tensor("w", gaussian, parse_rule("linear:8,row"))
+    restored = enc.dequantize_rows(0, gaussian.shape[0])
+    step = enc.scale[:, None]
+    assert np.all(np.abs(restored - gaussian) <= step / 2 + 1e-6)
+    w = gaussian.copy()
+    w[:, ::7] = 0
+    enc = encode_tensor("w", w, parse_rule("linear:3"))
+    assert np.all(enc.dequantize_rows(0, w.shape[0])[:, ::7] == 0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("rule", ["kmeans:4", "linear:8", "fp16"])
+def test_non_finite_values_are_named(bad, rule):
+    w = np.ones((8, 8), np.float32)
+    w[3, 5] = bad
+    with pytest.raises(QuantizationError, match=r"tensor 'layer.w'.*flat index 29"):
+        encode_tensor("layer.w", w, parse_rule(rule))
+
+
+def test_fp16_overflow_is_an_error():
+    with pytest.raises(QuantizationError, match="float16 range"):
+        encode_tensor("big", np.full((4, 4), 1e6, np.float32), parse_rule("fp16"))
+
+
+def test_quantization_is_deterministic(gaussian):
+    a = encode_tensor("w", gaussian, parse_rule("kmeans:4,group=64"))
+    b = encode_tensor("w", gaussian, parse_rule("kmeans:4,group=64"))
+    assert np.array_equal(a.codes, b.codes) and np.array_equal(a.codebook, b.codebook)

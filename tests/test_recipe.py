@@ -1,0 +1,140 @@
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kformat.errors import RecipeError
+from kformat.recipe import PRESETS, Rule, load_recipe, parse_rule, parse_rule_override, plan, recipe_from_dict
+
+
+@st.composite
+def rules(draw):
+    method = draw(st.sampled_from(["kmeans", "linear", "fp16", "raw"]))
+    fields = {"method": method}
+    if method in ("kmeans", "linear"):
+        fields["bits"] = draw(st.integers(1, 8))
+        gran = draw(st.sampled_from(["tensor", "row", "group"]))
+        fields["granularity"] = gran
+        if gran == "group":
+            fields["group_size"] = draw(st.integers(1, 512))
+        fields["codec"] = draw(st.sampled_from([None, "png", "zstd", "raw"]))
+        prune = draw(st.sampled_from([None, "fraction", "threshold"]))
+        if prune == "fraction":
+            fields["prune"] = draw(st.sampled_from([0.1, 0.25, 0.5, 0.9]))
+        elif prune == "threshold":
+            fields["prune_threshold"] = draw(st.sampled_from([0.001, 0.5, 2.0]))
+        if method == "kmeans":
+            fields["codebook_dtype"] = draw(st.sampled_from(["float16", "float32"]))
+    else:
+        fields["codec"] = draw(st.sampled_from([None, "zstd", "raw"]))
+    if draw(st.booleans()):
+        fields["tile"] = (draw(st.integers(1, 4096)), draw(st.integers(1, 4096)))
+    return Rule(**fields)
+
+
+@given(rules())
+@settings(max_examples=200, deadline=None)
+def test_rule_text_round_trips(rule):
+    assert parse_rule(rule.to_text()) == rule
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("kmeans:9", "bits"),
+        ("kmeans:x", "bits must be a whole number"),
+        ("fp16,prune=0.5", "fp16 takes no prune"),
+        ("fp16,codec=png", "png holds codes only"),
+        ("kmeans:4,codec=gif", "codec"),
+        ("kmeans:4,wat=1", "unknown option 'wat=1'"),
+        ("huffman:4", "method"),
+        ("kmeans:4,prune=1.5", "prune"),
+        ("", "empty rule"),
+    ],
+)
+def test_bad_rules_say_what_is_wrong(text, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_rule(text)
+
+
+def test_recipe_errors_name_the_field(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('default = "fp16"\n[[rules]]\nmatch = "fc*"\nmethod = "kmeans"\nbits = 12\n')
+    with pytest.raises(RecipeError, match=r"r\.toml: rules\[0\]\.rule\.bits"):
+        load_recipe(path)
+    path.write_text('defualt = "fp16"\n')
+    with pytest.raises(RecipeError, match="defualt: Extra inputs"):
+        load_recipe(path)
+    path.write_text('default = "fp16"\n[[rules]\n')
+    with pytest.raises(RecipeError, match="not valid TOML"):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match="neither a preset"):
+        load_recipe(tmp_path / "missing.toml")
+
+
+def test_toml_and_json_recipes_load(tmp_path):
+    toml = tmp_path / "r.toml"
+    toml.write_text(
+        'name = "mine"\ndefault = "fp16"\ntile = [128, 1024]\n'
+        '[[rules]]\nmatch = "fc1.*"\nrule = "kmeans:4,group=32"\n'
+        '[[rules]]\nmatch = "*.weight"\nndim = 2\nmethod = "linear"\nbits = 8\ngranularity = "row"\n'
+    )
+    recipe = load_recipe(toml)
+    assert recipe.rules[0].rule == parse_rule("kmeans:4,group=32")
+    assert recipe.rules[1].rule == parse_rule("linear:8,row")
+    js = tmp_path / "r.json"
+    js.write_text(json.dumps(recipe.model_dump(mode="json")))
+    assert load_recipe(js) == recipe
+
+
+def test_every_preset_is_valid():
+    for name in PRESETS:
+        assert load_recipe(name).name == name
+
+
+def _infos(model):
+    return [(n, a.shape, a.dtype) for n, a in model.items()]
+
+
+def test_mobile_plan_quantizes_first_fc_at_4_bits(model):
+    decisions, unmatched = plan(load_recipe("mobile"), _infos(model))
+    by = {d.name: d.rule.to_text() for d in decisions}
+    assert by["fc1.weight"] == "kmeans:4"
+    assert by["fc2.weight"] == "kmeans:8"
+    assert by["features.0.weight"].startswith("fp16")
+    assert by["bn.num_batches_tracked"].startswith("raw")
+    assert by["fc1.bias"].startswith("raw")  # 300 elements < min_elements
+    assert unmatched == []
+
+
+def test_fallbacks_are_explained(model):
+    recipe = recipe_from_dict({"default": "kmeans:4", "min_elements": 100})
+    decisions = {d.name: d for d in plan(recipe, _infos(model))[0]}
+    assert decisions["fc1.bias"].rule.method == "fp16" and "rank >= 2" in decisions["fc1.bias"].reason
+    assert decisions["fc2.bias"].rule.method == "raw" and "min_elements" in decisions["fc2.bias"].reason
+    assert decisions["bn.num_batches_tracked"].rule.method == "raw"
+    assert "not floating point" in decisions["bn.num_batches_tracked"].reason
+
+
+def test_first_matching_rule_wins_and_unmatched_are_reported(model):
+    recipe = load_recipe("fp16").with_rules(
+        [parse_rule_override("fc*.weight=kmeans:2"), parse_rule_override("fc1.weight=kmeans:8"),
+         parse_rule_override("decoder.*=raw")]
+    )
+    decisions, unmatched = plan(recipe, _infos(model))
+    assert {d.name: d.rule.bits for d in decisions}["fc1.weight"] == 2
+    assert unmatched == ["rules[1] (match='fc1.weight') matched no tensor",
+                         "rules[2] (match='decoder.*') matched no tensor"]
+
+
+def test_rule_override_syntax():
+    with pytest.raises(RecipeError, match="GLOB=RULE"):
+        parse_rule_override("kmeans:4")
+    assert parse_rule_override("a.*=linear:4,row").match == "a.*"
+
+
+def test_fp16_input_with_fp16_rule_is_stored_raw():
+    decisions, _ = plan(load_recipe("fp16"), [("w", (64, 64), np.dtype(np.float16))])
+    assert decisions[0].rule.method == "raw"

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Regenerate spec/vectors/: small golden containers and the tensors they must decode to.
+
+Run only on purpose (`make vectors`), when the format changes on purpose; tests never
+write here. Each vector NAME has NAME.kf (or NAME/ for the sharded one), and all expected
+tensors are in expected.npz under "NAME/TENSOR". The source tensors are in source.npz.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from kformat.api import load_all
+from kformat.io import DictSource
+from kformat.recipe import recipe_from_dict
+from kformat.writer import pack
+
+VECTOR_DIR = Path(__file__).resolve().parent.parent / "spec" / "vectors"
+GENERATOR = "kformat golden vectors"
+
+
+def source_tensors() -> dict[str, np.ndarray]:
+    """Small, odd-sized tensors so tiles are partial and groups uneven."""
+    rng = np.random.default_rng(20261122)
+    return {
+        "dense.weight": (rng.standard_normal((37, 70)) * 0.1).astype(np.float32),
+        "conv.weight": (rng.standard_normal((12, 3, 3, 3)) * 0.2).astype(np.float32),
+        "dense.bias": (rng.standard_normal(37) * 0.01).astype(np.float32),
+        "counter": np.arange(5, dtype=np.int64),
+        "mask": rng.random((4, 4)) > 0.5,
+    }
+
+
+# name -> (recipe, layout)
+def rule_recipe(rule: str, **extra) -> dict:
+    return {"name": rule, "default": rule, "min_elements": 16, "tile": [16, 32], **extra}
+
+
+VECTORS: dict[str, tuple[dict, str]] = {
+    "kmeans1": (rule_recipe("kmeans:1"), "single"),
+    "kmeans2": (rule_recipe("kmeans:2"), "single"),
+    "kmeans3": (rule_recipe("kmeans:3"), "single"),
+    "kmeans4": (rule_recipe("kmeans:4"), "single"),
+    "kmeans8": (rule_recipe("kmeans:8"), "single"),
+    "kmeans4_group": (rule_recipe("kmeans:4,group=8"), "single"),
+    "kmeans4_fp32_codebook": (rule_recipe("kmeans:4,codebook=fp32"), "single"),
+    "kmeans4_pruned": (rule_recipe("kmeans:4,prune=0.5"), "single"),
+    "kmeans4_zstd": (rule_recipe("kmeans:4,codec=zstd"), "single"),
+    "kmeans4_raw_plane": (rule_recipe("kmeans:4,codec=raw"), "single"),
+    "linear8_row": (rule_recipe("linear:8,row"), "single"),
+    "linear4": (rule_recipe("linear:4"), "single"),
+    "fp16": (rule_recipe("fp16"), "single"),
+    "fp16_zstd": (rule_recipe("fp16,codec=zstd"), "single"),
+    "raw": (rule_recipe("raw"), "single"),
+    "mobile_sharded": (
+        {"name": "mobile", "default": "fp16", "min_elements": 16, "tile": [16, 32],
+         "rules": [{"match": "*", "ndim": 2, "nth": 0, "rule": "kmeans:4"}]},
+        "sharded",
+    ),
+}
+
+
+def main() -> int:
+    VECTOR_DIR.mkdir(parents=True, exist_ok=True)
+    source = source_tensors()
+    np.savez(VECTOR_DIR / "source.npz", **source)
+    expected = {}
+    for name, (recipe, layout) in VECTORS.items():
+        target = VECTOR_DIR / (name if layout == "sharded" else f"{name}.kf")
+        if target.is_dir():
+            shutil.rmtree(target)
+        pack(DictSource(source), target, recipe_from_dict(recipe), layout=layout, shard_size=2048,
+             generator=GENERATOR)
+        for tensor, array in load_all(str(target)).items():
+            expected[f"{name}/{tensor}"] = array
+        print(f"wrote {target}")
+    np.savez(VECTOR_DIR / "expected.npz", **expected)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
