@@ -64,7 +64,7 @@ class Container:
             child = store.child(store.root.rstrip("/"), str(url).rstrip("/"))
             try:
                 return cls._open_key(child, MANIFEST_NAME, max_manifest)
-            except (NotFound, FormatError):
+            except KFormatError:
                 raise exc from None
 
     @classmethod

@@ -1,0 +1,101 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kformat.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "kformat.cli", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture
+def npz(tmp_path, model):
+    path = tmp_path / "m.npz"
+    np.savez(path, **model)
+    return path
+
+
+def test_pack_inspect_verify_unpack(tmp_path, npz, capsys):
+    out = tmp_path / "m.kf"
+    assert main(["pack", str(npz), "-o", str(out), "-r", "mobile"]) == 0
+    assert "smaller than float32" in capsys.readouterr().out
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "fc1.weight" in text and "kmeans:4" in text and "TOTAL" in text
+    assert main(["inspect", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    fc1 = next(t for t in summary["tensors"] if t["name"] == "fc1.weight")
+    assert fc1["code_bits"] == 4 and 3 < fc1["entropy_bits"] <= 4 and fc1["bits_per_weight"] < 4.2
+    assert summary["totals"]["ratio_to_float32"] > 2
+    assert main(["verify", str(out)]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["unpack", str(out), "-o", str(tmp_path / "back.npz")]) == 0
+    assert set(np.load(tmp_path / "back.npz").files) == set(np.load(npz).files)
+
+
+def test_rule_overrides_and_unmatched_warning(tmp_path, npz, capsys):
+    out = tmp_path / "m.kf"
+    code = main(["pack", str(npz), "-o", str(out), "--rule", "fc1.*=kmeans:2,group=32", "--rule", "nothing.*=raw"])
+    assert code == 0
+    assert "rules[1] (match='nothing.*') matched no tensor" in capsys.readouterr().err
+    main(["inspect", str(out), "--json"])
+    fc1 = next(t for t in json.loads(capsys.readouterr().out)["tensors"] if t["name"] == "fc1.weight")
+    assert fc1["rule"] == "kmeans:2,group=32"
+
+
+def test_publish_writes_a_sharded_directory(tmp_path, npz):
+    result = run("publish", npz, tmp_path / "cdn", "-r", "kmeans4", "--shard-size", "4KB", "-q")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cdn" / "manifest.kf").exists()
+    assert len(list((tmp_path / "cdn" / "shards").iterdir())) > 1
+    assert run("verify", tmp_path / "cdn").returncode == 0
+
+
+def test_verify_exit_code_names_bad_blob(tmp_path, npz):
+    out = tmp_path / "m.kf"
+    assert run("pack", npz, "-o", out, "-q").returncode == 0
+    data = bytearray(out.read_bytes())
+    data[-2] ^= 0xFF  # inside the last blob (an 8-byte raw tensor)
+    out.write_bytes(bytes(data))
+    result = run("verify", out)
+    assert result.returncode == 1
+    assert "BAD tensor" in result.stdout and "hash mismatch" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["pack", "{npz}", "-o", "{tmp}/o.kf", "-r", "nosuch"], "neither a preset"),
+        (["pack", "{npz}", "-o", "{tmp}/o.kf", "--rule", "fc1=kmeans:12"], "bits"),
+        (["pack", "{tmp}/missing.npz", "-o", "{tmp}/o.kf"], "no such file"),
+        (["inspect", "{npz}"], "bad magic"),
+        (["verify", "{tmp}/missing.kf"], "not found"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(tmp_path, npz, args, message):
+    args = [a.format(npz=npz, tmp=tmp_path) for a in args]
+    result = run(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.kf").exists()
+
+
+def test_bad_recipe_file_names_the_field(tmp_path, npz):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[rules]]\nmatch = "fc*"\nrule = "kmeans:4,group=0"\n')
+    result = run("pack", npz, "-o", tmp_path / "o.kf", "-r", recipe)
+    assert result.returncode == 2 and "rules[0].rule.group_size" in result.stderr
+    assert not (tmp_path / "o.kf").exists()
+
+
+def test_help_explains_commands():
+    result = run("--help")
+    for word in ("pack", "unpack", "inspect", "verify", "publish"):
+        assert word in result.stdout
+    assert "GLOB=RULE" in run("pack", "--help").stdout

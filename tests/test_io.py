@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+
+import kformat
+from kformat.errors import InputError, NotFound
+from kformat.io import open_source
+
+
+def test_npz_in_and_out(tmp_path, model):
+    src = tmp_path / "m.npz"
+    np.savez(src, **model)
+    kformat.pack(str(src), tmp_path / "m.kf", "raw")
+    kformat.unpack(str(tmp_path / "m.kf"), tmp_path / "back.npz")
+    back = np.load(tmp_path / "back.npz")
+    for name, array in model.items():
+        assert back[name].dtype == array.dtype and back[name].tobytes() == array.tobytes()
+
+
+def test_safetensors_in_and_out(tmp_path, model):
+    from safetensors.numpy import load_file, save_file
+
+    src = tmp_path / "m.safetensors"
+    save_file(model, str(src))
+    kformat.pack(str(src), tmp_path / "m.kf", "mobile")
+    kformat.unpack(str(tmp_path / "m.kf"), tmp_path / "back.safetensors")
+    back = load_file(str(tmp_path / "back.safetensors"))
+    assert set(back) == set(model)
+    assert back["fc1.weight"].dtype == np.float32
+    assert back["bn.num_batches_tracked"].tobytes() == model["bn.num_batches_tracked"].tobytes()
+    rel = np.linalg.norm(back["fc1.weight"] - model["fc1.weight"]) / np.linalg.norm(model["fc1.weight"])
+    assert rel < 0.12  # 4-bit k-means: about -20 dB
+
+
+def test_safetensors_order_is_natural(tmp_path):
+    from safetensors.numpy import save_file
+
+    arrays = {f"layer{i}.weight": np.zeros((2, 2), np.float32) for i in (10, 2, 1)}
+    save_file(arrays, str(tmp_path / "m.safetensors"))
+    names = [t.name for t in open_source(tmp_path / "m.safetensors").tensors()]
+    assert names == ["layer1.weight", "layer2.weight", "layer10.weight"]
+
+
+def test_torch_state_dict(tmp_path, model):
+    torch = pytest.importorskip("torch")
+    state = {name: torch.from_numpy(array.copy()) for name, array in model.items()}
+    state["half"] = torch.randn(64, 64).to(torch.bfloat16)
+    torch.save(state, tmp_path / "m.pt")
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "ckpt.pth")
+    for path in ("m.pt", "ckpt.pth"):
+        kformat.pack(str(tmp_path / path), tmp_path / "m.kf", "raw")
+        back = kformat.load_all(str(tmp_path / "m.kf"))
+        for name, array in model.items():
+            assert back[name].tobytes() == array.tobytes()
+        assert np.array_equal(back["half"], state["half"].float().numpy())
+
+
+class Payload:
+    """Any non-tensor class: weights_only loading must refuse to build it."""
+
+
+def test_torch_file_with_code_is_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    torch.save({"w": torch.zeros(2), "obj": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(InputError, match="evil.pt"):
+        open_source(tmp_path / "evil.pt")
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(NotFound):
+        open_source(tmp_path / "missing.npz")
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    with pytest.raises(InputError, match="unknown model file type '.onnx'"):
+        open_source(tmp_path / "m.onnx")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="not a readable .npz"):
+        open_source(tmp_path / "bad.npz")
+    np.savez(tmp_path / "obj.npz", a=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(InputError, match="Python objects"):
+        open_source(tmp_path / "obj.npz")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(InputError, match="safetensors"):
+        open_source(tmp_path / "bad.safetensors")
+    np.savez(tmp_path / "c.npz", a=np.ones(3, np.complex64))
+    with pytest.raises(InputError, match="complex64"):
+        kformat.pack(str(tmp_path / "c.npz"), tmp_path / "c.kf")
+    assert not (tmp_path / "c.kf").exists()
