@@ -126,3 +126,24 @@ def test_quantization_is_deterministic(gaussian):
     a = encode_tensor("w", gaussian, parse_rule("kmeans:4,group=64"))
     b = encode_tensor("w", gaussian, parse_rule("kmeans:4,group=64"))
     assert np.array_equal(a.codes, b.codes) and np.array_equal(a.codebook, b.codebook)
+
+
+def test_entropy_constrained_fit_trades_little_sqnr_for_fewer_bits(gaussian):
+    plain = encode_tensor("w", gaussian, parse_rule("kmeans:4"))
+    ec = encode_tensor("w", gaussian, parse_rule("kmeans:4,ecq=0.25"))
+    assert ec.stats["entropy_bits"] < plain.stats["entropy_bits"] - 0.08
+    assert plain.stats["sqnr_db"] - 0.3 <= ec.stats["sqnr_db"] < plain.stats["sqnr_db"]
+
+
+def test_ec_cells_match_brute_force():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        centroids = np.sort(rng.standard_normal(rng.integers(2, 12)))
+        lengths = rng.random(centroids.size) * 5
+        lam = float(rng.random())
+        owners, edges = kmeans.ec_cells(centroids, lengths, lam)
+        xs = np.linspace(-4, 4, 2001)
+        brute = np.argmin((xs[:, None] - centroids) ** 2 + lam * lengths, axis=1)
+        fast = owners[np.searchsorted(edges, xs)]
+        cost = lambda idx: (xs - centroids[idx]) ** 2 + lam * lengths[idx]  # noqa: E731
+        assert np.allclose(cost(fast), cost(brute))

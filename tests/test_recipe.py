@@ -27,6 +27,7 @@ def rules(draw):
             fields["prune_threshold"] = draw(st.sampled_from([0.001, 0.5, 2.0]))
         if method == "kmeans":
             fields["codebook_dtype"] = draw(st.sampled_from(["float16", "float32"]))
+            fields["ecq"] = draw(st.sampled_from([None, 0.0, 0.25, 1.5]))
     else:
         fields["codec"] = draw(st.sampled_from([None, "zstd", "raw"]))
     if draw(st.booleans()):
@@ -51,6 +52,7 @@ def test_rule_text_round_trips(rule):
         ("kmeans:4,wat=1", "unknown option 'wat=1'"),
         ("huffman:4", "method"),
         ("kmeans:4,prune=1.5", "prune"),
+        ("linear:4,ecq=0.2", "ecq applies to kmeans only"),
         ("", "empty rule"),
     ],
 )
@@ -101,8 +103,8 @@ def _infos(model):
 def test_mobile_plan_quantizes_first_fc_at_4_bits(model):
     decisions, unmatched = plan(load_recipe("mobile"), _infos(model))
     by = {d.name: d.rule.to_text() for d in decisions}
-    assert by["fc1.weight"] == "kmeans:4"
-    assert by["fc2.weight"] == "kmeans:8"
+    assert by["fc1.weight"].startswith("kmeans:4")
+    assert by["fc2.weight"].startswith("kmeans:8")
     assert by["features.0.weight"].startswith("fp16")
     assert by["bn.num_batches_tracked"].startswith("raw")
     assert by["fc1.bias"].startswith("raw")  # 300 elements < min_elements

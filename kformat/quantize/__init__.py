@@ -77,22 +77,31 @@ def _group_rows(rule: Rule, rows: int) -> int:
     return rows
 
 
-def _fit_kmeans_group(block: np.ndarray, mask: np.ndarray | None, bits: int, dtype: np.dtype) -> np.ndarray:
-    """Sorted centroids, rounded to the storage dtype, at most 2**bits of them."""
-    k = 1 << bits
+def _fit_kmeans_group(block: np.ndarray, mask: np.ndarray | None, rule: Rule, dtype: np.dtype):
+    """Sorted centroids (rounded to the storage dtype, at most 2**bits) and cell edges, or
+    None for nearest-centroid edges."""
+    k = 1 << int(rule.bits)
     source = block if mask is None else block[~mask]
     fixed_zero = mask is not None and mask.any()
     if fixed_zero:
         k -= 1
+    edges = None
     if source.size == 0:
         centroids = np.zeros(1)
     else:
         bins = min(kmeans.FINE_BINS, max(1024, source.size // 8))
         thorough = source.size >= kmeans.DP_MAX_POINTS_PER_GROUP
-        centroids = kmeans.fit_centroids(kmeans.histogram(source, bins), k, thorough)
+        hist = kmeans.histogram(source, bins)
+        centroids = kmeans.fit_centroids(hist, k, thorough)
+        if rule.ecq is not None and not fixed_zero:
+            plain = np.unique(centroids.astype(dtype)).astype(np.float64)
+            centroids, edges = kmeans.fit_entropy_constrained(hist, k, rule.ecq, plain)
     if fixed_zero:
         centroids = np.concatenate([centroids, [0.0]])
-    return np.unique(centroids.astype(dtype)).astype(np.float64)
+    rounded = np.unique(centroids.astype(dtype)).astype(np.float64)
+    if edges is not None and rounded.size != centroids.size:
+        edges = None  # rounding merged centroids: fall back to nearest-centroid cells
+    return rounded, edges
 
 
 def _encode_kmeans(name: str, w: np.ndarray, rule: Rule, mask: np.ndarray | None) -> Encoded:
@@ -111,12 +120,12 @@ def _encode_kmeans(name: str, w: np.ndarray, rule: Rule, mask: np.ndarray | None
         block_mask = None if mask is None else mask[r0:r1]
         if block_mask is not None:
             block = np.where(block_mask, np.float32(0), block)
-        centroids = _fit_kmeans_group(block, block_mask, bits, dtype)
+        centroids, edges = _fit_kmeans_group(block, block_mask, rule, dtype)
         if dtype == np.float16 and np.abs(centroids).max(initial=0) > FP16_MAX:
             raise QuantizationError(
                 f"tensor {name!r}: weights exceed the float16 range; use codebook=float32"
             )
-        found = kmeans.assign(block, centroids)
+        found = kmeans.assign(block, centroids, edges)
         # Lloyd update on the real values: each code's centroid becomes its cell's exact
         # mean. Pruned zeros keep their centroid at exactly 0.
         used = found.counts > 0

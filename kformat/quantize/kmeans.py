@@ -202,12 +202,13 @@ class Assignment:
     sums: np.ndarray  # sum of values per code
 
 
-def assign(values: np.ndarray, centroids: np.ndarray) -> Assignment:
-    """Nearest-centroid codes for every value, streaming in chunks."""
+def assign(values: np.ndarray, centroids: np.ndarray, edges: np.ndarray | None = None) -> Assignment:
+    """Codes for every value (nearest centroid, or by explicit cell edges), in chunks."""
     flat = values.reshape(-1)
     codes = np.empty(flat.size, dtype=np.uint8)
     k = centroids.size
-    edges = boundaries(centroids).astype(np.float32 if values.dtype == np.float32 else np.float64)
+    edges = boundaries(centroids) if edges is None else edges
+    edges = edges.astype(np.float32 if values.dtype == np.float32 else np.float64)
     counts = np.zeros(k, dtype=np.float64)
     sums = np.zeros(k, dtype=np.float64)
     for start in range(0, flat.size, CHUNK):
@@ -217,3 +218,99 @@ def assign(values: np.ndarray, centroids: np.ndarray) -> Assignment:
         counts += np.bincount(idx, minlength=k)
         sums += np.bincount(idx, weights=chunk, minlength=k)
     return Assignment(codes.reshape(values.shape), counts, sums)
+
+
+# -- entropy-constrained fit ------------------------------------------------------------------
+# Planes are entropy coded (PNG deflate, zstd), so what a code costs is about -log2 of its
+# probability, not a fixed `bits`. The entropy-constrained quantizer (Chou, Lookabaugh & Gray,
+# 1989) minimises  error + lambda * bits: cells of rare codes shrink, the code distribution
+# gets peakier and the planes smaller. We search lambda so that the SQNR stays within a
+# given number of dB of the plain fit.
+
+ECQ_ITERS = 300
+ECQ_SEARCH_STEPS = 12
+
+
+def ec_cells(centroids: np.ndarray, lengths: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cells of the rule "minimise (x - c_i)^2 + lam * L_i" for sorted centroids.
+
+    (x - c)^2 + lam L = x^2 + (-2c x + c^2 + lam L): the x^2 is shared, so the winner is the
+    lower envelope of the lines y = -2c x + (c^2 + lam L). Returns the indices of the
+    centroids that own a cell and the edges between those cells (ascending).
+    """
+    slopes = -2.0 * centroids
+    offsets = centroids * centroids + lam * lengths
+    hull: list[int] = []
+    edges: list[float] = []
+    for i in range(centroids.size):
+        while hull:
+            j = hull[-1]
+            if slopes[i] == slopes[j]:
+                if offsets[i] >= offsets[j]:
+                    break
+                hull.pop()
+                if edges:
+                    edges.pop()
+                continue
+            x = (offsets[i] - offsets[j]) / (slopes[j] - slopes[i])
+            if edges and x <= edges[-1]:
+                hull.pop()
+                edges.pop()
+                continue
+            break
+        if hull and slopes[i] == slopes[hull[-1]]:
+            continue
+        if hull:
+            j = hull[-1]
+            edges.append((offsets[i] - offsets[j]) / (slopes[j] - slopes[i]))
+        hull.append(i)
+    return np.array(hull, dtype=np.int64), np.array(edges)
+
+
+def _ec_lloyd(points, weights, centroids, lam):
+    """Entropy-constrained Lloyd on sorted weighted points: centroids, code lengths, SSE."""
+    total = weights.sum()
+    lengths = np.full(centroids.size, np.log2(centroids.size))
+    tol = TOLERANCE * float(points[-1] - points[0])
+    for _ in range(ECQ_ITERS):
+        owners, edges = ec_cells(centroids, lengths, lam)
+        cells = np.searchsorted(edges, points)
+        counts = np.bincount(cells, weights=weights, minlength=owners.size)
+        sums = np.bincount(cells, weights=weights * points, minlength=owners.size)
+        keep = counts > 0
+        updated = sums[keep] / counts[keep]
+        new_lengths = -np.log2(counts[keep] / total)
+        done = updated.size == centroids.size and np.max(np.abs(updated - centroids)) <= tol
+        centroids, lengths = updated, new_lengths
+        if done:
+            break
+    owners, edges = ec_cells(centroids, lengths, lam)
+    centroids, lengths = centroids[owners], lengths[owners]
+    cells = np.searchsorted(edges, points)
+    sse = float(np.sum(weights * (points - centroids[cells]) ** 2))
+    return centroids, edges, sse
+
+
+def fit_entropy_constrained(hist: Histogram, k: int, max_loss_db: float, plain: np.ndarray):
+    """Centroids and cell edges that lower the code entropy while keeping the SQNR within
+    `max_loss_db` of the plain fit `plain` (measured on the histogram). The rate weight
+    lambda is found by bisection; falls back to the plain fit."""
+    points, weights = hist.means, hist.counts
+    if plain.size < 2 or points.size <= plain.size:
+        return plain, boundaries(plain)
+    base = _sse(points, weights, plain)
+    if base <= 0:
+        return plain, boundaries(plain)
+    budget = base * 10 ** (max_loss_db / 10)
+    mse = base / weights.sum()
+    best = (plain, boundaries(plain))
+    lo, hi = 0.0, 8.0 * mse
+    for _ in range(ECQ_SEARCH_STEPS):
+        lam = (lo + hi) / 2
+        centroids, edges, sse = _ec_lloyd(points, weights, plain, lam)
+        if sse <= budget and centroids.size >= 2:
+            best = (centroids, edges)
+            lo = lam
+        else:
+            hi = lam
+    return best
