@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
-# nginx from Debian's packages, for the remote-loading tests (they skip cleanly without it).
+# nginx from Debian's packages, for remote-loading tests and examples.
 nginx:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
 	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null) \
@@ -25,7 +25,7 @@ nginx:
 demo: venv
 	$(BIN)/python examples/demo.py
 
-test: venv nginx
+test: venv
 	$(BIN)/python -m pytest
 
 bench: venv
