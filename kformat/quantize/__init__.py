@@ -114,6 +114,7 @@ def _encode_kmeans(name: str, w: np.ndarray, rule: Rule, mask: np.ndarray | None
     codes = np.empty((rows, cols), dtype=np.uint8)
     codebook = np.zeros((groups, k), dtype=dtype)
     counts = np.zeros(k, dtype=np.float64)
+    signal = noise = 0.0
     for g in range(groups):
         r0, r1 = g * group_rows, min(rows, (g + 1) * group_rows)
         block = w[r0:r1]
@@ -138,8 +139,12 @@ def _encode_kmeans(name: str, w: np.ndarray, rule: Rule, mask: np.ndarray | None
         codebook[g, table.size :] = table[-1]
         codes[r0:r1] = found.codes
         counts[: found.counts.size] += found.counts
+        signal += found.sum_squares
+        noise += found.squared_error(codebook[g])
     enc = Encoded(rule=rule, view=(rows, cols), group_rows=group_rows, codes=codes, codebook=codebook)
     enc.stats["entropy_bits"] = entropy_bits(counts)
+    if mask is None:  # with pruning, the error against the unpruned weights is measured later
+        enc.stats["sqnr_db"] = sqnr_db(signal, noise)
     return enc
 
 
@@ -177,6 +182,8 @@ def encode_tensor(name: str, array: np.ndarray, rule: Rule) -> Encoded:
             enc = _encode_linear(w, rule, mask)
         if mask is not None:
             enc.stats["pruned"] = int(mask.sum())
+    if "sqnr_db" in enc.stats:
+        return enc
     signal = noise = 0.0
     step = max(1, CHUNK_ELEMENTS // max(1, view[1]))
     for r0 in range(0, view[0], step):
