@@ -105,11 +105,27 @@ def bench_recipe(name: str, source: Path, weights: dict, workdir: Path) -> dict:
 def bench_kmeans(skip_sklearn: bool, rows: int = 4096, cols: int = 4096) -> dict:
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(math.sqrt(2.0 / cols)))
-    start = time.perf_counter()
-    enc = encode_tensor("w", w, parse_rule("kmeans:4"))
-    ours_seconds = time.perf_counter() - start
+    x = w.reshape(-1, 1)
+    rule = parse_rule("kmeans:4")
+
+    def ours():
+        return encode_tensor("w", w, rule)  # fit + codes for every weight + SQNR
+
+    def best_of(runs: int, call) -> tuple[float, object]:
+        times, out = [], None
+        for _ in range(runs):
+            start = time.perf_counter()
+            out = call()
+            times.append(time.perf_counter() - start)
+        return min(times), out
+
+    small = w[:256].reshape(-1, 1)
+    ours()  # warm-up: first-touch page faults, lazy imports
+    ours_seconds, enc = best_of(3, ours)
     result = {"shape": [rows, cols], "clusters": 16, "kformat_seconds": ours_seconds,
-              "kformat_sqnr_db": enc.stats["sqnr_db"]}
+              "kformat_sqnr_db": enc.stats["sqnr_db"],
+              "method": "kformat: best of 3 after a warm-up; scikit-learn: best of 2 after a"
+                        " warm-up fit on 1/16 of the data; KMeans(n_clusters=16, n_init=1, random_state=0)"}
     if skip_sklearn:
         return result
     try:
@@ -117,10 +133,8 @@ def bench_kmeans(skip_sklearn: bool, rows: int = 4096, cols: int = 4096) -> dict
     except ImportError:
         result["sklearn"] = "not installed (pip install scikit-learn)"
         return result
-    x = w.reshape(-1, 1)
-    start = time.perf_counter()
-    km = KMeans(n_clusters=16, n_init=1, random_state=0).fit(x)
-    sk_seconds = time.perf_counter() - start
+    KMeans(n_clusters=16, n_init=1, random_state=0).fit(small)  # warm-up (threadpools, imports)
+    sk_seconds, km = best_of(2, lambda: KMeans(n_clusters=16, n_init=1, random_state=0).fit(x))
     restored = km.cluster_centers_[km.labels_, 0].astype(np.float32)
     result.update(
         sklearn_seconds=sk_seconds,
