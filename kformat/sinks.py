@@ -15,41 +15,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .atomic import atomic_file, fsync_dir, publishable
 from .errors import StorageError
 from .header import encode_header, encode_manifest
 from .schema import ALIGNMENT, HEADER_SIZE, MANIFEST_NAME, SHARD_DIR, SHARD_SUFFIX, BlobRef, Manifest, Shard
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def publishable(path: Path, directory: bool = False) -> None:
-    """Give a temporary file (0600) or directory (0700) the usual umask-derived mode, so a
-    web server's worker can read what we publish."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
-
-
 def _pad(n: int, alignment: int = ALIGNMENT) -> int:
     return (-n) % alignment
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class SingleFileSink:
@@ -63,7 +36,6 @@ class SingleFileSink:
         self._spool = tempfile.NamedTemporaryFile(
             dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".blobs", delete=False
         )
-        self._temps = [Path(self._spool.name)]
         self._offset = 0
 
     def add(self, blob: bytes) -> BlobRef:
@@ -85,32 +57,20 @@ class SingleFileSink:
         data_offset += _pad(data_offset)
         self._spool.flush()
         self._spool.seek(0)
-        with tempfile.NamedTemporaryFile(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp", delete=False
-        ) as out:
-            self._temps.append(Path(out.name))
+        with atomic_file(self.path) as out:
             out.write(encode_header(body, data_offset))
             out.write(body)
             out.write(b"\0" * (data_offset - HEADER_SIZE - len(body)))
             shutil.copyfileobj(self._spool, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        publishable(Path(out.name))
-        self._spool.close()
-        os.replace(out.name, self.path)
-        self._temps.remove(Path(out.name))
-        _fsync_dir(self.path.parent)
-        self._cleanup()
+        fsync_dir(self.path.parent)
+        self._drop_spool()
 
     def abort(self) -> None:
-        self._cleanup()
+        self._drop_spool()
 
-    def _cleanup(self) -> None:
-        if not self._spool.closed:
-            self._spool.close()
-        for temp in self._temps:
-            temp.unlink(missing_ok=True)
-        self._temps.clear()
+    def _drop_spool(self) -> None:
+        self._spool.close()
+        Path(self._spool.name).unlink(missing_ok=True)
 
 
 class ShardedSink:
@@ -156,12 +116,8 @@ class ShardedSink:
         name = f"{digest}{SHARD_SUFFIX}"
         target = self.dir / SHARD_DIR / name
         if not (target.exists() and target.stat().st_size == len(self._current)):
-            with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".shard.", delete=False) as out:
+            with atomic_file(target) as out:
                 out.write(self._current)
-                out.flush()
-                os.fsync(out.fileno())
-            publishable(Path(out.name))
-            os.replace(out.name, target)
             self._created.append(target)
         self._shards.append(Shard(name=name, length=len(self._current), sha256=digest))
         self._current = bytearray()
@@ -173,19 +129,14 @@ class ShardedSink:
 
     def commit(self, manifest: Manifest) -> None:
         body = encode_manifest(manifest)
-        target = self.dir / MANIFEST_NAME
-        with tempfile.NamedTemporaryFile(dir=self.dir, prefix=".manifest.", delete=False) as out:
+        with atomic_file(self.dir / MANIFEST_NAME) as out:
             out.write(encode_header(body, 0))
             out.write(body)
-            out.flush()
-            os.fsync(out.fileno())
-        publishable(Path(out.name))
-        os.replace(out.name, target)
-        _fsync_dir(self.dir / SHARD_DIR)
+        fsync_dir(self.dir / SHARD_DIR)
         if self._fresh:
             publishable(self.dir, directory=True)
             os.replace(self.dir, self.final_dir)
-        _fsync_dir(self.final_dir)
+        fsync_dir(self.final_dir)
 
     def abort(self) -> None:
         if self._fresh:

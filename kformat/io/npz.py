@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import TensorInfo, _check_array
-from .atomic import atomic_path
+from ..atomic import atomic_path
 
 
 class NpzSource:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import TensorInfo, _check_array
-from .atomic import atomic_path
+from ..atomic import atomic_path
 from .naming import natural_key
 
 _DTYPES = {

@@ -1,0 +1,66 @@
+"""Write a file under a temporary name beside its target, then rename it into place.
+
+Every file kformat writes (containers, shards, manifests, unpacked models) goes through
+here, so none is ever seen half-written and a failure leaves no temporary behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def publishable(path: Path, directory: bool = False) -> None:
+    """Give a temporary file (0600) or directory (0700) the usual umask-derived mode, so a
+    web server's worker can read what we publish."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (best effort: some filesystems refuse)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it replaces `path`, else vanishes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(temp)
+        publishable(Path(temp))
+        os.replace(temp, path)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Like atomic_path, but yield the temporary file open for writing; it is flushed and
+    fsynced before the rename."""
+    with atomic_path(path) as temp, open(temp, "wb") as out:
+        yield out
+        out.flush()
+        os.fsync(out.fileno())
