@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 
@@ -90,16 +89,10 @@ def cmd_unpack(args) -> int:
     return EXIT_OK
 
 
-def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    raise TypeError(type(value).__name__)
-
-
 def cmd_inspect(args) -> int:
     summary = api.inspect(args.input, **_storage_options(args))
     if args.json:
-        print(json.dumps(summary, indent=2, default=_json_default))
+        print(json.dumps(summary, indent=2))
     else:
         tot = summary["totals"]
         print(f"{args.input}: kformat {summary['version'][0]}.{summary['version'][1]}, {summary['layout']}"

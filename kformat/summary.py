@@ -85,7 +85,6 @@ def human_bytes(n: float | None) -> str:
         if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return str(n)
 
 
 def format_table(summary: dict) -> str:

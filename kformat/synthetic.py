@@ -29,12 +29,8 @@ def vgg16_shapes(num_classes: int = 1000) -> list[tuple[str, tuple[int, ...]]]:
     return shapes
 
 
-def he_gaussian(shapes, seed: int = 0, width: float = 1.0) -> dict[str, np.ndarray]:
-    """He-init weights (std = sqrt(2 / fan_in)) and small biases, deterministic in `seed`.
-
-    `width` scales every layer's output channels/features (except input and logits), to make
-    small models of the same structure for tests.
-    """
+def he_gaussian(shapes, seed: int = 0) -> dict[str, np.ndarray]:
+    """He-init weights (std = sqrt(2 / fan_in)) and small biases, deterministic in `seed`."""
     rng = np.random.default_rng(seed)
     out = {}
     for name, shape in shapes:

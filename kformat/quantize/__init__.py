@@ -77,6 +77,11 @@ def _group_rows(rule: Rule, rows: int) -> int:
     return rows
 
 
+def _stored(centroids: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The distinct centroids the codebook dtype can hold, sorted, as float64."""
+    return np.unique(centroids.astype(dtype)).astype(np.float64)
+
+
 def _fit_kmeans_group(block: np.ndarray, mask: np.ndarray | None, rule: Rule, dtype: np.dtype):
     """Sorted centroids (rounded to the storage dtype, at most 2**bits) and cell edges, or
     None for nearest-centroid edges."""
@@ -94,11 +99,10 @@ def _fit_kmeans_group(block: np.ndarray, mask: np.ndarray | None, rule: Rule, dt
         hist = kmeans.histogram(source, bins)
         centroids = kmeans.fit_centroids(hist, k, thorough)
         if rule.ecq is not None and not fixed_zero:
-            plain = np.unique(centroids.astype(dtype)).astype(np.float64)
-            centroids, edges = kmeans.fit_entropy_constrained(hist, k, rule.ecq, plain)
+            centroids, edges = kmeans.fit_entropy_constrained(hist, k, rule.ecq, _stored(centroids, dtype))
     if fixed_zero:
         centroids = np.concatenate([centroids, [0.0]])
-    rounded = np.unique(centroids.astype(dtype)).astype(np.float64)
+    rounded = _stored(centroids, dtype)
     if edges is not None and rounded.size != centroids.size:
         edges = None  # rounding merged centroids: fall back to nearest-centroid cells
     return rounded, edges

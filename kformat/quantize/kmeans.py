@@ -1,8 +1,8 @@
 """Fast, deterministic 1-D k-means for codebook quantization.
 
 Weights are scalars, so k-means is one-dimensional and needs none of the machinery of the
-general case. The values are first summarised by a fine histogram (per bin: count and exact
-sum), which costs one streaming pass over the tensor. Clustering then runs on at most a few
+general case. The values are first summarised by a fine histogram (2**16 uniform bins),
+which costs one streaming pass over the tensor. Clustering then runs on at most a few
 ten thousand weighted points:
 
 1. initial centroids by an exact dynamic programme (optimal 1-D k-means) over a coarse
@@ -34,9 +34,9 @@ DP_MAX_POINTS_PER_GROUP = 1 << 16  # below this, skip the DP init (cost dominate
 
 @dataclass(frozen=True)
 class Histogram:
-    """Non-empty bins of a value histogram: their exact means and counts."""
+    """Non-empty bins of a value histogram: their centres and counts."""
 
-    means: np.ndarray  # float64, ascending
+    points: np.ndarray  # bin centres, float64, ascending
     counts: np.ndarray  # float64
     lo: float
     hi: float
@@ -71,12 +71,12 @@ def _bin_index(chunk: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray
 
 def _rebin(hist: Histogram, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Merge a fine histogram into at most `bins` coarse bins (means, counts)."""
-    if hist.means.size <= bins:
-        return hist.means, hist.counts
+    if hist.points.size <= bins:
+        return hist.points, hist.counts
     span = hist.hi - hist.lo
-    idx = np.minimum(((hist.means - hist.lo) * (bins / span)).astype(np.int64), bins - 1)
+    idx = np.minimum(((hist.points - hist.lo) * (bins / span)).astype(np.int64), bins - 1)
     counts = np.bincount(idx, weights=hist.counts, minlength=bins)
-    sums = np.bincount(idx, weights=hist.counts * hist.means, minlength=bins)
+    sums = np.bincount(idx, weights=hist.counts * hist.points, minlength=bins)
     keep = counts > 0
     return sums[keep] / counts[keep], counts[keep]
 
@@ -182,7 +182,7 @@ def fit_centroids(hist: Histogram, k: int, thorough: bool = True) -> np.ndarray:
     Lloyd runs from a companding init and, when `thorough`, also from equal-mass quantiles and
     (for k <= 32) from the exact DP optimum of a coarse histogram; the best result wins.
     """
-    points, weights = hist.means, hist.counts
+    points, weights = hist.points, hist.counts
     if points.size <= k:
         return points.copy()
     candidates = [_companding_init(hist, k)]
@@ -217,7 +217,8 @@ class Assignment:
 
 
 def _edge_lookup(edges: np.ndarray, lo: float, hi: float, bins: int):
-    """Per uniform bin: how many edges lie below it, and the one edge inside it (or +inf).
+    """Per uniform bin: how many edges lie below it, and the one edge inside it (or +inf);
+    `edges` is not empty.
 
     Each bin is widened by a quarter of its width on both sides so that values that land
     in a neighbouring bin through rounding are still classified exactly. None when two
@@ -227,11 +228,10 @@ def _edge_lookup(edges: np.ndarray, lo: float, hi: float, bins: int):
         return None
     starts = lo + np.arange(bins) * width - width / 4
     base = np.searchsorted(edges, starts, side="right")
-    nxt = np.minimum(base, edges.size - 1) if edges.size else base
+    nxt = np.minimum(base, edges.size - 1)
     inside = np.full(bins, np.inf, dtype=edges.dtype)
-    if edges.size:
-        within = (base < edges.size) & (edges[nxt] < starts + 1.5 * width)
-        inside[within] = edges[nxt[within]]
+    within = (base < edges.size) & (edges[nxt] < starts + 1.5 * width)
+    inside[within] = edges[nxt[within]]
     return base.astype(np.uint8 if edges.size < 256 else np.int16), inside
 
 
@@ -344,7 +344,7 @@ def fit_entropy_constrained(hist: Histogram, k: int, max_loss_db: float, plain: 
     """Centroids and cell edges that lower the code entropy while keeping the SQNR within
     `max_loss_db` of the plain fit `plain` (measured on the histogram). The rate weight
     lambda is found by bisection; falls back to the plain fit."""
-    points, weights = hist.means, hist.counts
+    points, weights = hist.points, hist.counts
     if plain.size < 2 or points.size <= plain.size:
         return plain, boundaries(plain)
     base = _sse(points, weights, plain)
