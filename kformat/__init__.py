@@ -2,7 +2,8 @@
 
     import kformat
     kformat.pack("model.safetensors", "model.kf", "mobile")
-    weights = kformat.load_all("model.kf")
+    with kformat.open("https://cdn.example.com/model.kf") as model:   # header + manifest only
+        y = model["fc1.weight"].matmul(x)                              # fetched tile by tile
 """
 
 __version__ = "0.1.0"
@@ -20,11 +21,14 @@ from .errors import (  # noqa: E402
     StorageError,
     VersionError,
 )
+from .lazy import LazyModel, LazyTensor, QuantizedTensor, open_model  # noqa: E402
 from .reader import Container, open_container  # noqa: E402
 from .recipe import PRESETS, Recipe, Rule, load_recipe, parse_rule  # noqa: E402
 
+open = open_model  # noqa: A001 - kformat.open(url) is the loader's front door
+
 __all__ = [
-    "__version__", "pack", "unpack", "inspect", "verify", "load_all", "build_recipe", "Container",
+    "__version__", "open", "open_model", "LazyModel", "LazyTensor", "QuantizedTensor", "pack", "unpack", "inspect", "verify", "load_all", "build_recipe", "Container",
     "open_container", "Recipe", "Rule", "PRESETS", "load_recipe", "parse_rule", "KFormatError",
     "FormatError", "VersionError", "IntegrityError", "DecodeError", "RecipeError", "QuantizationError",
     "InputError", "StorageError", "NotFound",

@@ -1,14 +1,19 @@
 """Open a container on any fsspec URL and read tensors, tiles and tables from it.
 
-Opening reads the header and manifest only: one range read of the first OPEN_READ bytes,
-and a second one only when the manifest is longer than that. Blobs are read on demand,
-their length and SHA-256 checked before any decoding.
+Opening reads the header and manifest only: for a single file one range read of the first
+OPEN_READ bytes and a second one only when the manifest is longer; for a sharded directory
+one read of manifest.kf. Blobs are read on demand in batches of whole row bands (the next
+batch fetched while the current one is decoded), their length and SHA-256 checked before
+any decoding.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Iterator
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -21,7 +26,8 @@ from .schema import HEADER_SIZE, MANIFEST_NAME, MAX_MANIFEST_BYTES, SHARD_DIR, B
 from .store import ByteRange, Store
 from .validate import validate_manifest
 
-OPEN_READ = 64 << 10
+OPEN_READ = 16 << 10  # first read of a single file: the header and, usually, the manifest
+BATCH_BYTES = 4 << 20  # tiles fetched per request while streaming: whole row bands, about this much
 
 
 @dataclass(frozen=True)
@@ -47,34 +53,50 @@ class Container:
         self.blob_labels = blobs
         self.tensors: dict[str, TensorEntry] = {t.name: t for t in manifest.tensors}
         self._tables: dict[str, np.ndarray] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._prefetched: dict[str, tuple[list[list[int]], Future]] = {}
+        self._lock = threading.Lock()
+        self.closed = False
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
     def open(cls, url: str, *, max_manifest: int = MAX_MANIFEST_BYTES, **storage_options) -> "Container":
+        """Open a single file, a sharded directory, or a directory's manifest.kf.
+
+        A directory is recognised without reading data: by a trailing "/", or by asking the
+        filesystem when that is free (local, memory, object stores). On HTTP, where asking
+        would download the URL, a name ending in ".kf" is a file and anything else is tried
+        as a file first and then as a directory (one extra request: end directory URLs with
+        "/" to save it).
+        """
+        url = str(url)
         store = Store.from_url(url, **storage_options)
-        if store.isdir():
-            store = store.child(store.root, str(url))
+        directory = True if url.endswith("/") else store.is_dir()
+        if directory:
             return cls._open_key(store, MANIFEST_NAME, max_manifest)
+        if directory is False or PurePosixPath(store.root).name.endswith(".kf"):
+            return cls._open_key(store, "", max_manifest)
         try:
             return cls._open_key(store, "", max_manifest)
-        except FormatError as exc:
-            if str(url).rstrip("/").endswith(".kf") or "bad magic" not in str(exc):
+        except (FormatError, StorageError) as exc:
+            if isinstance(exc, FormatError) and "bad magic" not in str(exc):
                 raise
-            # A directory URL on a backend without directories (http): try its manifest.
-            child = store.child(store.root.rstrip("/"), str(url).rstrip("/"))
             try:
-                return cls._open_key(child, MANIFEST_NAME, max_manifest)
+                return cls._open_key(store, MANIFEST_NAME, max_manifest)
             except KFormatError:
                 raise exc from None
 
     @classmethod
     def _open_key(cls, store: Store, key: str, max_manifest: int) -> "Container":
         source = store.describe(key)
-        head = store.read_prefix(key, OPEN_READ)
+        # A sharded manifest is a file of its own: read it whole, in one request. A single
+        # file starts with a guess; the rest of a longer manifest is a second read.
+        first = HEADER_SIZE + max_manifest if key == MANIFEST_NAME else OPEN_READ
+        head = store.read_prefix(key, first)
         header = decode_header(head, source, max_manifest)
         end = HEADER_SIZE + header.manifest_length
         body = head[HEADER_SIZE:end]
-        if len(body) < header.manifest_length and len(head) == OPEN_READ:
+        if len(body) < header.manifest_length and len(head) == first:
             try:
                 body += store.read(key, len(head), end)
             except StorageError as exc:
@@ -98,7 +120,25 @@ class Container:
         return self.store.describe(self.key)
 
     def close(self) -> None:
+        """Stop background fetches and drop cached tables; the container is unusable after."""
+        self.closed = True
+        with self._lock:
+            executor, self._executor = self._executor, None
+            self._prefetched.clear()
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
         self._tables.clear()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StorageError(f"{self.source}: the model is closed")
+
+    def _background(self) -> ThreadPoolExecutor:
+        with self._lock:
+            self._check_open()
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(2, thread_name_prefix="kformat-fetch")
+            return self._executor
 
     def __enter__(self) -> "Container":
         return self
@@ -126,6 +166,7 @@ class Container:
 
     def read_blobs(self, items: list[tuple[BlobRef, str]]) -> list[bytes]:
         """Fetch several blobs in as few requests as possible, each checked."""
+        self._check_open()
         try:
             datas = self.store.read_many([self.blob_range(ref) for ref, _ in items])
         except NotFound as exc:
@@ -175,20 +216,95 @@ class Container:
         except KeyError:
             raise NotFound(f"{self.source}: no tensor named {name!r}") from None
 
-    def read_tensor(self, name: str, *, dequantize: bool = True) -> np.ndarray:
+    # -- streaming -----------------------------------------------------------------------
+    @staticmethod
+    def tile_batches(tensor: TensorEntry, batch_bytes: int = BATCH_BYTES) -> list[list[int]]:
+        """Tile indices in fetch batches: whole row bands, each about `batch_bytes` stored."""
+        batches: list[list[int]] = []
+        current: list[int] = []
+        size = 0
+        for i, tile in enumerate(tensor.tiles):
+            if current and tile.col == 0 and size >= batch_bytes:
+                batches.append(current)
+                current, size = [], 0
+            current.append(i)
+            size += tile.blob.length
+        if current:
+            batches.append(current)
+        return batches
+
+    def _fetch_batch(self, tensor: TensorEntry, batch: list[int]) -> list[bytes]:
+        if tensor.quant.method == "kmeans":
+            self.table(tensor, "codebook")
+        elif tensor.quant.method == "linear":
+            self.table(tensor, "scale")
+            self.table(tensor, "zero_point")
+        return self.read_blobs([(tensor.tiles[i].blob, self.tile_label(tensor, i)) for i in batch])
+
+    def prefetch(self, name: str, batch_bytes: int = BATCH_BYTES) -> None:
+        """Start fetching a tensor's tables and first batch of tiles in the background."""
+        tensor = self.entry(name)
+        batches = self.tile_batches(tensor, batch_bytes)
+        if not batches:
+            return
+        with self._lock:
+            if name in self._prefetched:
+                return
+        future = self._background().submit(self._fetch_batch, tensor, batches[0])
+        with self._lock:
+            self._prefetched[name] = (batches, future)
+
+    def discard_prefetch(self, name: str) -> None:
+        with self._lock:
+            item = self._prefetched.pop(name, None)
+        if item is not None:
+            item[1].cancel()
+
+    def iter_tiles(self, name: str, batch_bytes: int = BATCH_BYTES) -> Iterator[tuple[Tile, bytes, str]]:
+        """(tile, checked blob, label) in stored order; batch k+1 is fetched while the
+        caller works on batch k, so at most about three batches are held at once."""
+        tensor = self.entry(name)
+        with self._lock:
+            item = self._prefetched.pop(name, None)
+        batches = self.tile_batches(tensor, batch_bytes)
+        if item is not None and item[0] == batches:
+            pending = item[1]
+        elif not batches:
+            return
+        else:
+            pending = self._background().submit(self._fetch_batch, tensor, batches[0])
+        try:
+            for k, batch in enumerate(batches):
+                following = None
+                if k + 1 < len(batches):
+                    following = self._background().submit(self._fetch_batch, tensor, batches[k + 1])
+                datas = pending.result()
+                pending = following
+                for i, data in zip(batch, datas):
+                    yield tensor.tiles[i], data, self.tile_label(tensor, i)
+                del datas
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    def iter_planes(self, name: str, batch_bytes: int = BATCH_BYTES) -> Iterator[tuple[Tile, np.ndarray]]:
+        """(tile, decoded plane) in stored order: codes for kmeans/linear, values otherwise."""
+        tensor = self.entry(name)
+        for tile, data, label in self.iter_tiles(name, batch_bytes):
+            yield tile, self.decode_tile(tensor, tile, data, label)
+
+    def read_tensor(self, name: str) -> np.ndarray:
         """The whole tensor: float32 for lossy rules, the original dtype for raw ones."""
         t = self.entry(name)
         rows, cols = t.view
         lossless = t.quant.method == "raw"
         out = np.empty((rows, cols), dtype=np.dtype(t.dtype) if lossless else np.float32)
-        items = [(tile.blob, self.tile_label(t, i)) for i, tile in enumerate(t.tiles)]
-        for i, (tile, data) in enumerate(zip(t.tiles, self.read_blobs(items))):
-            plane = self.decode_tile(t, tile, data, items[i][1])
+        for tile, plane in self.iter_planes(name):
             region = out[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols]
             if lossless:
                 region[...] = plane
             else:
-                region[...] = self.dequantize_tile(t, tile, plane)
+                self.dequantize_tile(t, tile, plane, out=region)
         return out.reshape(t.shape)
 
     # -- verify --------------------------------------------------------------------------

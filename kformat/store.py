@@ -9,6 +9,7 @@ ranges are merged and fetched concurrently; transient failures are retried with 
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -47,28 +48,55 @@ class ByteRange:
         return self.end - self.start
 
 
+class ReadCounter:
+    """Bytes and requests fetched, shared by a store and its children (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.requests = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.bytes += n
+            self.requests += 1
+
+
 class Store:
     """Ranged reads below one root URL, with length checks, merging and retries."""
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, retries: int = RETRIES):
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, retries: int = RETRIES,
+                 counter: ReadCounter | None = None):
         self.fs = fs
         self.root = root.rstrip("/") if root not in ("/", "") else root
         self.url = url
         self.retries = retries
-        self.bytes_read = 0
-        self.requests = 0
+        self.counter = counter or ReadCounter()
+
+    @property
+    def bytes_read(self) -> int:
+        return self.counter.bytes
+
+    @property
+    def requests(self) -> int:
+        return self.counter.requests
 
     @classmethod
     def from_url(cls, url: str, **storage_options) -> "Store":
+        url = str(url)
+        if url.split("://", 1)[0] in ("http", "https") and "headers" not in storage_options:
+            # Ask for the bytes as stored: a compressed reply would make Range and
+            # Content-Length refer to other bytes than the ones the manifest describes.
+            storage_options["headers"] = {"Accept-Encoding": "identity"}
         try:
-            fs, path = fsspec.core.url_to_fs(str(url), **storage_options)
-        except (ImportError, ValueError) as exc:
+            fs, path = fsspec.core.url_to_fs(url, **storage_options)
+        except (ImportError, ValueError, TypeError) as exc:
             raise StorageError(f"cannot open {url!r}: {exc}") from None
-        return cls(fs, path, str(url))
+        return cls(fs, path, url)
 
     def child(self, root: str, url: str) -> "Store":
         """A store for another root on the same filesystem (the directory of a manifest)."""
-        return Store(self.fs, root, url, self.retries)
+        return Store(self.fs, root, url, self.retries, self.counter)
 
     def path(self, key: str) -> str:
         if not key:
@@ -95,10 +123,21 @@ class Store:
                 raise StorageError(f"{what} {self.describe(key)} failed: {type(exc).__name__}: {exc}") from None
         raise AssertionError("unreachable")
 
-    def isdir(self, key: str = "") -> bool:
+    def is_dir(self) -> bool | None:
+        """Whether the root is a directory, or None where asking would cost a download.
+
+        fsspec's HTTP backend answers `isdir` by GETting the URL and scanning it for links,
+        which for a model file means fetching all of it; caching wrappers pass the call on.
+        """
+        fs = self.fs
+        while isinstance(getattr(fs, "fs", None), fsspec.AbstractFileSystem) and fs.fs is not fs:
+            fs = fs.fs  # unwrap simplecache::, filecache::, blockcache::
+        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+        if any(str(p).startswith("http") for p in protocols):
+            return None
         try:
-            return bool(self.fs.isdir(self.path(key)))
-        except Exception:  # noqa: BLE001 - backends without directories (http) just say no
+            return bool(self.fs.isdir(self.root))
+        except Exception:  # noqa: BLE001 - a backend that cannot tell: treat as a file
             return False
 
     def size(self, key: str = "") -> int:
@@ -173,8 +212,7 @@ class Store:
         return blocks
 
     def _count(self, n: int) -> None:
-        self.bytes_read += n
-        self.requests += 1
+        self.counter.add(n)
 
     def _range_ignored(self, key: str, start: int, end: int, got: int) -> StorageError:
         return StorageError(

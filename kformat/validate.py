@@ -1,7 +1,7 @@
 """Consistency checks of a decoded manifest, before any blob is read.
 
 A manifest that passes guarantees: unique tensor names; each tensor's view matches its shape;
-tiles form exactly the regular grid their tile size implies; tables have the shapes their
+tiles form exactly the regular grid their tile size implies, listed row-major; tables have the shapes their
 method, bits and groups imply; blob lengths match fixed-size payloads; every blob lies inside
 its shard and no two blobs overlap; shard names are plain content-hash file names.
 """
@@ -62,15 +62,17 @@ def _check_tensor(t: TensorEntry, source: str, blobs: list[tuple[BlobRef, str]])
     expected = -(-rows // tr) * -(-cols // tc) if size else 0
     if len(t.tiles) != expected:
         raise _fail(source, f"{where}: {len(t.tiles)} tiles, the {tr}x{tc} grid over {rows}x{cols} needs {expected}")
-    seen = set()
+    grid_cols = -(-cols // tc) if size else 1
     itemsize = np.dtype(t.storage).itemsize
     for i, tile in enumerate(t.tiles):
-        if (tile.row % tr or tile.col % tc or tile.row >= rows or tile.col >= cols
-                or tile.rows != min(tr, rows - tile.row) or tile.cols != min(tc, cols - tile.col)):
-            raise _fail(source, f"{where} tile {i}: rectangle ({tile.row}, {tile.col}, {tile.rows}x{tile.cols}) is off the grid")
-        if (tile.row, tile.col) in seen:
-            raise _fail(source, f"{where} tile {i}: duplicate tile at ({tile.row}, {tile.col})")
-        seen.add((tile.row, tile.col))
+        # Tiles are listed row-major, so a reader streams whole row bands in stored order.
+        row, col = (i // grid_cols) * tr, (i % grid_cols) * tc
+        if (tile.row, tile.col) != (row, col) or tile.rows != min(tr, rows - row) or tile.cols != min(tc, cols - col):
+            raise _fail(
+                source,
+                f"{where} tile {i}: rectangle ({tile.row}, {tile.col}, {tile.rows}x{tile.cols}) is not grid"
+                f" cell ({row}, {col}, {min(tr, rows - row)}x{min(tc, cols - col)}); tiles are listed row-major",
+            )
         if t.codec == "raw":
             want = (tile.rows * -(-tile.cols * t.depth // 8)) if t.depth else tile.rows * tile.cols * itemsize
             if tile.blob.length != want:
