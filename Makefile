@@ -19,14 +19,16 @@ $(STAMP): pyproject.toml constraints.txt
 # nginx from Debian's packages, for remote-loading tests and examples.
 nginx:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
-	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null) \
-	    || echo "warning: could not install nginx; HTTP tests will be skipped"; }
+	  { echo "installing nginx from Debian's packages"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null 2>&1; } || \
+	  { echo "error: could not install nginx (needed by the HTTP tests and the demo)" >&2; exit 1; }
 
-demo: venv
+demo: venv nginx
 	$(BIN)/python examples/demo.py
 
-test: venv
-	$(BIN)/python -m pytest
+# KFORMAT_REQUIRE_NGINX: a missing nginx fails the HTTP tests instead of skipping them.
+test: venv nginx
+	KFORMAT_REQUIRE_NGINX=1 $(BIN)/python -m pytest
 
 bench: venv
 	$(BIN)/python tools/bench/size_quality.py

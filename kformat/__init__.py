@@ -19,6 +19,7 @@ from .errors import (  # noqa: E402
     QuantizationError,
     RecipeError,
     StorageError,
+    TensorNotFound,
     VersionError,
 )
 from .lazy import LazyModel, LazyTensor, QuantizedTensor, open_model  # noqa: E402
@@ -31,5 +32,5 @@ __all__ = [
     "__version__", "open", "open_model", "LazyModel", "LazyTensor", "QuantizedTensor", "pack", "unpack", "inspect", "verify", "load_all", "build_recipe", "Container",
     "open_container", "Recipe", "Rule", "PRESETS", "load_recipe", "parse_rule", "KFormatError",
     "FormatError", "VersionError", "IntegrityError", "DecodeError", "RecipeError", "QuantizationError",
-    "InputError", "StorageError", "NotFound",
+    "InputError", "StorageError", "NotFound", "TensorNotFound",
 ]

@@ -45,3 +45,10 @@ class StorageError(KFormatError):
 
 class NotFound(StorageError, FileNotFoundError):
     """A file, shard or tensor does not exist."""
+
+
+class TensorNotFound(NotFound, KeyError):
+    """No tensor of that name: a KeyError too, so a model behaves as a Mapping should."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0]) if self.args else ""

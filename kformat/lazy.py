@@ -19,7 +19,7 @@ import numpy as np
 
 from .codecs.bitpack import pack_rows, row_bytes, unpack_rows
 from .dequant import dequantize_kmeans, dequantize_linear
-from .errors import InputError, NotFound
+from .errors import InputError, TensorNotFound
 from .reader import BATCH_BYTES, Container
 from .schema import Manifest, TensorEntry
 
@@ -265,7 +265,7 @@ class LazyModel(Mapping[str, LazyTensor]):
         try:
             return self._tensors[name]
         except KeyError:
-            raise NotFound(f"{self.source}: no tensor named {name!r}") from None
+            raise TensorNotFound(f"{self.source}: no tensor named {name!r}") from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._tensors)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .codecs import get_codec
 from .dequant import dequantize_kmeans, dequantize_linear
-from .errors import DecodeError, FormatError, IntegrityError, KFormatError, NotFound, StorageError
+from .errors import DecodeError, FormatError, IntegrityError, KFormatError, NotFound, StorageError, TensorNotFound
 from .header import decode_header, decode_manifest
 from .schema import HEADER_SIZE, MANIFEST_NAME, MAX_MANIFEST_BYTES, SHARD_DIR, BlobRef, Manifest, Table, TensorEntry, Tile
 from .store import ByteRange, Store
@@ -214,7 +214,7 @@ class Container:
         try:
             return self.tensors[name]
         except KeyError:
-            raise NotFound(f"{self.source}: no tensor named {name!r}") from None
+            raise TensorNotFound(f"{self.source}: no tensor named {name!r}") from None
 
     # -- streaming -----------------------------------------------------------------------
     @staticmethod
@@ -234,12 +234,16 @@ class Container:
         return batches
 
     def _fetch_batch(self, tensor: TensorEntry, batch: list[int]) -> list[bytes]:
-        if tensor.quant.method == "kmeans":
-            self.table(tensor, "codebook")
-        elif tensor.quant.method == "linear":
-            self.table(tensor, "scale")
-            self.table(tensor, "zero_point")
-        return self.read_blobs([(tensor.tiles[i].blob, self.tile_label(tensor, i)) for i in batch])
+        """A batch's tile blobs, with the tensor's tables when not cached yet (one request)."""
+        q = tensor.quant
+        names = {"kmeans": ("codebook",), "linear": ("scale", "zero_point")}.get(q.method, ())
+        missing = [n for n in names if f"{tensor.name}\0{n}" not in self._tables]
+        items = [(getattr(q, n).blob, f"tensor {tensor.name!r} {n}") for n in missing]
+        items += [(tensor.tiles[i].blob, self.tile_label(tensor, i)) for i in batch]
+        datas = self.read_blobs(items)
+        for n, data in zip(missing, datas):
+            self._tables[f"{tensor.name}\0{n}"] = _table_array(data, getattr(q, n))
+        return datas[len(missing):]
 
     def prefetch(self, name: str, batch_bytes: int = BATCH_BYTES) -> None:
         """Start fetching a tensor's tables and first batch of tiles in the background."""
