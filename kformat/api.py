@@ -7,10 +7,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .errors import KFormatError
+from .errors import InputError, KFormatError
 from .io import DictSource, TensorSource, open_source, write_tensors
 from .reader import Container, Problem
 from .recipe import Recipe, load_recipe, parse_rule_override
+from .relayout import is_container, relayout
 from .schema import DEFAULT_SHARD_SIZE
 from .summary import summarize
 from .writer import PackReport, pack as _pack
@@ -36,7 +37,18 @@ def pack(
     metadata: dict[str, str] | None = None,
     progress: Progress | None = None,
 ) -> PackReport:
-    """Pack a model file (or a dict of arrays) into a kformat container."""
+    """Pack a model file (or a dict of arrays) into a kformat container.
+
+    A source that is already a kformat container (a .kf file, a sharded directory, a URL) is
+    re-laid out with its blobs copied verbatim, never quantized a second time.
+    """
+    if isinstance(source, (str, Path)) and is_container(source):
+        if recipe is not None or list(rules):
+            raise InputError(
+                f"{source} is already a kformat container: it is re-laid out as it is, never"
+                " re-quantized; drop the recipe and rules (or unpack it and pack the result)"
+            )
+        return relayout(str(source), output, layout=layout, shard_size=shard_size, progress=progress)
     if isinstance(source, dict):
         source = DictSource(source)
     elif isinstance(source, (str, Path)):

@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add_pack_args(p):
-        p.add_argument("input", help="model weights: .npz, .safetensors, or a PyTorch state_dict (.pt/.pth)")
+        p.add_argument("input", help="model weights: .npz, .safetensors, or a PyTorch state_dict (.pt/.pth);"
+                       " or a kformat container (.kf, sharded directory, URL) to re-lay out as is")
         p.add_argument("-r", "--recipe", default=None,
                        help=f"a preset ({', '.join(PRESETS)}) or a TOML/JSON recipe file (default: fp16)")
         p.add_argument("--rule", action="append", default=[], metavar="GLOB=RULE",
@@ -144,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="pack into a sharded directory for a CDN",
                        description="Pack into DIR/manifest.kf plus immutable shards/<sha256>.kfs files,"
-                       " ready to serve over HTTP with range requests (see examples/nginx.conf).")
+                       " ready to serve over HTTP with range requests (see examples/nginx/). Given a .kf"
+                       " file, its blobs are copied into shards verbatim, without re-quantizing.")
     add_pack_args(p)
     p.add_argument("output", help="output directory")
     p.set_defaults(func=cmd_publish)
