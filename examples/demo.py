@@ -3,12 +3,17 @@
 
 Makes VGG16-shaped weights (He-init Gaussian, fixed seed; nothing is downloaded), packs them
 with the `mobile` preset (first FC layer 4-bit k-means, other FC layers 8-bit k-means,
-everything else fp16), inspects, verifies, unpacks, and prints the size table.
+everything else fp16), inspects, verifies, unpacks, and prints the size table. Then publishes
+the packed file as CDN shards, serves them from a local nginx, and runs a numpy VGG16 forward
+pass streaming the weights over HTTP, printing bytes fetched and peak memory next to float32.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +22,10 @@ import numpy as np
 import kformat
 from kformat.summary import format_table, human_bytes
 from kformat.synthetic import small_vgg_weights, vgg16_weights
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tools"))
+from local_nginx import LocalNginx, NginxUnavailable  # noqa: E402
 
 
 def step(text: str) -> None:
@@ -74,7 +83,53 @@ def main() -> int:
         print(f"{label:24s} {size:12,d} {human_bytes(size):>10s} {ratio:10.2f} {bpw:12.2f}")
     if report.unmatched_rules:
         print("warnings:", *report.unmatched_rules, sep="\n  ")
-    return 0 if not problems else 1
+    streamed = stream_over_http(out, source)
+    return 0 if not problems and streamed else 1
+
+
+def run_json(*args: str) -> dict:
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def stream_over_http(out: Path, source: Path) -> bool:
+    site = out / "www"
+    step(f"6. kformat publish {out / 'vgg16.kf'} {site / 'vgg16'}  (the same blobs as CDN shards)")
+    kformat.pack(str(out / "vgg16.kf"), site / "vgg16", layout="sharded", shard_size=16 << 20)
+    shards = sorted((site / "vgg16" / "shards").iterdir())
+    print(f"{len(shards)} shards, e.g. {shards[0].name}; served with examples/nginx/kformat-locations.conf")
+
+    step("7. stream a numpy VGG16 forward pass over HTTP from a local nginx")
+    try:
+        server = LocalNginx(site).start()
+    except NginxUnavailable as exc:
+        print(f"skipped: {exc}")
+        return True
+    try:
+        url = server.url("vgg16/")
+        print(f"python examples/stream_inference.py {url}")
+        remote = run_json(str(HERE / "stream_inference.py"), url, "--json")
+        sent = sum(e.body_bytes for e in server.requests_since(0) if e.uri.startswith("/vgg16/"))
+    finally:
+        server.stop()
+    local = run_json(str(HERE / "stream_inference.py"), str(out / "vgg16.kf"), "--json")
+    eager = run_json(str(HERE.parent / "tools" / "bench" / "peak_memory.py"), "--child", "a", "--npz", str(source),
+                     "--url", "-", "--logits", str(out / "logits-float32.npy"))
+    f32 = remote["float32_bytes"]
+    print(f"nginx sent {sent:,} body bytes in {remote['requests']} requests"
+          f" ({sent / f32:.1%} of the float32 weights); top-5 classes {remote['top5']}")
+    print(f"\n{'forward pass':36s} {'fetched MiB':>12s} {'peak RSS MiB':>13s} {'vs float32':>11s} {'seconds':>8s}")
+    rows = [("float32 .npz, loaded eagerly", None, eager["peak_rss"], eager["total_s"]),
+            ("kformat, streamed from a file", local["bytes_fetched"], local["peak_rss"], local["seconds"]),
+            ("kformat, streamed over HTTP", remote["bytes_fetched"], remote["peak_rss"], remote["seconds"])]
+    for label, fetched, peak, seconds in rows:
+        got = f"{fetched / 2**20:12.1f}" if fetched is not None else f"{f32 / 2**20:12.1f}"
+        print(f"{label:36s} {got} {peak / 2**20:13.1f} {peak / eager['peak_rss']:10.2f}x {seconds:8.2f}")
+    same = remote["top5"] == local["top5"]
+    print(f"streamed over HTTP and from the file: {'same' if same else 'DIFFERENT'} predictions")
+    return same
 
 
 if __name__ == "__main__":
