@@ -23,20 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy_vgg  # noqa: E402
+from procmem import peak_rss_bytes  # noqa: E402
 
 import kformat  # noqa: E402
-
-
-def peak_rss_bytes() -> int | None:
-    """Peak resident memory of this process since it started (Linux), else None."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def main() -> int:
@@ -80,8 +69,7 @@ def main() -> int:
     print(f"top-5 classes {top.tolist()} in {seconds:.2f}s")
     print(f"fetched {fetched / 2**20:.1f} MiB in {requests} requests; weights as float32 would be"
           f" {float32_bytes / 2**20:.1f} MiB")
-    if result["peak_rss"]:
-        print(f"peak memory of this process: {result['peak_rss'] / 2**20:.1f} MiB")
+    print(f"peak memory of this process: {result['peak_rss'] / 2**20:.1f} MiB")
     return 0
 
 

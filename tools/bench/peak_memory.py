@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path[:0] = [str(REPO / "examples"), str(REPO / "tools")]
+from procmem import peak_rss_bytes  # noqa: E402
 
 VARIANTS = {
     "a": "float32 .npz, eager",
@@ -44,21 +44,6 @@ VARIANTS = {
     "d": "kformat mobile, streamed over HTTP",
 }
 TOLERANCE = 1e-4
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set since exec.
-
-    VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child would report
-    at least its parent's size at the time of the fork."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 # -- one variant, in a child process ------------------------------------------------------------
