@@ -114,6 +114,17 @@ def cmd_verify(args) -> int:
     return EXIT_PROBLEMS
 
 
+def cmd_compare(args) -> int:
+    from .compare import compare, format_comparison
+
+    result = compare(args.original, args.packed, **_storage_options(args))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_comparison(result))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kformat",
@@ -169,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check every blob's hash; exit 1 naming each bad blob")
     add_url_args(p)
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("compare", help="per-tensor error of a packed model against the original",
+                       description="Compare every tensor of PACKED with ORIGINAL: SQNR (dB), cosine"
+                       " similarity, largest absolute error and relative Frobenius error, and totals"
+                       " over all float tensors. Tensors only one side holds are listed.")
+    p.add_argument("original", help="the original weights: .npz, .safetensors, .pt/.pth, or a kformat path/URL")
+    p.add_argument("packed", help="the kformat model: a .kf file or sharded directory, path or any fsspec URL")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                   help="fsspec storage option (value parsed as JSON when it can be)")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
