@@ -1,0 +1,241 @@
+"""PyTorch integration (the `torch` extra; torch is imported only when these are called).
+
+    import kformat.torch as kt
+    kt.save(model, "model.kf", recipe="mobile")
+
+    with torch.device("meta"):                 # no float32 weights allocated at all
+        model = Net()
+    kt.load_state_dict(model, "https://cdn.example.com/model/")   # layer by layer, tile by tile
+    # or keep Linear layers compact: codes + codebook as buffers, dequantized per band in forward
+    model = kt.load_quantized(model, "https://cdn.example.com/model/")
+
+`load_state_dict` dequantizes each tile straight into the parameter's storage, so it never
+holds more than one tile of float32 beyond the model itself. `load_quantized` replaces every
+`nn.Linear` whose weight is quantized in the file by a `QuantizedLinear` holding the compact
+form only: a forward pass dequantizes one band of rows at a time into a reused buffer.
+Modules built on the meta device get real tensors as they are filled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .errors import InputError
+from .lazy import LazyModel, LazyTensor, QuantizedTensor, open_model
+from .schema import DEFAULT_SHARD_SIZE
+
+__all__ = ["save", "load_state_dict", "load_quantized", "QuantizedLinear", "state_dict_arrays"]
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise InputError("kformat.torch needs PyTorch: pip install 'kformat[torch]'") from None
+    return torch
+
+
+def state_dict_arrays(module_or_state_dict) -> dict[str, np.ndarray]:
+    """numpy views of a module's (or state dict's) tensors; bfloat16 is widened to float32."""
+    torch = _torch()
+    state = module_or_state_dict.state_dict() if isinstance(module_or_state_dict, torch.nn.Module) else module_or_state_dict
+    arrays = {}
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"state dict entry {name!r} is a {type(value).__name__}, not a tensor")
+        if value.is_meta:
+            raise InputError(f"tensor {name!r} is on the meta device: it has no values to save")
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:
+            value = value.float()
+        arrays[name] = value.numpy()
+    return arrays
+
+
+def save(
+    module_or_state_dict,
+    path: str | Path,
+    recipe=None,
+    *,
+    rules: Iterable[str] = (),
+    layout: str = "single",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    metadata: dict[str, str] | None = None,
+    progress=None,
+):
+    """Pack a module's state dict (or a state dict) into a kformat container."""
+    from .api import pack
+
+    return pack(state_dict_arrays(module_or_state_dict), path, recipe, rules=rules, layout=layout,
+                shard_size=shard_size, metadata=metadata, progress=progress)
+
+
+# -- filling modules --------------------------------------------------------------------------
+def _owner(module, dotted: str):
+    *path, leaf = dotted.split(".")
+    owner = module
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, leaf
+
+
+def _set_tensor(module, dotted: str, value) -> None:
+    torch = _torch()
+    owner, leaf = _owner(module, dotted)
+    if leaf in owner._parameters:
+        old = owner._parameters[leaf]
+        owner._parameters[leaf] = torch.nn.Parameter(value, requires_grad=old.requires_grad if old is not None else True)
+    else:
+        owner._buffers[leaf] = value
+
+
+def _fill(torch, target, lazy: LazyTensor, name: str):
+    """Copy `lazy`'s values into `target` (a tensor), tile by tile when it can; returns the
+    tensor holding the values (a new one when `target` lives on the meta device)."""
+    if tuple(target.shape) != lazy.shape:
+        raise InputError(f"tensor {name!r}: the module wants shape {list(target.shape)}, the file has {list(lazy.shape)}")
+    if target.is_meta:
+        target = torch.empty(tuple(target.shape), dtype=target.dtype, device="cpu")
+    direct = (target.device.type == "cpu" and target.dtype == torch.float32 and target.is_contiguous()
+              and lazy.method != "raw")
+    if not direct:
+        target.copy_(torch.from_numpy(np.asarray(lazy.numpy(), order="C")))
+        return target
+    container, entry = lazy._container, lazy.entry
+    dest = target.detach().numpy().reshape(entry.view)
+    for tile, plane in container.iter_planes(name, lazy.batch_bytes):
+        region = dest[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols]
+        container.dequantize_tile(entry, tile, plane, out=region)
+    return target
+
+
+def _file_order(model: LazyModel, names: Iterable[str]) -> list[str]:
+    index = {name: i for i, name in enumerate(model)}
+    return sorted(names, key=index.__getitem__)
+
+
+def _load_into(module, model: LazyModel, targets: dict, strict: bool, skip: set[str]) -> tuple[list[str], list[str]]:
+    torch = _torch()
+    missing = [n for n in targets if n not in model and n not in skip]
+    unexpected = [n for n in model if n not in targets and n not in skip]
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"missing from the file: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"not in the module: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+        raise InputError(f"{model.source}: state dict does not match the module ({'; '.join(parts)})")
+    wanted = [n for n in targets if n in model and n not in skip]
+    with torch.no_grad():
+        for name, lazy in model.stream(_file_order(model, wanted)):
+            filled = _fill(torch, targets[name], lazy, name)
+            if filled is not targets[name]:
+                _set_tensor(module, name, filled)
+    return missing, unexpected
+
+
+def load_state_dict(module, url: str, *, strict: bool = True, **storage_options) -> tuple[list[str], list[str]]:
+    """Fill `module`'s parameters and buffers from a kformat model, one layer at a time.
+
+    Returns (missing, unexpected) key lists like torch's; with `strict` any mismatch is an
+    InputError naming the keys. Shapes must match exactly.
+    """
+    targets = module.state_dict(keep_vars=True)
+    with open_model(url, **storage_options) as model:
+        return _load_into(module, model, targets, strict, set())
+
+
+# -- compact Linear layers ----------------------------------------------------------------------
+def _module_class():
+    torch = _torch()
+
+    class QuantizedLinear(torch.nn.Module):
+        """nn.Linear on compact weights: codes + codebook (or scale and zero point) as
+        buffers, dequantized one band of rows at a time in forward (CPU, inference only)."""
+
+        def __init__(self, q: QuantizedTensor, bias=None):
+            super().__init__()
+            if len(q.shape) != 2:
+                raise InputError(f"tensor {q.name!r}: a Linear weight must be 2-D, got shape {list(q.shape)}")
+            self.out_features, self.in_features = q.shape
+            self._meta = {k: getattr(q, k) for k in ("name", "method", "shape", "view", "bits", "depth",
+                                                      "group_rows", "packed")}
+            for key in ("codes", "codebook", "scale", "zero_point", "values"):
+                array = getattr(q, key)
+                if array is not None and not (array.flags.writeable and array.flags.c_contiguous):
+                    array = np.array(array, order="C")  # tables come straight from read-only bytes
+                self.register_buffer(key, None if array is None else torch.from_numpy(array))
+            self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+
+        def quantized(self) -> QuantizedTensor:
+            arrays = {k: (None if getattr(self, k) is None else getattr(self, k).numpy())
+                      for k in ("codes", "codebook", "scale", "zero_point", "values")}
+            return QuantizedTensor(**self._meta, **arrays)
+
+        def forward(self, x):
+            if x.requires_grad and torch.is_grad_enabled():
+                raise RuntimeError("QuantizedLinear is for inference: run it under torch.no_grad()")
+            flat = x.reshape(-1, self.in_features).to(torch.float32)
+            out = self.quantized().matmul(flat.numpy().T)  # (out_features, n)
+            y = torch.from_numpy(np.ascontiguousarray(out.T))
+            if self.bias is not None:
+                y += self.bias
+            return y.reshape(*x.shape[:-1], self.out_features)
+
+        def extra_repr(self) -> str:
+            m = self._meta
+            what = f"{m['method']}:{m['bits']}" if m["bits"] else m["method"]
+            return f"in_features={self.in_features}, out_features={self.out_features}, {what}, bias={self.bias is not None}"
+
+    return QuantizedLinear
+
+
+_QUANTIZED_LINEAR = None
+
+
+def __getattr__(name: str) -> Any:  # QuantizedLinear is built on first use, so importing is free
+    global _QUANTIZED_LINEAR
+    if name == "QuantizedLinear":
+        if _QUANTIZED_LINEAR is None:
+            _QUANTIZED_LINEAR = _module_class()
+        return _QUANTIZED_LINEAR
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load_quantized(module, url: str, *, packed: bool = True, strict: bool = True, **storage_options):
+    """Swap every nn.Linear whose weight the file quantizes (kmeans, linear, fp16) for a
+    QuantizedLinear holding the compact form; fill everything else as load_state_dict does.
+    Returns the module (changed in place)."""
+    torch = _torch()
+    cls = __getattr__("QuantizedLinear")
+    targets = module.state_dict(keep_vars=True)
+    with open_model(url, **storage_options) as model:
+        replaced: set[str] = set()
+        linears = [(name, sub) for name, sub in module.named_modules() if isinstance(sub, torch.nn.Linear)]
+        for name, linear in linears:
+            key = f"{name}.weight" if name else "weight"
+            if key not in model or model[key].method == "raw":
+                continue
+            lazy = model[key]
+            if lazy.shape != (linear.out_features, linear.in_features):
+                raise InputError(f"tensor {key!r}: the module wants shape {[linear.out_features, linear.in_features]},"
+                                 f" the file has {list(lazy.shape)}")
+            bias = None
+            bias_key = f"{name}.bias" if name else "bias"
+            if linear.bias is not None:
+                if bias_key not in model:
+                    raise InputError(f"{model.source}: {bias_key!r} is missing from the file")
+                bias = torch.from_numpy(np.ascontiguousarray(model[bias_key].numpy(), dtype=np.float32))
+                replaced.add(bias_key)
+            quantized = cls(lazy.quantized(packed=packed), bias)
+            if name:
+                owner, leaf = _owner(module, name)
+                setattr(owner, leaf, quantized)
+            else:
+                raise InputError("load_quantized needs a module that contains Linear layers, not a Linear itself")
+            replaced.add(key)
+        _load_into(module, model, targets, strict, replaced)
+    return module

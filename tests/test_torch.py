@@ -1,0 +1,115 @@
+"""kformat.torch: save, layer-by-layer load_state_dict, compact QuantizedLinear layers."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import kformat  # noqa: E402
+import kformat.torch as kt  # noqa: E402
+from kformat.errors import InputError  # noqa: E402
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.bn = torch.nn.BatchNorm1d(200)
+        self.head = torch.nn.Sequential(torch.nn.Linear(8 * 36, 200), torch.nn.ReLU(), torch.nn.Linear(200, 10))
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x)).flatten(1)
+        return self.head[2](self.head[1](self.bn(self.head[0](x))))
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    model = Net().eval()
+    model.bn.running_mean.uniform_(-0.1, 0.1)
+    model.bn.num_batches_tracked.fill_(3)
+    return model
+
+
+def state_arrays(module):
+    return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("recipe", ["raw", "fp16"])
+def test_save_then_unpack_gives_the_state_dict_back(tmp_path, net, recipe):
+    kt.save(net, tmp_path / "m.kf", recipe=recipe)
+    back = kformat.load_all(str(tmp_path / "m.kf"))
+    for name, value in state_arrays(net).items():
+        expected = value if recipe == "raw" or value.dtype != np.float32 or value.size < 1024 else \
+            value.astype(np.float16).astype(np.float32)
+        assert back[name].dtype == expected.dtype and np.array_equal(back[name], expected), name
+
+
+@pytest.mark.parametrize("layout", ["single", "sharded"])
+def test_load_state_dict_fills_a_meta_module(tmp_path, net, layout):
+    out = tmp_path / ("m.kf" if layout == "single" else "m")
+    kt.save(net.state_dict(), out, recipe="mobile", rules=["head.0.weight=kmeans:4,tile=64x100"], layout=layout)
+    with torch.device("meta"):
+        fresh = Net().eval()
+    assert kt.load_state_dict(fresh, str(out)) == ([], [])
+    expected = kformat.load_all(str(out))
+    for name, value in fresh.state_dict().items():
+        assert not value.is_meta and np.array_equal(value.numpy(), expected[name]), name
+    assert isinstance(fresh.head[0].weight, torch.nn.Parameter)
+
+
+def test_load_state_dict_into_an_existing_module_keeps_its_tensors(tmp_path, net):
+    kt.save(net, tmp_path / "m.kf", recipe="kmeans8")
+    other = Net()
+    weight = other.head[0].weight
+    kt.load_state_dict(other, str(tmp_path / "m.kf"))
+    assert other.head[0].weight is weight  # filled in place, tile by tile
+    assert np.array_equal(weight.detach().numpy(), kformat.load_all(str(tmp_path / "m.kf"))["head.0.weight"])
+
+
+def test_mismatched_modules_are_named(tmp_path, net):
+    kt.save(net, tmp_path / "m.kf", recipe="fp16")
+    small = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with pytest.raises(InputError, match=r"missing from the file: 0.weight, 0.bias; not in the module: conv.weight"):
+        kt.load_state_dict(small, str(tmp_path / "m.kf"))
+    missing, unexpected = kt.load_state_dict(small, str(tmp_path / "m.kf"), strict=False)
+    assert missing == ["0.weight", "0.bias"] and "conv.weight" in unexpected
+    wrong = Net()
+    wrong.head[2] = torch.nn.Linear(200, 11)
+    with pytest.raises(InputError, match=r"'head.2.weight': the module wants shape \[11, 200\], the file has \[10, 200\]"):
+        kt.load_state_dict(wrong, str(tmp_path / "m.kf"))
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_quantized_linear_layers_match_the_dequantized_model(tmp_path, net, packed):
+    kt.save(net, tmp_path / "m.kf", recipe="mobile", rules=["head.2.weight=linear:8,row"])
+    dense = Net().eval()
+    kt.load_state_dict(dense, str(tmp_path / "m.kf"))
+    with torch.device("meta"):
+        compact = Net().eval()
+    kt.load_quantized(compact, str(tmp_path / "m.kf"), packed=packed)
+    assert isinstance(compact.head[0], kt.QuantizedLinear) and isinstance(compact.head[2], kt.QuantizedLinear)
+    assert compact.head[0].codes.dtype == torch.uint8
+    assert compact.head[0].codes.shape == ((200, 144) if packed else (200, 288))  # 4-bit codes
+    assert "kmeans:4" in repr(compact.head[0])
+    compact_bytes = sum(b.nbytes for b in compact.head[0].buffers())
+    assert compact_bytes < dense.head[0].weight.nbytes / (7 if packed else 3.5)
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        want, got = dense(x), compact(x)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    with pytest.raises(RuntimeError, match="no_grad"):
+        compact.head[0](torch.randn(2, 288, requires_grad=True))
+
+
+def test_load_state_dict_over_http(nginx, packed):
+    class Small(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = torch.nn.Linear(520, 300)
+            self.fc2 = torch.nn.Linear(300, 10)
+
+    with torch.device("meta"):
+        module = Small()
+    missing, unexpected = kt.load_state_dict(module, nginx.url("model/"), strict=False)
+    assert missing == [] and set(unexpected) == {"features.0.weight", "features.0.bias", "bn.num_batches_tracked"}
+    assert np.array_equal(module.fc1.weight.detach().numpy(), packed.expected["fc1.weight"])
