@@ -36,23 +36,45 @@ def pack(
     shard_size: int = DEFAULT_SHARD_SIZE,
     metadata: dict[str, str] | None = None,
     progress: Progress | None = None,
+    target_size: int | None = None,
+    target_bits: float | None = None,
 ) -> PackReport:
     """Pack a model file (or a dict of arrays) into a kformat container.
+
+    With `target_size` (bytes) or `target_bits` (bits per parameter, over all tensors) the
+    rule of every tensor the recipe quantizes is chosen by bit allocation (kformat.allocate):
+    the least weighted error whose container fits; the choice is in each entry's reason and
+    in the manifest's metadata["kformat.allocation"].
 
     A source that is already a kformat container (a .kf file, a sharded directory, a URL) is
     re-laid out with its blobs copied verbatim, never quantized a second time.
     """
     if isinstance(source, (str, Path)) and is_container(source):
-        if recipe is not None or list(rules):
+        if recipe is not None or list(rules) or target_size is not None or target_bits is not None:
             raise InputError(
                 f"{source} is already a kformat container: it is re-laid out as it is, never"
-                " re-quantized; drop the recipe and rules (or unpack it and pack the result)"
+                " re-quantized; drop the recipe, rules and targets (or unpack it and pack the result)"
             )
         return relayout(str(source), output, layout=layout, shard_size=shard_size, progress=progress)
     if isinstance(source, dict):
         source = DictSource(source)
     elif isinstance(source, (str, Path)):
         source = open_source(source)
+    if target_size is not None or target_bits is not None:
+        if target_size is not None and target_bits is not None:
+            raise InputError("give a target size or a target bits per weight, not both")
+        if target_bits is not None:
+            if not 0 < target_bits <= 32:
+                raise InputError(f"target bits per weight must be in (0, 32], got {target_bits}")
+            params = sum(int(np.prod(t.shape, dtype=np.int64)) for t in source.tensors())
+            target_size = int(params * target_bits / 8)
+        if target_size <= 0:
+            raise InputError(f"target size must be positive, got {target_size}")
+        from .allocate import pack_to_target
+
+        report, _, _ = pack_to_target(source, output, build_recipe(recipe, rules), int(target_size), layout=layout,
+                                      shard_size=shard_size, metadata=metadata, progress=progress)
+        return report
     return _pack(
         source, output, build_recipe(recipe, rules),
         layout=layout, shard_size=shard_size, metadata=metadata, progress=progress,

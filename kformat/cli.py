@@ -64,6 +64,7 @@ def cmd_pack(args) -> int:
     report = api.pack(
         args.input, args.output, args.recipe, rules=args.rule,
         layout="sharded" if args.sharded else "single", shard_size=args.shard_size, progress=progress,
+        target_size=args.target_size, target_bits=args.target_bits,
     )
     for warning in report.unmatched_rules:
         print(f"kformat: warning: {warning}", file=sys.stderr)
@@ -145,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                        " 'classifier.0.*=kmeans:4' or 'fc*=kmeans:4,group=64,codec=zstd'. Repeatable.")
         p.add_argument("--shard-size", type=parse_size, default="64MB",
                        help="largest shard of a sharded directory (default 64MB)")
+        target = p.add_mutually_exclusive_group()
+        target.add_argument("--target-size", type=parse_size, metavar="SIZE",
+                            help="bit allocation: choose each quantized tensor's rule (k-means bits, per-tensor"
+                            " or per-group codebooks, fp16) for the least weighted error within SIZE (e.g. 20MiB)")
+        target.add_argument("--target-bits", type=float, metavar="BITS",
+                            help="bit allocation to BITS bits per parameter on average (e.g. 4.5)")
         p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
     p = sub.add_parser("pack", help="pack a model file by a recipe", description="Pack a model file into a"

@@ -18,7 +18,7 @@ from .codecs import get_codec, plane_depth
 from .errors import KFormatError, StorageError
 from .io import TensorSource
 from .quantize import Encoded, encode_tensor
-from .recipe import Decision, Recipe, plan
+from .recipe import Decision, Recipe, Rule, plan
 from .schema import DEFAULT_SHARD_SIZE, Manifest, Quant, Table, TensorEntry, Tile
 from .sinks import ShardedSink, SingleFileSink
 
@@ -43,7 +43,7 @@ def tile_grid(view: tuple[int, int], tile: tuple[int, int]) -> list[tuple[int, i
     ]
 
 
-def _tile_blob(enc: Encoded, codec, rect) -> bytes:
+def tile_blob(enc: Encoded, codec, rect) -> bytes:
     r, c, h, w = rect
     if enc.codes is not None:
         bits = int(enc.rule.bits)
@@ -66,7 +66,7 @@ def emit_tensor(sink, pool: ThreadPoolExecutor, name: str, array: np.ndarray, de
     codec = get_codec(rule.plane_codec)
     tile = tuple(rule.tile or default_tile)
     rects = tile_grid(enc.view, tile)
-    blobs = pool.map(lambda rect: _tile_blob(enc, codec, rect), rects)
+    blobs = pool.map(lambda rect: tile_blob(enc, codec, rect), rects)
     tiles = [Tile(row=r, col=c, rows=h, cols=w, blob=sink.add(b)) for (r, c, h, w), b in zip(rects, blobs)]
     quant = Quant(
         method=rule.method,
@@ -105,12 +105,18 @@ def pack(
     progress: Progress | None = None,
     workers: int | None = None,
     generator: str | None = None,
+    assigned: dict[str, tuple[Rule, str]] | None = None,
 ) -> PackReport:
-    """Pack every tensor of `source` by `recipe`; the output appears only when complete."""
+    """Pack every tensor of `source` by `recipe`; the output appears only when complete.
+
+    `assigned` maps tensor names to (rule, reason) chosen elsewhere (bit allocation); those
+    replace the recipe's choice."""
     output = Path(output)
     if source.path is not None and output.resolve() == Path(source.path).resolve():
         raise StorageError(f"output {output} is the input file; choose another path")
     decisions, unmatched = plan(recipe, [(t.name, t.shape, t.dtype) for t in source.tensors()])
+    if assigned:
+        decisions = [Decision(d.name, *assigned[d.name]) if d.name in assigned else d for d in decisions]
     if layout == "single":
         sink = SingleFileSink(output)
     elif layout == "sharded":

@@ -1,0 +1,413 @@
+"""Bit allocation: choose a rule per layer to meet a size target with the least weighted error.
+
+For every tensor a recipe would quantize (floating point, rank >= 2, at least `min_elements`),
+candidates are k-means codebooks of 1, 2, 3, 4, 5, 6 and 8 bits per tensor, 2-4 bits with one
+codebook per group of 64 rows, and fp16. Each candidate's size and error are *estimated* from
+a value histogram, without encoding: the error by assigning histogram bins to the fitted
+centroids, the size from the code entropy (the PNG planes land within about 1% of it) plus
+codebooks and per-tile overhead. The choice minimises
+
+    sum over tensors of  n_i * noise_i / signal_i     (relative error, weighted by size)
+
+under the byte budget by a Lagrangian sweep over the convex hull of each tensor's candidates
+(the classic solution of this multiple-choice knapsack). The real pack then checks the real
+size; if the estimate was optimistic the budget shrinks by the overshoot and it runs again.
+Tensors the recipe does not quantize keep the recipe's rule and count as fixed bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import KFormatError
+from .io import TensorSource
+from .codecs import plane_depth
+from .quantize import kmeans, view_2d
+from .recipe import Recipe, Rule, is_float_dtype, plan
+
+KMEANS_BITS = (1, 2, 3, 4, 5, 6, 8)
+GROUP_BITS = (2, 3, 4)
+GROUP_ROWS = 64
+PNG_OVERHEAD = 1.02  # measured: PNG planes come within ~1% of the order-0 code entropy
+TILE_OVERHEAD = 120  # bytes of PNG chunks, zlib and Huffman tables per tile, besides the palette
+EXACT_MAX = 1 << 20  # tensors up to this many elements are encoded for real under every candidate
+SAMPLE_GROUPS = 16  # per-group candidates are estimated on this many groups, evenly spaced
+CLOSE_ENOUGH = 0.002  # stop once the container is within 0.2% below the target
+
+
+@dataclass(frozen=True)
+class Candidate:
+    rule: Rule
+    bytes: float
+    error: float  # weighted: elements * relative noise power
+
+
+@dataclass
+class Allocation:
+    target_bytes: int
+    rules: dict[str, Rule]  # tensor name -> chosen rule
+    estimated_bytes: float
+    estimated_error: float
+    fixed_bytes: float
+
+    def describe(self) -> dict:
+        """What the manifest records (each tensor's rule is in its own entry)."""
+        return {"target_bytes": self.target_bytes, "estimated_bytes": round(self.estimated_bytes),
+                "weighted_error": round(self.estimated_error, 6), "tensors": len(self.rules)}
+
+
+def _cells(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid for each histogram point (centroids sorted)."""
+    mids = (centroids[1:] + centroids[:-1]) / 2
+    return np.searchsorted(mids, points)
+
+
+def _kmeans_estimate(hist: kmeans.Histogram, k: int, thorough: bool) -> tuple[float, np.ndarray]:
+    """(noise energy, code counts) of a k-entry codebook fitted to `hist`."""
+    centroids = np.unique(np.asarray(kmeans.fit_centroids(hist, k, thorough), dtype=np.float64))
+    cells = _cells(hist.points, centroids)
+    # the bins' own width adds w^2/12 per value (values spread uniformly within a bin)
+    width = (hist.hi - hist.lo) / kmeans.FINE_BINS if hist.hi > hist.lo else 0.0
+    noise = float(np.sum(hist.counts * (hist.points - centroids[cells]) ** 2)) + hist.counts.sum() * width**2 / 12
+    counts = np.bincount(cells, weights=hist.counts, minlength=k)
+    return noise, counts
+
+
+def _tile_overhead(bits: int) -> int:
+    return TILE_OVERHEAD + 3 * (1 << plane_depth(bits))  # + the PNG palette
+
+
+def _entropy_bytes(counts: np.ndarray) -> float:
+    total = counts.sum()
+    p = counts[counts > 0] / total
+    return float(-(p * np.log2(p)).sum()) * total / 8
+
+
+def candidate_rules(rows: int) -> list[Rule]:
+    rules = [Rule(method="fp16")] + [Rule(method="kmeans", bits=b) for b in KMEANS_BITS]
+    if rows >= 2 * GROUP_ROWS:
+        rules += [Rule(method="kmeans", bits=b, granularity="group", group_size=GROUP_ROWS) for b in GROUP_BITS]
+    return rules
+
+
+def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int]) -> list[Candidate]:
+    """Every candidate encoded for real: exact bytes (blobs plus average alignment padding)
+    and exact error. Used for tensors small enough that this is cheap."""
+    from .codecs import get_codec
+    from .quantize import encode_tensor
+    from .writer import tile_blob, tile_grid
+
+    w = np.asarray(array, dtype=np.float32)
+    n = w.size
+    out = []
+    for rule in candidate_rules(view_2d(w.shape)[0]):
+        enc = encode_tensor(name, w, rule)
+        codec = get_codec(rule.plane_codec)
+        rects = tile_grid(enc.view, tile)
+        blobs = [len(tile_blob(enc, codec, rect)) for rect in rects]
+        tables = [t.nbytes for t in (enc.codebook, enc.scale, enc.zero_point) if t is not None]
+        size = sum(blobs) + sum(tables) + 32 * (len(blobs) + len(tables))
+        sqnr = enc.stats.get("sqnr_db", math.inf)
+        out.append(Candidate(rule, float(size), 0.0 if sqnr == math.inf else n * 10 ** (-sqnr / 10)))
+    return out
+
+
+def candidates(name: str, array: np.ndarray, tile: tuple[int, int]) -> list[Candidate]:
+    """(bytes, weighted error) of every candidate rule for one tensor: exact for tensors up to
+    EXACT_MAX elements, estimated from a histogram above that."""
+    if array.size <= EXACT_MAX:
+        return exact_candidates(name, array, tile)
+    w = np.asarray(array, dtype=np.float32).reshape(view_2d(array.shape))
+    rows, cols = w.shape
+    n = w.size
+    tiles = math.ceil(rows / tile[0]) * math.ceil(cols / tile[1])
+    signal = float(np.einsum("ij,ij->", w, w, dtype=np.float64))
+    if signal == 0:
+        signal = 1.0
+    out = []
+    half = w.astype(np.float16).astype(np.float32)
+    d = (w - half).astype(np.float64)
+    out.append(Candidate(Rule(method="fp16"), 2.0 * n + tiles * TILE_OVERHEAD, n * float(np.sum(d * d)) / signal))
+    hist = kmeans.histogram(w)
+    for bits in KMEANS_BITS:
+        noise, counts = _kmeans_estimate(hist, 1 << bits, thorough=True)
+        size = _entropy_bytes(counts) * PNG_OVERHEAD + (1 << bits) * 2 + tiles * _tile_overhead(bits)
+        out.append(Candidate(Rule(method="kmeans", bits=bits), size, n * noise / signal))
+    groups = math.ceil(rows / GROUP_ROWS)
+    if groups >= 2:
+        picks = np.unique(np.linspace(0, groups - 1, min(groups, SAMPLE_GROUPS)).astype(int))
+        sampled_rows = sum(min(rows, (g + 1) * GROUP_ROWS) - g * GROUP_ROWS for g in picks)
+        scale = rows / sampled_rows
+        for bits in GROUP_BITS:
+            noise = entropy = 0.0
+            for g in picks:
+                block = w[g * GROUP_ROWS : (g + 1) * GROUP_ROWS]
+                part_noise, counts = _kmeans_estimate(kmeans.histogram(block, 4096), 1 << bits, thorough=False)
+                noise += part_noise
+                entropy += _entropy_bytes(counts)
+            size = entropy * scale * PNG_OVERHEAD + groups * (1 << bits) * 2 + tiles * _tile_overhead(bits)
+            rule = Rule(method="kmeans", bits=bits, granularity="group", group_size=GROUP_ROWS)
+            out.append(Candidate(rule, size, n * noise * scale / signal))
+    return out
+
+
+def _hull(cands: list[Candidate]) -> list[Candidate]:
+    """The lower convex hull of (bytes, error), smallest first: the only useful choices."""
+    points = sorted(cands, key=lambda c: (c.bytes, c.error))
+    frontier = []
+    for c in points:
+        if frontier and c.error >= frontier[-1].error:
+            continue
+        frontier.append(c)
+    hull: list[Candidate] = []
+    for c in frontier:
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            # drop b if it lies on or above the segment a -> c
+            if (b.error - a.error) * (c.bytes - a.bytes) >= (c.error - a.error) * (b.bytes - a.bytes):
+                hull.pop()
+            else:
+                break
+        hull.append(c)
+    return hull
+
+
+def choose(options: dict[str, list[Candidate]], budget: float) -> dict[str, Candidate]:
+    """Per tensor the hull point minimising error + lam * bytes, lam the smallest that fits;
+    then a local search over one- and two-tensor changes closes most of the Lagrangian gap."""
+    hulls = {name: _hull(c) for name, c in options.items()}
+
+    def pick(lam: float) -> dict[str, Candidate]:
+        return {name: min(h, key=lambda c: c.error + lam * c.bytes) for name, h in hulls.items()}
+
+    def size(choice) -> float:
+        return sum(c.bytes for c in choice.values())
+
+    smallest = {name: h[0] for name, h in hulls.items()}
+    if size(smallest) > budget:
+        raise KFormatError(
+            f"the target is too small: even 1-bit codes for every quantizable tensor need about"
+            f" {size(smallest) / 2**20:.2f} MiB more than the budget allows"
+            f" ({budget / 2**20:.2f} MiB left after the tensors the recipe keeps as they are)"
+        )
+    lo, hi = 0.0, 1.0
+    while size(pick(hi)) > budget:
+        hi *= 4
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if size(pick(mid)) > budget:
+            lo = mid
+        else:
+            hi = mid
+    return _improve(options, pick(hi), budget)
+
+
+def _improve(options: dict[str, list[Candidate]], choice: dict[str, Candidate], budget: float) -> dict[str, Candidate]:
+    """Local search from the Lagrangian solution: the best single change of one tensor's
+    rule, or of two tensors' rules at once, that lowers the error and still fits; repeat."""
+    names = list(options)
+    moves = [(i, c) for i, n in enumerate(names) for c in options[n]]
+    owner = np.array([i for i, _ in moves])
+    for _ in range(1000):
+        size = sum(c.bytes for c in choice.values())
+        d_size = np.array([c.bytes - choice[names[i]].bytes for i, c in moves])
+        d_err = np.array([c.error - choice[names[i]].error for i, c in moves])
+        left = budget - size
+        best, best_gain = None, -1e-12 * max(1.0, sum(c.error for c in choice.values()))
+        single = np.where(d_size <= left, d_err, np.inf)
+        k = int(np.argmin(single))
+        if single[k] < best_gain:
+            best, best_gain = (k,), single[k]
+        pair_err = d_err[:, None] + d_err[None, :]
+        fits = (d_size[:, None] + d_size[None, :] <= left) & (owner[:, None] != owner[None, :])
+        pair_err = np.where(fits, pair_err, np.inf)
+        a, b = np.unravel_index(int(np.argmin(pair_err)), pair_err.shape)
+        if pair_err[a, b] < best_gain:
+            best = (a, b)
+        if best is None:
+            return choice
+        for k in best:
+            i, c = moves[k]
+            choice[names[i]] = c
+    return choice
+
+
+def _fixed_bytes(name: str, shape, dtype: np.dtype, rule: Rule) -> float:
+    n = int(np.prod(shape, dtype=np.int64))
+    if rule.method == "fp16":
+        return 2.0 * n + TILE_OVERHEAD
+    if rule.method == "raw":
+        return np.dtype(dtype).itemsize * n + TILE_OVERHEAD
+    bits = int(rule.bits)
+    return n * bits / 8 + (1 << bits) * 4 + TILE_OVERHEAD  # a rule fixed by the recipe itself
+
+
+def estimate(source: TensorSource, recipe: Recipe) -> tuple[dict[str, list[Candidate]], float]:
+    """Candidates of every tensor the recipe would quantize, and the estimated fixed bytes
+    (header, manifest, and the tensors kept by the recipe's own rule)."""
+    decisions, _ = plan(recipe, [(t.name, t.shape, t.dtype) for t in source.tensors()])
+    infos = {t.name: t for t in source.tensors()}
+    options: dict[str, list[Candidate]] = {}
+    fixed = 64.0 + 1024.0  # header and the manifest's fixed part
+    for d in decisions:
+        info = infos[d.name]
+        n = int(np.prod(info.shape, dtype=np.int64))
+        eligible = (is_float_dtype(info.dtype) and len(info.shape) >= 2 and n >= recipe.min_elements
+                    and d.rule.method != "raw")
+        fixed += 300  # manifest entry
+        if eligible:
+            options[d.name] = candidates(d.name, source.load(d.name), tuple(d.rule.tile or recipe.tile))
+        else:
+            fixed += _fixed_bytes(d.name, info.shape, info.dtype, d.rule)
+    if not options:
+        raise KFormatError("nothing to allocate: no tensor is floating point, rank >= 2 and >= min_elements")
+    return options, fixed
+
+
+def _shifted(options: dict[str, list[Candidate]], offsets: dict[str, float]) -> dict[str, list[Candidate]]:
+    """Candidates with each tensor's measured size error (real - estimated) added."""
+    return {n: [Candidate(c.rule, max(1.0, c.bytes + offsets.get(n, 0.0)), c.error) for c in cs]
+            for n, cs in options.items()}
+
+
+def _best_uniform(options: dict[str, list[Candidate]], budget: float) -> dict[str, Candidate] | None:
+    """The same rule everywhere (per tensor where a tensor lacks it), least error that fits."""
+    best = None
+    for rule in {c.rule for cs in options.values() for c in cs}:
+        choice = {}
+        for name, cs in options.items():
+            same = [c for c in cs if c.rule == rule]
+            fallback = [c for c in cs if c.rule.method == rule.method and c.rule.bits == rule.bits]
+            if not (same or fallback):
+                break
+            choice[name] = (same or fallback)[0]
+        else:
+            size = sum(c.bytes for c in choice.values())
+            error = sum(c.error for c in choice.values())
+            if size <= budget and (best is None or error < best[0]):
+                best = (error, choice)
+    return None if best is None else best[1]
+
+
+def allocate(options: dict[str, list[Candidate]], fixed: float, target_bytes: int) -> Allocation:
+    choice = choose(options, target_bytes - fixed)
+    uniform = _best_uniform(options, target_bytes - fixed)  # never do worse than one rule for all
+    if uniform is not None and sum(c.error for c in uniform.values()) < sum(c.error for c in choice.values()):
+        choice = uniform
+    return Allocation(
+        target_bytes=int(target_bytes),
+        rules={name: c.rule for name, c in choice.items()},
+        estimated_bytes=fixed + sum(c.bytes for c in choice.values()),
+        estimated_error=sum(c.error for c in choice.values()),
+        fixed_bytes=fixed,
+    )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def container_size(path: Path) -> int:
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def measured_error(manifest) -> float:
+    """The objective on a packed container, from the SQNR each tensor's entry records."""
+    total = 0.0
+    for t in manifest.tensors:
+        sqnr = t.stats.get("sqnr_db")
+        if sqnr is not None and t.quant.method != "raw":
+            total += math.prod(t.shape) * 10 ** (-sqnr / 10)
+    return total
+
+
+def pack_to_target(source: TensorSource, output, recipe: Recipe, target_bytes: int, *, layout="single",
+                   shard_size=None, metadata=None, progress=None):
+    """Pack with allocated rules so that the container is at most `target_bytes`.
+
+    Rounds, each packed to a temporary sibling of `output` and measured: (1) the allocation
+    from the estimates; (2) when (1) misses the target or undershoots it, the allocation again
+    with the estimates corrected by what (1) measured; (3) the best single rule for all
+    tensors that the corrected estimates say fits (or nearly), and the best without group
+    codebooks. Of the containers that fit, the one with
+    the least *measured* weighted error is renamed into place (so the result is never worse
+    than a uniform choice that was tried), the others removed.
+    Returns (report, allocation, bytes).
+    """
+    from .schema import DEFAULT_SHARD_SIZE
+    from .summary import tensor_bytes
+    from .writer import pack as write
+
+    output = Path(output)
+    options, fixed = estimate(source, recipe)
+    tried: list[Path] = []
+    fitting = []  # (measured error, -bytes, path, report, allocation)
+
+    def run(alloc: Allocation, label: str):
+        info = dict(metadata or {})
+        info["kformat.allocation"] = json.dumps({**alloc.describe(), "round": label}, sort_keys=True)
+        note = "allocated"  # the target and figures are in metadata["kformat.allocation"]
+        temp = output.with_name(f".{output.name}.alloc{len(tried)}")
+        tried.append(temp)
+        report = write(source, temp, recipe, layout=layout, shard_size=shard_size or DEFAULT_SHARD_SIZE,
+                       metadata=info, progress=progress, assigned={n: (r, note) for n, r in alloc.rules.items()})
+        actual = container_size(temp)
+        if actual <= target_bytes:
+            fitting.append((measured_error(report.manifest), -actual, len(tried), temp, report, alloc))
+        return report, actual
+
+    try:
+        first = allocate(options, fixed, target_bytes)
+        report, actual = run(first, "estimated")
+        real = {t.name: tensor_bytes(t) for t in report.manifest.tensors}
+        chosen = {n: next(c for c in cs if c.rule == first.rules[n]) for n, cs in options.items()}
+        offsets = {n: real[n] - chosen[n].bytes for n in options}
+        corrected = _shifted(options, offsets)
+        fixed = actual - sum(real[n] for n in options)
+        if not (target_bytes * (1 - CLOSE_ENOUGH) <= actual <= target_bytes):
+            second = allocate(corrected, fixed, target_bytes)
+            if second.rules != first.rules:
+                run(second, "corrected")
+        # Estimates may be off by a fraction of a percent: near the edge, let the real size
+        # decide between the best single rule for all, and the best without group codebooks.
+        window = (target_bytes - fixed) * (1 + 2 * CLOSE_ENOUGH)
+        tried_rules = [first.rules]
+        for plain in (False, True):
+            pool = corrected if not plain else {
+                n: [c for c in cs if c.rule.granularity != "group"] for n, cs in corrected.items()}
+            uniform = _best_uniform(pool, window)
+            if uniform is None:
+                continue
+            rules = {n: c.rule for n, c in uniform.items()}
+            if rules in tried_rules:
+                continue
+            tried_rules.append(rules)
+            run(Allocation(int(target_bytes), rules, fixed + sum(c.bytes for c in uniform.values()),
+                           sum(c.error for c in uniform.values()), fixed), "uniform")
+        if not fitting:
+            raise KFormatError(
+                f"could not meet the target of {target_bytes:,} bytes (the closest try came to {actual:,});"
+                " the estimates are off for this model: try a slightly smaller target"
+            )
+        _, minus_bytes, _, temp, report, alloc = min(fitting, key=lambda item: item[:3])
+        if output.is_dir():
+            _remove(output)  # a directory cannot be replaced in one rename; a file can
+        os.replace(temp, output)
+        report.output = output
+        return report, alloc, -minus_bytes
+    finally:
+        for temp in tried:
+            _remove(temp)

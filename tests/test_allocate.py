@@ -1,0 +1,94 @@
+"""Bit allocation: meets the target size, beats one rule for all at the same size."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import kformat
+from kformat.allocate import _hull, Candidate, choose, container_size, measured_error
+from kformat.cli import main
+from kformat.errors import KFormatError
+from kformat.recipe import Rule
+
+
+def heterogeneous(seed=0):
+    """Layers whose value distributions differ, as in trained networks."""
+    rng = np.random.default_rng(seed)
+    return {
+        "gauss.weight": (rng.standard_normal((128, 256)) * 0.05).astype(np.float32),
+        "laplace.weight": (rng.laplace(size=(128, 256)) * 0.02).astype(np.float32),
+        "heavy.weight": (rng.standard_t(3, size=(256, 128)) * 0.01).astype(np.float32),
+        "uniform.weight": rng.uniform(-0.1, 0.1, size=(64, 256)).astype(np.float32),
+        "rows.weight": (rng.standard_normal((128, 128)) * np.exp(rng.standard_normal((128, 1)))).astype(np.float32),
+        "bias": np.zeros(128, np.float32),
+    }
+
+
+@pytest.mark.parametrize("uniform", ["kmeans2", "kmeans4"])
+def test_allocation_fits_the_size_of_a_uniform_rule_with_less_error(tmp_path, uniform):
+    weights = heterogeneous()
+    kformat.pack(weights, tmp_path / "u.kf", uniform)
+    size = container_size(tmp_path / "u.kf")
+    report = kformat.pack(weights, tmp_path / "a.kf", "fp16", target_size=size)
+    assert container_size(tmp_path / "a.kf") <= size
+    with kformat.open(str(tmp_path / "u.kf")) as u, kformat.open(str(tmp_path / "a.kf")) as a:
+        assert measured_error(a.manifest) <= measured_error(u.manifest)
+        info = json.loads(a.metadata["kformat.allocation"])
+        assert info["target_bytes"] == size and info["tensors"] == len(weights) - 1
+        assert [n for n in a if a[n].entry.reason == "allocated"] == [n for n in weights if n != "bias"]
+    assert report.output == tmp_path / "a.kf"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.kf", "u.kf"]  # no temporary rounds left
+
+
+def test_heterogeneous_layers_get_different_rules(tmp_path):
+    report = kformat.pack(heterogeneous(), tmp_path / "a.kf", "fp16", target_bits=3.0)
+    rules = {t.name: t.rule for t in report.manifest.tensors if t.name != "bias"}
+    assert len(set(rules.values())) > 1
+    params = sum(a.size for a in heterogeneous().values())
+    assert container_size(tmp_path / "a.kf") <= params * 3.0 / 8
+
+
+@pytest.mark.parametrize("target", ["60kB", "40kB"])
+def test_cli_target_size_and_sharded_output(tmp_path, target, capsys):
+    np.savez(tmp_path / "m.npz", **heterogeneous())
+    assert main(["publish", str(tmp_path / "m.npz"), str(tmp_path / "site"), "--target-size", target]) == 0
+    assert container_size(tmp_path / "site") <= int(target[:-2]) * 1000
+    assert kformat.verify(str(tmp_path / "site")) == []
+    assert "packed 6 tensors" in capsys.readouterr().out
+
+
+def test_impossible_targets_are_refused_and_leave_nothing(tmp_path, capsys):
+    np.savez(tmp_path / "m.npz", **heterogeneous())
+    assert main(["pack", str(tmp_path / "m.npz"), "-o", str(tmp_path / "m.kf"), "--target-size", "2kB"]) == 2
+    assert "target is too small" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+    with pytest.raises(KFormatError, match="not both"):
+        kformat.pack(heterogeneous(), tmp_path / "x.kf", target_size=10**5, target_bits=4)
+    with pytest.raises(SystemExit) as exit_:
+        main(["pack", str(tmp_path / "m.npz"), "-o", "x.kf", "--target-size", "1kB", "--target-bits", "2"])
+    assert exit_.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_choose_is_optimal_on_a_small_knapsack():
+    """Against brute force over every combination (hull choices + greedy fill)."""
+    rng = np.random.default_rng(3)
+    options = {}
+    for t in range(4):
+        sizes = np.sort(rng.uniform(10, 100, 5))
+        errors = np.sort(rng.uniform(1, 50, 5))[::-1] * (t + 1)
+        options[f"t{t}"] = [Candidate(Rule(method="kmeans", bits=b + 1), float(s), float(e))
+                            for b, (s, e) in enumerate(zip(sizes, errors))]
+    import itertools
+
+    for budget in (150, 200, 250, 300):
+        best = min((sum(c.error for c in combo) for combo in itertools.product(*options.values())
+                    if sum(c.bytes for c in combo) <= budget), default=math.inf)
+        got = choose(options, budget)
+        assert sum(c.bytes for c in got.values()) <= budget
+        hull_only = min((sum(c.error for c in combo) for combo in itertools.product(*(_hull(v) for v in options.values()))
+                         if sum(c.bytes for c in combo) <= budget), default=math.inf)
+        assert sum(c.error for c in got.values()) <= hull_only * 1.10  # within the Lagrangian gap
+        assert best <= sum(c.error for c in got.values())
