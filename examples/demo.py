@@ -84,7 +84,9 @@ def main() -> int:
     if report.unmatched_rules:
         print("warnings:", *report.unmatched_rules, sep="\n  ")
     streamed = stream_over_http(out, source)
-    return 0 if not problems and streamed else 1
+    step("8. what quantization costs in accuracy: examples/digits/digits.py (a trained 64-512-512-10 network)")
+    digits = subprocess.run([sys.executable, str(HERE / "digits" / "digits.py"), "--out", str(out / "digits")])
+    return 0 if not problems and streamed and digits.returncode == 0 else 1
 
 
 def run_json(*args: str) -> dict:

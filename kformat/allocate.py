@@ -7,8 +7,10 @@ a value histogram, without encoding: the error by assigning histogram bins to th
 centroids, the size from the code entropy (the PNG planes land within about 1% of it) plus
 codebooks and per-tile overhead. The choice minimises
 
-    sum over tensors of  n_i * noise_i / signal_i     (relative error, weighted by size)
+    sum over tensors of  noise_i / signal_i     (each layer's relative error, equally weighted)
 
+since a relative error in any layer perturbs the network's output about equally, whatever
+the layer's size (weighting by size would starve small layers, which cost little to keep).
 under the byte budget by a Lagrangian sweep over the convex hull of each tensor's candidates
 (the classic solution of this multiple-choice knapsack). The real pack then checks the real
 size; if the estimate was optimistic the budget shrinks by the overshoot and it runs again.
@@ -46,7 +48,7 @@ CLOSE_ENOUGH = 0.002  # stop once the container is within 0.2% below the target
 class Candidate:
     rule: Rule
     bytes: float
-    error: float  # weighted: elements * relative noise power
+    error: float  # relative noise power: ||W - W'||^2 / ||W||^2
 
 
 @dataclass
@@ -115,7 +117,7 @@ def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int]) -> lis
         tables = [t.nbytes for t in (enc.codebook, enc.scale, enc.zero_point) if t is not None]
         size = sum(blobs) + sum(tables) + 32 * (len(blobs) + len(tables))
         sqnr = enc.stats.get("sqnr_db", math.inf)
-        out.append(Candidate(rule, float(size), 0.0 if sqnr == math.inf else n * 10 ** (-sqnr / 10)))
+        out.append(Candidate(rule, float(size), 0.0 if sqnr == math.inf else 10 ** (-sqnr / 10)))
     return out
 
 
@@ -134,12 +136,12 @@ def candidates(name: str, array: np.ndarray, tile: tuple[int, int]) -> list[Cand
     out = []
     half = w.astype(np.float16).astype(np.float32)
     d = (w - half).astype(np.float64)
-    out.append(Candidate(Rule(method="fp16"), 2.0 * n + tiles * TILE_OVERHEAD, n * float(np.sum(d * d)) / signal))
+    out.append(Candidate(Rule(method="fp16"), 2.0 * n + tiles * TILE_OVERHEAD, float(np.sum(d * d)) / signal))
     hist = kmeans.histogram(w)
     for bits in KMEANS_BITS:
         noise, counts = _kmeans_estimate(hist, 1 << bits, thorough=True)
         size = _entropy_bytes(counts) * PNG_OVERHEAD + (1 << bits) * 2 + tiles * _tile_overhead(bits)
-        out.append(Candidate(Rule(method="kmeans", bits=bits), size, n * noise / signal))
+        out.append(Candidate(Rule(method="kmeans", bits=bits), size, noise / signal))
     groups = math.ceil(rows / GROUP_ROWS)
     if groups >= 2:
         picks = np.unique(np.linspace(0, groups - 1, min(groups, SAMPLE_GROUPS)).astype(int))
@@ -154,89 +156,43 @@ def candidates(name: str, array: np.ndarray, tile: tuple[int, int]) -> list[Cand
                 entropy += _entropy_bytes(counts)
             size = entropy * scale * PNG_OVERHEAD + groups * (1 << bits) * 2 + tiles * _tile_overhead(bits)
             rule = Rule(method="kmeans", bits=bits, granularity="group", group_size=GROUP_ROWS)
-            out.append(Candidate(rule, size, n * noise * scale / signal))
+            out.append(Candidate(rule, size, noise * scale / signal))
     return out
 
 
-def _hull(cands: list[Candidate]) -> list[Candidate]:
-    """The lower convex hull of (bytes, error), smallest first: the only useful choices."""
-    points = sorted(cands, key=lambda c: (c.bytes, c.error))
-    frontier = []
-    for c in points:
-        if frontier and c.error >= frontier[-1].error:
-            continue
-        frontier.append(c)
-    hull: list[Candidate] = []
-    for c in frontier:
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            # drop b if it lies on or above the segment a -> c
-            if (b.error - a.error) * (c.bytes - a.bytes) >= (c.error - a.error) * (b.bytes - a.bytes):
-                hull.pop()
-            else:
-                break
-        hull.append(c)
-    return hull
-
-
-def choose(options: dict[str, list[Candidate]], budget: float) -> dict[str, Candidate]:
-    """Per tensor the hull point minimising error + lam * bytes, lam the smallest that fits;
-    then a local search over one- and two-tensor changes closes most of the Lagrangian gap."""
-    hulls = {name: _hull(c) for name, c in options.items()}
-
-    def pick(lam: float) -> dict[str, Candidate]:
-        return {name: min(h, key=lambda c: c.error + lam * c.bytes) for name, h in hulls.items()}
-
-    def size(choice) -> float:
-        return sum(c.bytes for c in choice.values())
-
-    smallest = {name: h[0] for name, h in hulls.items()}
-    if size(smallest) > budget:
-        raise KFormatError(
-            f"the target is too small: even 1-bit codes for every quantizable tensor need about"
-            f" {size(smallest) / 2**20:.2f} MiB more than the budget allows"
-            f" ({budget / 2**20:.2f} MiB left after the tensors the recipe keeps as they are)"
-        )
-    lo, hi = 0.0, 1.0
-    while size(pick(hi)) > budget:
-        hi *= 4
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if size(pick(mid)) > budget:
-            lo = mid
-        else:
-            hi = mid
-    return _improve(options, pick(hi), budget)
-
-
-def _improve(options: dict[str, list[Candidate]], choice: dict[str, Candidate], budget: float) -> dict[str, Candidate]:
-    """Local search from the Lagrangian solution: the best single change of one tensor's
-    rule, or of two tensors' rules at once, that lowers the error and still fits; repeat."""
+def choose(options: dict[str, list[Candidate]], budget: float, units: int = 4096) -> dict[str, Candidate]:
+    """The least total error within `budget`: an exact dynamic programme over the
+    multiple-choice knapsack, with sizes rounded up to budget/units (so it never overshoots,
+    and loses at most a few units of the budget)."""
     names = list(options)
-    moves = [(i, c) for i, n in enumerate(names) for c in options[n]]
-    owner = np.array([i for i, _ in moves])
-    for _ in range(1000):
-        size = sum(c.bytes for c in choice.values())
-        d_size = np.array([c.bytes - choice[names[i]].bytes for i, c in moves])
-        d_err = np.array([c.error - choice[names[i]].error for i, c in moves])
-        left = budget - size
-        best, best_gain = None, -1e-12 * max(1.0, sum(c.error for c in choice.values()))
-        single = np.where(d_size <= left, d_err, np.inf)
-        k = int(np.argmin(single))
-        if single[k] < best_gain:
-            best, best_gain = (k,), single[k]
-        pair_err = d_err[:, None] + d_err[None, :]
-        fits = (d_size[:, None] + d_size[None, :] <= left) & (owner[:, None] != owner[None, :])
-        pair_err = np.where(fits, pair_err, np.inf)
-        a, b = np.unravel_index(int(np.argmin(pair_err)), pair_err.shape)
-        if pair_err[a, b] < best_gain:
-            best = (a, b)
-        if best is None:
-            return choice
-        for k in best:
-            i, c = moves[k]
-            choice[names[i]] = c
-    return choice
+    smallest = sum(min(c.bytes for c in options[n]) for n in names)
+    if smallest > budget:
+        raise KFormatError(
+            f"the target is too small: even the smallest rule for every quantizable tensor needs"
+            f" {smallest / 2**20:.3f} MiB, and {max(budget, 0) / 2**20:.3f} MiB is left after the tensors the"
+            " recipe keeps as they are"
+        )
+    unit = budget / units
+    best = np.zeros(units + 1)  # best[j]: least error of the tensors so far within j units
+    picks = []
+    for n in names:
+        cost = np.array([math.ceil(c.bytes / unit - 1e-9) for c in options[n]])
+        error = np.array([c.error for c in options[n]])
+        table = np.full((len(cost), units + 1), np.inf)
+        for k, (ck, ek) in enumerate(zip(cost, error)):
+            if ck <= units:
+                table[k, ck:] = best[: units + 1 - ck] + ek
+        picks.append(np.argmin(table, axis=0))
+        best = table.min(axis=0)
+    j = int(np.argmin(best))
+    if not math.isfinite(best[j]):
+        raise KFormatError("the target is too small for the quantizable tensors once sizes are rounded")
+    choice = {}
+    for n, pick in zip(reversed(names), reversed(picks)):
+        c = options[n][int(pick[j])]
+        choice[n] = c
+        j -= math.ceil(c.bytes / unit - 1e-9)
+    return {n: choice[n] for n in names}
 
 
 def _fixed_bytes(name: str, shape, dtype: np.dtype, rule: Rule) -> float:
@@ -330,7 +286,7 @@ def measured_error(manifest) -> float:
     for t in manifest.tensors:
         sqnr = t.stats.get("sqnr_db")
         if sqnr is not None and t.quant.method != "raw":
-            total += math.prod(t.shape) * 10 ** (-sqnr / 10)
+            total += 10 ** (-sqnr / 10)
     return total
 
 
@@ -355,6 +311,7 @@ def pack_to_target(source: TensorSource, output, recipe: Recipe, target_bytes: i
     options, fixed = estimate(source, recipe)
     tried: list[Path] = []
     fitting = []  # (measured error, -bytes, path, report, allocation)
+    sizes: list[int] = []
 
     def run(alloc: Allocation, label: str):
         info = dict(metadata or {})
@@ -365,6 +322,7 @@ def pack_to_target(source: TensorSource, output, recipe: Recipe, target_bytes: i
         report = write(source, temp, recipe, layout=layout, shard_size=shard_size or DEFAULT_SHARD_SIZE,
                        metadata=info, progress=progress, assigned={n: (r, note) for n, r in alloc.rules.items()})
         actual = container_size(temp)
+        sizes.append(actual)
         if actual <= target_bytes:
             fitting.append((measured_error(report.manifest), -actual, len(tried), temp, report, alloc))
         return report, actual
@@ -397,9 +355,12 @@ def pack_to_target(source: TensorSource, output, recipe: Recipe, target_bytes: i
             tried_rules.append(rules)
             run(Allocation(int(target_bytes), rules, fixed + sum(c.bytes for c in uniform.values()),
                            sum(c.error for c in uniform.values()), fixed), "uniform")
+        if not fitting:  # all just over: once more with the overshoot and a margin taken off
+            margin = (min(sizes) - target_bytes) + CLOSE_ENOUGH * target_bytes
+            run(allocate(corrected, fixed + margin, target_bytes), "margin")
         if not fitting:
             raise KFormatError(
-                f"could not meet the target of {target_bytes:,} bytes (the closest try came to {actual:,});"
+                f"could not meet the target of {target_bytes:,} bytes (the closest try came to {min(sizes):,});"
                 " the estimates are off for this model: try a slightly smaller target"
             )
         _, minus_bytes, _, temp, report, alloc = min(fitting, key=lambda item: item[:3])

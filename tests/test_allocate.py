@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import kformat
-from kformat.allocate import _hull, Candidate, choose, container_size, measured_error
+from kformat.allocate import Candidate, choose, container_size, measured_error
 from kformat.cli import main
 from kformat.errors import KFormatError
 from kformat.recipe import Rule
@@ -73,7 +73,9 @@ def test_impossible_targets_are_refused_and_leave_nothing(tmp_path, capsys):
 
 
 def test_choose_is_optimal_on_a_small_knapsack():
-    """Against brute force over every combination (hull choices + greedy fill)."""
+    """Against brute force over every combination of candidates."""
+    import itertools
+
     rng = np.random.default_rng(3)
     options = {}
     for t in range(4):
@@ -81,14 +83,11 @@ def test_choose_is_optimal_on_a_small_knapsack():
         errors = np.sort(rng.uniform(1, 50, 5))[::-1] * (t + 1)
         options[f"t{t}"] = [Candidate(Rule(method="kmeans", bits=b + 1), float(s), float(e))
                             for b, (s, e) in enumerate(zip(sizes, errors))]
-    import itertools
-
     for budget in (150, 200, 250, 300):
-        best = min((sum(c.error for c in combo) for combo in itertools.product(*options.values())
-                    if sum(c.bytes for c in combo) <= budget), default=math.inf)
+        combos = list(itertools.product(*options.values()))
+        best = min(sum(c.error for c in combo) for combo in combos if sum(c.bytes for c in combo) <= budget)
         got = choose(options, budget)
         assert sum(c.bytes for c in got.values()) <= budget
-        hull_only = min((sum(c.error for c in combo) for combo in itertools.product(*(_hull(v) for v in options.values()))
-                         if sum(c.bytes for c in combo) <= budget), default=math.inf)
-        assert sum(c.error for c in got.values()) <= hull_only * 1.10  # within the Lagrangian gap
-        assert best <= sum(c.error for c in got.values())
+        assert sum(c.error for c in got.values()) == pytest.approx(best)
+    with pytest.raises(KFormatError, match="target is too small"):
+        choose(options, 20)

@@ -68,3 +68,24 @@ def test_streamed_forward_equals_eager_forward(tmp_path, weights, layout):
                                 on_layer=lambda k, layer: seen.append(layer.name))
     assert seen == names
     assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_digits_accuracy_table(tmp_path):
+    """The digits example end to end (few epochs): every recipe evaluated, JSON and plot written."""
+    import json
+    import subprocess
+
+    from PIL import Image
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "digits" / "digits.py"
+    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--epochs", "5", "--target-bits", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "allocated, 3 bits/weight" in done.stdout and "kmeans2 per group" in done.stdout
+    rows = {r["recipe"]: r for r in json.loads((tmp_path / "digits.json").read_text())["rows"]}
+    assert rows["float32"]["accuracy"] > 0.9
+    assert rows["fp16"]["agreement"] > 0.99 and rows["kmeans8"]["agreement"] > 0.99
+    assert rows["kmeans2"]["bytes"] < rows["kmeans4"]["bytes"] < rows["kmeans8"]["bytes"] < rows["fp16"]["bytes"]
+    assert rows["allocated, 3 bits/weight"]["bytes"] <= 301_066 * 3 / 8
+    if (tmp_path / "digits.png").exists():  # matplotlib is the optional `plot` extra
+        assert Image.open(tmp_path / "digits.png").size[0] > 300
