@@ -30,8 +30,10 @@ demo: venv nginx
 test: venv nginx
 	KFORMAT_REQUIRE_NGINX=1 $(BIN)/python -m pytest
 
-bench: venv
+bench: venv nginx
 	$(BIN)/python tools/bench/size_quality.py
+	$(BIN)/python tools/bench/peak_memory.py
+	$(BIN)/python tools/bench/torch_memory.py
 
 schema: venv
 	$(BIN)/python tools/gen_schema.py
