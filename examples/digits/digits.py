@@ -129,10 +129,11 @@ def main() -> int:
         print(f"\nwrote {out / 'digits.json'} (install the `plot` extra for the plot)")
         return 0
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        ax.scatter(r["bytes"] / 1024, r["accuracy"] * 100, s=30)
-        ax.annotate(r["recipe"], (r["bytes"] / 1024, r["accuracy"] * 100), fontsize=7, xytext=(4, 2),
-                    textcoords="offset points")
+    markers = "osD^v<>phX*"
+    for k, r in enumerate(rows):  # points can coincide: a legend, not labels on the points
+        ax.scatter(r["bytes"] / 1024, r["accuracy"] * 100, s=40, marker=markers[k % len(markers)], alpha=0.8,
+                   label=f"{r['recipe']} ({r['ratio']:.1f}x)")
+    ax.legend(fontsize=7, loc="lower right")
     ax.set_xscale("log")
     ax.set_xlabel("container size (KiB, log scale)")
     ax.set_ylabel("test top-1 accuracy (%)")
