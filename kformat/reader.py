@@ -312,6 +312,15 @@ class Container:
         return out.reshape(t.shape)
 
     # -- verify --------------------------------------------------------------------------
+    def _verify_chunks(self):
+        """Blobs in stored order, in chunks of about BATCH_BYTES (per shard or file)."""
+        order = sorted(self.blob_labels, key=lambda item: (item[0].shard, item[0].offset))
+        by_shard: dict[int, list] = {}
+        for item in order:
+            by_shard.setdefault(item[0].shard, []).append(item)
+        for items in by_shard.values():
+            yield from _chunked(items, BATCH_BYTES)
+
     def verify(self, progress=None) -> list[Problem]:
         """Check every blob's length and hash and that every plane decodes; list problems."""
         problems: list[Problem] = []
@@ -338,20 +347,39 @@ class Container:
             for i, tile in enumerate(t.tiles):
                 tile_of[id(tile.blob)] = (t, tile, self.tile_label(t, i))
         total = len(self.blob_labels)
-        for n, (ref, label) in enumerate(self.blob_labels):
+        done = 0
+        for chunk in self._verify_chunks():
             if progress:
-                progress(n, total, label)
-            try:
-                (data,) = self.store.read_many([self.blob_range(ref)])
-                self.check_blob(ref, data, label)
-                if id(ref) in tile_of:
-                    t, tile, _ = tile_of[id(ref)]
-                    self.decode_tile(t, tile, data, label)
-            except KFormatError as exc:
-                problems.append(Problem(label, str(exc)))
+                progress(done, total, chunk[0][1])
+            try:  # one request for the whole chunk; on failure, blob by blob to name each
+                datas = self.store.read_many([self.blob_range(ref) for ref, _ in chunk])
+            except KFormatError:
+                datas = None
+            for k, (ref, label) in enumerate(chunk):
+                try:
+                    data = datas[k] if datas is not None else self.store.read_many([self.blob_range(ref)])[0]
+                    self.check_blob(ref, data, label)
+                    if id(ref) in tile_of:
+                        t, tile, _ = tile_of[id(ref)]
+                        self.decode_tile(t, tile, data, label)
+                except KFormatError as exc:
+                    problems.append(Problem(label, str(exc)))
+            done += len(chunk)
         if progress:
             progress(total, total, "")
         return problems
+
+
+def _chunked(items, limit: int):
+    chunk, size = [], 0
+    for ref, label in items:
+        if chunk and size + ref.length > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((ref, label))
+        size += ref.length
+    if chunk:
+        yield chunk
 
 
 def open_container(url: str, **storage_options) -> Container:
