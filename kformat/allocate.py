@@ -1,19 +1,19 @@
-"""Bit allocation: choose a rule per layer to meet a size target with the least weighted error.
+"""Bit allocation: choose a rule per layer to meet a size target with the least error.
 
 For every tensor a recipe would quantize (floating point, rank >= 2, at least `min_elements`),
 candidates are k-means codebooks of 1, 2, 3, 4, 5, 6 and 8 bits per tensor, 2-4 bits with one
-codebook per group of 64 rows, and fp16. Each candidate's size and error are *estimated* from
-a value histogram, without encoding: the error by assigning histogram bins to the fitted
-centroids, the size from the code entropy (the PNG planes land within about 1% of it) plus
-codebooks and per-tile overhead. The choice minimises
+codebook per group of 64 rows, and fp16. Tensors up to EXACT_MAX elements are encoded under
+every candidate, so their sizes and errors are exact; larger ones are estimated from a value
+histogram: the error by assigning histogram bins to the fitted centroids, the size from the
+code entropy (PNG planes land within about 1% of it) plus codebooks and per-tile overhead.
+The choice minimises
 
     sum over tensors of  noise_i / signal_i     (each layer's relative error, equally weighted)
 
 since a relative error in any layer perturbs the network's output about equally, whatever
-the layer's size (weighting by size would starve small layers, which cost little to keep).
-under the byte budget by a Lagrangian sweep over the convex hull of each tensor's candidates
-(the classic solution of this multiple-choice knapsack). The real pack then checks the real
-size; if the estimate was optimistic the budget shrinks by the overshoot and it runs again.
+the layer's size (weighting by size would starve small layers, which cost little to keep),
+within the byte budget, by an exact dynamic programme over the multiple-choice knapsack.
+The real packs are then measured (see pack_to_target) and the best one that fits is kept.
 Tensors the recipe does not quantize keep the recipe's rule and count as fixed bytes.
 """
 
@@ -107,7 +107,6 @@ def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int]) -> lis
     from .writer import tile_blob, tile_grid
 
     w = np.asarray(array, dtype=np.float32)
-    n = w.size
     out = []
     for rule in candidate_rules(view_2d(w.shape)[0]):
         enc = encode_tensor(name, w, rule)
@@ -122,7 +121,7 @@ def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int]) -> lis
 
 
 def candidates(name: str, array: np.ndarray, tile: tuple[int, int]) -> list[Candidate]:
-    """(bytes, weighted error) of every candidate rule for one tensor: exact for tensors up to
+    """(bytes, relative error) of every candidate rule for one tensor: exact for tensors up to
     EXACT_MAX elements, estimated from a histogram above that."""
     if array.size <= EXACT_MAX:
         return exact_candidates(name, array, tile)
@@ -195,7 +194,7 @@ def choose(options: dict[str, list[Candidate]], budget: float, units: int = 4096
     return {n: choice[n] for n in names}
 
 
-def _fixed_bytes(name: str, shape, dtype: np.dtype, rule: Rule) -> float:
+def _fixed_bytes(shape, dtype: np.dtype, rule: Rule) -> float:
     n = int(np.prod(shape, dtype=np.int64))
     if rule.method == "fp16":
         return 2.0 * n + TILE_OVERHEAD
@@ -221,7 +220,7 @@ def estimate(source: TensorSource, recipe: Recipe) -> tuple[dict[str, list[Candi
         if eligible:
             options[d.name] = candidates(d.name, source.load(d.name), tuple(d.rule.tile or recipe.tile))
         else:
-            fixed += _fixed_bytes(d.name, info.shape, info.dtype, d.rule)
+            fixed += _fixed_bytes(info.shape, info.dtype, d.rule)
     if not options:
         raise KFormatError("nothing to allocate: no tensor is floating point, rank >= 2 and >= min_elements")
     return options, fixed
