@@ -11,6 +11,33 @@ from __future__ import annotations
 import numpy as np
 
 
+TABLES_OF: dict[str, tuple[str, ...]] = {"kmeans": ("codebook",), "linear": ("scale", "zero_point")}
+"""The tables each method's codes need (fp16 and raw planes hold values and need none)."""
+
+
+def dequantize_plane(
+    method: str,
+    plane: np.ndarray,
+    row0: int,
+    group_rows: int = 0,
+    *,
+    codebook: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+    zero_point: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """float32 values of a plane whose first row is row `row0` of the tensor's 2-D view:
+    codes through their tables (kmeans, linear), or stored values cast (fp16, raw)."""
+    if method == "kmeans":
+        return dequantize_kmeans(plane, row0, codebook, group_rows, out=out)
+    if method == "linear":
+        return dequantize_linear(plane, row0, scale, zero_point, group_rows, out=out)
+    if out is None:
+        return plane.astype(np.float32)
+    out[...] = plane
+    return out
+
+
 def row_groups(row0: int, rows: int, group_rows: int) -> np.ndarray:
     return (np.arange(row0, row0 + rows, dtype=np.int64) // group_rows)
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .codecs.bitpack import pack_rows, row_bytes, unpack_rows
-from .dequant import dequantize_kmeans, dequantize_linear
+from .dequant import dequantize_plane
 from .errors import InputError, TensorNotFound
 from .reader import BATCH_BYTES, Container
 from .schema import Manifest, TensorEntry
+from .summary import tensor_bytes
 
 __all__ = ["LazyModel", "LazyTensor", "QuantizedTensor", "open_model"]
 
@@ -74,20 +75,16 @@ class QuantizedTensor:
 
     def rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Dequantized rows [start, stop) of the 2-D view."""
+        if self.method == "raw":
+            return self.values[start:stop]
         if self.values is not None:
-            block = self.values[start:stop]
-            if self.method == "raw":
-                return block
-            if out is None:
-                return block.astype(np.float32)
-            out[...] = block
-            return out
-        codes = self.codes[start:stop]
-        if self.packed:
-            codes = unpack_rows(codes, self.view[1], self.depth)
-        if self.method == "kmeans":
-            return dequantize_kmeans(codes, start, self.codebook, self.group_rows, out=out)
-        return dequantize_linear(codes, start, self.scale, self.zero_point, self.group_rows, out=out)
+            plane = self.values[start:stop]
+        else:
+            plane = self.codes[start:stop]
+            if self.packed:
+                plane = unpack_rows(plane, self.view[1], self.depth)
+        return dequantize_plane(self.method, plane, start, self.group_rows, codebook=self.codebook,
+                                scale=self.scale, zero_point=self.zero_point, out=out)
 
     def dequantize(self) -> np.ndarray:
         rows, cols = self.view
@@ -159,9 +156,7 @@ class LazyTensor:
 
     @property
     def stored_nbytes(self) -> int:
-        q = self.entry.quant
-        tables = sum(t.blob.length for t in (q.codebook, q.scale, q.zero_point) if t is not None)
-        return tables + sum(tile.blob.length for tile in self.entry.tiles)
+        return tensor_bytes(self.entry)
 
     @property
     def rule(self) -> str:
@@ -173,7 +168,7 @@ class LazyTensor:
 
     def numpy(self) -> np.ndarray:
         """The dequantized array (float32, or the source dtype for raw tensors)."""
-        return self._container.read_tensor(self.name)
+        return self._container.read_tensor(self.name, batch_bytes=self.batch_bytes)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         values = self.numpy()
@@ -204,14 +199,8 @@ class LazyTensor:
             band[: tile.rows, tile.col : tile.col + tile.cols] = plane
             if tile.col + tile.cols == cols:  # tiles are row-major: the band is complete
                 codes[tile.row : tile.row + tile.rows] = pack_rows(band[: tile.rows], depth)
-        tables = {}
-        if q.method == "kmeans":
-            tables["codebook"] = c.table(t, "codebook")
-        else:
-            tables["scale"] = c.table(t, "scale")
-            tables["zero_point"] = c.table(t, "zero_point")
         return QuantizedTensor(
-            **common, bits=q.bits, depth=depth, group_rows=q.group_rows, packed=packed, codes=codes, **tables
+            **common, bits=q.bits, depth=depth, group_rows=q.group_rows, packed=packed, codes=codes, **c.tables(t)
         )
 
     def matmul(self, x) -> np.ndarray:

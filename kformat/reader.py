@@ -13,13 +13,13 @@ import hashlib
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 from pathlib import PurePosixPath
 
 import numpy as np
 
 from .codecs import get_codec
-from .dequant import dequantize_kmeans, dequantize_linear
+from .dequant import TABLES_OF, dequantize_plane
 from .errors import DecodeError, FormatError, IntegrityError, KFormatError, NotFound, StorageError, TensorNotFound
 from .header import decode_header, decode_manifest
 from .schema import HEADER_SIZE, MANIFEST_NAME, MAX_MANIFEST_BYTES, SHARD_DIR, BlobRef, Manifest, Table, TensorEntry, Tile
@@ -176,10 +176,23 @@ class Container:
     def table(self, tensor: TensorEntry, which: str) -> np.ndarray:
         key = f"{tensor.name}\0{which}"
         if key not in self._tables:
-            table = getattr(tensor.quant, which)
-            (data,) = self.read_blobs([(table.blob, f"tensor {tensor.name!r} {which}")])
-            self._tables[key] = _table_array(data, table)
+            self._fetch_tables(tensor, [which])
         return self._tables[key]
+
+    def tables(self, tensor: TensorEntry) -> dict[str, np.ndarray]:
+        """The tables the tensor's method needs, by name (none for fp16 and raw)."""
+        return {which: self.table(tensor, which) for which in TABLES_OF.get(tensor.quant.method, ())}
+
+    def _fetch_tables(self, tensor: TensorEntry, names: list[str], tiles: Iterable[int] = ()) -> list[bytes]:
+        """Fetch and cache the named tables, with the given tiles in the same request; the
+        tiles' blobs are returned."""
+        q = tensor.quant
+        items = [(getattr(q, n).blob, f"tensor {tensor.name!r} {n}") for n in names]
+        items += [(tensor.tiles[i].blob, self.tile_label(tensor, i)) for i in tiles]
+        datas = self.read_blobs(items)
+        for n, data in zip(names, datas):
+            self._tables[f"{tensor.name}\0{n}"] = _table_array(data, getattr(q, n))
+        return datas[len(names):]
 
     # -- tiles ---------------------------------------------------------------------------
     @staticmethod
@@ -201,14 +214,7 @@ class Container:
     def dequantize_tile(self, tensor: TensorEntry, tile: Tile, plane: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """float32 values of a decoded tile plane."""
         q = tensor.quant
-        if q.method == "kmeans":
-            return dequantize_kmeans(plane, tile.row, self.table(tensor, "codebook"), q.group_rows, out=out)
-        if q.method == "linear":
-            return dequantize_linear(plane, tile.row, self.table(tensor, "scale"), self.table(tensor, "zero_point"), q.group_rows, out=out)
-        if out is None:
-            return plane.astype(np.float32)
-        out[...] = plane
-        return out
+        return dequantize_plane(q.method, plane, tile.row, q.group_rows, out=out, **self.tables(tensor))
 
     def entry(self, name: str) -> TensorEntry:
         try:
@@ -235,15 +241,9 @@ class Container:
 
     def _fetch_batch(self, tensor: TensorEntry, batch: list[int]) -> list[bytes]:
         """A batch's tile blobs, with the tensor's tables when not cached yet (one request)."""
-        q = tensor.quant
-        names = {"kmeans": ("codebook",), "linear": ("scale", "zero_point")}.get(q.method, ())
+        names = TABLES_OF.get(tensor.quant.method, ())
         missing = [n for n in names if f"{tensor.name}\0{n}" not in self._tables]
-        items = [(getattr(q, n).blob, f"tensor {tensor.name!r} {n}") for n in missing]
-        items += [(tensor.tiles[i].blob, self.tile_label(tensor, i)) for i in batch]
-        datas = self.read_blobs(items)
-        for n, data in zip(missing, datas):
-            self._tables[f"{tensor.name}\0{n}"] = _table_array(data, getattr(q, n))
-        return datas[len(missing):]
+        return self._fetch_tables(tensor, missing, batch)
 
     def prefetch(self, name: str, batch_bytes: int = BATCH_BYTES) -> None:
         """Start fetching a tensor's tables and first batch of tiles in the background."""
@@ -297,13 +297,16 @@ class Container:
         for tile, data, label in self.iter_tiles(name, batch_bytes):
             yield tile, self.decode_tile(tensor, tile, data, label)
 
-    def read_tensor(self, name: str) -> np.ndarray:
-        """The whole tensor: float32 for lossy rules, the original dtype for raw ones."""
+    def read_tensor(self, name: str, out: np.ndarray | None = None, batch_bytes: int = BATCH_BYTES) -> np.ndarray:
+        """The whole tensor: float32 for lossy rules, the original dtype for raw ones.
+
+        With `out` (an array of the 2-D view's shape and that dtype) each tile is written
+        straight into it, so nothing but one tile is held besides."""
         t = self.entry(name)
-        rows, cols = t.view
         lossless = t.quant.method == "raw"
-        out = np.empty((rows, cols), dtype=np.dtype(t.dtype) if lossless else np.float32)
-        for tile, plane in self.iter_planes(name):
+        if out is None:
+            out = np.empty(tuple(t.view), dtype=np.dtype(t.dtype) if lossless else np.float32)
+        for tile, plane in self.iter_planes(name, batch_bytes):
             region = out[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols]
             if lossless:
                 region[...] = plane

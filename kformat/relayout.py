@@ -11,12 +11,11 @@ from pathlib import Path
 
 from . import __version__
 from .errors import KFormatError
+from .dequant import TABLES_OF
 from .reader import Container
 from .schema import DEFAULT_SHARD_SIZE, Manifest, Table
 from .sinks import ShardedSink, SingleFileSink
 from .writer import PackReport, Progress
-
-TABLES = ("codebook", "scale", "zero_point")
 
 
 def is_container(source: str | Path) -> bool:
@@ -55,11 +54,10 @@ def relayout(
                          for tile, data, _ in container.iter_tiles(entry.name)]
                 quant = entry.quant
                 tables: dict[str, Table] = {}
-                for which in TABLES:
+                for which in TABLES_OF.get(quant.method, ()):
                     table = getattr(quant, which)
-                    if table is not None:
-                        (data,) = container.read_blobs([(table.blob, f"tensor {entry.name!r} {which}")])
-                        tables[which] = table.model_copy(update={"blob": sink.add(data)})
+                    (data,) = container.read_blobs([(table.blob, f"tensor {entry.name!r} {which}")])
+                    tables[which] = table.model_copy(update={"blob": sink.add(data)})
                 entries.append(entry.model_copy(update={"tiles": tiles, "quant": quant.model_copy(update=tables)}))
             if progress:
                 progress(total, total, "")

@@ -104,11 +104,7 @@ def _fill(torch, target, lazy: LazyTensor, name: str):
     if not direct:
         target.copy_(torch.from_numpy(np.asarray(lazy.numpy(), order="C")))
         return target
-    container, entry = lazy._container, lazy.entry
-    dest = target.detach().numpy().reshape(entry.view)
-    for tile, plane in container.iter_planes(name, lazy.batch_bytes):
-        region = dest[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols]
-        container.dequantize_tile(entry, tile, plane, out=region)
+    lazy._container.read_tensor(name, out=target.detach().numpy().reshape(lazy.view), batch_bytes=lazy.batch_bytes)
     return target
 
 

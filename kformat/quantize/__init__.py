@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..dequant import dequantize_kmeans, dequantize_linear
+from ..dequant import dequantize_plane
 from ..errors import QuantizationError
 from ..recipe import Rule
 from . import kmeans
@@ -48,12 +48,9 @@ class Encoded:
 
     def dequantize_rows(self, row0: int, row1: int) -> np.ndarray:
         """float32 values of rows [row0, row1) of the 2-D view."""
-        if self.codes is None:
-            return self.values[row0:row1].astype(np.float32)
-        codes = self.codes[row0:row1]
-        if self.rule.method == "kmeans":
-            return dequantize_kmeans(codes, row0, self.codebook, self.group_rows)
-        return dequantize_linear(codes, row0, self.scale, self.zero_point, self.group_rows)
+        plane = (self.values if self.codes is None else self.codes)[row0:row1]
+        return dequantize_plane(self.rule.method, plane, row0, self.group_rows, codebook=self.codebook,
+                                scale=self.scale, zero_point=self.zero_point)
 
 
 def _check_finite(name: str, values: np.ndarray) -> None:
