@@ -83,6 +83,42 @@ def _filtered_png(codes: np.ndarray, kinds: list[int]) -> bytes:
             + chunk(b"IEND", b""))
 
 
+def _idat(png: bytes) -> bytes:
+    pos, body = 8, b""
+    while pos < len(png):
+        length, kind = struct.unpack(">I4s", png[pos : pos + 8])
+        if kind == b"IDAT":
+            body += png[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    return body
+
+
+def _huffman_only(codes: np.ndarray, depth: int) -> bytes:
+    packed = pack_rows(codes, depth)
+    filtered = np.concatenate([np.zeros((len(packed), 1), np.uint8), packed], axis=1)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+    return deflater.compress(filtered.tobytes()) + deflater.flush()
+
+
+def test_png_uses_string_matching_only_where_rows_repeat():
+    """Repeating rows (like a trained n-gram table) get ordinary deflate, much smaller than
+    Huffman-only; independent codes keep the Huffman-only stream, byte for byte."""
+    rng = np.random.default_rng(5)
+    pattern = rng.integers(0, 256, size=(1, 142), dtype=np.uint8)
+    repeating = np.repeat(pattern, 512, axis=0)
+    repeating[rng.random(repeating.shape) < 0.05] = 7
+    independent = rng.integers(0, 256, size=(512, 142), dtype=np.uint8)
+    for codes, matched in ((repeating, True), (independent, False)):
+        png = encode_png(codes, 8, 256)
+        assert np.array_equal(decode_png(png, *codes.shape, 8, 256), codes)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), codes)
+        huffman = _huffman_only(codes, 8)
+        if matched:
+            assert len(_idat(png)) < 0.5 * len(huffman)
+        else:
+            assert _idat(png) == huffman
+
+
 def test_png_decoder_undoes_every_filter_type():
     codes = np.random.default_rng(5).integers(0, 256, (10, 17), dtype=np.uint8)
     data = _filtered_png(codes, [0, 1, 2, 3, 4])

@@ -3,7 +3,7 @@
 The encoder is written here rather than borrowed from Pillow so that the bytes are fully
 determined by the codes (same input, same file) and the filter choice is ours: filter 0 on
 every row (neighbouring codes are not correlated the way pixels are, so prediction only adds
-entropy) and Huffman-only deflate. The palette is a grey ramp in code order, and k-means
+entropy) and Huffman-only deflate, or string matching when a tile's rows repeat. The palette is a grey ramp in code order, and k-means
 codebooks are sorted, so a plane opened in an image viewer looks like the weights.
 
 The decoder accepts what any PNG writer may produce for such an image (all five filter
@@ -29,6 +29,12 @@ ZLIB_LEVEL = 9
 # Huffman-only deflate lands within about 1% of the order-0 entropy, 3-4x faster than the
 # default strategy (measured in tools/bench/size_quality.py).
 ZLIB_STRATEGY = zlib.Z_HUFFMAN_ONLY
+# Some trained matrices repeat whole rows of codes (py3langid's n-gram table: an unseen feature
+# has the same per-language floor in every row), where string matching wins 2-3x. A quick probe
+# on the start of each tile decides whether matching is worth its cost there.
+PROBE_BYTES = 1 << 16
+PROBE_GAIN = 0.9  # try matching when a fast probe comes out 10% smaller than Huffman-only
+MATCHING_LEVEL = 6
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -51,8 +57,7 @@ def encode_png(codes: np.ndarray, depth: int, palette_entries: int) -> bytes:
     filtered = np.zeros((rows, packed.shape[1] + 1), dtype=np.uint8)  # column 0: filter 0
     filtered[:, 1:] = packed
     ihdr = struct.pack(">IIBBBBB", cols, rows, depth, COLOR_TYPE_PALETTE, 0, 0, 0)
-    deflater = zlib.compressobj(ZLIB_LEVEL, zlib.DEFLATED, 15, 9, ZLIB_STRATEGY)
-    idat = deflater.compress(filtered.tobytes()) + deflater.flush()
+    idat = _deflate(filtered.tobytes())
     return b"".join(
         (
             SIGNATURE,
@@ -62,6 +67,24 @@ def encode_png(codes: np.ndarray, depth: int, palette_entries: int) -> bytes:
             _chunk(b"IEND", b""),
         )
     )
+
+
+def _zlib(data: bytes, level: int, strategy: int) -> bytes:
+    deflater = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
+    return deflater.compress(data) + deflater.flush()
+
+
+def _deflate(data: bytes) -> bytes:
+    """Huffman-only deflate, or string matching where a probe shows the rows repeat (smaller wins).
+
+    Deterministic: the choice depends on the bytes alone."""
+    huffman = _zlib(data, ZLIB_LEVEL, ZLIB_STRATEGY)
+    probe = data[:PROBE_BYTES]
+    if len(_zlib(probe, 1, zlib.Z_DEFAULT_STRATEGY)) < PROBE_GAIN * len(_zlib(probe, ZLIB_LEVEL, ZLIB_STRATEGY)):
+        matched = _zlib(data, MATCHING_LEVEL, zlib.Z_DEFAULT_STRATEGY)
+        if len(matched) < len(huffman):
+            return matched
+    return huffman
 
 
 def _read_chunks(data: bytes):
