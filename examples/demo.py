@@ -86,7 +86,9 @@ def main() -> int:
     streamed = stream_over_http(out, source)
     step("8. what quantization costs in accuracy: examples/digits/digits.py (a trained 64-512-512-10 network)")
     digits = subprocess.run([sys.executable, str(HERE / "digits" / "digits.py"), "--out", str(out / "digits")])
-    return 0 if not problems and streamed and digits.returncode == 0 else 1
+    step("9. a second real model: examples/langid/langid_eval.py (py3langid's shipped model on Django's translations)")
+    langid = subprocess.run([sys.executable, str(HERE / "langid" / "langid_eval.py"), "--out", str(out / "langid")])
+    return 0 if not problems and streamed and digits.returncode == 0 and langid.returncode == 0 else 1
 
 
 def run_json(*args: str) -> dict:

@@ -89,3 +89,25 @@ def test_digits_accuracy_table(tmp_path):
     assert rows["allocated, 3 bits/weight"]["bytes"] <= 301_066 * 3 / 8
     if (tmp_path / "digits.png").exists():  # matplotlib is the optional `plot` extra
         assert Image.open(tmp_path / "digits.png").size[0] > 300
+
+
+def test_langid_accuracy_table(tmp_path):
+    """The py3langid example on four languages: the shipped model's accuracy is real, fp16 is
+    lossless (py3langid ships float16), and fewer bits mean fewer bytes."""
+    import json
+    import subprocess
+
+    pytest.importorskip("py3langid")
+    pytest.importorskip("django")
+    script = Path(__file__).resolve().parent.parent / "examples" / "langid" / "langid_eval.py"
+    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--languages", "de", "fr", "ru", "ja",
+                           "--target-bits", "3"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "langid.json").read_text())
+    assert set(report["languages"]) == {"de", "fr", "ru", "ja"} and report["sentences"] > 1000
+    rows = {r["recipe"]: r for r in report["rows"]}
+    assert rows["float32"]["accuracy"] > 0.9
+    assert rows["fp16 (as py3langid ships it)"]["agreement"] == 1.0
+    assert rows["kmeans8"]["agreement"] > 0.98
+    assert rows["kmeans1"]["bytes"] < rows["kmeans2"]["bytes"] < rows["kmeans4"]["bytes"] < rows["kmeans8"]["bytes"]
+    assert rows["allocated, 3 bits/weight"]["bytes"] <= report["parameters"] * 3 / 8
