@@ -42,6 +42,18 @@ def _table_array(data: bytes, table: Table) -> np.ndarray:
     return np.frombuffer(data, dtype=np.dtype(table.dtype).newbyteorder("<")).reshape(table.shape)
 
 
+def _pinned_digest(pin: str | None) -> bytes | None:
+    if pin is None:
+        return None
+    try:
+        digest = bytes.fromhex(pin)
+    except (TypeError, ValueError):
+        digest = b""
+    if len(digest) != 32:
+        raise KFormatError(f"manifest_sha256 must be 64 hex digits, got {pin!r}")
+    return digest
+
+
 class Container:
     """A opened kformat container (single file or sharded directory)."""
 
@@ -49,6 +61,7 @@ class Container:
         self.store = store
         self.key = key  # the single file's key, or the manifest's in a sharded directory
         self.manifest = manifest
+        self.manifest_sha256 = ""  # hex digest from the header, set by open()
         self.data_offset = data_offset
         self.blob_labels = blobs
         self.tensors: dict[str, TensorEntry] = {t.name: t for t in manifest.tensors}
@@ -60,8 +73,13 @@ class Container:
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
-    def open(cls, url: str, *, max_manifest: int = MAX_MANIFEST_BYTES, **storage_options) -> "Container":
+    def open(cls, url: str, *, max_manifest: int = MAX_MANIFEST_BYTES, manifest_sha256: str | None = None,
+             **storage_options) -> "Container":
         """Open a single file, a sharded directory, or a directory's manifest.kf.
+
+        `manifest_sha256` pins the manifest (the hex digest `kformat inspect` prints): every
+        blob's hash is in the manifest, so a pinned manifest makes every byte read trusted.
+        Without it the hashes catch corruption, not forgery (spec/FORMAT.md, security model).
 
         A directory is recognised without reading data: by a trailing "/", or by asking the
         filesystem when that is free (local, memory, object stores). On HTTP, where asking
@@ -72,28 +90,33 @@ class Container:
         url = str(url)
         store = Store.from_url(url, **storage_options)
         directory = True if url.endswith("/") else store.is_dir()
+        pin = _pinned_digest(manifest_sha256)
         if directory:
-            return cls._open_key(store, MANIFEST_NAME, max_manifest)
+            return cls._open_key(store, MANIFEST_NAME, max_manifest, pin)
         if directory is False or PurePosixPath(store.root).name.endswith(".kf"):
-            return cls._open_key(store, "", max_manifest)
+            return cls._open_key(store, "", max_manifest, pin)
         try:
-            return cls._open_key(store, "", max_manifest)
+            return cls._open_key(store, "", max_manifest, pin)
         except (FormatError, StorageError) as exc:
             if isinstance(exc, FormatError) and "bad magic" not in str(exc):
                 raise
             try:
-                return cls._open_key(store, MANIFEST_NAME, max_manifest)
+                return cls._open_key(store, MANIFEST_NAME, max_manifest, pin)
             except KFormatError:
                 raise exc from None
 
     @classmethod
-    def _open_key(cls, store: Store, key: str, max_manifest: int) -> "Container":
+    def _open_key(cls, store: Store, key: str, max_manifest: int, pin: bytes | None = None) -> "Container":
         source = store.describe(key)
         # A sharded manifest is a file of its own: read it whole, in one request. A single
         # file starts with a guess; the rest of a longer manifest is a second read.
         first = HEADER_SIZE + max_manifest if key == MANIFEST_NAME else OPEN_READ
         head = store.read_prefix(key, first)
         header = decode_header(head, source, max_manifest)
+        if pin is not None and header.manifest_sha256 != pin:
+            raise IntegrityError(
+                f"{source}: manifest SHA-256 is {header.manifest_sha256.hex()}, pinned {pin.hex()}: not the expected model"
+            )
         end = HEADER_SIZE + header.manifest_length
         body = head[HEADER_SIZE:end]
         if len(body) < header.manifest_length and len(head) == first:
@@ -113,7 +136,9 @@ class Container:
         elif not header.data_offset:
             raise FormatError(f"{source}: a single-file container without a data region")
         blobs = validate_manifest(manifest, source)
-        return cls(store, key, manifest, header.data_offset, blobs)
+        container = cls(store, key, manifest, header.data_offset, blobs)
+        container.manifest_sha256 = header.manifest_sha256.hex()
+        return container
 
     @property
     def source(self) -> str:
@@ -191,7 +216,11 @@ class Container:
         items += [(tensor.tiles[i].blob, self.tile_label(tensor, i)) for i in tiles]
         datas = self.read_blobs(items)
         for n, data in zip(names, datas):
-            self._tables[f"{tensor.name}\0{n}"] = _table_array(data, getattr(q, n))
+            table = _table_array(data, getattr(q, n))
+            if table.dtype.kind == "f" and not np.isfinite(table).all():
+                # Writers never store these (NaN/Inf input is refused), so a reader never serves them.
+                raise DecodeError(f"{self.source}: tensor {tensor.name!r} {n} holds NaN or infinite values")
+            self._tables[f"{tensor.name}\0{n}"] = table
         return datas[len(names):]
 
     # -- tiles ---------------------------------------------------------------------------

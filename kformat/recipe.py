@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import RecipeError
+from .limits import MAX_TILE_ELEMENTS
 
 Method = Literal["kmeans", "linear", "fp16", "raw"]
 Granularity = Literal["tensor", "row", "group"]
@@ -91,6 +92,8 @@ class Rule(BaseModel):
             raise ValueError("give prune (a fraction) or prune_threshold, not both")
         if self.tile is not None and not all(1 <= side <= MAX_TILE_SIDE for side in self.tile):
             raise ValueError(f"tile sides must be 1..{MAX_TILE_SIDE}")
+        if self.tile is not None and self.tile[0] * self.tile[1] > MAX_TILE_ELEMENTS:
+            raise ValueError(f"a tile holds at most {MAX_TILE_ELEMENTS} elements, {self.tile[0]}x{self.tile[1]} is more")
         return self
 
     @property
@@ -257,6 +260,8 @@ class Recipe(BaseModel):
     def _tile_ok(self) -> "Recipe":
         if not all(1 <= side <= MAX_TILE_SIDE for side in self.tile):
             raise ValueError(f"tile sides must be 1..{MAX_TILE_SIDE}")
+        if self.tile[0] * self.tile[1] > MAX_TILE_ELEMENTS:
+            raise ValueError(f"a tile holds at most {MAX_TILE_ELEMENTS} elements, {self.tile[0]}x{self.tile[1]} is more")
         return self
 
     def with_rules(self, extra: list[RuleEntry]) -> "Recipe":

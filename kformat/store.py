@@ -22,6 +22,10 @@ RETRIES = 3
 BACKOFF_SECONDS = 0.2
 MERGE_GAP = 4096  # merge ranges closer than this into one request
 MERGE_MAX = 16 << 20  # never merge into one request larger than this
+# A stalled server must not hang a reader: HTTP requests fail (and are retried) after this
+# long without a byte or without a connection. Pass client_kwargs={"timeout": ...} to change it.
+CONNECT_TIMEOUT_SECONDS = 30
+READ_TIMEOUT_SECONDS = 60
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -35,6 +39,20 @@ def _is_transient(exc: BaseException) -> bool:
                        "ConnectionReset", "Connection reset", "ConnectionError", "IncompleteRead",
                        " 500", " 502", " 503", " 504")
     return isinstance(exc, (ConnectionError, TimeoutError)) or any(w in text for w in transient_words)
+
+
+def _with_timeouts(client_kwargs: dict | None) -> dict:
+    """aiohttp's defaults wait 5 minutes in total and forever per read on a slow body."""
+    client_kwargs = dict(client_kwargs or {})
+    if "timeout" not in client_kwargs:
+        try:
+            import aiohttp
+        except ImportError:  # fsspec says what to install when it needs aiohttp
+            return client_kwargs
+        client_kwargs["timeout"] = aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=READ_TIMEOUT_SECONDS
+        )
+    return client_kwargs
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,8 @@ class Store:
             # Ask for the bytes as stored: a compressed reply would make Range and
             # Content-Length refer to other bytes than the ones the manifest describes.
             storage_options["headers"] = {"Accept-Encoding": "identity"}
+        if url.split("://", 1)[0] in ("http", "https"):
+            storage_options["client_kwargs"] = _with_timeouts(storage_options.get("client_kwargs"))
         try:
             fs, path = fsspec.core.url_to_fs(url, **storage_options)
         except (ImportError, ValueError, TypeError) as exc:

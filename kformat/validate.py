@@ -3,7 +3,8 @@
 A manifest that passes guarantees: unique tensor names; each tensor's view matches its shape;
 tiles form exactly the regular grid their tile size implies, listed row-major; tables have the shapes their
 method, bits and groups imply; blob lengths match fixed-size payloads; every blob lies inside
-its shard and no two blobs overlap; shard names are plain content-hash file names.
+its shard and no two blobs overlap; shard names are plain content-hash file names; no tile is
+larger than MAX_TILE_ELEMENTS or promises more bytes than its codec can inflate from its blob.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import numpy as np
 
 from .codecs import plane_depth
 from .errors import FormatError
+from .limits import INFLATION_SLACK, MAX_INFLATION, MAX_TENSOR_ELEMENTS, MAX_TILE_ELEMENTS
 from .schema import SHARD_SUFFIX, BlobRef, Manifest, TensorEntry
 
 SHARD_NAME = re.compile(r"^[0-9a-f]{64}" + re.escape(SHARD_SUFFIX) + "$")
-MAX_TENSOR_ELEMENTS = 1 << 40
 _VALUE_DTYPES = {"float16", "float32", "float64", "bool", "int8", "int16", "int32", "int64",
                  "uint8", "uint16", "uint32", "uint64"}
 
@@ -73,6 +74,16 @@ def _check_tensor(t: TensorEntry, source: str, blobs: list[tuple[BlobRef, str]])
                 f"{where} tile {i}: rectangle ({tile.row}, {tile.col}, {tile.rows}x{tile.cols}) is not grid"
                 f" cell ({row}, {col}, {min(tr, rows - row)}x{min(tc, cols - col)}); tiles are listed row-major",
             )
+        if tile.rows * tile.cols > MAX_TILE_ELEMENTS:
+            raise _fail(source, f"{where} tile {i}: {tile.rows}x{tile.cols} exceeds the limit of {MAX_TILE_ELEMENTS} elements per tile")
+        if t.codec in MAX_INFLATION:
+            plane = tile.rows * (-(-tile.cols * t.depth // 8) if t.depth else tile.cols * itemsize)
+            if plane > MAX_INFLATION[t.codec] * tile.blob.length + INFLATION_SLACK:
+                raise _fail(
+                    source,
+                    f"{where} tile {i}: a {t.codec} blob of {tile.blob.length} bytes cannot hold a {plane}-byte plane"
+                    f" (more than {MAX_INFLATION[t.codec]}:1)",
+                )
         if t.codec == "raw":
             want = (tile.rows * -(-tile.cols * t.depth // 8)) if t.depth else tile.rows * tile.cols * itemsize
             if tile.blob.length != want:
