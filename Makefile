@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kformat-installed
 EXTRAS ?= dev,torch,http,safetensors,plot,langid
 
-.PHONY: all venv demo test bench schema vectors clean nginx
+.PHONY: all venv demo test bench schema vectors attacks fuzz clean nginx
 
 all: test
 
@@ -40,6 +40,9 @@ schema: venv
 
 vectors: venv
 	$(BIN)/python tools/gen_vectors.py
+
+attacks: venv
+	$(BIN)/python tools/gen_attacks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis demo-out bench-out

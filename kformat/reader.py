@@ -216,12 +216,15 @@ class Container:
         items += [(tensor.tiles[i].blob, self.tile_label(tensor, i)) for i in tiles]
         datas = self.read_blobs(items)
         for n, data in zip(names, datas):
-            table = _table_array(data, getattr(q, n))
-            if table.dtype.kind == "f" and not np.isfinite(table).all():
-                # Writers never store these (NaN/Inf input is refused), so a reader never serves them.
-                raise DecodeError(f"{self.source}: tensor {tensor.name!r} {n} holds NaN or infinite values")
-            self._tables[f"{tensor.name}\0{n}"] = table
+            self._tables[f"{tensor.name}\0{n}"] = self.decode_table(tensor, n, data)
         return datas[len(names):]
+
+    def decode_table(self, tensor: TensorEntry, which: str, data: bytes) -> np.ndarray:
+        table = _table_array(data, getattr(tensor.quant, which))
+        if table.dtype.kind == "f" and not np.isfinite(table).all():
+            # Writers never store these (NaN/Inf input is refused), so a reader never serves them.
+            raise DecodeError(f"{self.source}: tensor {tensor.name!r} {which} holds NaN or infinite values")
+        return table
 
     # -- tiles ---------------------------------------------------------------------------
     @staticmethod
@@ -354,7 +357,7 @@ class Container:
             yield from _chunked(items, BATCH_BYTES)
 
     def verify(self, progress=None) -> list[Problem]:
-        """Check every blob's length and hash and that every plane decodes; list problems."""
+        """Check every blob's length and hash and that every plane and table decodes; list problems."""
         problems: list[Problem] = []
         if self.manifest.layout == "sharded":
             for shard in self.manifest.shards:
@@ -374,10 +377,12 @@ class Container:
                     problems.append(Problem("file", f"truncated: {size} bytes, blobs end at {max(ends)}"))
             except KFormatError as exc:
                 problems.append(Problem("file", str(exc)))
-        tile_of = {}
+        tile_of, table_of = {}, {}
         for t in self.manifest.tensors:
             for i, tile in enumerate(t.tiles):
                 tile_of[id(tile.blob)] = (t, tile, self.tile_label(t, i))
+            for which in TABLES_OF.get(t.quant.method, ()):
+                table_of[id(getattr(t.quant, which).blob)] = (t, which)
         total = len(self.blob_labels)
         done = 0
         for chunk in self._verify_chunks():
@@ -394,6 +399,8 @@ class Container:
                     if id(ref) in tile_of:
                         t, tile, _ = tile_of[id(ref)]
                         self.decode_tile(t, tile, data, label)
+                    elif id(ref) in table_of:
+                        self.decode_table(*table_of[id(ref)], data)
                 except KFormatError as exc:
                     problems.append(Problem(label, str(exc)))
             done += len(chunk)

@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Regenerate tests/attacks/: one small crafted container per attack, and the error it must raise.
+
+Each attack starts from a golden vector in spec/vectors/ and forges one thing, keeping every
+other check satisfied (manifest hash, blob hashes) so that the defence under test is the one
+that fires. tests/attacks/attacks.json lists, per file: what it forges, the KFormatError
+subclass a reader must raise, and a fragment of the message. Run on purpose (`make attacks`);
+tests only read these files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyzstd
+
+import craft
+
+ROOT = Path(__file__).resolve().parent.parent
+VECTORS = ROOT / "spec" / "vectors"
+OUT = ROOT / "tests" / "attacks"
+
+
+def base(name: str) -> craft.Parts:
+    return craft.split((VECTORS / f"{name}.kf").read_bytes())
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def png(width: int, height: int, depth: int, idat: bytes, palette: int = 16) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, 3, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"PLTE", bytes(3 * palette))
+            + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
+
+
+def single_file_attacks() -> dict[str, tuple[bytes, str, str, str]]:
+    """name -> (file bytes, what it forges, error class, message fragment)."""
+    out: dict[str, tuple[bytes, str, str, str]] = {}
+
+    def add(name, data, what, error, match):
+        out[name] = (data, what, error, match)
+
+    good = base("kmeans4")
+    good_bytes = craft.assemble(good)
+
+    # -- header -------------------------------------------------------------------------
+    add("bad_magic", b"GIF89a" + good_bytes[6:], "not a kformat file", "FormatError", "bad magic")
+    add("truncated_header", good_bytes[:40], "a file shorter than the 64-byte header", "FormatError", "truncated")
+    future = good.copy()
+    future.major = 99
+    add("future_major_version", craft.assemble(future), "major version 99", "VersionError", "newer than this reader")
+    add("manifest_length_cap", craft.assemble(good, manifest_length=1 << 40),
+        "a header promising a 1 TiB manifest", "FormatError", "exceeds the cap")
+    add("data_offset_in_manifest", craft.assemble(good, data_offset=80),
+        "a data region starting inside the manifest", "FormatError", "lies inside the manifest")
+    add("manifest_hash_mismatch", craft.assemble(good, digest=bytes(32)),
+        "a manifest whose SHA-256 is not the header's", "FormatError", "manifest hash mismatch")
+    add("manifest_truncated", good_bytes[:200], "a file cut inside its manifest", "FormatError", "truncated")
+    garbage = b"\xc1" * 64
+    add("manifest_not_msgpack", craft.assemble(good, garbage), "a manifest that is not msgpack",
+        "FormatError", "not valid msgpack")
+
+    # -- manifest schema and consistency -------------------------------------------------
+    def forged(mutate, name, what, error, match, vector="kmeans4"):
+        parts = base(vector)
+        mutate(parts)
+        add(name, craft.assemble(parts), what, error, match)
+
+    forged(lambda p: p.manifest.pop("tensors"), "manifest_missing_field", "no tensor list",
+           "FormatError", "manifest field tensors")
+    forged(lambda p: p.manifest.__setitem__("must_understand", ["x-homomorphic-weights"]), "unknown_extension",
+           "a must-understand extension this reader lacks", "VersionError", "x-homomorphic-weights")
+    forged(lambda p: p.tensor("dense.weight")["tiles"][0]["blob"].__setitem__("offset", -64),
+           "negative_offset", "a blob at offset -64", "FormatError", "greater than or equal to 0")
+    forged(lambda p: p.manifest["tensors"].append(p.manifest["tensors"][0]), "duplicate_tensor_name",
+           "two tensors named dense.weight", "FormatError", "appears twice")
+    forged(lambda p: p.tensor("dense.weight").__setitem__("shape", [37, 71]), "shape_view_mismatch",
+           "a shape the 2-D view cannot hold", "FormatError", "does not hold shape")
+    forged(lambda p: p.tensor("dense.weight").__setitem__("view", [74, 35]), "view_rows_mismatch",
+           "a view whose rows disagree with the shape", "FormatError", "view has 74 rows")
+    forged(lambda p: p.tensor("dense.weight")["tiles"][1].__setitem__("cols", 31), "tile_off_grid",
+           "a tile rectangle off the grid", "FormatError", "is not grid cell")
+    forged(lambda p: p.tensor("dense.weight")["tiles"].pop(), "tile_missing",
+           "a tensor missing its last tile", "FormatError", "tiles, the 16x32 grid")
+    forged(lambda p: p.tensor("dense.weight").__setitem__("depth", 8), "bits_depth_mismatch",
+           "4-bit codes in an 8-bit plane", "FormatError", "code planes need")
+    forged(lambda p: p.tensor("dense.weight")["quant"]["codebook"].__setitem__("shape", [1, 8]),
+           "codebook_shape", "a 4-bit codebook of 8 entries", "FormatError", "codebook: expected")
+
+    def overlap(p):
+        tiles = p.tensor("dense.weight")["tiles"]
+        tiles[1]["blob"] = dict(tiles[0]["blob"])
+    forged(overlap, "blob_overlap", "two tiles sharing one blob", "FormatError", "overlaps")
+
+    def past_end(p):
+        p.tensor("dense.weight")["tiles"][0]["blob"]["offset"] = len(p.data) + 4096
+    forged(past_end, "blob_past_end_of_file", "a blob beyond the end of the file", "StorageError",
+           "shorter than the manifest says")
+    forged(lambda p: p.manifest.__setitem__("shards", [{"name": "../../../etc/passwd", "length": 10, "sha256": "0" * 64}]),
+           "single_file_lists_shards", "a single file naming a shard", "FormatError", "lists shards")
+
+    # -- limits on what a manifest may ask ------------------------------------------------
+    def huge_tile(p):
+        t = p.tensor("dense.weight")
+        t.update(shape=[16384, 8192], view=[16384, 8192], tile=[16384, 8192])
+        t["quant"]["group_rows"] = 16384
+        t["tiles"] = [dict(t["tiles"][0], rows=16384, cols=8192)]
+    forged(huge_tile, "tile_too_large", "one 16384 x 8192 tile (2^27 elements)", "FormatError",
+           "exceeds the limit")
+
+    def inflation(p):
+        t = p.tensor("dense.weight")
+        t.update(shape=[4096, 4096], view=[4096, 4096], tile=[4096, 4096])
+        t["quant"]["group_rows"] = 4096
+        t["tiles"] = [dict(t["tiles"][0], rows=4096, cols=4096)]
+    forged(inflation, "inflation_bound", "a 16M-element tile promised by a 200-byte PNG",
+           "FormatError", "cannot hold")
+
+    # -- forged blobs (hashes match: only the decoders can refuse them) -------------------
+    def forged_blob(name, what, error, match, make, vector="kmeans4", tensor="dense.weight", which="tile", mutate=None):
+        parts = base(vector)
+        t = parts.tensor(tensor)
+        if mutate:
+            mutate(parts, t)
+        ref = t["tiles"][0]["blob"] if which == "tile" else t["quant"][which]["blob"]
+        parts.replace_blob(ref, make(parts, t))
+        add(name, craft.assemble(parts), what, error, match)
+
+    forged_blob("png_dimensions", "a PNG plane claiming 60000 x 60000 pixels", "DecodeError", "not the promised one",
+                lambda p, t: png(60000, 60000, 4, zlib.compress(b"\0" * 1000)))
+    # 16 rows x (16 bytes + filter byte) promised; 64 MiB of zeros inflate from 64 KiB.
+    forged_blob("png_bomb", "a PNG plane whose pixels inflate to 64 MiB", "DecodeError", "inflates to the wrong size",
+                lambda p, t: png(32, 16, 4, zlib.compress(bytes(64 << 20), 9)))
+    forged_blob("png_bad_crc", "a PNG chunk with a wrong CRC", "DecodeError", "CRC",
+                lambda p, t: p.blob(t["tiles"][0]["blob"])[:-4] + b"\xde\xad\xbe\xef")
+    forged_blob("png_filter_type", "a PNG row with filter type 9", "DecodeError", "filter type",
+                lambda p, t: png(32, 16, 4, zlib.compress(bytes([9] + [0] * 16) * 16)))
+    forged_blob("zstd_declared_size", "a zstd frame declaring 1 GiB", "DecodeError", "declares",
+                lambda p, t: _zstd_with_size(1 << 30), vector="kmeans4_zstd")
+    forged_blob("zstd_bomb", "a zstd frame without a size that inflates to 64 MiB", "DecodeError", "wrong size",
+                lambda p, t: _zstd_streamed(bytes(64 << 20)), vector="kmeans4_zstd")
+    def three_bits(p, t):  # a valid 3-bit codebook: 8 entries
+        t["quant"]["bits"] = 3
+        t["quant"]["codebook"]["shape"] = [1, 8]
+        p.replace_blob(t["quant"]["codebook"]["blob"], np.linspace(-1, 1, 8).astype("<f2").tobytes())
+
+    forged_blob("code_beyond_codebook", "3-bit k-means whose plane holds code 15", "DecodeError", ">= 8",
+                lambda p, t: _zstd_streamed(bytes([0xFF]) * (16 * 16)), vector="kmeans4_zstd", mutate=three_bits)
+
+    def nan_codebook(p, t):
+        return np.array([np.nan] + [0.0] * 15, dtype="<f2").tobytes()
+    forged_blob("codebook_nan", "a codebook holding NaN", "DecodeError", "NaN", nan_codebook, which="codebook")
+
+    # -- corruption (hashes do not match) ------------------------------------------------
+    parts = base("kmeans4")
+    ref = parts.tensor("dense.weight")["tiles"][0]["blob"]
+    start = ref["offset"] + ref["length"] // 2
+    parts.data = parts.data[:start] + bytes([parts.data[start] ^ 0x10]) + parts.data[start + 1 :]
+    add("blob_bit_flip", craft.assemble(parts), "one flipped bit in a tile", "IntegrityError", "hash mismatch")
+    add("truncated_data", good_bytes[: len(good_bytes) - 100], "a file cut in its data region", "StorageError",
+        "shorter than the manifest says")
+    return out
+
+
+def _zstd_with_size(size: int) -> bytes:
+    """A tiny zstd frame whose header declares `size` bytes of content: magic, a descriptor
+    (single segment, 8-byte content size), the size, then one empty raw last block."""
+    return struct.pack("<IBQ", 0xFD2FB528, 0xE0, size) + b"\x01\x00\x00"
+
+
+def _zstd_streamed(data: bytes) -> bytes:
+    """A frame without a declared content size (as a streaming compressor writes it)."""
+    compressor = pyzstd.ZstdCompressor(3)
+    return compressor.compress(data, pyzstd.ZstdCompressor.CONTINUE) + compressor.flush(pyzstd.ZstdCompressor.FLUSH_FRAME)
+
+
+def sharded_attacks() -> dict[str, tuple[Path, str, str, str]]:
+    """Directories forged from the sharded golden vector."""
+    out = {}
+    source = VECTORS / "mobile_sharded"
+    manifest = craft.split((source / "manifest.kf").read_bytes()).manifest
+
+    def add(name, mutate, what, error, match, corrupt_shard=False):
+        target = OUT / name
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+        m = json.loads(json.dumps(manifest))
+        mutate(m)
+        (target / "manifest.kf").write_bytes(craft.sharded_manifest(m))
+        if corrupt_shard:
+            shard = sorted((target / "shards").iterdir())[0]
+            data = bytearray(shard.read_bytes())
+            data[len(data) // 2] ^= 0x01
+            shard.write_bytes(bytes(data))
+        out[name] = (target, what, error, match)
+
+    def rename(new):
+        return lambda m: m["shards"][0].__setitem__("name", new)
+
+    add("shard_path_traversal", rename("../../../../etc/passwd"), "a shard named ../../../../etc/passwd",
+        "FormatError", "is not <sha256>.kfs")
+    add("shard_absolute_path", rename("/etc/passwd"), "a shard named /etc/passwd", "FormatError", "is not <sha256>.kfs")
+    add("shard_name_not_hash", rename("0" * 64 + ".kfs"), "a shard name that is not its hash", "FormatError",
+        "is not <sha256>.kfs")
+    add("blob_past_end_of_shard", lambda m: m["tensors"][0]["tiles"][0]["blob"].__setitem__("offset", m["shards"][0]["length"]),
+        "a blob beyond the end of its shard", "FormatError", "past the end of shard")
+    add("blob_in_missing_shard", lambda m: m["tensors"][0]["tiles"][0]["blob"].__setitem__("shard", 99),
+        "a blob in shard 99 of 2", "FormatError", "does not exist")
+    add("shard_bit_flip", lambda m: None, "one flipped bit in a shard", "IntegrityError", "hash mismatch",
+        corrupt_shard=True)
+    return out
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for old in OUT.glob("*.kf"):
+        old.unlink()
+    table = {}
+    for name, (data, what, error, match) in single_file_attacks().items():
+        (OUT / f"{name}.kf").write_bytes(data)
+        table[f"{name}.kf"] = {"forges": what, "error": error, "match": match}
+    for name, (_path, what, error, match) in sharded_attacks().items():
+        table[f"{name}/"] = {"forges": what, "error": error, "match": match}
+    (OUT / "attacks.json").write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {len(table)} attacks to {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
