@@ -44,5 +44,10 @@ vectors: venv
 attacks: venv
 	$(BIN)/python tools/gen_attacks.py
 
+# The long fuzz run (10 minutes by default): FUZZ_SECONDS=3600 make fuzz
+FUZZ_SECONDS ?= 600
+fuzz: venv
+	$(BIN)/python tools/fuzz.py --seconds $(FUZZ_SECONDS) --json bench-out/fuzz.json
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis demo-out bench-out

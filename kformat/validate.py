@@ -55,6 +55,8 @@ def _check_tensor(t: TensorEntry, source: str, blobs: list[tuple[BlobRef, str]])
             _check_table(q.zero_point, [groups], ("uint8",), f"{where} zero_point", source, blobs)
     else:
         want = "float16" if q.method == "fp16" else t.dtype
+        if t.depth is not None or q.bits is not None:
+            raise _fail(source, f"{where}: {q.method} planes hold values, not codes (bits {q.bits}, depth {t.depth})")
         if t.storage != want or t.codec == "png":
             raise _fail(source, f"{where}: {q.method} planes must be {want} values, not {t.storage} in {t.codec}")
     tr, tc = t.tile
