@@ -1,12 +1,16 @@
 """Write a file under a temporary name beside its target, then rename it into place.
 
 Every file kformat writes (containers, shards, manifests, unpacked models) goes through
-here, so none is ever seen half-written and a failure leaves no temporary behind.
+here, so none is ever seen half-written and a failure leaves no temporary behind. A process
+killed outright (SIGKILL, power loss) cannot clean up, so temporaries carry their writer's
+pid (`.NAME.kformat-PID-RANDOM`) and the next write to the same place sweeps those whose
+writer is gone.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,11 +46,45 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+TEMP_MARK = ".kformat-"
+
+
+def temp_prefix(target: Path) -> str:
+    """The prefix of this process's temporaries for `target` (for mkstemp and mkdtemp)."""
+    return f".{target.name}{TEMP_MARK}{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_stale(directory: Path, name: str = "*") -> list[Path]:
+    """Remove temporaries in `directory` (for target `name`) left by writers that died."""
+    removed = []
+    for temp in directory.glob(f".{name}{TEMP_MARK}*"):
+        pid_text = temp.name.rsplit(TEMP_MARK, 1)[1].split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        if temp.is_dir() and not temp.is_symlink():
+            shutil.rmtree(temp, ignore_errors=True)
+        else:
+            temp.unlink(missing_ok=True)
+        removed.append(temp)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it replaces `path`, else vanishes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    sweep_stale(path.parent, path.name)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     os.close(fd)
     try:
         yield Path(temp)

@@ -107,6 +107,16 @@ class Container:
 
     @classmethod
     def _open_key(cls, store: Store, key: str, max_manifest: int, pin: bytes | None = None) -> "Container":
+        try:
+            return cls._open_key_once(store, key, max_manifest, pin)
+        except (FormatError, StorageError) as exc:
+            # A cached copy cut short by a killed reader looks truncated: drop it, read again.
+            if ("truncated" in str(exc) or "bad magic" in str(exc)) and store.evict_cached(key):
+                return cls._open_key_once(store, key, max_manifest, pin)
+            raise
+
+    @classmethod
+    def _open_key_once(cls, store: Store, key: str, max_manifest: int, pin: bytes | None = None) -> "Container":
         source = store.describe(key)
         # A sharded manifest is a file of its own: read it whole, in one request. A single
         # file starts with a guess; the rest of a longer manifest is a second read.

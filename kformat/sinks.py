@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .atomic import atomic_file, fsync_dir, publishable
+from .atomic import atomic_file, fsync_dir, publishable, sweep_stale, temp_prefix
 from .errors import StorageError
 from .header import encode_header, encode_manifest
 from .schema import ALIGNMENT, HEADER_SIZE, MANIFEST_NAME, SHARD_DIR, SHARD_SUFFIX, BlobRef, Manifest, Shard
@@ -33,8 +33,9 @@ class SingleFileSink:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(self.path.parent, self.path.name)
         self._spool = tempfile.NamedTemporaryFile(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".blobs", delete=False
+            dir=self.path.parent, prefix=temp_prefix(self.path), suffix=".blobs", delete=False
         )
         self._offset = 0
 
@@ -87,10 +88,12 @@ class ShardedSink:
         self._fresh = not self.final_dir.exists()
         if self._fresh:
             self.final_dir.parent.mkdir(parents=True, exist_ok=True)
-            self.dir = Path(tempfile.mkdtemp(dir=self.final_dir.parent, prefix=f".{self.final_dir.name}."))
+            sweep_stale(self.final_dir.parent, self.final_dir.name)
+            self.dir = Path(tempfile.mkdtemp(dir=self.final_dir.parent, prefix=temp_prefix(self.final_dir)))
         else:
             self.dir = self.final_dir
         (self.dir / SHARD_DIR).mkdir(exist_ok=True)
+        sweep_stale(self.dir / SHARD_DIR)
         self.shard_size = shard_size
         self._shards: list[Shard] = []
         self._current = bytearray()

@@ -9,6 +9,7 @@ ranges are merged and fetched concurrently; transient failures are retried with 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -160,6 +161,30 @@ class Store:
         except Exception:  # noqa: BLE001 - a backend that cannot tell: treat as a file
             return False
 
+    def evict_cached(self, key: str) -> bool:
+        """Drop a caching layer's local copy of `key` (simplecache::, filecache::), so the
+        next read fetches it again; False when there is no such layer or copy.
+
+        fsspec writes a download straight to its cache name, so a reader killed mid-download
+        leaves a partial copy that every later read would trust. Such a copy is a prefix of
+        the file: it shows up as a short read or a truncated manifest, and is evicted then.
+        """
+        fs, path = self.fs, self.path(key)
+        locate = getattr(fs, "_check_file", None)  # fsspec's caching layers only
+        if locate is None:
+            return False
+        try:
+            fs.pop_from_cache(path)
+            local = locate(fs._strip_protocol(path))
+            if isinstance(local, tuple):  # filecache returns (detail, fn)
+                local = local[-1]
+            if isinstance(local, str) and os.path.exists(local):
+                os.remove(local)
+                return True
+        except Exception:  # noqa: BLE001 - eviction is best effort; the caller reports the original error
+            return False
+        return True
+
     def size(self, key: str = "") -> int:
         return int(self._retrying("size of", key, lambda: self.fs.size(self.path(key))))
 
@@ -198,7 +223,7 @@ class Store:
                         break
         return [by_range.get((r.key, r.start, r.end), b"") for r in ranges]
 
-    def _fetch(self, paths, starts, ends, keys) -> list[bytes]:
+    def _fetch(self, paths, starts, ends, keys, healed: bool = False) -> list[bytes]:
         def one(i: int) -> bytes:
             key = keys[paths[i]]
             data = self._retrying(
@@ -225,6 +250,8 @@ class Store:
                 key = keys[p]
                 if len(block) > e - s:
                     raise self._range_ignored(key, s, e, len(block))
+                if not healed and self.evict_cached(key):  # a partial cached copy: fetch again
+                    return self._fetch(paths, starts, ends, keys, healed=True)
                 raise StorageError(
                     f"{self.describe(key)}: asked for bytes {s}..{e} ({e - s} bytes), got"
                     f" {len(block)}; the file is shorter than the manifest says (truncated?)"

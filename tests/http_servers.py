@@ -1,8 +1,11 @@
 """Misbehaving HTTP servers for the remote-loading tests, built on Python's http.server.
 
-`serve(root, honour_range=..., failures=N, failure="503"|"reset")` serves a directory in a
-thread: optionally ignoring Range (as http.server does), or failing the first N requests
-with a 503 or a reset connection, and counting requests per path.
+`serve(root, honour_range=..., failures=N, failure=...)` serves a directory in a thread:
+optionally ignoring Range (as http.server does), or failing the next N requests with a 500
+or 503, a reset connection, half the body and a hang-up ("midbody"), or half the body and
+a stall of `stall_seconds` ("stall"), or send the whole file slowly ("slow"); it counts
+requests per path. Set `server.failures`
+later to fail requests in the middle of a stream.
 """
 
 from __future__ import annotations
@@ -32,12 +35,16 @@ class Handler(SimpleHTTPRequestHandler):
             if fail:
                 server.failures -= 1
         if fail and server.failure == "reset":
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
-            self.close_connection = True
+            self._reset()
             return
-        if fail:
-            self.send_error(503, "try again")
+        if fail and server.failure in ("500", "503"):
+            self.send_error(int(server.failure), "try again")
+            return
+        if fail and server.failure == "slow":
+            self._send_slowly()
+            return
+        if fail:  # "midbody" or "stall": a good start, then half the body and a hang-up or a hang
+            self._fail_in_body(server.failure)
             return
         match = RANGE.match(self.headers.get("Range", ""))
         if not server.honour_range or match is None:
@@ -67,6 +74,46 @@ class Handler(SimpleHTTPRequestHandler):
         self.wfile.write(body)
 
 
+    def _reset(self) -> None:
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+
+    def _send_slowly(self) -> None:
+        """The whole file, 4 KiB every 20 ms (for killing a client mid-download)."""
+        with open(self.translate_path(self.path), "rb") as f:
+            data = f.read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        for start in range(0, len(data), 4096):
+            if self.server.stalled.wait(0.02):
+                break
+            self.wfile.write(data[start : start + 4096])
+            self.wfile.flush()
+
+    def _fail_in_body(self, how: str) -> None:
+        path = self.translate_path(self.path)
+        with open(path, "rb") as f:
+            data = f.read()
+        match = RANGE.match(self.headers.get("Range", ""))
+        if match:
+            start = int(match.group(1))
+            body = data[start : int(match.group(2)) + 1 if match.group(2) else len(data)]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
+        else:
+            body = data
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        if how == "stall":
+            self.server.stalled.wait(self.server.stall_seconds)
+        self._reset()
+
+
 class QuietServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -75,8 +122,10 @@ class QuietServer(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve(root, *, honour_range: bool = True, failures: int = 0, failure: str = "503"):
+def serve(root, *, honour_range: bool = True, failures: int = 0, failure: str = "503", stall_seconds: float = 30):
     server = QuietServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+    server.stall_seconds = stall_seconds
+    server.stalled = threading.Event()  # set on shutdown so stalled handlers end
     server.honour_range = honour_range
     server.failures = failures
     server.failure = failure
@@ -88,5 +137,6 @@ def serve(root, *, honour_range: bool = True, failures: int = 0, failure: str = 
         server.url = f"http://127.0.0.1:{server.server_address[1]}"
         yield server
     finally:
+        server.stalled.set()
         server.shutdown()
         server.server_close()
