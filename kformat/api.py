@@ -120,4 +120,6 @@ def inspect(url: str, **storage_options) -> dict:
                 size = container.store.size(container.key)
         except KFormatError:
             size = None
-        return summarize(container.manifest, size)
+        summary = summarize(container.manifest, size)
+        summary["manifest_sha256"] = container.manifest_sha256  # pin it: kformat.open(url, manifest_sha256=...)
+        return summary

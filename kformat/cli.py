@@ -48,6 +48,8 @@ def parse_size(text: str) -> int:
 
 def _storage_options(args) -> dict:
     options = {}
+    if getattr(args, "manifest_sha256", None):
+        options["manifest_sha256"] = args.manifest_sha256
     for item in getattr(args, "storage_option", None) or []:
         key, eq, value = item.partition("=")
         if not eq:
@@ -101,6 +103,7 @@ def cmd_inspect(args) -> int:
               + f", recipe {summary['recipe'] or '-'}, {summary['generator']}")
         print(format_table(summary))
         print(f"float32 would be {human_bytes(tot['float32_bytes'])}")
+        print(f"manifest sha256 {summary['manifest_sha256']} (pin with --manifest-sha256 or kformat.open(..., manifest_sha256=))")
     return EXIT_OK
 
 
@@ -173,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("input", help="a .kf file or sharded directory: a path or any fsspec URL")
         p.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
                        help="fsspec storage option (value parsed as JSON when it can be)")
+        p.add_argument("--manifest-sha256", metavar="HEX",
+                       help="refuse the model unless its manifest has this SHA-256 (as `inspect` prints it);"
+                            " every blob's hash is in the manifest, so this pins every byte")
 
     p = sub.add_parser("unpack", help="write all tensors to .npz or .safetensors")
     add_url_args(p)

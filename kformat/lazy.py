@@ -272,6 +272,11 @@ class LazyModel(Mapping[str, LazyTensor]):
         return self._container.manifest
 
     @property
+    def manifest_sha256(self) -> str:
+        """The manifest's digest: pass it as `manifest_sha256=` to accept only this model."""
+        return self._container.manifest_sha256
+
+    @property
     def metadata(self) -> dict[str, str]:
         return dict(self.manifest.metadata)
 

@@ -179,3 +179,26 @@ def test_concurrent_readers_agree(packed, nginx, where):
         assert all(r == want for r in pool.map(_digests, [url] * 4))
     with ProcessPoolExecutor(3) as pool:  # a model per process
         assert all(r == want for r in pool.map(_digests, [url] * 3))
+
+
+# -- pinning a manifest -----------------------------------------------------------------------------
+
+def test_a_pinned_manifest_is_the_only_one_accepted(packed, tmp_path, capsys):
+    from kformat import cli
+    from kformat.errors import IntegrityError, KFormatError
+
+    url = str(packed.root / "model.kf")
+    assert cli.main(["inspect", url]) == 0
+    pin = capsys.readouterr().out.split("manifest sha256 ")[1].split()[0]
+    with kformat.open(url, manifest_sha256=pin) as model:
+        assert np.array_equal(model["fc1.weight"].numpy(), packed.expected["fc1.weight"])
+    with kformat.open(str(packed.root / "model"), manifest_sha256=kformat.open(str(packed.root / "model")).manifest_sha256):
+        pass
+    other = tmp_path / "other.kf"
+    kformat.pack({"w": np.ones((4, 4), np.float32)}, other, "fp16")
+    with pytest.raises(IntegrityError, match="pinned"):
+        kformat.open(str(other), manifest_sha256=pin)
+    with pytest.raises(KFormatError, match="64 hex digits"):
+        kformat.open(url, manifest_sha256="abc")
+    assert cli.main(["verify", str(other), "--manifest-sha256", pin]) != 0
+    assert "pinned" in capsys.readouterr().err
