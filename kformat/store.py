@@ -42,6 +42,9 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError)) or any(w in text for w in transient_words)
 
 
+_CACHE_HEAL_LOCK = threading.Lock()
+
+
 def _with_timeouts(client_kwargs: dict | None) -> dict:
     """aiohttp's defaults wait 5 minutes in total and forever per read on a slow body."""
     client_kwargs = dict(client_kwargs or {})
@@ -250,13 +253,25 @@ class Store:
                 key = keys[p]
                 if len(block) > e - s:
                     raise self._range_ignored(key, s, e, len(block))
-                if not healed and self.evict_cached(key):  # a partial cached copy: fetch again
-                    return self._fetch(paths, starts, ends, keys, healed=True)
+                if not healed and getattr(self.fs, "_check_file", None) is not None:
+                    return self._heal(paths, starts, ends, keys, key)
                 raise StorageError(
                     f"{self.describe(key)}: asked for bytes {s}..{e} ({e - s} bytes), got"
                     f" {len(block)}; the file is shorter than the manifest says (truncated?)"
                 )
         return blocks
+
+    def _heal(self, paths, starts, ends, keys, key: str) -> list[bytes]:
+        """A short read through a caching layer: its copy may be partial, or still being
+        written by another thread's download. One thread at a time reads again, and evicts
+        and refetches only if the copy is still short."""
+        with _CACHE_HEAL_LOCK:
+            try:
+                return self._fetch(paths, starts, ends, keys, healed=True)
+            except StorageError:
+                if not self.evict_cached(key):
+                    raise
+            return self._fetch(paths, starts, ends, keys, healed=True)
 
     def _count(self, n: int) -> None:
         self.counter.add(n)
