@@ -234,8 +234,9 @@ class Container:
         if table.dtype.kind == "f" and not np.isfinite(table).all():
             # Writers never store these (NaN/Inf input is refused), so a reader never serves them.
             raise DecodeError(f"{self.source}: tensor {tensor.name!r} {which} holds NaN or infinite values")
-        if which == "scale" and table.size and float(np.abs(table).max()) * 255 > np.finfo(np.float32).max:
-            raise DecodeError(f"{self.source}: tensor {tensor.name!r} scale {float(np.abs(table).max()):g} overflows float32")
+        largest = float(np.abs(table).max()) if which == "scale" and table.size else 0.0
+        if largest * 255 > np.finfo(np.float32).max:  # codes times scale must stay finite
+            raise DecodeError(f"{self.source}: tensor {tensor.name!r} scale {largest:g} overflows float32")
         return table
 
     # -- tiles ---------------------------------------------------------------------------

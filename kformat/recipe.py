@@ -36,6 +36,14 @@ DEFAULT_MIN_ELEMENTS = 1024
 MAX_TILE_SIDE = 1 << 16
 
 
+def _check_tile(tile: tuple[int, int]) -> None:
+    """A tile size a reader accepts (rules and recipes share it)."""
+    if not all(1 <= side <= MAX_TILE_SIDE for side in tile):
+        raise ValueError(f"tile sides must be 1..{MAX_TILE_SIDE}")
+    if tile[0] * tile[1] > MAX_TILE_ELEMENTS:
+        raise ValueError(f"a tile holds at most {MAX_TILE_ELEMENTS} elements, {tile[0]}x{tile[1]} is more")
+
+
 class Rule(BaseModel):
     """How one tensor is stored."""
 
@@ -90,10 +98,8 @@ class Rule(BaseModel):
             raise ValueError("ecq applies to kmeans only")
         if self.prune is not None and self.prune_threshold is not None:
             raise ValueError("give prune (a fraction) or prune_threshold, not both")
-        if self.tile is not None and not all(1 <= side <= MAX_TILE_SIDE for side in self.tile):
-            raise ValueError(f"tile sides must be 1..{MAX_TILE_SIDE}")
-        if self.tile is not None and self.tile[0] * self.tile[1] > MAX_TILE_ELEMENTS:
-            raise ValueError(f"a tile holds at most {MAX_TILE_ELEMENTS} elements, {self.tile[0]}x{self.tile[1]} is more")
+        if self.tile is not None:
+            _check_tile(self.tile)
         return self
 
     @property
@@ -258,10 +264,7 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _tile_ok(self) -> "Recipe":
-        if not all(1 <= side <= MAX_TILE_SIDE for side in self.tile):
-            raise ValueError(f"tile sides must be 1..{MAX_TILE_SIDE}")
-        if self.tile[0] * self.tile[1] > MAX_TILE_ELEMENTS:
-            raise ValueError(f"a tile holds at most {MAX_TILE_ELEMENTS} elements, {self.tile[0]}x{self.tile[1]} is more")
+        _check_tile(self.tile)
         return self
 
     def with_rules(self, extra: list[RuleEntry]) -> "Recipe":

@@ -15,6 +15,7 @@ import re
 import numpy as np
 
 from .codecs import plane_depth
+from .codecs.bitpack import row_bytes
 from .errors import FormatError
 from .limits import INFLATION_SLACK, MAX_INFLATION, MAX_TENSOR_ELEMENTS, MAX_TILE_ELEMENTS
 from .schema import SHARD_SUFFIX, BlobRef, Manifest, TensorEntry
@@ -78,18 +79,17 @@ def _check_tensor(t: TensorEntry, source: str, blobs: list[tuple[BlobRef, str]])
             )
         if tile.rows * tile.cols > MAX_TILE_ELEMENTS:
             raise _fail(source, f"{where} tile {i}: {tile.rows}x{tile.cols} exceeds the limit of {MAX_TILE_ELEMENTS} elements per tile")
+        # The decoded plane's bytes: packed code rows, or values.
+        plane = tile.rows * (row_bytes(tile.cols, t.depth) if t.depth else tile.cols * itemsize)
         if t.codec in MAX_INFLATION:
-            plane = tile.rows * (-(-tile.cols * t.depth // 8) if t.depth else tile.cols * itemsize)
             if plane > MAX_INFLATION[t.codec] * tile.blob.length + INFLATION_SLACK:
                 raise _fail(
                     source,
                     f"{where} tile {i}: a {t.codec} blob of {tile.blob.length} bytes cannot hold a {plane}-byte plane"
                     f" (more than {MAX_INFLATION[t.codec]}:1)",
                 )
-        if t.codec == "raw":
-            want = (tile.rows * -(-tile.cols * t.depth // 8)) if t.depth else tile.rows * tile.cols * itemsize
-            if tile.blob.length != want:
-                raise _fail(source, f"{where} tile {i}: raw blob of {tile.blob.length} bytes, expected {want}")
+        if t.codec == "raw" and tile.blob.length != plane:
+            raise _fail(source, f"{where} tile {i}: raw blob of {tile.blob.length} bytes, expected {plane}")
         blobs.append((tile.blob, f"{where} tile {i} (rows {tile.row}.., cols {tile.col}..)"))
 
 
