@@ -17,14 +17,15 @@ size-versus-accuracy plot digits.png.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-import kformat
-from kformat.allocate import container_size
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from accuracy_table import evaluate, print_table, write_report  # noqa: E402
+
+import kformat  # noqa: E402
 
 RECIPES = [
     ("fp16", "fp16", []),
@@ -99,51 +100,16 @@ def main() -> int:
     print(f"digits: {len(x_train)} train / {len(x_test)} test images; 64-512-512-10 network, {params:,} parameters;"
           f" float32 test accuracy {f32_acc:.2%}")
 
-    rows = [{"recipe": "float32", "bytes": f32_bytes, "ratio": 1.0, "accuracy": f32_acc, "agreement": 1.0}]
-    recipes = list(RECIPES) + [(f"allocated, {bits:g} bits/weight", "fp16", bits) for bits in args.target_bits]
-    for label, recipe, rules in recipes:
-        path = out / f"digits-{len(rows)}.kf"
-        if label.startswith("allocated"):
-            kformat.pack(str(source), path, recipe, target_bits=rules)
-        else:
-            kformat.pack(str(source), path, recipe, rules=rules)
-        restored = kformat.load_all(str(path))
-        predicted = logits(restored, x_test).argmax(1)
-        size = container_size(path)
-        rows.append({"recipe": label, "bytes": size, "ratio": f32_bytes / size,
-                     "accuracy": float((predicted == y_test).mean()),
-                     "agreement": float((predicted == reference).mean()),
-                     "rules": sorted({t.rule for t in kformat.open(str(path)).manifest.tensors})})
-    print(f"\n{'recipe':34s} {'bytes':>9s} {'x smaller':>9s} {'top-1':>7s} {'vs float32':>10s} {'agrees':>7s}")
-    for r in rows:
-        r["change"] = r["accuracy"] - f32_acc
-        print(f"{r['recipe']:34s} {r['bytes']:9,d} {r['ratio']:9.2f} {r['accuracy']:7.2%} {r['change'] * 100:+9.2f}pp"
-              f" {r['agreement']:7.2%}")
-    (out / "digits.json").write_text(json.dumps({"test_images": len(x_test), "parameters": params, "rows": rows}, indent=2))
-    try:
-        import matplotlib
+    def predict(path: Path) -> tuple[np.ndarray, dict]:
+        with kformat.open(str(path)) as packed:
+            rules = sorted({t.rule for t in packed.manifest.tensors})
+        return logits(kformat.load_all(str(path)), x_test).argmax(1), {"rules": rules}
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"\nwrote {out / 'digits.json'} (install the `plot` extra for the plot)")
-        return 0
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = "osD^v<>phX*"
-    for k, r in enumerate(rows):  # points can coincide: a legend, not labels on the points
-        ax.scatter(r["bytes"] / 1024, r["accuracy"] * 100, s=40, marker=markers[k % len(markers)], alpha=0.8,
-                   label=f"{r['recipe']} ({r['ratio']:.1f}x)")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_xscale("log")
-    ax.set_xlabel("container size (KiB, log scale)")
-    ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title("digits 64-512-512-10: size vs accuracy per recipe")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "digits.png", dpi=120)
-    print(f"\nwrote {out / 'digits.json'} and {out / 'digits.png'}")
+    rows = evaluate(out, "digits", source, RECIPES, args.target_bits, f32_bytes, predict, y_test, reference)
+    print_table(rows, "top-1")
+    write_report(out, "digits", {"test_images": len(x_test), "parameters": params}, rows, size_unit="KiB",
+                 ylabel="test top-1 accuracy (%)", title="digits 64-512-512-10: size vs accuracy per recipe")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,18 +24,18 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import re
 import struct
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-import kformat
-from kformat.allocate import container_size
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from accuracy_table import evaluate, print_table, write_report  # noqa: E402
+
+import kformat  # noqa: E402
 
 RECIPES = [
     ("fp16 (as py3langid ships it)", "fp16", []),
@@ -130,57 +130,18 @@ def main() -> int:
     print(f"py3langid: {shipped.shape[0]:,} byte n-gram features x {len(classes)} languages, {params:,} parameters;"
           f" {len(texts):,} Django translations in {len(set(labels))} languages; float32 accuracy {f32_acc:.2%}")
 
-    rows = [{"recipe": "float32", "bytes": f32_bytes, "ratio": 1.0, "accuracy": f32_acc, "agreement": 1.0}]
-    recipes = list(RECIPES) + [(f"allocated, {bits:g} bits/weight", "fp16", bits) for bits in args.target_bits]
-    for label, recipe, rules in recipes:
-        path = out / f"langid-{len(rows)}.kf"
-        started = time.perf_counter()
-        if label.startswith("allocated"):
-            kformat.pack(str(source), path, recipe, target_bits=rules)
-        else:
-            kformat.pack(str(source), path, recipe, rules=rules)
-        packed_in = time.perf_counter() - started
+    def predict(path: Path) -> tuple[np.ndarray, dict]:
         with kformat.open(str(path)) as packed:
-            weights = packed["nb_ptc"].numpy()
-            rule = packed["nb_ptc"].rule
-        predicted = np.array(classify(model, weights, texts))
-        size = container_size(path)
-        rows.append({"recipe": label, "bytes": size, "ratio": f32_bytes / size, "rule": rule,
-                     "accuracy": float((predicted == labels).mean()),
-                     "agreement": float((predicted == reference).mean()), "pack_seconds": round(packed_in, 2)})
-    print(f"\n{'recipe':32s} {'bytes':>11s} {'x smaller':>9s} {'accuracy':>8s} {'vs float32':>10s} {'agrees':>7s}")
-    for r in rows:
-        r["change"] = r["accuracy"] - f32_acc
-        print(f"{r['recipe']:32s} {r['bytes']:11,d} {r['ratio']:9.2f} {r['accuracy']:8.2%} {r['change'] * 100:+9.2f}pp"
-              f" {r['agreement']:7.2%}")
-    per_language = Counter(labels.tolist())
-    (out / "langid.json").write_text(json.dumps(
-        {"sentences": len(texts), "languages": dict(sorted(per_language.items())), "parameters": params,
-         "rows": rows}, indent=2))
-    try:
-        import matplotlib
+            weights, rule = packed["nb_ptc"].numpy(), packed["nb_ptc"].rule
+        return np.array(classify(model, weights, texts)), {"rule": rule}
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"\nwrote {out / 'langid.json'} (install the `plot` extra for the plot)")
-        return 0
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = "osD^v<>phX*"
-    for k, r in enumerate(rows):
-        ax.scatter(r["bytes"] / 2**20, r["accuracy"] * 100, s=40, marker=markers[k % len(markers)], alpha=0.8,
-                   label=f"{r['recipe']} ({r['ratio']:.1f}x)")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_xscale("log")
-    ax.set_xlabel("container size (MiB, log scale)")
-    ax.set_ylabel("accuracy on Django translations (%)")
-    ax.set_title("py3langid (100,053 x 142 naive Bayes): size vs accuracy per recipe")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "langid.png", dpi=120)
-    print(f"\nwrote {out / 'langid.json'} and {out / 'langid.png'}")
+    rows = evaluate(out, "langid", source, RECIPES, args.target_bits, f32_bytes, predict, labels, reference)
+    print_table(rows, "accuracy")
+    write_report(out, "langid", {"sentences": len(texts), "languages": dict(sorted(Counter(labels.tolist()).items())),
+                                 "parameters": params}, rows, size_unit="MiB",
+                 ylabel="accuracy on Django translations (%)",
+                 title="py3langid (100,053 x 142 naive Bayes): size vs accuracy per recipe")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
