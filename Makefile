@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kformat-installed
 EXTRAS ?= dev,torch,http,safetensors,plot,langid
 
-.PHONY: all venv demo test bench schema vectors attacks fuzz clean nginx
+.PHONY: all venv demo test bench schema conformance fuzz clean nginx
 
 all: test
 
@@ -38,11 +38,9 @@ bench: venv nginx
 schema: venv
 	$(BIN)/python tools/gen_schema.py
 
-vectors: venv
-	$(BIN)/python tools/gen_vectors.py
-
-attacks: venv
-	$(BIN)/python tools/gen_attacks.py
+# Regenerate spec/conformance/ (golden vectors, expected tensors, attack files): on purpose only.
+conformance: venv
+	cd tools && ../$(BIN)/python gen_vectors.py && ../$(BIN)/python gen_attacks.py
 
 # The long fuzz run (10 minutes by default): FUZZ_SECONDS=3600 make fuzz
 FUZZ_SECONDS ?= 600

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 import kformat
-from kformat.allocate import container_size
+from kformat.packing.allocate import container_size
 
 Recipe = tuple[str, str, list[str]]  # (label, preset, rules)
 

@@ -4,33 +4,46 @@
     kformat.pack("model.safetensors", "model.kf", "mobile")
     with kformat.open("https://cdn.example.com/model.kf") as model:   # header + manifest only
         y = model["fc1.weight"].matmul(x)                              # fetched tile by tile
+
+This module is the public face; the journeys live in packages: kformat.recipe and
+kformat.packing (pack), kformat.loading (load), kformat.format (the container), kformat.methods
+and kformat.codecs (plug-ins, registered by name), kformat.sources (model files in and out).
 """
 
-__version__ = "0.1.0"
-
-from .api import build_recipe, inspect, load_all, pack, unpack, verify  # noqa: E402
-from .errors import (  # noqa: E402
+from ._version import __version__
+from .api import inspect, load_all, pack, unpack, verify
+from .compare import Comparison, compare, format_comparison
+from .errors import (
+    BadMagic,
     DecodeError,
     FormatError,
     InputError,
     IntegrityError,
     KFormatError,
+    LimitError,
     NotFound,
     QuantizationError,
     RecipeError,
     StorageError,
     TensorNotFound,
+    TruncatedError,
     VersionError,
 )
-from .lazy import LazyModel, LazyTensor, QuantizedTensor, open_model  # noqa: E402
-from .reader import Container, open_container  # noqa: E402
-from .recipe import PRESETS, Recipe, Rule, load_recipe, parse_rule  # noqa: E402
+from .loading.container import Container, open_container
+from .loading.lazy import LazyModel, LazyTensor, open_model
+from .methods import Method, QuantizedTensor, register_method
+from .codecs import Codec, register_codec
+from .recipe import PRESETS, Recipe, Rule, build_recipe, load_recipe, parse_rule
+from .summary import format_table as format_summary
+from .summary import human_bytes
 
 open = open_model  # noqa: A001 - kformat.open(url) is the loader's front door
 
 __all__ = [
-    "__version__", "open", "open_model", "LazyModel", "LazyTensor", "QuantizedTensor", "pack", "unpack", "inspect", "verify", "load_all", "build_recipe", "Container",
-    "open_container", "Recipe", "Rule", "PRESETS", "load_recipe", "parse_rule", "KFormatError",
-    "FormatError", "VersionError", "IntegrityError", "DecodeError", "RecipeError", "QuantizationError",
-    "InputError", "StorageError", "NotFound", "TensorNotFound",
+    "__version__", "open", "open_model", "LazyModel", "LazyTensor", "QuantizedTensor", "pack", "unpack", "inspect",
+    "verify", "load_all", "compare", "Comparison", "build_recipe", "Container", "open_container", "Recipe", "Rule",
+    "PRESETS", "load_recipe", "parse_rule", "format_summary", "format_comparison", "human_bytes", "Method",
+    "register_method", "Codec", "register_codec", "KFormatError", "FormatError", "BadMagic", "TruncatedError",
+    "VersionError", "LimitError", "IntegrityError", "DecodeError", "RecipeError", "QuantizationError", "InputError",
+    "StorageError", "NotFound", "TensorNotFound",
 ]

@@ -1,4 +1,4 @@
-"""The library's file-level operations; the CLI is a thin shell over these."""
+"""The library's file-level operations (the public API); the CLI is a thin shell over these."""
 
 from __future__ import annotations
 
@@ -8,22 +8,16 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .errors import InputError, KFormatError
-from .io import DictSource, TensorSource, open_source, write_tensors
-from .reader import Container, Problem
-from .recipe import Recipe, load_recipe, parse_rule_override
-from .relayout import is_container, relayout
-from .schema import DEFAULT_SHARD_SIZE
+from .format.constants import DEFAULT_SHARD_SIZE
+from .loading.container import Container, Problem
+from .packing.relayout import is_container, relayout
+from .packing.writer import PackReport
+from .packing.writer import pack as _pack
+from .recipe import Recipe, build_recipe
+from .sources import DictSource, TensorSource, open_source, write_tensors
 from .summary import summarize
-from .writer import PackReport, pack as _pack
 
 Progress = Callable[[int, int, str], None]
-
-
-def build_recipe(recipe: Recipe | str | Path | None = None, rules: Iterable[str] = ()) -> Recipe:
-    """A recipe from a preset name, a file or a Recipe, with GLOB=RULE overrides first."""
-    base = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    extra = [parse_rule_override(text) for text in rules]
-    return base.with_rules(extra) if extra else base
 
 
 def pack(
@@ -70,7 +64,7 @@ def pack(
             target_size = int(params * target_bits / 8)
         if target_size <= 0:
             raise InputError(f"target size must be positive, got {target_size}")
-        from .allocate import pack_to_target
+        from .packing.allocate import pack_to_target
 
         report, _, _ = pack_to_target(source, output, build_recipe(recipe, rules), int(target_size), layout=layout,
                                       shard_size=shard_size, metadata=metadata, progress=progress)
@@ -79,6 +73,7 @@ def pack(
         source, output, build_recipe(recipe, rules),
         layout=layout, shard_size=shard_size, metadata=metadata, progress=progress,
     )
+
 
 
 def unpack(url: str, output: str | Path, progress: Progress | None = None, **storage_options) -> list[str]:

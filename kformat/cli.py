@@ -1,4 +1,4 @@
-"""`kformat` command line: parses arguments, calls kformat.api, prints. Nothing else."""
+"""`kformat` command line: parses arguments, calls the public API (`kformat.*`), prints."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import json
 import sys
 import time
 
-from . import __version__, api
-from .errors import KFormatError
-from .recipe import PRESETS
-from .summary import format_table, human_bytes
+import kformat
+from kformat.errors import KFormatError
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
 
@@ -63,7 +61,7 @@ def _storage_options(args) -> dict:
 
 def cmd_pack(args) -> int:
     progress = Progress("pack", None if not args.quiet else False)
-    report = api.pack(
+    report = kformat.pack(
         args.input, args.output, args.recipe, rules=args.rule,
         layout="sharded" if args.sharded else "single", shard_size=args.shard_size, progress=progress,
         target_size=args.target_size, target_bits=args.target_bits,
@@ -71,12 +69,11 @@ def cmd_pack(args) -> int:
     for warning in report.unmatched_rules:
         print(f"kformat: warning: {warning}", file=sys.stderr)
     if not args.quiet:
-        summary = api.inspect(str(args.output))
-        tot = summary["totals"]
+        tot = report.summary()["totals"]
         print(
             f"packed {tot['tensors']} tensors ({tot['params']:,} parameters) into {args.output}:"
-            f" {human_bytes(tot['container_bytes'])}, {tot['ratio_to_float32']:.2f}x smaller than float32"
-            f" ({human_bytes(tot['float32_bytes'])}), {tot['bits_per_weight']:.2f} bits/weight"
+            f" {kformat.human_bytes(tot['container_bytes'])}, {tot['ratio_to_float32']:.2f}x smaller than float32"
+            f" ({kformat.human_bytes(tot['float32_bytes'])}), {tot['bits_per_weight']:.2f} bits/weight"
         )
     return EXIT_OK
 
@@ -87,13 +84,13 @@ def cmd_publish(args) -> int:
 
 
 def cmd_unpack(args) -> int:
-    names = api.unpack(args.input, args.output, Progress("unpack"), **_storage_options(args))
+    names = kformat.unpack(args.input, args.output, Progress("unpack"), **_storage_options(args))
     print(f"unpacked {len(names)} tensors to {args.output}")
     return EXIT_OK
 
 
 def cmd_inspect(args) -> int:
-    summary = api.inspect(args.input, **_storage_options(args))
+    summary = kformat.inspect(args.input, **_storage_options(args))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -101,14 +98,14 @@ def cmd_inspect(args) -> int:
         print(f"{args.input}: kformat {summary['version'][0]}.{summary['version'][1]}, {summary['layout']}"
               + (f" ({summary['shards']} shards)" if summary["shards"] else "")
               + f", recipe {summary['recipe'] or '-'}, {summary['generator']}")
-        print(format_table(summary))
-        print(f"float32 would be {human_bytes(tot['float32_bytes'])}")
+        print(kformat.format_summary(summary))
+        print(f"float32 would be {kformat.human_bytes(tot['float32_bytes'])}")
         print(f"manifest sha256 {summary['manifest_sha256']} (pin with --manifest-sha256 or kformat.open(..., manifest_sha256=))")
     return EXIT_OK
 
 
 def cmd_verify(args) -> int:
-    problems = api.verify(args.input, Progress("verify"), **_storage_options(args))
+    problems = kformat.verify(args.input, Progress("verify"), **_storage_options(args))
     if not problems:
         print(f"{args.input}: OK (every blob's hash matches and every plane decodes)")
         return EXIT_OK
@@ -119,13 +116,11 @@ def cmd_verify(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare, format_comparison
-
-    result = compare(args.original, args.packed, **_storage_options(args))
+    result = kformat.compare(args.original, args.packed, **_storage_options(args))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(format_comparison(result))
+        print(kformat.format_comparison(result))
     return EXIT_OK
 
 
@@ -136,14 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
         " codes stored as PNG/zstd tiles, fp16, raw), look inside them, check and unpack them.",
         epilog="Exit status: 0 success, 1 verify found problems, 2 bad input or usage.",
     )
-    parser.add_argument("--version", action="version", version=f"kformat {__version__}")
+    parser.add_argument("--version", action="version", version=f"kformat {kformat.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add_pack_args(p):
         p.add_argument("input", help="model weights: .npz, .safetensors, or a PyTorch state_dict (.pt/.pth);"
                        " or a kformat container (.kf, sharded directory, URL) to re-lay out as is")
         p.add_argument("-r", "--recipe", default=None,
-                       help=f"a preset ({', '.join(PRESETS)}) or a TOML/JSON recipe file (default: fp16)")
+                       help=f"a preset ({', '.join(kformat.PRESETS)}) or a TOML/JSON recipe file (default: fp16)")
         p.add_argument("--rule", action="append", default=[], metavar="GLOB=RULE",
                        help="override for matching tensors, before the recipe's rules; e.g."
                        " 'classifier.0.*=kmeans:4' or 'fc*=kmeans:4,group=64,codec=zstd'. Repeatable.")

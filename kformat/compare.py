@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .io import TensorSource, open_source
-from .lazy import LazyModel
-from .quantize.metrics import sqnr_db
+from .loading.lazy import LazyModel
+from .methods.metrics import sqnr_db
+from .sources import TensorSource, open_source
 
 CHUNK = 1 << 22
 
@@ -97,7 +97,7 @@ class _Sums:
 
 def _source(path: str, storage_options: dict) -> tuple[TensorSource | LazyModel, bool]:
     """A model file as a TensorSource, or a kformat container (any URL) as a LazyModel."""
-    from .relayout import is_container
+    from .packing.relayout import is_container
 
     if is_container(path):
         return LazyModel.open(path, **storage_options), True

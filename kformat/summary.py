@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from .schema import Manifest, TensorEntry
+from .format.manifest import Manifest, TensorEntry
+from .methods import METHODS
 
 
 @dataclass
@@ -26,17 +27,11 @@ class TensorSummary:
     reason: str
 
 
-def tensor_bytes(t: TensorEntry) -> int:
-    total = sum(tile.blob.length for tile in t.tiles)
-    for table in (t.quant.codebook, t.quant.scale, t.quant.zero_point):
-        if table is not None:
-            total += table.blob.length
-    return total
-
-
 def summarize_tensor(t: TensorEntry) -> TensorSummary:
     params = math.prod(t.shape)
-    nbytes = tensor_bytes(t)
+    nbytes = t.stored_bytes
+    method = METHODS.get(t.quant.method)
+    extra = method.summary(t) if method is not None else {"code_bits": t.quant.bits}
     return TensorSummary(
         name=t.name,
         shape=list(t.shape),
@@ -48,7 +43,7 @@ def summarize_tensor(t: TensorEntry) -> TensorSummary:
         bytes=nbytes,
         bits_per_weight=8 * nbytes / params if params else 0.0,
         ratio_to_float32=(4 * params / nbytes) if nbytes else 0.0,
-        code_bits=t.quant.bits,
+        code_bits=extra.get("code_bits"),
         entropy_bits=t.stats.get("entropy_bits"),
         sqnr_db=t.stats.get("sqnr_db"),
         reason=t.reason,
@@ -63,7 +58,7 @@ def summarize(manifest: Manifest, container_bytes: int | None = None) -> dict:
         "layout": manifest.layout,
         "version": list(manifest.version),
         "generator": manifest.generator,
-        "recipe": manifest.recipe.name if manifest.recipe else None,
+        "recipe": (manifest.recipe or {}).get("name"),
         "shards": len(manifest.shards),
         "tensors": [asdict(t) for t in tensors],
         "totals": {

@@ -24,18 +24,62 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import InputError
-from .lazy import LazyModel, LazyTensor, QuantizedTensor, open_model
-from .schema import DEFAULT_SHARD_SIZE
+from .format.constants import DEFAULT_SHARD_SIZE
+from .loading.lazy import LazyModel, LazyTensor, open_model
+from .methods import QuantizedTensor
 
-__all__ = ["save", "load_state_dict", "load_quantized", "QuantizedLinear", "state_dict_arrays"]
+__all__ = ["save", "load_state_dict", "load_quantized", "QuantizedLinear", "state_dict_arrays",
+           "load_torch_file"]
 
 
 def _torch():
     try:
         import torch
     except ImportError:
-        raise InputError("kformat.torch needs PyTorch: pip install 'kformat[torch]'") from None
+        raise InputError("this needs PyTorch: pip install 'kformat[torch]'") from None
     return torch
+
+
+torch_module = _torch
+
+
+def tensor_to_numpy(torch, value) -> np.ndarray:
+    """A CPU numpy copy or view of a torch tensor; bfloat16 is widened to float32 (exact)."""
+    value = value.detach().cpu()
+    if value.dtype == torch.bfloat16:
+        value = value.float()
+    return value.numpy()
+
+
+def _flatten_state_dict(torch, obj, prefix: str = "") -> dict:
+    """Tensors of a (possibly nested) state dict, keyed by dotted names."""
+    out = {}
+    if isinstance(obj, torch.Tensor):
+        out[prefix] = obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out.update(_flatten_state_dict(torch, value, name))
+    return out
+
+
+def load_torch_file(path) -> dict:
+    """The tensors of a PyTorch weights file by dotted name, read with torch.load(weights_only=True)
+    (memory-mapped where torch can), unwrapping a checkpoint's state_dict/model entry."""
+    torch = _torch()
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds on bad files
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001
+            raise InputError(f"{path}: not a loadable PyTorch weights file ({type(exc).__name__}: {exc})") from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict) and len(obj) <= 4:
+                obj = obj[key]
+                break
+    return _flatten_state_dict(torch, obj)
 
 
 def state_dict_arrays(module_or_state_dict) -> dict[str, np.ndarray]:
@@ -48,10 +92,7 @@ def state_dict_arrays(module_or_state_dict) -> dict[str, np.ndarray]:
             raise InputError(f"state dict entry {name!r} is a {type(value).__name__}, not a tensor")
         if value.is_meta:
             raise InputError(f"tensor {name!r} is on the meta device: it has no values to save")
-        value = value.detach().cpu()
-        if value.dtype == torch.bfloat16:
-            value = value.float()
-        arrays[name] = value.numpy()
+        arrays[name] = tensor_to_numpy(torch, value)
     return arrays
 
 
@@ -100,7 +141,7 @@ def _fill(torch, target, lazy: LazyTensor, name: str):
     if target.is_meta:
         target = torch.empty(tuple(target.shape), dtype=target.dtype, device="cpu")
     direct = (target.device.type == "cpu" and target.dtype == torch.float32 and target.is_contiguous()
-              and lazy.method != "raw")
+              and not lazy.lossless)
     if not direct:
         target.copy_(torch.from_numpy(np.asarray(lazy.numpy(), order="C")))
         return target
@@ -159,17 +200,22 @@ def _module_class():
             self.out_features, self.in_features = q.shape
             self._meta = {k: getattr(q, k) for k in ("name", "method", "shape", "view", "bits", "depth",
                                                       "group_rows", "packed")}
-            for key in ("codes", "codebook", "scale", "zero_point", "values"):
-                array = getattr(q, key)
+            # codes or values, and each table of the method (codebook, scale, ...) by its name
+            self._tables = tuple(q.tables)
+            arrays = {"codes": q.codes, "values": q.values, **q.tables}
+            for key, array in arrays.items():
                 if array is not None and not (array.flags.writeable and array.flags.c_contiguous):
                     array = np.array(array, order="C")  # tables come straight from read-only bytes
                 self.register_buffer(key, None if array is None else torch.from_numpy(array))
             self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
 
         def quantized(self) -> QuantizedTensor:
-            arrays = {k: (None if getattr(self, k) is None else getattr(self, k).numpy())
-                      for k in ("codes", "codebook", "scale", "zero_point", "values")}
-            return QuantizedTensor(**self._meta, **arrays)
+            def numpy(key):
+                value = getattr(self, key)
+                return None if value is None else value.numpy()
+
+            return QuantizedTensor(**self._meta, codes=numpy("codes"), values=numpy("values"),
+                                   tables={k: numpy(k) for k in self._tables})
 
         def forward(self, x):
             if x.requires_grad and torch.is_grad_enabled():
@@ -213,7 +259,7 @@ def load_quantized(module, url: str, *, packed: bool = True, strict: bool = True
         linears = [(name, sub) for name, sub in module.named_modules() if isinstance(sub, torch.nn.Linear)]
         for name, linear in linears:
             key = f"{name}.weight" if name else "weight"
-            if key not in model or model[key].method == "raw":
+            if key not in model or model[key].lossless:
                 continue
             lazy = model[key]
             if lazy.shape != (linear.out_features, linear.in_features):

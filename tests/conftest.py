@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kformat.io import DictSource
+from kformat.sources import DictSource
 
 
 def small_model(seed: int = 0) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import kformat
-from kformat.allocate import Candidate, choose, container_size, measured_error
+from kformat.packing.allocate import Candidate, choose, container_size, measured_error
 from kformat.cli import main
 from kformat.errors import KFormatError
 from kformat.recipe import Rule

@@ -7,12 +7,12 @@ import pytest
 
 import kformat
 from kformat.errors import FormatError, IntegrityError, NotFound, QuantizationError, StorageError, VersionError
-from kformat.header import encode_header
-from kformat.io import DictSource
-from kformat.quantize import encode_tensor
-from kformat.reader import Container
+from kformat.format.header import encode_header
+from kformat.sources import DictSource
+from kformat.packing.encode import encode_tensor
+from kformat.loading.container import Container
 from kformat.recipe import parse_rule, recipe_from_dict
-from kformat.schema import MAGIC
+from kformat.format.constants import MAGIC
 
 RULES = [f"kmeans:{b}" for b in range(1, 9)] + [
     "kmeans:4,group=64", "kmeans:3,row", "kmeans:4,codebook=fp32", "kmeans:4,codec=zstd",
@@ -39,7 +39,7 @@ def test_round_trip_matches_the_quantizer_exactly(tmp_path, model, rule, layout)
             if entry.quant.method == "raw":
                 assert got.dtype == array.dtype and got.tobytes() == array.tobytes()
             else:
-                expected = encode_tensor(name, array, parse_rule(entry.rule)).dequantize_rows(0, entry.view[0])
+                expected = encode_tensor(name, array, parse_rule(entry.rule)).rows(0, entry.view[0])
                 assert got.dtype == np.float32
                 assert np.array_equal(got.reshape(entry.view), expected)
         assert c.verify() == []

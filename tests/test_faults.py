@@ -20,7 +20,7 @@ import pytest
 
 import kformat
 from kformat.errors import StorageError
-from kformat.reader import Container
+from kformat.loading.container import Container
 from http_servers import serve
 
 KFORMAT = [sys.executable, "-m", "kformat.cli"]
@@ -76,7 +76,7 @@ def test_a_killed_pack_leaves_no_output_and_nothing_the_next_pack_trips_on(big_s
 
 
 def test_the_sweep_spares_temporaries_of_live_writers(tmp_path):
-    from kformat.atomic import sweep_stale, temp_prefix
+    from kformat.packing.atomic import sweep_stale, temp_prefix
 
     target = tmp_path / "model.kf"
     mine = tmp_path / (temp_prefix(target) + "abc.tmp")  # this process is alive
@@ -152,7 +152,7 @@ def test_a_server_that_keeps_failing_mid_body_is_reported_in_bounded_time(packed
 
 
 def test_default_http_timeouts_are_bounded():
-    from kformat.store import READ_TIMEOUT_SECONDS, Store
+    from kformat.loading.store import READ_TIMEOUT_SECONDS, Store
 
     store = Store.from_url("http://127.0.0.1:9/model.kf")
     timeout = store.fs.kwargs["timeout"] if "timeout" in store.fs.kwargs else store.fs.client_kwargs["timeout"]

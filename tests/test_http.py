@@ -11,9 +11,9 @@ import kformat
 from http_servers import serve
 from kformat.cli import main
 from kformat.errors import IntegrityError, NotFound, StorageError
-from kformat.header import decode_header
-from kformat.reader import OPEN_READ
-from kformat.schema import HEADER_SIZE
+from kformat.format.header import decode_header
+from kformat.loading.container import OPEN_READ
+from kformat.format.constants import HEADER_SIZE
 
 SLACK = 64  # blobs are 64-byte aligned: a merged range may carry up to 63 bytes of padding per blob
 

@@ -3,7 +3,7 @@ import pytest
 
 import kformat
 from kformat.errors import InputError, NotFound
-from kformat.io import open_source
+from kformat.sources import open_source
 
 
 def test_npz_in_and_out(tmp_path, model):

@@ -5,9 +5,9 @@ import pytest
 
 import kformat
 from kformat.errors import InputError, NotFound, StorageError
-from kformat.header import decode_header
-from kformat.reader import OPEN_READ
-from kformat.schema import HEADER_SIZE, MANIFEST_NAME
+from kformat.format.header import decode_header
+from kformat.loading.container import OPEN_READ
+from kformat.format.constants import HEADER_SIZE, MANIFEST_NAME
 
 LAYOUTS = {"single": "model.kf", "sharded": "model/"}
 
@@ -134,7 +134,7 @@ def test_a_stream_abandoned_midway_leaves_nothing_running(url, packed):
         for name, tensor in model.stream():
             if name == "fc1.weight":
                 break
-        assert model.container._prefetched == {}
+        assert model.container._stream._prefetched == {}
         assert np.array_equal(model["fc2.weight"].numpy(), packed.expected["fc2.weight"])
 
 

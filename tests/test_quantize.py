@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kformat.errors import QuantizationError
-from kformat.quantize import encode_tensor, kmeans
+from kformat.packing.encode import encode_tensor
+from kformat.methods import kmeans_fit as kmeans
 from kformat.recipe import parse_rule
 
 # SQNR of the optimal (Lloyd-Max) quantizer of a unit Gaussian, in dB, by bits.
@@ -60,12 +61,12 @@ def test_kmeans_matches_exact_optimum_on_small_sets(values, k):
 def test_few_distinct_values_are_exact():
     values = np.random.default_rng(1).choice([-1.5, 0.0, 0.25], size=(40, 50)).astype(np.float32)
     enc = encode_tensor("w", values, parse_rule("kmeans:2"))
-    assert np.array_equal(enc.dequantize_rows(0, 40), values)
+    assert np.array_equal(enc.rows(0, 40), values)
 
 
 def test_constant_tensor():
     enc = encode_tensor("w", np.full((8, 8), 3.5, np.float32), parse_rule("kmeans:4"))
-    assert np.all(enc.dequantize_rows(0, 8) == 3.5)
+    assert np.all(enc.rows(0, 8) == 3.5)
 
 
 def test_codebooks_are_sorted_and_codes_in_range(gaussian):
@@ -81,7 +82,7 @@ def test_grouped_codebooks_beat_one_codebook_on_rows_of_different_scale():
     w = rng.standard_normal((64, 256)).astype(np.float32) * scales
 
     def mean_row_sqnr(enc):
-        err = ((enc.dequantize_rows(0, 64) - w) ** 2).sum(axis=1)
+        err = ((enc.rows(0, 64) - w) ** 2).sum(axis=1)
         return float(np.mean(10 * np.log10((w**2).sum(axis=1) / err)))
 
     one = encode_tensor("w", w, parse_rule("kmeans:4"))
@@ -94,7 +95,7 @@ def test_grouped_codebooks_beat_one_codebook_on_rows_of_different_scale():
                                   "linear:4,group=16,prune_threshold=0.5"])
 def test_pruned_weights_stay_exact_zeros(gaussian, rule):
     enc = encode_tensor("w", gaussian, parse_rule(rule))
-    restored = enc.dequantize_rows(0, gaussian.shape[0])
+    restored = enc.rows(0, gaussian.shape[0])
     threshold = 0.5 if "threshold" in rule else np.quantile(np.abs(gaussian), 0.5 if "0.5" in rule else 0.6)
     pruned = np.abs(gaussian) < threshold * 0.999
     assert enc.stats["pruned"] >= pruned.sum()
@@ -103,13 +104,13 @@ def test_pruned_weights_stay_exact_zeros(gaussian, rule):
 
 def test_linear_codes_keep_zero_exact_and_bound_error(gaussian):
     enc = encode_tensor("w", gaussian, parse_rule("linear:8,row"))
-    restored = enc.dequantize_rows(0, gaussian.shape[0])
+    restored = enc.rows(0, gaussian.shape[0])
     step = enc.scale[:, None]
     assert np.all(np.abs(restored - gaussian) <= step / 2 + 1e-6)
     w = gaussian.copy()
     w[:, ::7] = 0
     enc = encode_tensor("w", w, parse_rule("linear:3"))
-    assert np.all(enc.dequantize_rows(0, w.shape[0])[:, ::7] == 0)
+    assert np.all(enc.rows(0, w.shape[0])[:, ::7] == 0)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -52,7 +52,7 @@ def test_rule_text_round_trips(rule):
         ("kmeans:4,wat=1", "unknown option 'wat=1'"),
         ("huffman:4", "method"),
         ("kmeans:4,prune=1.5", "prune"),
-        ("linear:4,ecq=0.2", "ecq applies to kmeans only"),
+        ("linear:4,ecq=0.2", "linear takes no ecq"),
         ("", "empty rule"),
     ],
 )

@@ -25,7 +25,7 @@ def test_publish_a_kf_file_from_the_cli(tmp_path, model, capsys):
     assert "packed 7 tensors" in capsys.readouterr().out
     assert kformat.verify(str(tmp_path / "site" / "m")) == []
     with kformat.open(str(tmp_path / "site" / "m")) as lazy:
-        assert lazy.manifest.recipe.name == kformat.load_recipe("kmeans4").name
+        assert lazy.manifest.recipe["name"] == kformat.load_recipe("kmeans4").name
 
 
 def test_a_container_is_never_requantized(tmp_path, model):

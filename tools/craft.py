@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from kformat.schema import ALIGNMENT, HEADER_SIZE, MAGIC
+from kformat.format.constants import ALIGNMENT, HEADER_SIZE, MAGIC
 
 HEADER = struct.Struct("<8sHHIQQ32s")
 

@@ -29,11 +29,12 @@ from pathlib import Path
 import fsspec
 import numpy as np
 
+import conformance
 import craft
 import kformat
 from kformat.errors import KFormatError
 
-VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
+SUITE = conformance.SUITE
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,11 @@ class Golden:
 
 def load_golden() -> list[Golden]:
     """The single-file golden vectors and the tensors they decode to."""
-    expected = np.load(VECTORS / "expected.npz")
     out = []
-    for path in sorted(VECTORS.glob("*.kf")):
-        prefix = f"{path.stem}/"
-        tensors = {k[len(prefix):]: expected[k] for k in expected.files if k.startswith(prefix)}
-        out.append(Golden(path.stem, path.read_bytes(), tensors))
+    for rel, case in sorted(conformance.load_index(SUITE, "vectors").items()):
+        if rel.endswith(".kf"):
+            path = SUITE / rel
+            out.append(Golden(path.stem, path.read_bytes(), conformance.expected_tensors(SUITE, case)))
     return out
 
 

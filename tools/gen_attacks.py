@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Regenerate tests/attacks/: one small crafted container per attack, and the error it must raise.
+"""Regenerate spec/conformance/attacks/: one small crafted container per attack, and the error
+it must raise.
 
-Each attack starts from a golden vector in spec/vectors/ and forges one thing, keeping every
-other check satisfied (manifest hash, blob hashes) so that the defence under test is the one
-that fires. tests/attacks/attacks.json lists, per file: what it forges, the KFormatError
-subclass a reader must raise, and a fragment of the message. Run on purpose (`make attacks`);
-tests only read these files.
+Each attack starts from a golden vector in spec/conformance/vectors/ and forges one thing,
+keeping every other check satisfied (manifest hash, blob hashes) so that the defence under test
+is the one that fires. spec/conformance/attacks.json lists, per file: what it forges, the
+language-neutral kind of error a reader must raise (kformat.errors: `kind`), and a fragment of
+the Python reader's message. Run on purpose (`make conformance`); tests only read these files.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import numpy as np
 import pyzstd
 
 import craft
+from kformat import errors
 
 ROOT = Path(__file__).resolve().parent.parent
-VECTORS = ROOT / "spec" / "vectors"
-OUT = ROOT / "tests" / "attacks"
+VECTORS = ROOT / "spec" / "conformance" / "vectors"
+OUT = ROOT / "spec" / "conformance" / "attacks"
+INDEX = ROOT / "spec" / "conformance" / "attacks.json"
 
 
 def base(name: str) -> craft.Parts:
@@ -114,7 +117,7 @@ def single_file_attacks() -> dict[str, tuple[bytes, str, str, str]]:
         t.update(shape=[16384, 8192], view=[16384, 8192], tile=[16384, 8192])
         t["quant"]["group_rows"] = 16384
         t["tiles"] = [dict(t["tiles"][0], rows=16384, cols=8192)]
-    forged(huge_tile, "tile_too_large", "one 16384 x 8192 tile (2^27 elements)", "FormatError",
+    forged(huge_tile, "tile_too_large", "one 16384 x 8192 tile (2^27 elements)", "LimitError",
            "exceeds the limit")
 
     def inflation(p):
@@ -123,7 +126,7 @@ def single_file_attacks() -> dict[str, tuple[bytes, str, str, str]]:
         t["quant"]["group_rows"] = 4096
         t["tiles"] = [dict(t["tiles"][0], rows=4096, cols=4096)]
     forged(inflation, "inflation_bound", "a 16M-element tile promised by a 200-byte PNG",
-           "FormatError", "cannot hold")
+           "LimitError", "cannot hold")
 
     # -- forged blobs (hashes match: only the decoders can refuse them) -------------------
     def forged_blob(name, what, error, match, make, vector="kmeans4", tensor="dense.weight", which="tile", mutate=None):
@@ -228,10 +231,10 @@ def main() -> int:
     table = {}
     for name, (data, what, error, match) in single_file_attacks().items():
         (OUT / f"{name}.kf").write_bytes(data)
-        table[f"{name}.kf"] = {"forges": what, "error": error, "match": match}
+        table[f"attacks/{name}.kf"] = {"forges": what, "kind": getattr(errors, error).kind, "match": match}
     for name, (_path, what, error, match) in sharded_attacks().items():
-        table[f"{name}/"] = {"forges": what, "error": error, "match": match}
-    (OUT / "attacks.json").write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        table[f"attacks/{name}/"] = {"forges": what, "kind": getattr(errors, error).kind, "match": match}
+    INDEX.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     print(f"wrote {len(table)} attacks to {OUT.relative_to(ROOT)}")
     return 0
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from kformat.recipe import Recipe
-from kformat.schema import Manifest
+from kformat.format.manifest import Manifest
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "spec" / "schema"
 MODELS = {"manifest.schema.json": Manifest, "recipe.schema.json": Recipe}

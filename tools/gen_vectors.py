@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""Regenerate spec/vectors/: small golden containers and the tensors they must decode to.
+"""Regenerate spec/conformance/vectors/: small golden containers and the tensors they decode to.
 
-Run only on purpose (`make vectors`), when the format changes on purpose; tests never
-write here. Each vector NAME has NAME.kf (or NAME/ for the sharded one), and all expected
-tensors are in expected.npz under "NAME/TENSOR". The source tensors are in source.npz.
+Run only on purpose (`make conformance`), when the format changes on purpose; tests never
+write here. Each vector NAME has vectors/NAME.kf (or vectors/NAME/ for the sharded one); the
+tensors it must decode to are raw little-endian files expected/NAME/TENSOR.bin, described in
+spec/conformance/vectors.json (dtype, shape, SHA-256), so a reader in any language can check
+itself. The source tensors are in vectors/source.npz.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -15,11 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from kformat.api import load_all
-from kformat.io import DictSource
+from kformat.sources import DictSource
 from kformat.recipe import recipe_from_dict
-from kformat.writer import pack
+from kformat.packing.writer import pack
 
-VECTOR_DIR = Path(__file__).resolve().parent.parent / "spec" / "vectors"
+SUITE = Path(__file__).resolve().parent.parent / "spec" / "conformance"
+VECTOR_DIR = SUITE / "vectors"
+EXPECTED_DIR = SUITE / "expected"
+INDEX = SUITE / "vectors.json"
 GENERATOR = "kformat golden vectors"
 
 
@@ -64,21 +71,40 @@ VECTORS: dict[str, tuple[dict, str]] = {
 }
 
 
+def vector_path(name: str) -> str:
+    """The vector's path relative to spec/conformance/ (a directory ends with '/')."""
+    return f"vectors/{name}/" if VECTORS[name][1] == "sharded" else f"vectors/{name}.kf"
+
+
+def write(name: str, source: dict[str, np.ndarray]) -> Path:
+    recipe, layout = VECTORS[name]
+    target = SUITE / vector_path(name)
+    if target.is_dir():
+        shutil.rmtree(target)
+    pack(DictSource(source), target, recipe_from_dict(recipe), layout=layout, shard_size=2048, generator=GENERATOR)
+    return target
+
+
 def main() -> int:
     VECTOR_DIR.mkdir(parents=True, exist_ok=True)
     source = source_tensors()
     np.savez(VECTOR_DIR / "source.npz", **source)
-    expected = {}
-    for name, (recipe, layout) in VECTORS.items():
-        target = VECTOR_DIR / (name if layout == "sharded" else f"{name}.kf")
-        if target.is_dir():
-            shutil.rmtree(target)
-        pack(DictSource(source), target, recipe_from_dict(recipe), layout=layout, shard_size=2048,
-             generator=GENERATOR)
+    if EXPECTED_DIR.exists():
+        shutil.rmtree(EXPECTED_DIR)
+    index = {}
+    for name in VECTORS:
+        target = write(name, source)
+        tensors = []
         for tensor, array in load_all(str(target)).items():
-            expected[f"{name}/{tensor}"] = array
+            data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            out = EXPECTED_DIR / name / f"{tensor}.bin"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+            tensors.append({"name": tensor, "dtype": array.dtype.name, "shape": list(array.shape),
+                            "data": str(out.relative_to(SUITE)), "sha256": hashlib.sha256(data).hexdigest()})
+        index[vector_path(name)] = {"recipe": VECTORS[name][0], "tensors": tensors}
         print(f"wrote {target}")
-    np.savez(VECTOR_DIR / "expected.npz", **expected)
+    INDEX.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
     return 0
 
 

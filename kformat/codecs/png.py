@@ -20,6 +20,7 @@ import zlib
 import numpy as np
 
 from ..errors import DecodeError
+from .base import Codec
 from .bitpack import pack_rows, row_bytes, unpack_rows
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -192,3 +193,18 @@ def decode_png(data: bytes, rows: int, cols: int, depth: int, palette_entries: i
     if palette_entries < (1 << depth) and codes.size and codes.max() >= palette_entries:
         raise DecodeError(f"PNG plane holds code {int(codes.max())} >= {palette_entries} entries")
     return codes
+
+
+class PngCodec(Codec):
+    """Code planes as palette PNG images; values cannot be stored as PNG."""
+
+    name = "png"
+    # No deflate stream inflates more than 1032:1.
+    max_inflation = 1032
+    supports_values = False
+
+    def encode_codes(self, codes: np.ndarray, depth: int, entries: int) -> bytes:
+        return encode_png(codes, depth, entries)
+
+    def decode_codes(self, data: bytes, rows: int, cols: int, depth: int, entries: int) -> np.ndarray:
+        return decode_png(data, rows, cols, depth, entries)

@@ -1,10 +1,14 @@
-"""zstd planes: the packed code rows (or value bytes), compressed as one zstd frame."""
+"""zstd planes: the packed code rows (or byte-shuffled value bytes), as one zstd frame."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyzstd
 
 from ..errors import DecodeError
+from .base import Codec, check_codes, packed_from_bytes, value_size
+from .bitpack import pack_rows, row_bytes, unpack_rows
+from .shuffle import shuffle_bytes, unshuffle_bytes
 
 ZSTD_LEVEL = 3  # higher levels gain <0.1% on codes and fp16 values, at 50-100x the time
 
@@ -31,3 +35,23 @@ def decompress_exact(data: bytes, size: int) -> bytes:
     if decompressor.unused_data:
         raise DecodeError("zstd plane has trailing bytes after its frame")
     return out
+
+
+class ZstdCodec(Codec):
+    name = "zstd"
+    # No zstd frame inflates more than 32768:1 (a 128 KiB RLE block in 4 bytes).
+    max_inflation = 32768
+
+    def encode_codes(self, codes: np.ndarray, depth: int, entries: int) -> bytes:
+        return compress(pack_rows(codes, depth).tobytes())
+
+    def decode_codes(self, data: bytes, rows: int, cols: int, depth: int, entries: int) -> np.ndarray:
+        raw = decompress_exact(data, rows * row_bytes(cols, depth))
+        return check_codes(unpack_rows(packed_from_bytes(raw, rows, cols, depth), cols, depth), entries)
+
+    def encode_values(self, values: np.ndarray) -> bytes:
+        return compress(shuffle_bytes(values))
+
+    def decode_values(self, data: bytes, rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
+        raw = decompress_exact(data, value_size(rows, cols, dtype))
+        return unshuffle_bytes(raw, rows, cols, dtype)

@@ -27,9 +27,9 @@ import numpy as np
 
 import kformat
 from kformat.codecs import get_codec
-from kformat.quantize import encode_tensor
-from kformat.quantize.metrics import error_powers, sqnr_db
-from kformat.reader import Container
+from kformat.packing.encode import encode_tensor
+from kformat.methods.metrics import error_powers, sqnr_db
+from kformat.loading.container import Container
 from kformat.recipe import parse_rule
 from kformat.synthetic import small_vgg_weights, vgg16_weights
 

@@ -1,0 +1,2 @@
+"""The load journey: URL -> store -> container (opening, blobs, tables, stream, decode,
+verify) -> lazy tensors and models."""

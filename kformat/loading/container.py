@@ -1,0 +1,152 @@
+"""An open container: one object over the jobs of the load journey.
+
+opening (URL, layout, header, manifest, validation) -> blobs (ranges, length and hash
+checks) -> tables (decoded once, cached) -> stream (batched tile fetches, prefetch) ->
+decode (codec, then method) -> verify. Each job is a module of kformat.loading; this class
+holds them together for one file and is what LazyModel, unpack and verify use.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import StorageError, TensorNotFound
+from ..format.constants import MAX_MANIFEST_BYTES
+from ..format.manifest import BlobRef, TensorEntry, Tile
+from ..methods import get_method
+from .blobs import BlobReader, Labelled
+from .decode import decode_plane, dequantize_tile
+from .opening import OPEN_READ, Opened, open_url
+from .store import ByteRange
+from .stream import BATCH_BYTES, TileStream, tile_batches
+from .tables import TableCache, tile_label
+from .verify import Problem, verify
+
+__all__ = ["BATCH_BYTES", "OPEN_READ", "Container", "Problem", "open_container"]
+
+
+class Container:
+    """An opened kformat container (single file or sharded directory)."""
+
+    def __init__(self, opened: Opened):
+        self.store = opened.store
+        self.key = opened.key
+        self.manifest = opened.manifest
+        self.manifest_sha256 = opened.manifest_sha256
+        self.data_offset = opened.data_offset
+        self.blob_labels = opened.blobs
+        self.tensors: dict[str, TensorEntry] = {t.name: t for t in self.manifest.tensors}
+        self.blobs = BlobReader(self.store, self.key, self.manifest, self.data_offset)
+        self.table_cache = TableCache(self.blobs)
+        self._stream = TileStream(self.table_cache, self._check_open)
+        self.closed = False
+
+    @classmethod
+    def open(cls, url: str, *, max_manifest: int = MAX_MANIFEST_BYTES, manifest_sha256: str | None = None,
+             **storage_options) -> "Container":
+        """Open a single file, a sharded directory, or a directory's manifest.kf.
+
+        `manifest_sha256` pins the manifest (the hex digest `kformat inspect` prints): every
+        blob's hash is in the manifest, so a pinned manifest makes every byte read trusted.
+        Without it the hashes catch corruption, not forgery (spec/FORMAT.md, security model).
+        """
+        return cls(open_url(url, max_manifest, manifest_sha256, **storage_options))
+
+    @property
+    def source(self) -> str:
+        return self.store.describe(self.key)
+
+    def close(self) -> None:
+        """Stop background fetches and drop cached tables; the container is unusable after."""
+        self.closed = True
+        self._stream.close()
+        self.table_cache.clear()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StorageError(f"{self.source}: the model is closed")
+
+    def __enter__(self) -> "Container":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- blobs and tables ------------------------------------------------------------------
+    def blob_range(self, ref: BlobRef) -> ByteRange:
+        return self.blobs.blob_range(ref)
+
+    def read_blobs(self, items: list[Labelled]) -> list[bytes]:
+        """Fetch several blobs in as few requests as possible, each checked."""
+        self._check_open()
+        return self.blobs.read(items)
+
+    def entry(self, name: str) -> TensorEntry:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise TensorNotFound(f"{self.source}: no tensor named {name!r}") from None
+
+    def table(self, tensor: TensorEntry, which: str) -> np.ndarray:
+        return self.table_cache.get(tensor, which)
+
+    def tables(self, tensor: TensorEntry) -> dict[str, np.ndarray]:
+        """The tables the tensor's method needs, by name (none for fp16 and raw)."""
+        return self.table_cache.of(tensor)
+
+    # -- tiles -----------------------------------------------------------------------------
+    tile_label = staticmethod(tile_label)
+    tile_batches = staticmethod(tile_batches)
+
+    def decode_tile(self, tensor: TensorEntry, tile: Tile, data: bytes, label: str) -> np.ndarray:
+        """A tile's plane: uint8 codes for code methods, stored values otherwise."""
+        return decode_plane(tensor, tile, data, f"{self.source}: {label}")
+
+    def dequantize_tile(self, tensor: TensorEntry, tile: Tile, plane: np.ndarray,
+                        out: np.ndarray | None = None) -> np.ndarray:
+        """float32 values of a decoded tile plane."""
+        return dequantize_tile(tensor, tile, plane, self.tables(tensor), out=out)
+
+    def prefetch(self, name: str, batch_bytes: int = BATCH_BYTES) -> None:
+        """Start fetching a tensor's tables and first batch of tiles in the background."""
+        self._stream.prefetch(self.entry(name), batch_bytes)
+
+    def discard_prefetch(self, name: str) -> None:
+        self._stream.discard(name)
+
+    def iter_tiles(self, name: str, batch_bytes: int = BATCH_BYTES) -> Iterator[tuple[Tile, bytes, str]]:
+        """(tile, checked blob, label) in stored order, one batch fetched ahead."""
+        return self._stream.iter_tiles(self.entry(name), batch_bytes)
+
+    def iter_planes(self, name: str, batch_bytes: int = BATCH_BYTES) -> Iterator[tuple[Tile, np.ndarray]]:
+        """(tile, decoded plane) in stored order: codes for code methods, values otherwise."""
+        tensor = self.entry(name)
+        for tile, data, label in self.iter_tiles(name, batch_bytes):
+            yield tile, self.decode_tile(tensor, tile, data, label)
+
+    def read_tensor(self, name: str, out: np.ndarray | None = None, batch_bytes: int = BATCH_BYTES) -> np.ndarray:
+        """The whole tensor: float32 for lossy rules, the original dtype for lossless ones.
+
+        With `out` (an array of the 2-D view's shape and that dtype) each tile is written
+        straight into it, so nothing but one tile is held besides."""
+        t = self.entry(name)
+        lossless = get_method(t.quant.method).lossless
+        if out is None:
+            out = np.empty(tuple(t.view), dtype=np.dtype(t.dtype) if lossless else np.float32)
+        for tile, plane in self.iter_planes(name, batch_bytes):
+            region = out[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols]
+            if lossless:
+                region[...] = plane
+            else:
+                self.dequantize_tile(t, tile, plane, out=region)
+        return out.reshape(t.shape)
+
+    def verify(self, progress=None) -> list[Problem]:
+        """Check every blob's length and hash and that every plane and table decodes; list problems."""
+        return verify(self, progress)
+
+
+def open_container(url: str, **storage_options) -> Container:
+    return Container.open(url, **storage_options)

@@ -1,0 +1,30 @@
+"""A tile's checked blob -> its plane (codec) -> float32 values (method)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..codecs import get_codec
+from ..errors import DecodeError
+from ..format.manifest import TensorEntry, Tile
+from ..methods import get_method
+
+
+def decode_plane(tensor: TensorEntry, tile: Tile, data: bytes, where: str) -> np.ndarray:
+    """A tile's plane: uint8 codes for code methods, stored values otherwise. `where` prefixes
+    errors (source and tile label)."""
+    codec = get_codec(tensor.codec)
+    try:
+        if tensor.depth is not None:
+            entries = 1 << int(tensor.quant.bits)
+            return codec.decode_codes(data, tile.rows, tile.cols, tensor.depth, entries)
+        return codec.decode_values(data, tile.rows, tile.cols, np.dtype(tensor.storage))
+    except DecodeError as exc:
+        raise DecodeError(f"{where}: {exc}") from None
+
+
+def dequantize_tile(tensor: TensorEntry, tile: Tile, plane: np.ndarray, tables: dict[str, np.ndarray],
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """float32 values of a decoded tile plane."""
+    method = get_method(tensor.quant.method)
+    return method.dequantize(plane, tile.row, tensor.quant.group_rows, tables, out=out)

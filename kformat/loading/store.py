@@ -1,0 +1,285 @@
+"""The store adapter: the only module that talks to fsspec.
+
+Format code asks for "bytes [start, end) of key" where key is a path relative to the
+container's root ("" for a single file, "manifest.kf" or "shards/<hash>.kfs" in a sharded
+directory). Every reply's length is checked: fsspec's HTTP backend does not check for a 206
+reply, so a server that ignores `Range` would otherwise hand back the whole file. Adjacent
+ranges are merged and fetched concurrently; transient failures are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import fsspec
+from fsspec.utils import merge_offset_ranges
+
+from ..errors import NotFound, StorageError
+
+RETRIES = 3
+BACKOFF_SECONDS = 0.2
+MERGE_GAP = 4096  # merge ranges closer than this into one request
+MERGE_MAX = 16 << 20  # never merge into one request larger than this
+# A stalled server must not hang a reader: HTTP requests fail (and are retried) after this
+# long without a byte or without a connection. Pass client_kwargs={"timeout": ...} to change it.
+CONNECT_TIMEOUT_SECONDS = 30
+READ_TIMEOUT_SECONDS = 60
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    status = getattr(exc, "status", None) or getattr(exc, "code", None)
+    if isinstance(status, int):
+        return status >= 500 or status in (408, 429)
+    text = f"{type(exc).__name__} {exc}"
+    transient_words = ("Timeout", "ServerDisconnected", "ClientPayloadError", "ClientOSError",
+                       "ConnectionReset", "Connection reset", "ConnectionError", "IncompleteRead",
+                       " 500", " 502", " 503", " 504")
+    return isinstance(exc, (ConnectionError, TimeoutError)) or any(w in text for w in transient_words)
+
+
+_CACHE_HEAL_LOCK = threading.Lock()
+
+
+def _with_timeouts(client_kwargs: dict | None) -> dict:
+    """aiohttp's defaults wait 5 minutes in total and forever per read on a slow body."""
+    client_kwargs = dict(client_kwargs or {})
+    if "timeout" not in client_kwargs:
+        try:
+            import aiohttp
+        except ImportError:  # fsspec says what to install when it needs aiohttp
+            return client_kwargs
+        client_kwargs["timeout"] = aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=READ_TIMEOUT_SECONDS
+        )
+    return client_kwargs
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    key: str
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+class ReadCounter:
+    """Bytes and requests fetched, shared by a store and its children (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.requests = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.bytes += n
+            self.requests += 1
+
+
+class Store:
+    """Ranged reads below one root URL, with length checks, merging and retries."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, retries: int = RETRIES,
+                 counter: ReadCounter | None = None):
+        self.fs = fs
+        self.root = root.rstrip("/") if root not in ("/", "") else root
+        self.url = url
+        self.retries = retries
+        self.counter = counter or ReadCounter()
+
+    @property
+    def bytes_read(self) -> int:
+        return self.counter.bytes
+
+    @property
+    def requests(self) -> int:
+        return self.counter.requests
+
+    @classmethod
+    def from_url(cls, url: str, **storage_options) -> "Store":
+        url = str(url)
+        if url.split("://", 1)[0] in ("http", "https") and "headers" not in storage_options:
+            # Ask for the bytes as stored: a compressed reply would make Range and
+            # Content-Length refer to other bytes than the ones the manifest describes.
+            storage_options["headers"] = {"Accept-Encoding": "identity"}
+        if url.split("://", 1)[0] in ("http", "https"):
+            storage_options["client_kwargs"] = _with_timeouts(storage_options.get("client_kwargs"))
+        try:
+            fs, path = fsspec.core.url_to_fs(url, **storage_options)
+        except (ImportError, ValueError, TypeError) as exc:
+            raise StorageError(f"cannot open {url!r}: {exc}") from None
+        return cls(fs, path, url)
+
+    def child(self, root: str, url: str) -> "Store":
+        """A store for another root on the same filesystem (the directory of a manifest)."""
+        return Store(self.fs, root, url, self.retries, self.counter)
+
+    def path(self, key: str) -> str:
+        if not key:
+            return self.root
+        return f"{self.root}/{key}" if self.root else key
+
+    def describe(self, key: str) -> str:
+        return self.url if not key else f"{self.url.rstrip('/')}/{key}"
+
+    def _retrying(self, what: str, key: str, call):
+        delay = BACKOFF_SECONDS
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except FileNotFoundError:
+                raise NotFound(f"{self.describe(key)}: not found") from None
+            except Exception as exc:  # noqa: BLE001 - classified below, re-raised as ours
+                if isinstance(exc, StorageError):
+                    raise
+                if attempt < self.retries and _is_transient(exc):
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                raise StorageError(f"{what} {self.describe(key)} failed: {type(exc).__name__}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def is_dir(self) -> bool | None:
+        """Whether the root is a directory, or None where asking would cost a download.
+
+        fsspec's HTTP backend answers `isdir` by GETting the URL and scanning it for links,
+        which for a model file means fetching all of it; caching wrappers pass the call on.
+        """
+        fs = self.fs
+        while isinstance(getattr(fs, "fs", None), fsspec.AbstractFileSystem) and fs.fs is not fs:
+            fs = fs.fs  # unwrap simplecache::, filecache::, blockcache::
+        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+        if any(str(p).startswith("http") for p in protocols):
+            return None
+        try:
+            return bool(self.fs.isdir(self.root))
+        except Exception:  # noqa: BLE001 - a backend that cannot tell: treat as a file
+            return False
+
+    def evict_cached(self, key: str) -> bool:
+        """Drop a caching layer's local copy of `key` (simplecache::, filecache::), so the
+        next read fetches it again; False when there is no such layer or copy.
+
+        fsspec writes a download straight to its cache name, so a reader killed mid-download
+        leaves a partial copy that every later read would trust. Such a copy is a prefix of
+        the file: it shows up as a short read or a truncated manifest, and is evicted then.
+        """
+        fs, path = self.fs, self.path(key)
+        locate = getattr(fs, "_check_file", None)  # fsspec's caching layers only
+        if locate is None:
+            return False
+        try:
+            fs.pop_from_cache(path)
+            local = locate(fs._strip_protocol(path))
+            if isinstance(local, tuple):  # filecache returns (detail, fn)
+                local = local[-1]
+            if isinstance(local, str) and os.path.exists(local):
+                os.remove(local)
+                return True
+        except Exception:  # noqa: BLE001 - eviction is best effort; the caller reports the original error
+            return False
+        return True
+
+    def size(self, key: str = "") -> int:
+        return int(self._retrying("size of", key, lambda: self.fs.size(self.path(key))))
+
+    def read_prefix(self, key: str, length: int) -> bytes:
+        """Up to `length` bytes from the start (fewer if the file is shorter)."""
+        data = self._retrying("reading", key, lambda: self.fs.cat_file(self.path(key), 0, length))
+        self._count(len(data))
+        if len(data) > length:
+            raise self._range_ignored(key, 0, length, len(data))
+        return data
+
+    def read(self, key: str, start: int, end: int) -> bytes:
+        """Exactly bytes [start, end) of `key`, or a StorageError saying what came back."""
+        return self.read_many([ByteRange(key, start, end)])[0]
+
+    def read_many(self, ranges: list[ByteRange]) -> list[bytes]:
+        """Exactly the requested ranges, in order; nearby ranges share one request."""
+        if not ranges:
+            return []
+        wanted = [r for r in ranges if r.length > 0]
+        by_range: dict[tuple[str, int, int], bytes] = {}
+        if wanted:
+            paths = [self.path(r.key) for r in wanted]
+            starts = [r.start for r in wanted]
+            ends = [r.end for r in wanted]
+            m_paths, m_starts, m_ends = merge_offset_ranges(
+                paths, starts, ends, max_gap=MERGE_GAP, max_block=MERGE_MAX, sort=True
+            )
+            keys = {self.path(r.key): r.key for r in wanted}
+            blocks = self._fetch(m_paths, m_starts, m_ends, keys)
+            for r in wanted:
+                path = self.path(r.key)
+                for p, s, e, block in zip(m_paths, m_starts, m_ends, blocks):
+                    if p == path and s <= r.start and r.end <= e:
+                        by_range[(r.key, r.start, r.end)] = block[r.start - s : r.end - s]
+                        break
+        return [by_range.get((r.key, r.start, r.end), b"") for r in ranges]
+
+    def _fetch(self, paths, starts, ends, keys, healed: bool = False) -> list[bytes]:
+        def one(i: int) -> bytes:
+            key = keys[paths[i]]
+            data = self._retrying(
+                "reading", key, lambda: self.fs.cat_file(paths[i], starts[i], ends[i])
+            )
+            return data
+
+        if len(paths) == 1:
+            blocks = [one(0)]
+        else:
+            def many():
+                out = self.fs.cat_ranges(paths, starts, ends, on_error="return")
+                for i, item in enumerate(out):
+                    if isinstance(item, BaseException):
+                        if isinstance(item, FileNotFoundError):
+                            raise NotFound(f"{self.describe(keys[paths[i]])}: not found")
+                        out[i] = one(i)  # retry that range alone, with backoff
+                return out
+
+            blocks = self._retrying("reading", keys[paths[0]], many)
+        for p, s, e, block in zip(paths, starts, ends, blocks):
+            self._count(len(block))
+            if len(block) != e - s:
+                key = keys[p]
+                if len(block) > e - s:
+                    raise self._range_ignored(key, s, e, len(block))
+                if not healed and getattr(self.fs, "_check_file", None) is not None:
+                    return self._heal(paths, starts, ends, keys, key)
+                raise StorageError(
+                    f"{self.describe(key)}: asked for bytes {s}..{e} ({e - s} bytes), got"
+                    f" {len(block)}; the file is shorter than the manifest says (truncated?)"
+                )
+        return blocks
+
+    def _heal(self, paths, starts, ends, keys, key: str) -> list[bytes]:
+        """A short read through a caching layer: its copy may be partial, or still being
+        written by another thread's download. One thread at a time reads again, and evicts
+        and refetches only if the copy is still short."""
+        with _CACHE_HEAL_LOCK:
+            try:
+                return self._fetch(paths, starts, ends, keys, healed=True)
+            except StorageError:
+                if not self.evict_cached(key):
+                    raise
+            return self._fetch(paths, starts, ends, keys, healed=True)
+
+    def _count(self, n: int) -> None:
+        self.counter.add(n)
+
+    def _range_ignored(self, key: str, start: int, end: int, got: int) -> StorageError:
+        return StorageError(
+            f"{self.describe(key)}: asked for bytes {start}..{end} ({end - start} bytes) but the"
+            f" server sent {got}: it ignores HTTP Range requests. Serve the file from a server"
+            " that honours Range (nginx, any CDN), or open it as 'simplecache::URL' to download"
+            " it once and read locally."
+        )

@@ -1,0 +1,138 @@
+"""The method protocol: everything kformat knows about one quantization method, in one class.
+
+A method says, for both journeys:
+- recipe:  which rule options it takes (`check_rule`),
+- pack:    how a tensor's 2-D view becomes codes or values plus tables (`encode`),
+- format:  which tables it stores and their shapes (`table_specs`), what its value planes
+           hold (`storage`), and how a decoded table is checked (`check_table`),
+- load:    how one plane turns into float32 (`dequantize`),
+- inspect: what it reports (`summary`),
+- allocation: which rules it offers and, for large tensors, cheap estimates (`candidates`,
+           `estimate`).
+Methods do no I/O: they see arrays, rules and manifest entries only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Sequence
+
+import numpy as np
+
+from ..errors import DecodeError
+
+if TYPE_CHECKING:
+    from ..format.manifest import Quant, TensorEntry
+    from ..recipe.rules import Rule
+    from .compact import QuantizedTensor
+
+FP16_MAX = float(np.finfo(np.float16).max)
+CODE_OPTIONS = ("bits", "group_size", "prune", "prune_threshold", "ecq")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table a tensor's method needs: its name, exact shape and allowed dtypes."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtypes: tuple[str, ...]
+
+
+def view_2d(shape: Sequence[int]) -> tuple[int, int]:
+    """rows = first axis, cols = the rest; vectors and scalars are one row."""
+    if len(shape) == 0:
+        return (1, 1)
+    if len(shape) == 1:
+        return (1, int(shape[0]))
+    cols = 1
+    for side in shape[1:]:
+        cols *= int(side)
+    return (int(shape[0]), cols)
+
+
+def group_rows_for(rule: "Rule", rows: int) -> int:
+    """Rows sharing one table entry under `rule`: 1 per row, a group, or the whole tensor."""
+    if rule.granularity == "row":
+        return 1
+    if rule.granularity == "group":
+        return min(int(rule.group_size), rows)
+    return rows
+
+
+def row_groups(row0: int, rows: int, group_rows: int) -> np.ndarray:
+    return np.arange(row0, row0 + rows, dtype=np.int64) // group_rows
+
+
+class Method:
+    """Base class of quantization methods; register instances with kformat.methods.register_method.
+
+    `codes` methods store uint8 codes of `bits` bits (planes at a PNG depth) plus tables;
+    value methods store values of `storage(dtype)`. `lossless` methods give back the source
+    dtype bit-exact; the others dequantize to float32.
+    """
+
+    name: ClassVar[str]
+    codes: ClassVar[bool] = True
+    lossless: ClassVar[bool] = False
+    # Options of a rule this method uses besides codec and tile (the rest must stay unset).
+    options: ClassVar[tuple[str, ...]] = ("bits", "group_size", "prune", "prune_threshold")
+    granular: ClassVar[bool] = True  # accepts granularity row/group
+
+    # -- recipe --------------------------------------------------------------------------
+    def check_rule(self, rule: "Rule") -> None:
+        """Raise ValueError naming what does not fit this method."""
+        if self.codes and rule.bits is None:
+            raise ValueError(f"{self.name} needs bits (1 to 8)")
+        extras = [o for o in CODE_OPTIONS if o not in self.options and getattr(rule, o) is not None]
+        if rule.granularity != "tensor" and not self.granular:
+            extras.append("granularity")
+        if extras:
+            raise ValueError(f"{self.name} takes no {', '.join(extras)}")
+        if not self.codes and rule.codec == "png":
+            raise ValueError(f"{self.name} stores values, and png holds codes only")
+
+    def default_codec(self) -> str:
+        return "png" if self.codes else "raw"
+
+    # -- pack ----------------------------------------------------------------------------
+    def encode(self, name: str, w: np.ndarray, rule: "Rule") -> "QuantizedTensor":
+        """The compact form of `w` (the float 2-D view, finite) under `rule`."""
+        raise NotImplementedError
+
+    # -- format --------------------------------------------------------------------------
+    def storage(self, dtype: str) -> str:
+        """Element type of this method's planes for a tensor of `dtype`."""
+        return "uint8"
+
+    def table_specs(self, quant: "Quant", rows: int) -> list[TableSpec]:
+        return []
+
+    def check_table(self, name: str, table: np.ndarray) -> None:
+        """Refuse a decoded table a writer would never store (raise DecodeError)."""
+        if table.dtype.kind == "f" and not np.isfinite(table).all():
+            # Writers never store these (NaN/Inf input is refused), so a reader never serves them.
+            raise DecodeError(f"{name} holds NaN or infinite values")
+
+    # -- load ----------------------------------------------------------------------------
+    def dequantize(self, plane: np.ndarray, row0: int, group_rows: int, tables: dict[str, np.ndarray],
+                   out: np.ndarray | None = None) -> np.ndarray:
+        """float32 values of a plane whose first row is row `row0` of the 2-D view."""
+        if out is None:
+            return plane.astype(np.float32)
+        out[...] = plane
+        return out
+
+    # -- inspect -------------------------------------------------------------------------
+    def summary(self, entry: "TensorEntry") -> dict:
+        return {"code_bits": entry.quant.bits}
+
+    # -- bit allocation ------------------------------------------------------------------
+    def candidates(self, rows: int) -> list["Rule"]:
+        """Rules this method offers bit allocation for a tensor of `rows` rows."""
+        return []
+
+    def estimate(self, w: np.ndarray, rules: list["Rule"], tile: tuple[int, int]) -> list[tuple[float, float]] | None:
+        """(bytes, relative error) of each rule on a large tensor without encoding it, or None
+        when the method has no estimate (allocation then encodes for real)."""
+        return None

@@ -1,0 +1,180 @@
+"""k-means codebooks: each code stands for one entry of a per-tensor, per-row or per-group
+codebook (fp16 by default), fitted by the 1-D k-means of kformat.methods.kmeans_fit.
+
+    value = float32(codebook[group(row), code])
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import QuantizationError
+from . import kmeans_fit
+from .base import FP16_MAX, Method, TableSpec, group_rows_for, row_groups
+from .compact import QuantizedTensor
+from .metrics import PNG_OVERHEAD, TILE_OVERHEAD, entropy_bits, entropy_bytes, sqnr_db, tile_count
+from .prune import prune_mask
+
+ALLOCATION_BITS = (1, 2, 3, 4, 5, 6, 8)
+ALLOCATION_GROUP_BITS = (2, 3, 4)
+ALLOCATION_GROUP_ROWS = 64
+SAMPLE_GROUPS = 16  # per-group candidates are estimated on this many groups, evenly spaced
+
+
+def _stored(centroids: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The distinct centroids the codebook dtype can hold, sorted, as float64."""
+    return np.unique(centroids.astype(dtype)).astype(np.float64)
+
+
+def _fit_group(block: np.ndarray, mask: np.ndarray | None, rule, dtype: np.dtype):
+    """Sorted centroids (rounded to the storage dtype, at most 2**bits) and cell edges, or
+    None for nearest-centroid edges."""
+    k = 1 << int(rule.bits)
+    source = block if mask is None else block[~mask]
+    fixed_zero = mask is not None and mask.any()
+    if fixed_zero:
+        k -= 1
+    edges = None
+    if source.size == 0:
+        centroids = np.zeros(1)
+    else:
+        bins = min(kmeans_fit.FINE_BINS, max(1024, source.size // 8))
+        thorough = source.size >= kmeans_fit.DP_MAX_POINTS_PER_GROUP
+        hist = kmeans_fit.histogram(source, bins)
+        centroids = kmeans_fit.fit_centroids(hist, k, thorough)
+        if rule.ecq is not None and not fixed_zero:
+            centroids, edges = kmeans_fit.fit_entropy_constrained(hist, k, rule.ecq, _stored(centroids, dtype))
+    if fixed_zero:
+        centroids = np.concatenate([centroids, [0.0]])
+    rounded = _stored(centroids, dtype)
+    if edges is not None and rounded.size != centroids.size:
+        edges = None  # rounding merged centroids: fall back to nearest-centroid cells
+    return rounded, edges
+
+
+def _cells(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid for each histogram point (centroids sorted)."""
+    mids = (centroids[1:] + centroids[:-1]) / 2
+    return np.searchsorted(mids, points)
+
+
+def _estimate(hist: kmeans_fit.Histogram, k: int, thorough: bool) -> tuple[float, np.ndarray]:
+    """(noise energy, code counts) of a k-entry codebook fitted to `hist`."""
+    centroids = np.unique(np.asarray(kmeans_fit.fit_centroids(hist, k, thorough), dtype=np.float64))
+    cells = _cells(hist.points, centroids)
+    # the bins' own width adds w^2/12 per value (values spread uniformly within a bin)
+    width = (hist.hi - hist.lo) / kmeans_fit.FINE_BINS if hist.hi > hist.lo else 0.0
+    noise = float(np.sum(hist.counts * (hist.points - centroids[cells]) ** 2)) + hist.counts.sum() * width**2 / 12
+    return noise, np.bincount(cells, weights=hist.counts, minlength=k)
+
+
+def _tile_overhead(bits: int) -> int:
+    from ..codecs import plane_depth
+
+    return TILE_OVERHEAD + 3 * (1 << plane_depth(bits))  # + the PNG palette
+
+
+class KMeans(Method):
+    name = "kmeans"
+    options = ("bits", "group_size", "prune", "prune_threshold", "ecq")
+
+    def encode(self, name: str, w: np.ndarray, rule) -> QuantizedTensor:
+        w = w.astype(np.float32, copy=False)
+        rows, cols = w.shape
+        bits = int(rule.bits)
+        k = 1 << bits
+        dtype = np.dtype(rule.codebook_dtype)
+        mask = prune_mask(w, rule.prune, rule.prune_threshold)
+        group_rows = group_rows_for(rule, rows)
+        groups = (rows + group_rows - 1) // group_rows
+        codes = np.empty((rows, cols), dtype=np.uint8)
+        codebook = np.zeros((groups, k), dtype=dtype)
+        counts = np.zeros(k, dtype=np.float64)
+        signal = noise = 0.0
+        for g in range(groups):
+            r0, r1 = g * group_rows, min(rows, (g + 1) * group_rows)
+            block = w[r0:r1]
+            block_mask = None if mask is None else mask[r0:r1]
+            if block_mask is not None:
+                block = np.where(block_mask, np.float32(0), block)
+            centroids, edges = _fit_group(block, block_mask, rule, dtype)
+            if dtype == np.float16 and np.abs(centroids).max(initial=0) > FP16_MAX:
+                raise QuantizationError(f"tensor {name!r}: weights exceed the float16 range; use codebook=float32")
+            found = kmeans_fit.assign(block, centroids, edges)
+            # Lloyd update on the real values: each code's centroid becomes its cell's exact
+            # mean. Pruned zeros keep their centroid at exactly 0.
+            used = found.counts > 0
+            means = centroids.copy()
+            means[used] = found.sums[used] / found.counts[used]
+            if block_mask is not None and block_mask.any():
+                means[centroids == 0.0] = 0.0
+            table = np.sort(means.astype(dtype))
+            codebook[g, : table.size] = table
+            codebook[g, table.size :] = table[-1]
+            codes[r0:r1] = found.codes
+            counts[: found.counts.size] += found.counts
+            signal += found.sum_squares
+            noise += found.squared_error(codebook[g])
+        stats = {"entropy_bits": entropy_bits(counts)}
+        if mask is None:  # with pruning, the error against the unpruned weights is measured later
+            stats["sqnr_db"] = sqnr_db(signal, noise)
+        else:
+            stats["pruned"] = int(mask.sum())
+        return QuantizedTensor(name=name, method=self.name, shape=w.shape, view=(rows, cols), bits=bits,
+                               group_rows=group_rows, codes=codes, tables={"codebook": codebook}, stats=stats)
+
+    def table_specs(self, quant, rows: int) -> list[TableSpec]:
+        groups = -(-rows // quant.group_rows)
+        return [TableSpec("codebook", (groups, 1 << quant.bits), ("float16", "float32"))]
+
+    def dequantize(self, plane, row0, group_rows, tables, out=None):
+        table = tables["codebook"].astype(np.float32, copy=False)
+        rows = plane.shape[0]
+        first, last = row0 // group_rows, (row0 + rows - 1) // group_rows
+        if first == last:
+            return np.take(table[first], plane, out=out)
+        index = row_groups(row0, rows, group_rows)[:, None] * table.shape[1] + plane
+        return np.take(table.reshape(-1), index, out=out)
+
+    # -- bit allocation ------------------------------------------------------------------
+    def candidates(self, rows: int):
+        from ..recipe.rules import Rule
+
+        rules = [Rule(method="kmeans", bits=b) for b in ALLOCATION_BITS]
+        if rows >= 2 * ALLOCATION_GROUP_ROWS:
+            rules += [Rule(method="kmeans", bits=b, granularity="group", group_size=ALLOCATION_GROUP_ROWS)
+                      for b in ALLOCATION_GROUP_BITS]
+        return rules
+
+    def estimate(self, w, rules, tile):
+        """Per-tensor rules from one histogram of the tensor; per-group rules from a sample
+        of evenly spaced groups. Size is the code entropy plus codebooks and tile overhead."""
+        rows = w.shape[0]
+        tiles = tile_count(w.shape, tile)
+        signal = float(np.einsum("ij,ij->", w, w, dtype=np.float64)) or 1.0
+        hist = None
+        out = []
+        for rule in rules:
+            bits = int(rule.bits)
+            if rule.granularity == "tensor":
+                hist = hist or kmeans_fit.histogram(w)
+                noise, counts = _estimate(hist, 1 << bits, thorough=True)
+                size = entropy_bytes(counts) * PNG_OVERHEAD + (1 << bits) * 2 + tiles * _tile_overhead(bits)
+                out.append((size, noise / signal))
+                continue
+            group = group_rows_for(rule, rows)
+            groups = math.ceil(rows / group)
+            picks = np.unique(np.linspace(0, groups - 1, min(groups, SAMPLE_GROUPS)).astype(int))
+            sampled = sum(min(rows, (g + 1) * group) - g * group for g in picks)
+            noise = entropy = 0.0
+            for g in picks:
+                part, counts = _estimate(kmeans_fit.histogram(w[g * group : (g + 1) * group], 4096), 1 << bits,
+                                         thorough=False)
+                noise += part
+                entropy += entropy_bytes(counts)
+            scale = rows / sampled
+            size = entropy * scale * PNG_OVERHEAD + groups * (1 << bits) * 2 + tiles * _tile_overhead(bits)
+            out.append((size, noise * scale / signal))
+        return out

@@ -1,0 +1,85 @@
+"""Linear (uniform, asymmetric) codes with a float32 scale and an integer zero point.
+
+The range of each group always includes 0 and the zero point is an integer code, so zero
+weights (pruned or not) decode to exactly 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DecodeError
+from .base import Method, TableSpec, group_rows_for, row_groups
+from .compact import QuantizedTensor
+from .metrics import entropy_bits
+from .prune import prune_mask
+
+CHUNK_ELEMENTS = 1 << 22
+
+
+def quantize_linear(w: np.ndarray, bits: int, group_rows: int):
+    """codes (uint8, rows x cols), scale (float32, groups), zero_point (uint8, groups)."""
+    rows, cols = w.shape
+    levels = (1 << bits) - 1
+    groups = (rows + group_rows - 1) // group_rows
+    lo = np.empty(groups, dtype=np.float64)
+    hi = np.empty(groups, dtype=np.float64)
+    for g in range(groups):
+        block = w[g * group_rows : (g + 1) * group_rows]
+        lo[g] = min(float(block.min()), 0.0)
+        hi[g] = max(float(block.max()), 0.0)
+    scale = ((hi - lo) / levels).astype(np.float32)
+    scale[scale == 0] = 1.0
+    zero_point = np.clip(np.round(-lo / scale.astype(np.float64)), 0, levels).astype(np.uint8)
+    codes = np.empty((rows, cols), dtype=np.uint8)
+    step = max(1, CHUNK_ELEMENTS // max(1, cols))
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        g = np.arange(r0, r1) // group_rows
+        q = np.round(w[r0:r1] / scale[g][:, None]) + zero_point[g][:, None].astype(np.float32)
+        np.clip(q, 0, levels, out=q)
+        codes[r0:r1] = q
+    return codes, scale, zero_point
+
+
+class Linear(Method):
+    """Uniform codes per tensor, row or group: value = scale * (code - zero_point), in float32
+    (a code equal to the zero point is exactly 0)."""
+
+    name = "linear"
+
+    def encode(self, name: str, w: np.ndarray, rule) -> QuantizedTensor:
+        w = w.astype(np.float32, copy=False)
+        rows, cols = w.shape
+        bits = int(rule.bits)
+        group_rows = group_rows_for(rule, rows)
+        mask = prune_mask(w, rule.prune, rule.prune_threshold)
+        if mask is not None:
+            w = np.where(mask, np.float32(0), w)
+        codes, scale, zero_point = quantize_linear(w, bits, group_rows)
+        stats = {"entropy_bits": entropy_bits(np.bincount(codes.reshape(-1), minlength=1 << bits))}
+        if mask is not None:
+            stats["pruned"] = int(mask.sum())
+        return QuantizedTensor(name=name, method=self.name, shape=w.shape, view=(rows, cols), bits=bits,
+                               group_rows=group_rows, codes=codes,
+                               tables={"scale": scale, "zero_point": zero_point}, stats=stats)
+
+    def table_specs(self, quant, rows: int) -> list[TableSpec]:
+        groups = -(-rows // quant.group_rows)
+        return [TableSpec("scale", (groups,), ("float32",)), TableSpec("zero_point", (groups,), ("uint8",))]
+
+    def check_table(self, name: str, table: np.ndarray) -> None:
+        super().check_table(name, table)
+        largest = float(np.abs(table).max()) if name.endswith("scale") and table.size else 0.0
+        if largest * 255 > np.finfo(np.float32).max:  # codes times scale must stay finite
+            raise DecodeError(f"{name} {largest:g} overflows float32")
+
+    def dequantize(self, plane, row0, group_rows, tables, out=None):
+        groups = row_groups(row0, plane.shape[0], group_rows)
+        s = tables["scale"].astype(np.float32, copy=False)[groups][:, None]
+        z = tables["zero_point"].astype(np.float32)[groups][:, None]
+        if out is None:
+            out = np.empty(plane.shape, dtype=np.float32)
+        np.subtract(plane, z, out=out, dtype=np.float32)
+        np.multiply(out, s, out=out)
+        return out

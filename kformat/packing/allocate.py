@@ -1,0 +1,306 @@
+"""Bit allocation: choose a rule per layer to meet a size target with the least error.
+
+For every tensor a recipe would quantize (floating point, rank >= 2, at least `min_elements`),
+candidates are k-means codebooks of 1, 2, 3, 4, 5, 6 and 8 bits per tensor, 2-4 bits with one
+codebook per group of 64 rows, and fp16. Tensors up to EXACT_MAX elements are encoded under
+every candidate, so their sizes and errors are exact; larger ones are estimated from a value
+histogram: the error by assigning histogram bins to the fitted centroids, the size from the
+code entropy (PNG planes land within about 1% of it) plus codebooks and per-tile overhead.
+The choice minimises
+
+    sum over tensors of  noise_i / signal_i     (each layer's relative error, equally weighted)
+
+since a relative error in any layer perturbs the network's output about equally, whatever
+the layer's size (weighting by size would starve small layers, which cost little to keep),
+within the byte budget, by an exact dynamic programme over the multiple-choice knapsack.
+The real packs are then measured (see pack_to_target) and the best one that fits is kept.
+Tensors the recipe does not quantize keep the recipe's rule and count as fixed bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import KFormatError
+from ..methods import get_method, view_2d
+from ..methods.metrics import TILE_OVERHEAD
+from ..recipe import Recipe, Rule, is_float_dtype, plan
+from ..sources import TensorSource
+from .atomic import promote, remove_path, temp_prefix
+from .encode import encode_tensor
+
+# The methods whose candidates allocation weighs, in this order (ties go to the first).
+ALLOCATION_METHODS = ("fp16", "kmeans")
+EXACT_MAX = 1 << 20  # tensors up to this many elements are encoded for real under every candidate
+CLOSE_ENOUGH = 0.002  # stop once the container is within 0.2% below the target
+
+
+@dataclass(frozen=True)
+class Candidate:
+    rule: Rule
+    bytes: float
+    error: float  # relative noise power: ||W - W'||^2 / ||W||^2
+
+
+@dataclass
+class Allocation:
+    target_bytes: int
+    rules: dict[str, Rule]  # tensor name -> chosen rule
+    estimated_bytes: float
+    estimated_error: float
+    fixed_bytes: float
+
+    def describe(self) -> dict:
+        """What the manifest records (each tensor's rule is in its own entry)."""
+        return {"target_bytes": self.target_bytes, "estimated_bytes": round(self.estimated_bytes),
+                "weighted_error": round(self.estimated_error, 6), "tensors": len(self.rules)}
+
+
+def candidate_rules(rows: int) -> list[Rule]:
+    return [rule for name in ALLOCATION_METHODS for rule in get_method(name).candidates(rows)]
+
+
+def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int]) -> list[Candidate]:
+    """Every candidate encoded for real: exact bytes (blobs plus average alignment padding)
+    and exact error. Used for tensors small enough that this is cheap."""
+    from ..codecs import get_codec
+    from .writer import tile_blob, tile_grid
+
+    w = np.asarray(array, dtype=np.float32)
+    out = []
+    for rule in candidate_rules(view_2d(w.shape)[0]):
+        q = encode_tensor(name, w, rule)
+        codec = get_codec(rule.plane_codec)
+        blobs = [len(tile_blob(q, codec, rect)) for rect in tile_grid(q.view, tile)]
+        tables = [t.nbytes for t in q.tables.values()]
+        size = sum(blobs) + sum(tables) + 32 * (len(blobs) + len(tables))
+        sqnr = q.stats.get("sqnr_db", math.inf)
+        out.append(Candidate(rule, float(size), 0.0 if sqnr == math.inf else 10 ** (-sqnr / 10)))
+    return out
+
+
+def candidates(name: str, array: np.ndarray, tile: tuple[int, int]) -> list[Candidate]:
+    """(bytes, relative error) of every candidate rule for one tensor: exact for tensors up to
+    EXACT_MAX elements, estimated by each method (from a histogram, for k-means) above that."""
+    if array.size <= EXACT_MAX:
+        return exact_candidates(name, array, tile)
+    w = np.asarray(array, dtype=np.float32).reshape(view_2d(array.shape))
+    out = []
+    for method_name in ALLOCATION_METHODS:
+        method = get_method(method_name)
+        rules = method.candidates(w.shape[0])
+        estimates = method.estimate(w, rules, tile) if rules else []
+        if estimates is None:  # no estimate: encode for real
+            out += [c for c in exact_candidates(name, w, tile) if c.rule.method == method_name]
+            continue
+        out += [Candidate(rule, size, error) for rule, (size, error) in zip(rules, estimates)]
+    return out
+
+
+def choose(options: dict[str, list[Candidate]], budget: float, units: int = 4096) -> dict[str, Candidate]:
+    """The least total error within `budget`: an exact dynamic programme over the
+    multiple-choice knapsack, with sizes rounded up to budget/units (so it never overshoots,
+    and loses at most a few units of the budget)."""
+    names = list(options)
+    smallest = sum(min(c.bytes for c in options[n]) for n in names)
+    if smallest > budget:
+        raise KFormatError(
+            f"the target is too small: even the smallest rule for every quantizable tensor needs"
+            f" {smallest / 2**20:.3f} MiB, and {max(budget, 0) / 2**20:.3f} MiB is left after the tensors the"
+            " recipe keeps as they are"
+        )
+    unit = budget / units
+    best = np.zeros(units + 1)  # best[j]: least error of the tensors so far within j units
+    picks = []
+    for n in names:
+        cost = np.array([math.ceil(c.bytes / unit - 1e-9) for c in options[n]])
+        error = np.array([c.error for c in options[n]])
+        table = np.full((len(cost), units + 1), np.inf)
+        for k, (ck, ek) in enumerate(zip(cost, error)):
+            if ck <= units:
+                table[k, ck:] = best[: units + 1 - ck] + ek
+        picks.append(np.argmin(table, axis=0))
+        best = table.min(axis=0)
+    j = int(np.argmin(best))
+    if not math.isfinite(best[j]):
+        raise KFormatError("the target is too small for the quantizable tensors once sizes are rounded")
+    choice = {}
+    for n, pick in zip(reversed(names), reversed(picks)):
+        c = options[n][int(pick[j])]
+        choice[n] = c
+        j -= math.ceil(c.bytes / unit - 1e-9)
+    return {n: choice[n] for n in names}
+
+
+def _fixed_bytes(shape, dtype: np.dtype, rule: Rule) -> float:
+    n = int(np.prod(shape, dtype=np.int64))
+    if rule.method == "fp16":
+        return 2.0 * n + TILE_OVERHEAD
+    if rule.method == "raw":
+        return np.dtype(dtype).itemsize * n + TILE_OVERHEAD
+    bits = int(rule.bits)
+    return n * bits / 8 + (1 << bits) * 4 + TILE_OVERHEAD  # a rule fixed by the recipe itself
+
+
+def estimate(source: TensorSource, recipe: Recipe) -> tuple[dict[str, list[Candidate]], float]:
+    """Candidates of every tensor the recipe would quantize, and the estimated fixed bytes
+    (header, manifest, and the tensors kept by the recipe's own rule)."""
+    decisions, _ = plan(recipe, [(t.name, t.shape, t.dtype) for t in source.tensors()])
+    infos = {t.name: t for t in source.tensors()}
+    options: dict[str, list[Candidate]] = {}
+    fixed = 64.0 + 1024.0  # header and the manifest's fixed part
+    for d in decisions:
+        info = infos[d.name]
+        n = int(np.prod(info.shape, dtype=np.int64))
+        eligible = (is_float_dtype(info.dtype) and len(info.shape) >= 2 and n >= recipe.min_elements
+                    and d.rule.method != "raw")
+        fixed += 300  # manifest entry
+        if eligible:
+            options[d.name] = candidates(d.name, source.load(d.name), tuple(d.rule.tile or recipe.tile))
+        else:
+            fixed += _fixed_bytes(info.shape, info.dtype, d.rule)
+    if not options:
+        raise KFormatError("nothing to allocate: no tensor is floating point, rank >= 2 and >= min_elements")
+    return options, fixed
+
+
+def _shifted(options: dict[str, list[Candidate]], offsets: dict[str, float]) -> dict[str, list[Candidate]]:
+    """Candidates with each tensor's measured size error (real - estimated) added."""
+    return {n: [Candidate(c.rule, max(1.0, c.bytes + offsets.get(n, 0.0)), c.error) for c in cs]
+            for n, cs in options.items()}
+
+
+def _best_uniform(options: dict[str, list[Candidate]], budget: float) -> dict[str, Candidate] | None:
+    """The same rule everywhere (per tensor where a tensor lacks it), least error that fits."""
+    best = None
+    for rule in {c.rule for cs in options.values() for c in cs}:
+        choice = {}
+        for name, cs in options.items():
+            same = [c for c in cs if c.rule == rule]
+            fallback = [c for c in cs if c.rule.method == rule.method and c.rule.bits == rule.bits]
+            if not (same or fallback):
+                break
+            choice[name] = (same or fallback)[0]
+        else:
+            size = sum(c.bytes for c in choice.values())
+            error = sum(c.error for c in choice.values())
+            if size <= budget and (best is None or error < best[0]):
+                best = (error, choice)
+    return None if best is None else best[1]
+
+
+def allocate(options: dict[str, list[Candidate]], fixed: float, target_bytes: int) -> Allocation:
+    choice = choose(options, target_bytes - fixed)
+    uniform = _best_uniform(options, target_bytes - fixed)  # never do worse than one rule for all
+    if uniform is not None and sum(c.error for c in uniform.values()) < sum(c.error for c in choice.values()):
+        choice = uniform
+    return Allocation(
+        target_bytes=int(target_bytes),
+        rules={name: c.rule for name, c in choice.items()},
+        estimated_bytes=fixed + sum(c.bytes for c in choice.values()),
+        estimated_error=sum(c.error for c in choice.values()),
+        fixed_bytes=fixed,
+    )
+
+
+def container_size(path: Path) -> int:
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def measured_error(manifest) -> float:
+    """The objective on a packed container, from the SQNR each tensor's entry records."""
+    total = 0.0
+    for t in manifest.tensors:
+        sqnr = t.stats.get("sqnr_db")
+        if sqnr is not None and t.quant.method != "raw":
+            total += 10 ** (-sqnr / 10)
+    return total
+
+
+def pack_to_target(source: TensorSource, output, recipe: Recipe, target_bytes: int, *, layout="single",
+                   shard_size=None, metadata=None, progress=None):
+    """Pack with allocated rules so that the container is at most `target_bytes`.
+
+    Rounds, each packed to a temporary sibling of `output` and measured: (1) the allocation
+    from the estimates; (2) when (1) misses the target or undershoots it, the allocation again
+    with the estimates corrected by what (1) measured; (3) the best single rule for all
+    tensors that the corrected estimates say fits (or nearly), and the best without group
+    codebooks. Of the containers that fit, the one with
+    the least *measured* weighted error is renamed into place (so the result is never worse
+    than a uniform choice that was tried), the others removed.
+    Returns (report, allocation, bytes).
+    """
+    from ..format.constants import DEFAULT_SHARD_SIZE
+    from .writer import pack as write
+
+    output = Path(output)
+    options, fixed = estimate(source, recipe)
+    tried: list[Path] = []
+    fitting = []  # (measured error, -bytes, path, report, allocation)
+    sizes: list[int] = []
+
+    def run(alloc: Allocation, label: str):
+        info = dict(metadata or {})
+        info["kformat.allocation"] = json.dumps({**alloc.describe(), "round": label}, sort_keys=True)
+        note = "allocated"  # the target and figures are in metadata["kformat.allocation"]
+        temp = output.with_name(f"{temp_prefix(output)}alloc{len(tried)}")
+        tried.append(temp)
+        report = write(source, temp, recipe, layout=layout, shard_size=shard_size or DEFAULT_SHARD_SIZE,
+                       metadata=info, progress=progress, assigned={n: (r, note) for n, r in alloc.rules.items()})
+        actual = container_size(temp)
+        sizes.append(actual)
+        if actual <= target_bytes:
+            fitting.append((measured_error(report.manifest), -actual, len(tried), temp, report, alloc))
+        return report, actual
+
+    try:
+        first = allocate(options, fixed, target_bytes)
+        report, actual = run(first, "estimated")
+        real = {t.name: t.stored_bytes for t in report.manifest.tensors}
+        chosen = {n: next(c for c in cs if c.rule == first.rules[n]) for n, cs in options.items()}
+        offsets = {n: real[n] - chosen[n].bytes for n in options}
+        corrected = _shifted(options, offsets)
+        fixed = actual - sum(real[n] for n in options)
+        if not (target_bytes * (1 - CLOSE_ENOUGH) <= actual <= target_bytes):
+            second = allocate(corrected, fixed, target_bytes)
+            if second.rules != first.rules:
+                run(second, "corrected")
+        # Estimates may be off by a fraction of a percent: near the edge, let the real size
+        # decide between the best single rule for all, and the best without group codebooks.
+        window = (target_bytes - fixed) * (1 + 2 * CLOSE_ENOUGH)
+        tried_rules = [first.rules]
+        for plain in (False, True):
+            pool = corrected if not plain else {
+                n: [c for c in cs if c.rule.granularity != "group"] for n, cs in corrected.items()}
+            uniform = _best_uniform(pool, window)
+            if uniform is None:
+                continue
+            rules = {n: c.rule for n, c in uniform.items()}
+            if rules in tried_rules:
+                continue
+            tried_rules.append(rules)
+            run(Allocation(int(target_bytes), rules, fixed + sum(c.bytes for c in uniform.values()),
+                           sum(c.error for c in uniform.values()), fixed), "uniform")
+        if not fitting:  # all just over: once more with the overshoot and a margin taken off
+            margin = (min(sizes) - target_bytes) + CLOSE_ENOUGH * target_bytes
+            run(allocate(corrected, fixed + margin, target_bytes), "margin")
+        if not fitting:
+            raise KFormatError(
+                f"could not meet the target of {target_bytes:,} bytes (the closest try came to {min(sizes):,});"
+                " the estimates are off for this model: try a slightly smaller target"
+            )
+        _, minus_bytes, _, temp, report, alloc = min(fitting, key=lambda item: item[:3])
+        promote(temp, output)
+        report.output = output
+        return report, alloc, -minus_bytes
+    finally:
+        for temp in tried:
+            remove_path(temp)

@@ -1,0 +1,56 @@
+"""Apply a Rule to one tensor: its method's compact form, plus the error it makes.
+
+Every tensor is handled through its 2-D view (rows = first axis, cols = the rest; vectors and
+scalars are one row), the shape its tiles and groups are cut from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..errors import QuantizationError
+from ..methods import QuantizedTensor, get_method, view_2d
+from ..methods.metrics import error_powers, sqnr_db
+
+CHUNK_ELEMENTS = 1 << 22
+
+
+def check_finite(name: str, values: np.ndarray) -> None:
+    flat = values.reshape(-1)
+    for start in range(0, flat.size, CHUNK_ELEMENTS):
+        chunk = flat[start : start + CHUNK_ELEMENTS]
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            bad = start + int(np.argmin(finite))
+            raise QuantizationError(
+                f"tensor {name!r}: value {flat[bad]} at flat index {bad} is not finite;"
+                " NaN/Inf weights cannot be quantized (store the tensor raw, or fix the model)"
+            )
+
+
+def encode_tensor(name: str, array: np.ndarray, rule) -> QuantizedTensor:
+    """Quantize or convert one tensor by `rule` (the planner has already checked it applies).
+    The result's stats hold the SQNR against the source (inf when exact)."""
+    method = get_method(rule.method)
+    view = view_2d(array.shape)
+    if method.lossless:
+        values = np.ascontiguousarray(array).reshape(view)
+        return QuantizedTensor(name=name, method=method.name, shape=tuple(array.shape), view=view, values=values,
+                               stats={"sqnr_db": float("inf")})
+    check_finite(name, array)
+    w = np.ascontiguousarray(array, dtype=np.float64 if array.dtype == np.float64 else np.float32).reshape(view)
+    if method.codes:
+        w = w.astype(np.float32, copy=False)
+    q = method.encode(name, w, rule)
+    q = replace(q, shape=tuple(array.shape))
+    if "sqnr_db" not in q.stats:
+        signal = noise = 0.0
+        step = max(1, CHUNK_ELEMENTS // max(1, view[1]))
+        for r0 in range(0, view[0], step):
+            s, n = error_powers(w[r0 : r0 + step], q.rows(r0, min(view[0], r0 + step)))
+            signal += s
+            noise += n
+        q.stats["sqnr_db"] = sqnr_db(signal, noise)
+    return q

@@ -1,0 +1,77 @@
+"""Re-lay out a container without re-quantizing: a single file <-> a sharded directory.
+
+Every blob is copied verbatim (its hash checked on the way), so `kformat publish model.kf DIR`
+ships exactly the bytes that were packed and verified, and the same file can be served as one
+.kf or as CDN shards. Works from any URL the reader opens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .._version import __version__
+from ..errors import KFormatError
+from ..format.constants import DEFAULT_SHARD_SIZE, MANIFEST_NAME
+from ..format.manifest import Manifest, Table
+from ..loading.container import Container
+from .sinks import ShardedSink, SingleFileSink
+from .writer import PackReport, Progress
+
+
+def is_container(source: str | Path) -> bool:
+    """Whether `source` names a kformat container (rather than a model file to quantize)."""
+    text = str(source)
+    if "://" in text or "::" in text:
+        return True
+    path = Path(text)
+    return path.suffix == ".kf" or (path.is_dir() and (path / MANIFEST_NAME).is_file())
+
+
+def relayout(
+    source: str,
+    output: str | Path,
+    *,
+    layout: str = "sharded",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    progress: Progress | None = None,
+    **storage_options,
+) -> PackReport:
+    """Copy a container's blobs into a new single file or sharded directory, atomically."""
+    output = Path(output)
+    if layout not in ("single", "sharded"):
+        raise KFormatError(f"unknown layout {layout!r} (single or sharded)")
+    with Container.open(str(source), **storage_options) as container:
+        if "://" not in str(source) and output.resolve() == Path(container.store.path(container.key)).resolve():
+            raise KFormatError(f"output {output} is the input; choose another path")
+        sink = SingleFileSink(output) if layout == "single" else ShardedSink(output, shard_size)
+        try:
+            entries = []
+            total = len(container.manifest.tensors)
+            for n, entry in enumerate(container.manifest.tensors):
+                if progress:
+                    progress(n, total, entry.name)
+                tiles = [tile.model_copy(update={"blob": sink.add(data)})
+                         for tile, data, _ in container.iter_tiles(entry.name)]
+                quant = entry.quant
+                tables: dict[str, Table] = {}
+                for which, table in quant.named_tables():
+                    (data,) = container.read_blobs([(table.blob, f"tensor {entry.name!r} {which}")])
+                    tables[which] = table.model_copy(update={"blob": sink.add(data)})
+                entries.append(entry.model_copy(update={"tiles": tiles, "quant": quant.with_tables(tables)}))
+            if progress:
+                progress(total, total, "")
+            old = container.manifest
+            manifest = Manifest(
+                generator=old.generator or f"kformat {__version__}",
+                layout=sink.layout,
+                must_understand=list(old.must_understand),
+                shards=sink.shards(),
+                tensors=entries,
+                recipe=old.recipe,
+                metadata=dict(old.metadata),
+            )
+            sink.commit(manifest)
+        except BaseException:
+            sink.abort()
+            raise
+    return PackReport(output=output, manifest=manifest, unmatched_rules=[], bytes=sink.total_bytes)

@@ -1,0 +1,152 @@
+"""Where packed blobs go, atomically: one .kf file, or a sharded directory for CDNs.
+
+A sink hands out BlobRefs as blobs arrive and writes the manifest last. Nothing appears at
+the destination until `commit`: a single file is assembled under a temporary name in the
+destination directory and renamed into place; a sharded directory's shards are immutable
+files named by their content hash and the manifest is renamed into place last. `abort`
+removes everything this run created, so a failed pack leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .atomic import atomic_file, fsync_dir, publishable, sweep_stale, temp_prefix
+from ..errors import StorageError
+from ..format.constants import ALIGNMENT, HEADER_SIZE, MANIFEST_NAME, SHARD_DIR, SHARD_SUFFIX
+from ..format.header import encode_header, encode_manifest
+from ..format.manifest import BlobRef, Manifest, Shard
+
+
+def _pad(n: int, alignment: int = ALIGNMENT) -> int:
+    return (-n) % alignment
+
+
+class SingleFileSink:
+    """Blobs spool to a temporary file; commit writes header + manifest + blobs, renames."""
+
+    layout = "single"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(self.path.parent, self.path.name)
+        self._spool = tempfile.NamedTemporaryFile(
+            dir=self.path.parent, prefix=temp_prefix(self.path), suffix=".blobs", delete=False
+        )
+        self._offset = 0
+
+    def add(self, blob: bytes) -> BlobRef:
+        pad = _pad(self._offset)
+        if pad:
+            self._spool.write(b"\0" * pad)
+            self._offset += pad
+        ref = BlobRef(offset=self._offset, length=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+        self._spool.write(blob)
+        self._offset += len(blob)
+        return ref
+
+    def shards(self) -> list[Shard]:
+        return []
+
+    def commit(self, manifest: Manifest) -> None:
+        body = encode_manifest(manifest)
+        data_offset = HEADER_SIZE + len(body)
+        data_offset += _pad(data_offset)
+        self._spool.flush()
+        self._spool.seek(0)
+        with atomic_file(self.path) as out:
+            out.write(encode_header(body, data_offset))
+            out.write(body)
+            out.write(b"\0" * (data_offset - HEADER_SIZE - len(body)))
+            shutil.copyfileobj(self._spool, out, 1 << 20)
+            self.total_bytes = out.tell()
+        fsync_dir(self.path.parent)
+        self._drop_spool()
+
+    def abort(self) -> None:
+        self._drop_spool()
+
+    def _drop_spool(self) -> None:
+        self._spool.close()
+        Path(self._spool.name).unlink(missing_ok=True)
+
+
+class ShardedSink:
+    """Blobs fill shards of at most `shard_size` bytes (a larger blob gets a shard alone)."""
+
+    layout = "sharded"
+
+    def __init__(self, directory: str | Path, shard_size: int):
+        if shard_size < ALIGNMENT:
+            raise StorageError(f"shard size {shard_size} is too small (at least {ALIGNMENT} bytes)")
+        self.final_dir = Path(directory)
+        if self.final_dir.exists() and not self.final_dir.is_dir():
+            raise StorageError(f"{self.final_dir} exists and is not a directory")
+        self._fresh = not self.final_dir.exists()
+        if self._fresh:
+            self.final_dir.parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale(self.final_dir.parent, self.final_dir.name)
+            self.dir = Path(tempfile.mkdtemp(dir=self.final_dir.parent, prefix=temp_prefix(self.final_dir)))
+        else:
+            self.dir = self.final_dir
+        (self.dir / SHARD_DIR).mkdir(exist_ok=True)
+        sweep_stale(self.dir / SHARD_DIR)
+        self.shard_size = shard_size
+        self._shards: list[Shard] = []
+        self._current = bytearray()
+        self._created: list[Path] = []
+
+    def add(self, blob: bytes) -> BlobRef:
+        pad = _pad(len(self._current))
+        if self._current and len(self._current) + pad + len(blob) > self.shard_size:
+            self._seal()
+            pad = 0
+        self._current += b"\0" * pad
+        ref = BlobRef(
+            shard=len(self._shards),
+            offset=len(self._current),
+            length=len(blob),
+            sha256=hashlib.sha256(blob).hexdigest(),
+        )
+        self._current += blob
+        return ref
+
+    def _seal(self) -> None:
+        digest = hashlib.sha256(self._current).hexdigest()
+        name = f"{digest}{SHARD_SUFFIX}"
+        target = self.dir / SHARD_DIR / name
+        if not (target.exists() and target.stat().st_size == len(self._current)):
+            with atomic_file(target) as out:
+                out.write(self._current)
+            self._created.append(target)
+        self._shards.append(Shard(name=name, length=len(self._current), sha256=digest))
+        self._current = bytearray()
+
+    def shards(self) -> list[Shard]:
+        if self._current:
+            self._seal()
+        return list(self._shards)
+
+    def commit(self, manifest: Manifest) -> None:
+        body = encode_manifest(manifest)
+        with atomic_file(self.dir / MANIFEST_NAME) as out:
+            out.write(encode_header(body, 0))
+            out.write(body)
+        self.total_bytes = HEADER_SIZE + len(body) + sum(s.length for s in self._shards)
+        fsync_dir(self.dir / SHARD_DIR)
+        if self._fresh:
+            publishable(self.dir, directory=True)
+            os.replace(self.dir, self.final_dir)
+        fsync_dir(self.final_dir)
+
+    def abort(self) -> None:
+        if self._fresh:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            for path in self._created:
+                path.unlink(missing_ok=True)

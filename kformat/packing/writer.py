@@ -1,0 +1,164 @@
+"""pack: source tensors + recipe -> a kformat container (single file or sharded directory).
+
+source ─► plan (recipe) ─► quantize ─► cut into tiles ─► encode planes (threads) ─► sink
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .._version import __version__
+from ..codecs import get_codec, plane_depth
+from ..errors import KFormatError, StorageError
+from ..format.constants import CORE_CODECS, CORE_METHODS, DEFAULT_SHARD_SIZE
+from ..format.manifest import Manifest, Quant, Table, TensorEntry, Tile
+from ..methods import QuantizedTensor, get_method
+from ..recipe import Decision, Recipe, Rule, plan
+from ..sources import TensorSource
+from .encode import encode_tensor
+from .sinks import ShardedSink, SingleFileSink
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class PackReport:
+    """What a pack wrote: where, its manifest, its size in bytes, and recipe rules that matched
+    nothing (worth a warning)."""
+
+    output: Path
+    manifest: Manifest
+    unmatched_rules: list[str] = field(default_factory=list)
+    bytes: int | None = None
+
+    def summary(self) -> dict:
+        """What `kformat.inspect` would say of the output, without reading it back."""
+        from ..summary import summarize
+
+        return summarize(self.manifest, self.bytes)
+
+
+def tile_grid(view: tuple[int, int], tile: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Row-major (row, col, rows, cols) rectangles of a regular grid over the 2-D view."""
+    rows, cols = view
+    tr, tc = tile
+    return [
+        (r, c, min(tr, rows - r), min(tc, cols - c))
+        for r in range(0, rows, tr)
+        for c in range(0, cols, tc)
+    ]
+
+
+def tile_blob(q: QuantizedTensor, codec, rect) -> bytes:
+    r, c, h, w = rect
+    if q.codes is not None:
+        return codec.encode_codes(q.codes[r : r + h, c : c + w], plane_depth(q.bits), 1 << q.bits)
+    return codec.encode_values(q.values[r : r + h, c : c + w])
+
+
+def table_bytes(array: np.ndarray) -> bytes:
+    """A table's blob: its values, little-endian, row-major."""
+    return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _table(sink, array: np.ndarray) -> Table:
+    return Table(dtype=array.dtype.name, shape=list(array.shape), blob=sink.add(table_bytes(array)))
+
+
+def extensions(entries: list[TensorEntry]) -> list[str]:
+    """The must_understand names a file needs: every method and codec outside the core."""
+    names = {f"method:{e.quant.method}" for e in entries if e.quant.method not in CORE_METHODS}
+    names |= {f"codec:{e.codec}" for e in entries if e.codec not in CORE_CODECS}
+    return sorted(names)
+
+
+def emit_tensor(sink, pool: ThreadPoolExecutor, name: str, array: np.ndarray, decision: Decision,
+                default_tile) -> TensorEntry:
+    rule = decision.rule
+    q = encode_tensor(name, array, rule)
+    codec = get_codec(rule.plane_codec)
+    tile = tuple(rule.tile or default_tile)
+    rects = tile_grid(q.view, tile)
+    blobs = pool.map(lambda rect: tile_blob(q, codec, rect), rects)
+    tiles = [Tile(row=r, col=c, rows=h, cols=w, blob=sink.add(b)) for (r, c, h, w), b in zip(rects, blobs)]
+    method = get_method(rule.method)
+    quant = Quant.build(rule.method, rule.bits, q.group_rows, {n: _table(sink, a) for n, a in q.tables.items()})
+    stats = {k: float(v) for k, v in q.stats.items() if np.isfinite(v)}
+    return TensorEntry(
+        name=name,
+        dtype=array.dtype.name,
+        shape=list(array.shape),
+        view=q.view,
+        storage="uint8" if method.codes else q.values.dtype.name,
+        depth=plane_depth(int(rule.bits)) if method.codes else None,
+        codec=codec.name,
+        tile=tile,
+        quant=quant,
+        tiles=tiles,
+        rule=rule.to_text(),
+        reason=decision.reason,
+        stats=stats,
+    )
+
+
+def pack(
+    source: TensorSource,
+    output: str | Path,
+    recipe: Recipe,
+    *,
+    layout: str = "single",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    metadata: dict[str, str] | None = None,
+    progress: Progress | None = None,
+    workers: int | None = None,
+    generator: str | None = None,
+    assigned: dict[str, tuple[Rule, str]] | None = None,
+) -> PackReport:
+    """Pack every tensor of `source` by `recipe`; the output appears only when complete.
+
+    `assigned` maps tensor names to (rule, reason) chosen elsewhere (bit allocation); those
+    replace the recipe's choice."""
+    output = Path(output)
+    if source.path is not None and output.resolve() == Path(source.path).resolve():
+        raise StorageError(f"output {output} is the input file; choose another path")
+    decisions, unmatched = plan(recipe, [(t.name, t.shape, t.dtype) for t in source.tensors()])
+    if assigned:
+        decisions = [Decision(d.name, *assigned[d.name]) if d.name in assigned else d for d in decisions]
+    if layout == "single":
+        sink = SingleFileSink(output)
+    elif layout == "sharded":
+        sink = ShardedSink(output, shard_size)
+    else:
+        raise KFormatError(f"unknown layout {layout!r} (single or sharded)")
+    try:
+        entries = []
+        total = len(decisions)
+        with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
+            for i, decision in enumerate(decisions):
+                if progress:
+                    progress(i, total, decision.name)
+                array = source.load(decision.name)
+                entries.append(emit_tensor(sink, pool, decision.name, array, decision, recipe.tile))
+                del array
+        if progress:
+            progress(total, total, "")
+        manifest = Manifest(
+            generator=generator or f"kformat {__version__}",
+            layout=sink.layout,
+            must_understand=extensions(entries),
+            shards=sink.shards(),
+            tensors=entries,
+            recipe=recipe.model_dump(mode="python"),
+            metadata=dict(metadata or {}),
+        )
+        sink.commit(manifest)
+    except BaseException:
+        sink.abort()
+        raise
+    return PackReport(output=output, manifest=manifest, unmatched_rules=unmatched, bytes=sink.total_bytes)

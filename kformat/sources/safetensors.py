@@ -1,0 +1,78 @@
+"""safetensors files through the `safetensors` package (numpy framework)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ..errors import InputError
+from . import TensorInfo, _check_array
+from ..packing.atomic import atomic_path
+from .naming import natural_key
+
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+    "I16": np.int16, "I8": np.int8, "U64": np.uint64, "U32": np.uint32, "U16": np.uint16,
+    "U8": np.uint8, "BOOL": np.bool_, "BF16": np.float32,
+}
+
+
+class SafetensorsSource:
+    """Tensors in natural name order (``layer2`` before ``layer10``), read one at a time.
+
+    bfloat16 tensors are widened to float32 (exact), since numpy has no bfloat16.
+    """
+
+    def __init__(self, path: Path):
+        from safetensors import SafetensorError, safe_open
+
+        self.path = path
+        self._error = SafetensorError
+        try:
+            self._file = safe_open(str(path), framework="np")
+            names = list(self._file.keys())
+            self._infos = []
+            for name in sorted(names, key=natural_key):
+                sl = self._file.get_slice(name)
+                dtype = sl.get_dtype()
+                if dtype not in _DTYPES:
+                    raise InputError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+                self._infos.append(TensorInfo(name, tuple(sl.get_shape()), np.dtype(_DTYPES[dtype])))
+        except SafetensorError as exc:
+            raise InputError(f"{path}: not a valid safetensors file ({exc})") from None
+
+    def tensors(self) -> list[TensorInfo]:
+        return list(self._infos)
+
+    def load(self, name: str) -> np.ndarray:
+        info = next(i for i in self._infos if i.name == name)
+        if self._file.get_slice(name).get_dtype() == "BF16":
+            return self._load_bf16(name, info)
+        try:
+            array = self._file.get_tensor(name)
+        except self._error as exc:
+            raise InputError(f"{self.path}: tensor {name!r}: {exc}") from None
+        _check_array(name, array, str(self.path))
+        return array
+
+    def _load_bf16(self, name: str, info: TensorInfo) -> np.ndarray:
+        import json
+        import struct
+
+        with open(self.path, "rb") as handle:
+            (n,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(n))
+            start, end = header[name]["data_offsets"]
+            handle.seek(8 + n + start)
+            raw = np.frombuffer(handle.read(end - start), dtype="<u2")
+        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
+
+
+def write_safetensors(path: Path, tensors: Iterable[tuple[str, np.ndarray]]) -> None:
+    from safetensors.numpy import save_file
+
+    data = {name: np.ascontiguousarray(array) for name, array in tensors}
+    with atomic_path(path) as temp:
+        save_file(data, str(temp))

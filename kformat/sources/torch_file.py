@@ -1,0 +1,37 @@
+"""PyTorch state_dict files, loaded with ``torch.load(weights_only=True)`` (no pickle code).
+
+torch is an optional extra, imported by kformat.torch only: without it opening a file gives
+a clear InputError.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..torch import load_torch_file, tensor_to_numpy, torch_module
+from . import TensorInfo
+
+
+class TorchSource:
+    def __init__(self, path: Path):
+        self.path = path
+        self._torch = torch_module()
+        self._tensors = load_torch_file(path)
+        if not self._tensors:
+            raise InputError(f"{path}: holds no tensors (expected a state_dict)")
+
+    def tensors(self) -> list[TensorInfo]:
+        infos = []
+        for name, t in self._tensors.items():
+            dtype = np.float32 if t.dtype == self._torch.bfloat16 else np.dtype(str(t.dtype).removeprefix("torch."))
+            infos.append(TensorInfo(name, tuple(t.shape), np.dtype(dtype)))
+        return infos
+
+    def load(self, name: str) -> np.ndarray:
+        try:
+            return tensor_to_numpy(self._torch, self._tensors[name])
+        except TypeError as exc:
+            raise InputError(f"{self.path}: tensor {name!r}: {exc}") from None
