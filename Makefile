@@ -28,6 +28,7 @@ demo: venv nginx
 
 # KFORMAT_REQUIRE_NGINX: a missing nginx fails the HTTP tests instead of skipping them.
 test: venv nginx
+	$(BIN)/ruff check kformat tests tools examples
 	KFORMAT_REQUIRE_NGINX=1 $(BIN)/python -m pytest
 
 bench: venv nginx

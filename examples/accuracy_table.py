@@ -22,8 +22,17 @@ from kformat.packing.allocate import container_size
 Recipe = tuple[str, str, list[str]]  # (label, preset, rules)
 
 
-def evaluate(out: Path, stem: str, source: Path, recipes: list[Recipe], target_bits: list[float], f32_bytes: int,
-             predict: Callable[[Path], tuple[np.ndarray, dict]], labels: np.ndarray, reference: np.ndarray) -> list[dict]:
+def evaluate(
+    out: Path,
+    stem: str,
+    source: Path,
+    recipes: list[Recipe],
+    target_bits: list[float],
+    f32_bytes: int,
+    predict: Callable[[Path], tuple[np.ndarray, dict]],
+    labels: np.ndarray,
+    reference: np.ndarray,
+) -> list[dict]:
     """Rows of the table: float32 first, then each recipe and each bit-allocation target."""
     f32_acc = float((reference == labels).mean())
     rows = [{"recipe": "float32", "bytes": f32_bytes, "ratio": 1.0, "accuracy": f32_acc, "agreement": 1.0}]
@@ -36,10 +45,17 @@ def evaluate(out: Path, stem: str, source: Path, recipes: list[Recipe], target_b
         packed_in = time.perf_counter() - started
         predicted, extra = predict(path)
         size = container_size(path)
-        rows.append({"recipe": label, "bytes": size, "ratio": f32_bytes / size,
-                     "accuracy": float((predicted == labels).mean()),
-                     "agreement": float((predicted == reference).mean()),
-                     "pack_seconds": round(packed_in, 2), **extra})
+        rows.append(
+            {
+                "recipe": label,
+                "bytes": size,
+                "ratio": f32_bytes / size,
+                "accuracy": float((predicted == labels).mean()),
+                "agreement": float((predicted == reference).mean()),
+                "pack_seconds": round(packed_in, 2),
+                **extra,
+            }
+        )
     for r in rows:
         r["change"] = r["accuracy"] - f32_acc
     return rows
@@ -48,14 +64,20 @@ def evaluate(out: Path, stem: str, source: Path, recipes: list[Recipe], target_b
 def print_table(rows: list[dict], metric: str) -> None:
     width = max(len(r["recipe"]) for r in rows) + 2
     digits = max(len(f"{r['bytes']:,d}") for r in rows)
-    print(f"\n{'recipe':{width}s} {'bytes':>{digits}s} {'x smaller':>9s} {metric:>8s} {'vs float32':>10s} {'agrees':>7s}")
+    print(
+        f"\n{'recipe':{width}s} {'bytes':>{digits}s} {'x smaller':>9s} {metric:>8s} {'vs float32':>10s}"
+        f" {'agrees':>7s}"
+    )
     for r in rows:
-        print(f"{r['recipe']:{width}s} {r['bytes']:{digits},d} {r['ratio']:9.2f} {r['accuracy']:8.2%}"
-              f" {r['change'] * 100:+9.2f}pp {r['agreement']:7.2%}")
+        print(
+            f"{r['recipe']:{width}s} {r['bytes']:{digits},d} {r['ratio']:9.2f} {r['accuracy']:8.2%}"
+            f" {r['change'] * 100:+9.2f}pp {r['agreement']:7.2%}"
+        )
 
 
-def write_report(out: Path, stem: str, report: dict, rows: list[dict], *, size_unit: str, ylabel: str,
-                 title: str) -> None:
+def write_report(
+    out: Path, stem: str, report: dict, rows: list[dict], *, size_unit: str, ylabel: str, title: str
+) -> None:
     """STEM.json, and with matplotlib (the `plot` extra) a size-versus-accuracy plot STEM.png."""
     (out / f"{stem}.json").write_text(json.dumps({**report, "rows": rows}, indent=2))
     try:
@@ -70,8 +92,14 @@ def write_report(out: Path, stem: str, report: dict, rows: list[dict], *, size_u
     fig, ax = plt.subplots(figsize=(7, 4.5))
     markers = "osD^v<>phX*"
     for k, r in enumerate(rows):  # points can coincide: a legend, not labels on the points
-        ax.scatter(r["bytes"] / scale, r["accuracy"] * 100, s=40, marker=markers[k % len(markers)], alpha=0.8,
-                   label=f"{r['recipe']} ({r['ratio']:.1f}x)")
+        ax.scatter(
+            r["bytes"] / scale,
+            r["accuracy"] * 100,
+            s=40,
+            marker=markers[k % len(markers)],
+            alpha=0.8,
+            label=f"{r['recipe']} ({r['ratio']:.1f}x)",
+        )
     ax.legend(fontsize=7, loc="lower right")
     ax.set_xscale("log")
     ax.set_xlabel(f"container size ({size_unit}, log scale)")

@@ -33,7 +33,9 @@ def step(text: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="demo-out", help="working directory (default demo-out/)")
     parser.add_argument("--small", action="store_true", help="a VGG16 with every width / 8 (seconds, for CI)")
     parser.add_argument("--recipe", default="mobile", help="preset or recipe file (default mobile)")
@@ -66,8 +68,16 @@ def main() -> int:
     kformat.unpack(str(out / "vgg16.kf"), out / "vgg16-restored.npz")
     restored = np.load(out / "vgg16-restored.npz")
     worst = min(
-        (10 * np.log10(np.sum(weights[n].astype(np.float64) ** 2) / max(np.sum((weights[n] - restored[n]) ** 2.0), 1e-300)), n)
-        for n in weights if weights[n].ndim == 2
+        (
+            10
+            * np.log10(
+                np.sum(weights[n].astype(np.float64) ** 2)
+                / max(np.sum((weights[n] - restored[n]) ** 2.0), 1e-300)
+            ),
+            n,
+        )
+        for n in weights
+        if weights[n].ndim == 2
     )
     print(f"restored {len(restored.files)} tensors; lowest FC SQNR {worst[0]:.1f} dB ({worst[1]})")
 
@@ -84,10 +94,19 @@ def main() -> int:
     if report.unmatched_rules:
         print("warnings:", *report.unmatched_rules, sep="\n  ")
     streamed = stream_over_http(out, source)
-    step("8. what quantization costs in accuracy: examples/digits/digits.py (a trained 64-512-512-10 network)")
-    digits = subprocess.run([sys.executable, str(HERE / "digits" / "digits.py"), "--out", str(out / "digits")])
-    step("9. a second real model: examples/langid/langid_eval.py (py3langid's shipped model on Django's translations)")
-    langid = subprocess.run([sys.executable, str(HERE / "langid" / "langid_eval.py"), "--out", str(out / "langid")])
+    step(
+        "8. what quantization costs in accuracy: examples/digits/digits.py (a trained 64-512-512-10 network)"
+    )
+    digits = subprocess.run(
+        [sys.executable, str(HERE / "digits" / "digits.py"), "--out", str(out / "digits")]
+    )
+    step(
+        "9. a second real model: examples/langid/langid_eval.py (py3langid's shipped model on Django's"
+        " translations)"
+    )
+    langid = subprocess.run(
+        [sys.executable, str(HERE / "langid" / "langid_eval.py"), "--out", str(out / "langid")]
+    )
     return 0 if not problems and streamed and digits.returncode == 0 and langid.returncode == 0 else 1
 
 
@@ -119,15 +138,31 @@ def stream_over_http(out: Path, source: Path) -> bool:
     finally:
         server.stop()
     local = run_json(str(HERE / "stream_inference.py"), str(out / "vgg16.kf"), "--json")
-    eager = run_json(str(HERE.parent / "tools" / "bench" / "peak_memory.py"), "--child", "a", "--npz", str(source),
-                     "--url", "-", "--logits", str(out / "logits-float32.npy"))
+    eager = run_json(
+        str(HERE.parent / "tools" / "bench" / "peak_memory.py"),
+        "--child",
+        "a",
+        "--npz",
+        str(source),
+        "--url",
+        "-",
+        "--logits",
+        str(out / "logits-float32.npy"),
+    )
     f32 = remote["float32_bytes"]
-    print(f"nginx sent {sent:,} body bytes in {remote['requests']} requests"
-          f" ({sent / f32:.1%} of the float32 weights); top-5 classes {remote['top5']}")
-    print(f"\n{'forward pass':36s} {'fetched MiB':>12s} {'peak RSS MiB':>13s} {'vs float32':>11s} {'seconds':>8s}")
-    rows = [("float32 .npz, loaded eagerly", None, eager["peak_rss"], eager["total_s"]),
-            ("kformat, streamed from a file", local["bytes_fetched"], local["peak_rss"], local["seconds"]),
-            ("kformat, streamed over HTTP", remote["bytes_fetched"], remote["peak_rss"], remote["seconds"])]
+    print(
+        f"nginx sent {sent:,} body bytes in {remote['requests']} requests"
+        f" ({sent / f32:.1%} of the float32 weights); top-5 classes {remote['top5']}"
+    )
+    print(
+        f"\n{'forward pass':36s} {'fetched MiB':>12s} {'peak RSS MiB':>13s} {'vs float32':>11s}"
+        f" {'seconds':>8s}"
+    )
+    rows = [
+        ("float32 .npz, loaded eagerly", None, eager["peak_rss"], eager["total_s"]),
+        ("kformat, streamed from a file", local["bytes_fetched"], local["peak_rss"], local["seconds"]),
+        ("kformat, streamed over HTTP", remote["bytes_fetched"], remote["peak_rss"], remote["seconds"]),
+    ]
     for label, fetched, peak, seconds in rows:
         got = f"{fetched / 2**20:12.1f}" if fetched is not None else f"{f32 / 2**20:12.1f}"
         print(f"{label:36s} {got} {peak / 2**20:13.1f} {peak / eager['peak_rss']:10.2f}x {seconds:8.2f}")

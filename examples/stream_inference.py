@@ -29,7 +29,9 @@ import kformat  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", help="a .kf file or sharded directory: a path or any fsspec URL")
     parser.add_argument("--size", type=int, default=64, help="input image side in pixels (default 64)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
@@ -47,8 +49,12 @@ def main() -> int:
             timings.append((layer.name, time.perf_counter() - start, model.bytes_read))
             if not args.json:
                 t = model[layer.name]
-                print(f"  {layer.name:24s} {str(t.shape):22s} {t.rule:22s} fetched {model.bytes_read / 2**20:7.2f} MiB"
-                      f"  at {timings[-1][1]:.2f}s", flush=True)
+                print(
+                    f"  {layer.name:24s} {str(t.shape):22s} {t.rule:22s} fetched"
+                    f" {model.bytes_read / 2**20:7.2f} MiB"
+                    f"  at {timings[-1][1]:.2f}s",
+                    flush=True,
+                )
 
         if not args.json:
             print(f"opened {model.source}: {len(model)} tensors, read {opened:,} bytes (header and manifest)")
@@ -59,16 +65,23 @@ def main() -> int:
     seconds = time.perf_counter() - start
     top = np.argsort(logits)[::-1][:5]
     result = {
-        "model": args.model, "seconds": seconds, "bytes_fetched": fetched, "requests": requests,
-        "float32_bytes": float32_bytes, "peak_rss": peak_rss_bytes(), "top5": top.tolist(),
+        "model": args.model,
+        "seconds": seconds,
+        "bytes_fetched": fetched,
+        "requests": requests,
+        "float32_bytes": float32_bytes,
+        "peak_rss": peak_rss_bytes(),
+        "top5": top.tolist(),
         "logits": logits.tolist(),
     }
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"top-5 classes {top.tolist()} in {seconds:.2f}s")
-    print(f"fetched {fetched / 2**20:.1f} MiB in {requests} requests; weights as float32 would be"
-          f" {float32_bytes / 2**20:.1f} MiB")
+    print(
+        f"fetched {fetched / 2**20:.1f} MiB in {requests} requests; weights as float32 would be"
+        f" {float32_bytes / 2**20:.1f} MiB"
+    )
     print(f"peak memory of this process: {result['peak_rss'] / 2**20:.1f} MiB")
     return 0
 

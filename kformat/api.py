@@ -66,14 +66,26 @@ def pack(
             raise InputError(f"target size must be positive, got {target_size}")
         from .packing.allocate import pack_to_target
 
-        report, _, _ = pack_to_target(source, output, build_recipe(recipe, rules), int(target_size), layout=layout,
-                                      shard_size=shard_size, metadata=metadata, progress=progress)
+        report, _, _ = pack_to_target(
+            source,
+            output,
+            build_recipe(recipe, rules),
+            int(target_size),
+            layout=layout,
+            shard_size=shard_size,
+            metadata=metadata,
+            progress=progress,
+        )
         return report
     return _pack(
-        source, output, build_recipe(recipe, rules),
-        layout=layout, shard_size=shard_size, metadata=metadata, progress=progress,
+        source,
+        output,
+        build_recipe(recipe, rules),
+        layout=layout,
+        shard_size=shard_size,
+        metadata=metadata,
+        progress=progress,
     )
-
 
 
 def unpack(url: str, output: str | Path, progress: Progress | None = None, **storage_options) -> list[str]:
@@ -116,5 +128,7 @@ def inspect(url: str, **storage_options) -> dict:
         except KFormatError:
             size = None
         summary = summarize(container.manifest, size)
-        summary["manifest_sha256"] = container.manifest_sha256  # pin it: kformat.open(url, manifest_sha256=...)
+        summary["manifest_sha256"] = (
+            container.manifest_sha256
+        )  # pin it: kformat.open(url, manifest_sha256=...)
         return summary

@@ -33,10 +33,21 @@ class Progress:
 
 
 def parse_size(text: str) -> int:
-    units = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-             "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+    units = {
+        "": 1,
+        "b": 1,
+        "k": 1000,
+        "kb": 1000,
+        "kib": 1024,
+        "m": 1000**2,
+        "mb": 1000**2,
+        "mib": 1024**2,
+        "g": 1000**3,
+        "gb": 1000**3,
+        "gib": 1024**3,
+    }
     number = text.strip().rstrip("bBiI").rstrip("kKmMgG")
-    unit = text.strip()[len(number):].lower()
+    unit = text.strip()[len(number) :].lower()
     try:
         value = float(number) * units[unit]
     except (ValueError, KeyError):
@@ -62,9 +73,15 @@ def _storage_options(args) -> dict:
 def cmd_pack(args) -> int:
     progress = Progress("pack", None if not args.quiet else False)
     report = kformat.pack(
-        args.input, args.output, args.recipe, rules=args.rule,
-        layout="sharded" if args.sharded else "single", shard_size=args.shard_size, progress=progress,
-        target_size=args.target_size, target_bits=args.target_bits,
+        args.input,
+        args.output,
+        args.recipe,
+        rules=args.rule,
+        layout="sharded" if args.sharded else "single",
+        shard_size=args.shard_size,
+        progress=progress,
+        target_size=args.target_size,
+        target_bits=args.target_bits,
     )
     for warning in report.unmatched_rules:
         print(f"kformat: warning: {warning}", file=sys.stderr)
@@ -72,7 +89,8 @@ def cmd_pack(args) -> int:
         tot = report.summary()["totals"]
         print(
             f"packed {tot['tensors']} tensors ({tot['params']:,} parameters) into {args.output}:"
-            f" {kformat.human_bytes(tot['container_bytes'])}, {tot['ratio_to_float32']:.2f}x smaller than float32"
+            f" {kformat.human_bytes(tot['container_bytes'])}, {tot['ratio_to_float32']:.2f}x smaller than"
+            " float32"
             f" ({kformat.human_bytes(tot['float32_bytes'])}), {tot['bits_per_weight']:.2f} bits/weight"
         )
     return EXIT_OK
@@ -95,12 +113,17 @@ def cmd_inspect(args) -> int:
         print(json.dumps(summary, indent=2))
     else:
         tot = summary["totals"]
-        print(f"{args.input}: kformat {summary['version'][0]}.{summary['version'][1]}, {summary['layout']}"
-              + (f" ({summary['shards']} shards)" if summary["shards"] else "")
-              + f", recipe {summary['recipe'] or '-'}, {summary['generator']}")
+        print(
+            f"{args.input}: kformat {summary['version'][0]}.{summary['version'][1]}, {summary['layout']}"
+            + (f" ({summary['shards']} shards)" if summary["shards"] else "")
+            + f", recipe {summary['recipe'] or '-'}, {summary['generator']}"
+        )
         print(kformat.format_summary(summary))
         print(f"float32 would be {kformat.human_bytes(tot['float32_bytes'])}")
-        print(f"manifest sha256 {summary['manifest_sha256']} (pin with --manifest-sha256 or kformat.open(..., manifest_sha256=))")
+        print(
+            f"manifest sha256 {summary['manifest_sha256']} (pin with --manifest-sha256 or kformat.open(...,"
+            " manifest_sha256=))"
+        )
     return EXIT_OK
 
 
@@ -135,45 +158,84 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add_pack_args(p):
-        p.add_argument("input", help="model weights: .npz, .safetensors, or a PyTorch state_dict (.pt/.pth);"
-                       " or a kformat container (.kf, sharded directory, URL) to re-lay out as is")
-        p.add_argument("-r", "--recipe", default=None,
-                       help=f"a preset ({', '.join(kformat.PRESETS)}) or a TOML/JSON recipe file (default: fp16)")
-        p.add_argument("--rule", action="append", default=[], metavar="GLOB=RULE",
-                       help="override for matching tensors, before the recipe's rules; e.g."
-                       " 'classifier.0.*=kmeans:4' or 'fc*=kmeans:4,group=64,codec=zstd'. Repeatable.")
-        p.add_argument("--shard-size", type=parse_size, default="64MB",
-                       help="largest shard of a sharded directory (default 64MB)")
+        p.add_argument(
+            "input",
+            help="model weights: .npz, .safetensors, or a PyTorch state_dict (.pt/.pth);"
+            " or a kformat container (.kf, sharded directory, URL) to re-lay out as is",
+        )
+        p.add_argument(
+            "-r",
+            "--recipe",
+            default=None,
+            help=f"a preset ({', '.join(kformat.PRESETS)}) or a TOML/JSON recipe file (default: fp16)",
+        )
+        p.add_argument(
+            "--rule",
+            action="append",
+            default=[],
+            metavar="GLOB=RULE",
+            help="override for matching tensors, before the recipe's rules; e.g."
+            " 'classifier.0.*=kmeans:4' or 'fc*=kmeans:4,group=64,codec=zstd'. Repeatable.",
+        )
+        p.add_argument(
+            "--shard-size",
+            type=parse_size,
+            default="64MB",
+            help="largest shard of a sharded directory (default 64MB)",
+        )
         target = p.add_mutually_exclusive_group()
-        target.add_argument("--target-size", type=parse_size, metavar="SIZE",
-                            help="bit allocation: choose each quantized tensor's rule (k-means bits, per-tensor"
-                            " or per-group codebooks, fp16) for the least weighted error within SIZE (e.g. 20MiB)")
-        target.add_argument("--target-bits", type=float, metavar="BITS",
-                            help="bit allocation to BITS bits per parameter on average (e.g. 4.5)")
+        target.add_argument(
+            "--target-size",
+            type=parse_size,
+            metavar="SIZE",
+            help="bit allocation: choose each quantized tensor's rule (k-means bits, per-tensor"
+            " or per-group codebooks, fp16) for the least weighted error within SIZE (e.g. 20MiB)",
+        )
+        target.add_argument(
+            "--target-bits",
+            type=float,
+            metavar="BITS",
+            help="bit allocation to BITS bits per parameter on average (e.g. 4.5)",
+        )
         p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
-    p = sub.add_parser("pack", help="pack a model file by a recipe", description="Pack a model file into a"
-                       " single .kf file (or, with --sharded, a CDN-ready directory).")
+    p = sub.add_parser(
+        "pack",
+        help="pack a model file by a recipe",
+        description="Pack a model file into a single .kf file (or, with --sharded, a CDN-ready directory).",
+    )
     add_pack_args(p)
     p.add_argument("-o", "--output", required=True, help="output .kf file (or directory with --sharded)")
-    p.add_argument("--sharded", action="store_true", help="write a directory: manifest.kf + content-addressed shards")
+    p.add_argument(
+        "--sharded", action="store_true", help="write a directory: manifest.kf + content-addressed shards"
+    )
     p.set_defaults(func=cmd_pack)
 
-    p = sub.add_parser("publish", help="pack into a sharded directory for a CDN",
-                       description="Pack into DIR/manifest.kf plus immutable shards/<sha256>.kfs files,"
-                       " ready to serve over HTTP with range requests (see examples/nginx/). Given a .kf"
-                       " file, its blobs are copied into shards verbatim, without re-quantizing.")
+    p = sub.add_parser(
+        "publish",
+        help="pack into a sharded directory for a CDN",
+        description="Pack into DIR/manifest.kf plus immutable shards/<sha256>.kfs files,"
+        " ready to serve over HTTP with range requests (see examples/nginx/). Given a .kf"
+        " file, its blobs are copied into shards verbatim, without re-quantizing.",
+    )
     add_pack_args(p)
     p.add_argument("output", help="output directory")
     p.set_defaults(func=cmd_publish)
 
     def add_url_args(p):
         p.add_argument("input", help="a .kf file or sharded directory: a path or any fsspec URL")
-        p.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
-                       help="fsspec storage option (value parsed as JSON when it can be)")
-        p.add_argument("--manifest-sha256", metavar="HEX",
-                       help="refuse the model unless its manifest has this SHA-256 (as `inspect` prints it);"
-                            " every blob's hash is in the manifest, so this pins every byte")
+        p.add_argument(
+            "--storage-option",
+            action="append",
+            metavar="KEY=VALUE",
+            help="fsspec storage option (value parsed as JSON when it can be)",
+        )
+        p.add_argument(
+            "--manifest-sha256",
+            metavar="HEX",
+            help="refuse the model unless its manifest has this SHA-256 (as `inspect` prints it);"
+            " every blob's hash is in the manifest, so this pins every byte",
+        )
 
     p = sub.add_parser("unpack", help="write all tensors to .npz or .safetensors")
     add_url_args(p)
@@ -189,15 +251,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_url_args(p)
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("compare", help="per-tensor error of a packed model against the original",
-                       description="Compare every tensor of PACKED with ORIGINAL: SQNR (dB), cosine"
-                       " similarity, largest absolute error and relative Frobenius error, and totals"
-                       " over all float tensors. Tensors only one side holds are listed.")
-    p.add_argument("original", help="the original weights: .npz, .safetensors, .pt/.pth, or a kformat path/URL")
-    p.add_argument("packed", help="the kformat model: a .kf file or sharded directory, path or any fsspec URL")
+    p = sub.add_parser(
+        "compare",
+        help="per-tensor error of a packed model against the original",
+        description="Compare every tensor of PACKED with ORIGINAL: SQNR (dB), cosine"
+        " similarity, largest absolute error and relative Frobenius error, and totals"
+        " over all float tensors. Tensors only one side holds are listed.",
+    )
+    p.add_argument(
+        "original", help="the original weights: .npz, .safetensors, .pt/.pth, or a kformat path/URL"
+    )
+    p.add_argument(
+        "packed", help="the kformat model: a .kf file or sharded directory, path or any fsspec URL"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
-                   help="fsspec storage option (value parsed as JSON when it can be)")
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="fsspec storage option (value parsed as JSON when it can be)",
+    )
     p.set_defaults(func=cmd_compare)
     return parser
 

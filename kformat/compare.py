@@ -123,29 +123,45 @@ def compare(original: str | Path, packed: str | Path, **storage_options) -> Comp
             if name not in names:
                 continue
             if names[name][0] != tensor.shape:
-                result.shape_mismatch.append(f"{name}: original {list(names[name][0])}, packed {list(tensor.shape)}")
+                result.shape_mismatch.append(
+                    f"{name}: original {list(names[name][0])}, packed {list(tensor.shape)}"
+                )
                 continue
             x, y = np.asarray(load(name)), tensor.numpy()
             if x.dtype.kind not in "biuf":
-                raise InputError(f"{original}: tensor {name!r} has dtype {x.dtype}; only numeric tensors compare")
+                raise InputError(
+                    f"{original}: tensor {name!r} has dtype {x.dtype}; only numeric tensors compare"
+                )
             sums = _Sums()
             flat_x, flat_y = x.reshape(-1), y.reshape(-1)
             for start in range(0, flat_x.size, CHUNK):
                 sums.add(flat_x[start : start + CHUNK], flat_y[start : start + CHUNK])
             if x.dtype.kind == "f":
                 total.merge(sums)
-            result.tensors.append(TensorError(
-                name=name, shape=list(tensor.shape), params=int(x.size), sqnr_db=sqnr_db(sums.xx, sums.dd),
-                cosine=sums.cosine, max_abs_error=sums.max_abs, rel_fro_error=sums.rel_fro,
-                exact=bool(sums.dd == 0 and np.array_equal(x, y)),
-            ))
+            result.tensors.append(
+                TensorError(
+                    name=name,
+                    shape=list(tensor.shape),
+                    params=int(x.size),
+                    sqnr_db=sqnr_db(sums.xx, sums.dd),
+                    cosine=sums.cosine,
+                    max_abs_error=sums.max_abs,
+                    rel_fro_error=sums.rel_fro,
+                    exact=bool(sums.dd == 0 and np.array_equal(x, y)),
+                )
+            )
         worst = min((t for t in result.tensors if not t.exact), key=lambda t: t.sqnr_db, default=None)
         result.totals = {
-            "tensors": len(result.tensors), "params": sum(t.params for t in result.tensors),
-            "exact_tensors": sum(t.exact for t in result.tensors), "float_params": total.params,
-            "sqnr_db": sqnr_db(total.xx, total.dd), "cosine": total.cosine,
-            "max_abs_error": total.max_abs, "rel_fro_error": total.rel_fro,
-            "worst_tensor": worst.name if worst else None, "worst_sqnr_db": worst.sqnr_db if worst else None,
+            "tensors": len(result.tensors),
+            "params": sum(t.params for t in result.tensors),
+            "exact_tensors": sum(t.exact for t in result.tensors),
+            "float_params": total.params,
+            "sqnr_db": sqnr_db(total.xx, total.dd),
+            "cosine": total.cosine,
+            "max_abs_error": total.max_abs,
+            "rel_fro_error": total.rel_fro,
+            "worst_tensor": worst.name if worst else None,
+            "worst_sqnr_db": worst.sqnr_db if worst else None,
         }
         return result
     finally:
@@ -155,7 +171,9 @@ def compare(original: str | Path, packed: str | Path, **storage_options) -> Comp
 
 
 def format_comparison(result: Comparison) -> str:
-    lines = [f"{'tensor':32s} {'params':>11s} {'SQNR dB':>8s} {'cosine':>10s} {'max |err|':>10s} {'rel fro':>9s}"]
+    lines = [
+        f"{'tensor':32s} {'params':>11s} {'SQNR dB':>8s} {'cosine':>10s} {'max |err|':>10s} {'rel fro':>9s}"
+    ]
 
     def row(name, params, sqnr, cosine, max_abs, rel):
         sq = "exact" if sqnr == math.inf else f"{sqnr:8.2f}"
@@ -164,14 +182,26 @@ def format_comparison(result: Comparison) -> str:
     for t in result.tensors:
         lines.append(row(t.name, t.params, t.sqnr_db, t.cosine, t.max_abs_error, t.rel_fro_error))
     tot = result.totals
-    lines.append(row("TOTAL (float tensors)", tot["float_params"], tot["sqnr_db"], tot["cosine"],
-                     tot["max_abs_error"], tot["rel_fro_error"]))
+    lines.append(
+        row(
+            "TOTAL (float tensors)",
+            tot["float_params"],
+            tot["sqnr_db"],
+            tot["cosine"],
+            tot["max_abs_error"],
+            tot["rel_fro_error"],
+        )
+    )
     if tot["worst_tensor"]:
-        lines.append(f"lowest SQNR: {tot['worst_tensor']} at {tot['worst_sqnr_db']:.2f} dB;"
-                     f" {tot['exact_tensors']} of {tot['tensors']} tensors exact")
-    for label, items in (("only in the original", result.only_in_original),
-                         ("only in the packed model", result.only_in_packed),
-                         ("shapes differ", result.shape_mismatch)):
+        lines.append(
+            f"lowest SQNR: {tot['worst_tensor']} at {tot['worst_sqnr_db']:.2f} dB;"
+            f" {tot['exact_tensors']} of {tot['tensors']} tensors exact"
+        )
+    for label, items in (
+        ("only in the original", result.only_in_original),
+        ("only in the packed model", result.only_in_packed),
+        ("shapes differ", result.shape_mismatch),
+    ):
         if items:
             lines.append(f"{label}: {', '.join(items)}")
     return "\n".join(lines)

@@ -86,28 +86,44 @@ def format_table(summary: dict) -> str:
     head = ("tensor", "shape", "params", "rule", "codec", "bytes", "bits/w", "x f32", "H(codes)", "SQNR dB")
     rows = [head]
     for t in summary["tensors"]:
-        rows.append((
-            t["name"],
-            "x".join(map(str, t["shape"])) or "scalar",
-            f"{t['params']:,}",
-            t["rule"],
-            t["codec"],
-            human_bytes(t["bytes"]),
-            f"{t['bits_per_weight']:.2f}",
-            f"{t['ratio_to_float32']:.1f}",
-            f"{t['entropy_bits']:.2f}" if t["entropy_bits"] is not None else "-",
-            f"{t['sqnr_db']:.1f}" if t["sqnr_db"] is not None else ("exact" if t["rule"].startswith("raw") else "-"),
-        ))
+        rows.append(
+            (
+                t["name"],
+                "x".join(map(str, t["shape"])) or "scalar",
+                f"{t['params']:,}",
+                t["rule"],
+                t["codec"],
+                human_bytes(t["bytes"]),
+                f"{t['bits_per_weight']:.2f}",
+                f"{t['ratio_to_float32']:.1f}",
+                f"{t['entropy_bits']:.2f}" if t["entropy_bits"] is not None else "-",
+                f"{t['sqnr_db']:.1f}"
+                if t["sqnr_db"] is not None
+                else ("exact" if t["rule"].startswith("raw") else "-"),
+            )
+        )
     tot = summary["totals"]
-    rows.append((
-        "TOTAL", f"{tot['tensors']} tensors", f"{tot['params']:,}", summary.get("recipe") or "", "",
-        human_bytes(tot["container_bytes"] or tot["blob_bytes"]), f"{tot['bits_per_weight']:.2f}",
-        f"{tot['ratio_to_float32']:.1f}" if tot["ratio_to_float32"] else "-", "", "",
-    ))
+    rows.append(
+        (
+            "TOTAL",
+            f"{tot['tensors']} tensors",
+            f"{tot['params']:,}",
+            summary.get("recipe") or "",
+            "",
+            human_bytes(tot["container_bytes"] or tot["blob_bytes"]),
+            f"{tot['bits_per_weight']:.2f}",
+            f"{tot['ratio_to_float32']:.1f}" if tot["ratio_to_float32"] else "-",
+            "",
+            "",
+        )
+    )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
     lines = []
     for n, r in enumerate(rows):
-        cells = [str(c).ljust(w) if i in (0, 1, 3, 4) else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        cells = [
+            str(c).ljust(w) if i in (0, 1, 3, 4) else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths))
+        ]
         lines.append("  ".join(cells).rstrip())
         if n == 0 or n == len(rows) - 2:
             lines.append("  ".join("-" * w for w in widths))

@@ -28,8 +28,14 @@ from .format.constants import DEFAULT_SHARD_SIZE
 from .loading.lazy import LazyModel, LazyTensor, open_model
 from .methods import QuantizedTensor
 
-__all__ = ["save", "load_state_dict", "load_quantized", "QuantizedLinear", "state_dict_arrays",
-           "load_torch_file"]
+__all__ = [
+    "save",
+    "load_state_dict",
+    "load_quantized",
+    "QuantizedLinear",  # noqa: F822 - built on first use by the module's __getattr__
+    "state_dict_arrays",
+    "load_torch_file",
+]
 
 
 def _torch():
@@ -73,7 +79,9 @@ def load_torch_file(path) -> dict:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001
-            raise InputError(f"{path}: not a loadable PyTorch weights file ({type(exc).__name__}: {exc})") from None
+            raise InputError(
+                f"{path}: not a loadable PyTorch weights file ({type(exc).__name__}: {exc})"
+            ) from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(obj.get(key), dict) and len(obj) <= 4:
@@ -85,7 +93,11 @@ def load_torch_file(path) -> dict:
 def state_dict_arrays(module_or_state_dict) -> dict[str, np.ndarray]:
     """numpy views of a module's (or state dict's) tensors; bfloat16 is widened to float32."""
     torch = _torch()
-    state = module_or_state_dict.state_dict() if isinstance(module_or_state_dict, torch.nn.Module) else module_or_state_dict
+    state = (
+        module_or_state_dict.state_dict()
+        if isinstance(module_or_state_dict, torch.nn.Module)
+        else module_or_state_dict
+    )
     arrays = {}
     for name, value in state.items():
         if not isinstance(value, torch.Tensor):
@@ -110,8 +122,16 @@ def save(
     """Pack a module's state dict (or a state dict) into a kformat container."""
     from .api import pack
 
-    return pack(state_dict_arrays(module_or_state_dict), path, recipe, rules=rules, layout=layout,
-                shard_size=shard_size, metadata=metadata, progress=progress)
+    return pack(
+        state_dict_arrays(module_or_state_dict),
+        path,
+        recipe,
+        rules=rules,
+        layout=layout,
+        shard_size=shard_size,
+        metadata=metadata,
+        progress=progress,
+    )
 
 
 # -- filling modules --------------------------------------------------------------------------
@@ -128,7 +148,9 @@ def _set_tensor(module, dotted: str, value) -> None:
     owner, leaf = _owner(module, dotted)
     if leaf in owner._parameters:
         old = owner._parameters[leaf]
-        owner._parameters[leaf] = torch.nn.Parameter(value, requires_grad=old.requires_grad if old is not None else True)
+        owner._parameters[leaf] = torch.nn.Parameter(
+            value, requires_grad=old.requires_grad if old is not None else True
+        )
     else:
         owner._buffers[leaf] = value
 
@@ -137,15 +159,23 @@ def _fill(torch, target, lazy: LazyTensor, name: str):
     """Copy `lazy`'s values into `target` (a tensor), tile by tile when it can; returns the
     tensor holding the values (a new one when `target` lives on the meta device)."""
     if tuple(target.shape) != lazy.shape:
-        raise InputError(f"tensor {name!r}: the module wants shape {list(target.shape)}, the file has {list(lazy.shape)}")
+        raise InputError(
+            f"tensor {name!r}: the module wants shape {list(target.shape)}, the file has {list(lazy.shape)}"
+        )
     if target.is_meta:
         target = torch.empty(tuple(target.shape), dtype=target.dtype, device="cpu")
-    direct = (target.device.type == "cpu" and target.dtype == torch.float32 and target.is_contiguous()
-              and not lazy.lossless)
+    direct = (
+        target.device.type == "cpu"
+        and target.dtype == torch.float32
+        and target.is_contiguous()
+        and not lazy.lossless
+    )
     if not direct:
         target.copy_(torch.from_numpy(np.asarray(lazy.numpy(), order="C")))
         return target
-    lazy._container.read_tensor(name, out=target.detach().numpy().reshape(lazy.view), batch_bytes=lazy.batch_bytes)
+    lazy._container.read_tensor(
+        name, out=target.detach().numpy().reshape(lazy.view), batch_bytes=lazy.batch_bytes
+    )
     return target
 
 
@@ -154,16 +184,22 @@ def _file_order(model: LazyModel, names: Iterable[str]) -> list[str]:
     return sorted(names, key=index.__getitem__)
 
 
-def _load_into(module, model: LazyModel, targets: dict, strict: bool, skip: set[str]) -> tuple[list[str], list[str]]:
+def _load_into(
+    module, model: LazyModel, targets: dict, strict: bool, skip: set[str]
+) -> tuple[list[str], list[str]]:
     torch = _torch()
     missing = [n for n in targets if n not in model and n not in skip]
     unexpected = [n for n in model if n not in targets and n not in skip]
     if strict and (missing or unexpected):
         parts = []
         if missing:
-            parts.append(f"missing from the file: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+            parts.append(
+                f"missing from the file: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
+            )
         if unexpected:
-            parts.append(f"not in the module: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+            parts.append(
+                f"not in the module: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}"
+            )
         raise InputError(f"{model.source}: state dict does not match the module ({'; '.join(parts)})")
     wanted = [n for n in targets if n in model and n not in skip]
     with torch.no_grad():
@@ -174,7 +210,9 @@ def _load_into(module, model: LazyModel, targets: dict, strict: bool, skip: set[
     return missing, unexpected
 
 
-def load_state_dict(module, url: str, *, strict: bool = True, **storage_options) -> tuple[list[str], list[str]]:
+def load_state_dict(
+    module, url: str, *, strict: bool = True, **storage_options
+) -> tuple[list[str], list[str]]:
     """Fill `module`'s parameters and buffers from a kformat model, one layer at a time.
 
     Returns (missing, unexpected) key lists like torch's; with `strict` any mismatch is an
@@ -198,8 +236,10 @@ def _module_class():
             if len(q.shape) != 2:
                 raise InputError(f"tensor {q.name!r}: a Linear weight must be 2-D, got shape {list(q.shape)}")
             self.out_features, self.in_features = q.shape
-            self._meta = {k: getattr(q, k) for k in ("name", "method", "shape", "view", "bits", "depth",
-                                                      "group_rows", "packed")}
+            self._meta = {
+                k: getattr(q, k)
+                for k in ("name", "method", "shape", "view", "bits", "depth", "group_rows", "packed")
+            }
             # codes or values, and each table of the method (codebook, scale, ...) by its name
             self._tables = tuple(q.tables)
             arrays = {"codes": q.codes, "values": q.values, **q.tables}
@@ -214,8 +254,12 @@ def _module_class():
                 value = getattr(self, key)
                 return None if value is None else value.numpy()
 
-            return QuantizedTensor(**self._meta, codes=numpy("codes"), values=numpy("values"),
-                                   tables={k: numpy(k) for k in self._tables})
+            return QuantizedTensor(
+                **self._meta,
+                codes=numpy("codes"),
+                values=numpy("values"),
+                tables={k: numpy(k) for k in self._tables},
+            )
 
         def forward(self, x):
             if x.requires_grad and torch.is_grad_enabled():
@@ -230,7 +274,10 @@ def _module_class():
         def extra_repr(self) -> str:
             m = self._meta
             what = f"{m['method']}:{m['bits']}" if m["bits"] else m["method"]
-            return f"in_features={self.in_features}, out_features={self.out_features}, {what}, bias={self.bias is not None}"
+            has_bias = self.bias is not None
+            return (
+                f"in_features={self.in_features}, out_features={self.out_features}, {what}, bias={has_bias}"
+            )
 
     return QuantizedLinear
 
@@ -263,8 +310,10 @@ def load_quantized(module, url: str, *, packed: bool = True, strict: bool = True
                 continue
             lazy = model[key]
             if lazy.shape != (linear.out_features, linear.in_features):
-                raise InputError(f"tensor {key!r}: the module wants shape {[linear.out_features, linear.in_features]},"
-                                 f" the file has {list(lazy.shape)}")
+                raise InputError(
+                    f"tensor {key!r}: the module wants shape {[linear.out_features, linear.in_features]},"
+                    f" the file has {list(lazy.shape)}"
+                )
             bias = None
             bias_key = f"{name}.bias" if name else "bias"
             if linear.bias is not None:
@@ -277,7 +326,9 @@ def load_quantized(module, url: str, *, packed: bool = True, strict: bool = True
                 owner, leaf = _owner(module, name)
                 setattr(owner, leaf, quantized)
             else:
-                raise InputError("load_quantized needs a module that contains Linear layers, not a Linear itself")
+                raise InputError(
+                    "load_quantized needs a module that contains Linear layers, not a Linear itself"
+                )
             replaced.add(key)
         _load_into(module, model, targets, strict, replaced)
     return module

@@ -121,3 +121,10 @@ def served(request, packed) -> Served:
         return Served("memory", _to_memory(packed.root))
     server = request.getfixturevalue("nginx")
     return Served("http", server.url(""), server)
+
+
+# -- property tests: the same examples on every run (a failure is reproducible) ---------------
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("kformat", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("kformat")

@@ -73,7 +73,6 @@ class Handler(SimpleHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-
     def _reset(self) -> None:
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.connection.close()
@@ -122,7 +121,9 @@ class QuietServer(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve(root, *, honour_range: bool = True, failures: int = 0, failure: str = "503", stall_seconds: float = 30):
+def serve(
+    root, *, honour_range: bool = True, failures: int = 0, failure: str = "503", stall_seconds: float = 30
+):
     server = QuietServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
     server.stall_seconds = stall_seconds
     server.stalled = threading.Event()  # set on shutdown so stalled handlers end

@@ -1,7 +1,6 @@
 """Bit allocation: meets the target size, beats one rule for all at the same size."""
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -21,7 +20,9 @@ def heterogeneous(seed=0):
         "laplace.weight": (rng.laplace(size=(128, 256)) * 0.02).astype(np.float32),
         "heavy.weight": (rng.standard_t(3, size=(256, 128)) * 0.01).astype(np.float32),
         "uniform.weight": rng.uniform(-0.1, 0.1, size=(64, 256)).astype(np.float32),
-        "rows.weight": (rng.standard_normal((128, 128)) * np.exp(rng.standard_normal((128, 1)))).astype(np.float32),
+        "rows.weight": (rng.standard_normal((128, 128)) * np.exp(rng.standard_normal((128, 1)))).astype(
+            np.float32
+        ),
         "bias": np.zeros(128, np.float32),
     }
 
@@ -81,8 +82,10 @@ def test_choose_is_optimal_on_a_small_knapsack():
     for t in range(4):
         sizes = np.sort(rng.uniform(10, 100, 5))
         errors = np.sort(rng.uniform(1, 50, 5))[::-1] * (t + 1)
-        options[f"t{t}"] = [Candidate(Rule(method="kmeans", bits=b + 1), float(s), float(e))
-                            for b, (s, e) in enumerate(zip(sizes, errors))]
+        options[f"t{t}"] = [
+            Candidate(Rule(method="kmeans", bits=b + 1), float(s), float(e))
+            for b, (s, e) in enumerate(zip(sizes, errors))
+        ]
     for budget in (150, 200, 250, 300):
         combos = list(itertools.product(*options.values()))
         best = min(sum(c.error for c in combo) for combo in combos if sum(c.bytes for c in combo) <= budget)

@@ -9,7 +9,9 @@ from kformat.cli import main
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "kformat.cli", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "kformat.cli", *map(str, args)], capture_output=True, text=True
+    )
 
 
 @pytest.fixture
@@ -39,7 +41,9 @@ def test_pack_inspect_verify_unpack(tmp_path, npz, capsys):
 
 def test_rule_overrides_and_unmatched_warning(tmp_path, npz, capsys):
     out = tmp_path / "m.kf"
-    code = main(["pack", str(npz), "-o", str(out), "--rule", "fc1.*=kmeans:2,group=32", "--rule", "nothing.*=raw"])
+    code = main(
+        ["pack", str(npz), "-o", str(out), "--rule", "fc1.*=kmeans:2,group=32", "--rule", "nothing.*=raw"]
+    )
     assert code == 0
     assert "rules[1] (match='nothing.*') matched no tensor" in capsys.readouterr().err
     main(["inspect", str(out), "--json"])

@@ -39,8 +39,10 @@ def test_measures_match_a_direct_computation(files, model):
 
 
 def test_missing_and_mismatched_tensors_are_listed(tmp_path, model):
-    np.savez(tmp_path / "a.npz", **{**model, "extra": np.ones(3, np.float32),
-                                    "fc2.weight": np.ones((10, 299), np.float32)})
+    np.savez(
+        tmp_path / "a.npz",
+        **{**model, "extra": np.ones(3, np.float32), "fc2.weight": np.ones((10, 299), np.float32)},
+    )
     kformat.pack(model, tmp_path / "m.kf", "fp16")
     result = compare(tmp_path / "a.npz", tmp_path / "m.kf")
     assert result.only_in_original == ["extra"]

@@ -79,7 +79,9 @@ def test_bombs_stay_small_in_a_fresh_process():
     """The PNG and zstd bombs (64 MiB each) are refused without inflating them: the growth of a
     fresh process's peak RSS stays far below one bomb's size."""
     bombs = [str(SUITE / "attacks" / n) for n in ("png_bomb.kf", "zstd_bomb.kf", "zstd_declared_size.kf")]
-    done = subprocess.run([sys.executable, "-c", BOMB_PROBE, *bombs], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", BOMB_PROBE, *bombs], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["kinds"] == ["decode", "decode", "decode"]
@@ -89,8 +91,11 @@ def test_bombs_stay_small_in_a_fresh_process():
 def test_every_suite_file_is_listed_and_small():
     on_disk = {f"attacks/{p.name}" + ("/" if p.is_dir() else "") for p in (SUITE / "attacks").iterdir()}
     assert on_disk == set(ATTACKS)
-    vectors = {f"vectors/{p.name}" + ("/" if p.is_dir() else "") for p in (SUITE / "vectors").iterdir()
-               if p.name != "source.npz"}
+    vectors = {
+        f"vectors/{p.name}" + ("/" if p.is_dir() else "")
+        for p in (SUITE / "vectors").iterdir()
+        if p.name != "source.npz"
+    }
     assert vectors == set(VECTORS)
     assert all(p.stat().st_size < 200_000 for p in SUITE.rglob("*") if p.is_file())
 

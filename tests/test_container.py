@@ -6,18 +6,35 @@ import numpy as np
 import pytest
 
 import kformat
-from kformat.errors import FormatError, IntegrityError, NotFound, QuantizationError, StorageError, VersionError
+from kformat.errors import (
+    FormatError,
+    IntegrityError,
+    NotFound,
+    QuantizationError,
+    StorageError,
+    VersionError,
+)
 from kformat.format.header import encode_header
-from kformat.sources import DictSource
 from kformat.packing.encode import encode_tensor
 from kformat.loading.container import Container
 from kformat.recipe import parse_rule, recipe_from_dict
-from kformat.format.constants import MAGIC
 
 RULES = [f"kmeans:{b}" for b in range(1, 9)] + [
-    "kmeans:4,group=64", "kmeans:3,row", "kmeans:4,codebook=fp32", "kmeans:4,codec=zstd",
-    "kmeans:5,codec=raw", "kmeans:4,prune=0.5", "linear:8", "linear:8,row", "linear:4,group=50",
-    "linear:2,codec=zstd", "linear:6,prune_threshold=0.01", "fp16", "fp16,codec=zstd", "raw", "raw,codec=zstd",
+    "kmeans:4,group=64",
+    "kmeans:3,row",
+    "kmeans:4,codebook=fp32",
+    "kmeans:4,codec=zstd",
+    "kmeans:5,codec=raw",
+    "kmeans:4,prune=0.5",
+    "linear:8",
+    "linear:8,row",
+    "linear:4,group=50",
+    "linear:2,codec=zstd",
+    "linear:6,prune_threshold=0.01",
+    "fp16",
+    "fp16,codec=zstd",
+    "raw",
+    "raw,codec=zstd",
 ]
 
 
@@ -45,8 +62,23 @@ def test_round_trip_matches_the_quantizer_exactly(tmp_path, model, rule, layout)
         assert c.verify() == []
 
 
-@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int8", "int16", "int32", "int64",
-                                   "uint8", "uint16", "uint32", "uint64", "bool"])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        "float16",
+        "float32",
+        "float64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "bool",
+    ],
+)
 def test_raw_tensors_come_back_bit_exact(tmp_path, dtype):
     rng = np.random.default_rng(0)
     arrays = {

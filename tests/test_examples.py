@@ -20,8 +20,9 @@ def weights():
 
 def test_the_plan_follows_torchvision_vgg16(weights):
     layers = numpy_vgg.plan(weights)
-    assert [l.name for l in layers if l.pool_after] == [f"features.{i}.weight" for i in (2, 7, 14, 21, 28)]
-    assert [l.kind for l in layers].count("fc") == 3 and not layers[-1].relu
+    pooled = [f"features.{i}.weight" for i in (2, 7, 14, 21, 28)]
+    assert [layer.name for layer in layers if layer.pool_after] == pooled
+    assert [layer.kind for layer in layers].count("fc") == 3 and not layers[-1].relu
     with pytest.raises(ValueError, match="not a VGG-style model"):
         numpy_vgg.plan(["fc1.weight"])
 
@@ -30,7 +31,7 @@ def test_numpy_forward_matches_torch(weights):
     torch = pytest.importorskip("torch")
     nn = torch.nn
     layers = numpy_vgg.plan(weights)
-    modules, convs = [], [l for l in layers if l.kind == "conv"]
+    modules, convs = [], [layer for layer in layers if layer.kind == "conv"]
     for layer in convs:
         w = weights[layer.name]
         conv = nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1)
@@ -38,7 +39,7 @@ def test_numpy_forward_matches_torch(weights):
         conv.bias.data = torch.from_numpy(weights[layer.name.replace("weight", "bias")])
         modules += [conv, nn.ReLU()] + ([nn.MaxPool2d(2)] if layer.pool_after else [])
     modules += [nn.AdaptiveAvgPool2d((7, 7)), nn.Flatten()]
-    fcs = [l for l in layers if l.kind == "fc"]
+    fcs = [layer for layer in layers if layer.kind == "fc"]
     for layer in fcs:
         w = weights[layer.name]
         fc = nn.Linear(w.shape[1], w.shape[0])
@@ -48,24 +49,37 @@ def test_numpy_forward_matches_torch(weights):
     image = numpy_vgg.test_image(48)  # 48 -> 1x1 after five pools: adaptive pooling replicates
     with torch.no_grad():
         want = nn.Sequential(*modules)(torch.from_numpy(image)[None])[0].numpy()
-    got = numpy_vgg.forward(image, numpy_vgg.eager_weights(weights, [l.name for l in layers]), weights.__getitem__, layers)
+    got = numpy_vgg.forward(
+        image, numpy_vgg.eager_weights(weights, [layer.name for layer in layers]), weights.__getitem__, layers
+    )
     assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("layout", ["single", "sharded"])
 def test_streamed_forward_equals_eager_forward(tmp_path, weights, layout):
     out = tmp_path / ("m.kf" if layout == "single" else "m")
-    kformat.pack(weights, out, "mobile", rules=["classifier.0.weight=kmeans:4,tile=32x100"], layout=layout,
-                 shard_size=200_000)
+    kformat.pack(
+        weights,
+        out,
+        "mobile",
+        rules=["classifier.0.weight=kmeans:4,tile=32x100"],
+        layout=layout,
+        shard_size=200_000,
+    )
     eager = kformat.load_all(str(out))
     layers = numpy_vgg.plan(eager)
-    names = [l.name for l in layers]
+    names = [layer.name for layer in layers]
     image = numpy_vgg.test_image()
     want = numpy_vgg.forward(image, numpy_vgg.eager_weights(eager, names), eager.__getitem__, layers)
     with kformat.open(str(out)) as model:
         seen = []
-        got = numpy_vgg.forward(image, model.stream(names), lambda n: model[n].numpy(), layers,
-                                on_layer=lambda k, layer: seen.append(layer.name))
+        got = numpy_vgg.forward(
+            image,
+            model.stream(names),
+            lambda n: model[n].numpy(),
+            layers,
+            on_layer=lambda k, layer: seen.append(layer.name),
+        )
     assert seen == names
     assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
@@ -78,14 +92,20 @@ def test_digits_accuracy_table(tmp_path):
     from PIL import Image
 
     script = Path(__file__).resolve().parent.parent / "examples" / "digits" / "digits.py"
-    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--epochs", "5", "--target-bits", "3"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), "--out", str(tmp_path), "--epochs", "5", "--target-bits", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "allocated, 3 bits/weight" in done.stdout and "kmeans2 per group" in done.stdout
     rows = {r["recipe"]: r for r in json.loads((tmp_path / "digits.json").read_text())["rows"]}
     assert rows["float32"]["accuracy"] > 0.9
     assert rows["fp16"]["agreement"] > 0.99 and rows["kmeans8"]["agreement"] > 0.99
-    assert rows["kmeans2"]["bytes"] < rows["kmeans4"]["bytes"] < rows["kmeans8"]["bytes"] < rows["fp16"]["bytes"]
+    assert (
+        rows["kmeans2"]["bytes"] < rows["kmeans4"]["bytes"] < rows["kmeans8"]["bytes"] < rows["fp16"]["bytes"]
+    )
     assert rows["allocated, 3 bits/weight"]["bytes"] <= 301_066 * 3 / 8
     if (tmp_path / "digits.png").exists():  # matplotlib is the optional `plot` extra
         assert Image.open(tmp_path / "digits.png").size[0] > 300
@@ -100,8 +120,24 @@ def test_langid_accuracy_table(tmp_path):
     pytest.importorskip("py3langid")
     pytest.importorskip("django")
     script = Path(__file__).resolve().parent.parent / "examples" / "langid" / "langid_eval.py"
-    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--languages", "de", "fr", "ru", "ja",
-                           "--target-bits", "3"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--out",
+            str(tmp_path),
+            "--languages",
+            "de",
+            "fr",
+            "ru",
+            "ja",
+            "--target-bits",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "langid.json").read_text())
     assert set(report["languages"]) == {"de", "fr", "ru", "ja"} and report["sentences"] > 1000
@@ -109,5 +145,10 @@ def test_langid_accuracy_table(tmp_path):
     assert rows["float32"]["accuracy"] > 0.9
     assert rows["fp16 (as py3langid ships it)"]["agreement"] == 1.0
     assert rows["kmeans8"]["agreement"] > 0.98
-    assert rows["kmeans1"]["bytes"] < rows["kmeans2"]["bytes"] < rows["kmeans4"]["bytes"] < rows["kmeans8"]["bytes"]
+    assert (
+        rows["kmeans1"]["bytes"]
+        < rows["kmeans2"]["bytes"]
+        < rows["kmeans4"]["bytes"]
+        < rows["kmeans8"]["bytes"]
+    )
     assert rows["allocated, 3 bits/weight"]["bytes"] <= report["parameters"] * 3 / 8

@@ -7,7 +7,6 @@ leaves nothing behind that trips the next run.
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import subprocess
 import sys
@@ -32,6 +31,7 @@ def digest(path: Path) -> str:
 
 # -- a pack killed at any moment ------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def big_source(tmp_path_factory) -> Path:
     """About 24 MB of float32: packing takes long enough to be killed at many moments."""
@@ -42,7 +42,17 @@ def big_source(tmp_path_factory) -> Path:
 
 
 def _pack_command(source: Path, out: Path, sharded: bool) -> list[str]:
-    return [*KFORMAT, "pack", str(source), "-o", str(out), "-r", "kmeans4", "-q", *(["--sharded"] if sharded else [])]
+    return [
+        *KFORMAT,
+        "pack",
+        str(source),
+        "-o",
+        str(out),
+        "-r",
+        "kmeans4",
+        "-q",
+        *(["--sharded"] if sharded else []),
+    ]
 
 
 def _litter(directory: Path, name: str) -> list[str]:
@@ -123,6 +133,7 @@ def test_a_reader_killed_mid_download_leaves_the_cache_usable(packed, tmp_path):
 
 # -- servers that drop, stall and fail --------------------------------------------------------------
 
+
 def _short_timeout(seconds: float = 0.5) -> dict:
     import aiohttp
 
@@ -155,11 +166,14 @@ def test_default_http_timeouts_are_bounded():
     from kformat.loading.store import READ_TIMEOUT_SECONDS, Store
 
     store = Store.from_url("http://127.0.0.1:9/model.kf")
-    timeout = store.fs.kwargs["timeout"] if "timeout" in store.fs.kwargs else store.fs.client_kwargs["timeout"]
+    timeout = (
+        store.fs.kwargs["timeout"] if "timeout" in store.fs.kwargs else store.fs.client_kwargs["timeout"]
+    )
     assert timeout.sock_read == READ_TIMEOUT_SECONDS and timeout.sock_connect
 
 
 # -- concurrent readers -----------------------------------------------------------------------------
+
 
 def _digests(url: str) -> dict[str, str]:
     with kformat.open(url) as model:
@@ -172,8 +186,12 @@ def test_concurrent_readers_agree(packed, nginx, where):
     want = {name: hashlib.sha256(a.tobytes()).hexdigest() for name, a in packed.expected.items()}
     with kformat.open(url) as shared:  # one model, many threads
         with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(lambda name: (name, hashlib.sha256(shared[name].numpy().tobytes()).hexdigest()),
-                                    sorted(want) * 4))
+            results = list(
+                pool.map(
+                    lambda name: (name, hashlib.sha256(shared[name].numpy().tobytes()).hexdigest()),
+                    sorted(want) * 4,
+                )
+            )
     assert all(want[name] == got for name, got in results)
     with ThreadPoolExecutor(4) as pool:  # a model per thread
         assert all(r == want for r in pool.map(_digests, [url] * 4))
@@ -182,6 +200,7 @@ def test_concurrent_readers_agree(packed, nginx, where):
 
 
 # -- pinning a manifest -----------------------------------------------------------------------------
+
 
 def test_a_pinned_manifest_is_the_only_one_accepted(packed, tmp_path, capsys):
     from kformat import cli
@@ -192,7 +211,9 @@ def test_a_pinned_manifest_is_the_only_one_accepted(packed, tmp_path, capsys):
     pin = capsys.readouterr().out.split("manifest sha256 ")[1].split()[0]
     with kformat.open(url, manifest_sha256=pin) as model:
         assert np.array_equal(model["fc1.weight"].numpy(), packed.expected["fc1.weight"])
-    with kformat.open(str(packed.root / "model"), manifest_sha256=kformat.open(str(packed.root / "model")).manifest_sha256):
+    with kformat.open(
+        str(packed.root / "model"), manifest_sha256=kformat.open(str(packed.root / "model")).manifest_sha256
+    ):
         pass
     other = tmp_path / "other.kf"
     kformat.pack({"w": np.ones((4, 4), np.float32)}, other, "fp16")

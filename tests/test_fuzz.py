@@ -17,12 +17,17 @@ import fuzz
 
 GOLDEN = fuzz.load_golden()
 BY_NAME = {g.name: g for g in GOLDEN}
-FAST = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @FAST
-@given(name=st.sampled_from(sorted(BY_NAME)), positions=st.lists(st.integers(0, 1 << 30), min_size=1, max_size=4),
-       bits=st.lists(st.integers(0, 7), min_size=4, max_size=4))
+@given(
+    name=st.sampled_from(sorted(BY_NAME)),
+    positions=st.lists(st.integers(0, 1 << 30), min_size=1, max_size=4),
+    bits=st.lists(st.integers(0, 7), min_size=4, max_size=4),
+)
 def test_bit_flips(name, positions, bits):
     golden = BY_NAME[name]
     data = bytearray(golden.data)
@@ -32,7 +37,10 @@ def test_bit_flips(name, positions, bits):
 
 
 @FAST
-@given(seed=st.integers(0, 1 << 32), kind=st.sampled_from(["forged_blob", "forged_manifest", "splice", "cut_or_repeat"]))
+@given(
+    seed=st.integers(0, 1 << 32),
+    kind=st.sampled_from(["forged_blob", "forged_manifest", "splice", "cut_or_repeat"]),
+)
 def test_forgeries_and_splices(seed, kind):
     rng = random.Random(seed)
     if kind == "splice":

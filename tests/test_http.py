@@ -82,7 +82,10 @@ def test_the_example_nginx_configuration_serves_model_bytes_untouched(nginx, pac
     request = urllib.request.Request(nginx.url("model.kf"), headers={"Accept-Encoding": "gzip"})
     with urllib.request.urlopen(request) as reply:
         assert "Content-Encoding" not in reply.headers
-        assert "no-transform" in reply.headers["Cache-Control"] and "immutable" not in reply.headers["Cache-Control"]
+        assert (
+            "no-transform" in reply.headers["Cache-Control"]
+            and "immutable" not in reply.headers["Cache-Control"]
+        )
         assert reply.read() == (packed.root / "model.kf").read_bytes()
 
 
@@ -93,13 +96,18 @@ def test_a_directory_url_without_a_slash_still_opens(nginx, packed):
 
 def test_a_missing_shard_is_named(nginx):
     with kformat.open(nginx.url("missing/")) as model:
-        with pytest.raises(NotFound, match=r"missing/shards/[0-9a-f]{64}\.kfs: not found.*shard the manifest lists is missing"):
+        with pytest.raises(
+            NotFound,
+            match=r"missing/shards/[0-9a-f]{64}\.kfs: not found.*shard the manifest lists is missing",
+        ):
             model["fc1.weight"].numpy()
 
 
 def test_a_corrupted_shard_names_the_tile(nginx):
     with kformat.open(nginx.url("corrupt/")) as model:
-        with pytest.raises(IntegrityError, match=r"tensor 'fc1.weight' tile 0 \(rows 0..64, cols 0..128\): hash mismatch"):
+        with pytest.raises(
+            IntegrityError, match=r"tensor 'fc1.weight' tile 0 \(rows 0..64, cols 0..128\): hash mismatch"
+        ):
             model["fc1.weight"].matmul(np.ones(520, np.float32))
         assert model["fc2.weight"].numpy().shape == (10, 300)  # other layers still load
 
@@ -118,6 +126,7 @@ def test_inspect_and_verify_accept_urls(nginx, capsys):
 
 
 # -- http.server: servers that misbehave --------------------------------------------------------
+
 
 def test_a_server_ignoring_range_is_reported_with_the_way_out(packed):
     with serve(packed.root, honour_range=False) as server:

@@ -26,7 +26,9 @@ def manifest_bytes(packed, layout: str) -> int:
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_open_reads_the_header_and_manifest_only(served, packed, layout):
     with kformat.open(served.url(LAYOUTS[layout])) as model:
-        assert model.requests == (1 if layout == "sharded" else 1 + (manifest_bytes(packed, layout) > OPEN_READ))
+        assert model.requests == (
+            1 if layout == "sharded" else 1 + (manifest_bytes(packed, layout) > OPEN_READ)
+        )
         assert model.bytes_read <= max(OPEN_READ, manifest_bytes(packed, layout))
         assert list(model) == list(packed.expected)
 
@@ -56,7 +58,9 @@ def test_matmul_is_the_product_with_the_dequantized_weight(url, packed, columns)
             want = w @ x
             assert got.shape == want.shape and got.dtype == np.float32
             assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max()), name
-            assert np.allclose(tensor.quantized(packed=True).matmul(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+            assert np.allclose(
+                tensor.quantized(packed=True).matmul(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max()
+            )
 
 
 def test_matmul_names_the_tensor_on_a_wrong_shape(url):

@@ -91,8 +91,15 @@ def test_grouped_codebooks_beat_one_codebook_on_rows_of_different_scale():
     assert mean_row_sqnr(grouped) > mean_row_sqnr(one) + 10
 
 
-@pytest.mark.parametrize("rule", ["kmeans:4,prune=0.6", "linear:8,prune=0.6", "kmeans:2,row,prune=0.5",
-                                  "linear:4,group=16,prune_threshold=0.5"])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "kmeans:4,prune=0.6",
+        "linear:8,prune=0.6",
+        "kmeans:2,row,prune=0.5",
+        "linear:4,group=16,prune_threshold=0.5",
+    ],
+)
 def test_pruned_weights_stay_exact_zeros(gaussian, rule):
     enc = encode_tensor("w", gaussian, parse_rule(rule))
     restored = enc.rows(0, gaussian.shape[0])

@@ -122,13 +122,18 @@ def test_fallbacks_are_explained(model):
 
 def test_first_matching_rule_wins_and_unmatched_are_reported(model):
     recipe = load_recipe("fp16").with_rules(
-        [parse_rule_override("fc*.weight=kmeans:2"), parse_rule_override("fc1.weight=kmeans:8"),
-         parse_rule_override("decoder.*=raw")]
+        [
+            parse_rule_override("fc*.weight=kmeans:2"),
+            parse_rule_override("fc1.weight=kmeans:8"),
+            parse_rule_override("decoder.*=raw"),
+        ]
     )
     decisions, unmatched = plan(recipe, _infos(model))
     assert {d.name: d.rule.bits for d in decisions}["fc1.weight"] == 2
-    assert unmatched == ["rules[1] (match='fc1.weight') matched no tensor",
-                         "rules[2] (match='decoder.*') matched no tensor"]
+    assert unmatched == [
+        "rules[1] (match='fc1.weight') matched no tensor",
+        "rules[2] (match='decoder.*') matched no tensor",
+    ]
 
 
 def test_rule_override_syntax():

@@ -21,7 +21,9 @@ def test_single_to_sharded_and_back_is_byte_identical(tmp_path, model):
 
 def test_publish_a_kf_file_from_the_cli(tmp_path, model, capsys):
     kformat.pack(model, tmp_path / "m.kf", "kmeans4")
-    assert main(["publish", str(tmp_path / "m.kf"), str(tmp_path / "site" / "m"), "--shard-size", "40kB"]) == 0
+    assert (
+        main(["publish", str(tmp_path / "m.kf"), str(tmp_path / "site" / "m"), "--shard-size", "40kB"]) == 0
+    )
     assert "packed 7 tensors" in capsys.readouterr().out
     assert kformat.verify(str(tmp_path / "site" / "m")) == []
     with kformat.open(str(tmp_path / "site" / "m")) as lazy:

@@ -14,7 +14,9 @@ class Net(torch.nn.Module):
         super().__init__()
         self.conv = torch.nn.Conv2d(3, 8, 3)
         self.bn = torch.nn.BatchNorm1d(200)
-        self.head = torch.nn.Sequential(torch.nn.Linear(8 * 36, 200), torch.nn.ReLU(), torch.nn.Linear(200, 10))
+        self.head = torch.nn.Sequential(
+            torch.nn.Linear(8 * 36, 200), torch.nn.ReLU(), torch.nn.Linear(200, 10)
+        )
 
     def forward(self, x):
         x = torch.relu(self.conv(x)).flatten(1)
@@ -39,15 +41,20 @@ def test_save_then_unpack_gives_the_state_dict_back(tmp_path, net, recipe):
     kt.save(net, tmp_path / "m.kf", recipe=recipe)
     back = kformat.load_all(str(tmp_path / "m.kf"))
     for name, value in state_arrays(net).items():
-        expected = value if recipe == "raw" or value.dtype != np.float32 or value.size < 1024 else \
-            value.astype(np.float16).astype(np.float32)
+        expected = (
+            value
+            if recipe == "raw" or value.dtype != np.float32 or value.size < 1024
+            else value.astype(np.float16).astype(np.float32)
+        )
         assert back[name].dtype == expected.dtype and np.array_equal(back[name], expected), name
 
 
 @pytest.mark.parametrize("layout", ["single", "sharded"])
 def test_load_state_dict_fills_a_meta_module(tmp_path, net, layout):
     out = tmp_path / ("m.kf" if layout == "single" else "m")
-    kt.save(net.state_dict(), out, recipe="mobile", rules=["head.0.weight=kmeans:4,tile=64x100"], layout=layout)
+    kt.save(
+        net.state_dict(), out, recipe="mobile", rules=["head.0.weight=kmeans:4,tile=64x100"], layout=layout
+    )
     with torch.device("meta"):
         fresh = Net().eval()
     assert kt.load_state_dict(fresh, str(out)) == ([], [])
@@ -69,13 +76,17 @@ def test_load_state_dict_into_an_existing_module_keeps_its_tensors(tmp_path, net
 def test_mismatched_modules_are_named(tmp_path, net):
     kt.save(net, tmp_path / "m.kf", recipe="fp16")
     small = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    with pytest.raises(InputError, match=r"missing from the file: 0.weight, 0.bias; not in the module: conv.weight"):
+    with pytest.raises(
+        InputError, match=r"missing from the file: 0.weight, 0.bias; not in the module: conv.weight"
+    ):
         kt.load_state_dict(small, str(tmp_path / "m.kf"))
     missing, unexpected = kt.load_state_dict(small, str(tmp_path / "m.kf"), strict=False)
     assert missing == ["0.weight", "0.bias"] and "conv.weight" in unexpected
     wrong = Net()
     wrong.head[2] = torch.nn.Linear(200, 11)
-    with pytest.raises(InputError, match=r"'head.2.weight': the module wants shape \[11, 200\], the file has \[10, 200\]"):
+    with pytest.raises(
+        InputError, match=r"'head.2.weight': the module wants shape \[11, 200\], the file has \[10, 200\]"
+    ):
         kt.load_state_dict(wrong, str(tmp_path / "m.kf"))
 
 
@@ -111,5 +122,9 @@ def test_load_state_dict_over_http(nginx, packed):
     with torch.device("meta"):
         module = Small()
     missing, unexpected = kt.load_state_dict(module, nginx.url("model/"), strict=False)
-    assert missing == [] and set(unexpected) == {"features.0.weight", "features.0.bias", "bn.num_batches_tracked"}
+    assert missing == [] and set(unexpected) == {
+        "features.0.weight",
+        "features.0.bias",
+        "bn.num_batches_tracked",
+    }
     assert np.array_equal(module.fc1.weight.detach().numpy(), packed.expected["fc1.weight"])

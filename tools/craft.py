@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import struct
 from dataclasses import dataclass, field
 
 import msgpack
 
 from kformat.format.constants import ALIGNMENT, HEADER_SIZE, MAGIC
-
-HEADER = struct.Struct("<8sHHIQQ32s")
+from kformat.format.header import HEADER_STRUCT as HEADER
 
 
 @dataclass
@@ -58,14 +56,23 @@ def encode_manifest(manifest: dict) -> bytes:
     return msgpack.packb(manifest, use_bin_type=True)
 
 
-def assemble(parts: Parts, manifest_bytes: bytes | None = None, *, manifest_length: int | None = None,
-             data_offset: int | None = None, digest: bytes | None = None) -> bytes:
+def assemble(
+    parts: Parts,
+    manifest_bytes: bytes | None = None,
+    *,
+    manifest_length: int | None = None,
+    data_offset: int | None = None,
+    digest: bytes | None = None,
+) -> bytes:
     """A container from parts; the keyword arguments forge single header fields."""
     body = encode_manifest(parts.manifest) if manifest_bytes is None else manifest_bytes
     start = HEADER_SIZE + len(body)
     start += (-start) % ALIGNMENT
     header = HEADER.pack(
-        MAGIC, parts.major, parts.minor, parts.flags,
+        MAGIC,
+        parts.major,
+        parts.minor,
+        parts.flags,
         len(body) if manifest_length is None else manifest_length,
         start if data_offset is None else data_offset,
         hashlib.sha256(body).digest() if digest is None else digest,
@@ -76,5 +83,15 @@ def assemble(parts: Parts, manifest_bytes: bytes | None = None, *, manifest_leng
 def sharded_manifest(manifest: dict) -> bytes:
     """A sharded directory's manifest.kf: header and manifest, no data region."""
     body = encode_manifest(manifest)
-    return HEADER.pack(MAGIC, manifest["version"][0], manifest["version"][1], 0, len(body), 0,
-                       hashlib.sha256(body).digest()) + body
+    return (
+        HEADER.pack(
+            MAGIC,
+            manifest["version"][0],
+            manifest["version"][1],
+            0,
+            len(body),
+            0,
+            hashlib.sha256(body).digest(),
+        )
+        + body
+    )

@@ -78,8 +78,10 @@ def outcome(data: bytes, expected: dict[str, np.ndarray] | None) -> str:
                 got[name] = model[name].numpy()
                 entry = model[name]
                 if got[name].shape != tuple(entry.shape) or got[name].dtype != entry.dtype:
-                    raise Escape(f"tensor {name!r}: got {got[name].dtype} {got[name].shape}, manifest says"
-                                 f" {entry.dtype} {tuple(entry.shape)}")
+                    raise Escape(
+                        f"tensor {name!r}: got {got[name].dtype} {got[name].shape}, manifest says"
+                        f" {entry.dtype} {tuple(entry.shape)}"
+                    )
     except KFormatError as exc:
         return type(exc).__name__
     except Exception as exc:  # noqa: BLE001 - the point: anything else escaped
@@ -138,11 +140,49 @@ def splice(a: Golden, b: Golden, rng: random.Random) -> tuple[bytes, dict[str, n
     return a.data[: header_of(a.data)] + b.data[header_of(b.data) :], a.tensors
 
 
-MUTATIONS = {"flip_bits": flip_bits, "random_bytes": random_bytes, "truncate": truncate, "cut_or_repeat": cut_or_repeat}
+MUTATIONS = {
+    "flip_bits": flip_bits,
+    "random_bytes": random_bytes,
+    "truncate": truncate,
+    "cut_or_repeat": cut_or_repeat,
+}
 BYTE_MUTATIONS = (flip_bits, random_bytes, truncate, cut_or_repeat)
-INTERESTING = (0, 1, -1, 2, 3, 7, 8, 15, 16, 17, 31, 33, 64, 255, 256, 4096, 65535, 1 << 26, 1 << 31, 1 << 32,
-               (1 << 63) - 1, 1 << 64, 0.5, float("nan"), "", "x", "zstd", "png", "raw", "kmeans", "float16", None, [],
-               {})
+INTERESTING = (
+    0,
+    1,
+    -1,
+    2,
+    3,
+    7,
+    8,
+    15,
+    16,
+    17,
+    31,
+    33,
+    64,
+    255,
+    256,
+    4096,
+    65535,
+    1 << 26,
+    1 << 31,
+    1 << 32,
+    (1 << 63) - 1,
+    1 << 64,
+    0.5,
+    float("nan"),
+    "",
+    "x",
+    "zstd",
+    "png",
+    "raw",
+    "kmeans",
+    "float16",
+    None,
+    [],
+    {},
+)
 
 
 def forged_blob(g: Golden, rng: random.Random) -> bytes:
@@ -150,8 +190,12 @@ def forged_blob(g: Golden, rng: random.Random) -> bytes:
     and the checks after hashing can refuse it."""
     parts = craft.split(g.data)
     refs = [tile["blob"] for t in parts.manifest["tensors"] for tile in t["tiles"]]
-    refs += [t["quant"][k]["blob"] for t in parts.manifest["tensors"] for k in ("codebook", "scale", "zero_point")
-             if t["quant"].get(k)]
+    refs += [
+        t["quant"][k]["blob"]
+        for t in parts.manifest["tensors"]
+        for k in ("codebook", "scale", "zero_point")
+        if t["quant"].get(k)
+    ]
     ref = rng.choice(refs)
     blob = parts.blob(ref)
     parts.replace_blob(ref, rng.choice(BYTE_MUTATIONS)(blob, rng) if blob else bytes([rng.randrange(256)]))
@@ -208,7 +252,9 @@ def mutant(golden: list[Golden], rng: random.Random) -> tuple[str, bytes, dict[s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=600, help="run this long (default 600)")
     parser.add_argument("--count", type=int, help="stop after this many inputs instead")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -224,7 +270,9 @@ def main() -> int:
     next_report = started + 10
     while True:
         now = time.perf_counter()
-        if (args.count is not None and tried >= args.count) or (args.count is None and now - started >= args.seconds):
+        if (args.count is not None and tried >= args.count) or (
+            args.count is None and now - started >= args.seconds
+        ):
             break
         kind, data, expected = mutant(golden, rng)
         t0 = time.perf_counter()
@@ -244,14 +292,27 @@ def main() -> int:
             print(f"  {tried:,} inputs, {len(escapes)} escaped, {tried / (now - started):.0f}/s", flush=True)
             next_report = now + 10
     elapsed = time.perf_counter() - started
-    print(f"\nfuzzed {tried:,} mutated golden vectors in {elapsed:.0f} s (seed {args.seed}); slowest input {slowest * 1000:.0f} ms")
+    print(
+        f"\nfuzzed {tried:,} mutated golden vectors in {elapsed:.0f} s (seed {args.seed}); slowest input"
+        f" {slowest * 1000:.0f} ms"
+    )
     print(f"{'outcome':20s} {'inputs':>9s}")
     for name, n in outcomes.most_common():
         print(f"{name:20s} {n:9,d}")
-    print(f"escaped: {len(escapes)}" + ("" if not escapes else f" (first: {escapes[0]['error'].splitlines()[0]})"))
-    report = {"inputs": tried, "seconds": round(elapsed, 1), "seed": args.seed, "escaped": len(escapes),
-              "outcomes": dict(outcomes), "mutations": dict(by_mutation), "slowest_ms": round(slowest * 1000, 1),
-              "escapes": escapes}
+    print(
+        f"escaped: {len(escapes)}"
+        + ("" if not escapes else f" (first: {escapes[0]['error'].splitlines()[0]})")
+    )
+    report = {
+        "inputs": tried,
+        "seconds": round(elapsed, 1),
+        "seed": args.seed,
+        "escaped": len(escapes),
+        "outcomes": dict(outcomes),
+        "mutations": dict(by_mutation),
+        "slowest_ms": round(slowest * 1000, 1),
+        "escapes": escapes,
+    }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
     return 1 if escapes else 0

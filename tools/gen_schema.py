@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Write spec/schema/*.json from the pydantic models (the schema's single source of truth).
 
-    python tools/gen_schema.py          # rewrite the files
-    python tools/gen_schema.py --check  # exit 1 if the committed files differ (CI uses the test)
+python tools/gen_schema.py          # rewrite the files
+python tools/gen_schema.py --check  # exit 1 if the committed files differ (CI uses the test)
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def render() -> dict[str, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     args = parser.parse_args()
     drift = []

@@ -64,8 +64,13 @@ VECTORS: dict[str, tuple[dict, str]] = {
     "fp16_zstd": (rule_recipe("fp16,codec=zstd"), "single"),
     "raw": (rule_recipe("raw"), "single"),
     "mobile_sharded": (
-        {"name": "mobile", "default": "fp16", "min_elements": 16, "tile": [16, 32],
-         "rules": [{"match": "*", "ndim": 2, "nth": 0, "rule": "kmeans:4"}]},
+        {
+            "name": "mobile",
+            "default": "fp16",
+            "min_elements": 16,
+            "tile": [16, 32],
+            "rules": [{"match": "*", "ndim": 2, "nth": 0, "rule": "kmeans:4"}],
+        },
         "sharded",
     ),
 }
@@ -81,7 +86,14 @@ def write(name: str, source: dict[str, np.ndarray]) -> Path:
     target = SUITE / vector_path(name)
     if target.is_dir():
         shutil.rmtree(target)
-    pack(DictSource(source), target, recipe_from_dict(recipe), layout=layout, shard_size=2048, generator=GENERATOR)
+    pack(
+        DictSource(source),
+        target,
+        recipe_from_dict(recipe),
+        layout=layout,
+        shard_size=2048,
+        generator=GENERATOR,
+    )
     return target
 
 
@@ -100,8 +112,15 @@ def main() -> int:
             out = EXPECTED_DIR / name / f"{tensor}.bin"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(data)
-            tensors.append({"name": tensor, "dtype": array.dtype.name, "shape": list(array.shape),
-                            "data": str(out.relative_to(SUITE)), "sha256": hashlib.sha256(data).hexdigest()})
+            tensors.append(
+                {
+                    "name": tensor,
+                    "dtype": array.dtype.name,
+                    "shape": list(array.shape),
+                    "data": str(out.relative_to(SUITE)),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            )
         index[vector_path(name)] = {"recipe": VECTORS[name][0], "tensors": tensors}
         print(f"wrote {target}")
     INDEX.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")

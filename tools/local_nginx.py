@@ -109,12 +109,20 @@ class LocalNginx:
         self.port = free_port()
         user = "user root root;\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
         conf = self.work / "nginx.conf"
-        conf.write_text(CONFIG.format(
-            user=user, work=self.work, port=self.port, root=self.root, locations=LOCATIONS, mark_prefix=MARK_PREFIX
-        ))
+        conf.write_text(
+            CONFIG.format(
+                user=user,
+                work=self.work,
+                port=self.port,
+                root=self.root,
+                locations=LOCATIONS,
+                mark_prefix=MARK_PREFIX,
+            )
+        )
         self.process = subprocess.Popen(
             [binary, "-p", str(self.work), "-e", str(self.work / "error.log"), "-c", str(conf)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -126,7 +134,9 @@ class LocalNginx:
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise NginxUnavailable(f"nginx did not listen on port {self.port} within {timeout}s: {self._errors()}")
+        raise NginxUnavailable(
+            f"nginx did not listen on port {self.port} within {timeout}s: {self._errors()}"
+        )
 
     def _errors(self) -> str:
         log = self.work / "error.log"

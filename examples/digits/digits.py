@@ -54,7 +54,11 @@ def train(x_train, y_train, epochs: int) -> dict[str, np.ndarray]:
     torch.manual_seed(SEED)
     torch.set_num_threads(1)
     model = torch.nn.Sequential(
-        torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10)
+        torch.nn.Linear(64, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 10),
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     x, y = torch.from_numpy(x_train), torch.from_numpy(y_train).long()
@@ -80,11 +84,20 @@ def logits(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo-out/digits", help="working directory (default demo-out/digits)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", default="demo-out/digits", help="working directory (default demo-out/digits)"
+    )
     parser.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
-    parser.add_argument("--target-bits", type=float, nargs="+", default=[2.0, 3.0],
-                        help="bit allocation targets for the 'allocated' rows, bits per parameter (default 2 3)")
+    parser.add_argument(
+        "--target-bits",
+        type=float,
+        nargs="+",
+        default=[2.0, 3.0],
+        help="bit allocation targets for the 'allocated' rows, bits per parameter (default 2 3)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,8 +110,11 @@ def main() -> int:
     f32_bytes = 4 * params
     reference = logits(weights, x_test).argmax(1)
     f32_acc = float((reference == y_test).mean())
-    print(f"digits: {len(x_train)} train / {len(x_test)} test images; 64-512-512-10 network, {params:,} parameters;"
-          f" float32 test accuracy {f32_acc:.2%}")
+    print(
+        f"digits: {len(x_train)} train / {len(x_test)} test images; 64-512-512-10 network, {params:,}"
+        " parameters;"
+        f" float32 test accuracy {f32_acc:.2%}"
+    )
 
     def predict(path: Path) -> tuple[np.ndarray, dict]:
         with kformat.open(str(path)) as packed:
@@ -107,9 +123,17 @@ def main() -> int:
 
     rows = evaluate(out, "digits", source, RECIPES, args.target_bits, f32_bytes, predict, y_test, reference)
     print_table(rows, "top-1")
-    write_report(out, "digits", {"test_images": len(x_test), "parameters": params}, rows, size_unit="KiB",
-                 ylabel="test top-1 accuracy (%)", title="digits 64-512-512-10: size vs accuracy per recipe")
+    write_report(
+        out,
+        "digits",
+        {"test_images": len(x_test), "parameters": params},
+        rows,
+        size_unit="KiB",
+        ylabel="test top-1 accuracy (%)",
+        title="digits 64-512-512-10: size vs accuracy per recipe",
+    )
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -105,11 +105,22 @@ def classify(model, weights: np.ndarray, texts: list[str]) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo-out/langid", help="working directory (default demo-out/langid)")
-    parser.add_argument("--languages", nargs="+", help="evaluate only these languages (default: all the model knows)")
-    parser.add_argument("--target-bits", type=float, nargs="+", default=[1.5, 3.0],
-                        help="bit allocation targets for the 'allocated' rows, bits per parameter (default 1.5 3)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", default="demo-out/langid", help="working directory (default demo-out/langid)"
+    )
+    parser.add_argument(
+        "--languages", nargs="+", help="evaluate only these languages (default: all the model knows)"
+    )
+    parser.add_argument(
+        "--target-bits",
+        type=float,
+        nargs="+",
+        default=[1.5, 3.0],
+        help="bit allocation targets for the 'allocated' rows, bits per parameter (default 1.5 3)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,8 +138,11 @@ def main() -> int:
     f32_bytes = 4 * params
     reference = np.array(classify(model, shipped.astype(np.float32), texts))
     f32_acc = float((reference == labels).mean())
-    print(f"py3langid: {shipped.shape[0]:,} byte n-gram features x {len(classes)} languages, {params:,} parameters;"
-          f" {len(texts):,} Django translations in {len(set(labels))} languages; float32 accuracy {f32_acc:.2%}")
+    print(
+        f"py3langid: {shipped.shape[0]:,} byte n-gram features x {len(classes)} languages, {params:,}"
+        " parameters;"
+        f" {len(texts):,} Django translations in {len(set(labels))} languages; float32 accuracy {f32_acc:.2%}"
+    )
 
     def predict(path: Path) -> tuple[np.ndarray, dict]:
         with kformat.open(str(path)) as packed:
@@ -137,11 +151,21 @@ def main() -> int:
 
     rows = evaluate(out, "langid", source, RECIPES, args.target_bits, f32_bytes, predict, labels, reference)
     print_table(rows, "accuracy")
-    write_report(out, "langid", {"sentences": len(texts), "languages": dict(sorted(Counter(labels.tolist()).items())),
-                                 "parameters": params}, rows, size_unit="MiB",
-                 ylabel="accuracy on Django translations (%)",
-                 title="py3langid (100,053 x 142 naive Bayes): size vs accuracy per recipe")
+    write_report(
+        out,
+        "langid",
+        {
+            "sentences": len(texts),
+            "languages": dict(sorted(Counter(labels.tolist()).items())),
+            "parameters": params,
+        },
+        rows,
+        size_unit="MiB",
+        ylabel="accuracy on Django translations (%)",
+        title="py3langid (100,053 x 142 naive Bayes): size vs accuracy per recipe",
+    )
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,7 +15,15 @@ from .raw import RawCodec
 from .shuffle import shuffle_bytes, unshuffle_bytes
 from .zstd import ZstdCodec
 
-__all__ = ["CODECS", "Codec", "get_codec", "register_codec", "plane_depth", "shuffle_bytes", "unshuffle_bytes"]
+__all__ = [
+    "CODECS",
+    "Codec",
+    "get_codec",
+    "register_codec",
+    "plane_depth",
+    "shuffle_bytes",
+    "unshuffle_bytes",
+]
 
 CODECS: dict[str, Codec] = {}
 

@@ -3,8 +3,9 @@
 The encoder is written here rather than borrowed from Pillow so that the bytes are fully
 determined by the codes (same input, same file) and the filter choice is ours: filter 0 on
 every row (neighbouring codes are not correlated the way pixels are, so prediction only adds
-entropy) and Huffman-only deflate, or string matching when a tile's rows repeat. The palette is a grey ramp in code order, and k-means
-codebooks are sorted, so a plane opened in an image viewer looks like the weights.
+entropy) and Huffman-only deflate, or string matching when a tile's rows repeat. The palette
+is a grey ramp in code order, and k-means codebooks are sorted, so a plane opened in an image
+viewer looks like the weights.
 
 The decoder accepts what any PNG writer may produce for such an image (all five filter
 types, split IDAT chunks, ancillary chunks) but checks dimensions and the decompressed size
@@ -81,7 +82,9 @@ def _deflate(data: bytes) -> bytes:
     Deterministic: the choice depends on the bytes alone."""
     huffman = _zlib(data, ZLIB_LEVEL, ZLIB_STRATEGY)
     probe = data[:PROBE_BYTES]
-    if len(_zlib(probe, 1, zlib.Z_DEFAULT_STRATEGY)) < PROBE_GAIN * len(_zlib(probe, ZLIB_LEVEL, ZLIB_STRATEGY)):
+    if len(_zlib(probe, 1, zlib.Z_DEFAULT_STRATEGY)) < PROBE_GAIN * len(
+        _zlib(probe, ZLIB_LEVEL, ZLIB_STRATEGY)
+    ):
         matched = _zlib(data, MATCHING_LEVEL, zlib.Z_DEFAULT_STRATEGY)
         if len(matched) < len(huffman):
             return matched

@@ -88,9 +88,13 @@ def decode_manifest(data: bytes, header: Header, source: str) -> Manifest:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise FormatError(f"{source}: manifest field {loc}: {first['msg']} ({exc.error_count()} problem(s))") from None
+        raise FormatError(
+            f"{source}: manifest field {loc}: {first['msg']} ({exc.error_count()} problem(s))"
+        ) from None
     if manifest.version[0] != header.major:
-        raise FormatError(f"{source}: manifest version {manifest.version} disagrees with header {header.major}")
+        raise FormatError(
+            f"{source}: manifest version {manifest.version} disagrees with header {header.major}"
+        )
     return manifest
 
 

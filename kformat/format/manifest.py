@@ -67,7 +67,9 @@ class Quant(_Model):
     The core methods' tables sit in named slots (codebook, scale, zero_point); an extension
     method's tables go under `tables`, which is left out of the manifest when empty."""
 
-    method: str = Field(min_length=1, description="quantization method: kmeans, linear, fp16, raw, or an extension")
+    method: str = Field(
+        min_length=1, description="quantization method: kmeans, linear, fp16, raw, or an extension"
+    )
     bits: int | None = Field(None, ge=1, le=8)
     group_rows: int = Field(0, ge=0, description="rows sharing one codebook/scale (0: none)")
     codebook: Table | None = None
@@ -121,7 +123,9 @@ class TensorEntry(_Model):
     @property
     def stored_bytes(self) -> int:
         """Bytes of every blob the tensor needs: its tiles and tables."""
-        return sum(tile.blob.length for tile in self.tiles) + sum(t.blob.length for _, t in self.quant.named_tables())
+        return sum(tile.blob.length for tile in self.tiles) + sum(
+            t.blob.length for _, t in self.quant.named_tables()
+        )
 
 
 class Shard(_Model):
@@ -139,5 +143,7 @@ class Manifest(_Model):
     must_understand: list[str] = Field(default_factory=list)
     shards: list[Shard] = Field(default_factory=list)
     tensors: list[TensorEntry]
-    recipe: dict[str, Any] | None = Field(None, description="the recipe used, as plain data (kformat.recipe.Recipe)")
+    recipe: dict[str, Any] | None = Field(
+        None, description="the recipe used, as plain data (kformat.recipe.Recipe)"
+    )
     metadata: dict[str, str] = Field(default_factory=dict)

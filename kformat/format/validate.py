@@ -1,9 +1,10 @@
 """Consistency checks of a decoded manifest, before any blob is read.
 
 A manifest that passes guarantees: every method, codec and must-understand extension is
-known to this reader (the registries of kformat.methods and kformat.codecs); unique tensor names; each tensor's view matches its shape;
-tiles form exactly the regular grid their tile size implies, listed row-major; tables have the shapes their
-method, bits and groups imply; blob lengths match fixed-size payloads; every blob lies inside
+known to this reader (the registries of kformat.methods and kformat.codecs); unique tensor
+names; each tensor's view matches its shape; tiles form exactly the regular grid their tile
+size implies, listed row-major; tables have the names and shapes their method, bits and
+groups imply; blob lengths match fixed-size payloads; every blob lies inside
 its shard and no two blobs overlap; shard names are plain content-hash file names; no tile is
 larger than MAX_TILE_ELEMENTS or promises more bytes than its codec can inflate from its blob.
 """
@@ -24,8 +25,20 @@ from .limits import INFLATION_SLACK, MAX_TENSOR_ELEMENTS, MAX_TILE_ELEMENTS
 from .manifest import BlobRef, Manifest, TensorEntry
 
 SHARD_NAME = re.compile(r"^[0-9a-f]{64}" + re.escape(SHARD_SUFFIX) + "$")
-_VALUE_DTYPES = {"float16", "float32", "float64", "bool", "int8", "int16", "int32", "int64",
-                 "uint8", "uint16", "uint32", "uint64"}
+_VALUE_DTYPES = {
+    "float16",
+    "float32",
+    "float64",
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+}
 
 
 def _fail(source: str, what: str) -> FormatError:
@@ -52,7 +65,10 @@ def _check_tensor(t: TensorEntry, source: str, blobs: list[tuple[BlobRef, str]])
         raise VersionError(f"{source}: {where}: {exc}") from None
     if method.codes:
         if q.bits is None or t.storage != "uint8" or t.depth != plane_depth(q.bits):
-            raise _fail(source, f"{where}: code planes need bits, uint8 storage and depth {q.bits and plane_depth(q.bits)}")
+            raise _fail(
+                source,
+                f"{where}: code planes need bits, uint8 storage and depth {q.bits and plane_depth(q.bits)}",
+            )
         if not codec.supports_codes:
             raise _fail(source, f"{where}: the {codec.name} codec cannot hold code planes")
         if not 1 <= q.group_rows <= max(rows, 1):
@@ -60,13 +76,19 @@ def _check_tensor(t: TensorEntry, source: str, blobs: list[tuple[BlobRef, str]])
     else:
         want = method.storage(t.dtype)
         if t.depth is not None or q.bits is not None:
-            raise _fail(source, f"{where}: {q.method} planes hold values, not codes (bits {q.bits}, depth {t.depth})")
+            raise _fail(
+                source, f"{where}: {q.method} planes hold values, not codes (bits {q.bits}, depth {t.depth})"
+            )
         if t.storage != want or not codec.supports_values:
-            raise _fail(source, f"{where}: {q.method} planes must be {want} values, not {t.storage} in {t.codec}")
+            raise _fail(
+                source, f"{where}: {q.method} planes must be {want} values, not {t.storage} in {t.codec}"
+            )
     specs = method.table_specs(q, rows)
     present = sorted(name for name, _ in q.named_tables())
     if present != sorted(spec.name for spec in specs):
-        raise _fail(source, f"{where}: {q.method} needs tables {[s.name for s in specs]}, the entry has {present}")
+        raise _fail(
+            source, f"{where}: {q.method} needs tables {[s.name for s in specs]}, the entry has {present}"
+        )
     for spec in specs:
         _check_table(q.table(spec.name), list(spec.shape), spec.dtypes, f"{where} {spec.name}", source, blobs)
     tr, tc = t.tile
@@ -74,26 +96,37 @@ def _check_tensor(t: TensorEntry, source: str, blobs: list[tuple[BlobRef, str]])
         raise _fail(source, f"{where}: tile size {t.tile} must be positive")
     expected = -(-rows // tr) * -(-cols // tc) if size else 0
     if len(t.tiles) != expected:
-        raise _fail(source, f"{where}: {len(t.tiles)} tiles, the {tr}x{tc} grid over {rows}x{cols} needs {expected}")
+        raise _fail(
+            source, f"{where}: {len(t.tiles)} tiles, the {tr}x{tc} grid over {rows}x{cols} needs {expected}"
+        )
     grid_cols = -(-cols // tc) if size else 1
     itemsize = np.dtype(t.storage).itemsize
     for i, tile in enumerate(t.tiles):
         # Tiles are listed row-major, so a reader streams whole row bands in stored order.
         row, col = (i // grid_cols) * tr, (i % grid_cols) * tc
-        if (tile.row, tile.col) != (row, col) or tile.rows != min(tr, rows - row) or tile.cols != min(tc, cols - col):
+        if (
+            (tile.row, tile.col) != (row, col)
+            or tile.rows != min(tr, rows - row)
+            or tile.cols != min(tc, cols - col)
+        ):
             raise _fail(
                 source,
                 f"{where} tile {i}: rectangle ({tile.row}, {tile.col}, {tile.rows}x{tile.cols}) is not grid"
-                f" cell ({row}, {col}, {min(tr, rows - row)}x{min(tc, cols - col)}); tiles are listed row-major",
+                f" cell ({row}, {col}, {min(tr, rows - row)}x{min(tc, cols - col)}); tiles are listed"
+                " row-major",
             )
         if tile.rows * tile.cols > MAX_TILE_ELEMENTS:
-            raise LimitError(f"{source}: {where} tile {i}: {tile.rows}x{tile.cols} exceeds the limit of"
-                             f" {MAX_TILE_ELEMENTS} elements per tile")
+            raise LimitError(
+                f"{source}: {where} tile {i}: {tile.rows}x{tile.cols} exceeds the limit of"
+                f" {MAX_TILE_ELEMENTS} elements per tile"
+            )
         # The decoded plane's bytes: packed code rows, or values.
         plane = tile.rows * (row_bytes(tile.cols, t.depth) if t.depth else tile.cols * itemsize)
         if codec.exact:
             if tile.blob.length != plane:
-                raise _fail(source, f"{where} tile {i}: {t.codec} blob of {tile.blob.length} bytes, expected {plane}")
+                raise _fail(
+                    source, f"{where} tile {i}: {t.codec} blob of {tile.blob.length} bytes, expected {plane}"
+                )
         elif plane > codec.max_inflation * tile.blob.length + INFLATION_SLACK:
             raise LimitError(
                 f"{source}: {where} tile {i}: a {t.codec} blob of {tile.blob.length} bytes cannot hold a"
@@ -119,7 +152,9 @@ def check_extensions(manifest: Manifest, source: str) -> None:
     known = {f"method:{m}" for m in METHODS} | {f"codec:{c}" for c in CODECS}
     unknown = sorted(set(manifest.must_understand) - known)
     if unknown:
-        raise VersionError(f"{source}: needs extension(s) {', '.join(unknown)} that this reader does not know")
+        raise VersionError(
+            f"{source}: needs extension(s) {', '.join(unknown)} that this reader does not know"
+        )
 
 
 def validate_manifest(manifest: Manifest, source: str) -> list[tuple[BlobRef, str]]:
@@ -147,7 +182,11 @@ def validate_manifest(manifest: Manifest, source: str) -> list[tuple[BlobRef, st
             if ref.shard >= len(limits):
                 raise _fail(source, f"{label}: shard {ref.shard} does not exist ({len(limits)} shards)")
             if ref.offset + ref.length > limits[ref.shard]:
-                raise _fail(source, f"{label}: bytes {ref.offset}..{ref.offset + ref.length} lie past the end of shard {ref.shard} ({limits[ref.shard]} bytes)")
+                raise _fail(
+                    source,
+                    f"{label}: bytes {ref.offset}..{ref.offset + ref.length} lie past the end of shard"
+                    f" {ref.shard} ({limits[ref.shard]} bytes)",
+                )
         elif ref.shard != 0:
             raise _fail(source, f"{label}: refers to shard {ref.shard} in a single file")
         by_shard.setdefault(ref.shard, []).append((ref.offset, ref.offset + ref.length, label))

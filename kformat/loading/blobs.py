@@ -48,7 +48,9 @@ class BlobReader:
         try:
             return self.store.read_many([self.blob_range(ref) for ref, _ in items])
         except NotFound as exc:
-            raise NotFound(f"{exc} (a shard the manifest lists is missing; was the directory copied whole?)") from None
+            raise NotFound(
+                f"{exc} (a shard the manifest lists is missing; was the directory copied whole?)"
+            ) from None
 
     def read(self, items: list[Labelled]) -> list[bytes]:
         """Several blobs, each checked, in as few requests as possible."""

@@ -44,8 +44,14 @@ class Container:
         self.closed = False
 
     @classmethod
-    def open(cls, url: str, *, max_manifest: int = MAX_MANIFEST_BYTES, manifest_sha256: str | None = None,
-             **storage_options) -> "Container":
+    def open(
+        cls,
+        url: str,
+        *,
+        max_manifest: int = MAX_MANIFEST_BYTES,
+        manifest_sha256: str | None = None,
+        **storage_options,
+    ) -> "Container":
         """Open a single file, a sharded directory, or a directory's manifest.kf.
 
         `manifest_sha256` pins the manifest (the hex digest `kformat inspect` prints): every
@@ -104,8 +110,9 @@ class Container:
         """A tile's plane: uint8 codes for code methods, stored values otherwise."""
         return decode_plane(tensor, tile, data, f"{self.source}: {label}")
 
-    def dequantize_tile(self, tensor: TensorEntry, tile: Tile, plane: np.ndarray,
-                        out: np.ndarray | None = None) -> np.ndarray:
+    def dequantize_tile(
+        self, tensor: TensorEntry, tile: Tile, plane: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """float32 values of a decoded tile plane."""
         return dequantize_tile(tensor, tile, plane, self.tables(tensor), out=out)
 
@@ -126,7 +133,9 @@ class Container:
         for tile, data, label in self.iter_tiles(name, batch_bytes):
             yield tile, self.decode_tile(tensor, tile, data, label)
 
-    def read_tensor(self, name: str, out: np.ndarray | None = None, batch_bytes: int = BATCH_BYTES) -> np.ndarray:
+    def read_tensor(
+        self, name: str, out: np.ndarray | None = None, batch_bytes: int = BATCH_BYTES
+    ) -> np.ndarray:
         """The whole tensor: float32 for lossy rules, the original dtype for lossless ones.
 
         With `out` (an array of the 2-D view's shape and that dtype) each tile is written

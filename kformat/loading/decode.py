@@ -23,8 +23,13 @@ def decode_plane(tensor: TensorEntry, tile: Tile, data: bytes, where: str) -> np
         raise DecodeError(f"{where}: {exc}") from None
 
 
-def dequantize_tile(tensor: TensorEntry, tile: Tile, plane: np.ndarray, tables: dict[str, np.ndarray],
-                    out: np.ndarray | None = None) -> np.ndarray:
+def dequantize_tile(
+    tensor: TensorEntry,
+    tile: Tile,
+    plane: np.ndarray,
+    tables: dict[str, np.ndarray],
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """float32 values of a decoded tile plane."""
     method = get_method(tensor.quant.method)
     return method.dequantize(plane, tile.row, tensor.quant.group_rows, tables, out=out)

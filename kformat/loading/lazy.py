@@ -115,8 +115,16 @@ class LazyTensor:
             band[: tile.rows, tile.col : tile.col + tile.cols] = plane
             if tile.col + tile.cols == cols:  # tiles are row-major: the band is complete
                 codes[tile.row : tile.row + tile.rows] = pack_rows(band[: tile.rows], depth)
-        return QuantizedTensor(**common, bits=q.bits, depth=depth, group_rows=q.group_rows, packed=packed,
-                               codes=codes, tables=c.tables(t), stats=dict(t.stats))
+        return QuantizedTensor(
+            **common,
+            bits=q.bits,
+            depth=depth,
+            group_rows=q.group_rows,
+            packed=packed,
+            codes=codes,
+            tables=c.tables(t),
+            stats=dict(t.stats),
+        )
 
     def matmul(self, x) -> np.ndarray:
         """W @ x for the 2-D view W (rows x cols) and x of shape (cols,) or (cols, n).
@@ -153,9 +161,7 @@ class LazyModel(Mapping[str, LazyTensor]):
 
     def __init__(self, container: Container, batch_bytes: int = BATCH_BYTES):
         self._container = container
-        self._tensors = {
-            t.name: LazyTensor(container, t, batch_bytes) for t in container.manifest.tensors
-        }
+        self._tensors = {t.name: LazyTensor(container, t, batch_bytes) for t in container.manifest.tensors}
 
     @classmethod
     def open(cls, url: str, *, batch_bytes: int = BATCH_BYTES, **storage_options) -> "LazyModel":

@@ -87,7 +87,8 @@ def _read(store: Store, key: str, max_manifest: int, pin: bytes | None) -> Opene
     header = decode_header(head, source, max_manifest)
     if pin is not None and header.manifest_sha256 != pin:
         raise IntegrityError(
-            f"{source}: manifest SHA-256 is {header.manifest_sha256.hex()}, pinned {pin.hex()}: not the expected model"
+            f"{source}: manifest SHA-256 is {header.manifest_sha256.hex()}, pinned {pin.hex()}: not the"
+            " expected model"
         )
     end = HEADER_SIZE + header.manifest_length
     body = head[HEADER_SIZE:end]

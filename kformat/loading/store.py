@@ -36,9 +36,20 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(status, int):
         return status >= 500 or status in (408, 429)
     text = f"{type(exc).__name__} {exc}"
-    transient_words = ("Timeout", "ServerDisconnected", "ClientPayloadError", "ClientOSError",
-                       "ConnectionReset", "Connection reset", "ConnectionError", "IncompleteRead",
-                       " 500", " 502", " 503", " 504")
+    transient_words = (
+        "Timeout",
+        "ServerDisconnected",
+        "ClientPayloadError",
+        "ClientOSError",
+        "ConnectionReset",
+        "Connection reset",
+        "ConnectionError",
+        "IncompleteRead",
+        " 500",
+        " 502",
+        " 503",
+        " 504",
+    )
     return isinstance(exc, (ConnectionError, TimeoutError)) or any(w in text for w in transient_words)
 
 
@@ -87,8 +98,14 @@ class ReadCounter:
 class Store:
     """Ranged reads below one root URL, with length checks, merging and retries."""
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, retries: int = RETRIES,
-                 counter: ReadCounter | None = None):
+    def __init__(
+        self,
+        fs: fsspec.AbstractFileSystem,
+        root: str,
+        url: str,
+        retries: int = RETRIES,
+        counter: ReadCounter | None = None,
+    ):
         self.fs = fs
         self.root = root.rstrip("/") if root not in ("/", "") else root
         self.url = url
@@ -144,7 +161,9 @@ class Store:
                     time.sleep(delay)
                     delay *= 2
                     continue
-                raise StorageError(f"{what} {self.describe(key)} failed: {type(exc).__name__}: {exc}") from None
+                raise StorageError(
+                    f"{what} {self.describe(key)} failed: {type(exc).__name__}: {exc}"
+                ) from None
         raise AssertionError("unreachable")
 
     def is_dir(self) -> bool | None:
@@ -229,14 +248,13 @@ class Store:
     def _fetch(self, paths, starts, ends, keys, healed: bool = False) -> list[bytes]:
         def one(i: int) -> bytes:
             key = keys[paths[i]]
-            data = self._retrying(
-                "reading", key, lambda: self.fs.cat_file(paths[i], starts[i], ends[i])
-            )
+            data = self._retrying("reading", key, lambda: self.fs.cat_file(paths[i], starts[i], ends[i]))
             return data
 
         if len(paths) == 1:
             blocks = [one(0)]
         else:
+
             def many():
                 out = self.fs.cat_ranges(paths, starts, ends, on_error="return")
                 for i, item in enumerate(out):

@@ -69,7 +69,9 @@ class TileStream:
         if item is not None:
             item[1].cancel()
 
-    def iter_tiles(self, tensor: TensorEntry, batch_bytes: int = BATCH_BYTES) -> Iterator[tuple[Tile, bytes, str]]:
+    def iter_tiles(
+        self, tensor: TensorEntry, batch_bytes: int = BATCH_BYTES
+    ) -> Iterator[tuple[Tile, bytes, str]]:
         """(tile, checked blob, label) in stored order; batch k+1 is fetched while the
         caller works on batch k, so at most about three batches are held at once."""
         with self._lock:

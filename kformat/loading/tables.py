@@ -20,8 +20,10 @@ def table_array(data: bytes, table: Table) -> np.ndarray:
 
 def tile_label(tensor: TensorEntry, index: int) -> str:
     tile = tensor.tiles[index]
-    return (f"tensor {tensor.name!r} tile {index} (rows {tile.row}..{tile.row + tile.rows},"
-            f" cols {tile.col}..{tile.col + tile.cols})")
+    return (
+        f"tensor {tensor.name!r} tile {index} (rows {tile.row}..{tile.row + tile.rows},"
+        f" cols {tile.col}..{tile.col + tile.cols})"
+    )
 
 
 class TableCache:
@@ -51,7 +53,7 @@ class TableCache:
         decoded = {(tensor.name, n): self.decode(tensor, n, data) for n, data in zip(names, datas)}
         with self._lock:
             self._tables.update(decoded)
-        return datas[len(names):]
+        return datas[len(names) :]
 
     def get(self, tensor: TensorEntry, which: str) -> np.ndarray:
         key = (tensor.name, which)

@@ -14,8 +14,17 @@ from .linear import Linear
 from .raw import Raw
 from .registry import METHODS, get_method, register_method, unregister_method
 
-__all__ = ["METHODS", "Method", "QuantizedTensor", "TableSpec", "get_method", "group_rows_for",
-           "register_method", "unregister_method", "view_2d"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "QuantizedTensor",
+    "TableSpec",
+    "get_method",
+    "group_rows_for",
+    "register_method",
+    "unregister_method",
+    "view_2d",
+]
 
 for _method in (KMeans(), Linear(), Fp16(), Raw()):
     register_method(_method)

@@ -115,8 +115,14 @@ class Method:
             raise DecodeError(f"{name} holds NaN or infinite values")
 
     # -- load ----------------------------------------------------------------------------
-    def dequantize(self, plane: np.ndarray, row0: int, group_rows: int, tables: dict[str, np.ndarray],
-                   out: np.ndarray | None = None) -> np.ndarray:
+    def dequantize(
+        self,
+        plane: np.ndarray,
+        row0: int,
+        group_rows: int,
+        tables: dict[str, np.ndarray],
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """float32 values of a plane whose first row is row `row0` of the 2-D view."""
         if out is None:
             return plane.astype(np.float32)
@@ -132,7 +138,9 @@ class Method:
         """Rules this method offers bit allocation for a tensor of `rows` rows."""
         return []
 
-    def estimate(self, w: np.ndarray, rules: list["Rule"], tile: tuple[int, int]) -> list[tuple[float, float]] | None:
+    def estimate(
+        self, w: np.ndarray, rules: list["Rule"], tile: tuple[int, int]
+    ) -> list[tuple[float, float]] | None:
         """(bytes, relative error) of each rule on a large tensor without encoding it, or None
         when the method has no estimate (allocation then encodes for real)."""
         return None

@@ -22,7 +22,9 @@ class Fp16(Method):
     def encode(self, name: str, w: np.ndarray, rule) -> QuantizedTensor:
         if np.abs(w).max(initial=0) > FP16_MAX:
             raise QuantizationError(f"tensor {name!r}: values exceed the float16 range (±65504); use raw")
-        return QuantizedTensor(name=name, method=self.name, shape=w.shape, view=w.shape, values=w.astype(np.float16))
+        return QuantizedTensor(
+            name=name, method=self.name, shape=w.shape, view=w.shape, values=w.astype(np.float16)
+        )
 
     def candidates(self, rows: int):
         from ..recipe.rules import Rule

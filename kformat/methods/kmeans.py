@@ -45,7 +45,9 @@ def _fit_group(block: np.ndarray, mask: np.ndarray | None, rule, dtype: np.dtype
         hist = kmeans_fit.histogram(source, bins)
         centroids = kmeans_fit.fit_centroids(hist, k, thorough)
         if rule.ecq is not None and not fixed_zero:
-            centroids, edges = kmeans_fit.fit_entropy_constrained(hist, k, rule.ecq, _stored(centroids, dtype))
+            centroids, edges = kmeans_fit.fit_entropy_constrained(
+                hist, k, rule.ecq, _stored(centroids, dtype)
+            )
     if fixed_zero:
         centroids = np.concatenate([centroids, [0.0]])
     rounded = _stored(centroids, dtype)
@@ -66,7 +68,9 @@ def _estimate(hist: kmeans_fit.Histogram, k: int, thorough: bool) -> tuple[float
     cells = _cells(hist.points, centroids)
     # the bins' own width adds w^2/12 per value (values spread uniformly within a bin)
     width = (hist.hi - hist.lo) / kmeans_fit.FINE_BINS if hist.hi > hist.lo else 0.0
-    noise = float(np.sum(hist.counts * (hist.points - centroids[cells]) ** 2)) + hist.counts.sum() * width**2 / 12
+    noise = (
+        float(np.sum(hist.counts * (hist.points - centroids[cells]) ** 2)) + hist.counts.sum() * width**2 / 12
+    )
     return noise, np.bincount(cells, weights=hist.counts, minlength=k)
 
 
@@ -101,7 +105,9 @@ class KMeans(Method):
                 block = np.where(block_mask, np.float32(0), block)
             centroids, edges = _fit_group(block, block_mask, rule, dtype)
             if dtype == np.float16 and np.abs(centroids).max(initial=0) > FP16_MAX:
-                raise QuantizationError(f"tensor {name!r}: weights exceed the float16 range; use codebook=float32")
+                raise QuantizationError(
+                    f"tensor {name!r}: weights exceed the float16 range; use codebook=float32"
+                )
             found = kmeans_fit.assign(block, centroids, edges)
             # Lloyd update on the real values: each code's centroid becomes its cell's exact
             # mean. Pruned zeros keep their centroid at exactly 0.
@@ -122,8 +128,17 @@ class KMeans(Method):
             stats["sqnr_db"] = sqnr_db(signal, noise)
         else:
             stats["pruned"] = int(mask.sum())
-        return QuantizedTensor(name=name, method=self.name, shape=w.shape, view=(rows, cols), bits=bits,
-                               group_rows=group_rows, codes=codes, tables={"codebook": codebook}, stats=stats)
+        return QuantizedTensor(
+            name=name,
+            method=self.name,
+            shape=w.shape,
+            view=(rows, cols),
+            bits=bits,
+            group_rows=group_rows,
+            codes=codes,
+            tables={"codebook": codebook},
+            stats=stats,
+        )
 
     def table_specs(self, quant, rows: int) -> list[TableSpec]:
         groups = -(-rows // quant.group_rows)
@@ -144,8 +159,10 @@ class KMeans(Method):
 
         rules = [Rule(method="kmeans", bits=b) for b in ALLOCATION_BITS]
         if rows >= 2 * ALLOCATION_GROUP_ROWS:
-            rules += [Rule(method="kmeans", bits=b, granularity="group", group_size=ALLOCATION_GROUP_ROWS)
-                      for b in ALLOCATION_GROUP_BITS]
+            rules += [
+                Rule(method="kmeans", bits=b, granularity="group", group_size=ALLOCATION_GROUP_ROWS)
+                for b in ALLOCATION_GROUP_BITS
+            ]
         return rules
 
     def estimate(self, w, rules, tile):
@@ -170,8 +187,9 @@ class KMeans(Method):
             sampled = sum(min(rows, (g + 1) * group) - g * group for g in picks)
             noise = entropy = 0.0
             for g in picks:
-                part, counts = _estimate(kmeans_fit.histogram(w[g * group : (g + 1) * group], 4096), 1 << bits,
-                                         thorough=False)
+                part, counts = _estimate(
+                    kmeans_fit.histogram(w[g * group : (g + 1) * group], 4096), 1 << bits, thorough=False
+                )
                 noise += part
                 entropy += entropy_bytes(counts)
             scale = rows / sampled

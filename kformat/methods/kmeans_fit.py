@@ -145,9 +145,7 @@ def lloyd(points: np.ndarray, weights: np.ndarray, centroids: np.ndarray, iters:
         sums = np.bincount(cells, weights=weights * points, minlength=centroids.size)
         keep = counts > 0
         updated = sums[keep] / counts[keep]
-        converged = updated.size == centroids.size and (
-            np.max(np.abs(updated - centroids)) <= tol
-        )
+        converged = updated.size == centroids.size and (np.max(np.abs(updated - centroids)) <= tol)
         centroids = updated
         if converged:
             break

@@ -60,9 +60,17 @@ class Linear(Method):
         stats = {"entropy_bits": entropy_bits(np.bincount(codes.reshape(-1), minlength=1 << bits))}
         if mask is not None:
             stats["pruned"] = int(mask.sum())
-        return QuantizedTensor(name=name, method=self.name, shape=w.shape, view=(rows, cols), bits=bits,
-                               group_rows=group_rows, codes=codes,
-                               tables={"scale": scale, "zero_point": zero_point}, stats=stats)
+        return QuantizedTensor(
+            name=name,
+            method=self.name,
+            shape=w.shape,
+            view=(rows, cols),
+            bits=bits,
+            group_rows=group_rows,
+            codes=codes,
+            tables={"scale": scale, "zero_point": zero_point},
+            stats=stats,
+        )
 
     def table_specs(self, quant, rows: int) -> list[TableSpec]:
         groups = -(-rows // quant.group_rows)

@@ -57,8 +57,12 @@ class Allocation:
 
     def describe(self) -> dict:
         """What the manifest records (each tensor's rule is in its own entry)."""
-        return {"target_bytes": self.target_bytes, "estimated_bytes": round(self.estimated_bytes),
-                "weighted_error": round(self.estimated_error, 6), "tensors": len(self.rules)}
+        return {
+            "target_bytes": self.target_bytes,
+            "estimated_bytes": round(self.estimated_bytes),
+            "weighted_error": round(self.estimated_error, 6),
+            "tensors": len(self.rules),
+        }
 
 
 def candidate_rules(rows: int) -> list[Rule]:
@@ -157,8 +161,12 @@ def estimate(source: TensorSource, recipe: Recipe) -> tuple[dict[str, list[Candi
     for d in decisions:
         info = infos[d.name]
         n = int(np.prod(info.shape, dtype=np.int64))
-        eligible = (is_float_dtype(info.dtype) and len(info.shape) >= 2 and n >= recipe.min_elements
-                    and d.rule.method != "raw")
+        eligible = (
+            is_float_dtype(info.dtype)
+            and len(info.shape) >= 2
+            and n >= recipe.min_elements
+            and d.rule.method != "raw"
+        )
         fixed += 300  # manifest entry
         if eligible:
             options[d.name] = candidates(d.name, source.load(d.name), tuple(d.rule.tile or recipe.tile))
@@ -171,8 +179,10 @@ def estimate(source: TensorSource, recipe: Recipe) -> tuple[dict[str, list[Candi
 
 def _shifted(options: dict[str, list[Candidate]], offsets: dict[str, float]) -> dict[str, list[Candidate]]:
     """Candidates with each tensor's measured size error (real - estimated) added."""
-    return {n: [Candidate(c.rule, max(1.0, c.bytes + offsets.get(n, 0.0)), c.error) for c in cs]
-            for n, cs in options.items()}
+    return {
+        n: [Candidate(c.rule, max(1.0, c.bytes + offsets.get(n, 0.0)), c.error) for c in cs]
+        for n, cs in options.items()
+    }
 
 
 def _best_uniform(options: dict[str, list[Candidate]], budget: float) -> dict[str, Candidate] | None:
@@ -225,8 +235,17 @@ def measured_error(manifest) -> float:
     return total
 
 
-def pack_to_target(source: TensorSource, output, recipe: Recipe, target_bytes: int, *, layout="single",
-                   shard_size=None, metadata=None, progress=None):
+def pack_to_target(
+    source: TensorSource,
+    output,
+    recipe: Recipe,
+    target_bytes: int,
+    *,
+    layout="single",
+    shard_size=None,
+    metadata=None,
+    progress=None,
+):
     """Pack with allocated rules so that the container is at most `target_bytes`.
 
     Rounds, each packed to a temporary sibling of `output` and measured: (1) the allocation
@@ -253,8 +272,16 @@ def pack_to_target(source: TensorSource, output, recipe: Recipe, target_bytes: i
         note = "allocated"  # the target and figures are in metadata["kformat.allocation"]
         temp = output.with_name(f"{temp_prefix(output)}alloc{len(tried)}")
         tried.append(temp)
-        report = write(source, temp, recipe, layout=layout, shard_size=shard_size or DEFAULT_SHARD_SIZE,
-                       metadata=info, progress=progress, assigned={n: (r, note) for n, r in alloc.rules.items()})
+        report = write(
+            source,
+            temp,
+            recipe,
+            layout=layout,
+            shard_size=shard_size or DEFAULT_SHARD_SIZE,
+            metadata=info,
+            progress=progress,
+            assigned={n: (r, note) for n, r in alloc.rules.items()},
+        )
         actual = container_size(temp)
         sizes.append(actual)
         if actual <= target_bytes:
@@ -278,8 +305,11 @@ def pack_to_target(source: TensorSource, output, recipe: Recipe, target_bytes: i
         window = (target_bytes - fixed) * (1 + 2 * CLOSE_ENOUGH)
         tried_rules = [first.rules]
         for plain in (False, True):
-            pool = corrected if not plain else {
-                n: [c for c in cs if c.rule.granularity != "group"] for n, cs in corrected.items()}
+            pool = (
+                corrected
+                if not plain
+                else {n: [c for c in cs if c.rule.granularity != "group"] for n, cs in corrected.items()}
+            )
             uniform = _best_uniform(pool, window)
             if uniform is None:
                 continue
@@ -287,14 +317,23 @@ def pack_to_target(source: TensorSource, output, recipe: Recipe, target_bytes: i
             if rules in tried_rules:
                 continue
             tried_rules.append(rules)
-            run(Allocation(int(target_bytes), rules, fixed + sum(c.bytes for c in uniform.values()),
-                           sum(c.error for c in uniform.values()), fixed), "uniform")
+            run(
+                Allocation(
+                    int(target_bytes),
+                    rules,
+                    fixed + sum(c.bytes for c in uniform.values()),
+                    sum(c.error for c in uniform.values()),
+                    fixed,
+                ),
+                "uniform",
+            )
         if not fitting:  # all just over: once more with the overshoot and a margin taken off
             margin = (min(sizes) - target_bytes) + CLOSE_ENOUGH * target_bytes
             run(allocate(corrected, fixed + margin, target_bytes), "margin")
         if not fitting:
             raise KFormatError(
-                f"could not meet the target of {target_bytes:,} bytes (the closest try came to {min(sizes):,});"
+                f"could not meet the target of {target_bytes:,} bytes (the closest try came to"
+                f" {min(sizes):,});"
                 " the estimates are off for this model: try a slightly smaller target"
             )
         _, minus_bytes, _, temp, report, alloc = min(fitting, key=lambda item: item[:3])

@@ -37,10 +37,18 @@ def encode_tensor(name: str, array: np.ndarray, rule) -> QuantizedTensor:
     view = view_2d(array.shape)
     if method.lossless:
         values = np.ascontiguousarray(array).reshape(view)
-        return QuantizedTensor(name=name, method=method.name, shape=tuple(array.shape), view=view, values=values,
-                               stats={"sqnr_db": float("inf")})
+        return QuantizedTensor(
+            name=name,
+            method=method.name,
+            shape=tuple(array.shape),
+            view=view,
+            values=values,
+            stats={"sqnr_db": float("inf")},
+        )
     check_finite(name, array)
-    w = np.ascontiguousarray(array, dtype=np.float64 if array.dtype == np.float64 else np.float32).reshape(view)
+    w = np.ascontiguousarray(array, dtype=np.float64 if array.dtype == np.float64 else np.float32).reshape(
+        view
+    )
     if method.codes:
         w = w.astype(np.float32, copy=False)
     q = method.encode(name, w, rule)

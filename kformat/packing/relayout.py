@@ -41,7 +41,10 @@ def relayout(
     if layout not in ("single", "sharded"):
         raise KFormatError(f"unknown layout {layout!r} (single or sharded)")
     with Container.open(str(source), **storage_options) as container:
-        if "://" not in str(source) and output.resolve() == Path(container.store.path(container.key)).resolve():
+        if (
+            "://" not in str(source)
+            and output.resolve() == Path(container.store.path(container.key)).resolve()
+        ):
             raise KFormatError(f"output {output} is the input; choose another path")
         sink = SingleFileSink(output) if layout == "single" else ShardedSink(output, shard_size)
         try:
@@ -50,8 +53,10 @@ def relayout(
             for n, entry in enumerate(container.manifest.tensors):
                 if progress:
                     progress(n, total, entry.name)
-                tiles = [tile.model_copy(update={"blob": sink.add(data)})
-                         for tile, data, _ in container.iter_tiles(entry.name)]
+                tiles = [
+                    tile.model_copy(update={"blob": sink.add(data)})
+                    for tile, data, _ in container.iter_tiles(entry.name)
+                ]
                 quant = entry.quant
                 tables: dict[str, Table] = {}
                 for which, table in quant.named_tables():

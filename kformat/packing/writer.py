@@ -49,9 +49,7 @@ def tile_grid(view: tuple[int, int], tile: tuple[int, int]) -> list[tuple[int, i
     rows, cols = view
     tr, tc = tile
     return [
-        (r, c, min(tr, rows - r), min(tc, cols - c))
-        for r in range(0, rows, tr)
-        for c in range(0, cols, tc)
+        (r, c, min(tr, rows - r), min(tc, cols - c)) for r in range(0, rows, tr) for c in range(0, cols, tc)
     ]
 
 
@@ -78,8 +76,9 @@ def extensions(entries: list[TensorEntry]) -> list[str]:
     return sorted(names)
 
 
-def emit_tensor(sink, pool: ThreadPoolExecutor, name: str, array: np.ndarray, decision: Decision,
-                default_tile) -> TensorEntry:
+def emit_tensor(
+    sink, pool: ThreadPoolExecutor, name: str, array: np.ndarray, decision: Decision, default_tile
+) -> TensorEntry:
     rule = decision.rule
     q = encode_tensor(name, array, rule)
     codec = get_codec(rule.plane_codec)
@@ -88,7 +87,9 @@ def emit_tensor(sink, pool: ThreadPoolExecutor, name: str, array: np.ndarray, de
     blobs = pool.map(lambda rect: tile_blob(q, codec, rect), rects)
     tiles = [Tile(row=r, col=c, rows=h, cols=w, blob=sink.add(b)) for (r, c, h, w), b in zip(rects, blobs)]
     method = get_method(rule.method)
-    quant = Quant.build(rule.method, rule.bits, q.group_rows, {n: _table(sink, a) for n, a in q.tables.items()})
+    quant = Quant.build(
+        rule.method, rule.bits, q.group_rows, {n: _table(sink, a) for n, a in q.tables.items()}
+    )
     stats = {k: float(v) for k, v in q.stats.items() if np.isfinite(v)}
     return TensorEntry(
         name=name,

@@ -5,5 +5,18 @@ from .presets import PRESETS
 from .recipe import Recipe, RuleEntry, build_recipe, load_recipe, parse_rule_override, recipe_from_dict
 from .rules import DEFAULT_TILE, Rule, parse_rule
 
-__all__ = ["DEFAULT_TILE", "PRESETS", "Decision", "Recipe", "Rule", "RuleEntry", "build_recipe", "is_float_dtype",
-           "load_recipe", "parse_rule", "parse_rule_override", "plan", "recipe_from_dict"]
+__all__ = [
+    "DEFAULT_TILE",
+    "PRESETS",
+    "Decision",
+    "Recipe",
+    "Rule",
+    "RuleEntry",
+    "build_recipe",
+    "is_float_dtype",
+    "load_recipe",
+    "parse_rule",
+    "parse_rule_override",
+    "plan",
+    "recipe_from_dict",
+]

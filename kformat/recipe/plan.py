@@ -24,7 +24,9 @@ def is_float_dtype(dtype: np.dtype) -> bool:
     return np.dtype(dtype).kind == "f"
 
 
-def plan(recipe: Recipe, tensors: list[tuple[str, tuple[int, ...], np.dtype]]) -> tuple[list[Decision], list[str]]:
+def plan(
+    recipe: Recipe, tensors: list[tuple[str, tuple[int, ...], np.dtype]]
+) -> tuple[list[Decision], list[str]]:
     """Choose a rule for every tensor (in file order); also list entries that matched nothing."""
     seen = [0] * len(recipe.rules)
     used = [False] * len(recipe.rules)
@@ -64,12 +66,12 @@ def _eligible(name, shape, dtype, rule: Rule, reason: str, recipe: Recipe) -> De
     if not is_float_dtype(dtype):
         return Decision(name, raw, f"{reason}; stored raw: {np.dtype(dtype).name} is not floating point")
     if size < recipe.min_elements:
-        return Decision(name, raw, f"{reason}; stored raw: {size} elements < min_elements {recipe.min_elements}")
+        return Decision(
+            name, raw, f"{reason}; stored raw: {size} elements < min_elements {recipe.min_elements}"
+        )
     if rule.method == "fp16" and np.dtype(dtype) == np.float16:
         return Decision(name, raw, f"{reason}; stored raw: already float16")
     if rule.quantized and len(shape) < 2:
         fp16 = Rule(method="fp16") if np.dtype(dtype) != np.float16 else raw
         return Decision(name, fp16, f"{reason}; {fp16.method}: {rule.method} applies to rank >= 2 only")
     return Decision(name, rule, reason)
-
-

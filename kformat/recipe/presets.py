@@ -26,5 +26,3 @@ PRESETS: dict[str, dict[str, Any]] = {
         ],
     },
 }
-
-

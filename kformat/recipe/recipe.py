@@ -109,9 +109,7 @@ def load_recipe(spec: str | Path | None) -> Recipe:
         return recipe_from_dict(PRESETS[text], f"preset {text}")
     path = Path(text)
     if not path.exists():
-        raise RecipeError(
-            f"recipe {text!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file"
-        )
+        raise RecipeError(f"recipe {text!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file")
     raw = path.read_bytes()
     try:
         if path.suffix.lower() == ".json":
@@ -119,7 +117,9 @@ def load_recipe(spec: str | Path | None) -> Recipe:
         else:
             data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {exc}") from None
+        raise RecipeError(
+            f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {exc}"
+        ) from None
     return recipe_from_dict(data, str(path))
 
 

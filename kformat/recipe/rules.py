@@ -9,11 +9,6 @@ line and in manifests:
 
 from __future__ import annotations
 
-import fnmatch
-import json
-import tomllib
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -43,14 +38,19 @@ class Rule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: str = Field(description="kmeans codebook, linear (uniform) codes, fp16, raw, or a registered method")
+    method: str = Field(
+        description="kmeans codebook, linear (uniform) codes, fp16, raw, or a registered method"
+    )
     bits: int | None = Field(None, ge=1, le=8, description="code width for kmeans and linear")
     granularity: Granularity = Field(
         "tensor", description="one codebook/scale per tensor, per row, or per group of rows"
     )
     group_size: int | None = Field(None, ge=1, description="rows per group (granularity=group)")
-    codec: str | None = Field(None, description="plane codec (png, zstd, raw, or a registered one); default png"
-                              " for codes, raw for values")
+    codec: str | None = Field(
+        None,
+        description="plane codec (png, zstd, raw, or a registered one); default png"
+        " for codes, raw for values",
+    )
     prune: float | None = Field(
         None, ge=0.0, lt=1.0, description="fraction of smallest-magnitude weights set to 0"
     )
@@ -189,5 +189,3 @@ def parse_rule(text: str) -> Rule:
         raise RecipeError(f"rule {text!r}: {exc}") from None
     except ValidationError as exc:
         raise RecipeError(validation_message(exc, f"rule {text!r}")) from None
-
-

@@ -54,7 +54,9 @@ SUPPORTED_KINDS = (".npz", ".safetensors", ".pt", ".pth", ".bin")
 
 def _check_array(name: str, array: np.ndarray, where: str) -> None:
     if array.dtype.kind not in "biuf":
-        raise InputError(f"{where}: tensor {name!r} has dtype {array.dtype} (only bool, integer and float tensors)")
+        raise InputError(
+            f"{where}: tensor {name!r} has dtype {array.dtype} (only bool, integer and float tensors)"
+        )
 
 
 def open_source(path: str | Path) -> TensorSource:
@@ -76,7 +78,9 @@ def open_source(path: str | Path) -> TensorSource:
         from .torch_file import TorchSource
 
         return TorchSource(path)
-    raise InputError(f"{path}: unknown model file type {suffix!r} (expected one of {', '.join(SUPPORTED_KINDS)})")
+    raise InputError(
+        f"{path}: unknown model file type {suffix!r} (expected one of {', '.join(SUPPORTED_KINDS)})"
+    )
 
 
 def write_tensors(path: str | Path, tensors: Iterable[tuple[str, np.ndarray]]) -> None:

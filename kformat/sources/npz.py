@@ -32,7 +32,9 @@ class NpzSource:
                         else:
                             shape, _fortran, dtype = np.lib.format.read_array_header_2_0(handle)
                     except (ValueError, EOFError) as exc:
-                        raise InputError(f"{path}: member {name!r} is not a valid .npy array ({exc})") from None
+                        raise InputError(
+                            f"{path}: member {name!r} is not a valid .npy array ({exc})"
+                        ) from None
                 if dtype.hasobject:
                     raise InputError(f"{path}: member {name!r} holds Python objects; refusing to unpickle")
                 self._infos.append(TensorInfo(name, tuple(shape), dtype))

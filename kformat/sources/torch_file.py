@@ -26,7 +26,11 @@ class TorchSource:
     def tensors(self) -> list[TensorInfo]:
         infos = []
         for name, t in self._tensors.items():
-            dtype = np.float32 if t.dtype == self._torch.bfloat16 else np.dtype(str(t.dtype).removeprefix("torch."))
+            dtype = (
+                np.float32
+                if t.dtype == self._torch.bfloat16
+                else np.dtype(str(t.dtype).removeprefix("torch."))
+            )
             infos.append(TensorInfo(name, tuple(t.shape), np.dtype(dtype)))
         return infos
 

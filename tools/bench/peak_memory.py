@@ -66,32 +66,65 @@ def run_variant(variant: str, npz: str, model_url: str, logits_out: str) -> dict
         with np.load(npz) as f:
             arrays = {name: f[name] for name in f.files}
         layers = numpy_vgg.plan(arrays)
-        logits = numpy_vgg.forward(image, numpy_vgg.eager_weights(arrays, [l.name for l in layers]),
-                                   arrays.__getitem__, layers, on_layer)
+        logits = numpy_vgg.forward(
+            image,
+            numpy_vgg.eager_weights(arrays, [layer.name for layer in layers]),
+            arrays.__getitem__,
+            layers,
+            on_layer,
+        )
     elif variant == "b":
         import kformat
 
         arrays = kformat.load_all(model_url)
         layers = numpy_vgg.plan(arrays)
-        logits = numpy_vgg.forward(image, numpy_vgg.eager_weights(arrays, [l.name for l in layers]),
-                                   arrays.__getitem__, layers, on_layer)
+        logits = numpy_vgg.forward(
+            image,
+            numpy_vgg.eager_weights(arrays, [layer.name for layer in layers]),
+            arrays.__getitem__,
+            layers,
+            on_layer,
+        )
     else:
         import kformat
 
         with kformat.open(model_url) as model:
             layers = numpy_vgg.plan(model)
-            logits = numpy_vgg.forward(image, model.stream([l.name for l in layers]),
-                                       lambda name: model[name].numpy(), layers, on_layer)
+            logits = numpy_vgg.forward(
+                image,
+                model.stream([layer.name for layer in layers]),
+                lambda name: model[name].numpy(),
+                layers,
+                on_layer,
+            )
             bytes_read = model.bytes_read
     total = time.perf_counter() - start
     np.save(logits_out, logits)
-    return {"first_layer_s": first["seconds"], "total_s": total, "peak_rss": peak_rss_bytes(), "bytes_read": bytes_read}
+    return {
+        "first_layer_s": first["seconds"],
+        "total_s": total,
+        "peak_rss": peak_rss_bytes(),
+        "bytes_read": bytes_read,
+    }
 
 
 def child(variant: str, npz: Path, url: str, logits: Path) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", variant, "--npz", str(npz), "--url", url, "--logits", str(logits)],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            variant,
+            "--npz",
+            str(npz),
+            "--url",
+            url,
+            "--logits",
+            str(logits),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if out.returncode != 0:
         raise SystemExit(f"variant {variant} failed:\n{out.stderr}")
@@ -145,10 +178,14 @@ def dequant_throughput(kf: Path, repeats: int = 3) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="bench-out", help="directory for the JSON and the weight files")
     parser.add_argument("--small", action="store_true", help="VGG16 with widths / 8 (a quick smoke run)")
-    parser.add_argument("--no-http", action="store_true", help="skip variant (d) even when nginx is installed")
+    parser.add_argument(
+        "--no-http", action="store_true", help="skip variant (d) even when nginx is installed"
+    )
     parser.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--npz", help=argparse.SUPPRESS)
@@ -200,40 +237,71 @@ def main() -> int:
     for variant, r in results.items():
         above = r["peak_rss"] - bare
         rel = float(np.abs(r["logits"] - reference).max()) / scale
-        rows.append({
-            "variant": variant, "what": VARIANTS[variant], "peak_rss_mib": r["peak_rss"] / 2**20,
-            "above_bare_mib": above / 2**20, "ratio_to_a": above / base,
-            "first_layer_s": r["first_layer_s"], "total_s": r["total_s"],
-            "bytes_read": r["bytes_read"], "nginx_body_bytes": r.get("nginx_body_bytes"),
-            "max_rel_diff_vs_b": rel, "top1": int(np.argmax(r["logits"])),
-        })
+        rows.append(
+            {
+                "variant": variant,
+                "what": VARIANTS[variant],
+                "peak_rss_mib": r["peak_rss"] / 2**20,
+                "above_bare_mib": above / 2**20,
+                "ratio_to_a": above / base,
+                "first_layer_s": r["first_layer_s"],
+                "total_s": r["total_s"],
+                "bytes_read": r["bytes_read"],
+                "nginx_body_bytes": r.get("nginx_body_bytes"),
+                "max_rel_diff_vs_b": rel,
+                "top1": int(np.argmax(r["logits"])),
+            }
+        )
     throughput = dequant_throughput(kf)
 
-    print(f"\nVGG16{' (small)' if args.small else ''}: {params:,} parameters, float32 {params * 4 / 2**20:.1f} MiB,"
-          f" kformat mobile {kf.stat().st_size / 2**20:.1f} MiB; bare interpreter {bare / 2**20:.1f} MiB")
-    print(f"{'':2s}{'variant':36s} {'peak MiB':>9s} {'above bare':>11s} {'/ (a)':>7s} {'1st layer s':>12s}"
-          f" {'total s':>8s} {'read MiB':>9s} {'rel diff vs (b)':>16s}")
+    print(
+        f"\nVGG16{' (small)' if args.small else ''}: {params:,} parameters, float32"
+        f" {params * 4 / 2**20:.1f} MiB,"
+        f" kformat mobile {kf.stat().st_size / 2**20:.1f} MiB; bare interpreter {bare / 2**20:.1f} MiB"
+    )
+    print(
+        f"{'':2s}{'variant':36s} {'peak MiB':>9s} {'above bare':>11s} {'/ (a)':>7s} {'1st layer s':>12s}"
+        f" {'total s':>8s} {'read MiB':>9s} {'rel diff vs (b)':>16s}"
+    )
     for row in rows:
         read = "" if row["bytes_read"] is None else f"{row['bytes_read'] / 2**20:9.1f}"
-        print(f"({row['variant']}) {row['what']:36s} {row['peak_rss_mib']:9.1f} {row['above_bare_mib']:11.1f}"
-              f" {row['ratio_to_a']:7.3f} {row['first_layer_s']:12.3f} {row['total_s']:8.2f} {read:>9s}"
-              f" {row['max_rel_diff_vs_b']:16.2e}")
-    print(f"dequantization: {throughput['float32_bytes'] / 2**20:.0f} MiB of float32 in {throughput['seconds']:.2f} s"
-          f" = {throughput['mb_per_s']:.0f} MB/s (page-cached file, best of 3)")
+        print(
+            f"({row['variant']}) {row['what']:36s} {row['peak_rss_mib']:9.1f} {row['above_bare_mib']:11.1f}"
+            f" {row['ratio_to_a']:7.3f} {row['first_layer_s']:12.3f} {row['total_s']:8.2f} {read:>9s}"
+            f" {row['max_rel_diff_vs_b']:16.2e}"
+        )
+    print(
+        f"dequantization: {throughput['float32_bytes'] / 2**20:.0f} MiB of float32 in"
+        f" {throughput['seconds']:.2f} s"
+        f" = {throughput['mb_per_s']:.0f} MB/s (page-cached file, best of 3)"
+    )
     streamed = [r for r in rows if r["variant"] in ("c", "d")]
     ok_memory = all(r["ratio_to_a"] <= 0.25 for r in streamed)
     ok_logits = all(r["max_rel_diff_vs_b"] <= TOLERANCE for r in streamed)
-    print(f"streamed peak <= 0.25 x float32 eager: {'yes' if ok_memory else 'NO'};"
-          f" streamed logits within {TOLERANCE:g} of eager kformat: {'yes' if ok_logits else 'NO'}")
+    print(
+        f"streamed peak <= 0.25 x float32 eager: {'yes' if ok_memory else 'NO'};"
+        f" streamed logits within {TOLERANCE:g} of eager kformat: {'yes' if ok_logits else 'NO'}"
+    )
 
     report = {
-        "benchmark": "peak_memory", "small": args.small, "parameters": params,
-        "float32_bytes": params * 4, "kformat_bytes": kf.stat().st_size, "bare_interpreter_rss": bare,
-        "variants": rows, "dequantization": throughput, "tolerance": TOLERANCE,
-        "streamed_within_quarter": ok_memory, "streamed_logits_agree": ok_logits,
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "benchmark": "peak_memory",
+        "small": args.small,
+        "parameters": params,
+        "float32_bytes": params * 4,
+        "kformat_bytes": kf.stat().st_size,
+        "bare_interpreter_rss": bare,
+        "variants": rows,
+        "dequantization": throughput,
+        "tolerance": TOLERANCE,
+        "streamed_within_quarter": ok_memory,
+        "streamed_logits_agree": ok_logits,
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
         "method": "each variant in a fresh process; peak = VmHWM at the end; above bare = minus the VmHWM of"
-                  " this script started with --bare (stdlib imports only)",
+        " this script started with --bare (stdlib imports only)",
     }
     (workdir / "peak_memory.json").write_text(json.dumps(report, indent=2))
     print(f"\nwrote {workdir / 'peak_memory.json'}")

@@ -104,7 +104,7 @@ def bench_recipe(name: str, source: Path, weights: dict, workdir: Path) -> dict:
 
 def bench_kmeans(skip_sklearn: bool, rows: int = 4096, cols: int = 4096) -> dict:
     rng = np.random.default_rng(0)
-    w = (rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(math.sqrt(2.0 / cols)))
+    w = rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(math.sqrt(2.0 / cols))
     x = w.reshape(-1, 1)
     rule = parse_rule("kmeans:4")
 
@@ -122,10 +122,14 @@ def bench_kmeans(skip_sklearn: bool, rows: int = 4096, cols: int = 4096) -> dict
     small = w[:256].reshape(-1, 1)
     ours()  # warm-up: first-touch page faults, lazy imports
     ours_seconds, enc = best_of(3, ours)
-    result = {"shape": [rows, cols], "clusters": 16, "kformat_seconds": ours_seconds,
-              "kformat_sqnr_db": enc.stats["sqnr_db"],
-              "method": "kformat: best of 3 after a warm-up; scikit-learn: best of 2 after a"
-                        " warm-up fit on 1/16 of the data; KMeans(n_clusters=16, n_init=1, random_state=0)"}
+    result = {
+        "shape": [rows, cols],
+        "clusters": 16,
+        "kformat_seconds": ours_seconds,
+        "kformat_sqnr_db": enc.stats["sqnr_db"],
+        "method": "kformat: best of 3 after a warm-up; scikit-learn: best of 2 after a"
+        " warm-up fit on 1/16 of the data; KMeans(n_clusters=16, n_init=1, random_state=0)",
+    }
     if skip_sklearn:
         return result
     try:
@@ -145,20 +149,29 @@ def bench_kmeans(skip_sklearn: bool, rows: int = 4096, cols: int = 4096) -> dict
 
 
 def print_report(report: dict) -> None:
-    print(f"\nVGG16-shaped weights: {report['params']:,} parameters, float32 {report['float32_bytes'] / 2**20:.1f} MiB")
-    head = f"{'recipe':20s} {'MiB':>8s} {'x f32':>7s} {'bits/w':>7s} {'pack s':>7s}   FC SQNR dB (fc1 / fc2 / fc3)"
+    print(
+        f"\nVGG16-shaped weights: {report['params']:,} parameters, float32"
+        f" {report['float32_bytes'] / 2**20:.1f} MiB"
+    )
+    head = f"{'recipe':20s} {'MiB':>8s} {'x f32':>7s} {'bits/w':>7s} {'pack s':>7s}"
+    head += "   FC SQNR dB (fc1 / fc2 / fc3)"
     print(head)
     print("-" * len(head))
     for r in report["recipes"]:
         sq = " / ".join(f"{layer['sqnr_db']:.1f}" for layer in r["fc_layers"])
-        print(f"{r['recipe']:20s} {r['bytes'] / 2**20:8.1f} {r['ratio_to_float32']:7.2f} {r['bits_per_weight']:7.2f} {r['pack_seconds']:7.1f}   {sq}")
+        print(
+            f"{r['recipe']:20s} {r['bytes'] / 2**20:8.1f} {r['ratio_to_float32']:7.2f}"
+            f" {r['bits_per_weight']:7.2f} {r['pack_seconds']:7.1f}   {sq}"
+        )
     print("\nCode planes against their order-0 entropy bound (FC layers):")
     print(f"{'recipe':20s} {'layer':22s} {'H bits':>7s} {'PNG/H':>7s} {'zstd/H':>7s}")
     for r in report["recipes"]:
         for layer in r["fc_layers"]:
             if "entropy_bits" in layer:
-                print(f"{r['recipe']:20s} {layer['name']:22s} {layer['entropy_bits']:7.3f}"
-                      f" {layer['plane_over_entropy']:7.4f} {layer['zstd_over_entropy']:7.4f}")
+                print(
+                    f"{r['recipe']:20s} {layer['name']:22s} {layer['entropy_bits']:7.3f}"
+                    f" {layer['plane_over_entropy']:7.4f} {layer['zstd_over_entropy']:7.4f}"
+                )
     k = report["kmeans"]
     print(f"\nk-means, 16 clusters on {k['shape'][0]}x{k['shape'][1]} He-init Gaussian:")
     print(f"  kformat       {k['kformat_seconds']:8.2f} s   SQNR {k['kformat_sqnr_db']:.3f} dB")
@@ -170,7 +183,9 @@ def print_report(report: dict) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="bench-out", help="directory for the JSON and scratch files")
     parser.add_argument("--small", action="store_true", help="VGG16 with widths / 8 (a quick smoke run)")
     parser.add_argument("--skip-sklearn", action="store_true", help="do not run the scikit-learn comparison")
@@ -183,7 +198,11 @@ def main() -> int:
     np.savez(source, **weights)
     params = sum(a.size for a in weights.values())
     report = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
         "model": "vgg16-shapes-he-gaussian-seed0" + ("-small" if args.small else ""),
         "params": params,
         "float32_bytes": 4 * params,
@@ -193,7 +212,7 @@ def main() -> int:
         print(f"packing with {name} ...", file=sys.stderr, flush=True)
         report["recipes"].append(bench_recipe(name, source, weights, workdir))
     print("k-means speed ...", file=sys.stderr, flush=True)
-    report["kmeans"] = bench_kmeans(args.skip_sklearn, *( (512, 512) if args.small else (4096, 4096)))
+    report["kmeans"] = bench_kmeans(args.skip_sklearn, *((512, 512) if args.small else (4096, 4096)))
     source.unlink()
     (workdir / "size_quality.json").write_text(json.dumps(report, indent=2, default=str))
     print_report(report)

@@ -31,8 +31,11 @@ REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO / "examples"))
 from procmem import peak_rss_bytes  # noqa: E402
 
-VARIANTS = {"a": "float32 state dict (torch.load)", "b": "kformat load_state_dict (float32)",
-            "c": "kformat load_quantized (codes)"}
+VARIANTS = {
+    "a": "float32 state dict (torch.load)",
+    "b": "kformat load_state_dict (float32)",
+    "c": "kformat load_quantized (codes)",
+}
 SHAPES = [(4096, 25088), (4096, 4096), (1000, 4096)]
 BATCH = 8
 TOLERANCE = 1e-4
@@ -64,7 +67,9 @@ def run_child(variant: str, pt: str, kf: str, out: str) -> dict:
     else:
         kt.load_quantized(model, kf)
     loaded = time.perf_counter() - start
-    x = torch.from_numpy(__import__("numpy").random.default_rng(1).standard_normal((BATCH, SHAPES[0][1]), dtype="float32"))
+    x = torch.from_numpy(
+        __import__("numpy").random.default_rng(1).standard_normal((BATCH, SHAPES[0][1]), dtype="float32")
+    )
     with torch.no_grad():
         t0 = time.perf_counter()
         y = model(x)
@@ -74,7 +79,9 @@ def run_child(variant: str, pt: str, kf: str, out: str) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--pt", help=argparse.SUPPRESS)
@@ -109,8 +116,22 @@ def main() -> int:
     for variant, what in VARIANTS.items():
         print(f"running ({variant}) {what} ...", flush=True)
         result = workdir / f"torch-out-{variant}.pt"
-        done = subprocess.run([sys.executable, __file__, "--child", variant, "--pt", str(pt), "--kf", str(kf),
-                               "--result", str(result)], capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                variant,
+                "--pt",
+                str(pt),
+                "--kf",
+                str(kf),
+                "--result",
+                str(result),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise SystemExit(f"variant {variant} failed:\n{done.stderr}")
         r = json.loads(done.stdout.strip().splitlines()[-1])
@@ -122,18 +143,35 @@ def main() -> int:
     for r in rows:
         r["ratio_to_a"] = r["added_mib"] / base
         r["max_rel_diff_vs_b"] = float((outputs[r["variant"]] - ref).abs().max() / ref.abs().max())
-    print(f"\nFC head {SHAPES}: {params:,} parameters, float32 {params * 4 / 2**20:.1f} MiB, kformat"
-          f" {kf.stat().st_size / 2**20:.1f} MiB; batch {BATCH}, one thread")
-    print(f"{'variant':40s} {'added peak MiB':>15s} {'/ (a)':>7s} {'load s':>7s} {'forward s':>10s} {'rel diff vs (b)':>16s}")
+    print(
+        f"\nFC head {SHAPES}: {params:,} parameters, float32 {params * 4 / 2**20:.1f} MiB, kformat"
+        f" {kf.stat().st_size / 2**20:.1f} MiB; batch {BATCH}, one thread"
+    )
+    print(
+        f"{'variant':40s} {'added peak MiB':>15s} {'/ (a)':>7s} {'load s':>7s} {'forward s':>10s}"
+        f" {'rel diff vs (b)':>16s}"
+    )
     for r in rows:
-        print(f"({r['variant']}) {r['what']:36s} {r['added_mib']:15.1f} {r['ratio_to_a']:7.3f} {r['load_s']:7.2f}"
-              f" {r['forward_s']:10.3f} {r['max_rel_diff_vs_b']:16.2e}")
+        print(
+            f"({r['variant']}) {r['what']:36s} {r['added_mib']:15.1f} {r['ratio_to_a']:7.3f}"
+            f" {r['load_s']:7.2f}"
+            f" {r['forward_s']:10.3f} {r['max_rel_diff_vs_b']:16.2e}"
+        )
     ok = rows[2]["max_rel_diff_vs_b"] <= TOLERANCE
     print(f"quantized-layer outputs within {TOLERANCE:g} of the dequantized model: {'yes' if ok else 'NO'}")
-    report = {"benchmark": "torch_memory", "shapes": SHAPES, "batch": BATCH, "parameters": params,
-              "kformat_bytes": kf.stat().st_size, "variants": rows, "tolerance": TOLERANCE, "agree": ok,
-              "method": "fresh process per variant; added peak = VmHWM at the end minus VmHWM after importing torch",
-              "machine": {"python": platform.python_version(), "torch": torch.__version__}}
+    report = {
+        "benchmark": "torch_memory",
+        "shapes": SHAPES,
+        "batch": BATCH,
+        "parameters": params,
+        "kformat_bytes": kf.stat().st_size,
+        "variants": rows,
+        "tolerance": TOLERANCE,
+        "agree": ok,
+        "method": "fresh process per variant; added peak = VmHWM at the end minus VmHWM after importing"
+        " torch",
+        "machine": {"python": platform.python_version(), "torch": torch.__version__},
+    }
     (workdir / "torch_memory.json").write_text(json.dumps(report, indent=2))
     print(f"\nwrote {workdir / 'torch_memory.json'}")
     return 0 if ok else 1
