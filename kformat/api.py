@@ -36,7 +36,7 @@ def pack(
     """Pack a model file (or a dict of arrays) into a kformat container.
 
     With `target_size` (bytes) or `target_bits` (bits per parameter, over all tensors) the
-    rule of every tensor the recipe quantizes is chosen by bit allocation (kformat.allocate):
+    rule of every tensor the recipe quantizes is chosen by bit allocation (kformat.packing.allocate):
     the least weighted error whose container fits; the choice is in each entry's reason and
     in the manifest's metadata["kformat.allocation"].
 

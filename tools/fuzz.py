@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Fuzz the reader with mutated golden vectors: every outcome must be the right tensors or a KFormatError.
 
-Mutations of the files in spec/vectors/: flipped bits, random bytes, truncation, bytes cut
+Mutations of the golden vectors in spec/conformance/vectors/: flipped bits, random bytes,
+truncation, bytes cut
 out or repeated, splices (one vector's header or manifest with another's rest), and forgeries
 whose hashes are made to match (a mutated blob, a manifest field set to an odd value), which
 reach the decoders and consistency checks behind the hashes. Each mutant is opened from
