@@ -47,7 +47,7 @@ def test_rule_text_round_trips(rule):
         ("kmeans:9", "bits"),
         ("kmeans:x", "bits must be a whole number"),
         ("fp16,prune=0.5", "fp16 takes no prune"),
-        ("fp16,codec=png", "png holds codes only"),
+        ("fp16,codec=png", "fp16 stores values, and png cannot hold them"),
         ("kmeans:4,codec=gif", "codec"),
         ("kmeans:4,wat=1", "unknown option 'wat=1'"),
         ("huffman:4", "method"),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import numpy as np
 
+from ..codecs import get_codec
 from ..errors import DecodeError
 
 if TYPE_CHECKING:
@@ -89,8 +90,11 @@ class Method:
             extras.append("granularity")
         if extras:
             raise ValueError(f"{self.name} takes no {', '.join(extras)}")
-        if not self.codes and rule.codec == "png":
-            raise ValueError(f"{self.name} stores values, and png holds codes only")
+        if rule.codec is not None:
+            codec = get_codec(rule.codec)
+            if not (codec.supports_codes if self.codes else codec.supports_values):
+                held = "codes" if self.codes else "values"
+                raise ValueError(f"{self.name} stores {held}, and {rule.codec} cannot hold them")
 
     def default_codec(self) -> str:
         return "png" if self.codes else "raw"

@@ -142,13 +142,13 @@ def choose(options: dict[str, list[Candidate]], budget: float, units: int = 4096
 
 
 def _fixed_bytes(shape, dtype: np.dtype, rule: Rule) -> float:
+    """Bytes of a tensor the recipe keeps by its own rule: its values, or its codes and a table."""
     n = int(np.prod(shape, dtype=np.int64))
-    if rule.method == "fp16":
-        return 2.0 * n + TILE_OVERHEAD
-    if rule.method == "raw":
-        return np.dtype(dtype).itemsize * n + TILE_OVERHEAD
+    method = get_method(rule.method)
+    if not method.codes:
+        return np.dtype(method.storage(np.dtype(dtype).name)).itemsize * n + TILE_OVERHEAD
     bits = int(rule.bits)
-    return n * bits / 8 + (1 << bits) * 4 + TILE_OVERHEAD  # a rule fixed by the recipe itself
+    return n * bits / 8 + (1 << bits) * 4 + TILE_OVERHEAD
 
 
 def estimate(source: TensorSource, recipe: Recipe) -> tuple[dict[str, list[Candidate]], float]:

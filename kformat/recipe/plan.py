@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codecs import get_codec
+from ..methods import get_method
 from .recipe import Recipe
 from .rules import Rule
 
@@ -61,7 +62,8 @@ def _eligible(name, shape, dtype, rule: Rule, reason: str, recipe: Recipe) -> De
     size = int(np.prod(shape, dtype=np.int64))
     keep_codec = rule.codec is not None and get_codec(rule.codec).supports_values
     raw = Rule(method="raw", codec=rule.codec if keep_codec else None)
-    if rule.method == "raw":
+    method = get_method(rule.method)
+    if method.lossless:
         return Decision(name, rule, reason)
     if not is_float_dtype(dtype):
         return Decision(name, raw, f"{reason}; stored raw: {np.dtype(dtype).name} is not floating point")
@@ -69,8 +71,8 @@ def _eligible(name, shape, dtype, rule: Rule, reason: str, recipe: Recipe) -> De
         return Decision(
             name, raw, f"{reason}; stored raw: {size} elements < min_elements {recipe.min_elements}"
         )
-    if rule.method == "fp16" and np.dtype(dtype) == np.float16:
-        return Decision(name, raw, f"{reason}; stored raw: already float16")
+    if not method.codes and method.storage(np.dtype(dtype).name) == np.dtype(dtype).name:
+        return Decision(name, raw, f"{reason}; stored raw: already {np.dtype(dtype).name}")
     if rule.quantized and len(shape) < 2:
         fp16 = Rule(method="fp16") if np.dtype(dtype) != np.float16 else raw
         return Decision(name, fp16, f"{reason}; {fp16.method}: {rule.method} applies to rank >= 2 only")
