@@ -138,8 +138,8 @@ class Method:
         return {"code_bits": entry.quant.bits}
 
     # -- bit allocation ------------------------------------------------------------------
-    def candidates(self, rows: int) -> list["Rule"]:
-        """Rules this method offers bit allocation for a tensor of `rows` rows."""
+    def candidates(self, rows: int) -> list[str]:
+        """Rules (in their text form) this method offers bit allocation for a tensor of `rows` rows."""
         return []
 
     def estimate(

@@ -26,10 +26,8 @@ class Fp16(Method):
             name=name, method=self.name, shape=w.shape, view=w.shape, values=w.astype(np.float16)
         )
 
-    def candidates(self, rows: int):
-        from ..recipe.rules import Rule
-
-        return [Rule(method="fp16")]
+    def candidates(self, rows: int) -> list[str]:
+        return ["fp16"]
 
     def estimate(self, w, rules, tile):
         signal = float(np.einsum("ij,ij->", w, w, dtype=np.float64)) or 1.0

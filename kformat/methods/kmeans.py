@@ -154,15 +154,10 @@ class KMeans(Method):
         return np.take(table.reshape(-1), index, out=out)
 
     # -- bit allocation ------------------------------------------------------------------
-    def candidates(self, rows: int):
-        from ..recipe.rules import Rule
-
-        rules = [Rule(method="kmeans", bits=b) for b in ALLOCATION_BITS]
+    def candidates(self, rows: int) -> list[str]:
+        rules = [f"kmeans:{b}" for b in ALLOCATION_BITS]
         if rows >= 2 * ALLOCATION_GROUP_ROWS:
-            rules += [
-                Rule(method="kmeans", bits=b, granularity="group", group_size=ALLOCATION_GROUP_ROWS)
-                for b in ALLOCATION_GROUP_BITS
-            ]
+            rules += [f"kmeans:{b},group={ALLOCATION_GROUP_ROWS}" for b in ALLOCATION_GROUP_BITS]
         return rules
 
     def estimate(self, w, rules, tile):

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import KFormatError
 from ..methods import get_method, view_2d
 from ..methods.metrics import TILE_OVERHEAD
-from ..recipe import Recipe, Rule, is_float_dtype, plan
+from ..recipe import Recipe, Rule, is_float_dtype, parse_rule, plan
 from ..sources import TensorSource
 from .atomic import promote, remove_path, temp_prefix
 from .encode import encode_tensor
@@ -65,8 +65,12 @@ class Allocation:
         }
 
 
+def method_candidates(method_name: str, rows: int) -> list[Rule]:
+    return [parse_rule(text) for text in get_method(method_name).candidates(rows)]
+
+
 def candidate_rules(rows: int) -> list[Rule]:
-    return [rule for name in ALLOCATION_METHODS for rule in get_method(name).candidates(rows)]
+    return [rule for name in ALLOCATION_METHODS for rule in method_candidates(name, rows)]
 
 
 def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int]) -> list[Candidate]:
@@ -97,7 +101,7 @@ def candidates(name: str, array: np.ndarray, tile: tuple[int, int]) -> list[Cand
     out = []
     for method_name in ALLOCATION_METHODS:
         method = get_method(method_name)
-        rules = method.candidates(w.shape[0])
+        rules = method_candidates(method_name, w.shape[0])
         estimates = method.estimate(w, rules, tile) if rules else []
         if estimates is None:  # no estimate: encode for real
             out += [c for c in exact_candidates(name, w, tile) if c.rule.method == method_name]
