@@ -18,6 +18,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pyzstd
 
@@ -211,6 +212,110 @@ def single_file_attacks() -> dict[str, tuple[bytes, str, str, str]]:
         "a single file naming a shard",
         "FormatError",
         "lists shards",
+    )
+
+    # -- a manifest read strictly ------------------------------------------------------------
+    packer = msgpack.Packer(use_bin_type=True)
+    pairs = list(good.manifest.items()) + [("tensors", [])]
+    twice = packer.pack_map_header(len(pairs)) + b"".join(packer.pack(k) + packer.pack(v) for k, v in pairs)
+    add(
+        "duplicate_key",
+        craft.assemble(good, twice),
+        "a manifest giving 'tensors' twice",
+        "FormatError",
+        "appears twice in one map",
+    )
+    forged(
+        lambda p: p.tensor("dense.weight").__setitem__("shape", ["37", 70]),
+        "string_dimension",
+        'a dimension written as the string "37"',
+        "FormatError",
+        "manifest field tensors.0.shape.0",
+    )
+    forged(
+        lambda p: p.tensor("dense.weight")["quant"].__setitem__("group_rows", True),
+        "bool_for_int",
+        "group_rows written as true",
+        "FormatError",
+        "manifest field tensors.0.quant.group_rows",
+    )
+
+    # -- shapes and sizes before any allocation ------------------------------------------------
+    def rank(p):
+        t = p.tensor("dense.weight")
+        t["shape"] = [37, 70] + [1] * 70
+
+    forged(rank, "rank_too_large", "a tensor of rank 72", "LimitError", "exceeds the limit of 32 dimensions")
+
+    def empty_huge(p):
+        t = p.tensor("dense.weight")
+        t.update(shape=[0, 2**62], view=[0, 2**62], tiles=[])
+
+    forged(
+        empty_huge,
+        "empty_huge_dimension",
+        "an empty tensor with a dimension of 2^62",
+        "LimitError",
+        "exceeds 1099511627776",
+    )
+
+    def empty_view(p):
+        t = p.tensor("dense.weight")
+        t.update(shape=[0, 5], view=[7, 0], tiles=[])
+
+    forged(
+        empty_view,
+        "empty_view_mismatch",
+        "an empty tensor whose view has 7 rows",
+        "FormatError",
+        "view has 7 rows",
+    )
+
+    def amplified(p):
+        t = p.tensor("dense.weight")
+        rows, cols, tile_rows = 32768, 16384, 4096
+        t.update(shape=[rows, cols], view=[rows, cols], tile=[tile_rows, cols], depth=1, codec="zstd")
+        t["quant"].update(bits=1, group_rows=rows)
+        plane = np.zeros((tile_rows, cols // 8), np.uint8).tobytes()
+        frame = pyzstd.compress(plane, 19)
+        first = dict(t["tiles"][0])
+        t["tiles"] = []
+        for r in range(0, rows, tile_rows):
+            tile = dict(first, row=r, col=0, rows=tile_rows, cols=cols, blob=dict(first["blob"]))
+            p.replace_blob(tile["blob"], frame)
+            t["tiles"].append(tile)
+        p.replace_blob(t["quant"]["codebook"]["blob"], np.zeros(2, "<f2").tobytes())
+        t["quant"]["codebook"]["shape"] = [1, 2]
+
+    forged(
+        amplified,
+        "amplification",
+        "2 GiB of float32 promised by a few kilobytes of zstd frames",
+        "LimitError",
+        "more than 4096:1",
+    )
+
+    def missing_blobs(p):
+        t = p.tensor("dense.weight")
+        rows = cols = 1 << 17
+        side = 4096
+        t.update(shape=[rows, cols], view=[rows, cols], tile=[side, side])
+        t["quant"]["group_rows"] = rows
+        first = dict(t["tiles"][0])
+        t["tiles"] = []
+        offset = len(p.data) + (1 << 20)
+        for r in range(0, rows, side):
+            for c in range(0, cols, side):
+                blob = dict(first["blob"], offset=offset, length=16 << 10)
+                t["tiles"].append(dict(first, row=r, col=c, rows=side, cols=side, blob=blob))
+                offset += 16 << 10
+
+    forged(
+        missing_blobs,
+        "blobs_not_in_file",
+        "a 2^17 x 2^17 tensor whose tiles lie past the end of the file",
+        "StorageError",
+        "shorter than the manifest says",
     )
 
     # -- extensions this reader does not know, listed in must_understand or not ----------------

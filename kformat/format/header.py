@@ -17,6 +17,7 @@ Extensions (`must_understand`, methods, codecs) are checked next, by kformat.for
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from dataclasses import dataclass
 
@@ -72,6 +73,16 @@ def decode_header(data: bytes, source: str, max_manifest: int = MAX_MANIFEST_BYT
     return Header(major, minor, length, data_offset, digest)
 
 
+def _unique_keys(pairs: list) -> dict:
+    """A msgpack map as a dict, refusing a key given twice (which one would win is undefined)."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set = set()
+        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {duplicate!r} appears twice in one map")
+    return result
+
+
 def decode_manifest(data: bytes, header: Header, source: str) -> Manifest:
     if len(data) != header.manifest_length:
         raise TruncatedError(
@@ -80,11 +91,17 @@ def decode_manifest(data: bytes, header: Header, source: str) -> Manifest:
     if hashlib.sha256(data).digest() != header.manifest_sha256:
         raise FormatError(f"{source}: manifest hash mismatch (corrupted manifest)")
     try:
-        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True, object_pairs_hook=_unique_keys)
     except Exception as exc:  # noqa: BLE001 - msgpack raises many types on bad input
         raise FormatError(f"{source}: manifest is not valid msgpack: {exc}") from None
     try:
-        manifest = Manifest.model_validate(raw)
+        # Strict types, checked on the JSON form (msgpack arrays are JSON arrays): "37" is not a
+        # dimension and true is not 1. A binary field has no JSON form and is refused too.
+        text = json.dumps(raw, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"{source}: manifest holds a value that is not plain data: {exc}") from None
+    try:
+        manifest = Manifest.model_validate_json(text, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])

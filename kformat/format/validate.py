@@ -19,9 +19,16 @@ import numpy as np
 from ..codecs import CODECS, get_codec, plane_depth
 from ..codecs.bitpack import row_bytes
 from ..errors import FormatError, LimitError, VersionError
-from ..methods import METHODS, get_method
+from ..methods import METHODS, get_method, view_2d
 from .constants import SHARD_SUFFIX
-from .limits import INFLATION_SLACK, MAX_TENSOR_ELEMENTS, MAX_TILE_ELEMENTS
+from .limits import (
+    AMPLIFICATION_SLACK,
+    INFLATION_SLACK,
+    MAX_AMPLIFICATION,
+    MAX_RANK,
+    MAX_TENSOR_ELEMENTS,
+    MAX_TILE_ELEMENTS,
+)
 from .manifest import BlobRef, Manifest, TensorEntry
 
 SHARD_NAME = re.compile(r"^[0-9a-f]{64}" + re.escape(SHARD_SUFFIX) + "$")
@@ -49,15 +56,26 @@ def _check_tensor(t: TensorEntry, source: str, blobs: list[tuple[BlobRef, str]])
     where = f"tensor {t.name!r}"
     if t.dtype not in _VALUE_DTYPES:
         raise _fail(source, f"{where}: unsupported dtype {t.dtype!r}")
+    if len(t.shape) > MAX_RANK:
+        raise LimitError(f"{source}: {where}: rank {len(t.shape)} exceeds the limit of {MAX_RANK} dimensions")
     if any(d < 0 for d in t.shape):
         raise _fail(source, f"{where}: negative dimension in shape {t.shape}")
-    size = math.prod(t.shape)
+    if any(d > MAX_TENSOR_ELEMENTS for d in (*t.shape, *t.view)):
+        raise LimitError(
+            f"{source}: {where}: a dimension of shape {t.shape} or view {list(t.view)} exceeds"
+            f" {MAX_TENSOR_ELEMENTS}"
+        )
+    size = math.prod(t.shape)  # Python integers: no overflow
     rows, cols = t.view
-    if size > MAX_TENSOR_ELEMENTS or rows * cols != size or rows < 0 or cols < 0:
+    if size > MAX_TENSOR_ELEMENTS:
+        raise LimitError(f"{source}: {where}: {size} elements exceed the limit of {MAX_TENSOR_ELEMENTS}")
+    if rows * cols != size or rows < 0 or cols < 0:
         raise _fail(source, f"{where}: view {rows}x{cols} does not hold shape {t.shape}")
-    expected_rows = 1 if len(t.shape) < 2 else t.shape[0]
-    if size and rows != expected_rows:
+    expected_rows, expected_cols = view_2d(t.shape)
+    if rows != expected_rows:
         raise _fail(source, f"{where}: view has {rows} rows, shape {t.shape} implies {expected_rows}")
+    if cols != expected_cols:
+        raise _fail(source, f"{where}: view has {cols} columns, shape {t.shape} implies {expected_cols}")
     q = t.quant
     try:
         method, codec = get_method(q.method), get_codec(t.codec)
@@ -133,6 +151,18 @@ def _check_tensor(t: TensorEntry, source: str, blobs: list[tuple[BlobRef, str]])
                 f" {plane}-byte plane (more than {codec.max_inflation}:1)"
             )
         blobs.append((tile.blob, f"{where} tile {i} (rows {tile.row}.., cols {tile.col}..)"))
+    decoded, stored = decoded_nbytes(t), t.stored_bytes
+    if decoded > MAX_AMPLIFICATION * stored + AMPLIFICATION_SLACK:
+        raise LimitError(
+            f"{source}: {where}: {decoded} bytes of values from {stored} stored bytes"
+            f" (more than {MAX_AMPLIFICATION}:1 beyond {AMPLIFICATION_SLACK >> 20} MiB)"
+        )
+
+
+def decoded_nbytes(t: TensorEntry) -> int:
+    """Bytes of what the tensor decodes to: float32, or the source dtype when lossless."""
+    itemsize = np.dtype(t.dtype).itemsize if get_method(t.quant.method).lossless else 4
+    return math.prod(t.shape) * itemsize
 
 
 def _check_table(table, shape, dtypes, what, source, blobs) -> None:

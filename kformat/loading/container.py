@@ -8,11 +8,12 @@ holds them together for one file and is what LazyModel, unpack and verify use.
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import numpy as np
 
-from ..errors import StorageError, TensorNotFound
+from ..errors import LimitError, StorageError, TensorNotFound
 from ..format.constants import MAX_MANIFEST_BYTES
 from ..format.manifest import BlobRef, TensorEntry, Tile
 from ..methods import get_method
@@ -26,21 +27,26 @@ from .verify import Problem, verify
 
 __all__ = ["BATCH_BYTES", "OPEN_READ", "Container", "Problem", "open_container"]
 
+CHECK_FILES_ABOVE = 64 << 20  # allocations above this first check that the files hold the blobs
+
 
 class Container:
     """An opened kformat container (single file or sharded directory)."""
 
-    def __init__(self, opened: Opened):
+    def __init__(self, opened: Opened, max_tensor_bytes: int | None = None):
         self.store = opened.store
         self.key = opened.key
         self.manifest = opened.manifest
         self.manifest_sha256 = opened.manifest_sha256
         self.data_offset = opened.data_offset
+        self.manifest_end = opened.manifest_end
         self.blob_labels = opened.blobs
         self.tensors: dict[str, TensorEntry] = {t.name: t for t in self.manifest.tensors}
         self.blobs = BlobReader(self.store, self.key, self.manifest, self.data_offset)
         self.table_cache = TableCache(self.blobs)
         self._stream = TileStream(self.table_cache, self._check_open)
+        self.max_tensor_bytes = max_tensor_bytes
+        self._sizes: dict[str, int] = {}
         self.closed = False
 
     @classmethod
@@ -50,6 +56,7 @@ class Container:
         *,
         max_manifest: int = MAX_MANIFEST_BYTES,
         manifest_sha256: str | None = None,
+        max_tensor_bytes: int | None = None,
         **storage_options,
     ) -> "Container":
         """Open a single file, a sharded directory, or a directory's manifest.kf.
@@ -57,8 +64,9 @@ class Container:
         `manifest_sha256` pins the manifest (the hex digest `kformat inspect` prints): every
         blob's hash is in the manifest, so a pinned manifest makes every byte read trusted.
         Without it the hashes catch corruption, not forgery (spec/FORMAT.md, security model).
+        `max_tensor_bytes` refuses to materialise any tensor larger than that (LimitError).
         """
-        return cls(open_url(url, max_manifest, manifest_sha256, **storage_options))
+        return cls(open_url(url, max_manifest, manifest_sha256, **storage_options), max_tensor_bytes)
 
     @property
     def source(self) -> str:
@@ -133,6 +141,39 @@ class Container:
         for tile, data, label in self.iter_tiles(name, batch_bytes):
             yield tile, self.decode_tile(tensor, tile, data, label)
 
+    def allocate(self, t: TensorEntry, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """An array for (a form of) tensor `t`, only once the file can back it: within the
+        reader's `max_tensor_bytes`, and, when large, only if the files really hold the
+        tensor's blobs; a failed allocation is a LimitError naming the tensor."""
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        if self.max_tensor_bytes is not None and nbytes > self.max_tensor_bytes:
+            raise LimitError(
+                f"{self.source}: tensor {t.name!r} needs {nbytes} bytes, more than max_tensor_bytes"
+                f" {self.max_tensor_bytes}"
+            )
+        if nbytes > CHECK_FILES_ABOVE:
+            self._check_files_hold(t)
+        try:
+            return np.empty(shape, dtype=dtype)
+        except MemoryError:
+            raise LimitError(f"{self.source}: tensor {t.name!r}: cannot allocate {nbytes} bytes") from None
+
+    def _check_files_hold(self, t: TensorEntry) -> None:
+        """The file (or each shard) is long enough for every blob of `t`: a forged manifest
+        cannot make a reader allocate for blobs that are not there."""
+        ends: dict[str, int] = {}
+        for ref in [tile.blob for tile in t.tiles] + [table.blob for _, table in t.quant.named_tables()]:
+            where = self.blob_range(ref)
+            ends[where.key] = max(ends.get(where.key, 0), where.end)
+        for key, end in ends.items():
+            if key not in self._sizes:
+                self._sizes[key] = self.store.size(key)
+            if self._sizes[key] < end:
+                raise StorageError(
+                    f"{self.store.describe(key)}: {self._sizes[key]} bytes, but tensor {t.name!r} has blobs"
+                    f" up to byte {end}; the file is shorter than the manifest says (truncated?)"
+                )
+
     def read_tensor(
         self, name: str, out: np.ndarray | None = None, batch_bytes: int = BATCH_BYTES
     ) -> np.ndarray:
@@ -143,7 +184,7 @@ class Container:
         t = self.entry(name)
         lossless = get_method(t.quant.method).lossless
         if out is None:
-            out = np.empty(tuple(t.view), dtype=np.dtype(t.dtype) if lossless else np.float32)
+            out = self.allocate(t, tuple(t.view), np.dtype(t.dtype) if lossless else np.float32)
         for tile, plane in self.iter_planes(name, batch_bytes):
             region = out[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols]
             if lossless:

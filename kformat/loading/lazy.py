@@ -98,16 +98,16 @@ class LazyTensor:
         rows, cols = t.view
         common = dict(name=t.name, method=q.method, shape=self.shape, view=(rows, cols))
         if t.depth is None:
-            values = np.empty((rows, cols), dtype=np.dtype(t.storage))
+            values = c.allocate(t, (rows, cols), np.dtype(t.storage))
             for tile, plane in c.iter_planes(self.name, self.batch_bytes):
                 values[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols] = plane
             return QuantizedTensor(**common, values=values, stats=dict(t.stats))
         depth = int(t.depth)
         if packed:
-            codes = np.empty((rows, row_bytes(cols, depth)), dtype=np.uint8)
+            codes = c.allocate(t, (rows, row_bytes(cols, depth)), np.uint8)
             band = np.empty((t.tile[0], cols), dtype=np.uint8)
         else:
-            codes = np.empty((rows, cols), dtype=np.uint8)
+            codes = c.allocate(t, (rows, cols), np.uint8)
         for tile, plane in c.iter_planes(self.name, self.batch_bytes):
             if not packed:
                 codes[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols] = plane

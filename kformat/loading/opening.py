@@ -27,6 +27,7 @@ class Opened:
     manifest: Manifest
     data_offset: int
     manifest_sha256: str  # hex digest from the header
+    manifest_end: int  # where the manifest ends in its file (HEADER_SIZE + its length)
     blobs: list[tuple[BlobRef, str]]  # every blob with its label, from validation
 
 
@@ -110,4 +111,5 @@ def _read(store: Store, key: str, max_manifest: int, pin: bytes | None) -> Opene
     elif not header.data_offset:
         raise FormatError(f"{source}: a single-file container without a data region")
     blobs = validate_manifest(manifest, source)
-    return Opened(store, key, manifest, header.data_offset, header.manifest_sha256.hex(), blobs)
+    end = HEADER_SIZE + header.manifest_length
+    return Opened(store, key, manifest, header.data_offset, header.manifest_sha256.hex(), end, blobs)

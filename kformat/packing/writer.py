@@ -17,6 +17,7 @@ from .._version import __version__
 from ..codecs import get_codec, plane_depth
 from ..errors import KFormatError, StorageError
 from ..format.constants import CORE_CODECS, CORE_METHODS, DEFAULT_SHARD_SIZE
+from ..format.limits import AMPLIFICATION_SLACK, MAX_AMPLIFICATION
 from ..format.manifest import Manifest, Quant, Table, TensorEntry, Tile
 from ..methods import QuantizedTensor, get_method
 from ..recipe import Decision, Recipe, Rule, plan
@@ -84,9 +85,18 @@ def emit_tensor(
     codec = get_codec(rule.plane_codec)
     tile = tuple(rule.tile or default_tile)
     rects = tile_grid(q.view, tile)
-    blobs = pool.map(lambda rect: tile_blob(q, codec, rect), rects)
-    tiles = [Tile(row=r, col=c, rows=h, cols=w, blob=sink.add(b)) for (r, c, h, w), b in zip(rects, blobs)]
+    blobs = list(pool.map(lambda rect: tile_blob(q, codec, rect), rects))
     method = get_method(rule.method)
+    reason = decision.reason
+    itemsize = array.dtype.itemsize if method.lossless else 4
+    stored = sum(map(len, blobs)) + sum(a.nbytes for a in q.tables.values())
+    if array.size * itemsize > MAX_AMPLIFICATION * stored + AMPLIFICATION_SLACK and not codec.exact:
+        # A huge constant tensor: its planes compress past what a reader accepts from so few
+        # bytes (spec/FORMAT.md, limits), so they are stored as they are.
+        codec = get_codec("raw")
+        blobs = list(pool.map(lambda rect: tile_blob(q, codec, rect), rects))
+        reason += f"; codec raw: the planes compress past the reader's {MAX_AMPLIFICATION}:1 limit"
+    tiles = [Tile(row=r, col=c, rows=h, cols=w, blob=sink.add(b)) for (r, c, h, w), b in zip(rects, blobs)]
     quant = Quant.build(
         rule.method, rule.bits, q.group_rows, {n: _table(sink, a) for n, a in q.tables.items()}
     )
@@ -103,7 +113,7 @@ def emit_tensor(
         quant=quant,
         tiles=tiles,
         rule=rule.to_text(),
-        reason=decision.reason,
+        reason=reason,
         stats=stats,
     )
 
