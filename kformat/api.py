@@ -7,7 +7,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .errors import InputError, KFormatError
+from .errors import InputError, KFormatError, NotFound, StorageError
 from .format.constants import DEFAULT_SHARD_SIZE
 from .loading.container import Container, Problem
 from .packing.relayout import is_container, relayout
@@ -120,14 +120,25 @@ def verify(url: str, progress: Progress | None = None, **storage_options) -> lis
 def inspect(url: str, **storage_options) -> dict:
     """Per-tensor rule, bytes, rate, entropy and SQNR, plus totals."""
     with Container.open(url, **storage_options) as container:
+        manifest = container.manifest
         try:
-            if container.manifest.layout == "sharded":
-                size = container.store.size(container.key) + sum(s.length for s in container.manifest.shards)
-            else:
-                size = container.store.size(container.key)
+            size = container.store.size(container.key)
+        except (NotFound, StorageError):
+            raise
         except KFormatError:
             size = None
-        summary = summarize(container.manifest, size)
+        if manifest.layout == "sharded":
+            size = None if size is None else size + sum(s.length for s in manifest.shards)
+        elif size is not None:
+            end = container.data_offset + max(
+                (r.offset + r.length for r, _ in container.blob_labels), default=0
+            )
+            if size < end:
+                raise StorageError(
+                    f"{container.source}: truncated: {size} bytes, its blobs end at {end}"
+                    " (kformat verify names them)"
+                )
+        summary = summarize(manifest, size)
         summary["manifest_sha256"] = (
             container.manifest_sha256
         )  # pin it: kformat.open(url, manifest_sha256=...)

@@ -128,7 +128,14 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    problems = kformat.verify(args.input, Progress("verify"), **_storage_options(args))
+    try:
+        problems = kformat.verify(args.input, Progress("verify"), **_storage_options(args))
+    except (
+        kformat.FormatError,
+        kformat.IntegrityError,
+    ) as exc:  # the file is bad: a finding, not a usage error
+        print(f"{args.input}: BAD: {exc}")
+        return EXIT_PROBLEMS
     if not problems:
         print(f"{args.input}: OK (every blob's hash matches and every plane decodes)")
         return EXIT_OK
@@ -144,7 +151,9 @@ def cmd_compare(args) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(kformat.format_comparison(result))
-    return EXIT_OK
+    for problem in result.problems:
+        print(f"kformat: compare: {problem}", file=sys.stderr)
+    return EXIT_PROBLEMS if result.problems else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kformat",
         description="Pack model weights into small, verifiable kformat containers (k-means or linear"
         " codes stored as PNG/zstd tiles, fp16, raw), look inside them, check and unpack them.",
-        epilog="Exit status: 0 success, 1 verify found problems, 2 bad input or usage.",
+        epilog="Exit status: 0 success, 1 verify or compare found problems, 2 bad input or usage.",
     )
     parser.add_argument("--version", action="version", version=f"kformat {kformat.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -282,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KFormatError as exc:
         print(f"kformat: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # the last resort: an operating-system error no layer named
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"kformat: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("kformat: interrupted", file=sys.stderr)

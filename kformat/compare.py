@@ -43,6 +43,20 @@ class Comparison:
     shape_mismatch: list[str] = field(default_factory=list)
     totals: dict = field(default_factory=dict)
 
+    @property
+    def problems(self) -> list[str]:
+        """What makes the two sides disagree beyond quantization error (none: they correspond)."""
+        found = []
+        if not self.tensors:
+            found.append("no tensor in common")
+        if self.only_in_original:
+            found.append(f"{len(self.only_in_original)} tensor(s) only in the original")
+        if self.only_in_packed:
+            found.append(f"{len(self.only_in_packed)} tensor(s) only in the packed model")
+        if self.shape_mismatch:
+            found.append(f"{len(self.shape_mismatch)} tensor(s) of different shapes")
+        return found
+
     def to_dict(self) -> dict:
         def clean(value):
             if isinstance(value, float) and not math.isfinite(value):
@@ -151,15 +165,16 @@ def compare(original: str | Path, packed: str | Path, **storage_options) -> Comp
                 )
             )
         worst = min((t for t in result.tensors if not t.exact), key=lambda t: t.sqnr_db, default=None)
+        compared = total.params > 0
         result.totals = {
             "tensors": len(result.tensors),
             "params": sum(t.params for t in result.tensors),
             "exact_tensors": sum(t.exact for t in result.tensors),
             "float_params": total.params,
-            "sqnr_db": sqnr_db(total.xx, total.dd),
-            "cosine": total.cosine,
-            "max_abs_error": total.max_abs,
-            "rel_fro_error": total.rel_fro,
+            "sqnr_db": sqnr_db(total.xx, total.dd) if compared else None,
+            "cosine": total.cosine if compared else None,
+            "max_abs_error": total.max_abs if compared else None,
+            "rel_fro_error": total.rel_fro if compared else None,
             "worst_tensor": worst.name if worst else None,
             "worst_sqnr_db": worst.sqnr_db if worst else None,
         }
@@ -182,16 +197,19 @@ def format_comparison(result: Comparison) -> str:
     for t in result.tensors:
         lines.append(row(t.name, t.params, t.sqnr_db, t.cosine, t.max_abs_error, t.rel_fro_error))
     tot = result.totals
-    lines.append(
-        row(
-            "TOTAL (float tensors)",
-            tot["float_params"],
-            tot["sqnr_db"],
-            tot["cosine"],
-            tot["max_abs_error"],
-            tot["rel_fro_error"],
+    if tot["float_params"]:
+        lines.append(
+            row(
+                "TOTAL (float tensors)",
+                tot["float_params"],
+                tot["sqnr_db"],
+                tot["cosine"],
+                tot["max_abs_error"],
+                tot["rel_fro_error"],
+            )
         )
-    )
+    elif not result.tensors:
+        lines.append("no tensor in common: nothing was compared")
     if tot["worst_tensor"]:
         lines.append(
             f"lowest SQNR: {tot['worst_tensor']} at {tot['worst_sqnr_db']:.2f} dB;"

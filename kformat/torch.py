@@ -49,12 +49,17 @@ def _torch():
 torch_module = _torch
 
 
-def tensor_to_numpy(torch, value) -> np.ndarray:
+def tensor_to_numpy(torch, value, name: str = "") -> np.ndarray:
     """A CPU numpy copy or view of a torch tensor; bfloat16 is widened to float32 (exact)."""
+    if value.is_meta:
+        raise InputError(f"tensor {name!r} is on the meta device: it has no values")
     value = value.detach().cpu()
     if value.dtype == torch.bfloat16:
         value = value.float()
-    return value.numpy()
+    try:
+        return value.numpy()
+    except (TypeError, RuntimeError) as exc:
+        raise InputError(f"tensor {name!r} of dtype {value.dtype} cannot be stored yet ({exc})") from None
 
 
 def _flatten_state_dict(torch, obj, prefix: str = "") -> dict:
@@ -102,9 +107,7 @@ def state_dict_arrays(module_or_state_dict) -> dict[str, np.ndarray]:
     for name, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise InputError(f"state dict entry {name!r} is a {type(value).__name__}, not a tensor")
-        if value.is_meta:
-            raise InputError(f"tensor {name!r} is on the meta device: it has no values to save")
-        arrays[name] = tensor_to_numpy(torch, value)
+        arrays[name] = tensor_to_numpy(torch, value, name)
     return arrays
 
 

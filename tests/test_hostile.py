@@ -119,3 +119,171 @@ def test_a_huge_constant_tensor_is_written_so_that_readers_accept_it(tmp_path):
         entry = kformat.pack(zeros, out, "fp16", rules=[f"w={rule}"]).manifest.tensors[0]
         assert entry.codec == "raw" and "4096:1" in entry.reason
         assert not kformat.load_all(str(out))["w"].any()
+
+
+# -- local files that are not plain files ---------------------------------------------------
+def _in_time(seconds: float, call):
+    """Run `call` in a fresh thread; fail (instead of hanging the suite) if it takes too long."""
+    import threading
+
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds} s"
+    return outcome
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path, sharded):
+    import os
+
+    fifo = tmp_path / "pipe.kf"
+    os.mkfifo(fifo)
+    for call in (
+        lambda: kformat.open(str(fifo)),
+        lambda: kformat.verify(str(fifo)),
+        lambda: kformat.inspect(str(fifo)),
+    ):
+        outcome = _in_time(10, call)
+        assert isinstance(outcome.get("error"), kformat.StorageError), outcome
+        assert "is a FIFO, not a regular file" in str(outcome["error"])
+    shard = next((sharded / "shards").iterdir())
+    shard.unlink()
+    os.mkfifo(shard)
+    outcome = _in_time(10, lambda: kformat.load_all(str(sharded)))
+    assert "is a FIFO, not a regular file" in str(outcome.get("error")), outcome
+    assert main(["verify", str(sharded)]) == 1
+
+
+def test_a_shard_linking_out_of_its_directory_is_not_followed(tmp_path, sharded):
+    shard = next((sharded / "shards").iterdir())
+    outside = tmp_path / "elsewhere.bin"
+    outside.write_bytes(shard.read_bytes())
+    shard.unlink()
+    shard.symlink_to(outside)
+    with pytest.raises(kformat.StorageError, match="resolves outside the container's directory") as caught:
+        kformat.load_all(str(sharded))
+    assert str(outside) not in str(caught.value) and str(outside.stat().st_size) not in str(caught.value)
+
+
+def test_a_file_replaced_while_read_is_reported_as_changed(tmp_path, model, packed):
+    other = tmp_path / "other.kf"
+    kformat.pack(model, other, "int8")
+    with kformat.open(str(packed)) as lazy:
+        lazy["fc2.weight"].numpy()
+        other.replace(packed)  # atomically, as a deploy would
+        with pytest.raises(kformat.StorageError, match="changed while being read"):
+            lazy["fc1.weight"].numpy()
+
+
+# -- writing: every operating-system error is one line, exit 2, nothing left behind ------------
+def _run_cli(args, cwd, fsize_limit: int | None = None):
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit():
+        if fsize_limit is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+
+    return subprocess.run(
+        [sys.executable, "-W", "error", "-m", "kformat", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["pack", "m.npz", "-o", "adir", "-q"], "adir is a directory"),
+        (["pack", "m.npz", "-o", "/proc/m.kf", "-q"], "/proc/m.kf: cannot write"),
+        (["pack", "m.npz", "-o", "full.kf", "-q"], "full.kf: cannot write: File too large"),
+        (["pack", "m.npz", "-o", "full", "--sharded", "-q"], "full: cannot write: File too large"),
+        (["unpack", "ok.kf", "-o", "full.npz"], "full.npz: cannot write: File too large"),
+        (["unpack", "ok.kf", "-o", "/proc/x.npz"], "/proc/x.npz: cannot write"),
+        (["publish", "site/", "site/"], "is the input site/ or inside it"),
+        (["publish", "site", "site/nested"], "or inside it"),
+    ],
+)
+def test_write_failures_are_one_line_exit_two_and_leave_nothing(tmp_path, model, args, message):
+    np.savez(tmp_path / "m.npz", **{k: v for k, v in model.items() if v.ndim})
+    kformat.pack(str(tmp_path / "m.npz"), tmp_path / "ok.kf", "kmeans4")
+    kformat.pack(str(tmp_path / "ok.kf"), tmp_path / "site", layout="sharded")
+    (tmp_path / "adir").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    done = _run_cli(args, tmp_path, fsize_limit=20_000 if "full" in " ".join(args) else None)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporaries
+    assert kformat.verify(str(tmp_path / "site")) == []  # publishing onto itself left it alone
+
+
+def test_the_conformance_suite_passes_with_warnings_as_errors():
+    import subprocess
+    import sys
+
+    import conformance
+
+    done = subprocess.run(
+        [sys.executable, "-W", "error", conformance.__file__], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+# -- small escapes -----------------------------------------------------------------------------
+def test_bad_inputs_to_pack_are_input_errors(tmp_path):
+    with pytest.raises(kformat.InputError, match="non-empty strings"):
+        kformat.pack({"": np.ones((4, 4), np.float32)}, tmp_path / "x.kf")
+    with pytest.raises(kformat.InputError, match="dtype"):
+        kformat.pack({"s": np.array(["a", "b"])}, tmp_path / "x.kf")
+    assert not (tmp_path / "x.kf").exists()
+
+
+def test_compare_with_nothing_in_common_is_a_finding(tmp_path, packed, capsys):
+    np.savez(tmp_path / "other.npz", unrelated=np.ones((3, 3), np.float32))
+    assert main(["compare", str(tmp_path / "other.npz"), str(packed)]) == 1
+    out, err = capsys.readouterr()
+    assert "no tensor in common" in out and "1.000000" not in out and "no tensor in common" in err
+
+
+def test_inspect_refuses_a_truncated_file(tmp_path, packed, capsys):
+    cut = tmp_path / "cut.kf"
+    cut.write_bytes(packed.read_bytes()[:-100])
+    assert main(["inspect", str(cut)]) == 2
+    assert "truncated" in capsys.readouterr().err
+
+
+def test_verify_reports_a_corrupted_manifest_as_a_finding(tmp_path, packed, capsys):
+    data = bytearray(packed.read_bytes())
+    data[100] ^= 1
+    bad = tmp_path / "bad.kf"
+    bad.write_bytes(bytes(data))
+    assert main(["verify", str(bad)]) == 1
+    assert "manifest hash mismatch" in capsys.readouterr().out
+
+
+def test_torch_tensors_of_any_kind_pack_or_fail_cleanly(tmp_path):
+    torch = pytest.importorskip("torch")
+    weights = {"bf16": torch.randn(8, 8, dtype=torch.bfloat16), "grad": torch.randn(8, 8, requires_grad=True)}
+    kformat.pack(weights, tmp_path / "t.kf", "raw")
+    loaded = kformat.load_all(str(tmp_path / "t.kf"))
+    assert np.array_equal(loaded["bf16"], weights["bf16"].float().numpy())
+    with pytest.raises(kformat.InputError, match=r"'fp8' of dtype torch.float8_e4m3fn cannot be stored"):
+        kformat.pack({"fp8": torch.zeros(4, 4, dtype=torch.float8_e4m3fn)}, tmp_path / "f.kf")
+    torch.save({"fp8": torch.zeros(4, 4, dtype=torch.float8_e4m3fn)}, tmp_path / "f.pt")
+    assert main(["pack", str(tmp_path / "f.pt"), "-o", str(tmp_path / "f.kf"), "-q"]) == 2
+    assert not (tmp_path / "f.kf").exists()

@@ -77,6 +77,7 @@ class Container:
         self.closed = True
         self._stream.close()
         self.table_cache.clear()
+        self.store.close()
 
     def _check_open(self) -> None:
         if self.closed:

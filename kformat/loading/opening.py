@@ -54,8 +54,15 @@ def open_url(url: str, max_manifest: int, manifest_sha256: str | None, **storage
     """
     url = str(url)
     store = Store.from_url(url, **storage_options)
+    try:
+        return _open_store(store, url, max_manifest, pinned_digest(manifest_sha256))
+    except BaseException:
+        store.close()
+        raise
+
+
+def _open_store(store: Store, url: str, max_manifest: int, pin: bytes | None) -> Opened:
     directory = True if url.endswith("/") else store.is_dir()
-    pin = pinned_digest(manifest_sha256)
     if directory:
         return _open_key(store, MANIFEST_NAME, max_manifest, pin)
     if directory is False or PurePosixPath(store.root).name.endswith(".kf"):
@@ -107,6 +114,7 @@ def _read(store: Store, key: str, max_manifest: int, pin: bytes | None) -> Opene
             # Opened as the manifest file itself: shards live next to it.
             parent = str(PurePosixPath(store.path(key)).parent)
             url = store.describe(key).rsplit("/", 1)[0]
+            store.close()
             store, key = store.child(parent, url), PurePosixPath(store.path(key)).name
     elif not header.data_offset:
         raise FormatError(f"{source}: a single-file container without a data region")

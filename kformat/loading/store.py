@@ -15,9 +15,11 @@ import time
 from dataclasses import dataclass
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import merge_offset_ranges
 
 from ..errors import NotFound, StorageError
+from .local import LocalFiles
 
 RETRIES = 3
 BACKOFF_SECONDS = 0.2
@@ -111,6 +113,8 @@ class Store:
         self.url = url
         self.retries = retries
         self.counter = counter or ReadCounter()
+        # Local files are read by kformat itself: regular files only, one handle each.
+        self.local = LocalFiles(self.root) if isinstance(fs, LocalFileSystem) else None
 
     @property
     def bytes_read(self) -> int:
@@ -207,12 +211,24 @@ class Store:
             return False
         return True
 
+    def close(self) -> None:
+        """Release open file handles (the store can still be used: they reopen)."""
+        if self.local is not None:
+            self.local.close()
+
     def size(self, key: str = "") -> int:
+        if self.local is not None:
+            return self.local.size(self.path(key), self.describe(key))
         return int(self._retrying("size of", key, lambda: self.fs.size(self.path(key))))
+
+    def _cat(self, key: str, path: str, start: int, end: int) -> bytes:
+        if self.local is not None:
+            return self.local.read(path, start, end, self.describe(key))
+        return self._retrying("reading", key, lambda: self.fs.cat_file(path, start, end))
 
     def read_prefix(self, key: str, length: int) -> bytes:
         """Up to `length` bytes from the start (fewer if the file is shorter)."""
-        data = self._retrying("reading", key, lambda: self.fs.cat_file(self.path(key), 0, length))
+        data = self._cat(key, self.path(key), 0, length)
         self._count(len(data))
         if len(data) > length:
             raise self._range_ignored(key, 0, length, len(data))
@@ -247,12 +263,10 @@ class Store:
 
     def _fetch(self, paths, starts, ends, keys, healed: bool = False) -> list[bytes]:
         def one(i: int) -> bytes:
-            key = keys[paths[i]]
-            data = self._retrying("reading", key, lambda: self.fs.cat_file(paths[i], starts[i], ends[i]))
-            return data
+            return self._cat(keys[paths[i]], paths[i], starts[i], ends[i])
 
-        if len(paths) == 1:
-            blocks = [one(0)]
+        if len(paths) == 1 or self.local is not None:
+            blocks = [one(i) for i in range(len(paths))]
         else:
 
             def many():

@@ -78,9 +78,12 @@ class Linear(Method):
 
     def check_table(self, name: str, table: np.ndarray) -> None:
         super().check_table(name, table)
-        largest = float(np.abs(table).max()) if name.endswith("scale") and table.size else 0.0
-        if largest * 255 > np.finfo(np.float32).max:  # codes times scale must stay finite
-            raise DecodeError(f"{name} {largest:g} overflows float32")
+        if name.endswith("scale") and table.size:
+            largest = np.abs(table.astype(np.float32)).max()
+            with np.errstate(over="ignore"):  # codes times scale must stay finite, in float32
+                worst = largest * np.float32(255)
+            if not np.isfinite(worst):
+                raise DecodeError(f"{name} {float(largest):g} overflows float32")
 
     def dequantize(self, plane, row0, group_rows, tables, out=None):
         groups = row_groups(row0, plane.shape[0], group_rows)

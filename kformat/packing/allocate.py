@@ -31,7 +31,7 @@ from ..methods import get_method, view_2d
 from ..methods.metrics import TILE_OVERHEAD
 from ..recipe import Recipe, Rule, is_float_dtype, parse_rule, plan
 from ..sources import TensorSource
-from .atomic import promote, remove_path, temp_prefix
+from .atomic import promote, remove_path, temp_prefix, write_errors
 from .encode import encode_tensor
 
 # The methods whose candidates allocation weighs, in this order (ties go to the first).
@@ -341,7 +341,8 @@ def pack_to_target(
                 " the estimates are off for this model: try a slightly smaller target"
             )
         _, minus_bytes, _, temp, report, alloc = min(fitting, key=lambda item: item[:3])
-        promote(temp, output)
+        with write_errors(output):
+            promote(temp, output)
         report.output = output
         return report, alloc, -minus_bytes
     finally:

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from ..errors import KFormatError, StorageError
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -102,6 +104,22 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         yield out
         out.flush()
         os.fsync(out.fileno())
+
+
+@contextmanager
+def write_errors(target: Path | str, verb: str = "write") -> Iterator[None]:
+    """Turn an operating-system error while writing `target` (read-only or full disk, a missing
+    or unwritable directory, a special filesystem) into a one-line StorageError naming it."""
+    try:
+        yield
+    except KFormatError:
+        raise
+    except OSError as exc:
+        where = exc.filename or target
+        if TEMP_MARK in Path(str(where)).name:  # our own temporary: name what the user asked for
+            where = target
+        context = "" if str(where) == str(target) else f" (while writing {target})"
+        raise StorageError(f"{where}: cannot {verb}: {exc.strerror or exc}{context}") from None
 
 
 def remove_path(path: Path) -> None:

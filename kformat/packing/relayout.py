@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._version import __version__
-from ..errors import KFormatError
+from ..errors import KFormatError, StorageError
 from ..format.constants import DEFAULT_SHARD_SIZE, MANIFEST_NAME
 from ..format.manifest import Manifest, Table
 from ..loading.container import Container
+from .atomic import write_errors
 from .sinks import ShardedSink, SingleFileSink
 from .writer import PackReport, Progress
 
@@ -40,12 +41,12 @@ def relayout(
     output = Path(output)
     if layout not in ("single", "sharded"):
         raise KFormatError(f"unknown layout {layout!r} (single or sharded)")
-    with Container.open(str(source), **storage_options) as container:
-        if (
-            "://" not in str(source)
-            and output.resolve() == Path(container.store.path(container.key)).resolve()
-        ):
-            raise KFormatError(f"output {output} is the input; choose another path")
+    with Container.open(str(source), **storage_options) as container, write_errors(output):
+        if container.store.local is not None:
+            root = Path(container.store.root).resolve()  # the file, or the sharded directory
+            target = output.resolve()
+            if target == root or root in target.parents:
+                raise StorageError(f"output {output} is the input {source} or inside it; choose another path")
         sink = SingleFileSink(output) if layout == "single" else ShardedSink(output, shard_size)
         try:
             entries = []

@@ -33,6 +33,8 @@ class SingleFileSink:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise StorageError(f"{self.path} is a directory: give a file name (or write a sharded directory)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(self.path.parent, self.path.name)
         self._spool = tempfile.NamedTemporaryFile(

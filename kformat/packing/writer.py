@@ -23,6 +23,7 @@ from ..methods import QuantizedTensor, get_method
 from ..recipe import Decision, Recipe, Rule, plan
 from ..sources import TensorSource
 from .encode import encode_tensor
+from .atomic import write_errors
 from .sinks import ShardedSink, SingleFileSink
 
 Progress = Callable[[int, int, str], None]
@@ -136,40 +137,41 @@ def pack(
     `assigned` maps tensor names to (rule, reason) chosen elsewhere (bit allocation); those
     replace the recipe's choice."""
     output = Path(output)
-    if source.path is not None and output.resolve() == Path(source.path).resolve():
-        raise StorageError(f"output {output} is the input file; choose another path")
-    decisions, unmatched = plan(recipe, [(t.name, t.shape, t.dtype) for t in source.tensors()])
-    if assigned:
-        decisions = [Decision(d.name, *assigned[d.name]) if d.name in assigned else d for d in decisions]
-    if layout == "single":
-        sink = SingleFileSink(output)
-    elif layout == "sharded":
-        sink = ShardedSink(output, shard_size)
-    else:
-        raise KFormatError(f"unknown layout {layout!r} (single or sharded)")
-    try:
-        entries = []
-        total = len(decisions)
-        with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
-            for i, decision in enumerate(decisions):
-                if progress:
-                    progress(i, total, decision.name)
-                array = source.load(decision.name)
-                entries.append(emit_tensor(sink, pool, decision.name, array, decision, recipe.tile))
-                del array
-        if progress:
-            progress(total, total, "")
-        manifest = Manifest(
-            generator=generator or f"kformat {__version__}",
-            layout=sink.layout,
-            must_understand=extensions(entries),
-            shards=sink.shards(),
-            tensors=entries,
-            recipe=recipe.model_dump(mode="python"),
-            metadata=dict(metadata or {}),
-        )
-        sink.commit(manifest)
-    except BaseException:
-        sink.abort()
-        raise
+    with write_errors(output):
+        if source.path is not None and output.resolve() == Path(source.path).resolve():
+            raise StorageError(f"output {output} is the input file; choose another path")
+        decisions, unmatched = plan(recipe, [(t.name, t.shape, t.dtype) for t in source.tensors()])
+        if assigned:
+            decisions = [Decision(d.name, *assigned[d.name]) if d.name in assigned else d for d in decisions]
+        if layout == "single":
+            sink = SingleFileSink(output)
+        elif layout == "sharded":
+            sink = ShardedSink(output, shard_size)
+        else:
+            raise KFormatError(f"unknown layout {layout!r} (single or sharded)")
+        try:
+            entries = []
+            total = len(decisions)
+            with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
+                for i, decision in enumerate(decisions):
+                    if progress:
+                        progress(i, total, decision.name)
+                    array = source.load(decision.name)
+                    entries.append(emit_tensor(sink, pool, decision.name, array, decision, recipe.tile))
+                    del array
+            if progress:
+                progress(total, total, "")
+            manifest = Manifest(
+                generator=generator or f"kformat {__version__}",
+                layout=sink.layout,
+                must_understand=extensions(entries),
+                shards=sink.shards(),
+                tensors=entries,
+                recipe=recipe.model_dump(mode="python"),
+                metadata=dict(metadata or {}),
+            )
+            sink.commit(manifest)
+        except BaseException:
+            sink.abort()
+            raise
     return PackReport(output=output, manifest=manifest, unmatched_rules=unmatched, bytes=sink.total_bytes)

@@ -12,7 +12,7 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
-from ..errors import InputError, NotFound
+from ..errors import InputError, NotFound, StorageError
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,19 @@ class DictSource:
         self.path = None
         self._tensors = {}
         for name, array in tensors.items():
-            if not isinstance(array, np.ndarray):
-                array = np.asarray(array)
+            if not isinstance(name, str) or not name:
+                raise InputError(f"input: tensor names must be non-empty strings, got {name!r}")
+            if type(array).__module__.startswith("torch"):  # bf16, requires_grad, devices
+                from ..torch import tensor_to_numpy, torch_module
+
+                array = tensor_to_numpy(torch_module(), array, name)
+            elif not isinstance(array, np.ndarray):
+                try:
+                    array = np.asarray(array)
+                except (TypeError, ValueError) as exc:
+                    raise InputError(f"input: tensor {name!r} is not an array: {exc}") from None
             _check_array(name, array, "input")
-            self._tensors[str(name)] = array
+            self._tensors[name] = array
 
     def tensors(self) -> list[TensorInfo]:
         return [TensorInfo(n, tuple(a.shape), a.dtype) for n, a in self._tensors.items()]
@@ -71,9 +80,14 @@ def open_source(path: str | Path) -> TensorSource:
 
         return NpzSource(path)
     if suffix == ".safetensors":
-        from .safetensors import SafetensorsSource
+        try:
+            from .safetensors import SafetensorsSource
 
-        return SafetensorsSource(path)
+            return SafetensorsSource(path)
+        except ImportError:
+            raise InputError(
+                f"{path}: reading .safetensors needs pip install 'kformat[safetensors]'"
+            ) from None
     if suffix in (".pt", ".pth", ".bin"):
         from .torch_file import TorchSource
 
@@ -85,15 +99,20 @@ def open_source(path: str | Path) -> TensorSource:
 
 def write_tensors(path: str | Path, tensors: Iterable[tuple[str, np.ndarray]]) -> None:
     """Write .npz or .safetensors atomically (a temporary file renamed into place)."""
+    from ..packing.atomic import write_errors
+
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".npz":
-        from .npz import write_npz
-
-        write_npz(path, tensors)
-    elif suffix == ".safetensors":
-        from .safetensors import write_safetensors
-
-        write_safetensors(path, tensors)
-    else:
+    if suffix not in (".npz", ".safetensors"):
         raise InputError(f"{path}: can unpack to .npz or .safetensors, not {suffix!r}")
+    if path.is_dir():
+        raise StorageError(f"{path} is a directory: give a file name")
+    with write_errors(path):
+        if suffix == ".npz":
+            from .npz import write_npz
+
+            write_npz(path, tensors)
+        else:
+            from .safetensors import write_safetensors
+
+            write_safetensors(path, tensors)

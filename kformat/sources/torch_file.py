@@ -26,16 +26,23 @@ class TorchSource:
     def tensors(self) -> list[TensorInfo]:
         infos = []
         for name, t in self._tensors.items():
-            dtype = (
-                np.float32
-                if t.dtype == self._torch.bfloat16
-                else np.dtype(str(t.dtype).removeprefix("torch."))
-            )
-            infos.append(TensorInfo(name, tuple(t.shape), np.dtype(dtype)))
+            if not name:
+                raise InputError(f"{self.path}: a tensor has an empty name")
+            if t.dtype == self._torch.bfloat16:
+                dtype = np.dtype(np.float32)
+            else:
+                try:
+                    dtype = np.dtype(str(t.dtype).removeprefix("torch."))
+                except TypeError:
+                    raise InputError(
+                        f"{self.path}: tensor {name!r} has dtype {t.dtype}, which kformat cannot store yet"
+                        " (float, integer and bool tensors only)"
+                    ) from None
+            infos.append(TensorInfo(name, tuple(t.shape), dtype))
         return infos
 
     def load(self, name: str) -> np.ndarray:
         try:
-            return tensor_to_numpy(self._torch, self._tensors[name])
-        except TypeError as exc:
+            return tensor_to_numpy(self._torch, self._tensors[name], name)
+        except (TypeError, RuntimeError) as exc:
             raise InputError(f"{self.path}: tensor {name!r}: {exc}") from None
