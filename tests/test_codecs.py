@@ -48,13 +48,14 @@ def test_png_plane_round_trips_and_opens_in_pillow(bits):
     assert len(image.getpalette()) // 3 >= 1 << bits
 
 
-def _filtered_png(codes: np.ndarray, kinds: list[int]) -> bytes:
+def _filtered_png(codes: np.ndarray, kinds: list[int], depth: int = 8) -> bytes:
     """A PNG whose rows use the given filter types (as other writers may produce)."""
-    rows, cols = codes.shape
-    prev = np.zeros(cols, dtype=np.int32)
+    rows, width = codes.shape
+    packed = pack_rows(codes, depth)
+    prev = np.zeros(packed.shape[1], dtype=np.int32)
     out = bytearray()
     for r in range(rows):
-        line = codes[r].astype(np.int32)
+        line = packed[r].astype(np.int32)
         left = np.concatenate(([0], line[:-1]))
         upleft = np.concatenate(([0], prev[:-1]))
         kind = kinds[r % len(kinds)]
@@ -77,7 +78,7 @@ def _filtered_png(codes: np.ndarray, kinds: list[int]) -> bytes:
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    ihdr = struct.pack(">IIBBBBB", cols, rows, 8, 3, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, rows, depth, 3, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", ihdr)
@@ -124,11 +125,19 @@ def test_png_uses_string_matching_only_where_rows_repeat():
             assert _idat(png) == huffman
 
 
-def test_png_decoder_undoes_every_filter_type():
-    codes = np.random.default_rng(5).integers(0, 256, (10, 17), dtype=np.uint8)
-    data = _filtered_png(codes, [0, 1, 2, 3, 4])
-    assert np.array_equal(decode_png(data, 10, 17, 8, 256), codes)
+@pytest.mark.parametrize("depth", [1, 2, 4, 8])
+@pytest.mark.parametrize("kinds", [[0], [1], [2], [3], [4], [1, 2], [0, 1, 2, 3, 4], [4, 2, 2, 1, 3]])
+def test_png_decoder_undoes_every_filter_type(depth, kinds):
+    codes = np.random.default_rng(5).integers(0, 1 << depth, (10, 37), dtype=np.uint8)
+    data = _filtered_png(codes, kinds, depth)
+    assert np.array_equal(decode_png(data, 10, 37, depth, 1 << depth), codes)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), codes)
+
+
+def test_png_decoder_checks_codes_from_the_c_decoder_too():
+    codes = np.full((6, 9), 7, dtype=np.uint8)
+    with pytest.raises(DecodeError, match="code 7 >= 5"):
+        decode_png(_filtered_png(codes, [4]), 6, 9, 8, 5)
 
 
 def test_png_refuses_wrong_geometry_and_bombs():

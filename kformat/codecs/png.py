@@ -10,15 +10,18 @@ viewer looks like the weights.
 The decoder accepts what any PNG writer may produce for such an image (all five filter
 types, split IDAT chunks, ancillary chunks) but checks dimensions and the decompressed size
 against what the manifest promises before and while inflating, so a forged plane cannot
-exhaust memory.
+exhaust memory. Filters 1 and 2 are undone with numpy; Average and Paeth, whose left-to-right
+dependence numpy cannot vectorise, by Pillow's C decoder once those checks have passed.
 """
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
 import numpy as np
+from PIL import Image
 
 from ..errors import DecodeError
 from .base import Codec
@@ -114,16 +117,10 @@ def _read_chunks(data: bytes):
     raise DecodeError("PNG has no IEND chunk")
 
 
-def _paeth(a: int, b: int, c: int) -> int:
-    p = a + b - c
-    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-    if pa <= pb and pa <= pc:
-        return a
-    return b if pb <= pc else c
-
-
-def _unfilter(raw: np.ndarray, rows: int, stride: int) -> np.ndarray:
-    """Undo PNG row filters (bytes per pixel is 1 for palette images of depth <= 8)."""
+def _unfilter(raw: np.ndarray, rows: int, stride: int) -> np.ndarray | None:
+    """Undo filters 0, 1 and 2 with numpy (bytes per pixel is 1 for palette images of depth
+    <= 8); None when a row uses Average or Paeth, whose left-to-right dependence numpy cannot
+    vectorise (the caller then hands the checked image to a C decoder)."""
     lines = raw.reshape(rows, stride + 1)
     kinds = lines[:, 0]
     out = lines[:, 1:].copy()
@@ -131,29 +128,28 @@ def _unfilter(raw: np.ndarray, rows: int, stride: int) -> np.ndarray:
         return out
     if kinds.max() > 4:
         raise DecodeError(f"PNG row uses unknown filter type {int(kinds.max())}")
-    prev = np.zeros(stride, dtype=np.uint8)
-    for r in range(rows):
-        kind = kinds[r]
-        line = out[r]
-        if kind == 1:
-            line[:] = np.cumsum(line, dtype=np.uint8)
-        elif kind == 2:
-            line += prev
-        elif kind in (3, 4):
-            vals = line.tolist()
-            up = prev.tolist()
-            left = 0
-            for i in range(stride):
-                above = up[i]
-                if kind == 3:
-                    vals[i] = (vals[i] + ((left + above) >> 1)) & 0xFF
-                else:
-                    upleft = up[i - 1] if i else 0
-                    vals[i] = (vals[i] + _paeth(left, above, upleft)) & 0xFF
-                left = vals[i]
-            line[:] = vals
-        prev = line
+    if (kinds >= 3).any():
+        return None
+    subs = kinds == 1
+    out[subs] = np.cumsum(out[subs], axis=1, dtype=np.uint8)
+    for r in np.flatnonzero(kinds == 2):
+        if r:
+            out[r] += out[r - 1]
     return out
+
+
+def _decode_with_pillow(data: bytes, rows: int, cols: int) -> np.ndarray:
+    """Codes of a palette PNG whose header, chunk CRCs and inflated size were already checked
+    against the manifest, so Pillow decodes at most the promised rows x cols."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            image.load()
+            codes = np.asarray(image, dtype=np.uint8)
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds on bad images
+        raise DecodeError(f"PNG image data is corrupt: {exc}") from None
+    if codes.shape != (rows, cols):
+        raise DecodeError(f"PNG decodes to {codes.shape}, expected {(rows, cols)}")
+    return codes
 
 
 def decode_png(data: bytes, rows: int, cols: int, depth: int, palette_entries: int) -> np.ndarray:
@@ -192,7 +188,7 @@ def decode_png(data: bytes, rows: int, cols: int, depth: int, palette_entries: i
     if len(raw) != size or not inflater.eof:
         raise DecodeError(f"PNG image data inflates to the wrong size (expected {size} bytes)")
     packed = _unfilter(np.frombuffer(raw, dtype=np.uint8), rows, stride)
-    codes = unpack_rows(packed, cols, depth)
+    codes = _decode_with_pillow(data, rows, cols) if packed is None else unpack_rows(packed, cols, depth)
     if palette_entries < (1 << depth) and codes.size and codes.max() >= palette_entries:
         raise DecodeError(f"PNG plane holds code {int(codes.max())} >= {palette_entries} entries")
     return codes
