@@ -3,8 +3,10 @@
 `serve(root, honour_range=..., failures=N, failure=...)` serves a directory in a thread:
 optionally ignoring Range (as http.server does), or failing the next N requests with a 500
 or 503, a reset connection, half the body and a hang-up ("midbody"), or half the body and
-a stall of `stall_seconds` ("stall"), or send the whole file slowly ("slow"); it counts
-requests per path. Set `server.failures`
+a stall of `stall_seconds` ("stall"), or send the whole file slowly ("slow"); or, hostile,
+answer with a gzip-compressed body ("gzip"), drip one byte a second ("drip"), or ignore Range
+and stream an endless body ("flood", counting in `server.sent` what it managed to send); it
+counts requests per path. Set `server.failures`
 later to fail requests in the middle of a stream.
 """
 
@@ -42,6 +44,9 @@ class Handler(SimpleHTTPRequestHandler):
             return
         if fail and server.failure == "slow":
             self._send_slowly()
+            return
+        if fail and server.failure in ("gzip", "drip", "flood"):
+            getattr(self, f"_{server.failure}")()
             return
         if fail:  # "midbody" or "stall": a good start, then half the body and a hang-up or a hang
             self._fail_in_body(server.failure)
@@ -91,6 +96,48 @@ class Handler(SimpleHTTPRequestHandler):
             self.wfile.write(data[start : start + 4096])
             self.wfile.flush()
 
+    def _gzip(self) -> None:
+        """The asked range, gzip-compressed: a 206 whose bytes are not the stored ones."""
+        import gzip
+
+        body = gzip.compress(b"\0" * (1 << 20))
+        self.send_response(206)
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Range", self.headers.get("Range", "bytes=0-0").replace("=", " ") + "/*")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _drip(self) -> None:
+        """A correct 206 header, then one byte a second until the client gives up."""
+        match = RANGE.match(self.headers.get("Range", ""))
+        start, end = int(match.group(1)), int(match.group(2))
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{end + 1}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        try:
+            for _ in range(end - start + 1):
+                if self.server.stalled.wait(1.0):
+                    return
+                self.wfile.write(b"\0")
+                self.wfile.flush()
+        except OSError:
+            return
+
+    def _flood(self) -> None:
+        """A 200 with an endless body (a server ignoring Range on a huge file)."""
+        self.send_response(200)
+        self.end_headers()
+        block = b"\0" * (1 << 16)
+        try:
+            while not self.server.stalled.is_set():
+                self.wfile.write(block)
+                with self.server.lock:
+                    self.server.sent += len(block)
+        except OSError:
+            return
+
     def _fail_in_body(self, how: str) -> None:
         path = self.translate_path(self.path)
         with open(path, "rb") as f:
@@ -131,6 +178,7 @@ def serve(
     server.failures = failures
     server.failure = failure
     server.hits = Counter()
+    server.sent = 0
     server.lock = threading.Lock()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

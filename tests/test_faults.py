@@ -165,10 +165,11 @@ def test_a_server_that_keeps_failing_mid_body_is_reported_in_bounded_time(packed
 def test_default_http_timeouts_are_bounded():
     from kformat.loading.store import READ_TIMEOUT_SECONDS, Store
 
-    store = Store.from_url("http://127.0.0.1:9/model.kf")
-    timeout = (
-        store.fs.kwargs["timeout"] if "timeout" in store.fs.kwargs else store.fs.client_kwargs["timeout"]
-    )
+    store = Store.from_url("http://127.0.0.1:9/model.kf")  # kformat's own HTTP reader
+    assert store.http.options.read_timeout == READ_TIMEOUT_SECONDS and store.http.options.connect_timeout
+    chained = Store.from_url("simplecache::http://127.0.0.1:9/model.kf")  # fsspec's, through a cache
+    http = chained.fs.fs
+    timeout = http.kwargs["timeout"] if "timeout" in http.kwargs else http.client_kwargs["timeout"]
     assert timeout.sock_read == READ_TIMEOUT_SECONDS and timeout.sock_connect
 
 

@@ -165,3 +165,42 @@ def test_a_missing_file_is_not_retried(packed):
         with pytest.raises(NotFound, match="nothing.kf: not found"):
             kformat.open(f"{server.url}/nothing.kf")
         assert server.hits["/nothing.kf"] == 1
+
+
+# -- hostile servers: nothing buffered past the request, a deadline on every read ----------------
+
+
+def test_a_compressed_reply_is_refused(packed):
+    with serve(packed.root, failures=10**6, failure="gzip") as server:
+        with pytest.raises(StorageError, match="Content-Encoding: gzip"):
+            kformat.open(f"{server.url}/model.kf")
+
+
+def test_a_server_flooding_past_the_range_is_cut_off_after_the_request(packed):
+    """A 200 with an endless body: the reader hangs up once the reply exceeds the 16 KiB it
+    asked for, so only socket buffers' worth is ever sent (it used to buffer the whole body)."""
+    with serve(packed.root, failures=10**6, failure="flood") as server:
+        with pytest.raises(StorageError, match="ignores HTTP Range"):
+            kformat.open(f"{server.url}/model.kf")
+        sent = server.sent
+    assert sent < 32 << 20, sent
+
+
+def test_a_dripping_server_fails_at_the_deadline(packed):
+    import time
+
+    with serve(packed.root) as server:
+        with kformat.open(f"{server.url}/model.kf", deadline=2.0) as model:
+            server.failures, server.failure = 10**6, "drip"
+            began = time.monotonic()
+            with pytest.raises(StorageError, match=r"took longer than 2 s"):
+                model["fc1.weight"].numpy()
+            assert time.monotonic() - began < 20
+
+
+def test_the_default_deadline_grows_with_the_bytes_asked():
+    from kformat.loading import http
+
+    assert http.DEADLINE_BASE_SECONDS < 60 and http.DEADLINE_MIN_RATE >= 32 << 10
+    with pytest.raises(StorageError, match="unknown HTTP storage option"):
+        kformat.open("http://127.0.0.1:9/model.kf", anon=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass
 
@@ -19,16 +20,16 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import merge_offset_ranges
 
 from ..errors import NotFound, StorageError
+from .http import CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS, HttpFiles, HttpOptions, RangeIgnored
 from .local import LocalFiles
 
 RETRIES = 3
+HTTP_CONNECTIONS = 8  # ranges of one batch fetched at once over HTTP
 BACKOFF_SECONDS = 0.2
 MERGE_GAP = 4096  # merge ranges closer than this into one request
 MERGE_MAX = 16 << 20  # never merge into one request larger than this
 # A stalled server must not hang a reader: HTTP requests fail (and are retried) after this
 # long without a byte or without a connection. Pass client_kwargs={"timeout": ...} to change it.
-CONNECT_TIMEOUT_SECONDS = 30
-READ_TIMEOUT_SECONDS = 60
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -102,13 +103,15 @@ class Store:
 
     def __init__(
         self,
-        fs: fsspec.AbstractFileSystem,
+        fs: fsspec.AbstractFileSystem | None,
         root: str,
         url: str,
         retries: int = RETRIES,
         counter: ReadCounter | None = None,
+        http: HttpFiles | None = None,
     ):
-        self.fs = fs
+        self.fs = fs  # None for plain http(s) URLs, which kformat reads itself
+        self.http = http
         self.root = root.rstrip("/") if root not in ("/", "") else root
         self.url = url
         self.retries = retries
@@ -127,12 +130,16 @@ class Store:
     @classmethod
     def from_url(cls, url: str, **storage_options) -> "Store":
         url = str(url)
-        if url.split("://", 1)[0] in ("http", "https") and "headers" not in storage_options:
+        if url.split("://", 1)[0].lower() in ("http", "https") and "::" not in url:
+            return cls(None, url, url, http=HttpFiles(HttpOptions.from_storage_options(storage_options)))
+        if "::" in url and any(part.split("://", 1)[0] in ("http", "https") for part in url.split("::")):
+            # fsspec's HTTP under a cache (simplecache::https://...): its options are keyed "http".
+            inner = dict(storage_options.get("http") or {})
             # Ask for the bytes as stored: a compressed reply would make Range and
             # Content-Length refer to other bytes than the ones the manifest describes.
-            storage_options["headers"] = {"Accept-Encoding": "identity"}
-        if url.split("://", 1)[0] in ("http", "https"):
-            storage_options["client_kwargs"] = _with_timeouts(storage_options.get("client_kwargs"))
+            inner.setdefault("headers", {"Accept-Encoding": "identity"})
+            inner["client_kwargs"] = _with_timeouts(inner.get("client_kwargs"))
+            storage_options["http"] = inner
         try:
             fs, path = fsspec.core.url_to_fs(url, **storage_options)
         except (ImportError, ValueError, TypeError) as exc:
@@ -141,7 +148,7 @@ class Store:
 
     def child(self, root: str, url: str) -> "Store":
         """A store for another root on the same filesystem (the directory of a manifest)."""
-        return Store(self.fs, root, url, self.retries, self.counter)
+        return Store(self.fs, root, url, self.retries, self.counter, self.http)
 
     def path(self, key: str) -> str:
         if not key:
@@ -159,7 +166,7 @@ class Store:
             except FileNotFoundError:
                 raise NotFound(f"{self.describe(key)}: not found") from None
             except Exception as exc:  # noqa: BLE001 - classified below, re-raised as ours
-                if isinstance(exc, StorageError):
+                if isinstance(exc, (StorageError, RangeIgnored)):
                     raise
                 if attempt < self.retries and _is_transient(exc):
                     time.sleep(delay)
@@ -177,6 +184,8 @@ class Store:
         which for a model file means fetching all of it; caching wrappers pass the call on.
         """
         fs = self.fs
+        if fs is None:  # plain HTTP: asking would mean downloading
+            return None
         while isinstance(getattr(fs, "fs", None), fsspec.AbstractFileSystem) and fs.fs is not fs:
             fs = fs.fs  # unwrap simplecache::, filecache::, blockcache::
         protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
@@ -196,7 +205,7 @@ class Store:
         the file: it shows up as a short read or a truncated manifest, and is evicted then.
         """
         fs, path = self.fs, self.path(key)
-        locate = getattr(fs, "_check_file", None)  # fsspec's caching layers only
+        locate = getattr(fs, "_check_file", None)  # fsspec's caching layers only (None for plain HTTP)
         if locate is None:
             return False
         try:
@@ -219,11 +228,18 @@ class Store:
     def size(self, key: str = "") -> int:
         if self.local is not None:
             return self.local.size(self.path(key), self.describe(key))
+        if self.http is not None:
+            return self._retrying("size of", key, lambda: self.http.size(self.path(key)))
         return int(self._retrying("size of", key, lambda: self.fs.size(self.path(key))))
 
     def _cat(self, key: str, path: str, start: int, end: int) -> bytes:
         if self.local is not None:
             return self.local.read(path, start, end, self.describe(key))
+        if self.http is not None:
+            try:
+                return self._retrying("reading", key, lambda: self.http.cat(path, start, end))
+            except RangeIgnored:
+                raise self._range_ignored(key, start, end, "more") from None
         return self._retrying("reading", key, lambda: self.fs.cat_file(path, start, end))
 
     def read_prefix(self, key: str, length: int) -> bytes:
@@ -267,6 +283,11 @@ class Store:
 
         if len(paths) == 1 or self.local is not None:
             blocks = [one(i) for i in range(len(paths))]
+        elif self.http is not None:
+            with ThreadPoolExecutor(
+                min(HTTP_CONNECTIONS, len(paths)), thread_name_prefix="kformat-http"
+            ) as pool:
+                blocks = list(pool.map(one, range(len(paths))))
         else:
 
             def many():
