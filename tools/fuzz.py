@@ -2,10 +2,11 @@
 """Fuzz the reader with mutated golden vectors: every outcome must be the right tensors or a KFormatError.
 
 Mutations of the golden vectors in spec/conformance/vectors/: flipped bits, random bytes,
-truncation, bytes cut
-out or repeated, splices (one vector's header or manifest with another's rest), and forgeries
-whose hashes are made to match (a mutated blob, a manifest field set to an odd value), which
-reach the decoders and consistency checks behind the hashes. Each mutant is opened from
+truncation, bytes cut out or repeated, splices (one vector's header or manifest with another's
+rest), and forgeries whose hashes are made to match (a mutated blob, a manifest field set to
+an odd value, and structure-aware edits of several linked fields at once: shape with view
+and tiles, method with bits, depth, storage and tables, codec, extensions), which reach the
+decoders and consistency checks behind the hashes. Each mutant is opened from
 memory and every tensor read. An outcome *escapes* when the reader
 raises anything but a KFormatError (a numpy, zlib, msgpack or Pillow error, MemoryError, ...)
 or returns tensors that differ from the golden ones.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import sys
 import time
 import traceback
@@ -235,6 +237,135 @@ def forged_manifest(g: Golden, rng: random.Random) -> bytes:
         return flip_bits(g.data, rng)
 
 
+# -- structure-aware forgeries: several linked fields at once, hashes recomputed ----------------
+SHAPES = (
+    [],
+    [0],
+    [1],
+    [7],
+    [0, 5],
+    [5, 0],
+    [3, 4],
+    [16, 16],
+    [37, 70],
+    [2, 3, 4],
+    [1, 1, 1, 1],
+    [1 << 17, 1 << 17],
+    [0, 1 << 40],
+    [1 << 20, 1 << 20],
+    [64] * 8,
+    [2] * 40,
+    [1 << 62, 0],
+)
+TILES = ([1, 1], [4, 4], [16, 32], [256, 4096], [1 << 13, 1 << 13], [1 << 16, 1 << 16], [0, 8])
+METHODS = ("kmeans", "linear", "fp16", "raw", "sign", "")
+CODECS = ("png", "zstd", "raw", "jpeg")
+DTYPES = ("float32", "float16", "float64", "int8", "int64", "bool", "bfloat16", "object")
+
+
+def _view(shape: list[int]) -> list[int]:
+    if not shape:
+        return [1, 1]
+    cols = 1
+    for d in shape[1:]:
+        cols *= d
+    return [1, shape[0]] if len(shape) == 1 else [shape[0], cols]
+
+
+def _random_blob(parts: craft.Parts, ref: dict, size: int, rng: random.Random) -> None:
+    size = max(0, min(size, 1 << 16))
+    payload = bytes(rng.randrange(256) for _ in range(min(size, 64))) + bytes(max(0, size - 64))
+    parts.replace_blob(ref, payload)
+
+
+def _regrid(parts: craft.Parts, t: dict, rng: random.Random) -> None:
+    """Tiles for the entry's view and tile size (a few, capped), reusing or forging blobs."""
+    rows, cols = t["view"]
+    tr, tc = t["tile"]
+    old = t["tiles"] or [
+        {
+            "row": 0,
+            "col": 0,
+            "rows": 1,
+            "cols": 1,
+            "blob": {"shard": 0, "offset": 0, "length": 0, "sha256": "0" * 64},
+        }
+    ]
+    tiles = []
+    if tr > 0 and tc > 0:
+        grid_cols = -(-cols // tc)
+        for i in range(min(64, -(-rows // tr) * grid_cols)):  # the first cells of the grid, row-major
+            r, c = (i // grid_cols) * tr, (i % grid_cols) * tc
+            tile = dict(rng.choice(old), row=r, col=c, rows=min(tr, rows - r), cols=min(tc, cols - c))
+            tile["blob"] = dict(tile["blob"])
+            if rng.random() < 0.3:
+                _random_blob(parts, tile["blob"], rng.choice((0, 1, 16, 200, 4096)), rng)
+            tiles.append(tile)
+    t["tiles"] = tiles
+
+
+def forged_structure(g: Golden, rng: random.Random) -> bytes:
+    """A tensor entry changed in several linked fields at once (shape with its view and tiles,
+    method with its bits, depth, storage and tables, codec), hashes recomputed, so the checks
+    of shapes, sizes and tables meet consistent-looking lies."""
+    parts = craft.split(g.data)
+    t = rng.choice(parts.manifest["tensors"])
+    q = t["quant"]
+    for _ in range(rng.choice((1, 2, 3))):
+        edit = rng.randrange(5)
+        if edit == 0:  # a new shape, its view, a tile size and the grid
+            t["shape"] = list(rng.choice(SHAPES))
+            t["view"] = (
+                _view(t["shape"]) if rng.random() < 0.8 else rng.choice(([0, 0], [7, 0], [1, 1 << 40]))
+            )
+            t["tile"] = list(rng.choice(TILES)) if rng.random() < 0.5 else t["tile"]
+            q["group_rows"] = max(1, t["view"][0]) if rng.random() < 0.7 else rng.choice((0, 1, 3, 1 << 40))
+            _regrid(parts, t, rng)
+        elif edit == 1:  # another method, with the fields it needs
+            q["method"] = rng.choice(METHODS)
+            codes = q["method"] in ("kmeans", "linear")
+            q["bits"] = rng.choice((1, 2, 3, 4, 8)) if codes else None
+            t["depth"] = {1: 1, 2: 2, 3: 4, 4: 4, 8: 8}[q["bits"]] if codes else None
+            t["storage"] = "uint8" if codes else rng.choice(("float16", t["dtype"], "uint8"))
+            for name in ("codebook", "scale", "zero_point"):
+                q[name] = None
+        elif edit == 2:  # tables sized for the method and groups (random contents)
+            groups = max(1, -(-t["view"][0] // max(1, q.get("group_rows") or 1)))
+            ref = {"shard": 0, "offset": 0, "length": 0, "sha256": "0" * 64}
+            if q.get("method") == "linear":
+                q["scale"] = {"dtype": "float32", "shape": [groups], "blob": dict(ref)}
+                q["zero_point"] = {"dtype": "uint8", "shape": [groups], "blob": dict(ref)}
+                _random_blob(parts, q["scale"]["blob"], 4 * groups, rng)
+                _random_blob(parts, q["zero_point"]["blob"], groups, rng)
+            else:
+                entries = 1 << (q.get("bits") or 4)
+                q["codebook"] = {
+                    "dtype": rng.choice(("float16", "float32")),
+                    "shape": [groups, entries],
+                    "blob": dict(ref),
+                }
+                size = groups * entries * (2 if q["codebook"]["dtype"] == "float16" else 4)
+                _random_blob(parts, q["codebook"]["blob"], size, rng)
+        elif edit == 3:  # codec and dtype
+            t["codec"] = rng.choice(CODECS)
+            if rng.random() < 0.5:
+                t["dtype"] = rng.choice(DTYPES)
+        else:  # extensions and tables of unknown methods
+            parts.manifest["must_understand"] = rng.choice(([], ["method:sign"], ["codec:png"], ["x"]))
+            if rng.random() < 0.5:
+                q["tables"] = {
+                    "magnitude": {
+                        "dtype": "float32",
+                        "shape": [t["view"][0]],
+                        "blob": {"shard": 0, "offset": 0, "length": 4, "sha256": "0" * 64},
+                    }
+                }
+    try:
+        return craft.assemble(parts)
+    except (OverflowError, TypeError, ValueError):
+        return flip_bits(g.data, rng)
+
+
 def mutant(golden: list[Golden], rng: random.Random) -> tuple[str, bytes, dict[str, np.ndarray] | None]:
     """(mutation, bytes, the tensors a success must return; None where the mutant's own
     hashes vouch for forged content, so any well-formed result is the file's truth)."""
@@ -244,10 +375,12 @@ def mutant(golden: list[Golden], rng: random.Random) -> tuple[str, bytes, dict[s
         data, expected = splice(a, b, rng)
         return "splice", data, expected
     g = rng.choice(golden)
-    if roll < 0.3:
+    if roll < 0.25:
         return "forged_blob", forged_blob(g, rng), None
-    if roll < 0.5:
+    if roll < 0.4:
         return "forged_manifest", forged_manifest(g, rng), None
+    if roll < 0.6:
+        return "forged_structure", forged_structure(g, rng), None
     kind = rng.choice(list(MUTATIONS))
     return kind, MUTATIONS[kind](g.data, rng), g.tensors
 
@@ -300,6 +433,7 @@ def main() -> int:
     print(f"{'outcome':20s} {'inputs':>9s}")
     for name, n in outcomes.most_common():
         print(f"{name:20s} {n:9,d}")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     print(
         f"escaped: {len(escapes)}"
         + ("" if not escapes else f" (first: {escapes[0]['error'].splitlines()[0]})")
@@ -312,6 +446,7 @@ def main() -> int:
         "outcomes": dict(outcomes),
         "mutations": dict(by_mutation),
         "slowest_ms": round(slowest * 1000, 1),
+        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "escapes": escapes,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
