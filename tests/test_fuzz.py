@@ -39,7 +39,7 @@ def test_bit_flips(name, positions, bits):
 @FAST
 @given(
     seed=st.integers(0, 1 << 32),
-    kind=st.sampled_from(["forged_blob", "forged_manifest", "splice", "cut_or_repeat"]),
+    kind=st.sampled_from(["forged_blob", "forged_manifest", "forged_structure", "splice", "cut_or_repeat"]),
 )
 def test_forgeries_and_splices(seed, kind):
     rng = random.Random(seed)
