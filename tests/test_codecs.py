@@ -199,3 +199,24 @@ def test_zstd_refuses_wrong_size():
 def test_unknown_codec_is_a_clear_error():
     with pytest.raises(VersionError, match="unknown plane codec .jpeg."):
         get_codec("jpeg")
+
+
+def test_png_planes_decode_the_same_with_or_without_the_fast_inflate(monkeypatch):
+    import zlib as plain_zlib
+
+    from kformat.codecs import png
+
+    rng = np.random.default_rng(3)
+    planes = [
+        encode_png(rng.integers(0, 16, (64, 300), dtype=np.uint8), 4, 16),
+        _filtered_png(rng.integers(0, 256, (9, 33), dtype=np.uint8), [0, 1, 2, 3, 4]),
+    ]
+    fast = [png.decode_png_packed(p, *shape) for p, shape in zip(planes, [(64, 300, 4, 16), (9, 33, 8, 256)])]
+    monkeypatch.setattr(png, "INFLATE", plain_zlib)
+    monkeypatch.setattr(png, "INFLATE_ERRORS", (plain_zlib.error,))
+    plain = [
+        png.decode_png_packed(p, *shape) for p, shape in zip(planes, [(64, 300, 4, 16), (9, 33, 8, 256)])
+    ]
+    assert all(np.array_equal(a, b) for a, b in zip(fast, plain))
+    with pytest.raises(DecodeError):
+        png.decode_png_packed(planes[0][:-40] + planes[0][-12:], 64, 300, 4, 16)

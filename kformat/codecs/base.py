@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import DecodeError
-from .bitpack import row_bytes
+from .bitpack import pack_rows, row_bytes, unpack_rows
 
 
 class Codec:
@@ -32,8 +32,19 @@ class Codec:
     def encode_codes(self, codes: np.ndarray, depth: int, entries: int) -> bytes:
         raise DecodeError(f"the {self.name} codec cannot hold a code plane")
 
+    def decode_packed(self, data: bytes, rows: int, cols: int, depth: int) -> np.ndarray:
+        """A code plane as packed rows (rows, row_bytes(cols, depth)), geometry checked; codes
+        past the codebook are the caller's to check (decode_codes does). A codec implements
+        this or decode_codes."""
+        if type(self).decode_codes is Codec.decode_codes:
+            raise DecodeError(f"the {self.name} codec cannot hold a code plane")
+        return pack_rows(self.decode_codes(data, rows, cols, depth, 1 << depth), depth)
+
     def decode_codes(self, data: bytes, rows: int, cols: int, depth: int, entries: int) -> np.ndarray:
-        raise DecodeError(f"the {self.name} codec cannot hold a code plane")
+        """A code plane as uint8 codes (rows, cols), each below `entries`."""
+        if type(self).decode_packed is Codec.decode_packed:
+            raise DecodeError(f"the {self.name} codec cannot hold a code plane")
+        return check_codes(unpack_rows(self.decode_packed(data, rows, cols, depth), cols, depth), entries)
 
     def encode_values(self, values: np.ndarray) -> bytes:
         raise DecodeError(f"the {self.name} codec cannot hold a value plane")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DecodeError
-from .base import Codec, check_codes, little_endian, packed_from_bytes, value_size
-from .bitpack import pack_rows, unpack_rows
+from .base import Codec, little_endian, packed_from_bytes, value_size
+from .bitpack import pack_rows
 
 
 class RawCodec(Codec):
@@ -17,9 +17,8 @@ class RawCodec(Codec):
     def encode_codes(self, codes: np.ndarray, depth: int, entries: int) -> bytes:
         return pack_rows(codes, depth).tobytes()
 
-    def decode_codes(self, data: bytes, rows: int, cols: int, depth: int, entries: int) -> np.ndarray:
-        packed = packed_from_bytes(bytes(data), rows, cols, depth)
-        return check_codes(unpack_rows(packed, cols, depth), entries)
+    def decode_packed(self, data: bytes, rows: int, cols: int, depth: int) -> np.ndarray:
+        return packed_from_bytes(bytes(data), rows, cols, depth)
 
     def encode_values(self, values: np.ndarray) -> bytes:
         return little_endian(values).tobytes()

@@ -9,6 +9,10 @@ holds them together for one file and is what LazyModel, unpack and verify use.
 from __future__ import annotations
 
 import math
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -18,7 +22,7 @@ from ..format.constants import MAX_MANIFEST_BYTES
 from ..format.manifest import BlobRef, TensorEntry, Tile
 from ..methods import get_method
 from .blobs import BlobReader, Labelled
-from .decode import decode_plane, dequantize_tile
+from .decode import decode_plane, dequantize_tile, fill_tile
 from .opening import OPEN_READ, Opened, open_url
 from .store import ByteRange
 from .stream import BATCH_BYTES, TileStream, tile_batches
@@ -27,6 +31,7 @@ from .verify import Problem, verify
 
 __all__ = ["BATCH_BYTES", "OPEN_READ", "Container", "Problem", "open_container"]
 
+DECODE_THREADS = min(8, os.cpu_count() or 1)
 CHECK_FILES_ABOVE = 64 << 20  # allocations above this first check that the files hold the blobs
 
 
@@ -46,6 +51,9 @@ class Container:
         self.table_cache = TableCache(self.blobs)
         self._stream = TileStream(self.table_cache, self._check_open)
         self.max_tensor_bytes = max_tensor_bytes
+        self.decode_threads = DECODE_THREADS
+        self._decode_pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self._sizes: dict[str, int] = {}
         self.closed = False
 
@@ -75,6 +83,10 @@ class Container:
     def close(self) -> None:
         """Stop background fetches and drop cached tables; the container is unusable after."""
         self.closed = True
+        with self._pool_lock:
+            pool, self._decode_pool = self._decode_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         self._stream.close()
         self.table_cache.clear()
         self.store.close()
@@ -186,13 +198,33 @@ class Container:
         lossless = get_method(t.quant.method).lossless
         if out is None:
             out = self.allocate(t, tuple(t.view), np.dtype(t.dtype) if lossless else np.float32)
-        for tile, plane in self.iter_planes(name, batch_bytes):
-            region = out[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols]
-            if lossless:
-                region[...] = plane
-            else:
-                self.dequantize_tile(t, tile, plane, out=region)
+        tables = self.tables(t)
+        pool = self._decoders()
+        pending: deque[Future] = deque()
+        try:
+            for tile, data, label in self.iter_tiles(name, batch_bytes):
+                region = out[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols]
+                pending.append(
+                    pool.submit(fill_tile, t, tile, data, f"{self.source}: {label}", tables, region)
+                )
+                while len(pending) > 2 * self.decode_threads:  # a bounded window of tiles in flight
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
         return out.reshape(t.shape)
+
+    def _decoders(self) -> ThreadPoolExecutor:
+        """Tiles decode on every core: zlib, zstd, hashing and numpy release the GIL."""
+        with self._pool_lock:
+            self._check_open()
+            if self._decode_pool is None:
+                self._decode_pool = ThreadPoolExecutor(
+                    self.decode_threads, thread_name_prefix="kformat-decode"
+                )
+            return self._decode_pool
 
     def verify(self, progress=None) -> list[Problem]:
         """Check every blob's length and hash and that every plane and table decodes; list problems."""

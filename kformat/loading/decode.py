@@ -33,3 +33,30 @@ def dequantize_tile(
     """float32 values of a decoded tile plane."""
     method = get_method(tensor.quant.method)
     return method.dequantize(plane, tile.row, tensor.quant.group_rows, tables, out=out)
+
+
+def fill_tile(
+    tensor: TensorEntry,
+    tile: Tile,
+    data: bytes,
+    where: str,
+    tables: dict[str, np.ndarray],
+    region: np.ndarray,
+) -> None:
+    """Decode a tile's checked blob straight into `region` (its rectangle of the output):
+    values as stored for lossless methods, float32 otherwise. Code planes whose every code is
+    valid (a full codebook) are dequantized from their packed bytes, never unpacked."""
+    method = get_method(tensor.quant.method)
+    q = tensor.quant
+    if method.codes and tensor.depth is not None and q.bits is not None and q.bits == tensor.depth:
+        try:
+            packed = get_codec(tensor.codec).decode_packed(data, tile.rows, tile.cols, tensor.depth)
+        except DecodeError as exc:
+            raise DecodeError(f"{where}: {exc}") from None
+        method.dequantize_packed(packed, tensor.depth, tile.cols, tile.row, q.group_rows, tables, out=region)
+        return
+    plane = decode_plane(tensor, tile, data, where)
+    if method.lossless:
+        region[...] = plane
+    else:
+        method.dequantize(plane, tile.row, q.group_rows, tables, out=region)

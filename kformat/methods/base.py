@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 import numpy as np
 
 from ..codecs import get_codec
+from ..codecs.bitpack import unpack_rows
 from ..errors import DecodeError
 
 if TYPE_CHECKING:
@@ -59,6 +60,21 @@ def group_rows_for(rule: "Rule", rows: int) -> int:
     if rule.granularity == "group":
         return min(int(rule.group_size), rows)
     return rows
+
+
+LUT_MIN_ROWS = 16  # row groups smaller than this dequantize code by code
+
+
+def byte_table(values: np.ndarray, depth: int) -> np.ndarray:
+    """For each byte 0..255, the float32 values of the 8 // depth codes packed in it (most
+    significant first), as one element of a void dtype, so np.take of packed bytes writes
+    the values of every code in a row at once."""
+    per_byte = 8 // depth
+    byte = np.arange(256, dtype=np.uint8)[:, None]
+    shifts = (8 - depth * (np.arange(per_byte) + 1)).astype(np.uint8)
+    codes = (byte >> shifts) & np.uint8((1 << depth) - 1)
+    table = np.ascontiguousarray(np.asarray(values, dtype=np.float32)[codes])
+    return table.view(np.dtype((np.void, 4 * per_byte))).reshape(256)
 
 
 def row_groups(row0: int, rows: int, group_rows: int) -> np.ndarray:
@@ -131,6 +147,46 @@ class Method:
         if out is None:
             return plane.astype(np.float32)
         out[...] = plane
+        return out
+
+    def code_values(self, tables: dict[str, np.ndarray], group: int, entries: int) -> np.ndarray | None:
+        """float32 value of each of the `entries` codes in row group `group`, exactly as
+        dequantize computes them, for methods that are such a lookup (None otherwise)."""
+        return None
+
+    def dequantize_packed(
+        self,
+        packed: np.ndarray,
+        depth: int,
+        cols: int,
+        row0: int,
+        group_rows: int,
+        tables: dict[str, np.ndarray],
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """float32 values of a plane given as packed rows at `depth` bits, every code valid.
+
+        For lookup methods, one table per group indexed by whole packed bytes yields 8 // depth
+        values per lookup, so codes are never unpacked (the hot loop of loading)."""
+        rows = packed.shape[0]
+        if out is None:
+            out = np.empty((rows, cols), dtype=np.float32)
+        if group_rows < LUT_MIN_ROWS or self.code_values(tables, row0 // group_rows, 1 << depth) is None:
+            return self.dequantize(unpack_rows(packed, cols, depth), row0, group_rows, tables, out=out)
+        per_byte = 8 // depth
+        direct = out.flags.c_contiguous and cols == packed.shape[1] * per_byte  # write straight into out
+        band = None if direct else np.empty((min(rows, group_rows), packed.shape[1] * per_byte), np.float32)
+        start = 0
+        while start < rows:
+            group = (row0 + start) // group_rows
+            stop = min(rows, (group + 1) * group_rows - row0)
+            lut = byte_table(self.code_values(tables, group, 1 << depth), depth)
+            target = out[start:stop] if direct else band[: stop - start]
+            # mode="clip": every byte indexes the 256-entry table, and numpy buffers out= otherwise
+            np.take(lut, packed[start:stop], out=target.view(lut.dtype), mode="clip")
+            if not direct:
+                out[start:stop] = band[: stop - start, :cols]
+            start = stop
         return out
 
     # -- inspect -------------------------------------------------------------------------

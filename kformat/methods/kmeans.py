@@ -153,6 +153,9 @@ class KMeans(Method):
         index = row_groups(row0, rows, group_rows)[:, None] * table.shape[1] + plane
         return np.take(table.reshape(-1), index, out=out)
 
+    def code_values(self, tables, group, entries):
+        return tables["codebook"][group].astype(np.float32)
+
     # -- bit allocation ------------------------------------------------------------------
     def candidates(self, rows: int) -> list[str]:
         rules = [f"kmeans:{b}" for b in ALLOCATION_BITS]

@@ -85,6 +85,12 @@ class Linear(Method):
             if not np.isfinite(worst):
                 raise DecodeError(f"{name} {float(largest):g} overflows float32")
 
+    def code_values(self, tables, group, entries):
+        # the same float32 operations as dequantize, on every code at once
+        codes = np.arange(entries, dtype=np.uint8)
+        values = np.subtract(codes, np.float32(tables["zero_point"][group]), dtype=np.float32)
+        return np.multiply(values, tables["scale"].astype(np.float32, copy=False)[group])
+
     def dequantize(self, plane, row0, group_rows, tables, out=None):
         groups = row_groups(row0, plane.shape[0], group_rows)
         s = tables["scale"].astype(np.float32, copy=False)[groups][:, None]

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Full-model load speed and peak memory: kformat against safetensors, in the same run.
+
+The model is the VGG16-shaped one of size_quality.py (138.4M parameters, He-init, seed 0).
+Each variant runs in a fresh process, several times (the best time counts), from the page
+cache, and reports the seconds to turn the file into numpy arrays, the float32 bytes produced
+per second, and the peak RSS added on top of the interpreter with its imports:
+
+  safetensors f32    safetensors.numpy.load_file of the float32 model
+  safetensors f16    the same of the float16 model (widened to float32 by nothing: fp16 arrays)
+  kformat mobile     kformat.load_all of the `mobile` .kf (float32 out; fp16 layers widened)
+  kformat mobile, 1 thread   the same with one decode thread
+
+    python tools/bench/load_speed.py [--out bench-out] [--repeat 3] [--small]
+
+Prints a table and writes bench-out/load_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(REPO / "examples"))
+
+CHILD = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[4])
+from procmem import peak_rss_bytes
+variant, path, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if variant.startswith("safetensors"):
+    from safetensors.numpy import load_file as load
+else:
+    import kformat
+    import kformat.loading.container as container
+    if variant.endswith("1"):
+        container.DECODE_THREADS = 1
+    load = kformat.load_all
+base = peak_rss_bytes()
+best = None
+for _ in range(repeat):
+    start = time.perf_counter()
+    arrays = load(path)
+    seconds = time.perf_counter() - start
+    best = seconds if best is None else min(best, seconds)
+    produced = sum(a.size * 4 for a in arrays.values())  # as float32
+    del arrays
+print(json.dumps({"seconds": best, "float32_bytes": produced, "added_peak": peak_rss_bytes() - base}))
+"""
+
+VARIANTS = {
+    "safetensors f32": "f32.safetensors",
+    "safetensors f16": "f16.safetensors",
+    "kformat mobile": "mobile.kf",
+    "kformat mobile, 1 thread": "mobile.kf",
+}
+
+
+def prepare(out: Path, small: bool) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    import kformat
+    from kformat.synthetic import small_vgg_weights, vgg16_weights
+
+    tag = "small" if small else "full"
+    stamp = out / f"load_speed_{tag}.ready"
+    if stamp.exists():
+        return
+    weights = small_vgg_weights() if small else vgg16_weights()
+    save_file(weights, str(out / "f32.safetensors"))
+    save_file({k: v.astype(np.float16) for k, v in weights.items()}, str(out / "f16.safetensors"))
+    kformat.pack(weights, out / "mobile.kf", "mobile")
+    for other in out.glob("load_speed_*.ready"):
+        other.unlink()
+    stamp.write_text("")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "bench-out")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--small", action="store_true", help="a scaled-down VGG (quick check)")
+    args = parser.parse_args()
+    work = args.out / "load_speed"
+    work.mkdir(parents=True, exist_ok=True)
+    prepare(work, args.small)
+    rows = []
+    for name, file in VARIANTS.items():
+        variant = "kformat1" if name.endswith("1 thread") else name
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                CHILD,
+                variant,
+                str(work / file),
+                str(args.repeat),
+                str(REPO / "examples"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result = json.loads(done.stdout)
+        result.update(variant=name, file_bytes=(work / file).stat().st_size)
+        rows.append(result)
+    reference = rows[0]
+    widths, digits = (9, 8, 9, 9, 9, 9), (1, 3, 2, 2, 1, 2)
+    print(
+        f"{'variant':26s} {'file MiB':>9s} {'seconds':>8s} {'GB/s f32':>9s} {'x st f32':>9s} {'peak MiB':>9s}"
+        f" {'x st f32':>9s}"
+    )
+    for r in rows:
+        r["float32_gb_per_s"] = r["float32_bytes"] / r["seconds"] / 1e9
+        r["speed_vs_safetensors_f32"] = reference["seconds"] / r["seconds"]
+        r["peak_vs_safetensors_f32"] = r["added_peak"] / reference["added_peak"]
+        cells = (
+            r["file_bytes"] / 2**20,
+            r["seconds"],
+            r["float32_gb_per_s"],
+            r["speed_vs_safetensors_f32"],
+            r["added_peak"] / 2**20,
+            r["peak_vs_safetensors_f32"],
+        )
+        print(f"{r['variant']:26s} " + " ".join(f"{v:{w}.{d}f}" for v, w, d in zip(cells, widths, digits)))
+    report = {
+        "machine": platform.processor() or platform.machine(),
+        "small": args.small,
+        "rows": rows,
+        "method": f"fresh process per variant, best of {args.repeat} loads from the page cache;"
+        " added peak = peak RSS minus peak RSS after imports",
+    }
+    (args.out / "load_speed.json").write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
