@@ -32,6 +32,7 @@ def pack(
     progress: Progress | None = None,
     target_size: int | None = None,
     target_bits: float | None = None,
+    jobs: int | None = None,
 ) -> PackReport:
     """Pack a model file (or a dict of arrays) into a kformat container.
 
@@ -75,6 +76,7 @@ def pack(
             shard_size=shard_size,
             metadata=metadata,
             progress=progress,
+            jobs=jobs,
         )
         return report
     return _pack(
@@ -85,6 +87,7 @@ def pack(
         shard_size=shard_size,
         metadata=metadata,
         progress=progress,
+        jobs=jobs,
     )
 
 

@@ -82,6 +82,7 @@ def cmd_pack(args) -> int:
         progress=progress,
         target_size=args.target_size,
         target_bits=args.target_bits,
+        jobs=args.jobs,
     )
     for warning in report.unmatched_rules:
         print(f"kformat: warning: {warning}", file=sys.stderr)
@@ -205,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
             type=float,
             metavar="BITS",
             help="bit allocation to BITS bits per parameter on average (e.g. 4.5)",
+        )
+        p.add_argument(
+            "-j",
+            "--jobs",
+            type=int,
+            default=None,
+            metavar="N",
+            help="encode N tensors at once (default: every core); the output is the same for any N",
         )
         p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 

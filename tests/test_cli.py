@@ -103,3 +103,22 @@ def test_help_explains_commands():
     for word in ("pack", "unpack", "inspect", "verify", "publish"):
         assert word in result.stdout
     assert "GLOB=RULE" in run("pack", "--help").stdout
+
+
+def test_jobs_give_byte_identical_output(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "m.npz",
+        **{f"l{i}.weight": rng.standard_normal((64 + i, 96)).astype(np.float32) for i in range(6)},
+    )
+    outputs = []
+    for jobs in ("1", "2", "5"):
+        out = tmp_path / f"j{jobs}.kf"
+        assert (
+            main(["pack", str(tmp_path / "m.npz"), "-o", str(out), "-r", "mobile", "--jobs", jobs, "-q"]) == 0
+        )
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert main(["pack", str(tmp_path / "m.npz"), "-o", str(tmp_path / "x.kf"), "--jobs", "0", "-q"]) == 2

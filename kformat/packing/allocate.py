@@ -249,6 +249,7 @@ def pack_to_target(
     shard_size=None,
     metadata=None,
     progress=None,
+    jobs=None,
 ):
     """Pack with allocated rules so that the container is at most `target_bytes`.
 
@@ -284,6 +285,7 @@ def pack_to_target(
             shard_size=shard_size or DEFAULT_SHARD_SIZE,
             metadata=info,
             progress=progress,
+            jobs=jobs,
             assigned={n: (r, note) for n, r in alloc.rules.items()},
         )
         actual = container_size(temp)

@@ -6,7 +6,8 @@ source ─► plan (recipe) ─► quantize ─► cut into tiles ─► encode 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -78,9 +79,31 @@ def extensions(entries: list[TensorEntry]) -> list[str]:
     return sorted(names)
 
 
-def emit_tensor(
-    sink, pool: ThreadPoolExecutor, name: str, array: np.ndarray, decision: Decision, default_tile
-) -> TensorEntry:
+@dataclass
+class Encoded:
+    """A tensor encoded and cut into tile blobs, not yet written: what a worker hands back."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+    view: tuple[int, int]
+    rule: Rule
+    reason: str
+    group_rows: int
+    storage: str
+    depth: int | None
+    codec: str
+    tile: tuple[int, int]
+    rects: list[tuple[int, int, int, int]]
+    blobs: list[bytes]
+    tables: dict[str, np.ndarray]
+    stats: dict[str, float]
+
+
+def encode_blobs(
+    name: str, array: np.ndarray, decision: Decision, default_tile, pool: ThreadPoolExecutor
+) -> Encoded:
+    """The CPU work of one tensor (quantize, encode every tile), independent of the output."""
     rule = decision.rule
     q = encode_tensor(name, array, rule)
     codec = get_codec(rule.plane_codec)
@@ -97,26 +120,57 @@ def emit_tensor(
         codec = get_codec("raw")
         blobs = list(pool.map(lambda rect: tile_blob(q, codec, rect), rects))
         reason += f"; codec raw: the planes compress past the reader's {MAX_AMPLIFICATION}:1 limit"
-    tiles = [Tile(row=r, col=c, rows=h, cols=w, blob=sink.add(b)) for (r, c, h, w), b in zip(rects, blobs)]
-    quant = Quant.build(
-        rule.method, rule.bits, q.group_rows, {n: _table(sink, a) for n, a in q.tables.items()}
-    )
-    stats = {k: float(v) for k, v in q.stats.items() if np.isfinite(v)}
-    return TensorEntry(
+    return Encoded(
         name=name,
         dtype=array.dtype.name,
         shape=list(array.shape),
         view=q.view,
+        rule=rule,
+        reason=reason,
+        group_rows=q.group_rows,
         storage="uint8" if method.codes else q.values.dtype.name,
         depth=plane_depth(int(rule.bits)) if method.codes else None,
         codec=codec.name,
         tile=tile,
+        rects=rects,
+        blobs=blobs,
+        tables=q.tables,
+        stats={k: float(v) for k, v in q.stats.items() if np.isfinite(v)},
+    )
+
+
+def emit(sink, e: Encoded) -> TensorEntry:
+    """Write an encoded tensor's blobs (tiles, then tables) and describe it."""
+    tiles = [
+        Tile(row=r, col=c, rows=h, cols=w, blob=sink.add(b)) for (r, c, h, w), b in zip(e.rects, e.blobs)
+    ]
+    quant = Quant.build(
+        e.rule.method, e.rule.bits, e.group_rows, {n: _table(sink, a) for n, a in e.tables.items()}
+    )
+    return TensorEntry(
+        name=e.name,
+        dtype=e.dtype,
+        shape=e.shape,
+        view=e.view,
+        storage=e.storage,
+        depth=e.depth,
+        codec=e.codec,
+        tile=e.tile,
         quant=quant,
         tiles=tiles,
-        rule=rule.to_text(),
-        reason=reason,
-        stats=stats,
+        rule=e.rule.to_text(),
+        reason=e.reason,
+        stats=e.stats,
     )
+
+
+def default_jobs(jobs: int | None) -> int:
+    """Worker count: `jobs`, or every core."""
+    if jobs is None:
+        return max(1, os.cpu_count() or 1)
+    if jobs < 1:
+        raise KFormatError(f"jobs must be at least 1, got {jobs}")
+    return int(jobs)
 
 
 def pack(
@@ -128,14 +182,16 @@ def pack(
     shard_size: int = DEFAULT_SHARD_SIZE,
     metadata: dict[str, str] | None = None,
     progress: Progress | None = None,
-    workers: int | None = None,
+    jobs: int | None = None,
     generator: str | None = None,
     assigned: dict[str, tuple[Rule, str]] | None = None,
 ) -> PackReport:
     """Pack every tensor of `source` by `recipe`; the output appears only when complete.
 
-    `assigned` maps tensor names to (rule, reason) chosen elsewhere (bit allocation); those
-    replace the recipe's choice."""
+    `jobs` tensors are encoded at once (default: every core), and written in file order, so
+    the output is byte-identical for every value. `assigned` maps tensor names to (rule,
+    reason) chosen elsewhere (bit allocation); those replace the recipe's choice."""
+    jobs = default_jobs(jobs)
     output = Path(output)
     with write_errors(output):
         if source.path is not None and output.resolve() == Path(source.path).resolve():
@@ -152,13 +208,20 @@ def pack(
         try:
             entries = []
             total = len(decisions)
-            with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
+            with ThreadPoolExecutor(jobs, "kformat-encode") as encoders, ThreadPoolExecutor(jobs) as tiles:
+                pending: deque[Future] = deque()
                 for i, decision in enumerate(decisions):
                     if progress:
                         progress(i, total, decision.name)
-                    array = source.load(decision.name)
-                    entries.append(emit_tensor(sink, pool, decision.name, array, decision, recipe.tile))
+                    array = source.load(decision.name)  # sources are read from this thread only
+                    pending.append(
+                        encoders.submit(encode_blobs, decision.name, array, decision, recipe.tile, tiles)
+                    )
                     del array
+                    while len(pending) >= jobs:  # at most `jobs` tensors in memory at once
+                        entries.append(emit(sink, pending.popleft().result()))
+                while pending:
+                    entries.append(emit(sink, pending.popleft().result()))
             if progress:
                 progress(total, total, "")
             manifest = Manifest(
