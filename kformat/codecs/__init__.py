@@ -7,7 +7,7 @@ reader's memory limit. `png` holds code planes only; `zstd` and `raw` hold both.
 
 from __future__ import annotations
 
-from ..errors import VersionError
+from ..registry import Registry
 from .base import Codec
 from .bitpack import plane_depth
 from .png import PngCodec
@@ -25,35 +25,28 @@ __all__ = [
     "unshuffle_bytes",
 ]
 
-CODECS: dict[str, Codec] = {}
-
-
-def register_codec(codec: Codec, *, replace: bool = False) -> Codec:
-    """Make `codec` known to readers and writers under `codec.name`."""
-    name = getattr(codec, "name", None)
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"a codec needs a name that is an identifier, got {name!r}")
+def _has_bound(name: str, codec: Codec) -> None:
     bound = getattr(codec, "max_inflation", None)
     if not isinstance(bound, int) or isinstance(bound, bool) or bound < 1:
         raise ValueError(f"codec {name!r} must declare max_inflation, a whole number >= 1 (got {bound!r})")
-    if name in CODECS and not replace:
-        raise ValueError(f"a codec named {name!r} is already registered")
-    CODECS[name] = codec
-    return codec
+
+
+_REGISTRY: Registry[Codec] = Registry("plane codec", _has_bound)
+CODECS = _REGISTRY.items
+
+
+def register_codec(codec: Codec, *, replace: bool = False) -> Codec:
+    """Make `codec` known to readers and writers under `codec.name`; it must declare its
+    inflation bound."""
+    return _REGISTRY.register(codec, replace=replace)
 
 
 def unregister_codec(name: str) -> None:
-    CODECS.pop(name, None)
+    _REGISTRY.unregister(name)
 
 
 def get_codec(name: str) -> Codec:
-    try:
-        return CODECS[name]
-    except KeyError:
-        raise VersionError(
-            f"unknown plane codec {name!r} (this reader knows {', '.join(CODECS)}): the file needs a newer"
-            " reader or the extension that defines it"
-        ) from None
+    return _REGISTRY.get(name)
 
 
 for _codec in (PngCodec(), ZstdCodec(), RawCodec()):

@@ -4,34 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import VersionError
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from .base import Method
 
-METHODS: dict[str, "Method"] = {}
+_REGISTRY: Registry["Method"] = Registry("quantization method")
+METHODS = _REGISTRY.items
 
 
 def register_method(method: "Method", *, replace: bool = False) -> "Method":
     """Make `method` known to recipes, writers and readers under `method.name`."""
-    name = getattr(method, "name", None)
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"a method needs a name that is an identifier, got {name!r}")
-    if name in METHODS and not replace:
-        raise ValueError(f"a method named {name!r} is already registered")
-    METHODS[name] = method
-    return method
+    return _REGISTRY.register(method, replace=replace)
 
 
 def unregister_method(name: str) -> None:
-    METHODS.pop(name, None)
+    _REGISTRY.unregister(name)
 
 
 def get_method(name: str) -> "Method":
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise VersionError(
-            f"unknown quantization method {name!r} (this reader knows {', '.join(METHODS)}): the file needs a"
-            " newer reader or the extension that defines it"
-        ) from None
+    return _REGISTRY.get(name)
