@@ -21,6 +21,7 @@ from ..format.manifest import Manifest, TensorEntry
 from ..methods import QuantizedTensor, get_method
 from ..methods.compact import as_columns
 from .container import BATCH_BYTES, Container
+from .decode import fill_tile
 
 __all__ = ["LazyModel", "LazyTensor", "QuantizedTensor", "open_model"]
 
@@ -139,11 +140,13 @@ class LazyTensor:
         out = np.zeros((rows, x2.shape[1]), dtype=out_dtype)
         lossless = self.lossless
         buffer = None if lossless else np.empty((min(t.tile[0], rows), min(t.tile[1], cols)), np.float32)
-        for tile, plane in c.iter_planes(self.name, self.batch_bytes):
+        tables = {} if lossless else c.tables(t)
+        for tile, data, label in c.iter_tiles(self.name, self.batch_bytes):
             if lossless:
-                w = plane
-            else:
-                w = c.dequantize_tile(t, tile, plane, out=buffer[: tile.rows, : tile.cols])
+                w = c.decode_tile(t, tile, data, label)
+            else:  # the fast path of loading: packed codes through a byte table, into the buffer
+                w = buffer[: tile.rows, : tile.cols]
+                fill_tile(t, tile, data, f"{c.source}: {label}", tables, w)
             target = out[tile.row : tile.row + tile.rows]
             part = x2[tile.col : tile.col + tile.cols]
             if tile.cols == cols:
