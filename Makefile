@@ -35,6 +35,7 @@ bench: venv nginx
 	$(BIN)/python tools/bench/size_quality.py
 	$(BIN)/python tools/bench/peak_memory.py
 	$(BIN)/python tools/bench/torch_memory.py
+	$(BIN)/python tools/bench/load_speed.py
 
 schema: venv
 	$(BIN)/python tools/gen_schema.py
