@@ -97,10 +97,10 @@ def unpack(url: str, output: str | Path, progress: Progress | None = None, **sto
         names = list(container.tensors)
 
         def tensors():
-            for i, name in enumerate(names):
+            for i, (name, array) in enumerate(container.read_all()):
                 if progress:
                     progress(i, len(names), name)
-                yield name, container.read_tensor(name)
+                yield name, array
             if progress:
                 progress(len(names), len(names), "")
 
@@ -111,7 +111,7 @@ def unpack(url: str, output: str | Path, progress: Progress | None = None, **sto
 def load_all(url: str, **storage_options) -> dict[str, np.ndarray]:
     """Every tensor of a container, eagerly (dequantized to float32 where lossy)."""
     with Container.open(url, **storage_options) as container:
-        return {name: container.read_tensor(name) for name in container.tensors}
+        return dict(container.read_all())
 
 
 def verify(url: str, progress: Progress | None = None, **storage_options) -> list[Problem]:

@@ -226,6 +226,19 @@ class Container:
                 )
             return self._decode_pool
 
+    def read_all(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, tensor) in file order, the next tensor's tables and first tiles fetched in
+        the background while the current one decodes."""
+        names = list(self.tensors)
+        try:
+            for i, name in enumerate(names):
+                if i + 1 < len(names):
+                    self.prefetch(names[i + 1])
+                yield name, self.read_tensor(name)
+        finally:
+            for name in names:
+                self.discard_prefetch(name)
+
     def verify(self, progress=None) -> list[Problem]:
         """Check every blob's length and hash and that every plane and table decodes; list problems."""
         return verify(self, progress)
