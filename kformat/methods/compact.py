@@ -91,6 +91,9 @@ class QuantizedTensor:
         if method.lossless:
             return self.values[start:stop]
         plane = self.plane[start:stop]
+        if self.packed and self.bits == self.depth:  # every code valid: whole bytes through a table
+            cols, tables = self.view[1], self.tables
+            return method.dequantize_packed(plane, self.depth, cols, start, self.group_rows, tables, out)
         if self.packed:
             plane = unpack_rows(plane, self.view[1], self.depth)
         return method.dequantize(plane, start, self.group_rows, self.tables, out=out)
