@@ -25,6 +25,7 @@ __all__ = [
     "unshuffle_bytes",
 ]
 
+
 def _has_bound(name: str, codec: Codec) -> None:
     bound = getattr(codec, "max_inflation", None)
     if not isinstance(bound, int) or isinstance(bound, bool) or bound < 1:

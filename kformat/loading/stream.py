@@ -4,6 +4,7 @@ batch in the background while the caller decodes the current one."""
 from __future__ import annotations
 
 import threading
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterator
 
@@ -11,6 +12,7 @@ from ..format.manifest import TensorEntry, Tile
 from .tables import TableCache, tile_label
 
 BATCH_BYTES = 4 << 20  # tiles fetched per request while streaming: whole row bands, about this much
+AHEAD = 2  # batches fetched ahead of the one being decoded
 
 
 def tile_batches(tensor: TensorEntry, batch_bytes: int = BATCH_BYTES) -> list[list[int]]:
@@ -44,7 +46,7 @@ class TileStream:
         with self._lock:
             self._check_open()
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(2, thread_name_prefix="kformat-fetch")
+                self._executor = ThreadPoolExecutor(AHEAD + 2, thread_name_prefix="kformat-fetch")
             return self._executor
 
     def _fetch_batch(self, tensor: TensorEntry, batch: list[int]) -> list[bytes]:
@@ -72,30 +74,30 @@ class TileStream:
     def iter_tiles(
         self, tensor: TensorEntry, batch_bytes: int = BATCH_BYTES
     ) -> Iterator[tuple[Tile, bytes, str]]:
-        """(tile, checked blob, label) in stored order; batch k+1 is fetched while the
-        caller works on batch k, so at most about three batches are held at once."""
+        """(tile, checked blob, label) in stored order; the next AHEAD batches are fetched
+        while the caller works on one (requests overlap, so a link with latency stays busy), so
+        at most AHEAD + 2 batches are held at once."""
         with self._lock:
             item = self._prefetched.pop(tensor.name, None)
         batches = tile_batches(tensor, batch_bytes)
-        if item is not None and item[0] == batches:
-            pending = item[1]
-        elif not batches:
+        if not batches:
             return
-        else:
-            pending = self._background().submit(self._fetch_batch, tensor, batches[0])
+        pending: deque[Future] = deque()
+        if item is not None and item[0] == batches:
+            pending.append(item[1])
         try:
             for k, batch in enumerate(batches):
-                following = None
-                if k + 1 < len(batches):
-                    following = self._background().submit(self._fetch_batch, tensor, batches[k + 1])
-                datas = pending.result()
-                pending = following
+                while len(pending) < AHEAD + 1 and k + len(pending) < len(batches):
+                    pending.append(
+                        self._background().submit(self._fetch_batch, tensor, batches[k + len(pending)])
+                    )
+                datas = pending.popleft().result()
                 for i, data in zip(batch, datas):
                     yield tensor.tiles[i], data, tile_label(tensor, i)
                 del datas
         finally:
-            if pending is not None:
-                pending.cancel()
+            for future in pending:
+                future.cancel()
 
     def close(self) -> None:
         with self._lock:
