@@ -29,7 +29,7 @@ from .errors import (
     TruncatedError,
     VersionError,
 )
-from .loading.container import Container, open_container
+from .loading.container import Container, Problem, open_container
 from .loading.lazy import LazyModel, LazyTensor, open_model
 from .methods import Method, QuantizedTensor, register_method
 from .codecs import Codec, register_codec
@@ -50,6 +50,7 @@ __all__ = [
     "unpack",
     "inspect",
     "verify",
+    "Problem",
     "load_all",
     "compare",
     "Comparison",

@@ -77,6 +77,7 @@ def cmd_pack(args) -> int:
         args.output,
         args.recipe,
         rules=args.rule,
+        metadata=_metadata(args.metadata),
         layout="sharded" if args.sharded else "single",
         shard_size=args.shard_size,
         progress=progress,
@@ -86,15 +87,36 @@ def cmd_pack(args) -> int:
     )
     for warning in report.unmatched_rules:
         print(f"kformat: warning: {warning}", file=sys.stderr)
-    if not args.quiet:
-        tot = report.summary()["totals"]
+    summary = report.summary()
+    if args.json:
+        print(
+            json.dumps(
+                {"output": str(args.output), "unmatched_rules": report.unmatched_rules, **summary}, indent=2
+            )
+        )
+    elif not args.quiet:
+        tot = summary["totals"]
         print(
             f"packed {tot['tensors']} tensors ({tot['params']:,} parameters) into {args.output}:"
             f" {kformat.human_bytes(tot['container_bytes'])}, {tot['ratio_to_float32']:.2f}x smaller than"
             " float32"
             f" ({kformat.human_bytes(tot['float32_bytes'])}), {tot['bits_per_weight']:.2f} bits/weight"
         )
+        print(
+            f"manifest sha256 {report.manifest_sha256}: pin this copy with --manifest-sha256 (every layout"
+            " has its own manifest, so a published copy has its own digest)"
+        )
     return EXIT_OK
+
+
+def _metadata(items: list[str]) -> dict[str, str]:
+    metadata = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise KFormatError(f"--metadata {item!r}: expected KEY=VALUE")
+        metadata[key] = value
+    return metadata
 
 
 def cmd_publish(args) -> int:
@@ -103,8 +125,12 @@ def cmd_publish(args) -> int:
 
 
 def cmd_unpack(args) -> int:
-    names = kformat.unpack(args.input, args.output, Progress("unpack"), **_storage_options(args))
-    print(f"unpacked {len(names)} tensors to {args.output}")
+    progress = Progress("unpack", None if not args.quiet else False)
+    names = kformat.unpack(args.input, args.output, progress, **_storage_options(args))
+    if args.json:
+        print(json.dumps({"output": str(args.output), "tensors": names}, indent=2))
+    elif not args.quiet:
+        print(f"unpacked {len(names)} tensors to {args.output}")
     return EXIT_OK
 
 
@@ -129,16 +155,21 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    progress = Progress("verify", None if not (args.quiet or args.json) else False)
     try:
-        problems = kformat.verify(args.input, Progress("verify"), **_storage_options(args))
+        problems = kformat.verify(args.input, progress, **_storage_options(args))
     except (
         kformat.FormatError,
         kformat.IntegrityError,
     ) as exc:  # the file is bad: a finding, not a usage error
-        print(f"{args.input}: BAD: {exc}")
-        return EXIT_PROBLEMS
+        problems = [kformat.Problem("container", str(exc))]
+    if args.json:
+        found = [{"label": p.label, "message": p.message} for p in problems]
+        print(json.dumps({"input": args.input, "ok": not problems, "problems": found}, indent=2))
+        return EXIT_PROBLEMS if problems else EXIT_OK
     if not problems:
-        print(f"{args.input}: OK (every blob's hash matches and every plane decodes)")
+        if not args.quiet:
+            print(f"{args.input}: OK (every byte accounted for: hashes, planes, padding)")
         return EXIT_OK
     for problem in problems:
         print(f"{args.input}: BAD {problem.label}: {problem.message}")
@@ -166,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kformat {kformat.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_output_args(p):
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
     def add_pack_args(p):
         p.add_argument(
@@ -215,7 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help="encode N tensors at once (default: every core); the output is the same for any N",
         )
-        p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+        p.add_argument(
+            "--metadata",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a string stored in the manifest's metadata (repeatable)",
+        )
+        add_output_args(p)
 
     p = sub.add_parser(
         "pack",
@@ -258,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unpack", help="write all tensors to .npz or .safetensors")
     add_url_args(p)
     p.add_argument("-o", "--output", required=True, help="output .npz or .safetensors")
+    add_output_args(p)
     p.set_defaults(func=cmd_unpack)
 
     p = sub.add_parser("inspect", help="show each tensor's rule, size, rate and error")
@@ -265,8 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("verify", help="check every blob's hash; exit 1 naming each bad blob")
+    p = sub.add_parser(
+        "verify",
+        help="check every byte; exit 1 naming each problem",
+        description="Check every blob's length and SHA-256 and that it decodes, that padding is zero,"
+        " that nothing follows the last blob, and that each shard's content matches its name.",
+    )
     add_url_args(p)
+    add_output_args(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(

@@ -122,3 +122,31 @@ def test_jobs_give_byte_identical_output(tmp_path):
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1] == outputs[2]
     assert main(["pack", str(tmp_path / "m.npz"), "-o", str(tmp_path / "x.kf"), "--jobs", "0", "-q"]) == 2
+
+
+def test_json_output_metadata_and_the_digest_to_pin(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    import kformat
+
+    np.savez(tmp_path / "m.npz", w=np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32))
+    kf = tmp_path / "m.kf"
+    assert main(["pack", str(tmp_path / "m.npz"), "-o", str(kf), "--metadata", "licence=MIT", "--json"]) == 0
+    packed = json.loads(capsys.readouterr().out)
+    with kformat.open(str(kf)) as model:
+        assert model.metadata["licence"] == "MIT"
+        assert packed["manifest_sha256"] == model.manifest_sha256
+    assert main(["publish", str(kf), str(tmp_path / "site"), "--json"]) == 0
+    published = json.loads(capsys.readouterr().out)
+    assert published["manifest_sha256"] != packed["manifest_sha256"]  # every layout has its own manifest
+    assert (
+        main(["verify", str(tmp_path / "site"), "--manifest-sha256", published["manifest_sha256"], "-q"]) == 0
+    )
+    assert capsys.readouterr().out == ""
+    assert main(["verify", str(kf), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"input": str(kf), "ok": True, "problems": []}
+    assert main(["unpack", str(kf), "-o", str(tmp_path / "u.npz"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tensors"] == ["w"]
+    assert main(["pack", str(tmp_path / "m.npz"), "-o", str(kf), "--metadata", "novalue"]) == 2

@@ -80,4 +80,10 @@ def relayout(
         except BaseException:
             sink.abort()
             raise
-    return PackReport(output=output, manifest=manifest, unmatched_rules=[], bytes=sink.total_bytes)
+    return PackReport(
+        output=output,
+        manifest=manifest,
+        unmatched_rules=[],
+        bytes=sink.total_bytes,
+        manifest_sha256=sink.manifest_sha256,
+    )

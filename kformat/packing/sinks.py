@@ -57,6 +57,7 @@ class SingleFileSink:
 
     def commit(self, manifest: Manifest) -> None:
         body = encode_manifest(manifest)
+        self.manifest_sha256 = hashlib.sha256(body).hexdigest()
         data_offset = HEADER_SIZE + len(body)
         data_offset += _pad(data_offset)
         self._spool.flush()
@@ -136,6 +137,7 @@ class ShardedSink:
 
     def commit(self, manifest: Manifest) -> None:
         body = encode_manifest(manifest)
+        self.manifest_sha256 = hashlib.sha256(body).hexdigest()
         with atomic_file(self.dir / MANIFEST_NAME) as out:
             out.write(encode_header(body, 0))
             out.write(body)

@@ -39,12 +39,15 @@ class PackReport:
     manifest: Manifest
     unmatched_rules: list[str] = field(default_factory=list)
     bytes: int | None = None
+    manifest_sha256: str = ""  # what to pin: kformat.open(url, manifest_sha256=...)
 
     def summary(self) -> dict:
         """What `kformat.inspect` would say of the output, without reading it back."""
         from ..summary import summarize
 
-        return summarize(self.manifest, self.bytes)
+        summary = summarize(self.manifest, self.bytes)
+        summary["manifest_sha256"] = self.manifest_sha256
+        return summary
 
 
 def tile_grid(view: tuple[int, int], tile: tuple[int, int]) -> list[tuple[int, int, int, int]]:
@@ -237,4 +240,10 @@ def pack(
         except BaseException:
             sink.abort()
             raise
-    return PackReport(output=output, manifest=manifest, unmatched_rules=unmatched, bytes=sink.total_bytes)
+    return PackReport(
+        output=output,
+        manifest=manifest,
+        unmatched_rules=unmatched,
+        bytes=sink.total_bytes,
+        manifest_sha256=sink.manifest_sha256,
+    )
