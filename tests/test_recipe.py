@@ -145,3 +145,45 @@ def test_rule_override_syntax():
 def test_fp16_input_with_fp16_rule_is_stored_raw():
     decisions, _ = plan(load_recipe("fp16"), [("w", (64, 64), np.dtype(np.float16))])
     assert decisions[0].rule.method == "raw"
+
+
+def test_mobile_picks_fully_connected_layers_by_role_and_size():
+    """On a transformer the first rank-2 tensor is an embedding table; mobile's 4-bit layer is
+    the largest fully connected layer, and embeddings stay fp16."""
+    tensors = [
+        ("embeddings.word_embeddings.weight", (30522, 384), np.dtype(np.float32)),
+        ("embeddings.position_embeddings.weight", (512, 384), np.dtype(np.float32)),
+        ("encoder.layer.0.attention.self.query.weight", (384, 384), np.dtype(np.float32)),
+        ("encoder.layer.0.intermediate.dense.weight", (1536, 384), np.dtype(np.float32)),
+        ("encoder.layer.0.output.dense.weight", (384, 1536), np.dtype(np.float32)),
+        ("encoder.layer.0.output.LayerNorm.weight", (384,), np.dtype(np.float32)),
+        ("conv.weight", (64, 32, 3, 3), np.dtype(np.float32)),
+    ]
+    decisions, unmatched = plan(load_recipe("mobile"), tensors)
+    rules = {d.name: d.rule.to_text() for d in decisions}
+    assert rules["embeddings.word_embeddings.weight"] == "fp16,codec=zstd"
+    assert rules["embeddings.position_embeddings.weight"] == "fp16,codec=zstd"
+    assert rules["encoder.layer.0.intermediate.dense.weight"] == "kmeans:4,ecq=0.25"  # first of the largest
+    assert rules["encoder.layer.0.output.dense.weight"] == "kmeans:8,ecq=0.5"
+    assert rules["encoder.layer.0.attention.self.query.weight"] == "kmeans:8,ecq=0.5"
+    assert rules["conv.weight"] == "fp16,codec=zstd" and not unmatched
+
+
+def test_role_and_largest_selectors_in_recipes():
+    recipe = recipe_from_dict(
+        {
+            "rules": [
+                {"role": "embedding", "rule": "kmeans:8,row"},
+                {"match": "*.weight", "largest": True, "rule": "kmeans:2"},
+            ]
+        }
+    )
+    tensors = [
+        ("tok_embeddings.weight", (1000, 8), np.dtype(np.float32)),
+        ("a.weight", (64, 64), np.dtype(np.float32)),
+        ("b.weight", (64, 128), np.dtype(np.float32)),
+    ]
+    decisions, _ = plan(recipe, tensors)
+    assert [d.rule.to_text() for d in decisions] == ["kmeans:8,row", "fp16", "kmeans:2"]
+    with pytest.raises(RecipeError, match="role"):
+        recipe_from_dict({"rules": [{"role": "attention", "rule": "fp16"}]})

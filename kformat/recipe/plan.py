@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,16 +32,26 @@ def plan(
     """Choose a rule for every tensor (in file order); also list entries that matched nothing."""
     seen = [0] * len(recipe.rules)
     used = [False] * len(recipe.rules)
+    largest = {}  # entry index -> the name of the largest tensor it selects (first on ties)
+    for i, entry in enumerate(recipe.rules):
+        if entry.largest:
+            sizes = [
+                (math.prod(shape), -k, name)
+                for k, (name, shape, _) in enumerate(tensors)
+                if entry.selects(name, tuple(shape))
+            ]
+            largest[i] = max(sizes)[2] if sizes else None
     decisions = []
     for name, shape, dtype in tensors:
-        ndim = len(shape)
         chosen, reason = recipe.default, "default"
         for i, entry in enumerate(recipe.rules):
-            if not entry.selects(name, ndim):
+            if not entry.selects(name, tuple(shape)):
                 continue
             position = seen[i]
             seen[i] += 1
             if entry.nth is not None and entry.nth != position:
+                continue
+            if entry.largest and largest[i] != name:
                 continue
             chosen, reason = entry.rule, f"rules[{i}] ({entry.match})"
             used[i] = True
@@ -49,7 +60,9 @@ def plan(
     unmatched = [
         f"rules[{i}] (match={e.match!r}"
         + (f", ndim={e.ndim}" if e.ndim is not None else "")
+        + (f", role={e.role}" if e.role is not None else "")
         + (f", nth={e.nth}" if e.nth is not None else "")
+        + (", largest" if e.largest else "")
         + ") matched no tensor"
         for i, (e, u) in enumerate(zip(recipe.rules, used))
         if not u

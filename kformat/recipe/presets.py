@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-# Built-in presets. "mobile" is the mixed recipe of the classic iOS classifier: the first
-# fully connected layer (the first rank-2 tensor in file order) 4-bit k-means, the other FC
-# layers 8-bit k-means, everything else fp16. Its codebooks are fitted entropy-constrained
-# (ecq: at most 0.25 dB below the plain fit for the 4-bit layer, 0.5 dB for the 8-bit ones,
-# which stay above 43 dB), and fp16 values are byte-shuffled and zstd-compressed: lossless,
-# 16% smaller. See tools/bench/size_quality.py for what each choice buys.
+# Built-in presets. "mobile" is the mixed recipe of the classic iOS classifier: the largest
+# fully connected layer 4-bit k-means, the other FC layers 8-bit k-means, everything else
+# (convolutions, embeddings, vectors) fp16; layers are told apart by role (recipe/roles.py),
+# so on a transformer the embedding tables are not taken for FC layers. Its codebooks are
+# fitted entropy-constrained (ecq: at most 0.25 dB below the plain fit for the 4-bit layer,
+# 0.5 dB for the 8-bit ones, which stay above 43 dB), and fp16 values are byte-shuffled and
+# zstd-compressed: lossless, 16% smaller. See tools/bench/size_quality.py for what each choice buys.
 PRESETS: dict[str, dict[str, Any]] = {
     "raw": {"name": "raw", "default": "raw"},
     "fp16": {"name": "fp16", "default": "fp16,codec=zstd"},
@@ -21,8 +22,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "name": "mobile",
         "default": "fp16,codec=zstd",
         "rules": [
-            {"match": "*", "ndim": 2, "nth": 0, "rule": "kmeans:4,ecq=0.25"},
-            {"match": "*", "ndim": 2, "rule": "kmeans:8,ecq=0.5"},
+            {"match": "*", "role": "fc", "largest": True, "rule": "kmeans:4,ecq=0.25"},
+            {"match": "*", "role": "fc", "rule": "kmeans:8,ecq=0.5"},
         ],
     },
 }

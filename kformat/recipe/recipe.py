@@ -14,10 +14,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from ..errors import RecipeError
 from .presets import PRESETS
+from .roles import Role, role_of
 from .rules import DEFAULT_TILE, Rule, check_tile, parse_rule, rule_fields_from_text, validation_message
 
 DEFAULT_MIN_ELEMENTS = 1024
@@ -28,16 +29,29 @@ def _coerce_rule(value: Any) -> Any:
 
 
 class RuleEntry(BaseModel):
-    """A selector (glob, rank, position among matches) and the rule it applies."""
+    """A selector (glob, rank, role, position among matches, the largest) and the rule it applies."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     match: str = Field("*", description="glob over tensor names (fnmatch, case-sensitive)")
     ndim: int | None = Field(None, ge=0, description="only tensors of this rank")
-    nth: int | None = Field(
-        None, ge=0, description="only the nth tensor (0-based, file order) that match and ndim select"
+    role: Role | None = Field(
+        None, description="only tensors of this role (kformat.recipe.roles): fc, embedding, conv, vector"
     )
+    nth: int | None = Field(
+        None, ge=0, description="only the nth tensor (0-based, file order) that match, ndim and role select"
+    )
+    largest: bool = Field(False, description="only the largest tensor that match, ndim and role select")
     rule: Rule
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_selectors(self, handler):
+        data = handler(self)  # role and largest came later: recipes stored without them keep their bytes
+        if data.get("role") is None:
+            data.pop("role", None)
+        if not data.get("largest"):
+            data.pop("largest", None)
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -54,8 +68,12 @@ class RuleEntry(BaseModel):
             data["rule"] = inline
         return data
 
-    def selects(self, name: str, ndim: int) -> bool:
-        return fnmatch.fnmatchcase(name, self.match) and (self.ndim is None or self.ndim == ndim)
+    def selects(self, name: str, shape: tuple[int, ...]) -> bool:
+        return (
+            fnmatch.fnmatchcase(name, self.match)
+            and (self.ndim is None or self.ndim == len(shape))
+            and (self.role is None or self.role == role_of(name, shape))
+        )
 
 
 class Recipe(BaseModel):
