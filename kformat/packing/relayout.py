@@ -12,11 +12,11 @@ from pathlib import Path
 from .._version import __version__
 from ..errors import KFormatError, StorageError
 from ..format.constants import DEFAULT_SHARD_SIZE, MANIFEST_NAME
-from ..format.manifest import Manifest, Table
+from ..format.manifest import Table
 from ..loading.container import Container
 from .atomic import write_errors
 from .sinks import ShardedSink, SingleFileSink
-from .writer import PackReport, Progress
+from .writer import PackReport, Progress, finish
 
 
 def is_container(source: str | Path) -> bool:
@@ -67,23 +67,10 @@ def relayout(
             if progress:
                 progress(total, total, "")
             old = container.manifest
-            manifest = Manifest(
-                generator=old.generator or f"kformat {__version__}",
-                layout=sink.layout,
-                must_understand=list(old.must_understand),
-                shards=sink.shards(),
-                tensors=entries,
-                recipe=old.recipe,
-                metadata=dict(old.metadata),
+            generator = old.generator or f"kformat {__version__}"
+            return finish(
+                sink, output, entries, list(old.must_understand), generator, old.recipe, old.metadata, []
             )
-            sink.commit(manifest)
         except BaseException:
             sink.abort()
             raise
-    return PackReport(
-        output=output,
-        manifest=manifest,
-        unmatched_rules=[],
-        bytes=sink.total_bytes,
-        manifest_sha256=sink.manifest_sha256,
-    )

@@ -227,23 +227,40 @@ def pack(
                     entries.append(emit(sink, pending.popleft().result()))
             if progress:
                 progress(total, total, "")
-            manifest = Manifest(
-                generator=generator or f"kformat {__version__}",
-                layout=sink.layout,
-                must_understand=extensions(entries),
-                shards=sink.shards(),
-                tensors=entries,
-                recipe=recipe.model_dump(mode="python"),
-                metadata=dict(metadata or {}),
+            return finish(
+                sink,
+                output,
+                entries,
+                extensions(entries),
+                generator or f"kformat {__version__}",
+                recipe.model_dump(mode="python"),
+                metadata,
+                unmatched,
             )
-            sink.commit(manifest)
         except BaseException:
             sink.abort()
             raise
-    return PackReport(
-        output=output,
-        manifest=manifest,
-        unmatched_rules=unmatched,
-        bytes=sink.total_bytes,
-        manifest_sha256=sink.manifest_sha256,
+
+
+def finish(
+    sink,
+    output: Path,
+    entries: list[TensorEntry],
+    must_understand: list[str],
+    generator: str,
+    recipe: dict | None,
+    metadata: dict[str, str] | None,
+    unmatched: list[str],
+) -> PackReport:
+    """Write the manifest last (the output appears now) and report what was written."""
+    manifest = Manifest(
+        generator=generator,
+        layout=sink.layout,
+        must_understand=must_understand,
+        shards=sink.shards(),
+        tensors=entries,
+        recipe=recipe,
+        metadata=dict(metadata or {}),
     )
+    sink.commit(manifest)
+    return PackReport(output, manifest, unmatched, sink.total_bytes, sink.manifest_sha256)
