@@ -24,6 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import InputError
+from .format.dtypes import HAVE_ML_DTYPES
 from .format.constants import DEFAULT_SHARD_SIZE
 from .loading.lazy import LazyModel, LazyTensor, open_model
 from .methods import QuantizedTensor
@@ -50,11 +51,20 @@ torch_module = _torch
 
 
 def tensor_to_numpy(torch, value, name: str = "") -> np.ndarray:
-    """A CPU numpy copy or view of a torch tensor; bfloat16 is widened to float32 (exact)."""
+    """A CPU numpy copy or view of a torch tensor; bfloat16 and float8 keep their type through
+    ml_dtypes (the `ml_dtypes` extra), or bfloat16 is widened to float32 (exact) without it."""
     if value.is_meta:
         raise InputError(f"tensor {name!r} is on the meta device: it has no values")
     value = value.detach().cpu()
-    if value.dtype == torch.bfloat16:
+    extra = {
+        torch.bfloat16: "bfloat16",
+        getattr(torch, "float8_e4m3fn", None): "float8_e4m3fn",
+        getattr(torch, "float8_e5m2", None): "float8_e5m2",
+    }.get(value.dtype)
+    if extra is not None and HAVE_ML_DTYPES:  # bit-exact, as ml_dtypes' type of the same name
+        bits = torch.int16 if extra == "bfloat16" else torch.uint8
+        return value.contiguous().view(bits).numpy().view(np.dtype(extra))
+    if value.dtype == torch.bfloat16:  # without ml_dtypes: widened, exactly
         value = value.float()
     try:
         return value.numpy()

@@ -21,6 +21,7 @@ from ..codecs.bitpack import row_bytes
 from ..errors import FormatError, LimitError, VersionError
 from ..methods import METHODS, get_method, view_2d
 from .constants import SHARD_SUFFIX
+from .dtypes import VALUE_DTYPES, itemsize
 from .limits import (
     AMPLIFICATION_SLACK,
     INFLATION_SLACK,
@@ -32,20 +33,6 @@ from .limits import (
 from .manifest import BlobRef, Manifest, TensorEntry
 
 SHARD_NAME = re.compile(r"^[0-9a-f]{64}" + re.escape(SHARD_SUFFIX) + "$")
-_VALUE_DTYPES = {
-    "float16",
-    "float32",
-    "float64",
-    "bool",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-}
 
 
 def _fail(source: str, what: str) -> FormatError:
@@ -54,7 +41,7 @@ def _fail(source: str, what: str) -> FormatError:
 
 def _check_tensor(t: TensorEntry, source: str, blobs: list[tuple[BlobRef, str]]) -> None:
     where = f"tensor {t.name!r}"
-    if t.dtype not in _VALUE_DTYPES:
+    if t.dtype not in VALUE_DTYPES:
         raise _fail(source, f"{where}: unsupported dtype {t.dtype!r}")
     if len(t.shape) > MAX_RANK:
         raise LimitError(f"{source}: {where}: rank {len(t.shape)} exceeds the limit of {MAX_RANK} dimensions")
@@ -118,7 +105,7 @@ def _check_tensor(t: TensorEntry, source: str, blobs: list[tuple[BlobRef, str]])
             source, f"{where}: {len(t.tiles)} tiles, the {tr}x{tc} grid over {rows}x{cols} needs {expected}"
         )
     grid_cols = -(-cols // tc) if size else 1
-    itemsize = np.dtype(t.storage).itemsize
+    item = itemsize(t.storage)
     for i, tile in enumerate(t.tiles):
         # Tiles are listed row-major, so a reader streams whole row bands in stored order.
         row, col = (i // grid_cols) * tr, (i % grid_cols) * tc
@@ -139,7 +126,7 @@ def _check_tensor(t: TensorEntry, source: str, blobs: list[tuple[BlobRef, str]])
                 f" {MAX_TILE_ELEMENTS} elements per tile"
             )
         # The decoded plane's bytes: packed code rows, or values.
-        plane = tile.rows * (row_bytes(tile.cols, t.depth) if t.depth else tile.cols * itemsize)
+        plane = tile.rows * (row_bytes(tile.cols, t.depth) if t.depth else tile.cols * item)
         if codec.exact:
             if tile.blob.length != plane:
                 raise _fail(
@@ -161,8 +148,8 @@ def _check_tensor(t: TensorEntry, source: str, blobs: list[tuple[BlobRef, str]])
 
 def decoded_nbytes(t: TensorEntry) -> int:
     """Bytes of what the tensor decodes to: float32, or the source dtype when lossless."""
-    itemsize = np.dtype(t.dtype).itemsize if get_method(t.quant.method).lossless else 4
-    return math.prod(t.shape) * itemsize
+    size = itemsize(t.dtype) if get_method(t.quant.method).lossless else 4
+    return math.prod(t.shape) * size
 
 
 def _check_table(table, shape, dtypes, what, source, blobs) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import LimitError, StorageError, TensorNotFound
 from ..format.constants import MAX_MANIFEST_BYTES
+from ..format.dtypes import numpy_dtype
 from ..format.manifest import BlobRef, TensorEntry, Tile
 from ..methods import get_method
 from .blobs import BlobReader, Labelled
@@ -197,7 +198,7 @@ class Container:
         t = self.entry(name)
         lossless = get_method(t.quant.method).lossless
         if out is None:
-            out = self.allocate(t, tuple(t.view), np.dtype(t.dtype) if lossless else np.float32)
+            out = self.allocate(t, tuple(t.view), numpy_dtype(t.dtype) if lossless else np.float32)
         tables = self.tables(t)
         pool = self._decoders()
         pending: deque[Future] = deque()

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..codecs import get_codec
 from ..errors import DecodeError
+from ..format.dtypes import numpy_dtype
 from ..format.manifest import TensorEntry, Tile
 from ..methods import get_method
 
@@ -18,7 +19,7 @@ def decode_plane(tensor: TensorEntry, tile: Tile, data: bytes, where: str) -> np
         if tensor.depth is not None:
             entries = 1 << int(tensor.quant.bits)
             return codec.decode_codes(data, tile.rows, tile.cols, tensor.depth, entries)
-        return codec.decode_values(data, tile.rows, tile.cols, np.dtype(tensor.storage))
+        return codec.decode_values(data, tile.rows, tile.cols, numpy_dtype(tensor.storage))
     except DecodeError as exc:
         raise DecodeError(f"{where}: {exc}") from None
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..codecs.bitpack import pack_rows, row_bytes
 from ..errors import TensorNotFound
+from ..format.dtypes import numpy_dtype
 from ..format.manifest import Manifest, TensorEntry
 from ..methods import QuantizedTensor, get_method
 from ..methods.compact import as_columns
@@ -56,7 +57,7 @@ class LazyTensor:
 
     @property
     def source_dtype(self) -> np.dtype:
-        return np.dtype(self.entry.dtype)
+        return numpy_dtype(self.entry.dtype)
 
     @property
     def lossless(self) -> bool:
@@ -99,7 +100,7 @@ class LazyTensor:
         rows, cols = t.view
         common = dict(name=t.name, method=q.method, shape=self.shape, view=(rows, cols))
         if t.depth is None:
-            values = c.allocate(t, (rows, cols), np.dtype(t.storage))
+            values = c.allocate(t, (rows, cols), numpy_dtype(t.storage))
             for tile, plane in c.iter_planes(self.name, self.batch_bytes):
                 values[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols] = plane
             return QuantizedTensor(**common, values=values, stats=dict(t.stats))

@@ -24,8 +24,10 @@ SAMPLE_GROUPS = 16  # per-group candidates are estimated on this many groups, ev
 
 
 def _stored(centroids: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """The distinct centroids the codebook dtype can hold, sorted, as float64."""
-    return np.unique(centroids.astype(dtype)).astype(np.float64)
+    """The distinct centroids the codebook dtype can hold, sorted, as float64 (inf where they
+    overflow it; encode refuses those with a clear error)."""
+    with np.errstate(over="ignore"):
+        return np.unique(centroids.astype(dtype)).astype(np.float64)
 
 
 def _fit_group(block: np.ndarray, mask: np.ndarray | None, rule, dtype: np.dtype):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codecs import get_codec
+from ..format.dtypes import is_float
 from ..methods import get_method
 from .recipe import Recipe
 from .rules import Rule
@@ -23,7 +24,7 @@ class Decision:
 
 
 def is_float_dtype(dtype: np.dtype) -> bool:
-    return np.dtype(dtype).kind == "f"
+    return is_float(dtype)
 
 
 def plan(

@@ -13,6 +13,7 @@ from typing import Iterable, Protocol
 import numpy as np
 
 from ..errors import InputError, NotFound, StorageError
+from ..format.dtypes import is_storable
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ SUPPORTED_KINDS = (".npz", ".safetensors", ".pt", ".pth", ".bin")
 
 
 def _check_array(name: str, array: np.ndarray, where: str) -> None:
-    if array.dtype.kind not in "biuf":
+    if not is_storable(array.dtype):
         raise InputError(
             f"{where}: tensor {name!r} has dtype {array.dtype} (only bool, integer and float tensors)"
         )

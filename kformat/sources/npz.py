@@ -9,6 +9,7 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import InputError
+from ..format.dtypes import EXTRA_FLOATS
 from . import TensorInfo, _check_array
 from ..packing.atomic import atomic_path
 
@@ -55,5 +56,7 @@ def write_npz(path: Path, tensors: Iterable[tuple[str, np.ndarray]]) -> None:
     with atomic_path(path) as temp:
         with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             for name, array in tensors:
+                if array.dtype.name in EXTRA_FLOATS:  # .npy has no bfloat16/float8: widened, exactly
+                    array = array.astype(np.float32)
                 with archive.open(name + ".npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)

@@ -8,6 +8,7 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import InputError
+from ..format.dtypes import HAVE_ML_DTYPES
 from . import TensorInfo, _check_array
 from ..packing.atomic import atomic_path
 from .naming import natural_key
@@ -25,14 +26,23 @@ _DTYPES = {
     "U16": np.uint16,
     "U8": np.uint8,
     "BOOL": np.bool_,
-    "BF16": np.float32,
+    "BF16": np.float32,  # widened (exactly) when ml_dtypes is missing
 }
+if HAVE_ML_DTYPES:  # kept as they are, bit-exact
+    _DTYPES.update(
+        {
+            "BF16": np.dtype("bfloat16"),
+            "F8_E4M3": np.dtype("float8_e4m3fn"),
+            "F8_E5M2": np.dtype("float8_e5m2"),
+        }
+    )
 
 
 class SafetensorsSource:
     """Tensors in natural name order (``layer2`` before ``layer10``), read one at a time.
 
-    bfloat16 tensors are widened to float32 (exact), since numpy has no bfloat16.
+    bfloat16 and float8 tensors keep their type with the ml_dtypes extra; without it bfloat16
+    is widened to float32 (exact), since numpy has no bfloat16.
     """
 
     def __init__(self, path: Path):
@@ -58,8 +68,12 @@ class SafetensorsSource:
 
     def load(self, name: str) -> np.ndarray:
         info = next(i for i in self._infos if i.name == name)
-        if self._file.get_slice(name).get_dtype() == "BF16":
-            return self._load_bf16(name, info)
+        stored = self._file.get_slice(name).get_dtype()
+        if stored == "BF16" and not HAVE_ML_DTYPES:  # widened exactly: bf16 is float32's top half
+            raw = self._raw_bytes(name).view("<u2")
+            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
+        if stored.startswith("F8_"):  # the numpy framework of safetensors has no float8
+            return self._raw_bytes(name).view(info.dtype).reshape(info.shape)
         try:
             array = self._file.get_tensor(name)
         except self._error as exc:
@@ -67,7 +81,8 @@ class SafetensorsSource:
         _check_array(name, array, str(self.path))
         return array
 
-    def _load_bf16(self, name: str, info: TensorInfo) -> np.ndarray:
+    def _raw_bytes(self, name: str) -> np.ndarray:
+        """A tensor's stored bytes, read from the file by its header's offsets."""
         import json
         import struct
 
@@ -76,8 +91,7 @@ class SafetensorsSource:
             header = json.loads(handle.read(n))
             start, end = header[name]["data_offsets"]
             handle.seek(8 + n + start)
-            raw = np.frombuffer(handle.read(end - start), dtype="<u2")
-        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
+            return np.frombuffer(handle.read(end - start), dtype=np.uint8)
 
 
 def write_safetensors(path: Path, tensors: Iterable[tuple[str, np.ndarray]]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..format.dtypes import EXTRA_FLOATS, HAVE_ML_DTYPES, is_storable
 from ..torch import load_torch_file, tensor_to_numpy, torch_module
 from . import TensorInfo
 
@@ -28,7 +29,10 @@ class TorchSource:
         for name, t in self._tensors.items():
             if not name:
                 raise InputError(f"{self.path}: a tensor has an empty name")
-            if t.dtype == self._torch.bfloat16:
+            name_of = str(t.dtype).removeprefix("torch.")
+            if HAVE_ML_DTYPES and name_of in EXTRA_FLOATS:
+                dtype = np.dtype(name_of)
+            elif t.dtype == self._torch.bfloat16:
                 dtype = np.dtype(np.float32)
             else:
                 try:
@@ -38,6 +42,10 @@ class TorchSource:
                         f"{self.path}: tensor {name!r} has dtype {t.dtype}, which kformat cannot store yet"
                         " (float, integer and bool tensors only)"
                     ) from None
+            if not is_storable(dtype):
+                raise InputError(
+                    f"{self.path}: tensor {name!r} has dtype {dtype} (only bool, integer and float tensors)"
+                )
             infos.append(TensorInfo(name, tuple(t.shape), dtype))
         return infos
 
