@@ -85,3 +85,23 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(InputError, match="complex64"):
         kformat.pack(str(tmp_path / "c.npz"), tmp_path / "c.kf")
     assert not (tmp_path / "c.kf").exists()
+
+
+def test_scalars_come_back_as_scalars(tmp_path):
+    import numpy as np
+
+    import kformat
+
+    model = {
+        "count": np.array(7, np.int64),
+        "scale": np.array(1.5, np.float32),
+        "w": np.ones((4, 4), np.float32),
+    }
+    kformat.pack(model, tmp_path / "s.kf", "fp16")
+    for name in ("s.npz", "s.safetensors"):
+        kformat.unpack(str(tmp_path / "s.kf"), tmp_path / name)
+    with np.load(tmp_path / "s.npz") as restored:
+        assert restored["count"].shape == () and restored["count"] == 7 and restored["scale"].shape == ()
+    from safetensors.numpy import load_file
+
+    assert load_file(str(tmp_path / "s.safetensors"))["count"].shape == ()

@@ -59,4 +59,4 @@ def write_npz(path: Path, tensors: Iterable[tuple[str, np.ndarray]]) -> None:
                 if array.dtype.name in EXTRA_FLOATS:  # .npy has no bfloat16/float8: widened, exactly
                     array = array.astype(np.float32)
                 with archive.open(name + ".npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+                    np.lib.format.write_array(member, np.require(array, requirements="C"), allow_pickle=False)

@@ -97,6 +97,6 @@ class SafetensorsSource:
 def write_safetensors(path: Path, tensors: Iterable[tuple[str, np.ndarray]]) -> None:
     from safetensors.numpy import save_file
 
-    data = {name: np.ascontiguousarray(array) for name, array in tensors}
+    data = {name: np.require(array, requirements="C") for name, array in tensors}  # keeps 0-d scalars 0-d
     with atomic_path(path) as temp:
         save_file(data, str(temp))
