@@ -15,7 +15,7 @@ from .packing.writer import PackReport
 from .packing.writer import pack as _pack
 from .recipe import Recipe, build_recipe
 from .sources import DictSource, TensorSource, open_source, write_tensors
-from .summary import summarize
+from .summary import summarize, summarize_source
 
 Progress = Callable[[int, int, str], None]
 
@@ -121,7 +121,11 @@ def verify(url: str, progress: Progress | None = None, **storage_options) -> lis
 
 
 def inspect(url: str, **storage_options) -> dict:
-    """Per-tensor rule, bytes, rate, entropy and SQNR, plus totals."""
+    """Per-tensor rule, bytes, rate, entropy and SQNR, plus totals. A model file that is not a
+    kformat container (.npz, .safetensors, PyTorch) is described as it is stored."""
+    if not is_container(url):
+        source = open_source(url)
+        return summarize_source(str(url), source.tensors(), Path(url).stat().st_size)
     with Container.open(url, **storage_options) as container:
         manifest = container.manifest
         try:

@@ -138,6 +138,9 @@ def cmd_inspect(args) -> int:
     summary = kformat.inspect(args.input, **_storage_options(args))
     if args.json:
         print(json.dumps(summary, indent=2))
+    elif summary["version"] is None:  # a model file, not a container
+        print(f"{args.input}: a model file (not a kformat container); its tensors as stored:")
+        print(kformat.format_summary(summary))
     else:
         tot = summary["totals"]
         print(

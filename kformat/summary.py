@@ -73,6 +73,53 @@ def summarize(manifest: Manifest, container_bytes: int | None = None) -> dict:
     }
 
 
+def summarize_source(path: str, tensors: list, file_bytes: int) -> dict:
+    """What `inspect` shows of a model file that is not a kformat container: each tensor as
+    stored there (TensorInfo: name, shape, dtype), in the same shape of report."""
+    rows = []
+    for t in tensors:
+        params = math.prod(t.shape)
+        nbytes = params * t.dtype.itemsize
+        rows.append(
+            TensorSummary(
+                name=t.name,
+                shape=list(t.shape),
+                dtype=t.dtype.name,
+                params=params,
+                rule="stored as is",
+                codec="-",
+                tiles=0,
+                bytes=nbytes,
+                bits_per_weight=8.0 * t.dtype.itemsize,
+                ratio_to_float32=4 / t.dtype.itemsize,
+                code_bits=None,
+                entropy_bits=None,
+                sqnr_db=None,
+                reason="",
+            )
+        )
+    params = sum(r.params for r in rows)
+    blob_bytes = sum(r.bytes for r in rows)
+    return {
+        "layout": "model file",
+        "source": path,
+        "version": None,
+        "generator": "",
+        "recipe": None,
+        "shards": 0,
+        "tensors": [asdict(r) for r in rows],
+        "totals": {
+            "tensors": len(rows),
+            "params": params,
+            "blob_bytes": blob_bytes,
+            "container_bytes": file_bytes,
+            "float32_bytes": 4 * params,
+            "ratio_to_float32": (4 * params / file_bytes) if file_bytes else None,
+            "bits_per_weight": 8 * blob_bytes / params if params else 0.0,
+        },
+    }
+
+
 def human_bytes(n: float | None) -> str:
     if n is None:
         return "-"

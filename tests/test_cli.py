@@ -150,3 +150,18 @@ def test_json_output_metadata_and_the_digest_to_pin(tmp_path, capsys):
     assert main(["unpack", str(kf), "-o", str(tmp_path / "u.npz"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["tensors"] == ["w"]
     assert main(["pack", str(tmp_path / "m.npz"), "-o", str(kf), "--metadata", "novalue"]) == 2
+
+
+def test_inspect_describes_a_model_file_as_stored(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    np.savez(tmp_path / "m.npz", w=np.ones((8, 16), np.float32), n=np.arange(3, dtype=np.int64))
+    assert main(["inspect", str(tmp_path / "m.npz"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["version"] is None and summary["layout"] == "model file"
+    by_name = {t["name"]: t for t in summary["tensors"]}
+    assert by_name["w"]["bytes"] == 512 and by_name["n"]["dtype"] == "int64"
+    assert main(["inspect", str(tmp_path / "m.npz")]) == 0
+    assert "not a kformat container" in capsys.readouterr().out
