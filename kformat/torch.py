@@ -52,7 +52,7 @@ torch_module = _torch
 
 def tensor_to_numpy(torch, value, name: str = "") -> np.ndarray:
     """A CPU numpy copy or view of a torch tensor; bfloat16 and float8 keep their type through
-    ml_dtypes (the `ml_dtypes` extra), or bfloat16 is widened to float32 (exact) without it."""
+    ml_dtypes (the `dtypes` extra), or bfloat16 is widened to float32 (exact) without it."""
     if value.is_meta:
         raise InputError(f"tensor {name!r} is on the meta device: it has no values")
     value = value.detach().cpu()

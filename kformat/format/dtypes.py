@@ -1,6 +1,6 @@
 """Element types a tensor may have, by the numpy names the manifest stores.
 
-bfloat16 and the float8 types have no numpy type of their own; `ml_dtypes` (the `ml_dtypes`
+bfloat16 and the float8 types have no numpy type of their own; `ml_dtypes` (the `dtypes`
 extra) provides them. The format stores their bytes either way; reading them back as their
 own type needs ml_dtypes, and without it they are refused with an error that says so.
 """
@@ -43,7 +43,7 @@ def itemsize(name: str) -> int:
 def numpy_dtype(name: str) -> np.dtype:
     """The numpy dtype of a manifest dtype name."""
     if name in EXTRA_FLOATS and not HAVE_ML_DTYPES:
-        raise FormatError(f"{name} tensors need the ml_dtypes package: pip install 'kformat[ml_dtypes]'")
+        raise FormatError(f"{name} tensors need the ml_dtypes package: pip install 'kformat[dtypes]'")
     return np.dtype(name)
 
 

@@ -41,7 +41,7 @@ if HAVE_ML_DTYPES:  # kept as they are, bit-exact
 class SafetensorsSource:
     """Tensors in natural name order (``layer2`` before ``layer10``), read one at a time.
 
-    bfloat16 and float8 tensors keep their type with the ml_dtypes extra; without it bfloat16
+    bfloat16 and float8 tensors keep their type with the `dtypes` extra (ml_dtypes); without it bfloat16
     is widened to float32 (exact), since numpy has no bfloat16.
     """
 
