@@ -146,3 +146,44 @@ def test_small_batches_stream_the_same_values(served, packed):
     with kformat.open(served.url("model.kf"), batch_bytes=1) as model:
         for name, tensor in model.stream():
             assert np.array_equal(tensor.numpy(), packed.expected[name])
+
+
+def test_slicing_reads_only_the_tiles_it_needs(tmp_path):
+    rng = np.random.default_rng(0)
+    weights = {
+        "w": rng.standard_normal((700, 900)).astype(np.float32),
+        "v": rng.standard_normal(5000).astype(np.float32),
+        "c": rng.standard_normal((40, 8, 3, 3)).astype(np.float32),
+        "r": np.arange(20000, dtype=np.int64).reshape(100, 200),
+    }
+    path = tmp_path / "s.kf"
+    kformat.pack(
+        weights,
+        path,
+        kformat.Recipe(default=kformat.parse_rule("kmeans:4"), tile=(128, 256)),
+        rules=["r=raw"],
+    )
+    full = kformat.load_all(str(path))
+    keys = [
+        ("w", (slice(10, 300), slice(100, 500))),
+        ("w", 5),
+        ("w", (slice(None), 3)),
+        ("w", (-1, -1)),
+        ("v", slice(100, 4000)),
+        ("c", slice(3, 9)),
+        ("r", (slice(10, 20), slice(5, 150))),
+        ("w", (slice(0, 700, 2),)),
+        ("w", np.array([1, 2])),
+    ]
+    with kformat.open(str(path)) as model:
+        for name, key in keys:
+            got, want = model[name][key], full[name][key]
+            assert got.shape == want.shape and np.array_equal(got, want), (name, key)
+    with kformat.open(str(path)) as model:
+        w = model["w"]
+        one_tile = w.entry.tiles[0].blob.length + w.entry.quant.codebook.blob.length
+        before = model.bytes_read
+        w[0:10, 0:100]  # inside the first 128 x 256 tile
+        assert model.bytes_read - before <= one_tile + 4096  # that tile and the codebook (merged range)
+        with pytest.raises(IndexError):
+            w[700]

@@ -23,8 +23,26 @@ from ..methods import QuantizedTensor, get_method
 from ..methods.compact import as_columns
 from .container import BATCH_BYTES, Container
 from .decode import fill_tile
+from .tables import tile_label
 
 __all__ = ["LazyModel", "LazyTensor", "QuantizedTensor", "open_model"]
+
+
+class _Fallback(Exception):
+    """An index the tile-wise path does not take (steps, arrays, too many axes)."""
+
+
+def _bounds(index, size: int) -> tuple[int, int, bool]:
+    """(start, stop, was an integer) of a step-1 slice or an integer along an axis of `size`."""
+    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        i = int(index) + (size if index < 0 else 0)
+        if not 0 <= i < size:
+            raise IndexError(f"index {int(index)} is out of bounds for an axis of size {size}")
+        return i, i + 1, True
+    if isinstance(index, slice) and index.step in (None, 1):
+        start, stop, _ = index.indices(size)
+        return start, max(start, stop), False
+    raise _Fallback
 
 
 class LazyTensor:
@@ -87,6 +105,58 @@ class LazyTensor:
     def numpy(self) -> np.ndarray:
         """The dequantized array (float32, or the source dtype for raw tensors)."""
         return self._container.read_tensor(self.name, batch_bytes=self.batch_bytes)
+
+    def __getitem__(self, key) -> np.ndarray:
+        """Values of a slice, fetching and decoding only the tiles it touches.
+
+        `t[a:b]` selects rows of the first axis (any rank); `t[a:b, c:d]` a block of a 2-D
+        tensor (integers select one row or column). Steps and fancy indexing fall back to
+        slicing the whole array."""
+        key = key if isinstance(key, tuple) else (key,)
+        rank, cols = len(self.shape), self.view[1]
+        try:
+            (r0, r1, r_int), rest = _bounds(key[0], self.shape[0] if rank else 1), key[1:]
+            if rank == 2 and rest:
+                (c0, c1, c_int), rest = _bounds(rest[0], cols), rest[1:]
+            else:
+                c0, c1, c_int = 0, cols, False
+            if rest or rank == 0 or (rank == 1 and len(key) > 1):
+                raise _Fallback
+        except _Fallback:
+            return self.numpy()[key]
+        if rank == 1:  # the view is one row: the slice is over its columns
+            block = self._block(0, 1, r0, r1)[0]
+            return block[0] if r_int else block
+        block = self._block(r0, r1, c0, c1)
+        if rank > 2:
+            block = block.reshape((r1 - r0, *self.shape[1:]))
+        if c_int:
+            block = block[:, 0]
+        return block[0] if r_int else block
+
+    def _block(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Rows [r0, r1) x cols [c0, c1) of the 2-D view, from the tiles that overlap them."""
+        c, t = self._container, self.entry
+        out = np.empty((r1 - r0, c1 - c0), dtype=self.dtype)
+        picked = [
+            i
+            for i, tile in enumerate(t.tiles)
+            if tile.row < r1 and tile.row + tile.rows > r0 and tile.col < c1 and tile.col + tile.cols > c0
+        ]
+        tables = {} if self.lossless else c.tables(t)
+        for start in range(0, len(picked), 64):  # a bounded number of tiles per request
+            chunk = picked[start : start + 64]
+            datas = c.read_blobs([(t.tiles[i].blob, tile_label(t, i)) for i in chunk])
+            for i, data in zip(chunk, datas):
+                tile = t.tiles[i]
+                plane = np.empty((tile.rows, tile.cols), dtype=self.dtype)
+                fill_tile(t, tile, data, f"{c.source}: {tile_label(t, i)}", tables, plane)
+                a0, a1 = max(r0, tile.row), min(r1, tile.row + tile.rows)
+                b0, b1 = max(c0, tile.col), min(c1, tile.col + tile.cols)
+                out[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = plane[
+                    a0 - tile.row : a1 - tile.row, b0 - tile.col : b1 - tile.col
+                ]
+        return out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         values = self.numpy()
