@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import InputError, KFormatError, NotFound, StorageError
 from .format.constants import DEFAULT_SHARD_SIZE
+from .format.dtypes import EXTRA_FLOATS, is_float, numpy_dtype
 from .loading.container import Container, Problem
 from .packing.relayout import is_container, relayout
 from .packing.writer import PackReport
@@ -91,21 +92,42 @@ def pack(
     )
 
 
-def unpack(url: str, output: str | Path, progress: Progress | None = None, **storage_options) -> list[str]:
-    """Write every tensor to .npz or .safetensors: raw ones bit-exact, lossy ones float32."""
+def unpack(
+    url: str,
+    output: str | Path,
+    progress: Progress | None = None,
+    *,
+    dtype: str | None = None,
+    **storage_options,
+) -> list[str]:
+    """Write every tensor to .npz, .safetensors or .pt: raw ones bit-exact in their own dtype,
+    lossy ones float32; with `dtype` (e.g. "float32") every floating-point tensor is cast to it."""
     with Container.open(url, **storage_options) as container:
         names = list(container.tensors)
+        target = None if dtype is None else _float_dtype(dtype)
 
         def tensors():
             for i, (name, array) in enumerate(container.read_all()):
                 if progress:
                     progress(i, len(names), name)
-                yield name, array
+                yield name, array if target is None or not is_float(array.dtype) else array.astype(target)
             if progress:
                 progress(len(names), len(names), "")
 
         write_tensors(output, tensors())
     return names
+
+
+def _float_dtype(name: str) -> np.dtype:
+    try:
+        dtype = numpy_dtype(name) if name in EXTRA_FLOATS else np.dtype(name)
+    except TypeError:
+        dtype = None
+    if dtype is None or not is_float(dtype):
+        raise InputError(
+            f"--dtype {name!r}: expected a floating-point type such as float32, float16 or bfloat16"
+        )
+    return dtype
 
 
 def load_all(url: str, **storage_options) -> dict[str, np.ndarray]:

@@ -126,7 +126,7 @@ def cmd_publish(args) -> int:
 
 def cmd_unpack(args) -> int:
     progress = Progress("unpack", None if not args.quiet else False)
-    names = kformat.unpack(args.input, args.output, progress, **_storage_options(args))
+    names = kformat.unpack(args.input, args.output, progress, dtype=args.dtype, **_storage_options(args))
     if args.json:
         print(json.dumps({"output": str(args.output), "tensors": names}, indent=2))
     elif not args.quiet:
@@ -300,9 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
             " every blob's hash is in the manifest, so this pins every byte",
         )
 
-    p = sub.add_parser("unpack", help="write all tensors to .npz or .safetensors")
+    p = sub.add_parser("unpack", help="write all tensors to .npz, .safetensors or .pt")
     add_url_args(p)
-    p.add_argument("-o", "--output", required=True, help="output .npz or .safetensors")
+    p.add_argument("-o", "--output", required=True, help="output .npz, .safetensors or .pt")
+    p.add_argument(
+        "--dtype",
+        metavar="TYPE",
+        help="cast every floating-point tensor to TYPE (e.g. float32); by default raw tensors keep"
+        " their own dtype and lossy ones are float32",
+    )
     add_output_args(p)
     p.set_defaults(func=cmd_unpack)
 

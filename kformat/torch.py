@@ -72,6 +72,21 @@ def tensor_to_numpy(torch, value, name: str = "") -> np.ndarray:
         raise InputError(f"tensor {name!r} of dtype {value.dtype} cannot be stored yet ({exc})") from None
 
 
+def numpy_to_tensor(array: np.ndarray):
+    """A torch tensor of a numpy array; bfloat16 and float8 (ml_dtypes) become torch's types."""
+    torch = _torch()
+    extra = {
+        "bfloat16": (torch.int16, torch.bfloat16),
+        "float8_e4m3fn": (torch.uint8, torch.float8_e4m3fn),
+        "float8_e5m2": (torch.uint8, torch.float8_e5m2),
+    }.get(array.dtype.name)
+    array = np.require(array, requirements=["C", "W"])  # torch wants writable memory
+    if extra is not None:
+        bits, kind = extra
+        return torch.from_numpy(array.view(np.int16 if bits == torch.int16 else np.uint8)).view(kind)
+    return torch.from_numpy(array)
+
+
 def _flatten_state_dict(torch, obj, prefix: str = "") -> dict:
     """Tensors of a (possibly nested) state dict, keyed by dotted names."""
     out = {}

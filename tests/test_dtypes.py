@@ -69,3 +69,14 @@ def test_pytorch_bfloat16_and_float8_tensors_and_files(tmp_path):
         assert loaded["bf16"].dtype == np.dtype("bfloat16")
         assert loaded["bf16"].view(np.int16).tobytes() == state["bf16"].view(torch.int16).numpy().tobytes()
         assert loaded["f8"].view(np.uint8).tobytes() == state["f8"].view(torch.uint8).numpy().tobytes()
+
+
+def test_unpack_to_pytorch_keeps_bfloat16_and_float8(tmp_path):
+    torch = pytest.importorskip("torch")
+    weights = _weights()
+    kformat.pack(weights, tmp_path / "m.kf", "raw")
+    kformat.unpack(str(tmp_path / "m.kf"), tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert state["bfloat16"].dtype == torch.bfloat16 and state["float8_e5m2"].dtype == torch.float8_e5m2
+    assert state["bfloat16"].view(torch.int16).numpy().tobytes() == weights["bfloat16"].tobytes()
+    assert state["float8_e4m3fn"].view(torch.uint8).numpy().tobytes() == weights["float8_e4m3fn"].tobytes()

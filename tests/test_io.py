@@ -105,3 +105,25 @@ def test_scalars_come_back_as_scalars(tmp_path):
     from safetensors.numpy import load_file
 
     assert load_file(str(tmp_path / "s.safetensors"))["count"].shape == ()
+
+
+def test_unpack_to_pytorch_and_widen_on_request(tmp_path):
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    import kformat
+    from kformat.cli import main
+
+    rng = np.random.default_rng(0)
+    model = {"w": rng.standard_normal((64, 64)).astype(np.float16), "n": np.arange(4, dtype=np.int64)}
+    kformat.pack(model, tmp_path / "m.kf", "raw")
+    assert main(["unpack", str(tmp_path / "m.kf"), "-o", str(tmp_path / "m.pt"), "-q"]) == 0
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert state["w"].dtype == torch.float16 and np.array_equal(state["w"].numpy(), model["w"])
+    assert (
+        main(["unpack", str(tmp_path / "m.kf"), "-o", str(tmp_path / "w.npz"), "--dtype", "float32", "-q"])
+        == 0
+    )
+    with np.load(tmp_path / "w.npz") as widened:
+        assert widened["w"].dtype == np.float32 and widened["n"].dtype == np.int64
+    assert main(["unpack", str(tmp_path / "m.kf"), "-o", str(tmp_path / "x.npz"), "--dtype", "int8"]) == 2

@@ -99,13 +99,14 @@ def open_source(path: str | Path) -> TensorSource:
 
 
 def write_tensors(path: str | Path, tensors: Iterable[tuple[str, np.ndarray]]) -> None:
-    """Write .npz or .safetensors atomically (a temporary file renamed into place)."""
+    """Write .npz, .safetensors or a PyTorch state dict (.pt/.pth) atomically (a temporary
+    file renamed into place)."""
     from ..packing.atomic import write_errors
 
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".npz", ".safetensors"):
-        raise InputError(f"{path}: can unpack to .npz or .safetensors, not {suffix!r}")
+    if suffix not in (".npz", ".safetensors", ".pt", ".pth"):
+        raise InputError(f"{path}: can unpack to .npz, .safetensors or .pt/.pth, not {suffix!r}")
     if path.is_dir():
         raise StorageError(f"{path} is a directory: give a file name")
     with write_errors(path):
@@ -113,6 +114,10 @@ def write_tensors(path: str | Path, tensors: Iterable[tuple[str, np.ndarray]]) -
             from .npz import write_npz
 
             write_npz(path, tensors)
+        elif suffix in (".pt", ".pth"):
+            from .torch_file import write_torch
+
+            write_torch(path, tensors)
         else:
             from .safetensors import write_safetensors
 

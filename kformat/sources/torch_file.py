@@ -54,3 +54,14 @@ class TorchSource:
             return tensor_to_numpy(self._torch, self._tensors[name], name)
         except (TypeError, RuntimeError) as exc:
             raise InputError(f"{self.path}: tensor {name!r}: {exc}") from None
+
+
+def write_torch(path: Path, tensors) -> None:
+    """A state dict of torch tensors (bfloat16 and float8 as torch's own types), saved with
+    torch.save."""
+    from ..packing.atomic import atomic_path
+    from ..torch import numpy_to_tensor
+
+    state = {name: numpy_to_tensor(array) for name, array in tensors}
+    with atomic_path(path) as temp:
+        torch_module().save(state, str(temp))
