@@ -52,8 +52,6 @@ def summarize_tensor(t: TensorEntry) -> TensorSummary:
 
 def summarize(manifest: Manifest, container_bytes: int | None = None) -> dict:
     tensors = [summarize_tensor(t) for t in manifest.tensors]
-    params = sum(t.params for t in tensors)
-    blob_bytes = sum(t.bytes for t in tensors)
     return {
         "layout": manifest.layout,
         "version": list(manifest.version),
@@ -61,15 +59,21 @@ def summarize(manifest: Manifest, container_bytes: int | None = None) -> dict:
         "recipe": (manifest.recipe or {}).get("name"),
         "shards": len(manifest.shards),
         "tensors": [asdict(t) for t in tensors],
-        "totals": {
-            "tensors": len(tensors),
-            "params": params,
-            "blob_bytes": blob_bytes,
-            "container_bytes": container_bytes,
-            "float32_bytes": 4 * params,
-            "ratio_to_float32": (4 * params / container_bytes) if container_bytes else None,
-            "bits_per_weight": 8 * blob_bytes / params if params else 0.0,
-        },
+        "totals": _totals(tensors, container_bytes),
+    }
+
+
+def _totals(tensors: list[TensorSummary], file_bytes: int | None) -> dict:
+    params = sum(t.params for t in tensors)
+    blob_bytes = sum(t.bytes for t in tensors)
+    return {
+        "tensors": len(tensors),
+        "params": params,
+        "blob_bytes": blob_bytes,
+        "container_bytes": file_bytes,
+        "float32_bytes": 4 * params,
+        "ratio_to_float32": (4 * params / file_bytes) if file_bytes else None,
+        "bits_per_weight": 8 * blob_bytes / params if params else 0.0,
     }
 
 
@@ -98,8 +102,6 @@ def summarize_source(path: str, tensors: list, file_bytes: int) -> dict:
                 reason="",
             )
         )
-    params = sum(r.params for r in rows)
-    blob_bytes = sum(r.bytes for r in rows)
     return {
         "layout": "model file",
         "source": path,
@@ -108,15 +110,7 @@ def summarize_source(path: str, tensors: list, file_bytes: int) -> dict:
         "recipe": None,
         "shards": 0,
         "tensors": [asdict(r) for r in rows],
-        "totals": {
-            "tensors": len(rows),
-            "params": params,
-            "blob_bytes": blob_bytes,
-            "container_bytes": file_bytes,
-            "float32_bytes": 4 * params,
-            "ratio_to_float32": (4 * params / file_bytes) if file_bytes else None,
-            "bits_per_weight": 8 * blob_bytes / params if params else 0.0,
-        },
+        "totals": _totals(rows, file_bytes),
     }
 
 
