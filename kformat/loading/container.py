@@ -23,7 +23,7 @@ from ..format.dtypes import numpy_dtype
 from ..format.manifest import BlobRef, TensorEntry, Tile
 from ..methods import get_method
 from .blobs import BlobReader, Labelled
-from .decode import decode_plane, dequantize_tile, fill_tile
+from .decode import decode_plane, fill_tile
 from .opening import OPEN_READ, Opened, open_url
 from .store import ByteRange
 from .stream import BATCH_BYTES, TileStream, tile_batches
@@ -131,12 +131,6 @@ class Container:
     def decode_tile(self, tensor: TensorEntry, tile: Tile, data: bytes, label: str) -> np.ndarray:
         """A tile's plane: uint8 codes for code methods, stored values otherwise."""
         return decode_plane(tensor, tile, data, f"{self.source}: {label}")
-
-    def dequantize_tile(
-        self, tensor: TensorEntry, tile: Tile, plane: np.ndarray, out: np.ndarray | None = None
-    ) -> np.ndarray:
-        """float32 values of a decoded tile plane."""
-        return dequantize_tile(tensor, tile, plane, self.tables(tensor), out=out)
 
     def prefetch(self, name: str, batch_bytes: int = BATCH_BYTES) -> None:
         """Start fetching a tensor's tables and first batch of tiles in the background."""

@@ -1,4 +1,4 @@
-"""A tile's checked blob -> its plane (codec) -> float32 values (method)."""
+"""A tile's checked blob -> its plane (codec) -> values in place (method)."""
 
 from __future__ import annotations
 
@@ -22,18 +22,6 @@ def decode_plane(tensor: TensorEntry, tile: Tile, data: bytes, where: str) -> np
         return codec.decode_values(data, tile.rows, tile.cols, numpy_dtype(tensor.storage))
     except DecodeError as exc:
         raise DecodeError(f"{where}: {exc}") from None
-
-
-def dequantize_tile(
-    tensor: TensorEntry,
-    tile: Tile,
-    plane: np.ndarray,
-    tables: dict[str, np.ndarray],
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """float32 values of a decoded tile plane."""
-    method = get_method(tensor.quant.method)
-    return method.dequantize(plane, tile.row, tensor.quant.group_rows, tables, out=out)
 
 
 def fill_tile(

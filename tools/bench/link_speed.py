@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "tools" / "bench"))
 
 from local_nginx import LocalNginx  # noqa: E402
-from load_speed import prepare  # noqa: E402
+from load_speed import model_dir  # noqa: E402
 
 
 class Bucket:
@@ -141,9 +141,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench-out")
     parser.add_argument("--small", action="store_true", help="a scaled-down VGG (quick check)")
     args = parser.parse_args()
-    work = args.out / "load_speed"
-    work.mkdir(parents=True, exist_ok=True)
-    prepare(work, args.small)
+    work = model_dir(args.out, args.small)
     rows = []
     with LocalNginx(work) as nginx:
         server = proxy(nginx.url().rstrip("/"), Bucket(args.rate * 1e6))

@@ -81,15 +81,21 @@ def prepare(out: Path, small: bool) -> None:
     stamp.write_text("")
 
 
+def model_dir(out: Path, small: bool) -> Path:
+    """bench-out/load_speed/ with the three files the load benchmarks read, made once."""
+    work = out / "load_speed"
+    work.mkdir(parents=True, exist_ok=True)
+    prepare(work, small)
+    return work
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench-out")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--small", action="store_true", help="a scaled-down VGG (quick check)")
     args = parser.parse_args()
-    work = args.out / "load_speed"
-    work.mkdir(parents=True, exist_ok=True)
-    prepare(work, args.small)
+    work = model_dir(args.out, args.small)
     rows = []
     for name, file in VARIANTS.items():
         variant = "kformat1" if name.endswith("1 thread") else name
