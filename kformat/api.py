@@ -15,7 +15,7 @@ from .packing.relayout import is_container, relayout
 from .packing.writer import PackReport
 from .packing.writer import pack as _pack
 from .recipe import Recipe, build_recipe
-from .sources import DictSource, TensorSource, open_source, write_tensors
+from .sources import DictSource, TensorSource, open_source, source_metadata, write_tensors
 from .summary import summarize, summarize_source
 
 Progress = Callable[[int, int, str], None]
@@ -56,6 +56,7 @@ def pack(
         source = DictSource(source)
     elif isinstance(source, (str, Path)):
         source = open_source(source)
+    metadata = {**source_metadata(source), **(metadata or {})}  # the caller's keys win
     if target_size is not None or target_bits is not None:
         if target_size is not None and target_bits is not None:
             raise InputError("give a target size or a target bits per weight, not both")
@@ -147,7 +148,11 @@ def inspect(url: str, **storage_options) -> dict:
     kformat container (.npz, .safetensors, PyTorch) is described as it is stored."""
     if not is_container(url):
         source = open_source(url)
-        return summarize_source(str(url), source.tensors(), Path(url).stat().st_size)
+        files = getattr(source, "files", None) or [Path(url)]  # shards, external data
+        summary = summarize_source(str(url), source.tensors(), sum(p.stat().st_size for p in files))
+        if source_metadata(source):
+            summary["metadata"] = source_metadata(source)
+        return summary
     with Container.open(url, **storage_options) as container:
         manifest = container.manifest
         try:

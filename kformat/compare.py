@@ -18,7 +18,7 @@ import numpy as np
 from .errors import InputError
 from .loading.lazy import LazyModel
 from .methods.metrics import sqnr_db
-from .sources import TensorSource, open_source
+from .sources import TensorSource, open_source, source_aliases
 
 CHUNK = 1 << 22
 
@@ -128,7 +128,9 @@ def compare(original: str | Path, packed: str | Path, **storage_options) -> Comp
             load = lambda name: source[name].numpy()  # noqa: E731
         else:
             names = {t.name: (tuple(t.shape), t.dtype) for t in source.tensors()}
-            load = source.load
+            tied = {a: n for a, n in source_aliases(source).items() if a not in names and n in names}
+            names.update({a: names[n] for a, n in tied.items()})  # stored once in the source
+            load = lambda name: source.load(tied.get(name, name))  # noqa: E731
         result = Comparison(tensors=[])
         result.only_in_original = [n for n in names if n not in model]
         result.only_in_packed = [n for n in model if n not in names]

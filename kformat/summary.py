@@ -60,6 +60,8 @@ def summarize(manifest: Manifest, container_bytes: int | None = None) -> dict:
         "shards": len(manifest.shards),
         "tensors": [asdict(t) for t in tensors],
         "totals": _totals(tensors, container_bytes),
+        "aliases": dict(manifest.aliases),
+        "metadata": dict(manifest.metadata),
     }
 
 
@@ -168,4 +170,6 @@ def format_table(summary: dict) -> str:
         lines.append("  ".join(cells).rstrip())
         if n == 0 or n == len(rows) - 2:
             lines.append("  ".join("-" * w for w in widths))
+    for alias, name in (summary.get("aliases") or {}).items():
+        lines.append(f"tied: {alias} is {name} (stored once)")
     return "\n".join(lines)

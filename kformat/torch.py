@@ -26,12 +26,15 @@ import numpy as np
 from .errors import InputError
 from .format.dtypes import HAVE_ML_DTYPES
 from .format.constants import DEFAULT_SHARD_SIZE
-from .loading.lazy import LazyModel, LazyTensor, open_model
+from .loading.lazy import open_model
 from .methods import QuantizedTensor
+from .torch_fill import empty_weights as _empty_weights
+from .torch_fill import load_into, owner_of
 
 __all__ = [
     "save",
     "load_state_dict",
+    "empty_weights",
     "load_quantized",
     "QuantizedLinear",  # noqa: F822 - built on first use by the module's __getattr__
     "state_dict_arrays",
@@ -162,80 +165,15 @@ def save(
     )
 
 
-# -- filling modules --------------------------------------------------------------------------
-def _owner(module, dotted: str):
-    *path, leaf = dotted.split(".")
-    owner = module
-    for part in path:
-        owner = getattr(owner, part)
-    return owner, leaf
+def empty_weights():
+    """A context in which new modules get parameters on the meta device (no memory) and real
+    buffers, ready for load_state_dict; the way to build a large model before loading it::
 
-
-def _set_tensor(module, dotted: str, value) -> None:
-    torch = _torch()
-    owner, leaf = _owner(module, dotted)
-    if leaf in owner._parameters:
-        old = owner._parameters[leaf]
-        owner._parameters[leaf] = torch.nn.Parameter(
-            value, requires_grad=old.requires_grad if old is not None else True
-        )
-    else:
-        owner._buffers[leaf] = value
-
-
-def _fill(torch, target, lazy: LazyTensor, name: str):
-    """Copy `lazy`'s values into `target` (a tensor), tile by tile when it can; returns the
-    tensor holding the values (a new one when `target` lives on the meta device)."""
-    if tuple(target.shape) != lazy.shape:
-        raise InputError(
-            f"tensor {name!r}: the module wants shape {list(target.shape)}, the file has {list(lazy.shape)}"
-        )
-    if target.is_meta:
-        target = torch.empty(tuple(target.shape), dtype=target.dtype, device="cpu")
-    direct = (
-        target.device.type == "cpu"
-        and target.dtype == torch.float32
-        and target.is_contiguous()
-        and not lazy.lossless
-    )
-    if not direct:
-        target.copy_(torch.from_numpy(np.asarray(lazy.numpy(), order="C")))
-        return target
-    lazy._container.read_tensor(
-        name, out=target.detach().numpy().reshape(lazy.view), batch_bytes=lazy.batch_bytes
-    )
-    return target
-
-
-def _file_order(model: LazyModel, names: Iterable[str]) -> list[str]:
-    index = {name: i for i, name in enumerate(model)}
-    return sorted(names, key=index.__getitem__)
-
-
-def _load_into(
-    module, model: LazyModel, targets: dict, strict: bool, skip: set[str]
-) -> tuple[list[str], list[str]]:
-    torch = _torch()
-    missing = [n for n in targets if n not in model and n not in skip]
-    unexpected = [n for n in model if n not in targets and n not in skip]
-    if strict and (missing or unexpected):
-        parts = []
-        if missing:
-            parts.append(
-                f"missing from the file: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
-            )
-        if unexpected:
-            parts.append(
-                f"not in the module: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}"
-            )
-        raise InputError(f"{model.source}: state dict does not match the module ({'; '.join(parts)})")
-    wanted = [n for n in targets if n in model and n not in skip]
-    with torch.no_grad():
-        for name, lazy in model.stream(_file_order(model, wanted)):
-            filled = _fill(torch, targets[name], lazy, name)
-            if filled is not targets[name]:
-                _set_tensor(module, name, filled)
-    return missing, unexpected
+        with kformat.torch.empty_weights():
+            model = BertModel(config)
+        kformat.torch.load_state_dict(model, "model.kf")
+    """
+    return _empty_weights(_torch())
 
 
 def load_state_dict(
@@ -244,11 +182,14 @@ def load_state_dict(
     """Fill `module`'s parameters and buffers from a kformat model, one layer at a time.
 
     Returns (missing, unexpected) key lists like torch's; with `strict` any mismatch is an
-    InputError naming the keys. Shapes must match exactly.
+    InputError naming the keys. Shapes must match exactly. Tensors the file stores tied
+    (aliases) become one Parameter again, and a tensor left on the meta device (a
+    non-persistent buffer of a model built under torch.device("meta")) is an InputError
+    naming it: build such models with `empty_weights()`.
     """
     targets = module.state_dict(keep_vars=True)
     with open_model(url, **storage_options) as model:
-        return _load_into(module, model, targets, strict, set())
+        return load_into(_torch(), module, model, targets, strict, set())
 
 
 # -- compact Linear layers ----------------------------------------------------------------------
@@ -351,12 +292,12 @@ def load_quantized(module, url: str, *, packed: bool = True, strict: bool = True
                 replaced.add(bias_key)
             quantized = cls(lazy.quantized(packed=packed), bias)
             if name:
-                owner, leaf = _owner(module, name)
+                owner, leaf = owner_of(module, name)
                 setattr(owner, leaf, quantized)
             else:
                 raise InputError(
                     "load_quantized needs a module that contains Linear layers, not a Linear itself"
                 )
             replaced.add(key)
-        _load_into(module, model, targets, strict, replaced)
+        load_into(torch, module, model, targets, strict, replaced)
     return module

@@ -69,9 +69,9 @@ def test_torch_file_with_code_is_refused(tmp_path):
 def test_bad_inputs(tmp_path):
     with pytest.raises(NotFound):
         open_source(tmp_path / "missing.npz")
-    (tmp_path / "m.onnx").write_bytes(b"x")
-    with pytest.raises(InputError, match="unknown model file type '.onnx'"):
-        open_source(tmp_path / "m.onnx")
+    (tmp_path / "m.tflite").write_bytes(b"x")
+    with pytest.raises(InputError, match="unknown model file type '.tflite'"):
+        open_source(tmp_path / "m.tflite")
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(InputError, match="not a readable .npz"):
         open_source(tmp_path / "bad.npz")

@@ -95,3 +95,12 @@ def sharded_manifest(manifest: dict) -> bytes:
         )
         + body
     )
+
+
+def rewrite_manifest(source, target, change) -> None:
+    """Copy a single-file container with `change(manifest_dict)` applied to its manifest."""
+    from pathlib import Path
+
+    parts = split(Path(source).read_bytes())
+    change(parts.manifest)
+    Path(target).write_bytes(assemble(parts))

@@ -22,3 +22,6 @@ CORE_CODECS = ("png", "zstd", "raw")
 # Tables of the core methods have named slots in the manifest's `quant`; any other table lives
 # under `quant.tables`.
 TABLE_SLOTS = ("codebook", "scale", "zero_point")
+# Features a reader must know to read a file correctly, listed in `must_understand` when used:
+# "aliases" (tied tensors stored once under another name; a reader ignoring them would lose tensors).
+FEATURES = ("aliases",)

@@ -147,3 +147,22 @@ class Manifest(_Model):
         None, description="the recipe used, as plain data (kformat.recipe.Recipe)"
     )
     metadata: dict[str, str] = Field(default_factory=dict)
+    aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="tied tensors stored once: alias name -> name of a stored tensor (the"
+        " 'aliases' feature, listed in must_understand; left out when empty)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_aliases(self, handler):
+        data = handler(self)
+        if not data.get("aliases"):
+            data.pop("aliases", None)
+        return data
+
+    def names(self) -> list[str]:
+        """Every tensor name a reader offers: stored tensors, each followed by its aliases."""
+        tied: dict[str, list[str]] = {}
+        for alias, name in self.aliases.items():
+            tied.setdefault(name, []).append(alias)
+        return [n for t in self.tensors for n in (t.name, *tied.get(t.name, ()))]

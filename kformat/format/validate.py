@@ -20,7 +20,7 @@ from ..codecs import CODECS, get_codec, plane_depth
 from ..codecs.bitpack import row_bytes
 from ..errors import FormatError, LimitError, VersionError
 from ..methods import METHODS, get_method, view_2d
-from .constants import SHARD_SUFFIX
+from .constants import FEATURES, SHARD_SUFFIX
 from .dtypes import VALUE_DTYPES, itemsize
 from .limits import (
     AMPLIFICATION_SLACK,
@@ -166,12 +166,22 @@ def _check_table(table, shape, dtypes, what, source, blobs) -> None:
 def check_extensions(manifest: Manifest, source: str) -> None:
     """Refuse a file listing a must-understand extension this reader lacks: "method:NAME" and
     "codec:NAME" are known when registered; nothing else is known yet."""
-    known = {f"method:{m}" for m in METHODS} | {f"codec:{c}" for c in CODECS}
+    known = {f"method:{m}" for m in METHODS} | {f"codec:{c}" for c in CODECS} | set(FEATURES)
     unknown = sorted(set(manifest.must_understand) - known)
     if unknown:
         raise VersionError(
             f"{source}: needs extension(s) {', '.join(unknown)} that this reader does not know"
         )
+
+
+def _check_aliases(manifest: Manifest, names: set[str], source: str) -> None:
+    if manifest.aliases and "aliases" not in manifest.must_understand:
+        raise _fail(source, "the manifest has aliases but does not list 'aliases' in must_understand")
+    for alias, name in manifest.aliases.items():
+        if not alias or alias in names:
+            raise _fail(source, f"alias {alias!r} is empty or the name of a stored tensor")
+        if name not in names:
+            raise _fail(source, f"alias {alias!r} names {name!r}, which is not a stored tensor")
 
 
 def validate_manifest(manifest: Manifest, source: str) -> list[tuple[BlobRef, str]]:
@@ -184,6 +194,7 @@ def validate_manifest(manifest: Manifest, source: str) -> list[tuple[BlobRef, st
             raise _fail(source, f"tensor name {t.name!r} appears twice")
         names.add(t.name)
         _check_tensor(t, source, blobs)
+    _check_aliases(manifest, names, source)
     if manifest.layout == "sharded":
         for shard in manifest.shards:
             if not SHARD_NAME.match(shard.name) or shard.name != shard.sha256 + SHARD_SUFFIX:

@@ -48,6 +48,7 @@ class Container:
         self.manifest_end = opened.manifest_end
         self.blob_labels = opened.blobs
         self.tensors: dict[str, TensorEntry] = {t.name: t for t in self.manifest.tensors}
+        self.tensors.update({alias: self.tensors[name] for alias, name in self.manifest.aliases.items()})
         self.blobs = BlobReader(self.store, self.key, self.manifest, self.data_offset)
         self.table_cache = TableCache(self.blobs)
         self._stream = TileStream(self.table_cache, self._check_open)
@@ -137,7 +138,8 @@ class Container:
         self._stream.prefetch(self.entry(name), batch_bytes)
 
     def discard_prefetch(self, name: str) -> None:
-        self._stream.discard(name)
+        entry = self.tensors.get(name)
+        self._stream.discard(entry.name if entry is not None else name)
 
     def iter_tiles(self, name: str, batch_bytes: int = BATCH_BYTES) -> Iterator[tuple[Tile, bytes, str]]:
         """(tile, checked blob, label) in stored order, one batch fetched ahead."""
@@ -224,12 +226,18 @@ class Container:
     def read_all(self) -> Iterator[tuple[str, np.ndarray]]:
         """(name, tensor) in file order, the next tensor's tables and first tiles fetched in
         the background while the current one decodes."""
-        names = list(self.tensors)
+        names = [t.name for t in self.manifest.tensors]
+        tied: dict[str, list[str]] = {}
+        for alias, name in self.manifest.aliases.items():
+            tied.setdefault(name, []).append(alias)
         try:
             for i, name in enumerate(names):
                 if i + 1 < len(names):
                     self.prefetch(names[i + 1])
-                yield name, self.read_tensor(name)
+                array = self.read_tensor(name)
+                yield name, array
+                for alias in tied.get(name, ()):  # the same array: tied tensors stay tied
+                    yield alias, array
         finally:
             for name in names:
                 self.discard_prefetch(name)

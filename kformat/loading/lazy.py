@@ -235,7 +235,9 @@ class LazyModel(Mapping[str, LazyTensor]):
 
     def __init__(self, container: Container, batch_bytes: int = BATCH_BYTES):
         self._container = container
-        self._tensors = {t.name: LazyTensor(container, t, batch_bytes) for t in container.manifest.tensors}
+        stored = {t.name: LazyTensor(container, t, batch_bytes) for t in container.manifest.tensors}
+        aliases = container.manifest.aliases  # a tied tensor is the same LazyTensor as its original
+        self._tensors = {n: stored[aliases.get(n, n)] for n in container.manifest.names()}
 
     @classmethod
     def open(cls, url: str, *, batch_bytes: int = BATCH_BYTES, **storage_options) -> "LazyModel":
@@ -258,6 +260,11 @@ class LazyModel(Mapping[str, LazyTensor]):
         return len(self._tensors)
 
     # -- what it is --------------------------------------------------------------------------
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Tied tensors: alias name -> the stored tensor it shares (the same LazyTensor)."""
+        return dict(self._container.manifest.aliases)
+
     @property
     def source(self) -> str:
         return self._container.source

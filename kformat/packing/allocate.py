@@ -30,7 +30,7 @@ from ..errors import KFormatError
 from ..methods import get_method, view_2d
 from ..methods.metrics import TILE_OVERHEAD
 from ..recipe import Recipe, Rule, is_float_dtype, parse_rule, plan
-from ..sources import TensorSource
+from ..sources import TensorSource, find_aliases
 from .atomic import promote, remove_path, temp_prefix, write_errors
 from .encode import encode_tensor
 
@@ -158,8 +158,9 @@ def _fixed_bytes(shape, dtype: np.dtype, rule: Rule) -> float:
 def estimate(source: TensorSource, recipe: Recipe) -> tuple[dict[str, list[Candidate]], float]:
     """Candidates of every tensor the recipe would quantize, and the estimated fixed bytes
     (header, manifest, and the tensors kept by the recipe's own rule)."""
-    decisions, _ = plan(recipe, [(t.name, t.shape, t.dtype) for t in source.tensors()])
-    infos = {t.name: t for t in source.tensors()}
+    aliases = find_aliases(source)  # stored once: not a second candidate
+    infos = {t.name: t for t in source.tensors() if t.name not in aliases}
+    decisions, _ = plan(recipe, [(t.name, t.shape, t.dtype) for t in infos.values()])
     options: dict[str, list[Candidate]] = {}
     fixed = 64.0 + 1024.0  # header and the manifest's fixed part
     for d in decisions:

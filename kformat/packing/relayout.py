@@ -69,7 +69,15 @@ def relayout(
             old = container.manifest
             generator = old.generator or f"kformat {__version__}"
             return finish(
-                sink, output, entries, list(old.must_understand), generator, old.recipe, old.metadata, []
+                sink,
+                output,
+                entries,
+                list(old.must_understand),
+                generator,
+                old.recipe,
+                old.metadata,
+                [],
+                old.aliases,
             )
         except BaseException:
             sink.abort()

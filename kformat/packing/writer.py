@@ -22,7 +22,7 @@ from ..format.limits import AMPLIFICATION_SLACK, MAX_AMPLIFICATION
 from ..format.manifest import Manifest, Quant, Table, TensorEntry, Tile
 from ..methods import QuantizedTensor, get_method
 from ..recipe import Decision, Recipe, Rule, plan
-from ..sources import TensorSource
+from ..sources import TensorSource, find_aliases
 from .encode import encode_tensor
 from .atomic import write_errors
 from .sinks import ShardedSink, SingleFileSink
@@ -199,7 +199,9 @@ def pack(
     with write_errors(output):
         if source.path is not None and output.resolve() == Path(source.path).resolve():
             raise StorageError(f"output {output} is the input file; choose another path")
-        decisions, unmatched = plan(recipe, [(t.name, t.shape, t.dtype) for t in source.tensors()])
+        aliases = find_aliases(source)
+        infos = [t for t in source.tensors() if t.name not in aliases]
+        decisions, unmatched = plan(recipe, [(t.name, t.shape, t.dtype) for t in infos])
         if assigned:
             decisions = [Decision(d.name, *assigned[d.name]) if d.name in assigned else d for d in decisions]
         if layout == "single":
@@ -236,6 +238,7 @@ def pack(
                 recipe.model_dump(mode="python"),
                 metadata,
                 unmatched,
+                aliases,
             )
         except BaseException:
             sink.abort()
@@ -251,12 +254,17 @@ def finish(
     recipe: dict | None,
     metadata: dict[str, str] | None,
     unmatched: list[str],
+    aliases: dict[str, str] | None = None,
 ) -> PackReport:
     """Write the manifest last (the output appears now) and report what was written."""
+    aliases = dict(aliases or {})
+    if aliases and "aliases" not in must_understand:
+        must_understand = [*must_understand, "aliases"]
     manifest = Manifest(
         generator=generator,
         layout=sink.layout,
         must_understand=must_understand,
+        aliases=aliases,
         shards=sink.shards(),
         tensors=entries,
         recipe=recipe,

@@ -1,7 +1,10 @@
-"""Model files in and out: .npz, .safetensors and PyTorch state_dict files.
+"""Model files in and out: .npz, .safetensors, PyTorch, Hugging Face sharded checkpoints,
+ONNX and GGUF.
 
 A TensorSource lists its tensors (name, shape, dtype) without loading them, then loads one
-at a time, so packing holds roughly one tensor in memory. Formats are chosen by extension.
+at a time, so packing holds roughly one tensor in memory. Input formats are registered in
+kformat.sources.formats (one module per format plus one registration). A source may also
+carry `metadata` (strings kept in the manifest) and `aliases` (tied tensors stored once).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
-from ..errors import InputError, NotFound, StorageError
+from ..errors import InputError, StorageError
 from ..format.dtypes import is_storable
 
 
@@ -51,15 +54,13 @@ class DictSource:
                     raise InputError(f"input: tensor {name!r} is not an array: {exc}") from None
             _check_array(name, array, "input")
             self._tensors[name] = array
+        self.aliases = shared_views((n, _memory_key(a)) for n, a in self._tensors.items())
 
     def tensors(self) -> list[TensorInfo]:
         return [TensorInfo(n, tuple(a.shape), a.dtype) for n, a in self._tensors.items()]
 
     def load(self, name: str) -> np.ndarray:
         return self._tensors[name]
-
-
-SUPPORTED_KINDS = (".npz", ".safetensors", ".pt", ".pth", ".bin")
 
 
 def _check_array(name: str, array: np.ndarray, where: str) -> None:
@@ -70,32 +71,49 @@ def _check_array(name: str, array: np.ndarray, where: str) -> None:
 
 
 def open_source(path: str | Path) -> TensorSource:
-    path = Path(path)
-    if not path.exists():
-        raise NotFound(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path} is a directory; expected a .npz, .safetensors or .pt/.pth file")
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        from .npz import NpzSource
+    """The tensors of a model file (or a Hugging Face checkpoint directory), by its format."""
+    from .formats import open_source as _open
 
-        return NpzSource(path)
-    if suffix == ".safetensors":
-        try:
-            from .safetensors import SafetensorsSource
+    return _open(path)
 
-            return SafetensorsSource(path)
-        except ImportError:
-            raise InputError(
-                f"{path}: reading .safetensors needs pip install 'kformat[safetensors]'"
-            ) from None
-    if suffix in (".pt", ".pth", ".bin"):
-        from .torch_file import TorchSource
 
-        return TorchSource(path)
-    raise InputError(
-        f"{path}: unknown model file type {suffix!r} (expected one of {', '.join(SUPPORTED_KINDS)})"
-    )
+def source_metadata(source: TensorSource) -> dict[str, str]:
+    """Strings the source file carries (safetensors __metadata__, GGUF fields), if any."""
+    return dict(getattr(source, "metadata", None) or {})
+
+
+def source_aliases(source: TensorSource) -> dict[str, str]:
+    """Tensors the source stores once under another name (tied weights): alias -> name."""
+    return dict(getattr(source, "aliases", None) or {})
+
+
+def find_aliases(source: TensorSource) -> dict[str, str]:
+    """The source's tied tensors (alias -> stored name), each alias naming a tensor the
+    source lists and a stored name that is not itself an alias."""
+    aliases = source_aliases(source)
+    names = {t.name for t in source.tensors()}
+    return {a: n for a, n in aliases.items() if n in names and n not in aliases and a != n}
+
+
+def shared_views(items) -> dict[str, str]:
+    """Names whose arrays are the same memory as an earlier one (same address, shape, strides
+    and dtype): the tied weights of a state dict. `items` gives (name, key) pairs."""
+    first: dict[tuple, str] = {}
+    aliases = {}
+    for name, key in items:
+        if key is None:
+            continue
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
+    return aliases
+
+
+def _memory_key(array: np.ndarray):
+    if array.size == 0:
+        return None
+    return (array.__array_interface__["data"][0], array.shape, array.strides, array.dtype.str)
 
 
 def write_tensors(path: str | Path, tensors: Iterable[tuple[str, np.ndarray]]) -> None:

@@ -60,8 +60,13 @@ class SafetensorsSource:
                 if dtype not in _DTYPES:
                     raise InputError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
                 self._infos.append(TensorInfo(name, tuple(sl.get_shape()), np.dtype(_DTYPES[dtype])))
+            stored = self._file.metadata() or {}
         except SafetensorError as exc:
             raise InputError(f"{path}: not a valid safetensors file ({exc})") from None
+        # safetensors' save_model drops tied duplicates and records them as removed -> kept
+        names = set(names)
+        self.aliases = {k: v for k, v in stored.items() if k not in names and v in names}
+        self.metadata = {k: v for k, v in stored.items() if k not in self.aliases}
 
     def tensors(self) -> list[TensorInfo]:
         return list(self._infos)

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import InputError
 from ..format.dtypes import EXTRA_FLOATS, HAVE_ML_DTYPES, is_storable
 from ..torch import load_torch_file, tensor_to_numpy, torch_module
-from . import TensorInfo
+from . import TensorInfo, shared_views
 
 
 class TorchSource:
@@ -23,6 +23,10 @@ class TorchSource:
         self._tensors = load_torch_file(path)
         if not self._tensors:
             raise InputError(f"{path}: holds no tensors (expected a state_dict)")
+        self.aliases = shared_views(
+            (name, (t.data_ptr(), tuple(t.shape), t.stride(), str(t.dtype)) if t.numel() else None)
+            for name, t in self._tensors.items()
+        )
 
     def tensors(self) -> list[TensorInfo]:
         infos = []
@@ -58,10 +62,14 @@ class TorchSource:
 
 def write_torch(path: Path, tensors) -> None:
     """A state dict of torch tensors (bfloat16 and float8 as torch's own types), saved with
-    torch.save."""
+    torch.save; tied tensors share storage."""
     from ..packing.atomic import atomic_path
     from ..torch import numpy_to_tensor
 
-    state = {name: numpy_to_tensor(array) for name, array in tensors}
+    state, seen = {}, {}
+    for name, array in tensors:  # one array under two names (aliases) stays one tensor: tied
+        if id(array) not in seen:
+            seen[id(array)] = (array, numpy_to_tensor(array))
+        state[name] = seen[id(array)][1]
     with atomic_path(path) as temp:
         torch_module().save(state, str(temp))
