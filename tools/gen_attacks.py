@@ -443,6 +443,63 @@ def single_file_attacks() -> dict[str, tuple[bytes, str, str, str]]:
         "codebook_nan", "a codebook holding NaN", "DecodeError", "NaN", nan_codebook, which="codebook"
     )
 
+    # floatz: one zstd frame per byte plane, each exactly the tile's element count
+    forged_blob(
+        "floatz_missing_plane",
+        "a float32 floatz tile with 3 of its 4 byte-plane frames",
+        "DecodeError",
+        "not a complete zstd frame",
+        lambda p, t: b"".join(pyzstd.compress(bytes(16 * 32)) for _ in range(3)),
+        vector="lossless_floatz",
+    )
+    forged_blob(
+        "floatz_trailing_frame",
+        "a float32 floatz tile with a fifth frame after its four planes",
+        "DecodeError",
+        "after its last frame",
+        lambda p, t: b"".join(pyzstd.compress(bytes(16 * 32)) for _ in range(5)),
+        vector="lossless_floatz",
+    )
+    forged_blob(
+        "floatz_plane_bomb",
+        "a floatz byte plane whose frame inflates to 64 MiB",
+        "DecodeError",
+        "wrong size",
+        lambda p, t: (
+            _zstd_streamed(bytes(64 << 20)) + b"".join(pyzstd.compress(bytes(16 * 32)) for _ in range(3))
+        ),
+        vector="lossless_floatz",
+    )
+
+    # aliases: tied tensors stored once
+    tied = base("tied_kmeans4")
+    tied.manifest["must_understand"] = []
+    add(
+        "alias_not_declared",
+        craft.assemble(tied),
+        "aliases without 'aliases' in must_understand (an older reader would drop tensors)",
+        "FormatError",
+        "must_understand",
+    )
+    tied = base("tied_kmeans4")
+    tied.manifest["aliases"] = {"head.weight": "nowhere"}
+    add(
+        "alias_to_nowhere",
+        craft.assemble(tied),
+        "an alias naming no stored tensor",
+        "FormatError",
+        "not a stored tensor",
+    )
+    tied = base("tied_kmeans4")
+    tied.manifest["aliases"] = {"dense.bias": "dense.weight"}
+    add(
+        "alias_shadows_tensor",
+        craft.assemble(tied),
+        "an alias with the name of a stored tensor",
+        "FormatError",
+        "name of a stored tensor",
+    )
+
     # -- corruption (hashes do not match) ------------------------------------------------
     parts = base("kmeans4")
     ref = parts.tensor("dense.weight")["tiles"][0]["blob"]

@@ -63,6 +63,8 @@ VECTORS: dict[str, tuple[dict, str]] = {
     "fp16": (rule_recipe("fp16"), "single"),
     "fp16_zstd": (rule_recipe("fp16,codec=zstd"), "single"),
     "raw": (rule_recipe("raw"), "single"),
+    "lossless_floatz": (rule_recipe("raw,codec=floatz"), "single"),
+    "tied_kmeans4": (rule_recipe("kmeans:4"), "single"),
     "mobile_sharded": (
         {
             "name": "mobile",
@@ -81,7 +83,25 @@ def vector_path(name: str) -> str:
     return f"vectors/{name}/" if VECTORS[name][1] == "sharded" else f"vectors/{name}.kf"
 
 
+def vector_source(name: str, source: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The tensors a vector packs: the shared source, plus for the lossless vector the dense
+    weight in bfloat16 and float16, and for the tied one a second name for the same array."""
+    if name == "lossless_floatz":
+        from kformat.format.dtypes import numpy_dtype
+
+        dense = source["dense.weight"]
+        return {
+            **source,
+            "dense.bf16": dense.astype(numpy_dtype("bfloat16")),
+            "dense.f16": dense.astype(np.float16),
+        }
+    if name == "tied_kmeans4":
+        return {**source, "head.weight": source["dense.weight"]}  # the same array: an alias
+    return source
+
+
 def write(name: str, source: dict[str, np.ndarray]) -> Path:
+    source = vector_source(name, source)
     recipe, layout = VECTORS[name]
     target = SUITE / vector_path(name)
     if target.is_dir():

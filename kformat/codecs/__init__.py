@@ -2,7 +2,8 @@
 
 Each codec is one module with one `Codec` subclass (kformat.codecs.base), registered here by
 name. A codec cannot be registered without an inflation bound, so no codec can skip the
-reader's memory limit. `png` holds code planes only; `zstd` and `raw` hold both.
+reader's memory limit. `png` holds code planes only, `floatz` (entropy-coded float fields) value planes only;
+`zstd` and `raw` hold both.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from ..registry import Registry
 from .base import Codec
 from .bitpack import plane_depth
+from .floatz import FloatzCodec
 from .png import PngCodec
 from .raw import RawCodec
 from .shuffle import shuffle_bytes, unshuffle_bytes
@@ -50,5 +52,5 @@ def get_codec(name: str) -> Codec:
     return _REGISTRY.get(name)
 
 
-for _codec in (PngCodec(), ZstdCodec(), RawCodec()):
+for _codec in (PngCodec(), ZstdCodec(), RawCodec(), FloatzCodec()):
     register_codec(_codec)

@@ -18,7 +18,7 @@ DEFAULT_SHARD_SIZE = 64 << 20
 # in `must_understand` as "method:NAME" or "codec:NAME", and a reader refuses a method or
 # codec it does not know whether or not it is listed.
 CORE_METHODS = ("kmeans", "linear", "fp16", "raw")
-CORE_CODECS = ("png", "zstd", "raw")
+CORE_CODECS = ("png", "zstd", "raw", "floatz")
 # Tables of the core methods have named slots in the manifest's `quant`; any other table lives
 # under `quant.tables`.
 TABLE_SLOTS = ("codebook", "scale", "zero_point")

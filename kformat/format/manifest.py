@@ -112,7 +112,7 @@ class TensorEntry(_Model):
     view: tuple[int, int] = Field(description="rows x cols of the 2-D view tiles are cut from")
     storage: str = Field(description="element type of planes: uint8 codes, float16, or dtype")
     depth: int | None = Field(None, description="plane bit depth (1, 2, 4, 8) of code planes")
-    codec: str = Field(min_length=1, description="plane codec: png, zstd, raw, or an extension")
+    codec: str = Field(min_length=1, description="plane codec: png, zstd, raw, floatz, or an extension")
     tile: tuple[int, int]
     quant: Quant
     tiles: list[Tile]

@@ -13,6 +13,9 @@ from typing import Any
 # zstd-compressed: lossless, 16% smaller. See tools/bench/size_quality.py for what each choice buys.
 PRESETS: dict[str, dict[str, Any]] = {
     "raw": {"name": "raw", "default": "raw"},
+    # Every tensor bit-exact in its own dtype, exponents entropy-coded (the floatz codec):
+    # bfloat16 about 0.67x of its bytes, float32 0.83x, float16 0.85x on trained weights.
+    "lossless": {"name": "lossless", "default": "raw,codec=floatz"},
     "fp16": {"name": "fp16", "default": "fp16,codec=zstd"},
     "int8": {"name": "int8", "default": "linear:8,row"},
     "kmeans8": {"name": "kmeans8", "default": "kmeans:8"},

@@ -48,7 +48,7 @@ class Rule(BaseModel):
     group_size: int | None = Field(None, ge=1, description="rows per group (granularity=group)")
     codec: str | None = Field(
         None,
-        description="plane codec (png, zstd, raw, or a registered one); default png"
+        description="plane codec (png, zstd, raw, floatz, or a registered one); default png"
         " for codes, raw for values",
     )
     prune: float | None = Field(
@@ -159,7 +159,7 @@ def rule_fields_from_text(text: str) -> dict[str, Any]:
             else:
                 raise RecipeError(
                     f"rule {text!r}: unknown option {option!r} (known: row, tensor, group=N,"
-                    " codec=png|zstd|raw, prune=F, prune_threshold=T, codebook=fp16|fp32, ecq=DB,"
+                    " codec=png|zstd|raw|floatz, prune=F, prune_threshold=T, codebook=fp16|fp32, ecq=DB,"
                     " tile=RxC)"
                 )
         except ValueError as exc:
