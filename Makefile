@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kformat-installed
-EXTRAS ?= dev,torch,http,safetensors,plot,langid,fast,dtypes
+EXTRAS ?= dev,torch,http,safetensors,plot,langid,fast,dtypes,onnx,gguf,progress
 
 .PHONY: all venv demo test bench schema conformance fuzz clean nginx
 
@@ -36,6 +36,9 @@ bench: venv nginx
 	$(BIN)/python tools/bench/peak_memory.py
 	$(BIN)/python tools/bench/torch_memory.py
 	$(BIN)/python tools/bench/load_speed.py
+	$(BIN)/python -m pip install -q --disable-pip-version-check zipnn
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps nudenet magika silero-vad
+	$(BIN)/python tools/bench/lossless.py
 
 schema: venv
 	$(BIN)/python tools/gen_schema.py

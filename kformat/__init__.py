@@ -36,10 +36,13 @@ from .codecs import Codec, register_codec
 from .recipe import PRESETS, Recipe, Rule, build_recipe, load_recipe, parse_rule
 from .summary import format_table as format_summary
 from .summary import human_bytes
+from .progress import TerminalProgress, configure_logging
 
 open = open_model  # noqa: A001 - kformat.open(url) is the loader's front door
 
 __all__ = [
+    "TerminalProgress",
+    "configure_logging",
     "__version__",
     "open",
     "open_model",

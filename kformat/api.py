@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
 from .errors import InputError, KFormatError, NotFound, StorageError
 from .format.constants import DEFAULT_SHARD_SIZE
 from .format.dtypes import EXTRA_FLOATS, is_float, numpy_dtype
+from .format.validate import decoded_nbytes
 from .loading.container import Container, Problem
 from .packing.relayout import is_container, relayout
 from .packing.writer import PackReport
+from .progress import Progress, Tracker
 from .packing.writer import pack as _pack
 from .recipe import Recipe, build_recipe
 from .sources import DictSource, TensorSource, open_source, source_metadata, write_tensors
 from .summary import summarize, summarize_source
-
-Progress = Callable[[int, int, str], None]
 
 
 def pack(
@@ -104,16 +104,17 @@ def unpack(
     """Write every tensor to .npz, .safetensors or .pt: raw ones bit-exact in their own dtype,
     lossy ones float32; with `dtype` (e.g. "float32") every floating-point tensor is cast to it."""
     with Container.open(url, **storage_options) as container:
-        names = list(container.tensors)
+        names = container.manifest.names()
         target = None if dtype is None else _float_dtype(dtype)
+        sizes = {t.name: decoded_nbytes(t) for t in container.manifest.tensors}
+        tracker = Tracker(progress, len(names), sum(sizes.values()))
 
         def tensors():
-            for i, (name, array) in enumerate(container.read_all()):
-                if progress:
-                    progress(i, len(names), name)
+            for name, array in container.read_all():
+                tracker.start(name)
                 yield name, array if target is None or not is_float(array.dtype) else array.astype(target)
-            if progress:
-                progress(len(names), len(names), "")
+                tracker.finish_item(sizes.get(name, 0))
+            tracker.close()
 
         write_tensors(output, tensors())
     return names

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import kformat
 from kformat.errors import KFormatError
@@ -13,23 +12,7 @@ from kformat.errors import KFormatError
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
 
 
-class Progress:
-    """A one-line progress report on stderr, shown only when stderr is a terminal."""
-
-    def __init__(self, verb: str, enabled: bool | None = None):
-        self.verb = verb
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.start = time.monotonic()
-
-    def __call__(self, done: int, total: int, what: str) -> None:
-        if not self.enabled:
-            return
-        elapsed = time.monotonic() - self.start
-        if done >= total:
-            sys.stderr.write(f"\r\033[K{self.verb}: {total}/{total} done in {elapsed:.1f}s\n")
-        else:
-            sys.stderr.write(f"\r\033[K{self.verb}: {done + 1}/{total} {what[:60]}")
-        sys.stderr.flush()
+Progress = kformat.TerminalProgress
 
 
 def parse_size(text: str) -> int:
@@ -201,9 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kformat {kformat.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add_output_args(p):
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    def add_output_args(p, quiet: bool = True):
+        p.add_argument("--json", action="store_true", help="machine-readable output (errors too)")
+        if quiet:
+            p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+        p.add_argument(
+            "-v", "--verbose", action="count", default=0, help="log decisions (-v) and every tensor (-vv)"
+        )
 
     def add_pack_args(p):
         p.add_argument(
@@ -314,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="show each tensor's rule, size, rate and error")
     add_url_args(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_output_args(p, quiet=False)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser(
@@ -340,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "packed", help="the kformat model: a .kf file or sharded directory, path or any fsspec URL"
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_output_args(p, quiet=False)
     p.add_argument(
         "--storage-option",
         action="append",
@@ -354,10 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    kformat.configure_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
     try:
         return args.func(args)
     except KFormatError as exc:
         print(f"kformat: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"error": str(exc), "kind": exc.kind, "type": type(exc).__name__}, indent=2))
         return EXIT_ERROR
     except OSError as exc:  # the last resort: an operating-system error no layer named
         where = f"{exc.filename}: " if exc.filename else ""

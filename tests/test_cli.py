@@ -166,3 +166,38 @@ def test_inspect_describes_a_model_file_as_stored(tmp_path, capsys):
     assert by_name["w"]["bytes"] == 512 and by_name["n"]["dtype"] == "int64"
     assert main(["inspect", str(tmp_path / "m.npz")]) == 0
     assert "not a kformat container" in capsys.readouterr().out
+
+
+def test_progress_reports_bytes_rate_and_eta(tmp_path, npz, capsys, monkeypatch):
+    from kformat import cli
+
+    seen = []
+
+    class Recording(cli.Progress):
+        def bytes(self, done_bytes, total_bytes):
+            seen.append((done_bytes, total_bytes))
+            super().bytes(done_bytes, total_bytes)
+
+    monkeypatch.setattr(cli, "Progress", lambda verb, enabled=None: Recording(verb, True))
+    assert main(["pack", str(npz), "-o", str(tmp_path / "m.kf"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert seen[0][0] == 0 and seen[-1][0] == seen[-1][1] > 0  # from nothing to every source byte
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert "pack" in err and ("B/s" in err or "ETA" in err)
+    assert main(["verify", str(tmp_path / "m.kf")]) == 0
+    assert seen[-1][0] == seen[-1][1] > 0
+
+
+def test_json_errors_and_verbose_logging(tmp_path, npz, capsys):
+    assert main(["inspect", str(tmp_path / "missing.kf"), "--json"]) == 2
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {
+        "error": f"{tmp_path / 'missing.kf'}: not found",
+        "kind": "not_found",
+        "type": "NotFound",
+    }
+    assert main(["pack", str(npz), "-o", str(tmp_path / "m.kf"), "-vv", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "kformat: INFO: reading" in err and "kformat: DEBUG: fc1.weight" in err
+    assert main(["verify", str(tmp_path / "m.kf"), "-q"]) == 0
+    assert capsys.readouterr().err == ""

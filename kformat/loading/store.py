@@ -9,6 +9,7 @@ ranges are merged and fetched concurrently; transient failures are retried with 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,8 @@ MERGE_GAP = 4096  # merge ranges closer than this into one request
 MERGE_MAX = 16 << 20  # never merge into one request larger than this
 # A stalled server must not hang a reader: HTTP requests fail (and are retried) after this
 # long without a byte or without a connection. Pass client_kwargs={"timeout": ...} to change it.
+
+log = logging.getLogger(__name__)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -169,6 +172,7 @@ class Store:
                 if isinstance(exc, (StorageError, RangeIgnored)):
                     raise
                 if attempt < self.retries and _is_transient(exc):
+                    log.info("%s %s: %s; retrying in %.1fs", what, self.describe(key), exc, delay)
                     time.sleep(delay)
                     delay *= 2
                     continue
@@ -240,7 +244,7 @@ class Store:
                 return self._retrying("reading", key, lambda: self.http.cat(path, start, end))
             except RangeIgnored:
                 raise self._range_ignored(key, start, end, "more") from None
-        return self._retrying("reading", key, lambda: self.fs.cat_file(path, start, end))
+        return self._retrying("reading", key, lambda: self.fs.cat_file(path, start=start, end=end))
 
     def read_prefix(self, key: str, length: int) -> bytes:
         """Up to `length` bytes from the start (fewer if the file is shorter)."""
@@ -318,6 +322,7 @@ class Store:
         """A short read through a caching layer: its copy may be partial, or still being
         written by another thread's download. One thread at a time reads again, and evicts
         and refetches only if the copy is still short."""
+        log.info("%s: short read through the cache; reading it again", self.describe(key))
         with _CACHE_HEAL_LOCK:
             try:
                 return self._fetch(paths, starts, ends, keys, healed=True)

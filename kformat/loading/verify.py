@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..errors import KFormatError
 from ..format.constants import SHARD_DIR
+from ..progress import Tracker
 from .decode import decode_plane
 from .stream import BATCH_BYTES
 from .tables import tile_label
@@ -106,7 +107,7 @@ class _Checker:
                 )
             )
 
-    def file(self, f: _File, progress: Callable[[str, int], None]) -> None:
+    def file(self, f: _File, progress: Callable[[str, int, int], None]) -> None:
         store = self.container.store
         try:
             size = store.size(f.key)
@@ -127,7 +128,7 @@ class _Checker:
         position = 0  # bytes of the data region checked so far
         for chunk in _chunks(f.items, BATCH_BYTES):
             stop = chunk[-1][0].offset + chunk[-1][0].length
-            progress(chunk[0][1], len(chunk))
+            progress(chunk[0][1], len(chunk), sum(ref.length for ref, _ in chunk))
             try:  # one request for the chunk and the padding in it
                 data = store.read(f.key, f.base + position, f.base + stop)
             except KFormatError:
@@ -163,13 +164,13 @@ def verify(container: "Container", progress: Callable[[int, int, str], None] | N
     """Every problem found; an empty list means the container is intact."""
     problems: list[Problem] = []
     checker = _Checker(container, problems)
-    total, done = len(container.blob_labels), 0
+    tracker = Tracker(
+        progress, len(container.blob_labels), sum(ref.length for ref, _ in container.blob_labels)
+    )
 
-    def advance(label: str, count: int) -> None:
-        nonlocal done
-        if progress:
-            progress(done, total, label)
-        done += count
+    def advance(label: str, count: int, nbytes: int) -> None:
+        tracker.start(label)
+        tracker.finish_item(nbytes, count)
 
     if container.manifest.layout == "single" and container.data_offset > container.manifest_end:
         try:  # the padding between the manifest and the data region
@@ -179,8 +180,7 @@ def verify(container: "Container", progress: Callable[[int, int, str], None] | N
             problems.append(Problem("file", str(exc)))
     for f in _files(container):
         checker.file(f, advance)
-    if progress:
-        progress(total, total, "")
+    tracker.close()
     return problems
 
 

@@ -30,6 +30,7 @@ from ..errors import KFormatError
 from ..methods import get_method, view_2d
 from ..methods.metrics import TILE_OVERHEAD
 from ..recipe import Recipe, Rule, is_float_dtype, parse_rule, plan
+from ..progress import log
 from ..sources import TensorSource, find_aliases
 from .atomic import promote, remove_path, temp_prefix, write_errors
 from .encode import encode_tensor
@@ -291,6 +292,7 @@ def pack_to_target(
         )
         actual = container_size(temp)
         sizes.append(actual)
+        log.info("allocation (%s round): %d bytes for a target of %d", label, actual, target_bytes)
         if actual <= target_bytes:
             fitting.append((measured_error(report.manifest), -actual, len(tried), temp, report, alloc))
         return report, actual

@@ -14,6 +14,7 @@ from ..errors import KFormatError, StorageError
 from ..format.constants import DEFAULT_SHARD_SIZE, MANIFEST_NAME
 from ..format.manifest import Table
 from ..loading.container import Container
+from ..progress import Tracker
 from .atomic import write_errors
 from .sinks import ShardedSink, SingleFileSink
 from .writer import PackReport, Progress, finish
@@ -50,10 +51,11 @@ def relayout(
         sink = SingleFileSink(output) if layout == "single" else ShardedSink(output, shard_size)
         try:
             entries = []
-            total = len(container.manifest.tensors)
-            for n, entry in enumerate(container.manifest.tensors):
-                if progress:
-                    progress(n, total, entry.name)
+            tracker = Tracker(
+                progress, len(container.manifest.tensors), sum(ref.length for ref, _ in container.blob_labels)
+            )
+            for entry in container.manifest.tensors:
+                tracker.start(entry.name)
                 tiles = [
                     tile.model_copy(update={"blob": sink.add(data)})
                     for tile, data, _ in container.iter_tiles(entry.name)
@@ -64,8 +66,8 @@ def relayout(
                     (data,) = container.read_blobs([(table.blob, f"tensor {entry.name!r} {which}")])
                     tables[which] = table.model_copy(update={"blob": sink.add(data)})
                 entries.append(entry.model_copy(update={"tiles": tiles, "quant": quant.with_tables(tables)}))
-            if progress:
-                progress(total, total, "")
+                tracker.finish_item(entry.stored_bytes)
+            tracker.close()
             old = container.manifest
             generator = old.generator or f"kformat {__version__}"
             return finish(

@@ -5,6 +5,7 @@ source ─► plan (recipe) ─► quantize ─► cut into tiles ─► encode 
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +23,7 @@ from ..format.limits import AMPLIFICATION_SLACK, MAX_AMPLIFICATION
 from ..format.manifest import Manifest, Quant, Table, TensorEntry, Tile
 from ..methods import QuantizedTensor, get_method
 from ..recipe import Decision, Recipe, Rule, plan
+from ..progress import Tracker, log
 from ..sources import TensorSource, find_aliases
 from .encode import encode_tensor
 from .atomic import write_errors
@@ -212,23 +214,28 @@ def pack(
             raise KFormatError(f"unknown layout {layout!r} (single or sharded)")
         try:
             entries = []
-            total = len(decisions)
+            sizes = {t.name: math.prod(t.shape) * np.dtype(t.dtype).itemsize for t in infos}
+            tracker = Tracker(progress, len(decisions), sum(sizes.values()))
+
+            def written(e: Encoded) -> None:
+                entries.append(emit(sink, e))
+                tracker.finish_item(sizes[e.name])
+                log.debug("%s: %s (%s)", e.name, entries[-1].rule, entries[-1].reason)
+
             with ThreadPoolExecutor(jobs, "kformat-encode") as encoders, ThreadPoolExecutor(jobs) as tiles:
                 pending: deque[Future] = deque()
-                for i, decision in enumerate(decisions):
-                    if progress:
-                        progress(i, total, decision.name)
+                for decision in decisions:
+                    tracker.start(decision.name)
                     array = source.load(decision.name)  # sources are read from this thread only
                     pending.append(
                         encoders.submit(encode_blobs, decision.name, array, decision, recipe.tile, tiles)
                     )
                     del array
                     while len(pending) >= jobs:  # at most `jobs` tensors in memory at once
-                        entries.append(emit(sink, pending.popleft().result()))
+                        written(pending.popleft().result())
                 while pending:
-                    entries.append(emit(sink, pending.popleft().result()))
-            if progress:
-                progress(total, total, "")
+                    written(pending.popleft().result())
+            tracker.close()
             return finish(
                 sink,
                 output,
@@ -271,4 +278,11 @@ def finish(
         metadata=dict(metadata or {}),
     )
     sink.commit(manifest)
+    log.info(
+        "wrote %s: %d tensors, %s bytes, manifest sha256 %s",
+        output,
+        len(entries),
+        sink.total_bytes,
+        sink.manifest_sha256,
+    )
     return PackReport(output, manifest, unmatched, sink.total_bytes, sink.manifest_sha256)

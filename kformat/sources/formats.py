@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import InputError, NotFound
+from ..progress import log
 from ..registry import Registry
 
 
@@ -25,6 +26,7 @@ class InputFormat:
     claims: Callable[[Path], bool] | None = None  # directories, index files
 
     def open(self, path: Path):
+        log.info("reading %s as %s", path, self.name)
         module, cls = self.source.split(":")
         try:
             loaded = importlib.import_module(f"kformat.sources.{module}")
