@@ -81,12 +81,31 @@ def _keys(names: list[str]) -> str:
     return f"{', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
 
 
+def _shared_names(module) -> dict[int, list[str]]:
+    """Names under which each parameter or buffer object appears: tied weights share one."""
+    names: dict[int, list[str]] = {}
+    for name, tensor in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(tensor), []).append(name)
+    for name, tensor in module.named_buffers(remove_duplicate=False):
+        names.setdefault(id(tensor), []).append(name)
+    return names
+
+
 def load_into(
     torch, module, model: LazyModel, targets: dict, strict: bool, skip: set[str]
 ) -> tuple[list[str], list[str]]:
-    """Fill `targets` (the module's state_dict(keep_vars=True)) from `model`, then tie what
-    the file stores tied and refuse to leave any tensor on the meta device."""
-    missing = [n for n in targets if n not in model and n not in skip]
+    """Fill `targets` (the module's state_dict(keep_vars=True)) from `model`, keep tied what
+    the module ties or the file stores tied, and refuse to leave a tensor on the meta device.
+
+    A name the file lacks is not missing when the module ties it to one the file has (Hugging
+    Face checkpoints drop tied weights)."""
+    shared = _shared_names(module)
+    tied_to_file = {
+        n
+        for n in targets
+        if n not in model and any(o in model for o in shared.get(id(targets[n]), ()) if o != n)
+    }
+    missing = [n for n in targets if n not in model and n not in skip and n not in tied_to_file]
     unexpected = [n for n in model if n not in targets and n not in skip]
     if strict and (missing or unexpected):
         parts = []
@@ -99,9 +118,14 @@ def load_into(
     wanted = [n for n in targets if n in model and n not in skip and n not in aliases]
     with torch.no_grad():
         for name, lazy in model.stream(_file_order(model, wanted)):
-            filled = _fill(torch, targets[name], lazy, name)
-            if filled is not targets[name]:
+            target = targets[name]
+            filled = _fill(torch, target, lazy, name)
+            if filled is not target:
                 _set_tensor(torch, module, name, filled)
+                new = _get(module, name)
+                for other in shared.get(id(target), ()):  # the module's ties stay tied
+                    if other != name:
+                        _put(module, other, new)
         for alias, name in aliases.items():  # tied in the file: the same Parameter again
             _put(module, alias, _get(module, name))
     check_materialised(module)

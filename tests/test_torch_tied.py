@@ -98,3 +98,27 @@ def test_alias_without_must_understand_or_to_nowhere_is_refused(tmp_path):
     rewrite_manifest(tmp_path / "m.kf", tmp_path / "z.kf", lambda m: m.update(must_understand=["teleport"]))
     with pytest.raises(VersionError, match="teleport"):
         kformat.open_model(str(tmp_path / "z.kf"))
+
+
+def test_hugging_face_model_built_empty_loads_from_its_own_sharded_checkpoint(tmp_path):
+    """A BERT masked-LM (tied decoder, non-persistent position buffers) saved by
+    transformers as a sharded checkpoint without its tied weights, packed, then loaded into a
+    model built under empty_weights(): strict, tied, and the same logits."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
+    torch.manual_seed(0)
+    model = transformers.BertForMaskedLM(config).eval()
+    model.save_pretrained(tmp_path / "hf", max_shard_size="50KB")
+    assert len(list((tmp_path / "hf").glob("*.safetensors"))) > 1
+    kformat.pack(tmp_path / "hf", tmp_path / "bert.kf", "lossless")
+    with kt.empty_weights():
+        fresh = transformers.BertForMaskedLM(config)
+    assert all(p.is_meta for p in fresh.parameters())
+    assert kt.load_state_dict(fresh, str(tmp_path / "bert.kf")) == ([], [])
+    fresh.eval()
+    decoder = fresh.cls.predictions.decoder.weight
+    assert decoder is fresh.bert.embeddings.word_embeddings.weight and not decoder.is_meta
+    ids = torch.randint(0, 300, (2, 12))
+    assert torch.equal(fresh(ids).logits, model(ids).logits)
