@@ -36,6 +36,9 @@ DECODE_THREADS = min(8, os.cpu_count() or 1)
 CHECK_FILES_ABOVE = 64 << 20  # allocations above this first check that the files hold the blobs
 
 
+PREFETCH_TENSORS = 16
+
+
 class Container:
     """An opened kformat container (single file or sharded directory)."""
 
@@ -196,6 +199,10 @@ class Container:
         if out is None:
             out = self.allocate(t, tuple(t.view), numpy_dtype(t.dtype) if lossless else np.float32)
         tables = self.tables(t)
+        if len(t.tiles) == 1:  # nothing to overlap: decode here, without a thread hand-off
+            for tile, data, label in self.iter_tiles(name, batch_bytes):
+                fill_tile(t, tile, data, f"{self.source}: {label}", tables, out)
+            return out.reshape(t.shape)
         pool = self._decoders()
         pending: deque[Future] = deque()
         try:
@@ -224,23 +231,31 @@ class Container:
             return self._decode_pool
 
     def read_all(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(name, tensor) in file order, the next tensor's tables and first tiles fetched in
+        """(name, tensor) in file order, the next tensors' tables and first tiles fetched in
         the background while the current one decodes."""
-        names = [t.name for t in self.manifest.tensors]
+        entries = list(self.manifest.tensors)
         tied: dict[str, list[str]] = {}
         for alias, name in self.manifest.aliases.items():
             tied.setdefault(name, []).append(alias)
+        # Tensors fetched ahead of the one decoding: up to about BATCH_BYTES stored, at most
+        # PREFETCH_TENSORS, so a run of small tensors does not wait on one request each.
+        ahead, ahead_bytes = 0, 0
         try:
-            for i, name in enumerate(names):
-                if i + 1 < len(names):
-                    self.prefetch(names[i + 1])
-                array = self.read_tensor(name)
-                yield name, array
-                for alias in tied.get(name, ()):  # the same array: tied tensors stay tied
+            for i, entry in enumerate(entries):
+                if i <= ahead and i > 0:
+                    ahead_bytes -= entry.stored_bytes
+                ahead = max(ahead, i)
+                while ahead + 1 < len(entries) and ahead - i < PREFETCH_TENSORS and ahead_bytes < BATCH_BYTES:
+                    ahead += 1
+                    self.prefetch(entries[ahead].name)
+                    ahead_bytes += entries[ahead].stored_bytes
+                array = self.read_tensor(entry.name)
+                yield entry.name, array
+                for alias in tied.get(entry.name, ()):  # the same array: tied tensors stay tied
                     yield alias, array
         finally:
-            for name in names:
-                self.discard_prefetch(name)
+            for entry in entries:
+                self.discard_prefetch(entry.name)
 
     def verify(self, progress=None) -> list[Problem]:
         """Check every blob's length and hash and that every plane and table decodes; list problems."""
