@@ -30,22 +30,27 @@ def _stored(centroids: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return np.unique(centroids.astype(dtype)).astype(np.float64)
 
 
-def _fit_group(block: np.ndarray, mask: np.ndarray | None, rule, dtype: np.dtype):
-    """Sorted centroids (rounded to the storage dtype, at most 2**bits) and cell edges, or
-    None for nearest-centroid edges."""
-    k = 1 << int(rule.bits)
+def _group_source(block: np.ndarray, mask: np.ndarray | None, k: int):
+    """The values a group's codebook is fitted to, their histogram, and the entries left for
+    them (one is reserved for exact zero when pruning)."""
     source = block if mask is None else block[~mask]
     fixed_zero = mask is not None and mask.any()
     if fixed_zero:
         k -= 1
-    edges = None
     if source.size == 0:
+        return source, None, k, fixed_zero
+    bins = min(kmeans_fit.FINE_BINS, max(1024, source.size // 8))
+    return source, kmeans_fit.histogram(source, bins), k, fixed_zero
+
+
+def _fit_group(hist, k: int, fixed_zero: bool, seed, rule, dtype: np.dtype):
+    """Sorted centroids (rounded to the storage dtype, at most 2**bits) and cell edges, or
+    None for nearest-centroid edges."""
+    edges = None
+    if hist is None:
         centroids = np.zeros(1)
     else:
-        bins = min(kmeans_fit.FINE_BINS, max(1024, source.size // 8))
-        thorough = source.size >= kmeans_fit.DP_MAX_POINTS_PER_GROUP
-        hist = kmeans_fit.histogram(source, bins)
-        centroids = kmeans_fit.fit_centroids(hist, k, thorough)
+        centroids = kmeans_fit.fit_centroids(hist, k, thorough=False, seed=seed)
         if rule.ecq is not None and not fixed_zero:
             centroids, edges = kmeans_fit.fit_entropy_constrained(
                 hist, k, rule.ecq, _stored(centroids, dtype)
@@ -69,7 +74,7 @@ def _estimate(hist: kmeans_fit.Histogram, k: int, thorough: bool) -> tuple[float
     centroids = np.unique(np.asarray(kmeans_fit.fit_centroids(hist, k, thorough), dtype=np.float64))
     cells = _cells(hist.points, centroids)
     # the bins' own width adds w^2/12 per value (values spread uniformly within a bin)
-    width = (hist.hi - hist.lo) / kmeans_fit.FINE_BINS if hist.hi > hist.lo else 0.0
+    width = hist.width
     noise = (
         float(np.sum(hist.counts * (hist.points - centroids[cells]) ** 2)) + hist.counts.sum() * width**2 / 12
     )
@@ -99,13 +104,23 @@ class KMeans(Method):
         codebook = np.zeros((groups, k), dtype=dtype)
         counts = np.zeros(k, dtype=np.float64)
         signal = noise = 0.0
-        for g in range(groups):
-            r0, r1 = g * group_rows, min(rows, (g + 1) * group_rows)
+        spans = [(g * group_rows, min(rows, (g + 1) * group_rows)) for g in range(groups)]
+        fits = [_group_source(w[r0:r1], None if mask is None else mask[r0:r1], k) for r0, r1 in spans]
+        # Every group's codebook is seeded by the exact optimum of 1-D k-means (one batched
+        # dynamic programme for all groups), then polished by Lloyd: within 0.1 dB of the
+        # optimum at every width; Lloyd alone ends 1-11 dB short at 8 bits or on outliers.
+        seeded = {}
+        for entries in {f[2] for f in fits}:  # k, or k - 1 where pruning keeps a zero entry
+            batch = [g for g, f in enumerate(fits) if f[2] == entries and f[1] is not None]
+            batch = [g for g in batch if fits[g][1].points.size > entries]
+            seeded.update(zip(batch, kmeans_fit.seeds([fits[g][1] for g in batch], entries)))
+        for g, (r0, r1) in enumerate(spans):
             block = w[r0:r1]
             block_mask = None if mask is None else mask[r0:r1]
             if block_mask is not None:
                 block = np.where(block_mask, np.float32(0), block)
-            centroids, edges = _fit_group(block, block_mask, rule, dtype)
+            _, hist, entries, fixed_zero = fits[g]
+            centroids, edges = _fit_group(hist, entries, fixed_zero, seeded.get(g), rule, dtype)
             if dtype == np.float16 and np.abs(centroids).max(initial=0) > FP16_MAX:
                 raise QuantizationError(
                     f"tensor {name!r}: weights exceed the float16 range; use codebook=float32"

@@ -1,0 +1,132 @@
+"""A tensor's values as sorted weighted points, the input of the 1-D k-means fit: exact
+values for small groups, uniform bins over the core of the distribution for large ones, far
+outliers kept as exact points either way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CHUNK = 1 << 22
+FINE_BINS = 1 << 16
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Non-empty bins of a value histogram: their centres and counts, ascending. Bins are
+    uniform over [core_lo, core_hi] (`width` wide); values outside it (the outliers past the
+    TAIL quantiles, when there are far ones) are points of their own, exactly."""
+
+    points: np.ndarray  # float64, ascending
+    counts: np.ndarray  # float64
+    lo: float
+    hi: float
+    core_lo: float = 0.0
+    core_hi: float = 0.0
+    width: float = 0.0
+
+
+EXACT_POINTS = 1 << 16  # up to this many values, the "histogram" is the sorted values themselves
+CORE_QUANTILE = 1e-3  # the core spans these quantiles, widened by half their distance each way
+
+
+def _core(points: np.ndarray, counts: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
+    """The range binned uniformly: the 0.1%-99.9% quantile range widened by half its width on
+    each side. Gaussian weights lie wholly inside it; far outliers (trained embeddings reach
+    80 standard deviations) lie outside and are kept as exact points."""
+    cdf = np.cumsum(counts)
+    q_lo = points[min(int(np.searchsorted(cdf, CORE_QUANTILE * cdf[-1])), points.size - 1)]
+    q_hi = points[min(int(np.searchsorted(cdf, (1 - CORE_QUANTILE) * cdf[-1])), points.size - 1)]
+    spread = max(float(q_hi - q_lo), (hi - lo) * 1e-6)
+    return max(lo, float(q_lo) - spread / 2), min(hi, float(q_hi) + spread / 2)
+
+
+def histogram(values: np.ndarray, bins: int = FINE_BINS) -> Histogram:
+    """The values' distribution as sorted weighted points.
+
+    Up to EXACT_POINTS values it is the values themselves (unique, with counts). Above, counts
+    over `bins` uniform bins, in chunks, points being the bin centres: fine enough that using
+    centres instead of exact bin means changes nothing measurable (the final codebook is the
+    exact mean of each cell anyway, see assign). When far outliers stretch the range, the bins
+    would be too coarse where the mass is: a second pass bins only the core range (_core) and
+    keeps the values outside it as exact points."""
+    flat = values.reshape(-1)
+    lo = float(flat.min())
+    hi = float(flat.max())
+    if hi == lo:
+        return Histogram(np.array([lo]), np.array([float(flat.size)]), lo, hi, lo, hi, 0.0)
+    if flat.size <= EXACT_POINTS:
+        points, counts = np.unique(flat.astype(np.float64), return_counts=True)
+        core_lo, core_hi = _core(points, counts, lo, hi)
+        return Histogram(points, counts.astype(np.float64), lo, hi, core_lo, core_hi, 0.0)
+    counts = _counts(flat, lo, hi, bins)
+    width = (hi - lo) / bins
+    keep = counts > 0
+    core_lo, core_hi = _core(lo + (np.flatnonzero(keep) + 0.5) * width, counts[keep], lo, hi)
+    if core_hi - core_lo >= (hi - lo) / 4:
+        return _uniform(counts, lo, hi, lo, hi)
+    core_lo = lo + np.floor((core_lo - lo) / width) * width  # on the first pass's bin edges
+    core_hi = min(hi, lo + np.ceil((core_hi - lo) / width + 1) * width)
+    core = np.zeros(bins, dtype=np.int64)
+    tails = []
+    for start in range(0, flat.size, CHUNK):
+        chunk = flat[start : start + CHUNK]
+        inside = (chunk >= core_lo) & (chunk < core_hi)
+        core += np.bincount(_bin_index(chunk[inside], core_lo, core_hi, bins), minlength=bins)
+        tails.append(chunk[~inside])
+    tail_points, tail_counts = np.unique(np.concatenate(tails).astype(np.float64), return_counts=True)
+    inner = _uniform(core, core_lo, core_hi, lo, hi)
+    below = tail_points < core_lo
+    return Histogram(
+        np.concatenate((tail_points[below], inner.points, tail_points[~below])),
+        np.concatenate((tail_counts[below], inner.counts, tail_counts[~below])).astype(np.float64),
+        lo,
+        hi,
+        core_lo,
+        core_hi,
+        inner.width,
+    )
+
+
+def _counts(flat: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+    counts = np.zeros(bins, dtype=np.int64)
+    for start in range(0, flat.size, CHUNK):
+        counts += np.bincount(_bin_index(flat[start : start + CHUNK], lo, hi, bins), minlength=bins)
+    return counts
+
+
+def _uniform(counts: np.ndarray, core_lo: float, core_hi: float, lo: float, hi: float) -> Histogram:
+    bins = counts.size
+    keep = counts > 0
+    width = (core_hi - core_lo) / bins
+    centres = core_lo + (np.arange(bins) + 0.5) * width
+    return Histogram(centres[keep], counts[keep].astype(np.float64), lo, hi, core_lo, core_hi, width)
+
+
+def _bin_index(chunk: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+    dtype = np.float32 if chunk.dtype == np.float32 else np.float64
+    scaled = np.subtract(chunk, dtype(lo), dtype=dtype)
+    scaled *= dtype(bins / (hi - lo))
+    np.clip(scaled, 0, bins - 1, out=scaled)
+    return scaled.astype(np.int32)
+
+
+def _rebin(hist: Histogram, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge a fine histogram into at most `bins` coarse uniform bins over its core range
+    (means, counts); outlier points outside the core stay as they are."""
+    if hist.points.size <= bins:
+        return hist.points, hist.counts
+    span = hist.core_hi - hist.core_lo
+    inside = (hist.points >= hist.core_lo) & (hist.points <= hist.core_hi)
+    points, weights = hist.points[inside], hist.counts[inside]
+    idx = np.minimum(((points - hist.core_lo) * (bins / span)).astype(np.int64), bins - 1)
+    counts = np.bincount(idx, weights=weights, minlength=bins)
+    sums = np.bincount(idx, weights=weights * points, minlength=bins)
+    keep = counts > 0
+    below = hist.points < hist.core_lo
+    above = hist.points > hist.core_hi
+    return (
+        np.concatenate((hist.points[below], sums[keep] / counts[keep], hist.points[above])),
+        np.concatenate((hist.counts[below], counts[keep], hist.counts[above])),
+    )

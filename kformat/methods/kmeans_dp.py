@@ -1,0 +1,110 @@
+"""Optimal 1-D k-means of weighted sorted points, by dynamic programming.
+
+In one dimension the best k clusters are k runs of consecutive sorted points, so the optimum
+is a shortest path: D[m][j], the least error of the first j points in m clusters, is
+min over i of D[m-1][i] + cost(i, j), with cost(i, j) the squared error of points i..j-1
+around their mean (from prefix sums). That cost is Monge, so the best split point moves
+right as j does, and each layer is solved by divide and conquer in O(n log n) (the same
+optimum the SMAWK-based `kmeans1d` finds in O(n)). Every recursion depth of a layer is one
+vectorised numpy pass over about 2n candidate splits, so k = 256 over 8192 points takes a
+fraction of a second.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _prefix(problems: list[tuple[np.ndarray, np.ndarray]]):
+    """Prefix sums of every problem, concatenated: problem g's prefix index t sits at
+    base[g] + t, so cost(i, j) of two indices of one problem is a difference, as for one."""
+    w, s1, s2, base = [], [], [], []
+    at = 0
+    for points, weights in problems:
+        x = points - float(np.average(points, weights=weights))  # centred: sums keep precision
+        zero = np.zeros(1)
+        w.append(np.concatenate((zero, np.cumsum(weights))))
+        s1.append(np.concatenate((zero, np.cumsum(weights * x))))
+        s2.append(np.concatenate((zero, np.cumsum(weights * x * x))))
+        base.append(at)
+        at += points.size + 1
+    return np.concatenate(w), np.concatenate(s1), np.concatenate(s2), np.array(base)
+
+
+def _cost(w, s1, s2, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Squared error of points i..j-1 around their weighted mean (i < j)."""
+    dw = w[j] - w[i]
+    d1 = s1[j] - s1[i]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cost = (s2[j] - s2[i]) - np.where(dw > 0, d1 * d1 / dw, 0.0)
+    return np.maximum(cost, 0.0)
+
+
+def _layer(previous: np.ndarray, jl, jr, ol, orr, w, s1, s2) -> tuple[np.ndarray, np.ndarray]:
+    """One layer for every problem at once: D[m][j] for j in jl..jr of each problem (split
+    points searched in ol..orr), from D[m-1] (`previous`), and the split achieving it."""
+    best = np.full(previous.size, np.inf)
+    split = np.zeros(previous.size, dtype=np.int64)
+    while jl.size:
+        mid = (jl + jr) // 2
+        hi = np.minimum(orr, mid - 1)
+        lengths = hi - ol + 1
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        segment = np.repeat(np.arange(mid.size), lengths)
+        i = ol[segment] + (np.arange(segment.size) - starts[segment])
+        values = previous[i] + _cost(w, s1, s2, i, mid[segment])
+        lowest = np.minimum.reduceat(values, starts)
+        at = np.flatnonzero(values <= lowest[segment])
+        _, first = np.unique(segment[at], return_index=True)
+        chosen = i[at[first]]
+        best[mid] = lowest
+        split[mid] = chosen
+        left = jl <= mid - 1
+        right = mid + 1 <= jr
+        jl, jr, ol, orr = (
+            np.concatenate((jl[left], mid[right] + 1)),
+            np.concatenate((mid[left] - 1, jr[right])),
+            np.concatenate((ol[left], chosen[right])),
+            np.concatenate((chosen[left], orr[right])),
+        )
+    return best, split
+
+
+def optimal_centroids(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    """The k centroids (sorted, fewer when there are fewer points) that minimise the weighted
+    squared error of `points` (sorted ascending), exactly."""
+    return optimal_centroids_batch([(points, weights)], k)[0]
+
+
+def optimal_centroids_batch(problems: list[tuple[np.ndarray, np.ndarray]], k: int) -> list[np.ndarray]:
+    """optimal_centroids of several problems (the groups of a tensor) in the same numpy
+    passes, so many small groups cost little more than one."""
+    out: list[np.ndarray | None] = [None] * len(problems)
+    todo = []
+    for g, (points, weights) in enumerate(problems):
+        if points.size <= k:
+            out[g] = points.astype(np.float64).copy()
+        else:
+            todo.append(g)
+    if todo:
+        chosen = [(problems[g][0].astype(np.float64), problems[g][1].astype(np.float64)) for g in todo]
+        sizes = np.array([p.size for p, _ in chosen])
+        w, s1, s2, base = _prefix(chosen)
+        start = np.repeat(base, sizes + 1)  # each prefix index's problem start
+        layer = _cost(w, s1, s2, start, np.arange(w.size))
+        splits = []
+        for m in range(2, k + 1):
+            layer, split = _layer(layer, base + m, base + sizes, base + m - 1, base + sizes - 1, w, s1, s2)
+            splits.append(split)
+        for index, g, (points, weights) in zip(range(len(todo)), todo, chosen):
+            bounds = [int(base[index] + sizes[index])]
+            for split in reversed(splits):
+                bounds.append(int(split[bounds[-1]]))
+            bounds.append(int(base[index]))
+            bounds = np.array(bounds[::-1]) - base[index]
+            weighted = np.concatenate(([0.0], np.cumsum(weights * points)))
+            total = np.concatenate(([0.0], np.cumsum(weights)))
+            a, b = bounds[:-1], bounds[1:]
+            keep = total[b] > total[a]
+            out[g] = (weighted[b] - weighted[a])[keep] / (total[b] - total[a])[keep]
+    return out
