@@ -471,6 +471,23 @@ def single_file_attacks() -> dict[str, tuple[bytes, str, str, str]]:
         vector="lossless_floatz",
     )
 
+    # scaled codebooks: value = codebook entry x the row's scale
+    scaled = base("kmeans4_scaled")
+    scaled.manifest["must_understand"] = []
+    add(
+        "scale_not_declared",
+        craft.assemble(scaled),
+        "a scaled codebook without 'scaled-codebooks' in must_understand (a reader ignoring the"
+        " scale would decode wrong values)",
+        "FormatError",
+        "scaled-codebooks",
+    )
+    scaled = base("kmeans4_scaled")
+    scaled.tensor("dense.weight")["quant"]["scale"]["shape"] = [36]
+    add(
+        "scale_wrong_shape", craft.assemble(scaled), "a row-scale table one row short", "FormatError", "scale"
+    )
+
     # aliases: tied tensors stored once
     tied = base("tied_kmeans4")
     tied.manifest["must_understand"] = []

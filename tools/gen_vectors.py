@@ -54,6 +54,8 @@ VECTORS: dict[str, tuple[dict, str]] = {
     "kmeans4": (rule_recipe("kmeans:4"), "single"),
     "kmeans8": (rule_recipe("kmeans:8"), "single"),
     "kmeans4_group": (rule_recipe("kmeans:4,group=8"), "single"),
+    "kmeans4_scaled": (rule_recipe("kmeans:4,scale=row"), "single"),
+    "kmeans3_group_scaled": (rule_recipe("kmeans:3,group=8,scale=row"), "single"),
     "kmeans4_fp32_codebook": (rule_recipe("kmeans:4,codebook=fp32"), "single"),
     "kmeans4_pruned": (rule_recipe("kmeans:4,prune=0.5"), "single"),
     "kmeans4_zstd": (rule_recipe("kmeans:4,codec=zstd"), "single"),

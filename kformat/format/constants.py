@@ -23,5 +23,7 @@ CORE_CODECS = ("png", "zstd", "raw", "floatz")
 # under `quant.tables`.
 TABLE_SLOTS = ("codebook", "scale", "zero_point")
 # Features a reader must know to read a file correctly, listed in `must_understand` when used:
-# "aliases" (tied tensors stored once under another name; a reader ignoring them would lose tensors).
-FEATURES = ("aliases",)
+# "aliases" (tied tensors stored once under another name; a reader ignoring them would lose
+# tensors) and "scaled-codebooks" (kmeans tensors with a per-row scale table: value =
+# codebook entry x the row's scale; a reader ignoring the scale would decode wrong values).
+FEATURES = ("aliases", "scaled-codebooks")

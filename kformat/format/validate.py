@@ -195,6 +195,12 @@ def validate_manifest(manifest: Manifest, source: str) -> list[tuple[BlobRef, st
         names.add(t.name)
         _check_tensor(t, source, blobs)
     _check_aliases(manifest, names, source)
+    scaled = [t.name for t in manifest.tensors if t.quant.method == "kmeans" and t.quant.scale is not None]
+    if scaled and "scaled-codebooks" not in manifest.must_understand:
+        raise _fail(
+            source,
+            f"tensor {scaled[0]!r} has a scaled codebook but 'scaled-codebooks' is not in must_understand",
+        )
     if manifest.layout == "sharded":
         for shard in manifest.shards:
             if not SHARD_NAME.match(shard.name) or shard.name != shard.sha256 + SHARD_SUFFIX:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .compact import QuantizedTensor
 
 FP16_MAX = float(np.finfo(np.float16).max)
-CODE_OPTIONS = ("bits", "group_size", "prune", "prune_threshold", "ecq")
+CODE_OPTIONS = ("bits", "group_size", "prune", "prune_threshold", "ecq", "scale")
 
 
 @dataclass(frozen=True)

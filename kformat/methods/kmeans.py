@@ -89,10 +89,12 @@ def _tile_overhead(bits: int) -> int:
 
 class KMeans(Method):
     name = "kmeans"
-    options = ("bits", "group_size", "prune", "prune_threshold", "ecq")
+    options = ("bits", "group_size", "prune", "prune_threshold", "ecq", "scale")
 
     def encode(self, name: str, w: np.ndarray, rule) -> QuantizedTensor:
         w = w.astype(np.float32, copy=False)
+        if rule.scale == "row":
+            return _encode_scaled(self, name, w, rule)
         rows, cols = w.shape
         bits = int(rule.bits)
         k = 1 << bits
@@ -159,16 +161,26 @@ class KMeans(Method):
 
     def table_specs(self, quant, rows: int) -> list[TableSpec]:
         groups = -(-rows // quant.group_rows)
-        return [TableSpec("codebook", (groups, 1 << quant.bits), ("float16", "float32"))]
+        specs = [TableSpec("codebook", (groups, 1 << quant.bits), ("float16", "float32"))]
+        if quant.table("scale") is not None:  # scale=row: value = codebook entry x the row's scale
+            specs.append(TableSpec("scale", (rows,), ("float16", "float32")))
+        return specs
 
     def dequantize(self, plane, row0, group_rows, tables, out=None):
         table = tables["codebook"].astype(np.float32, copy=False)
         rows = plane.shape[0]
         first, last = row0 // group_rows, (row0 + rows - 1) // group_rows
         if first == last:
-            return np.take(table[first], plane, out=out)
-        index = row_groups(row0, rows, group_rows)[:, None] * table.shape[1] + plane
-        return np.take(table.reshape(-1), index, out=out)
+            out = np.take(table[first], plane, out=out)
+        else:
+            index = row_groups(row0, rows, group_rows)[:, None] * table.shape[1] + plane
+            out = np.take(table.reshape(-1), index, out=out)
+        return _scaled(out, row0, tables)
+
+    def dequantize_packed(self, packed, depth, cols, row0, group_rows, tables, out=None):
+        return _scaled(
+            super().dequantize_packed(packed, depth, cols, row0, group_rows, tables, out), row0, tables
+        )
 
     def code_values(self, tables, group, entries):
         return tables["codebook"][group].astype(np.float32)
@@ -211,3 +223,36 @@ class KMeans(Method):
             size = entropy * scale * PNG_OVERHEAD + groups * (1 << bits) * 2 + tiles * _tile_overhead(bits)
             out.append((size, noise * scale / signal))
         return out
+
+
+def _scaled(values: np.ndarray, row0: int, tables) -> np.ndarray:
+    """Rows multiplied by their scale, in place, when the tensor has one (scale=row)."""
+    scale = tables.get("scale")
+    if scale is not None:
+        rows = values.shape[0]
+        values *= scale[row0 : row0 + rows].astype(np.float32)[:, None]
+    return values
+
+
+def row_scales(w: np.ndarray) -> np.ndarray:
+    """Each row's RMS as float16 (1 for all-zero rows), what scale=row divides rows by so that
+    rows of very different ranges share one codebook."""
+    rms = np.sqrt(np.mean(np.square(w, dtype=np.float64), axis=1))
+    tiny = float(np.finfo(np.float16).tiny)
+    rms = np.where(rms > tiny, np.minimum(rms, FP16_MAX), 1.0)
+    return rms.astype(np.float16)
+
+
+def _encode_scaled(method: KMeans, name: str, w: np.ndarray, rule) -> QuantizedTensor:
+    """scale=row: divide each row by its float16 scale, fit the codebooks to the scaled rows,
+    and keep the scales as a table; SQNR is measured against the unscaled weights."""
+    scale = row_scales(w)
+    unscaled = rule.model_copy(update={"scale": None})
+    q = method.encode(name, w / scale.astype(np.float32)[:, None], unscaled)
+    q.tables["scale"] = scale
+    if "sqnr_db" in q.stats:
+        back = q.dequantize().reshape(w.shape)
+        q.stats["sqnr_db"] = sqnr_db(
+            float(np.sum(np.square(w, dtype=np.float64))), float(np.sum((w - back) ** 2, dtype=np.float64))
+        )
+    return q

@@ -81,6 +81,8 @@ def extensions(entries: list[TensorEntry]) -> list[str]:
     """The must_understand names a file needs: every method and codec outside the core."""
     names = {f"method:{e.quant.method}" for e in entries if e.quant.method not in CORE_METHODS}
     names |= {f"codec:{e.codec}" for e in entries if e.codec not in CORE_CODECS}
+    if any(e.quant.method == "kmeans" and e.quant.scale is not None for e in entries):
+        names.add("scaled-codebooks")
     return sorted(names)
 
 

@@ -65,6 +65,12 @@ class Rule(BaseModel):
         description="kmeans only: entropy-constrained fit that lowers the code entropy (so the"
         " PNG/zstd planes shrink) while losing at most this many dB of SQNR against the plain fit",
     )
+    scale: Literal["row"] | None = Field(
+        None,
+        description="kmeans only: 'row' divides each row (output channel) by a stored float16 scale"
+        " (its RMS) before one codebook is fitted to all rows, so rows of very different ranges"
+        " (depthwise convolutions, small rows) share it well",
+    )
     tile: tuple[int, int] | None = Field(None, description="tile rows x cols (recipe default)")
 
     @model_validator(mode="after")
@@ -111,6 +117,8 @@ class Rule(BaseModel):
             parts.append(f"codebook={self.codebook_dtype}")
         if self.ecq is not None:
             parts.append(f"ecq={self.ecq:g}")
+        if self.scale is not None:
+            parts.append(f"scale={self.scale}")
         if self.tile is not None:
             parts.append(f"tile={self.tile[0]}x{self.tile[1]}")
         return ",".join(parts)
@@ -151,6 +159,8 @@ def rule_fields_from_text(text: str) -> dict[str, Any]:
                 fields["prune_threshold"] = float(value)
             elif key == "ecq":
                 fields["ecq"] = float(value)
+            elif key == "scale":
+                fields["scale"] = value.lower()
             elif key in ("codebook", "codebook_dtype"):
                 fields["codebook_dtype"] = _DTYPE_ALIASES.get(value.lower(), value)
             elif key == "tile":
@@ -160,7 +170,7 @@ def rule_fields_from_text(text: str) -> dict[str, Any]:
                 raise RecipeError(
                     f"rule {text!r}: unknown option {option!r} (known: row, tensor, group=N,"
                     " codec=png|zstd|raw|floatz, prune=F, prune_threshold=T, codebook=fp16|fp32, ecq=DB,"
-                    " tile=RxC)"
+                    " scale=row, tile=RxC)"
                 )
         except ValueError as exc:
             if isinstance(exc, RecipeError):
