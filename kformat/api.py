@@ -34,8 +34,13 @@ def pack(
     target_size: int | None = None,
     target_bits: float | None = None,
     jobs: int | None = None,
+    importance: str | Path | None = None,
 ) -> PackReport:
     """Pack a model file (or a dict of arrays) into a kformat container.
+
+    `importance` is an importance file (kformat.torch.calibrate writes one): k-means then
+    minimises each weight's error times how much it matters on the calibration data, and the
+    manifest's metadata records the file's SHA-256.
 
     With `target_size` (bytes) or `target_bits` (bits per parameter, over all tensors) the
     rule of every tensor the recipe quantizes is chosen by bit allocation (kformat.packing.allocate):
@@ -46,7 +51,13 @@ def pack(
     re-laid out with its blobs copied verbatim, never quantized a second time.
     """
     if isinstance(source, (str, Path)) and is_container(source):
-        if recipe is not None or list(rules) or target_size is not None or target_bits is not None:
+        if (
+            recipe is not None
+            or list(rules)
+            or target_size is not None
+            or target_bits is not None
+            or importance
+        ):
             raise InputError(
                 f"{source} is already a kformat container: it is re-laid out as it is, never"
                 " re-quantized; drop the recipe, rules and targets (or unpack it and pack the result)"
@@ -57,6 +68,11 @@ def pack(
     elif isinstance(source, (str, Path)):
         source = open_source(source)
     metadata = {**source_metadata(source), **(metadata or {})}  # the caller's keys win
+    weights = None
+    if importance is not None:
+        from .packing.importance import Importance
+
+        weights = Importance.load(importance)
     if target_size is not None or target_bits is not None:
         if target_size is not None and target_bits is not None:
             raise InputError("give a target size or a target bits per weight, not both")
@@ -79,6 +95,7 @@ def pack(
             metadata=metadata,
             progress=progress,
             jobs=jobs,
+            importance=weights,
         )
         return report
     return _pack(
@@ -90,6 +107,7 @@ def pack(
         metadata=metadata,
         progress=progress,
         jobs=jobs,
+        importance=weights,
     )
 
 

@@ -67,6 +67,7 @@ def cmd_pack(args) -> int:
         target_size=args.target_size,
         target_bits=args.target_bits,
         jobs=args.jobs,
+        importance=args.importance,
     )
     for warning in report.unmatched_rules:
         print(f"kformat: warning: {warning}", file=sys.stderr)
@@ -239,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             metavar="N",
             help="encode N tensors at once (default: every core); the output is the same for any N",
+        )
+        p.add_argument(
+            "--importance",
+            metavar="FILE",
+            help="an importance file (kformat.torch.calibrate): k-means fits each weight's error"
+            " weighted by how much it matters on calibration data",
         )
         p.add_argument(
             "--metadata",

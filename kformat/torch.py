@@ -35,6 +35,7 @@ __all__ = [
     "save",
     "load_state_dict",
     "empty_weights",
+    "calibrate",
     "load_quantized",
     "QuantizedLinear",  # noqa: F822 - built on first use by the module's __getattr__
     "state_dict_arrays",
@@ -163,6 +164,18 @@ def save(
         metadata=metadata,
         progress=progress,
     )
+
+
+def calibrate(model, batches, path: str | Path) -> dict[str, np.ndarray]:
+    """Run `model` on sample `batches` (a dict is passed as model(**batch), a tuple as
+    model(*batch), anything else as model(batch)) and write an importance file to `path`:
+    for every Linear, Conv and Embedding weight, keyed by its state_dict name, how much each
+    input channel matters (mean squared input activation; lookup frequency for embedding
+    rows). `kformat pack --importance FILE` then fits k-means to the weighted error. Holds
+    only running sums: the model and one batch's activations."""
+    from .torch_calibrate import calibrate as run
+
+    return run(_torch(), model, batches, path)
 
 
 def empty_weights():

@@ -116,8 +116,11 @@ class Method:
         return "png" if self.codes else "raw"
 
     # -- pack ----------------------------------------------------------------------------
+    weighted: ClassVar[bool] = False  # whether encode takes importance weights (weights=)
+
     def encode(self, name: str, w: np.ndarray, rule: "Rule") -> "QuantizedTensor":
-        """The compact form of `w` (the float 2-D view, finite) under `rule`."""
+        """The compact form of `w` (the float 2-D view, finite) under `rule`; a method with
+        `weighted` also takes `weights=`, importance broadcastable to w."""
         raise NotImplementedError
 
     # -- format --------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def _core(points: np.ndarray, counts: np.ndarray, lo: float, hi: float) -> tuple
     return max(lo, float(q_lo) - spread / 2), min(hi, float(q_hi) + spread / 2)
 
 
-def histogram(values: np.ndarray, bins: int = FINE_BINS) -> Histogram:
+def histogram(values: np.ndarray, bins: int = FINE_BINS, weights: np.ndarray | None = None) -> Histogram:
     """The values' distribution as sorted weighted points.
 
     Up to EXACT_POINTS values it is the values themselves (unique, with counts). Above, counts
@@ -50,17 +50,24 @@ def histogram(values: np.ndarray, bins: int = FINE_BINS) -> Histogram:
     centres instead of exact bin means changes nothing measurable (the final codebook is the
     exact mean of each cell anyway, see assign). When far outliers stretch the range, the bins
     would be too coarse where the mass is: a second pass bins only the core range (_core) and
-    keeps the values outside it as exact points."""
+    keeps the values outside it as exact points. With `weights` (importance, the shape of
+    `values`) the counts are sums of weights, so the fit minimises the weighted error."""
     flat = values.reshape(-1)
+    wflat = None if weights is None else np.ascontiguousarray(weights, dtype=np.float64).reshape(-1)
     lo = float(flat.min())
     hi = float(flat.max())
     if hi == lo:
-        return Histogram(np.array([lo]), np.array([float(flat.size)]), lo, hi, lo, hi, 0.0)
+        total = float(flat.size) if wflat is None else float(wflat.sum())
+        return Histogram(np.array([lo]), np.array([total]), lo, hi, lo, hi, 0.0)
     if flat.size <= EXACT_POINTS:
-        points, counts = np.unique(flat.astype(np.float64), return_counts=True)
+        if wflat is None:
+            points, counts = np.unique(flat.astype(np.float64), return_counts=True)
+        else:
+            points, inverse = np.unique(flat.astype(np.float64), return_inverse=True)
+            counts = np.bincount(inverse.reshape(-1), weights=wflat, minlength=points.size)
         core_lo, core_hi = _core(points, counts, lo, hi)
         return Histogram(points, counts.astype(np.float64), lo, hi, core_lo, core_hi, 0.0)
-    counts = _counts(flat, lo, hi, bins)
+    counts = _counts(flat, lo, hi, bins, wflat)
     width = (hi - lo) / bins
     keep = counts > 0
     core_lo, core_hi = _core(lo + (np.flatnonzero(keep) + 0.5) * width, counts[keep], lo, hi)
@@ -68,14 +75,19 @@ def histogram(values: np.ndarray, bins: int = FINE_BINS) -> Histogram:
         return _uniform(counts, lo, hi, lo, hi)
     core_lo = lo + np.floor((core_lo - lo) / width) * width  # on the first pass's bin edges
     core_hi = min(hi, lo + np.ceil((core_hi - lo) / width + 1) * width)
-    core = np.zeros(bins, dtype=np.int64)
-    tails = []
+    core = np.zeros(bins, dtype=np.float64)
+    tails, tail_weights = [], []
     for start in range(0, flat.size, CHUNK):
         chunk = flat[start : start + CHUNK]
         inside = (chunk >= core_lo) & (chunk < core_hi)
-        core += np.bincount(_bin_index(chunk[inside], core_lo, core_hi, bins), minlength=bins)
+        chunk_weights = None if wflat is None else wflat[start : start + CHUNK][inside]
+        core += np.bincount(_bin_index(chunk[inside], core_lo, core_hi, bins), chunk_weights, minlength=bins)
         tails.append(chunk[~inside])
-    tail_points, tail_counts = np.unique(np.concatenate(tails).astype(np.float64), return_counts=True)
+        tail_weights.append(
+            np.ones(tails[-1].size) if wflat is None else wflat[start : start + CHUNK][~inside]
+        )
+    tail_points, inverse = np.unique(np.concatenate(tails).astype(np.float64), return_inverse=True)
+    tail_counts = np.bincount(inverse.reshape(-1), np.concatenate(tail_weights), minlength=tail_points.size)
     inner = _uniform(core, core_lo, core_hi, lo, hi)
     below = tail_points < core_lo
     return Histogram(
@@ -89,10 +101,13 @@ def histogram(values: np.ndarray, bins: int = FINE_BINS) -> Histogram:
     )
 
 
-def _counts(flat: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
-    counts = np.zeros(bins, dtype=np.int64)
+def _counts(flat: np.ndarray, lo: float, hi: float, bins: int, weights=None) -> np.ndarray:
+    counts = np.zeros(bins, dtype=np.int64 if weights is None else np.float64)
     for start in range(0, flat.size, CHUNK):
-        counts += np.bincount(_bin_index(flat[start : start + CHUNK], lo, hi, bins), minlength=bins)
+        part = None if weights is None else weights[start : start + CHUNK]
+        counts += np.bincount(
+            _bin_index(flat[start : start + CHUNK], lo, hi, bins), part, minlength=bins
+        ).astype(counts.dtype)
     return counts
 
 

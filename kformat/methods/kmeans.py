@@ -30,17 +30,20 @@ def _stored(centroids: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return np.unique(centroids.astype(dtype)).astype(np.float64)
 
 
-def _group_source(block: np.ndarray, mask: np.ndarray | None, k: int):
-    """The values a group's codebook is fitted to, their histogram, and the entries left for
-    them (one is reserved for exact zero when pruning)."""
+def _group_source(block: np.ndarray, mask: np.ndarray | None, k: int, weights: np.ndarray | None = None):
+    """The values a group's codebook is fitted to, their (importance-weighted) histogram, and
+    the entries left for them (one is reserved for exact zero when pruning)."""
     source = block if mask is None else block[~mask]
+    if weights is not None:
+        weights = np.broadcast_to(weights, block.shape)
+        weights = weights if mask is None else weights[~mask]
     fixed_zero = mask is not None and mask.any()
     if fixed_zero:
         k -= 1
     if source.size == 0:
         return source, None, k, fixed_zero
     bins = min(kmeans_fit.FINE_BINS, max(1024, source.size // 8))
-    return source, kmeans_fit.histogram(source, bins), k, fixed_zero
+    return source, kmeans_fit.histogram(source, bins, weights), k, fixed_zero
 
 
 def _fit_group(hist, k: int, fixed_zero: bool, seed, rule, dtype: np.dtype):
@@ -91,10 +94,13 @@ class KMeans(Method):
     name = "kmeans"
     options = ("bits", "group_size", "prune", "prune_threshold", "ecq", "scale")
 
-    def encode(self, name: str, w: np.ndarray, rule) -> QuantizedTensor:
+    weighted = True  # encode takes importance weights (kformat.packing.importance)
+
+    def encode(self, name: str, w: np.ndarray, rule, weights: np.ndarray | None = None) -> QuantizedTensor:
+        """`weights` (importance, broadcastable to w) make the fit minimise the weighted error."""
         w = w.astype(np.float32, copy=False)
         if rule.scale == "row":
-            return _encode_scaled(self, name, w, rule)
+            return _encode_scaled(self, name, w, rule, weights)
         rows, cols = w.shape
         bits = int(rule.bits)
         k = 1 << bits
@@ -107,7 +113,16 @@ class KMeans(Method):
         counts = np.zeros(k, dtype=np.float64)
         signal = noise = 0.0
         spans = [(g * group_rows, min(rows, (g + 1) * group_rows)) for g in range(groups)]
-        fits = [_group_source(w[r0:r1], None if mask is None else mask[r0:r1], k) for r0, r1 in spans]
+
+        def group_weights(r0, r1):
+            if weights is None:
+                return None
+            return weights[r0:r1] if weights.shape[0] == rows else weights
+
+        fits = [
+            _group_source(w[r0:r1], None if mask is None else mask[r0:r1], k, group_weights(r0, r1))
+            for r0, r1 in spans
+        ]
         # Every group's codebook is seeded by the exact optimum of 1-D k-means (one batched
         # dynamic programme for all groups), then polished by Lloyd: within 0.1 dB of the
         # optimum at every width; Lloyd alone ends 1-11 dB short at 8 bits or on outliers.
@@ -132,7 +147,15 @@ class KMeans(Method):
             # mean. Pruned zeros keep their centroid at exactly 0.
             used = found.counts > 0
             means = centroids.copy()
-            means[used] = found.sums[used] / found.counts[used]
+            if weights is None:
+                means[used] = found.sums[used] / found.counts[used]
+            else:  # the importance-weighted mean of each cell
+                gw = np.broadcast_to(group_weights(r0, r1), block.shape).reshape(-1)
+                codes_flat = found.codes.reshape(-1)
+                total = np.bincount(codes_flat, gw, minlength=centroids.size)
+                moment = np.bincount(codes_flat, gw * block.reshape(-1), minlength=centroids.size)
+                used = total > 0
+                means[used] = moment[used] / total[used]
             if block_mask is not None and block_mask.any():
                 means[centroids == 0.0] = 0.0
             table = np.sort(means.astype(dtype))
@@ -243,12 +266,15 @@ def row_scales(w: np.ndarray) -> np.ndarray:
     return rms.astype(np.float16)
 
 
-def _encode_scaled(method: KMeans, name: str, w: np.ndarray, rule) -> QuantizedTensor:
+def _encode_scaled(method: KMeans, name: str, w: np.ndarray, rule, weights=None) -> QuantizedTensor:
     """scale=row: divide each row by its float16 scale, fit the codebooks to the scaled rows,
-    and keep the scales as a table; SQNR is measured against the unscaled weights."""
+    and keep the scales as a table; SQNR is measured against the unscaled weights. With
+    importance, a scaled row's error counts scale^2 times in the weights' units."""
     scale = row_scales(w)
     unscaled = rule.model_copy(update={"scale": None})
-    q = method.encode(name, w / scale.astype(np.float32)[:, None], unscaled)
+    if weights is not None:
+        weights = weights * np.square(scale.astype(np.float32))[:, None]
+    q = method.encode(name, w / scale.astype(np.float32)[:, None], unscaled, weights)
     q.tables["scale"] = scale
     if "sqnr_db" in q.stats:
         back = q.dequantize().reshape(w.shape)

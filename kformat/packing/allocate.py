@@ -252,6 +252,7 @@ def pack_to_target(
     metadata=None,
     progress=None,
     jobs=None,
+    importance=None,
 ):
     """Pack with allocated rules so that the container is at most `target_bytes`.
 
@@ -289,6 +290,7 @@ def pack_to_target(
             progress=progress,
             jobs=jobs,
             assigned={n: (r, note) for n, r in alloc.rules.items()},
+            importance=importance,
         )
         actual = container_size(temp)
         sizes.append(actual)

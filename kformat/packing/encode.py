@@ -30,9 +30,10 @@ def check_finite(name: str, values: np.ndarray) -> None:
             )
 
 
-def encode_tensor(name: str, array: np.ndarray, rule) -> QuantizedTensor:
+def encode_tensor(name: str, array: np.ndarray, rule, importance=None) -> QuantizedTensor:
     """Quantize or convert one tensor by `rule` (the planner has already checked it applies).
-    The result's stats hold the SQNR against the source (inf when exact)."""
+    The result's stats hold the SQNR against the source (inf when exact). With `importance`
+    (kformat.packing.importance.Importance) a weighted method fits the weighted error."""
     method = get_method(rule.method)
     view = view_2d(array.shape)
     if method.lossless:
@@ -51,7 +52,8 @@ def encode_tensor(name: str, array: np.ndarray, rule) -> QuantizedTensor:
     )
     if method.codes:
         w = w.astype(np.float32, copy=False)
-    q = method.encode(name, w, rule)
+    weights = importance.weights(name, view) if importance is not None and method.weighted else None
+    q = method.encode(name, w, rule) if weights is None else method.encode(name, w, rule, weights=weights)
     q = replace(q, shape=tuple(array.shape))
     if "sqnr_db" not in q.stats:
         signal = noise = 0.0

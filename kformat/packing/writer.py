@@ -108,11 +108,11 @@ class Encoded:
 
 
 def encode_blobs(
-    name: str, array: np.ndarray, decision: Decision, default_tile, pool: ThreadPoolExecutor
+    name: str, array: np.ndarray, decision: Decision, default_tile, pool: ThreadPoolExecutor, importance=None
 ) -> Encoded:
     """The CPU work of one tensor (quantize, encode every tile), independent of the output."""
     rule = decision.rule
-    q = encode_tensor(name, array, rule)
+    q = encode_tensor(name, array, rule, importance)
     codec = get_codec(rule.plane_codec)
     tile = tuple(rule.tile or default_tile)
     rects = tile_grid(q.view, tile)
@@ -192,6 +192,7 @@ def pack(
     jobs: int | None = None,
     generator: str | None = None,
     assigned: dict[str, tuple[Rule, str]] | None = None,
+    importance=None,
 ) -> PackReport:
     """Pack every tensor of `source` by `recipe`; the output appears only when complete.
 
@@ -230,7 +231,9 @@ def pack(
                     tracker.start(decision.name)
                     array = source.load(decision.name)  # sources are read from this thread only
                     pending.append(
-                        encoders.submit(encode_blobs, decision.name, array, decision, recipe.tile, tiles)
+                        encoders.submit(
+                            encode_blobs, decision.name, array, decision, recipe.tile, tiles, importance
+                        )
                     )
                     del array
                     while len(pending) >= jobs:  # at most `jobs` tensors in memory at once
@@ -238,6 +241,8 @@ def pack(
                 while pending:
                     written(pending.popleft().result())
             tracker.close()
+            if importance is not None:
+                metadata = {**(metadata or {}), **importance.record()}
             return finish(
                 sink,
                 output,

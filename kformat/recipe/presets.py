@@ -21,6 +21,32 @@ PRESETS: dict[str, dict[str, Any]] = {
     "kmeans8": {"name": "kmeans8", "default": "kmeans:8"},
     "kmeans4": {"name": "kmeans4", "default": "kmeans:4"},
     "kmeans2": {"name": "kmeans2", "default": "kmeans:2"},
+    # q8: near-lossless for any architecture. Every weight matrix, convolution and embedding
+    # 8-bit k-means with row scales (one codebook for the tensor, each row divided by its RMS,
+    # so depthwise kernels and rows of different ranges keep their precision); biases and
+    # norms fp16 (lossless, zstd).
+    "q8": {
+        "name": "q8",
+        "default": "fp16,codec=zstd",
+        "rules": [
+            {"match": "*", "role": role, "rule": "kmeans:8,scale=row"}
+            for role in ("fc", "embedding", "conv", "depthwise")
+        ],
+    },
+    # q4: about 4.3 bits per weight. Weight matrices, convolutions and embeddings 4-bit k-means,
+    # a codebook per 64 rows over row-scaled values; depthwise kernels (few parameters, and
+    # the first to break) 8-bit scaled; biases and norms fp16.
+    "q4": {
+        "name": "q4",
+        "default": "fp16,codec=zstd",
+        "rules": [
+            {"match": "*", "role": "depthwise", "rule": "kmeans:8,scale=row"},
+            *(
+                {"match": "*", "role": role, "rule": "kmeans:4,group=64,scale=row"}
+                for role in ("fc", "embedding", "conv")
+            ),
+        ],
+    },
     "mobile": {
         "name": "mobile",
         "default": "fp16,codec=zstd",

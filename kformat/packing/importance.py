@@ -1,0 +1,74 @@
+"""Importance files: how much each weight matters, measured on calibration data
+(kformat.torch.calibrate), so k-means fits the weights that move the output most.
+
+An importance file is an .npz (read without pickle) of float32 arrays keyed by tensor name
+(the names of `state_dict()`): for a tensor whose 2-D view is (rows, cols), an array of shape
+(cols,) weighs every column (mean squared input activation per input channel of a Linear or
+convolution), (rows, 1) every row (how often an embedding row is looked up; the channel of a
+depthwise convolution), or (rows, cols) every weight. k-means then minimises
+sum(importance * (w - w')^2) instead of the plain squared error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, NotFound
+
+
+class Importance:
+    def __init__(self, arrays: dict[str, np.ndarray], sha256: str = "", source: str = ""):
+        self.arrays = arrays
+        self.sha256 = sha256
+        self.source = source
+        self.used: list[str] = []
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Importance":
+        path = Path(path)
+        if not path.is_file():
+            raise NotFound(f"{path}: no such importance file")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {name: np.asarray(npz[name], dtype=np.float32) for name in npz.files}
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            raise InputError(f"{path}: not an importance file (.npz of float arrays): {exc}") from None
+        for name, array in arrays.items():
+            if array.size and (not np.all(np.isfinite(array)) or array.min() < 0):
+                raise InputError(f"{path}: importance of {name!r} must be finite and >= 0")
+        return cls(arrays, digest, str(path))
+
+    def weights(self, name: str, view: tuple[int, int]) -> np.ndarray | None:
+        """`name`'s importance as an array broadcastable to its (rows, cols) view, normalised
+        to mean 1, with a floor so that no weight is ignored entirely; None when absent."""
+        array = self.arrays.get(name)
+        if array is None:
+            return None
+        rows, cols = view
+        if array.shape == (cols,):
+            array = array[None, :]
+        elif array.shape == (rows,):
+            array = array[:, None]
+        elif array.shape not in ((rows, 1), (1, cols), (rows, cols)):
+            raise InputError(
+                f"{self.source}: importance of {name!r} has shape {list(array.shape)}; tensor {name!r}"
+                f" has the 2-D view {rows}x{cols} (expected ({cols},), ({rows}, 1) or ({rows}, {cols}))"
+            )
+        mean = float(array.mean()) if array.size else 0.0
+        if mean <= 0:
+            return None
+        self.used.append(name)
+        floor = 1e-3  # a weight never seen still counts a little: its error is not free
+        return (array / mean + floor).astype(np.float32)
+
+    def record(self) -> dict[str, str]:
+        """What the manifest's metadata says about the importance used."""
+        return {
+            "kformat.importance": f"sha256:{self.sha256}",
+            "kformat.importance.tensors": str(len(self.used)),
+        }

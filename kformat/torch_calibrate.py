@@ -1,0 +1,119 @@
+"""Importance from calibration data: run the user's model on sample inputs and record, for
+every Linear, convolution and Embedding weight, how much each of its inputs matters.
+
+* Linear (out, in): the mean squared input activation of each input feature, shape (in,):
+  a weight's error times its input's RMS is what reaches the output.
+* Convolution (out, in/groups, *k): the mean squared activation of each input channel over
+  batch and positions, repeated over the kernel taps, shape (in/groups * prod(k),); for a
+  grouped (depthwise) convolution each output row sees its own input channels, so the
+  importance is per row and tap, shape (out, in/groups * prod(k)).
+* Embedding (rows, dim): how often each row is looked up, shape (rows, 1).
+
+kformat.torch owns the torch import and passes the module in; this file never imports
+torch. Only running sums are kept (no activations), so calibrating holds the model and one
+batch's activations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+class _Accumulator:
+    def __init__(self, torch, name: str, module):
+        self.torch = torch
+        self.name = name
+        self.module = module
+        self.sums = None
+        self.count = 0
+
+    def linear(self, _module, inputs) -> None:
+        x = inputs[0].detach().float()
+        x = x.reshape(-1, x.shape[-1])
+        self._add(x.square().sum(0), x.shape[0])
+
+    def conv(self, module, inputs) -> None:
+        x = inputs[0].detach().float()
+        channels = x.shape[1]
+        x = x.transpose(0, 1).reshape(channels, -1)
+        self._add(x.square().sum(1), x.shape[1])
+
+    def embedding(self, module, inputs) -> None:
+        ids = inputs[0].detach().reshape(-1).long()
+        counts = self.torch.bincount(ids, minlength=module.num_embeddings).double()
+        self._add(counts, 1)
+
+    def _add(self, sums, count: int) -> None:
+        sums = sums.double().cpu()
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.count += count
+
+    def importance(self) -> np.ndarray | None:
+        if self.sums is None:
+            return None
+        m = self.module
+        mean = (self.sums / max(1, self.count)).numpy().astype(np.float32)
+        if isinstance(m, self.torch.nn.Embedding):
+            return mean.reshape(-1, 1)
+        if isinstance(m, self.torch.nn.Linear):
+            return mean
+        taps = int(np.prod(m.kernel_size))
+        per_group = m.in_channels // m.groups
+        if m.groups == 1:
+            return np.repeat(mean, taps)
+        out_per_group = m.out_channels // m.groups
+        rows = []
+        for g in range(m.groups):  # output rows of group g see input channels of group g
+            cols = np.repeat(mean[g * per_group : (g + 1) * per_group], taps)
+            rows.append(np.broadcast_to(cols, (out_per_group, cols.size)))
+        return np.concatenate(rows).astype(np.float32)
+
+
+def calibrate(torch, model, batches, path: str | Path) -> dict[str, np.ndarray]:
+    """Run `model` on every batch (a dict as model(**batch), a tuple or list as
+    model(*batch), anything else as model(batch)) and write the importance of every Linear,
+    Conv and Embedding weight to `path` (.npz keyed by state_dict names); returns it."""
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding)
+    accumulators, hooks = [], []
+    for name, module in model.named_modules():
+        if isinstance(module, kinds) and getattr(module, "weight", None) is not None:
+            acc = _Accumulator(torch, f"{name}.weight" if name else "weight", module)
+            if isinstance(module, torch.nn.Linear):
+                hook = acc.linear
+            elif isinstance(module, torch.nn.Embedding):
+                hook = acc.embedding
+            else:
+                hook = acc.conv
+            accumulators.append(acc)
+            hooks.append(module.register_forward_pre_hook(hook))
+    if not accumulators:
+        raise InputError("calibrate: the model has no Linear, Conv or Embedding layers")
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                if isinstance(batch, dict):
+                    model(**batch)
+                elif isinstance(batch, (tuple, list)):
+                    model(*batch)
+                else:
+                    model(batch)
+                seen += 1
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if seen == 0:
+        raise InputError("calibrate: no batches (an empty iterable)")
+    found = {a.name: a.importance() for a in accumulators}
+    found = {name: value for name, value in found.items() if value is not None}
+    from .packing.atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as temp:
+        with open(temp, "wb") as handle:
+            np.savez(handle, **found)
+    return found

