@@ -94,3 +94,15 @@ def test_choose_is_optimal_on_a_small_knapsack():
         assert sum(c.error for c in got.values()) == pytest.approx(best)
     with pytest.raises(KFormatError, match="target is too small"):
         choose(options, 20)
+
+
+def test_tensors_named_by_an_explicit_rule_keep_it(tmp_path):
+    weights = heterogeneous()
+    report = kformat.pack(
+        weights, tmp_path / "a.kf", "fp16", rules=["heavy.*=fp16", "uniform.*=kmeans:8"], target_bits=6.0
+    )
+    entries = {t.name: t for t in report.manifest.tensors}
+    assert entries["heavy.weight"].rule == "fp16" and entries["heavy.weight"].reason.startswith("rules[")
+    assert entries["uniform.weight"].rule == "kmeans:8"
+    assert {entries[n].reason for n in ("gauss.weight", "laplace.weight", "rows.weight")} == {"allocated"}
+    assert container_size(tmp_path / "a.kf") <= sum(a.size for a in weights.values()) * 6.0 / 8

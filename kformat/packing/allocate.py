@@ -14,7 +14,9 @@ since a relative error in any layer perturbs the network's output about equally,
 the layer's size (weighting by size would starve small layers, which cost little to keep),
 within the byte budget, by an exact dynamic programme over the multiple-choice knapsack.
 The real packs are then measured (see pack_to_target) and the best one that fits is kept.
-Tensors the recipe does not quantize keep the recipe's rule and count as fixed bytes.
+Tensors the recipe does not quantize, and tensors an explicit rule names (a recipe's rules
+or --rule), keep their rule and count as fixed bytes: allocation chooses for the tensors
+under the recipe's default rule only.
 """
 
 from __future__ import annotations
@@ -168,7 +170,8 @@ def estimate(source: TensorSource, recipe: Recipe) -> tuple[dict[str, list[Candi
         info = infos[d.name]
         n = int(np.prod(info.shape, dtype=np.int64))
         eligible = (
-            is_float_dtype(info.dtype)
+            d.reason.startswith("default")  # a tensor an explicit rule names keeps that rule
+            and is_float_dtype(info.dtype)
             and len(info.shape) >= 2
             and n >= recipe.min_elements
             and d.rule.method != "raw"
@@ -179,7 +182,10 @@ def estimate(source: TensorSource, recipe: Recipe) -> tuple[dict[str, list[Candi
         else:
             fixed += _fixed_bytes(info.shape, info.dtype, d.rule)
     if not options:
-        raise KFormatError("nothing to allocate: no tensor is floating point, rank >= 2 and >= min_elements")
+        raise KFormatError(
+            "nothing to allocate: no tensor under the recipe's default rule is floating point, rank >= 2"
+            " and >= min_elements (tensors explicit rules name keep their rule)"
+        )
     return options, fixed
 
 
