@@ -88,3 +88,34 @@ def test_bad_importance_files_are_named(tmp_path):
     with pytest.raises(InputError, match="importance file"):
         kformat.pack(w, tmp_path / "m.kf", "kmeans4", importance=tmp_path / "junk.npz")
     assert not (tmp_path / "m.kf").exists()
+
+
+def test_allocation_weighs_candidates_by_importance(tmp_path):
+    from kformat.packing.allocate import candidates
+    from kformat.packing.importance import Importance
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((64, 256)).astype(np.float32)
+    w[:, 128:] *= 8
+    weights = np.ones(256, np.float32)
+    weights[128:] = 1e-4
+    importance = Importance({"fc.weight": weights})
+    plain = {c.rule.to_text(): c.error for c in candidates("fc.weight", w, (256, 4096))}
+    weighted = {c.rule.to_text(): c.error for c in candidates("fc.weight", w, (256, 4096), importance)}
+    assert plain.keys() == weighted.keys()
+    # k-means errors change when the quiet columns are what counts (fp16's relative error is
+    # the same everywhere)
+    kmeans = [r for r in plain if r.startswith("kmeans")]
+    assert sum(abs(np.log(weighted[r] / plain[r])) for r in kmeans) > 1.0
+    np.savez(tmp_path / "imp.npz", **{"fc.weight": weights})
+    report = kformat.pack(
+        {"fc.weight": w}, tmp_path / "m.kf", "fp16", target_bits=3, importance=tmp_path / "imp.npz"
+    )
+    assert report.manifest.metadata["kformat.importance.tensors"] == "1"
+    assert container_size_ok(tmp_path / "m.kf", w.size * 3 / 8)
+
+
+def container_size_ok(path, limit):
+    from kformat.packing.allocate import container_size
+
+    return container_size(path) <= limit

@@ -202,8 +202,9 @@ class Method:
         return []
 
     def estimate(
-        self, w: np.ndarray, rules: list["Rule"], tile: tuple[int, int]
+        self, w: np.ndarray, rules: list["Rule"], tile: tuple[int, int], weights: np.ndarray | None = None
     ) -> list[tuple[float, float]] | None:
         """(bytes, relative error) of each rule on a large tensor without encoding it, or None
-        when the method has no estimate (allocation then encodes for real)."""
+        when the method has no estimate (allocation then encodes for real). With importance
+        `weights` (broadcastable to w) the error is sum(weights * dw^2) / sum(weights * w^2)."""
         return None

@@ -29,8 +29,9 @@ class Fp16(Method):
     def candidates(self, rows: int) -> list[str]:
         return ["fp16"]
 
-    def estimate(self, w, rules, tile):
-        signal = float(np.einsum("ij,ij->", w, w, dtype=np.float64)) or 1.0
+    def estimate(self, w, rules, tile, weights=None):
+        full = np.ones(1) if weights is None else np.broadcast_to(weights, w.shape)
+        signal = float(np.sum(full * np.square(w, dtype=np.float64))) or 1.0
         d = (w - w.astype(np.float16).astype(np.float32)).astype(np.float64)
         size = 2.0 * w.size + tile_count(w.shape, tile) * TILE_OVERHEAD
-        return [(size, float(np.sum(d * d)) / signal) for _ in rules]
+        return [(size, float(np.sum(full * d * d)) / signal) for _ in rules]

@@ -72,8 +72,11 @@ def _cells(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.searchsorted(mids, points)
 
 
-def _estimate(hist: kmeans_fit.Histogram, k: int, thorough: bool) -> tuple[float, np.ndarray]:
-    """(noise energy, code counts) of a k-entry codebook fitted to `hist`."""
+def _estimate(
+    hist: kmeans_fit.Histogram, k: int, thorough: bool, plain: kmeans_fit.Histogram | None = None
+) -> tuple[float, np.ndarray]:
+    """(noise energy, code counts) of a k-entry codebook fitted to `hist`; when `hist` is
+    importance-weighted, `plain` (the unweighted histogram) gives the code counts."""
     centroids = np.unique(np.asarray(kmeans_fit.fit_centroids(hist, k, thorough), dtype=np.float64))
     cells = _cells(hist.points, centroids)
     # the bins' own width adds w^2/12 per value (values spread uniformly within a bin)
@@ -81,6 +84,8 @@ def _estimate(hist: kmeans_fit.Histogram, k: int, thorough: bool) -> tuple[float
     noise = (
         float(np.sum(hist.counts * (hist.points - centroids[cells]) ** 2)) + hist.counts.sum() * width**2 / 12
     )
+    if plain is not None:
+        return noise, np.bincount(_cells(plain.points, centroids), weights=plain.counts, minlength=k)
     return noise, np.bincount(cells, weights=hist.counts, minlength=k)
 
 
@@ -215,19 +220,26 @@ class KMeans(Method):
             rules += [f"kmeans:{b},group={ALLOCATION_GROUP_ROWS}" for b in ALLOCATION_GROUP_BITS]
         return rules
 
-    def estimate(self, w, rules, tile):
+    def estimate(self, w, rules, tile, weights=None):
         """Per-tensor rules from one histogram of the tensor; per-group rules from a sample
-        of evenly spaced groups. Size is the code entropy plus codebooks and tile overhead."""
+        of evenly spaced groups. Size is the code entropy plus codebooks and tile overhead.
+        With importance `weights` the error is the weighted one, from weighted histograms."""
         rows = w.shape[0]
         tiles = tile_count(w.shape, tile)
-        signal = float(np.einsum("ij,ij->", w, w, dtype=np.float64)) or 1.0
+        full = None if weights is None else np.broadcast_to(weights, w.shape)
+        if full is None:
+            signal = float(np.einsum("ij,ij->", w, w, dtype=np.float64)) or 1.0
+        else:
+            signal = float(np.sum(full * np.square(w, dtype=np.float64))) or 1.0
         hist = None
         out = []
         for rule in rules:
             bits = int(rule.bits)
             if rule.granularity == "tensor":
-                hist = hist or kmeans_fit.histogram(w)
-                noise, counts = _estimate(hist, 1 << bits, thorough=True)
+                if hist is None:
+                    hist = kmeans_fit.histogram(w, weights=full)
+                    plain = None if full is None else kmeans_fit.histogram(w)
+                noise, counts = _estimate(hist, 1 << bits, True, plain)
                 size = entropy_bytes(counts) * PNG_OVERHEAD + (1 << bits) * 2 + tiles * _tile_overhead(bits)
                 out.append((size, noise / signal))
                 continue
@@ -237,8 +249,13 @@ class KMeans(Method):
             sampled = sum(min(rows, (g + 1) * group) - g * group for g in picks)
             noise = entropy = 0.0
             for g in picks:
+                block = w[g * group : (g + 1) * group]
+                part_weights = None if full is None else full[g * group : (g + 1) * group]
                 part, counts = _estimate(
-                    kmeans_fit.histogram(w[g * group : (g + 1) * group], 4096), 1 << bits, thorough=False
+                    kmeans_fit.histogram(block, 4096, part_weights),
+                    1 << bits,
+                    False,
+                    None if full is None else kmeans_fit.histogram(block, 4096),
                 )
                 noise += part
                 entropy += entropy_bytes(counts)

@@ -76,38 +76,53 @@ def candidate_rules(rows: int) -> list[Rule]:
     return [rule for name in ALLOCATION_METHODS for rule in method_candidates(name, rows)]
 
 
-def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int]) -> list[Candidate]:
+def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int], importance=None) -> list[Candidate]:
     """Every candidate encoded for real: exact bytes (blobs plus average alignment padding)
-    and exact error. Used for tensors small enough that this is cheap."""
+    and exact error (importance-weighted with importance). Used for tensors small enough that
+    this is cheap."""
     from ..codecs import get_codec
     from .writer import tile_blob, tile_grid
 
     w = np.asarray(array, dtype=np.float32)
+    view = view_2d(w.shape)
+    weights = None if importance is None else importance.weights(name, view)
     out = []
-    for rule in candidate_rules(view_2d(w.shape)[0]):
-        q = encode_tensor(name, w, rule)
+    for rule in candidate_rules(view[0]):
+        q = encode_tensor(name, w, rule, importance)
         codec = get_codec(rule.plane_codec)
         blobs = [len(tile_blob(q, codec, rect)) for rect in tile_grid(q.view, tile)]
         tables = [t.nbytes for t in q.tables.values()]
         size = sum(blobs) + sum(tables) + 32 * (len(blobs) + len(tables))
         sqnr = q.stats.get("sqnr_db", math.inf)
-        out.append(Candidate(rule, float(size), 0.0 if sqnr == math.inf else 10 ** (-sqnr / 10)))
+        error = 0.0 if sqnr == math.inf else 10 ** (-sqnr / 10)
+        if weights is not None and error > 0:
+            flat, back = w.reshape(view).astype(np.float64), q.dequantize().reshape(view)
+            full = np.broadcast_to(weights, view)
+            error = float(np.sum(full * (flat - back) ** 2) / (np.sum(full * flat * flat) or 1.0))
+        out.append(Candidate(rule, float(size), error))
     return out
 
 
-def candidates(name: str, array: np.ndarray, tile: tuple[int, int]) -> list[Candidate]:
+def candidates(name: str, array: np.ndarray, tile: tuple[int, int], importance=None) -> list[Candidate]:
     """(bytes, relative error) of every candidate rule for one tensor: exact for tensors up to
-    EXACT_MAX elements, estimated by each method (from a histogram, for k-means) above that."""
+    EXACT_MAX elements, estimated by each method (from a histogram, for k-means) above that.
+    With importance the error is each layer's importance-weighted relative error."""
     if array.size <= EXACT_MAX:
-        return exact_candidates(name, array, tile)
+        return exact_candidates(name, array, tile, importance)
     w = np.asarray(array, dtype=np.float32).reshape(view_2d(array.shape))
+    weights = None if importance is None else importance.weights(name, w.shape)
     out = []
     for method_name in ALLOCATION_METHODS:
         method = get_method(method_name)
         rules = method_candidates(method_name, w.shape[0])
-        estimates = method.estimate(w, rules, tile) if rules else []
+        if not rules:
+            estimates = []
+        elif weights is None:
+            estimates = method.estimate(w, rules, tile)
+        else:
+            estimates = method.estimate(w, rules, tile, weights=weights)
         if estimates is None:  # no estimate: encode for real
-            out += [c for c in exact_candidates(name, w, tile) if c.rule.method == method_name]
+            out += [c for c in exact_candidates(name, w, tile, importance) if c.rule.method == method_name]
             continue
         out += [Candidate(rule, size, error) for rule, (size, error) in zip(rules, estimates)]
     return out
@@ -158,7 +173,9 @@ def _fixed_bytes(shape, dtype: np.dtype, rule: Rule) -> float:
     return n * bits / 8 + (1 << bits) * 4 + TILE_OVERHEAD
 
 
-def estimate(source: TensorSource, recipe: Recipe) -> tuple[dict[str, list[Candidate]], float]:
+def estimate(
+    source: TensorSource, recipe: Recipe, importance=None
+) -> tuple[dict[str, list[Candidate]], float]:
     """Candidates of every tensor the recipe would quantize, and the estimated fixed bytes
     (header, manifest, and the tensors kept by the recipe's own rule)."""
     aliases = find_aliases(source)  # stored once: not a second candidate
@@ -178,7 +195,9 @@ def estimate(source: TensorSource, recipe: Recipe) -> tuple[dict[str, list[Candi
         )
         fixed += 300  # manifest entry
         if eligible:
-            options[d.name] = candidates(d.name, source.load(d.name), tuple(d.rule.tile or recipe.tile))
+            options[d.name] = candidates(
+                d.name, source.load(d.name), tuple(d.rule.tile or recipe.tile), importance
+            )
         else:
             fixed += _fixed_bytes(info.shape, info.dtype, d.rule)
     if not options:
@@ -275,7 +294,7 @@ def pack_to_target(
     from .writer import pack as write
 
     output = Path(output)
-    options, fixed = estimate(source, recipe)
+    options, fixed = estimate(source, recipe, importance)
     tried: list[Path] = []
     fitting = []  # (measured error, -bytes, path, report, allocation)
     sizes: list[int] = []

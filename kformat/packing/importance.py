@@ -25,7 +25,7 @@ class Importance:
         self.arrays = arrays
         self.sha256 = sha256
         self.source = source
-        self.used: list[str] = []
+        self.used: set[str] = set()
 
     @classmethod
     def load(cls, path: str | Path) -> "Importance":
@@ -62,7 +62,7 @@ class Importance:
         mean = float(array.mean()) if array.size else 0.0
         if mean <= 0:
             return None
-        self.used.append(name)
+        self.used.add(name)
         floor = 1e-3  # a weight never seen still counts a little: its error is not free
         return (array / mean + floor).astype(np.float32)
 

@@ -44,6 +44,10 @@ RECIPES = [
     "kmeans4+importance",
     "q4+importance",
     "--rule=*=kmeans:3,group=64,scale=row+importance",
+    "allocated:4.0",
+    "allocated:4.0+importance",
+    "allocated:3.5",
+    "allocated:3.5+importance",
 ]
 
 
@@ -128,6 +132,9 @@ def parse(recipe: str) -> tuple[str, dict]:
     if recipe.endswith("+importance"):
         label, options = parse(recipe.removesuffix("+importance"))
         return label + " +importance", {**options, "importance": True}
+    if recipe.startswith("allocated:"):
+        bits = float(recipe.removeprefix("allocated:"))
+        return f"allocated, {bits:g} bits/weight", {"recipe": "fp16", "target_bits": bits}
     if recipe.startswith("--rule="):
         rule = recipe.removeprefix("--rule=")
         return rule.removeprefix("*="), {"recipe": "fp16", "rules": [rule]}
@@ -165,6 +172,7 @@ def main() -> int:
                 out,
                 options["recipe"],
                 rules=options.get("rules", ()),
+                target_bits=options.get("target_bits"),
                 importance=importance if options.get("importance") else None,
             )
             seconds = time.perf_counter() - start
