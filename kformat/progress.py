@@ -56,7 +56,6 @@ class TerminalProgress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.start = time.monotonic()
         self.bar = None
-        self.line = ""
         self.done_bytes, self.total_bytes = 0, None
 
     def __call__(self, done: int, total: int, what: str) -> None:

@@ -449,7 +449,7 @@ def single_file_attacks() -> dict[str, tuple[bytes, str, str, str]]:
         "a float32 floatz tile with 3 of its 4 byte-plane frames",
         "DecodeError",
         "not a complete zstd frame",
-        lambda p, t: b"".join(pyzstd.compress(bytes(16 * 32)) for _ in range(3)),
+        lambda p, t: _tile_frames(3),
         vector="lossless_floatz",
     )
     forged_blob(
@@ -457,7 +457,7 @@ def single_file_attacks() -> dict[str, tuple[bytes, str, str, str]]:
         "a float32 floatz tile with a fifth frame after its four planes",
         "DecodeError",
         "after its last frame",
-        lambda p, t: b"".join(pyzstd.compress(bytes(16 * 32)) for _ in range(5)),
+        lambda p, t: _tile_frames(5),
         vector="lossless_floatz",
     )
     forged_blob(
@@ -465,9 +465,7 @@ def single_file_attacks() -> dict[str, tuple[bytes, str, str, str]]:
         "a floatz byte plane whose frame inflates to 64 MiB",
         "DecodeError",
         "wrong size",
-        lambda p, t: (
-            _zstd_streamed(bytes(64 << 20)) + b"".join(pyzstd.compress(bytes(16 * 32)) for _ in range(3))
-        ),
+        lambda p, t: _zstd_streamed(bytes(64 << 20)) + _tile_frames(3),
         vector="lossless_floatz",
     )
 
@@ -539,6 +537,11 @@ def _zstd_with_size(size: int) -> bytes:
     """A tiny zstd frame whose header declares `size` bytes of content: magic, a descriptor
     (single segment, 8-byte content size), the size, then one empty raw last block."""
     return struct.pack("<IBQ", 0xFD2FB528, 0xE0, size) + b"\x01\x00\x00"
+
+
+def _tile_frames(count: int) -> bytes:
+    """`count` zstd frames of one 16 x 32 tile's byte plane each (a float32 floatz tile has 4)."""
+    return b"".join(pyzstd.compress(bytes(16 * 32)) for _ in range(count))
 
 
 def _zstd_streamed(data: bytes) -> bytes:

@@ -31,8 +31,9 @@ def _stored(centroids: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _group_source(block: np.ndarray, mask: np.ndarray | None, k: int, weights: np.ndarray | None = None):
-    """The values a group's codebook is fitted to, their (importance-weighted) histogram, and
-    the entries left for them (one is reserved for exact zero when pruning)."""
+    """The (importance-weighted) histogram of the values a group's codebook is fitted to,
+    the entries left for them (one is reserved for exact zero when pruning), and whether
+    one is."""
     source = block if mask is None else block[~mask]
     if weights is not None:
         weights = np.broadcast_to(weights, block.shape)
@@ -41,9 +42,9 @@ def _group_source(block: np.ndarray, mask: np.ndarray | None, k: int, weights: n
     if fixed_zero:
         k -= 1
     if source.size == 0:
-        return source, None, k, fixed_zero
+        return None, k, fixed_zero
     bins = min(kmeans_fit.FINE_BINS, max(1024, source.size // 8))
-    return source, kmeans_fit.histogram(source, bins, weights), k, fixed_zero
+    return kmeans_fit.histogram(source, bins, weights), k, fixed_zero
 
 
 def _fit_group(hist, k: int, fixed_zero: bool, seed, rule, dtype: np.dtype):
@@ -132,16 +133,17 @@ class KMeans(Method):
         # dynamic programme for all groups), then polished by Lloyd: within 0.1 dB of the
         # optimum at every width; Lloyd alone ends 1-11 dB short at 8 bits or on outliers.
         seeded = {}
-        for entries in {f[2] for f in fits}:  # k, or k - 1 where pruning keeps a zero entry
-            batch = [g for g, f in enumerate(fits) if f[2] == entries and f[1] is not None]
-            batch = [g for g in batch if fits[g][1].points.size > entries]
-            seeded.update(zip(batch, kmeans_fit.seeds([fits[g][1] for g in batch], entries)))
+        for entries in {e for _, e, _ in fits}:  # k, or k - 1 where pruning keeps a zero entry
+            batch = [
+                g for g, (h, e, _) in enumerate(fits) if e == entries and h is not None and h.points.size > e
+            ]
+            seeded.update(zip(batch, kmeans_fit.seeds([fits[g][0] for g in batch], entries)))
         for g, (r0, r1) in enumerate(spans):
             block = w[r0:r1]
             block_mask = None if mask is None else mask[r0:r1]
             if block_mask is not None:
                 block = np.where(block_mask, np.float32(0), block)
-            _, hist, entries, fixed_zero = fits[g]
+            hist, entries, fixed_zero = fits[g]
             centroids, edges = _fit_group(hist, entries, fixed_zero, seeded.get(g), rule, dtype)
             if dtype == np.float16 and np.abs(centroids).max(initial=0) > FP16_MAX:
                 raise QuantizationError(

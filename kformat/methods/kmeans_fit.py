@@ -6,8 +6,8 @@ which costs one streaming pass over the tensor. Clustering then runs on at most 
 ten thousand weighted points:
 
 1. initial centroids by an exact dynamic programme (optimal 1-D k-means, kmeans_dp) over
-   the histogram merged into a few thousand bins (or, for small groups, the better of
-   companding and weighted quantiles);
+   the histogram merged into a few thousand bins (or, for the sampled groups of allocation's
+   estimates, the better of companding and weighted quantiles);
 2. weighted Lloyd iterations on the fine histogram until the centroids stop moving;
 3. one assignment pass over the real values (a binary search against the cell boundaries),
    which also collects per-code sums, so the final centroids are the exact means of their
@@ -30,7 +30,6 @@ RACE_BINS = 8192
 LOOKUP_BINS = 1 << 16
 MAX_ITERS = 300
 TOLERANCE = 1e-7  # stop when no centroid moves more than this fraction of the value range
-DP_MAX_POINTS_PER_GROUP = 1 << 16  # below this, skip the DP seed (cost dominates small groups)
 
 
 def _quantile_init(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
