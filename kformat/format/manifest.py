@@ -160,9 +160,14 @@ class Manifest(_Model):
             data.pop("aliases", None)
         return data
 
-    def names(self) -> list[str]:
-        """Every tensor name a reader offers: stored tensors, each followed by its aliases."""
+    def aliases_of(self) -> dict[str, list[str]]:
+        """Stored tensor name -> its aliases, in the manifest's order."""
         tied: dict[str, list[str]] = {}
         for alias, name in self.aliases.items():
             tied.setdefault(name, []).append(alias)
+        return tied
+
+    def names(self) -> list[str]:
+        """Every tensor name a reader offers: stored tensors, each followed by its aliases."""
+        tied = self.aliases_of()
         return [n for t in self.tensors for n in (t.name, *tied.get(t.name, ()))]

@@ -234,9 +234,7 @@ class Container:
         """(name, tensor) in file order, the next tensors' tables and first tiles fetched in
         the background while the current one decodes."""
         entries = list(self.manifest.tensors)
-        tied: dict[str, list[str]] = {}
-        for alias, name in self.manifest.aliases.items():
-            tied.setdefault(name, []).append(alias)
+        tied = self.manifest.aliases_of()
         # Tensors fetched ahead of the one decoding: up to about BATCH_BYTES stored, at most
         # PREFETCH_TENSORS, so a run of small tensors does not wait on one request each.
         ahead, ahead_bytes = 0, 0
