@@ -201,22 +201,32 @@ def test_unknown_codec_is_a_clear_error():
         get_codec("jpeg")
 
 
-def test_png_planes_decode_the_same_with_or_without_the_fast_inflate(monkeypatch):
+@pytest.mark.parametrize("backend", ["libdeflate", "isal", "zlib"])
+def test_png_planes_decode_the_same_with_every_inflate(monkeypatch, backend):
     import zlib as plain_zlib
 
     from kformat.codecs import png
 
     rng = np.random.default_rng(3)
+    shapes = [(64, 300, 4, 16), (9, 33, 8, 256)]
     planes = [
         encode_png(rng.integers(0, 16, (64, 300), dtype=np.uint8), 4, 16),
         _filtered_png(rng.integers(0, 256, (9, 33), dtype=np.uint8), [0, 1, 2, 3, 4]),
     ]
-    fast = [png.decode_png_packed(p, *shape) for p, shape in zip(planes, [(64, 300, 4, 16), (9, 33, 8, 256)])]
-    monkeypatch.setattr(png, "INFLATE", plain_zlib)
-    monkeypatch.setattr(png, "INFLATE_ERRORS", (plain_zlib.error,))
-    plain = [
-        png.decode_png_packed(p, *shape) for p, shape in zip(planes, [(64, 300, 4, 16), (9, 33, 8, 256)])
-    ]
-    assert all(np.array_equal(a, b) for a, b in zip(fast, plain))
-    with pytest.raises(DecodeError):
+    reference = [png.decode_png_packed(p, *shape) for p, shape in zip(planes, shapes)]
+    if backend == "libdeflate":
+        pytest.importorskip("deflate")
+    else:
+        monkeypatch.setattr(png, "_libdeflate", None)
+    if backend == "zlib":
+        monkeypatch.setattr(png, "INFLATE", plain_zlib)
+        monkeypatch.setattr(png, "INFLATE_ERRORS", (plain_zlib.error,))
+    got = [png.decode_png_packed(p, *shape) for p, shape in zip(planes, shapes)]
+    assert all(np.array_equal(a, b) for a, b in zip(reference, got))
+    with pytest.raises(DecodeError):  # truncated deflate stream
         png.decode_png_packed(planes[0][:-40] + planes[0][-12:], 64, 300, 4, 16)
+    stream = plain_zlib.compress(bytes(100))
+    for size in (99, 101):  # inflates past, or short of, what the manifest promises
+        with pytest.raises(DecodeError, match="inflate"):
+            png.inflate_exact(stream, size)
+    assert png.inflate_exact(stream, 100) == bytes(100)
