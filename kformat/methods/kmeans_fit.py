@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .histogram import CHUNK, FINE_BINS, Histogram, _bin_index, _rebin, histogram  # noqa: F401 (re-exported)
+from .chunks import map_chunks
+from .histogram import FINE_BINS, Histogram, _bin_index, _rebin, histogram, value_range  # noqa: F401 (re-exported)
 from .kmeans_dp import optimal_centroids, optimal_centroids_batch
 
 DP_POINTS = 4096  # the exact DP runs on the histogram merged into this many bins
@@ -52,18 +53,41 @@ def boundaries(centroids: np.ndarray) -> np.ndarray:
     return (centroids[:-1] + centroids[1:]) / 2.0
 
 
-def lloyd(points: np.ndarray, weights: np.ndarray, centroids: np.ndarray, iters: int = MAX_ITERS):
+class CellSums:
+    """Prefix sums of sorted weighted points: the weight, sum and sum of squares of any cell
+    (a run of points between two edges) in O(log n), so a Lloyd iteration costs O(k log n)
+    instead of a pass over every point (what makes entropy-constrained fits affordable)."""
+
+    def __init__(self, points: np.ndarray, weights: np.ndarray):
+        self.points = points
+        wp = weights * points
+        self.w = np.concatenate(([0.0], np.cumsum(weights)))
+        self.wp = np.concatenate(([0.0], np.cumsum(wp)))
+        self.wpp = np.concatenate(([0.0], np.cumsum(wp * points)))
+
+    def cells(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(weights, sums, sums of squares) of the cells split at `edges`; a point equal to
+        an edge belongs to the lower cell, as searchsorted(edges, point) says."""
+        bounds = np.concatenate(([0], np.searchsorted(self.points, edges, side="right"), [self.points.size]))
+        return np.diff(self.w[bounds]), np.diff(self.wp[bounds]), np.diff(self.wpp[bounds])
+
+    def sse(self, centroids: np.ndarray, edges: np.ndarray) -> float:
+        """Squared error of the cells at `edges` quantized to `centroids` (one per cell)."""
+        w, wp, wpp = self.cells(edges)
+        return float(max(0.0, np.sum(wpp - 2.0 * centroids * wp + centroids * centroids * w)))
+
+
+def lloyd(points: np.ndarray, weights: np.ndarray, centroids: np.ndarray, iters: int = MAX_ITERS, sums=None):
     """Weighted Lloyd iterations on sorted points; empty cells are dropped."""
     centroids = np.unique(centroids)
     tol = TOLERANCE * float(points[-1] - points[0])
+    sums = sums or CellSums(points, weights)
     for _ in range(iters):
         if centroids.size < 2:
             break
-        cells = np.searchsorted(boundaries(centroids), points)
-        counts = np.bincount(cells, weights=weights, minlength=centroids.size)
-        sums = np.bincount(cells, weights=weights * points, minlength=centroids.size)
+        counts, moments, _ = sums.cells(boundaries(centroids))
         keep = counts > 0
-        updated = sums[keep] / counts[keep]
+        updated = moments[keep] / counts[keep]
         converged = updated.size == centroids.size and (np.max(np.abs(updated - centroids)) <= tol)
         centroids = updated
         if converged:
@@ -179,26 +203,30 @@ def assign(values: np.ndarray, centroids: np.ndarray, edges: np.ndarray | None =
     k = centroids.size
     edges = boundaries(centroids) if edges is None else edges
     edges = edges.astype(np.float32 if values.dtype == np.float32 else np.float64)
-    counts = np.zeros(k, dtype=np.float64)
-    sums = np.zeros(k, dtype=np.float64)
-    sum_squares = 0.0
     lookup = None
     if flat.size >= LOOKUP_BINS and edges.size:
-        lo, hi = float(flat.min()), float(flat.max())
+        lo, hi = value_range(flat)
         if hi > lo:
             lookup = _edge_lookup(edges, lo, hi, LOOKUP_BINS)
-    for start in range(0, flat.size, CHUNK):
-        chunk = flat[start : start + CHUNK]
-        out = codes[start : start + chunk.size]
+
+    def part(start: int, stop: int):
+        chunk = flat[start:stop]
+        out = codes[start:stop]
         if lookup is None:
             out[...] = np.searchsorted(edges, chunk)
         else:
             idx = _bin_index(chunk, lo, hi, LOOKUP_BINS)
-            np.add(lookup[0][idx], chunk > lookup[1][idx], out=out, casting="unsafe")
+            np.add(np.take(lookup[0], idx), chunk > np.take(lookup[1], idx), out=out, casting="unsafe")
         wide = chunk.astype(np.float64)
-        counts += np.bincount(out, minlength=k)
-        sums += np.bincount(out, weights=wide, minlength=k)
-        sum_squares += float(wide @ wide)
+        return np.bincount(out, minlength=k), np.bincount(out, weights=wide, minlength=k), float(wide @ wide)
+
+    counts = np.zeros(k, dtype=np.float64)
+    sums = np.zeros(k, dtype=np.float64)
+    sum_squares = 0.0
+    for part_counts, part_sums, part_squares in map_chunks(part, flat.size):  # in chunk order
+        counts += part_counts
+        sums += part_sums
+        sum_squares += part_squares
     return Assignment(codes.reshape(values.shape), counts, sums, sum_squares)
 
 
@@ -219,58 +247,50 @@ def ec_cells(centroids: np.ndarray, lengths: np.ndarray, lam: float) -> tuple[np
     (x - c)^2 + lam L = x^2 + (-2c x + c^2 + lam L): the x^2 is shared, so the winner is the
     lower envelope of the lines y = -2c x + (c^2 + lam L). Returns the indices of the
     centroids that own a cell and the edges between those cells (ascending).
+
+    All pairwise crossings at once (k <= 256, so k^2 is small) instead of a Python stack:
+    line i (slopes descend with i) is lowest on [max over j < i of x_ij, min over j > i of
+    x_ij]; it owns a cell when that interval is not empty. Of lines with equal slopes only the
+    lowest (the first on ties) can own one.
     """
+    k = centroids.size
     slopes = -2.0 * centroids
     offsets = centroids * centroids + lam * lengths
-    hull: list[int] = []
-    edges: list[float] = []
-    for i in range(centroids.size):
-        while hull:
-            j = hull[-1]
-            if slopes[i] == slopes[j]:
-                if offsets[i] >= offsets[j]:
-                    break
-                hull.pop()
-                if edges:
-                    edges.pop()
-                continue
-            x = (offsets[i] - offsets[j]) / (slopes[j] - slopes[i])
-            if edges and x <= edges[-1]:
-                hull.pop()
-                edges.pop()
-                continue
-            break
-        if hull and slopes[i] == slopes[hull[-1]]:
-            continue
-        if hull:
-            j = hull[-1]
-            edges.append((offsets[i] - offsets[j]) / (slopes[j] - slopes[i]))
-        hull.append(i)
-    return np.array(hull, dtype=np.int64), np.array(edges)
+    ds = slopes[None, :] - slopes[:, None]  # s_j - s_i
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross = (offsets[:, None] - offsets[None, :]) / ds  # x where lines i and j meet
+    below = np.tri(k, k, -1, dtype=bool)  # j < i
+    same = ds == 0
+    # Equal slopes: i is dominated by an equal-slope line j with a lower offset, or an equal
+    # one that comes first.
+    beaten = (offsets[None, :] < offsets[:, None]) | ((offsets[None, :] == offsets[:, None]) & below)
+    dominated = (same & beaten).any(axis=1)
+    lower = np.where(below & ~same, cross, -np.inf).max(axis=1, initial=-np.inf)
+    upper = np.where(below.T & ~same, cross, np.inf).min(axis=1, initial=np.inf)
+    hull = np.flatnonzero((lower < upper) & ~dominated)
+    edges = (offsets[hull[1:]] - offsets[hull[:-1]]) / (slopes[hull[:-1]] - slopes[hull[1:]])
+    return hull.astype(np.int64), edges
 
 
-def _ec_lloyd(points, weights, centroids, lam):
+def _ec_lloyd(points, weights, centroids, lam, sums: CellSums | None = None):
     """Entropy-constrained Lloyd on sorted weighted points: centroids, code lengths, SSE."""
-    total = weights.sum()
+    sums = sums or CellSums(points, weights)
+    total = sums.w[-1]
     lengths = np.full(centroids.size, np.log2(centroids.size))
     tol = TOLERANCE * float(points[-1] - points[0])
     for _ in range(ECQ_ITERS):
         owners, edges = ec_cells(centroids, lengths, lam)
-        cells = np.searchsorted(edges, points)
-        counts = np.bincount(cells, weights=weights, minlength=owners.size)
-        sums = np.bincount(cells, weights=weights * points, minlength=owners.size)
+        counts, moments, _ = sums.cells(edges)
         keep = counts > 0
-        updated = sums[keep] / counts[keep]
+        updated = moments[keep] / counts[keep]
         new_lengths = -np.log2(counts[keep] / total)
         done = updated.size == centroids.size and np.max(np.abs(updated - centroids)) <= tol
         centroids, lengths = updated, new_lengths
         if done:
             break
     owners, edges = ec_cells(centroids, lengths, lam)
-    centroids, lengths = centroids[owners], lengths[owners]
-    cells = np.searchsorted(edges, points)
-    sse = float(np.sum(weights * (points - centroids[cells]) ** 2))
-    return centroids, edges, sse
+    centroids = centroids[owners]
+    return centroids, edges, sums.sse(centroids, edges)
 
 
 def fit_entropy_constrained(hist: Histogram, k: int, max_loss_db: float, plain: np.ndarray):
@@ -287,9 +307,10 @@ def fit_entropy_constrained(hist: Histogram, k: int, max_loss_db: float, plain: 
     mse = base / weights.sum()
     best = (plain, boundaries(plain))
     lo, hi = 0.0, 8.0 * mse
+    sums = CellSums(points, weights)
     for _ in range(ECQ_SEARCH_STEPS):
         lam = (lo + hi) / 2
-        centroids, edges, sse = _ec_lloyd(points, weights, plain, lam)
+        centroids, edges, sse = _ec_lloyd(points, weights, plain, lam, sums)
         if sse <= budget and centroids.size >= 2:
             best = (centroids, edges)
             lo = lam

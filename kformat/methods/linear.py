@@ -12,6 +12,8 @@ from ..errors import DecodeError
 from .base import Method, TableSpec, group_rows_for, row_groups
 from .compact import QuantizedTensor
 from .metrics import entropy_bits
+from .chunks import code_counts, map_chunks
+from .histogram import value_range
 from .prune import prune_mask
 
 CHUNK_ELEMENTS = 1 << 22
@@ -25,20 +27,21 @@ def quantize_linear(w: np.ndarray, bits: int, group_rows: int):
     lo = np.empty(groups, dtype=np.float64)
     hi = np.empty(groups, dtype=np.float64)
     for g in range(groups):
-        block = w[g * group_rows : (g + 1) * group_rows]
-        lo[g] = min(float(block.min()), 0.0)
-        hi[g] = max(float(block.max()), 0.0)
+        block_lo, block_hi = value_range(w[g * group_rows : (g + 1) * group_rows].reshape(-1))
+        lo[g] = min(block_lo, 0.0)
+        hi[g] = max(block_hi, 0.0)
     scale = ((hi - lo) / levels).astype(np.float32)
     scale[scale == 0] = 1.0
     zero_point = np.clip(np.round(-lo / scale.astype(np.float64)), 0, levels).astype(np.uint8)
     codes = np.empty((rows, cols), dtype=np.uint8)
-    step = max(1, CHUNK_ELEMENTS // max(1, cols))
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
+
+    def rows_of(r0: int, r1: int) -> None:
         g = np.arange(r0, r1) // group_rows
         q = np.round(w[r0:r1] / scale[g][:, None]) + zero_point[g][:, None].astype(np.float32)
         np.clip(q, 0, levels, out=q)
         codes[r0:r1] = q
+
+    map_chunks(rows_of, rows, max(1, CHUNK_ELEMENTS // max(1, cols)))
     return codes, scale, zero_point
 
 
@@ -57,7 +60,7 @@ class Linear(Method):
         if mask is not None:
             w = np.where(mask, np.float32(0), w)
         codes, scale, zero_point = quantize_linear(w, bits, group_rows)
-        stats = {"entropy_bits": entropy_bits(np.bincount(codes.reshape(-1), minlength=1 << bits))}
+        stats = {"entropy_bits": entropy_bits(code_counts(codes, 1 << bits))}
         if mask is not None:
             stats["pruned"] = int(mask.sum())
         return QuantizedTensor(

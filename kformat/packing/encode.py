@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import QuantizationError
 from ..methods import QuantizedTensor, get_method, view_2d
+from ..methods.chunks import map_chunks
 from ..methods.metrics import error_powers, sqnr_db
 
 CHUNK_ELEMENTS = 1 << 22
@@ -19,15 +20,17 @@ CHUNK_ELEMENTS = 1 << 22
 
 def check_finite(name: str, values: np.ndarray) -> None:
     flat = values.reshape(-1)
-    for start in range(0, flat.size, CHUNK_ELEMENTS):
-        chunk = flat[start : start + CHUNK_ELEMENTS]
-        finite = np.isfinite(chunk)
-        if not finite.all():
-            bad = start + int(np.argmin(finite))
-            raise QuantizationError(
-                f"tensor {name!r}: value {flat[bad]} at flat index {bad} is not finite;"
-                " NaN/Inf weights cannot be quantized (store the tensor raw, or fix the model)"
-            )
+
+    def first_bad(start: int, stop: int) -> int:
+        finite = np.isfinite(flat[start:stop])
+        return -1 if finite.all() else start + int(np.argmin(finite))
+
+    bad = next((i for i in map_chunks(first_bad, flat.size, CHUNK_ELEMENTS) if i >= 0), None)
+    if bad is not None:
+        raise QuantizationError(
+            f"tensor {name!r}: value {flat[bad]} at flat index {bad} is not finite;"
+            " NaN/Inf weights cannot be quantized (store the tensor raw, or fix the model)"
+        )
 
 
 def encode_tensor(name: str, array: np.ndarray, rule, importance=None) -> QuantizedTensor:
@@ -56,11 +59,7 @@ def encode_tensor(name: str, array: np.ndarray, rule, importance=None) -> Quanti
     q = method.encode(name, w, rule) if weights is None else method.encode(name, w, rule, weights=weights)
     q = replace(q, shape=tuple(array.shape))
     if "sqnr_db" not in q.stats:
-        signal = noise = 0.0
         step = max(1, CHUNK_ELEMENTS // max(1, view[1]))
-        for r0 in range(0, view[0], step):
-            s, n = error_powers(w[r0 : r0 + step], q.rows(r0, min(view[0], r0 + step)))
-            signal += s
-            noise += n
-        q.stats["sqnr_db"] = sqnr_db(signal, noise)
+        powers = map_chunks(lambda r0, r1: error_powers(w[r0:r1], q.rows(r0, r1)), view[0], step)
+        q.stats["sqnr_db"] = sqnr_db(sum(s for s, _ in powers), sum(n for _, n in powers))
     return q

@@ -21,7 +21,7 @@ from ..errors import KFormatError, StorageError
 from ..format.constants import CORE_CODECS, CORE_METHODS, DEFAULT_SHARD_SIZE
 from ..format.limits import AMPLIFICATION_SLACK, MAX_AMPLIFICATION
 from ..format.manifest import Manifest, Quant, Table, TensorEntry, Tile
-from ..methods import QuantizedTensor, get_method
+from ..methods import QuantizedTensor, chunks, get_method
 from ..recipe import Decision, Recipe, Rule, plan
 from ..progress import Tracker, log
 from ..sources import TensorSource, find_aliases
@@ -225,7 +225,11 @@ def pack(
                 tracker.finish_item(sizes[e.name])
                 log.debug("%s: %s (%s)", e.name, entries[-1].rule, entries[-1].reason)
 
-            with ThreadPoolExecutor(jobs, "kformat-encode") as encoders, ThreadPoolExecutor(jobs) as tiles:
+            with (
+                ThreadPoolExecutor(jobs, "kformat-encode") as encoders,
+                ThreadPoolExecutor(jobs) as tiles,
+                chunks.threads(jobs),  # the passes within one large tensor, too
+            ):
                 pending: deque[Future] = deque()
                 for decision in decisions:
                     tracker.start(decision.name)

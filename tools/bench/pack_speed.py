@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Pack speed: kformat recipes against gguf-py's numpy Q4_0 quantizer on the same tensors.
+
+The model is the VGG16-shaped one (138.4M parameters, He-init, seed 0), in memory. Each
+variant runs in a fresh process, several times (the best time counts):
+
+  gguf Q4_0          gguf.quants.quantize(w, Q4_0) of every tensor (32-value blocks, one
+                     fp16 scale each), what `convert_hf_to_gguf.py --outtype q4_0` runs
+  kformat <recipe>   kformat.pack(weights, file, recipe, jobs=N): quantize, encode planes,
+                     hash and write the .kf (the whole job, not only the quantizer)
+
+`--jobs` output is checked byte-identical to `--jobs 1`.
+
+    python tools/bench/pack_speed.py [--out bench-out] [--repeat 2] [--small]
+
+Prints a table (seconds and ratio to gguf Q4_0) and writes bench-out/pack_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = r"""
+import json, sys, time
+variant, out, repeat, small = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+from kformat.synthetic import small_vgg_weights, vgg16_weights
+weights = small_vgg_weights() if small else vgg16_weights()
+if variant == "gguf Q4_0":
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+    def run():
+        for w in weights.values():
+            flat = w.reshape(w.shape[0], -1) if w.ndim > 1 else w.reshape(1, -1)
+            if flat.shape[-1] % 32 == 0:
+                quants.quantize(flat, GGMLQuantizationType.Q4_0)
+            else:
+                flat.astype(np.float16)  # what the converter keeps for odd rows
+else:
+    import kformat
+    recipe, jobs = variant.split()[1], int(variant.split("jobs=")[1])
+    def run():
+        kformat.pack(weights, out, recipe, jobs=jobs)
+best = None
+for _ in range(repeat):
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    best = seconds if best is None else min(best, seconds)
+print(json.dumps({"seconds": best}))
+"""
+
+
+def variants(cores: int) -> list[str]:
+    out = ["gguf Q4_0"]
+    for recipe in ("kmeans4", "int8", "mobile", "q4"):
+        out.append(f"kformat {recipe} jobs=1")
+        if cores > 1:
+            out.append(f"kformat {recipe} jobs={cores}")
+    return out
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--small", action="store_true", help="VGG16 at 1/8 width (a quick check)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="the N of --jobs N")
+    args = parser.parse_args()
+    work = args.out / "pack_speed"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for variant in variants(args.jobs):
+        target = work / (variant.replace(" ", "_").replace("=", "") + ".kf")
+        result = subprocess.run(
+            [sys.executable, "-c", CHILD, variant, str(target), str(args.repeat), "1" if args.small else "0"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        row = {"variant": variant, **json.loads(result.stdout.strip().splitlines()[-1])}
+        if target.exists():
+            row["sha256"] = digest(target)
+        rows.append(row)
+        print(f"  {variant}: {row['seconds']:.2f} s", file=sys.stderr, flush=True)
+    base = rows[0]["seconds"]
+    identical = {}
+    for row in rows[1:]:
+        recipe = row["variant"].split()[1]
+        identical.setdefault(recipe, set()).add(row.get("sha256"))
+    print(f"\n{'variant':28s} {'seconds':>8s} {'x gguf Q4_0':>12s} {'x jobs=1':>9s}")
+    single: dict[str, float] = {}
+    for row in rows:
+        recipe = row["variant"].split()[1] if row["variant"].startswith("kformat") else None
+        if row["variant"].endswith("jobs=1"):
+            single[recipe] = row["seconds"]
+        row["x_gguf_q4_0"] = row["seconds"] / base
+        speedup = single.get(recipe, row["seconds"]) / row["seconds"] if recipe else 1.0
+        row["speedup_vs_jobs1"] = speedup
+        print(f"{row['variant']:28s} {row['seconds']:8.2f} {row['x_gguf_q4_0']:12.2f} {speedup:9.2f}")
+    same = {recipe: len(hashes) == 1 for recipe, hashes in identical.items()}
+    verdicts = ", ".join(f"{r} {'yes' if s else 'NO'}" for r, s in same.items())
+    print(f"\nbyte-identical for every --jobs: {verdicts}")
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "model": "VGG16-shaped" + (" at 1/8 width" if args.small else ""),
+        "rows": rows,
+        "byte_identical": same,
+    }
+    (args.out / "pack_speed.json").write_text(json.dumps(report, indent=2))
+    return 0 if all(same.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
