@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kformat-installed
-EXTRAS ?= dev,torch,http,safetensors,plot,langid,fast,dtypes,onnx,gguf,progress
+EXTRAS ?= dev,torch,http,safetensors,plot,langid,fast,dtypes,onnx,gguf,progress,dask
 
 .PHONY: all venv demo test bench schema conformance fuzz clean nginx
 

@@ -35,6 +35,8 @@ def pack(
     target_bits: float | None = None,
     jobs: int | None = None,
     importance: str | Path | None = None,
+    scheduler: str | None = None,
+    staging: str | None = None,
 ) -> PackReport:
     """Pack a model file (or a dict of arrays) into a kformat container.
 
@@ -46,6 +48,12 @@ def pack(
     rule of every tensor the recipe quantizes is chosen by bit allocation (kformat.packing.allocate):
     the least weighted error whose container fits; the choice is in each entry's reason and
     in the manifest's metadata["kformat.allocation"].
+
+    With `scheduler` (a Dask scheduler address such as "tcp://10.0.0.5:8786"; the `dask`
+    extra) every tensor is encoded by a task on the cluster, which reads the source (a path
+    every worker can open) and leaves its encoded part at `staging` (any fsspec URL the
+    workers and this process share; default: a hidden directory next to `output`). The file
+    written is byte-identical to a local pack.
 
     A source that is already a kformat container (a .kf file, a sharded directory, a URL) is
     re-laid out with its blobs copied verbatim, never quantized a second time.
@@ -96,6 +104,8 @@ def pack(
             progress=progress,
             jobs=jobs,
             importance=weights,
+            scheduler=scheduler,
+            staging=staging,
         )
         return report
     return _pack(
@@ -108,6 +118,8 @@ def pack(
         progress=progress,
         jobs=jobs,
         importance=weights,
+        scheduler=scheduler,
+        staging=staging,
     )
 
 

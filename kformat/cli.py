@@ -68,6 +68,8 @@ def cmd_pack(args) -> int:
         target_bits=args.target_bits,
         jobs=args.jobs,
         importance=args.importance,
+        scheduler=args.scheduler,
+        staging=args.staging,
     )
     for warning in report.unmatched_rules:
         print(f"kformat: warning: {warning}", file=sys.stderr)
@@ -240,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             metavar="N",
             help="encode N tensors at once (default: every core); the output is the same for any N",
+        )
+        p.add_argument(
+            "--scheduler",
+            metavar="ADDRESS",
+            help="encode on a Dask cluster (the dask extra): every tensor is a task on its workers,"
+            " which must see INPUT at the same path; the output is the same as a local pack's",
+        )
+        p.add_argument(
+            "--staging",
+            metavar="URL",
+            help="with --scheduler: where workers leave encoded tensors for this process to"
+            " assemble (any fsspec URL both see, e.g. s3://bucket/tmp; default: next to OUTPUT)",
         )
         p.add_argument(
             "--importance",

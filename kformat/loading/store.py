@@ -341,3 +341,36 @@ class Store:
             " that honours Range (nginx, any CDN), or open it as 'simplecache::URL' to download"
             " it once and read locally."
         )
+
+
+# -- staging: whole objects at any fsspec URL (distributed packing's parts) ---------------------
+def put_object(url: str, data: bytes, **storage_options) -> None:
+    """Write `data` as the object at `url` (any fsspec URL: a shared path, s3://...)."""
+    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    try:
+        parent = path.rsplit("/", 1)[0]
+        if parent and parent != path:
+            fs.makedirs(parent, exist_ok=True)
+        fs.pipe_file(path, data)
+    except Exception as exc:  # noqa: BLE001 - every backend raises its own kinds
+        raise StorageError(f"{url}: cannot write ({type(exc).__name__}: {exc})") from None
+
+
+def get_object(url: str, **storage_options) -> bytes:
+    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise NotFound(f"{url}: not found") from None
+    except Exception as exc:  # noqa: BLE001
+        raise StorageError(f"{url}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def remove_objects(url: str, **storage_options) -> None:
+    """Remove the object or prefix at `url`, if it exists (best effort: cleanup only)."""
+    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not remove %s: %s", url, exc)

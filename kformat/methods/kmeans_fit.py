@@ -25,6 +25,7 @@ import numpy as np
 from .chunks import map_chunks
 from .histogram import FINE_BINS, Histogram, _bin_index, _rebin, histogram, value_range  # noqa: F401 (re-exported)
 from .kmeans_dp import optimal_centroids, optimal_centroids_batch
+from .metrics import squares
 
 DP_POINTS = 4096  # the exact DP runs on the histogram merged into this many bins
 RACE_BINS = 8192
@@ -170,7 +171,8 @@ class Assignment:
     def squared_error(self, table: np.ndarray) -> float:
         """sum (x - table[code])^2, from the per-code sums (no second pass)."""
         t = table[: self.counts.size].astype(np.float64)
-        return max(0.0, self.sum_squares - 2 * float(t @ self.sums) + float((t * t) @ self.counts))
+        cross, power = np.einsum("i,i->", t, self.sums), np.einsum("i,i->", t * t, self.counts)
+        return max(0.0, self.sum_squares - 2 * float(cross) + float(power))  # no BLAS: see squares
 
 
 def _edge_lookup(edges: np.ndarray, lo: float, hi: float, bins: int):
@@ -218,7 +220,7 @@ def assign(values: np.ndarray, centroids: np.ndarray, edges: np.ndarray | None =
             idx = _bin_index(chunk, lo, hi, LOOKUP_BINS)
             np.add(np.take(lookup[0], idx), chunk > np.take(lookup[1], idx), out=out, casting="unsafe")
         wide = chunk.astype(np.float64)
-        return np.bincount(out, minlength=k), np.bincount(out, weights=wide, minlength=k), float(wide @ wide)
+        return np.bincount(out, minlength=k), np.bincount(out, weights=wide, minlength=k), squares(wide)
 
     counts = np.zeros(k, dtype=np.float64)
     sums = np.zeros(k, dtype=np.float64)

@@ -28,6 +28,12 @@ def sqnr_db(signal_power: float, noise_power: float) -> float:
     return 10.0 * math.log10(signal_power / noise_power)
 
 
+def squares(x: np.ndarray) -> float:
+    """sum x^2 without BLAS: BLAS splits a dot product by its thread count, so its last bits
+    (and the SQNR stats written to the manifest) would differ from machine to machine."""
+    return float(np.einsum("i,i->", x, x))
+
+
 def error_powers(original: np.ndarray, restored: np.ndarray) -> tuple[float, float]:
     """(sum x^2, sum (x - x_hat)^2) in float64, streamed to bound temporaries."""
     a = original.reshape(-1)
@@ -36,8 +42,8 @@ def error_powers(original: np.ndarray, restored: np.ndarray) -> tuple[float, flo
     for start in range(0, a.size, CHUNK_ROWS_ELEMENTS):
         x = a[start : start + CHUNK_ROWS_ELEMENTS].astype(np.float64)
         d = x - b[start : start + CHUNK_ROWS_ELEMENTS]
-        signal += float(np.dot(x, x))
-        noise += float(np.dot(d, d))
+        signal += squares(x)
+        noise += squares(d)
     return signal, noise
 
 

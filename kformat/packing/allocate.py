@@ -278,6 +278,8 @@ def pack_to_target(
     progress=None,
     jobs=None,
     importance=None,
+    scheduler=None,
+    staging=None,
 ):
     """Pack with allocated rules so that the container is at most `target_bytes`.
 
@@ -316,6 +318,8 @@ def pack_to_target(
             jobs=jobs,
             assigned={n: (r, note) for n, r in alloc.rules.items()},
             importance=importance,
+            scheduler=scheduler,
+            staging=staging,
         )
         actual = container_size(temp)
         sizes.append(actual)

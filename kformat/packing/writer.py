@@ -9,6 +9,7 @@ import math
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -171,6 +172,30 @@ def emit(sink, e: Encoded) -> TensorEntry:
     )
 
 
+class LocalEncoder:
+    """Tensors encoded on this machine's threads, at most `jobs` of them in memory at once;
+    the passes within one large tensor use the same number of threads (methods.chunks)."""
+
+    def __init__(self, source: TensorSource, tile, importance, jobs: int):
+        self.source, self.tile, self.importance, self.window = source, tile, importance, jobs
+        self._stack = ExitStack()
+
+    def __enter__(self) -> "LocalEncoder":
+        self.encoders = self._stack.enter_context(ThreadPoolExecutor(self.window, "kformat-encode"))
+        self.tiles = self._stack.enter_context(ThreadPoolExecutor(self.window))
+        self._stack.enter_context(chunks.threads(self.window))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def submit(self, decision: Decision) -> Future:
+        array = self.source.load(decision.name)  # sources are read from this thread only
+        return self.encoders.submit(
+            encode_blobs, decision.name, array, decision, self.tile, self.tiles, self.importance
+        )
+
+
 def default_jobs(jobs: int | None) -> int:
     """Worker count: `jobs`, or every core."""
     if jobs is None:
@@ -193,12 +218,16 @@ def pack(
     generator: str | None = None,
     assigned: dict[str, tuple[Rule, str]] | None = None,
     importance=None,
+    scheduler: str | None = None,
+    staging: str | None = None,
 ) -> PackReport:
     """Pack every tensor of `source` by `recipe`; the output appears only when complete.
 
     `jobs` tensors are encoded at once (default: every core), and written in file order, so
     the output is byte-identical for every value. `assigned` maps tensor names to (rule,
-    reason) chosen elsewhere (bit allocation); those replace the recipe's choice."""
+    reason) chosen elsewhere (bit allocation); those replace the recipe's choice. With
+    `scheduler` (a Dask scheduler address) tensors are encoded on the cluster's workers, which
+    leave their parts at `staging` (kformat.packing.distributed); the output is the same."""
     jobs = default_jobs(jobs)
     output = Path(output)
     with write_errors(output):
@@ -209,6 +238,12 @@ def pack(
         decisions, unmatched = plan(recipe, [(t.name, t.shape, t.dtype) for t in infos])
         if assigned:
             decisions = [Decision(d.name, *assigned[d.name]) if d.name in assigned else d for d in decisions]
+        if scheduler is None:
+            encoder = LocalEncoder(source, recipe.tile, importance, jobs)
+        else:
+            from .distributed import DaskEncoder
+
+            encoder = DaskEncoder(scheduler, source, recipe.tile, importance, output, staging)
         if layout == "single":
             sink = SingleFileSink(output)
         elif layout == "sharded":
@@ -225,22 +260,12 @@ def pack(
                 tracker.finish_item(sizes[e.name])
                 log.debug("%s: %s (%s)", e.name, entries[-1].rule, entries[-1].reason)
 
-            with (
-                ThreadPoolExecutor(jobs, "kformat-encode") as encoders,
-                ThreadPoolExecutor(jobs) as tiles,
-                chunks.threads(jobs),  # the passes within one large tensor, too
-            ):
+            with encoder:
                 pending: deque[Future] = deque()
                 for decision in decisions:
                     tracker.start(decision.name)
-                    array = source.load(decision.name)  # sources are read from this thread only
-                    pending.append(
-                        encoders.submit(
-                            encode_blobs, decision.name, array, decision, recipe.tile, tiles, importance
-                        )
-                    )
-                    del array
-                    while len(pending) >= jobs:  # at most `jobs` tensors in memory at once
+                    pending.append(encoder.submit(decision))
+                    while len(pending) >= encoder.window:  # bounded: tensors in memory, parts in staging
                         written(pending.popleft().result())
                 while pending:
                     written(pending.popleft().result())
