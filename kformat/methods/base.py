@@ -176,6 +176,7 @@ class Method:
         if out is None:
             out = np.empty((rows, cols), dtype=np.float32)
         if group_rows < LUT_MIN_ROWS or self.code_values(tables, row0 // group_rows, 1 << depth) is None:
+            # the method's own formula, whole (finish_lookup is for the lookup below only)
             return self.dequantize(unpack_rows(packed, cols, depth), row0, group_rows, tables, out=out)
         per_byte = 8 // depth
         direct = out.flags.c_contiguous and cols == packed.shape[1] * per_byte  # write straight into out
@@ -196,7 +197,11 @@ class Method:
                 np.take(lut, packed[lo:hi], out=band[: hi - lo].view(lut.dtype), mode="clip")
                 out[lo:hi] = band[: hi - lo, :cols]
             start = stop
-        return out
+        return self.finish_lookup(out, row0, tables)
+
+    def finish_lookup(self, values: np.ndarray, row0: int, tables: dict[str, np.ndarray]) -> np.ndarray:
+        """What a method does to looked-up code values besides the lookup (kmeans: row scales)."""
+        return values
 
     # -- inspect -------------------------------------------------------------------------
     def summary(self, entry: "TensorEntry") -> dict:

@@ -207,10 +207,8 @@ class KMeans(Method):
             out = np.take(table.reshape(-1), index, out=out)
         return _scaled(out, row0, tables)
 
-    def dequantize_packed(self, packed, depth, cols, row0, group_rows, tables, out=None):
-        return _scaled(
-            super().dequantize_packed(packed, depth, cols, row0, group_rows, tables, out), row0, tables
-        )
+    def finish_lookup(self, values, row0, tables):
+        return _scaled(values, row0, tables)
 
     def code_values(self, tables, group, entries):
         return tables["codebook"][group].astype(np.float32)
