@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kformat-installed
 EXTRAS ?= dev,torch,http,safetensors,plot,langid,fast,dtypes,onnx,gguf,progress,dask
 
-.PHONY: all venv demo test bench schema conformance fuzz clean nginx
+.PHONY: all venv demo test bench schema conformance fuzz clean nginx chromium js web
 
 all: test
 
@@ -23,13 +23,34 @@ nginx:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null 2>&1; } || \
 	  { echo "error: could not install nginx (needed by the HTTP tests and the demo)" >&2; exit 1; }
 
+# The JavaScript reader's packages (fzstd; playwright-core drives Chromium in the tests).
+JS_STAMP := js/node_modules/.kformat-installed
+js: $(JS_STAMP)
+
+$(JS_STAMP): js/package.json js/package-lock.json
+	cd js && npm ci --no-audit --no-fund --loglevel=error
+	touch $(JS_STAMP)
+
+# Chromium from Debian's packages, for the web page test (no browser downloads).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { echo "installing chromium from Debian's packages"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+	  { echo "error: could not install chromium (needed by the web page test)" >&2; exit 1; }
+
+# The digits page of examples/web, built and served from a local nginx (Ctrl-C stops it).
+web: venv nginx js
+	$(BIN)/python examples/web/build.py --out demo-out/web --serve
+
 demo: venv nginx
 	$(BIN)/python examples/demo.py
 
 # KFORMAT_REQUIRE_NGINX: a missing nginx fails the HTTP tests instead of skipping them.
-test: venv nginx
+# KFORMAT_REQUIRE_BROWSER: a missing Chromium fails the web page test instead of skipping it.
+test: venv nginx js chromium
 	$(BIN)/ruff check kformat tests tools examples
-	KFORMAT_REQUIRE_NGINX=1 $(BIN)/python -m pytest
+	cd js && npm test --silent
+	KFORMAT_REQUIRE_NGINX=1 KFORMAT_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
 
 bench: venv nginx
 	$(BIN)/python tools/bench/size_quality.py
@@ -57,4 +78,4 @@ fuzz: venv
 	$(BIN)/python tools/fuzz.py --seconds $(FUZZ_SECONDS) --json bench-out/fuzz.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis demo-out bench-out
+	rm -rf $(VENV) .pytest_cache .hypothesis demo-out bench-out test-out js/node_modules

@@ -42,6 +42,14 @@ http {{
     fastcgi_temp_path {work}/fastcgi;
     uwsgi_temp_path {work}/uwsgi;
     scgi_temp_path {work}/scgi;
+    # The types a web page needs (module scripts must be served as JavaScript).
+    types {{
+        text/html html;
+        text/javascript js mjs;
+        application/json json;
+        text/css css;
+        image/png png;
+    }}
     sendfile on;
     gzip on;
     gzip_min_length 0;
