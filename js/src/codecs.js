@@ -95,19 +95,34 @@ export const CODECS = {
   },
 };
 
+const byteCodes = new Map();
+
+/** For each byte value, the 8 / depth codes packed in it (most significant first). */
+export function codesOfBytes(depth) {
+  if (!byteCodes.has(depth)) {
+    const perByte = 8 / depth;
+    const mask = (1 << depth) - 1;
+    const table = new Uint8Array(256 * perByte);
+    for (let b = 0; b < 256; b++) {
+      for (let j = 0; j < perByte; j++) table[b * perByte + j] = (b >> (8 - depth * (j + 1))) & mask;
+    }
+    byteCodes.set(depth, table);
+  }
+  return byteCodes.get(depth);
+}
+
 /** Codes of packed rows (most significant bits first), each checked below `entries`. */
 export function unpackCodes(packed, rows, cols, depth, entries) {
   const codes = new Uint8Array(rows * cols);
   const stride = Math.ceil((cols * depth) / 8);
   const perByte = 8 / depth;
-  const mask = (1 << depth) - 1;
+  const table = codesOfBytes(depth);
   let max = 0;
   for (let r = 0; r < rows; r++) {
     const line = r * stride;
     const o = r * cols;
     for (let c = 0; c < cols; c++) {
-      const byte = packed[line + Math.floor(c / perByte)];
-      const code = (byte >> (8 - depth * ((c % perByte) + 1))) & mask;
+      const code = table[packed[line + ((c / perByte) | 0)] * perByte + (c % perByte)];
       codes[o + c] = code;
       if (code > max) max = code;
     }

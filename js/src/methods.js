@@ -4,6 +4,7 @@
 
 import { fail } from './errors.js';
 import { halfToFloat } from './dtypes.js';
+import { codesOfBytes } from './codecs.js';
 
 const groupsOf = (rows, groupRows) => Math.ceil(rows / groupRows);
 
@@ -93,6 +94,59 @@ export function dequantizeCodes(tensor, tables, codes, tile, out, stride) {
       for (let c = 0; c < tile.cols; c++) out[base + c] = Math.fround(lut[codes[src + c]] * s);
     } else {
       for (let c = 0; c < tile.cols; c++) out[base + c] = lut[codes[src + c]];
+    }
+  }
+}
+
+/**
+ * Dequantize a tile's packed code rows straight into `out`, when every code is valid (bits ==
+ * depth): one byte yields 8 / depth values through a per-byte table, codes never unpacked.
+ */
+export function dequantizePacked(tensor, tables, packed, tile, out, stride) {
+  const q = tensor.quant;
+  const depth = q.bits;
+  const perByte = 8 / depth;
+  const entries = 2 ** q.bits;
+  const table = codesOfBytes(depth);
+  const rowBytes = Math.ceil((tile.cols * depth) / 8);
+  const cols = tile.cols;
+  const full = Math.floor(cols / perByte);
+  const scale = q.method === 'kmeans' && tables.scale ? tables.scale : null;
+  let group = -1;
+  let lut = null;
+  for (let r = 0; r < tile.rows; r++) {
+    const row = tile.row + r;
+    const g = Math.floor(row / q.group_rows);
+    if (g !== group) {
+      lut = codeValues(q.method, tables, g, entries);
+      group = g;
+    }
+    const start = row * stride + tile.col;
+    const line = r * rowBytes;
+    // Monomorphic loops per depth: this is the hot loop of loading.
+    if (depth === 8) {
+      for (let c = 0; c < cols; c++) out[start + c] = lut[packed[line + c]];
+    } else if (depth === 4) {
+      let o = start;
+      for (let i = 0; i < full; i++) {
+        const b = packed[line + i];
+        out[o] = lut[b >> 4];
+        out[o + 1] = lut[b & 15];
+        o += 2;
+      }
+      if (cols & 1) out[o] = lut[packed[line + full] >> 4];
+    } else {
+      let o = start;
+      for (let i = 0; i < full; i++) {
+        const at = packed[line + i] * perByte;
+        for (let j = 0; j < perByte; j++) out[o++] = lut[table[at + j]];
+      }
+      const at = packed[line + full] * perByte;
+      for (let j = 0; j < cols - full * perByte; j++) out[o++] = lut[table[at + j]];
+    }
+    if (scale) {
+      const s = scale[row];
+      for (let c = start; c < start + cols; c++) out[c] = Math.fround(out[c] * s);
     }
   }
 }

@@ -6,7 +6,7 @@ import { decodeMsgpack } from './msgpack.js';
 import { parseManifest } from './schema.js';
 import { checkExtensions, decodedBytes, namedTables, planeDepth, storedBytes, validateManifest } from './validate.js';
 import { CODECS, unpackCodes } from './codecs.js';
-import { METHODS, decodeTable, dequantizeCodes, dequantizeHalf } from './methods.js';
+import { METHODS, decodeTable, dequantizeCodes, dequantizeHalf, dequantizePacked } from './methods.js';
 import { DTYPES, LITTLE_ENDIAN, itemsize } from './dtypes.js';
 import { Fetcher, pooled, sha256Hex } from './fetcher.js';
 
@@ -268,7 +268,10 @@ export class Model {
     const tables = await this.tables(t);
     const out = await this.allocate(t, Float32Array);
     await this.planes(t, async (tile, data, codec) => {
-      if (method.codes) {
+      if (method.codes && planeDepth(t.quant.bits) === t.quant.bits) {
+        const packed = await codec.decodePacked(data, tile.rows, tile.cols, t.quant.bits, 2 ** t.quant.bits);
+        dequantizePacked(t, tables, packed, tile, out, cols);
+      } else if (method.codes) {
         dequantizeCodes(t, tables, await this.codesOf(t, tile, data, codec), tile, out, cols);
       } else {
         dequantizeHalf(await codec.decodeValues(data, tile.rows, tile.cols, 'float16', 2), tile, out, cols);
