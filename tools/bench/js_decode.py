@@ -50,7 +50,8 @@ def main() -> int:
     shutil.copytree(REPO / "js" / "src", site / "js" / "src")
     shutil.copytree(REPO / "js" / "node_modules" / "fzstd", site / "js" / "node_modules" / "fzstd")
     (site / "index.html").write_text(
-        '<!doctype html><script type="importmap">{"imports": {"fzstd": "./js/node_modules/fzstd/esm/index.mjs"}}'
+        '<!doctype html><script type="importmap">'
+        '{"imports": {"fzstd": "./js/node_modules/fzstd/esm/index.mjs"}}'
         "</script><title>bench</title>"
     )
     for path in [site, *site.rglob("*")]:
