@@ -166,16 +166,18 @@ def save(
     )
 
 
-def calibrate(model, batches, path: str | Path) -> dict[str, np.ndarray]:
+def calibrate(model, batches, path: str | Path, *, sensitivity: bool = True) -> dict[str, np.ndarray]:
     """Run `model` on sample `batches` (a dict is passed as model(**batch), a tuple as
     model(*batch), anything else as model(batch)) and write an importance file to `path`:
     for every Linear, Conv and Embedding weight, keyed by its state_dict name, how much each
     input channel matters (mean squared input activation; lookup frequency for embedding
     rows). `kformat pack --importance FILE` then fits k-means to the weighted error. Holds
-    only running sums: the model and one batch's activations."""
+    only running sums: the model and one batch's activations. With `sensitivity` (default)
+    it then perturbs one weight at a time on the first two batches and records how much each
+    moves the output, which bit allocation (--target-size/--target-bits) weighs errors by."""
     from .torch_calibrate import calibrate as run
 
-    return run(_torch(), model, batches, path)
+    return run(_torch(), model, batches, path, sensitivity)
 
 
 def empty_weights():

@@ -9,9 +9,15 @@ every Linear, convolution and Embedding weight, how much each of its inputs matt
   importance is per row and tap, shape (out, in/groups * prod(k)).
 * Embedding (rows, dim): how often each row is looked up, shape (rows, 1).
 
+Then, by default, each such weight's *sensitivity*: the first SENSITIVITY_BATCHES batches are
+run again with that one weight perturbed by Gaussian noise of a known importance-weighted
+relative power, and the output's relative distortion divided by that power is how much a unit
+of the weight's relative error moves the output (a first-order, per-layer model: bit
+allocation minimises the sum of sensitivity x relative error).
+
 kformat.torch owns the torch import and passes the module in; this file never imports
-torch. Only running sums are kept (no activations), so calibrating holds the model and one
-batch's activations.
+torch. Only running sums are kept (no activations), so calibrating holds the model, one
+batch's activations, and the few inputs and outputs the sensitivities are measured on.
 """
 
 from __future__ import annotations
@@ -73,10 +79,70 @@ class _Accumulator:
         return np.concatenate(rows).astype(np.float32)
 
 
-def calibrate(torch, model, batches, path: str | Path) -> dict[str, np.ndarray]:
+SENSITIVITY_BATCHES = 2
+NOISE_POWER = 3e-3  # the perturbation: about the relative error of 4-5 bit codes
+
+
+def _run(model, batch):
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def _tensors(torch, value) -> list:
+    """Every floating-point tensor of a model's output (tensors, tuples, dicts, ModelOutputs)."""
+    if isinstance(value, torch.Tensor):
+        return [value.detach().float()] if value.is_floating_point() else []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(torch, item)]
+    return []
+
+
+def sensitivities(torch, model, batches: list, accumulators, found: dict, seed: int = 0) -> dict[str, float]:
+    """Per weight: output relative distortion / the weight's importance-weighted relative noise."""
+    from .packing.importance import Importance
+
+    weights = Importance(found)
+    with torch.no_grad():
+        reference = [_tensors(torch, _run(model, b)) for b in batches]
+        power = sum(float(t.square().sum()) for ts in reference for t in ts)
+        if power <= 0:
+            return {}
+        generator = torch.Generator().manual_seed(seed)
+        out = {}
+        for acc in accumulators:
+            w = acc.module.weight
+            original = w.detach().clone()
+            flat = original.float().reshape(original.shape[0], -1)
+            rms = float(flat.square().mean().sqrt())
+            if rms == 0 or not flat.numel():
+                continue
+            noise = torch.randn(flat.shape, generator=generator) * (rms * NOISE_POWER**0.5)
+            imp = weights.weights(acc.name, tuple(flat.shape))
+            imp = torch.ones(1) if imp is None else torch.from_numpy(np.ascontiguousarray(imp))
+            relative = float((imp * noise.square()).sum() / ((imp * flat.square()).sum() or 1.0))
+            try:
+                w.add_(noise.reshape(original.shape).to(w.dtype))
+                moved = sum(
+                    float((a - b).square().sum())
+                    for ref, batch in zip(reference, batches)
+                    for a, b in zip(_tensors(torch, _run(model, batch)), ref)
+                )
+            finally:
+                w.copy_(original)
+            out[acc.name] = moved / power / relative if relative > 0 else 0.0
+    return out
+
+
+def calibrate(torch, model, batches, path: str | Path, sensitivity: bool = True) -> dict[str, np.ndarray]:
     """Run `model` on every batch (a dict as model(**batch), a tuple or list as
     model(*batch), anything else as model(batch)) and write the importance of every Linear,
-    Conv and Embedding weight to `path` (.npz keyed by state_dict names); returns it."""
+    Conv and Embedding weight to `path` (.npz keyed by state_dict names), with each weight's
+    sensitivity unless `sensitivity` is False; returns the importance arrays."""
     kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding)
     accumulators, hooks = [], []
     for name, module in model.named_modules():
@@ -93,15 +159,13 @@ def calibrate(torch, model, batches, path: str | Path) -> dict[str, np.ndarray]:
     if not accumulators:
         raise InputError("calibrate: the model has no Linear, Conv or Embedding layers")
     seen = 0
+    kept = []  # the batches sensitivities are measured on
     try:
         with torch.no_grad():
             for batch in batches:
-                if isinstance(batch, dict):
-                    model(**batch)
-                elif isinstance(batch, (tuple, list)):
-                    model(*batch)
-                else:
-                    model(batch)
+                _run(model, batch)
+                if len(kept) < SENSITIVITY_BATCHES:
+                    kept.append(batch)
                 seen += 1
     finally:
         for hook in hooks:
@@ -111,9 +175,17 @@ def calibrate(torch, model, batches, path: str | Path) -> dict[str, np.ndarray]:
     found = {a.name: a.importance() for a in accumulators}
     found = {name: value for name, value in found.items() if value is not None}
     from .packing.atomic import atomic_path
+    from .packing.importance import SENSITIVITY, SENSITIVITY_NAMES
 
+    extra = {}
+    if sensitivity and kept:
+        measured = sensitivities(torch, model, kept, accumulators, found)
+        extra = {
+            SENSITIVITY_NAMES: np.array(list(measured), dtype=str),
+            SENSITIVITY: np.array(list(measured.values())),
+        }
     path = Path(path)
     with atomic_path(path) as temp:
         with open(temp, "wb") as handle:
-            np.savez(handle, **found)
+            np.savez(handle, **found, **extra)
     return found

@@ -34,11 +34,9 @@ def test_calibrate_records_each_layer_in_state_dict_names(tmp_path):
     batches = [(ids,), {"ids": ids, "scale": 2.0}]
     found = kt.calibrate(net, batches, tmp_path / "imp.npz")
     stored = np.load(tmp_path / "imp.npz")
-    assert (
-        sorted(stored.files)
-        == sorted(found)
-        == sorted(["embed.weight", "conv.weight", "depthwise.weight", "fc.weight"])
-    )
+    layers = sorted(["embed.weight", "conv.weight", "depthwise.weight", "fc.weight"])
+    assert sorted(n for n in stored.files if not n.startswith("__")) == sorted(found) == layers
+    assert sorted(stored["__sensitivity_names__"]) == layers and np.all(stored["__sensitivity__"] > 0)
     assert found["embed.weight"].shape == (50, 1) and found["embed.weight"][10:].sum() == 0
     assert found["embed.weight"][:10].sum() == 2 * ids.numel() / 2  # counts per batch, averaged
     assert found["conv.weight"].shape == (8 * 3,)  # input channels x taps, the 2-D view's columns
@@ -119,3 +117,35 @@ def container_size_ok(path, limit):
     from kformat.packing.allocate import container_size
 
     return container_size(path) <= limit
+
+
+class Branches(torch.nn.Module):
+    """Two layers side by side, one of which barely reaches the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.loud = torch.nn.Linear(128, 128)
+        self.quiet = torch.nn.Linear(128, 128)
+
+    def forward(self, x):
+        return self.loud(x) + 0.01 * self.quiet(x)
+
+
+def test_sensitivity_measures_what_reaches_the_output_and_steers_allocation(tmp_path):
+    from kformat.packing.importance import Importance
+
+    torch.manual_seed(0)
+    net = Branches()
+    batches = [torch.randn(32, 128) for _ in range(3)]
+    kt.calibrate(net, batches, tmp_path / "imp.npz")
+    importance = Importance.load(tmp_path / "imp.npz")
+    loud, quiet = importance.sensitivity("loud.weight"), importance.sensitivity("quiet.weight")
+    assert 0.2 < loud < 5 and quiet < loud * 1e-3  # 0.01 in amplitude is 1e-4 in power
+    assert importance.sensitivity("unmeasured") == pytest.approx(np.median([loud, quiet]))
+    state = {k: v.detach().numpy() for k, v in net.state_dict().items() if k.endswith("weight")}
+    report = kformat.pack(state, tmp_path / "m.kf", "fp16", target_bits=3, importance=tmp_path / "imp.npz")
+    bits = {t.name: t.quant.bits or 16 for t in report.manifest.tensors}
+    assert bits["loud.weight"] > bits["quiet.weight"]  # the bits go where they reach the output
+    kt.calibrate(net, batches, tmp_path / "plain.npz", sensitivity=False)
+    assert "__sensitivity__" not in np.load(tmp_path / "plain.npz").files
+    assert Importance.load(tmp_path / "plain.npz").sensitivity("loud.weight") == 1.0

@@ -8,10 +8,13 @@ histogram: the error by assigning histogram bins to the fitted centroids, the si
 code entropy (PNG planes land within about 1% of it) plus codebooks and per-tile overhead.
 The choice minimises
 
-    sum over tensors of  noise_i / signal_i     (each layer's relative error, equally weighted)
+    sum over tensors of  s_i * noise_i / signal_i
 
-since a relative error in any layer perturbs the network's output about equally, whatever
-the layer's size (weighting by size would starve small layers, which cost little to keep),
+where s_i is the tensor's sensitivity when an importance file measured it (how much a unit of
+its relative error moves the model's output; kformat.torch.calibrate), and 1 otherwise: the
+documented proxy without calibration data is that a relative error in any layer perturbs the
+output about equally, whatever the layer's size (weighting by size would starve small layers,
+which cost little to keep). With importance, noise and signal are importance-weighted. All
 within the byte budget, by an exact dynamic programme over the multiple-choice knapsack.
 The real packs are then measured (see pack_to_target) and the best one that fits is kept.
 Tensors the recipe does not quantize, and tensors an explicit rule names (a recipe's rules
@@ -195,9 +198,9 @@ def estimate(
         )
         fixed += 300  # manifest entry
         if eligible:
-            options[d.name] = candidates(
-                d.name, source.load(d.name), tuple(d.rule.tile or recipe.tile), importance
-            )
+            found = candidates(d.name, source.load(d.name), tuple(d.rule.tile or recipe.tile), importance)
+            weight = 1.0 if importance is None else importance.sensitivity(d.name)  # output error per unit
+            options[d.name] = [Candidate(c.rule, c.bytes, c.error * weight) for c in found]
         else:
             fixed += _fixed_bytes(info.shape, info.dtype, d.rule)
     if not options:
@@ -256,13 +259,14 @@ def container_size(path: Path) -> int:
     return path.stat().st_size
 
 
-def measured_error(manifest) -> float:
-    """The objective on a packed container, from the SQNR each tensor's entry records."""
+def measured_error(manifest, importance=None) -> float:
+    """The objective on a packed container, from the SQNR each tensor's entry records (each
+    weighted by its sensitivity, when the importance file measured them)."""
     total = 0.0
     for t in manifest.tensors:
         sqnr = t.stats.get("sqnr_db")
         if sqnr is not None and t.quant.method != "raw":
-            total += 10 ** (-sqnr / 10)
+            total += 10 ** (-sqnr / 10) * (1.0 if importance is None else importance.sensitivity(t.name))
     return total
 
 
@@ -325,7 +329,8 @@ def pack_to_target(
         sizes.append(actual)
         log.info("allocation (%s round): %d bytes for a target of %d", label, actual, target_bytes)
         if actual <= target_bytes:
-            fitting.append((measured_error(report.manifest), -actual, len(tried), temp, report, alloc))
+            error = measured_error(report.manifest, importance)
+            fitting.append((error, -actual, len(tried), temp, report, alloc))
         return report, actual
 
     try:

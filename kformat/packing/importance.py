@@ -7,6 +7,12 @@ An importance file is an .npz (read without pickle) of float32 arrays keyed by t
 convolution), (rows, 1) every row (how often an embedding row is looked up; the channel of a
 depthwise convolution), or (rows, cols) every weight. k-means then minimises
 sum(importance * (w - w')^2) instead of the plain squared error.
+
+The file may also hold each tensor's *sensitivity* (arrays SENSITIVITY_NAMES, SENSITIVITY):
+how much the model's output moves per unit of that tensor's relative (importance-weighted)
+error, measured by calibrate by perturbing one layer at a time. Bit allocation then
+minimises the sum over tensors of sensitivity x relative error, the model's output error to
+first order, instead of weighing every layer alike.
 """
 
 from __future__ import annotations
@@ -20,11 +26,22 @@ import numpy as np
 from ..errors import InputError, NotFound
 
 
+SENSITIVITY_NAMES = "__sensitivity_names__"
+SENSITIVITY = "__sensitivity__"
+
+
 class Importance:
-    def __init__(self, arrays: dict[str, np.ndarray], sha256: str = "", source: str = ""):
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray],
+        sha256: str = "",
+        source: str = "",
+        sensitivities: dict[str, float] | None = None,
+    ):
         self.arrays = arrays
         self.sha256 = sha256
         self.source = source
+        self.sensitivities = dict(sensitivities or {})
         self.used: set[str] = set()
 
     @classmethod
@@ -35,13 +52,18 @@ class Importance:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         try:
             with np.load(path, allow_pickle=False) as npz:
-                arrays = {name: np.asarray(npz[name], dtype=np.float32) for name in npz.files}
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+                names = [str(n) for n in npz[SENSITIVITY_NAMES]] if SENSITIVITY_NAMES in npz.files else []
+                values = np.asarray(npz[SENSITIVITY], dtype=np.float64) if names else np.zeros(0)
+                special = {SENSITIVITY_NAMES, SENSITIVITY}
+                arrays = {n: np.asarray(npz[n], dtype=np.float32) for n in npz.files if n not in special}
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
             raise InputError(f"{path}: not an importance file (.npz of float arrays): {exc}") from None
+        if len(names) != values.size or not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise InputError(f"{path}: sensitivities must be one finite value >= 0 per name")
         for name, array in arrays.items():
             if array.size and (not np.all(np.isfinite(array)) or array.min() < 0):
                 raise InputError(f"{path}: importance of {name!r} must be finite and >= 0")
-        return cls(arrays, digest, str(path))
+        return cls(arrays, digest, str(path), dict(zip(names, values.tolist())))
 
     def weights(self, name: str, view: tuple[int, int]) -> np.ndarray | None:
         """`name`'s importance as an array broadcastable to its (rows, cols) view, normalised
@@ -65,6 +87,13 @@ class Importance:
         self.used.add(name)
         floor = 1e-3  # a weight never seen still counts a little: its error is not free
         return (array / mean + floor).astype(np.float32)
+
+    def sensitivity(self, name: str) -> float:
+        """How much `name`'s relative error weighs in the model's output error: measured, or
+        the median of the measured ones for a tensor calibration did not perturb; 1 without."""
+        if name in self.sensitivities:
+            return self.sensitivities[name]
+        return float(np.median(list(self.sensitivities.values()))) if self.sensitivities else 1.0
 
     def record(self) -> dict[str, str]:
         """What the manifest's metadata says about the importance used."""
