@@ -70,23 +70,34 @@ function codeValues(method, tables, g, entries) {
   return out;
 }
 
+/** row -> the float32 value of each code in that row's group (built once per group). */
+function rowValues(quant, tables) {
+  const entries = 2 ** quant.bits;
+  let group = -1;
+  let lut = null;
+  return (row) => {
+    const g = Math.floor(row / quant.group_rows);
+    if (g !== group) {
+      lut = codeValues(quant.method, tables, g, entries);
+      group = g;
+    }
+    return lut;
+  };
+}
+
+/** The per-row scales of a scaled k-means tensor, or null. */
+const rowScales = (quant, tables) => (quant.method === 'kmeans' && tables.scale ? tables.scale : null);
+
 /**
  * Dequantize a tile's codes (uint8, rows x cols, each < 2^bits) into `out` (Float32Array of
  * the view, `stride` columns wide) at (row0, col0).
  */
 export function dequantizeCodes(tensor, tables, codes, tile, out, stride) {
-  const q = tensor.quant;
-  const entries = 2 ** q.bits;
-  const scale = q.method === 'kmeans' ? tables.scale ?? null : null;
-  let group = -1;
-  let lut = null;
+  const lutOf = rowValues(tensor.quant, tables);
+  const scale = rowScales(tensor.quant, tables);
   for (let r = 0; r < tile.rows; r++) {
     const row = tile.row + r;
-    const g = Math.floor(row / q.group_rows);
-    if (g !== group) {
-      lut = codeValues(q.method, tables, g, entries);
-      group = g;
-    }
+    const lut = lutOf(row);
     const base = row * stride + tile.col;
     const src = r * tile.cols;
     if (scale) {
@@ -106,21 +117,15 @@ export function dequantizePacked(tensor, tables, packed, tile, out, stride) {
   const q = tensor.quant;
   const depth = q.bits;
   const perByte = 8 / depth;
-  const entries = 2 ** q.bits;
   const table = codesOfBytes(depth);
   const rowBytes = Math.ceil((tile.cols * depth) / 8);
   const cols = tile.cols;
   const full = Math.floor(cols / perByte);
-  const scale = q.method === 'kmeans' && tables.scale ? tables.scale : null;
-  let group = -1;
-  let lut = null;
+  const lutOf = rowValues(q, tables);
+  const scale = rowScales(q, tables);
   for (let r = 0; r < tile.rows; r++) {
     const row = tile.row + r;
-    const g = Math.floor(row / q.group_rows);
-    if (g !== group) {
-      lut = codeValues(q.method, tables, g, entries);
-      group = g;
-    }
+    const lut = lutOf(row);
     const start = row * stride + tile.col;
     const line = r * rowBytes;
     // Monomorphic loops per depth: this is the hot loop of loading.
