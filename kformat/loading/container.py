@@ -230,30 +230,37 @@ class Container:
                 )
             return self._decode_pool
 
-    def read_all(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(name, tensor) in file order, the next tensors' tables and first tiles fetched in
-        the background while the current one decodes."""
-        entries = list(self.manifest.tensors)
-        tied = self.manifest.aliases_of()
-        # Tensors fetched ahead of the one decoding: up to about BATCH_BYTES stored, at most
-        # PREFETCH_TENSORS, so a run of small tensors does not wait on one request each.
-        ahead, ahead_bytes = 0, 0
+    def prefetching(self, names: list[str], window: int, batch_bytes=None) -> Iterator[str]:
+        """Each name in order, while the next tensors' tables and first batches are fetched
+        in the background: about `window` stored bytes ahead, at least the next tensor and at
+        most PREFETCH_TENSORS, so runs of small tensors do not wait on a request each.
+        `batch_bytes(name)` gives a tensor's batch size (default BATCH_BYTES)."""
+        stored = [self.entry(name).stored_bytes for name in names]
+        ahead = -1  # the last tensor whose first batch is on the way
         try:
-            for i, entry in enumerate(entries):
-                if i <= ahead and i > 0:
-                    ahead_bytes -= entry.stored_bytes
-                ahead = max(ahead, i)
-                while ahead + 1 < len(entries) and ahead - i < PREFETCH_TENSORS and ahead_bytes < BATCH_BYTES:
+            for i, name in enumerate(names):
+                while (
+                    ahead + 1 < len(names)
+                    and ahead - i < PREFETCH_TENSORS
+                    and (ahead <= i or sum(stored[i + 1 : ahead + 1]) < window)
+                ):
                     ahead += 1
-                    self.prefetch(entries[ahead].name)
-                    ahead_bytes += entries[ahead].stored_bytes
-                array = self.read_tensor(entry.name)
-                yield entry.name, array
-                for alias in tied.get(entry.name, ()):  # the same array: tied tensors stay tied
-                    yield alias, array
+                    size = BATCH_BYTES if batch_bytes is None else batch_bytes(names[ahead])
+                    self.prefetch(names[ahead], size)
+                yield name
+                self.discard_prefetch(name)
         finally:
-            for entry in entries:
-                self.discard_prefetch(entry.name)
+            for name in names:
+                self.discard_prefetch(name)
+
+    def read_all(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, tensor) in file order, the next tensors fetched while the current one decodes."""
+        tied = self.manifest.aliases_of()
+        for name in self.prefetching([t.name for t in self.manifest.tensors], BATCH_BYTES):
+            array = self.read_tensor(name)
+            yield name, array
+            for alias in tied.get(name, ()):  # the same array: tied tensors stay tied
+                yield alias, array
 
     def verify(self, progress=None) -> list[Problem]:
         """Check every blob's length and hash and that every plane and table decodes; list problems."""

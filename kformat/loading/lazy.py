@@ -27,8 +27,6 @@ from .tables import tile_label
 
 __all__ = ["LazyModel", "LazyTensor", "QuantizedTensor", "open_model"]
 
-AHEAD_BYTES = 2 * BATCH_BYTES  # stream(): stored bytes of the next tensors fetched ahead
-
 
 class _Fallback(Exception):
     """An index the tile-wise path does not take (steps, arrays, too many axes)."""
@@ -305,20 +303,9 @@ class LazyModel(Mapping[str, LazyTensor]):
         order = list(self._tensors) if names is None else list(names)
         for name in order:
             self[name]  # unknown names fail before anything is fetched
-        stored = [self._container.entry(name).stored_bytes for name in order]
-        ahead = -1  # the last tensor whose first batch is being fetched
-        try:
-            for i, name in enumerate(order):
-                # Keep about AHEAD_BYTES of the next tensors' first batches on the way (at least
-                # the next tensor), so runs of small tensors do not wait on one request each.
-                while ahead + 1 < len(order) and (ahead <= i or sum(stored[i + 1 : ahead + 1]) < AHEAD_BYTES):
-                    ahead += 1
-                    self._container.prefetch(order[ahead], self._tensors[order[ahead]].batch_bytes)
-                yield name, self._tensors[name]
-                self._container.discard_prefetch(name)
-        finally:
-            for name in order:
-                self._container.discard_prefetch(name)
+        batches = {name: self._tensors[name].batch_bytes for name in order}
+        for name in self._container.prefetching(order, 2 * BATCH_BYTES, batches.get):
+            yield name, self._tensors[name]
 
     # -- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
