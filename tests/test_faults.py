@@ -137,6 +137,24 @@ def test_a_reader_killed_mid_download_leaves_the_cache_usable(packed, tmp_path):
                 assert np.array_equal(tensor.numpy(), packed.expected[name])
 
 
+def test_a_partial_cache_copy_heals_while_the_stream_prefetches(packed, tmp_path):
+    """Prefetch threads read through the same caching layer while one of them evicts and
+    downloads the copy again: none may see it half evicted or half written."""
+    full = (packed.root / "model.kf").stat().st_size
+    with serve(packed.root) as server:
+        url = f"simplecache::{server.url}/model.kf"
+        for attempt in range(6):
+            cache = tmp_path / f"cache{attempt}"
+            with kformat.open(url, simplecache={"cache_storage": str(cache)}) as model:
+                list(model.stream())  # a complete copy, which is then cut short as a killed reader's
+            (copy,) = [p for p in cache.iterdir() if p.is_file() and p.stat().st_size >= full]
+            with open(copy, "r+b") as handle:
+                handle.truncate(full // 3 + attempt * 4096)
+            with kformat.open(url, simplecache={"cache_storage": str(cache)}) as model:
+                for name, tensor in model.stream():
+                    assert np.array_equal(tensor.numpy(), packed.expected[name])
+
+
 # -- servers that drop, stall and fail --------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ ranges are merged and fetched concurrently; transient failures are retried with 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -59,7 +60,10 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError)) or any(w in text for w in transient_words)
 
 
-_CACHE_HEAL_LOCK = threading.Lock()
+# fsspec's caching layers download to the copy's final name and open it by a check-then-open,
+# so one thread's download or eviction can be seen half done by another: reads through a caching
+# layer take turns (after the download they are local reads; decoding stays parallel).
+_CACHE_LOCK = threading.RLock()
 
 
 def _with_timeouts(client_kwargs: dict | None) -> dict:
@@ -121,6 +125,7 @@ class Store:
         self.counter = counter or ReadCounter()
         # Local files are read by kformat itself: regular files only, one handle each.
         self.local = LocalFiles(self.root) if isinstance(fs, LocalFileSystem) else None
+        self.caching = getattr(fs, "_check_file", None) is not None  # simplecache::, filecache::
 
     @property
     def bytes_read(self) -> int:
@@ -209,10 +214,15 @@ class Store:
         the file: it shows up as a short read or a truncated manifest, and is evicted then.
         """
         fs, path = self.fs, self.path(key)
-        locate = getattr(fs, "_check_file", None)  # fsspec's caching layers only (None for plain HTTP)
-        if locate is None:
+        if not self.caching:
             return False
+        with _CACHE_LOCK:
+            return self._evict(fs, path)
+
+    @staticmethod
+    def _evict(fs, path: str) -> bool:
         try:
+            locate = fs._check_file
             fs.pop_from_cache(path)
             local = locate(fs._strip_protocol(path))
             if isinstance(local, tuple):  # filecache returns (detail, fn)
@@ -244,7 +254,8 @@ class Store:
                 return self._retrying("reading", key, lambda: self.http.cat(path, start, end))
             except RangeIgnored:
                 raise self._range_ignored(key, start, end, "more") from None
-        return self._retrying("reading", key, lambda: self.fs.cat_file(path, start=start, end=end))
+        with _CACHE_LOCK if self.caching else contextlib.nullcontext():
+            return self._retrying("reading", key, lambda: self.fs.cat_file(path, start=start, end=end))
 
     def read_prefix(self, key: str, length: int) -> bytes:
         """Up to `length` bytes from the start (fewer if the file is shorter)."""
@@ -282,6 +293,12 @@ class Store:
         return [by_range.get((r.key, r.start, r.end), b"") for r in ranges]
 
     def _fetch(self, paths, starts, ends, keys, healed: bool = False) -> list[bytes]:
+        if not self.caching:
+            return self._fetch_blocks(paths, starts, ends, keys, healed)
+        with _CACHE_LOCK:
+            return self._fetch_blocks(paths, starts, ends, keys, healed)
+
+    def _fetch_blocks(self, paths, starts, ends, keys, healed: bool) -> list[bytes]:
         def one(i: int) -> bytes:
             return self._cat(keys[paths[i]], paths[i], starts[i], ends[i])
 
@@ -310,7 +327,7 @@ class Store:
                 key = keys[p]
                 if len(block) > e - s:
                     raise self._range_ignored(key, s, e, len(block))
-                if not healed and getattr(self.fs, "_check_file", None) is not None:
+                if not healed and self.caching:
                     return self._heal(paths, starts, ends, keys, key)
                 raise StorageError(
                     f"{self.describe(key)}: asked for bytes {s}..{e} ({e - s} bytes), got"
@@ -319,17 +336,15 @@ class Store:
         return blocks
 
     def _heal(self, paths, starts, ends, keys, key: str) -> list[bytes]:
-        """A short read through a caching layer: its copy may be partial, or still being
-        written by another thread's download. One thread at a time reads again, and evicts
-        and refetches only if the copy is still short."""
+        """A short read through a caching layer: its copy is partial (a killed reader's
+        download). Read once more, then evict the copy and fetch it again if still short."""
         log.info("%s: short read through the cache; reading it again", self.describe(key))
-        with _CACHE_HEAL_LOCK:
-            try:
-                return self._fetch(paths, starts, ends, keys, healed=True)
-            except StorageError:
-                if not self.evict_cached(key):
-                    raise
-            return self._fetch(paths, starts, ends, keys, healed=True)
+        try:
+            return self._fetch_blocks(paths, starts, ends, keys, healed=True)
+        except StorageError:
+            if not self.evict_cached(key):
+                raise
+        return self._fetch_blocks(paths, starts, ends, keys, healed=True)
 
     def _count(self, n: int) -> None:
         self.counter.add(n)
