@@ -74,6 +74,23 @@ def test_importance_weights_the_fit_and_is_recorded(tmp_path):
     )
 
 
+def test_importance_clips_linear_ranges_to_the_weighted_error(tmp_path):
+    """Outliers in columns that do not matter stretch a linear code's range; with importance
+    each row's range is clipped instead, and the columns that matter keep their resolution."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((32, 256)).astype(np.float32)
+    w[:, 200:] *= 6  # loud columns that do not matter
+    importance = np.ones(256, np.float32)
+    importance[200:] = 1e-3
+    np.savez(tmp_path / "imp.npz", **{"fc.weight": importance})
+    errors = {}
+    for label, extra in (("plain", {}), ("weighted", {"importance": tmp_path / "imp.npz"})):
+        kformat.pack({"fc.weight": w}, tmp_path / f"{label}.kf", rules=["*=linear:4,row"], **extra)
+        back = kformat.load_all(str(tmp_path / f"{label}.kf"))["fc.weight"]
+        errors[label] = float(np.sum(importance * (back - w) ** 2))
+    assert errors["weighted"] < errors["plain"] / 2
+
+
 def test_bad_importance_files_are_named(tmp_path):
     w = {"fc.weight": np.ones((8, 128), np.float32)}
     np.savez(tmp_path / "shape.npz", **{"fc.weight": np.ones(7, np.float32)})

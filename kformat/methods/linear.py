@@ -19,8 +19,56 @@ from .prune import prune_mask
 CHUNK_ELEMENTS = 1 << 22
 
 
-def quantize_linear(w: np.ndarray, bits: int, group_rows: int):
-    """codes (uint8, rows x cols), scale (float32, groups), zero_point (uint8, groups)."""
+# With importance, each group's range is shrunk by the factor of this grid that minimises the
+# importance-weighted error (clipping a few large, unimportant weights buys resolution for the
+# important ones; AWQ and HQQ search their clipping the same way). 1.0 is the min/max range.
+CLIP_FACTORS = tuple(1.0 - 0.03 * i for i in range(16))  # 1.0 down to 0.55
+CLIP_FACTORS_WIDE = CLIP_FACTORS[:6]  # 6 bits and more: clipping rarely pays beyond 0.85
+
+
+def _scale_zero(lo: np.ndarray, hi: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    scale = ((hi - lo) / levels).astype(np.float32)
+    scale[scale == 0] = 1.0
+    zero_point = np.clip(np.round(-lo / scale.astype(np.float64)), 0, levels).astype(np.uint8)
+    return scale, zero_point
+
+
+def _linear_codes(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, levels: int) -> np.ndarray:
+    """float32 codes of rows `x` under per-row `scale` and `zero_point` (both (rows, 1))."""
+    q = np.round(x / scale) + zero_point.astype(np.float32)
+    return np.clip(q, 0, levels, out=q)
+
+
+def _clip_search(w, weights, lo, hi, levels: int, group_rows: int, factors) -> np.ndarray:
+    """Per group, the factor of `factors` whose range (lo, hi) x factor has the least
+    importance-weighted squared error; errors summed in float64 chunk by chunk, in order."""
+    rows, cols = w.shape
+    full = np.broadcast_to(weights, w.shape)
+    groups = lo.size
+    tables = [_scale_zero(lo * f, hi * f, levels) for f in factors]
+
+    def errors(r0: int, r1: int) -> np.ndarray:
+        g = np.arange(r0, r1) // group_rows
+        x, wt = w[r0:r1], full[r0:r1]
+        out = np.zeros((len(factors), groups))
+        for i, (scale, zero) in enumerate(tables):
+            s, z = scale[g][:, None], zero[g][:, None]
+            back = (_linear_codes(x, s, z, levels) - z.astype(np.float32)) * s
+            per_row = np.einsum("ij,ij->i", wt, np.square(x - back, dtype=np.float64))
+            out[i] = np.bincount(g, weights=per_row, minlength=groups)
+        return out
+
+    total = np.zeros((len(factors), groups))
+    for part in map_chunks(errors, rows, max(1, CHUNK_ELEMENTS // 4 // max(1, cols))):
+        total += part
+    return np.asarray(factors)[np.argmin(total, axis=0)]  # ties keep the wider range
+
+
+def quantize_linear(w: np.ndarray, bits: int, group_rows: int, weights: np.ndarray | None = None):
+    """codes (uint8, rows x cols), scale (float32, groups), zero_point (uint8, groups).
+
+    `weights` (importance, broadcastable to w): each group's range is clipped where that
+    lowers the weighted error (CLIP_FACTORS)."""
     rows, cols = w.shape
     levels = (1 << bits) - 1
     groups = (rows + group_rows - 1) // group_rows
@@ -30,16 +78,16 @@ def quantize_linear(w: np.ndarray, bits: int, group_rows: int):
         block_lo, block_hi = value_range(w[g * group_rows : (g + 1) * group_rows].reshape(-1))
         lo[g] = min(block_lo, 0.0)
         hi[g] = max(block_hi, 0.0)
-    scale = ((hi - lo) / levels).astype(np.float32)
-    scale[scale == 0] = 1.0
-    zero_point = np.clip(np.round(-lo / scale.astype(np.float64)), 0, levels).astype(np.uint8)
+    if weights is not None:
+        factors = CLIP_FACTORS if bits < 6 else CLIP_FACTORS_WIDE
+        best = _clip_search(w, weights, lo, hi, levels, group_rows, factors)
+        lo, hi = lo * best, hi * best
+    scale, zero_point = _scale_zero(lo, hi, levels)
     codes = np.empty((rows, cols), dtype=np.uint8)
 
     def rows_of(r0: int, r1: int) -> None:
         g = np.arange(r0, r1) // group_rows
-        q = np.round(w[r0:r1] / scale[g][:, None]) + zero_point[g][:, None].astype(np.float32)
-        np.clip(q, 0, levels, out=q)
-        codes[r0:r1] = q
+        codes[r0:r1] = _linear_codes(w[r0:r1], scale[g][:, None], zero_point[g][:, None], levels)
 
     map_chunks(rows_of, rows, max(1, CHUNK_ELEMENTS // max(1, cols)))
     return codes, scale, zero_point
@@ -50,8 +98,9 @@ class Linear(Method):
     (a code equal to the zero point is exactly 0)."""
 
     name = "linear"
+    weighted = True  # with importance, each group's range is clipped to the least weighted error
 
-    def encode(self, name: str, w: np.ndarray, rule) -> QuantizedTensor:
+    def encode(self, name: str, w: np.ndarray, rule, weights: np.ndarray | None = None) -> QuantizedTensor:
         w = w.astype(np.float32, copy=False)
         rows, cols = w.shape
         bits = int(rule.bits)
@@ -59,7 +108,7 @@ class Linear(Method):
         mask = prune_mask(w, rule.prune, rule.prune_threshold)
         if mask is not None:
             w = np.where(mask, np.float32(0), w)
-        codes, scale, zero_point = quantize_linear(w, bits, group_rows)
+        codes, scale, zero_point = quantize_linear(w, bits, group_rows, weights)
         stats = {"entropy_bits": entropy_bits(code_counts(codes, 1 << bits))}
         if mask is not None:
             stats["pruned"] = int(mask.sum())
