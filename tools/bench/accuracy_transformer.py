@@ -47,10 +47,14 @@ RECIPES = [
     "kmeans4+importance",
     "q4+importance",
     "--rule=*=kmeans:3,group=64,scale=row+importance",
+    "allocated:4.5",
+    "allocated:4.5+importance",
     "allocated:4.0",
     "allocated:4.0+importance",
     "allocated:3.5",
     "allocated:3.5+importance",
+    "allocated:3.0",
+    "allocated:3.0+importance",
 ]
 
 
