@@ -106,3 +106,25 @@ def test_tensors_named_by_an_explicit_rule_keep_it(tmp_path):
     assert entries["uniform.weight"].rule == "kmeans:8"
     assert {entries[n].reason for n in ("gauss.weight", "laplace.weight", "rows.weight")} == {"allocated"}
     assert container_size(tmp_path / "a.kf") <= sum(a.size for a in weights.values()) * 6.0 / 8
+
+
+def test_estimates_of_large_tensors_match_their_real_encoding(monkeypatch):
+    """Above EXACT_MAX candidates are estimated from a histogram, entropy-constrained ones
+    included: the estimated error and size must be those the real encoding gets."""
+    from kformat.packing import allocate
+    from kformat.packing.allocate import candidates, exact_candidates
+
+    monkeypatch.setattr(allocate, "EXACT_MAX", 0)  # estimate every candidate
+
+    rng = np.random.default_rng(5)
+    w = (rng.standard_t(4, size=(512, 768)) * 0.02).astype(np.float32)  # heavy-tailed, as trained
+    tile = (1024, 1024)
+    exact = {c.rule: c for c in exact_candidates("fc.weight", w, tile)}
+    estimated = {c.rule: c for c in candidates("fc.weight", w, tile)}
+    for rule, real in exact.items():
+        if rule.method != "kmeans" or rule.granularity != "tensor":
+            continue
+        guess = estimated[rule]
+        assert abs(10 * np.log10(guess.error / real.error)) < 0.15, rule
+        assert abs(guess.bytes / real.bytes - 1) < 0.04, rule
+    assert any(r.ecq for r in exact)
