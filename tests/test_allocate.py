@@ -128,3 +128,25 @@ def test_estimates_of_large_tensors_match_their_real_encoding(monkeypatch):
         assert abs(10 * np.log10(guess.error / real.error)) < 0.15, rule
         assert abs(guess.bytes / real.bytes - 1) < 0.04, rule
     assert any(r.ecq for r in exact)
+
+
+def test_weighted_estimates_hold_when_importance_sits_in_a_few_rows(monkeypatch, tmp_path):
+    """An embedding's importance is its tokens' frequency: a few rows carry most of it. The
+    estimate from sampled row groups must still land near the real weighted error."""
+    from kformat.packing import allocate
+    from kformat.packing.allocate import candidates, exact_candidates
+    from kformat.packing.importance import Importance
+
+    rng = np.random.default_rng(6)
+    w = (rng.standard_normal((4096, 64)) * 0.05).astype(np.float32)
+    frequency = np.zeros((4096, 1), np.float32)
+    frequency[rng.choice(4096, 40, replace=False)] = rng.integers(1, 500, (40, 1))
+    np.savez(tmp_path / "imp.npz", **{"embed.weight": frequency})
+    importance = Importance.load(tmp_path / "imp.npz")
+    tile = (1024, 1024)
+    exact = {c.rule: c for c in exact_candidates("embed.weight", w, tile, importance)}
+    monkeypatch.setattr(allocate, "EXACT_MAX", 0)
+    estimated = {c.rule: c for c in candidates("embed.weight", w, tile, importance)}
+    for rule, real in exact.items():
+        if rule.method == "kmeans" and rule.granularity == "group":
+            assert abs(10 * np.log10(estimated[rule].error / real.error)) < 1.25, rule

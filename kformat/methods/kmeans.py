@@ -246,7 +246,6 @@ class KMeans(Method):
         """Per-tensor rules from one histogram of the tensor; per-group rules from a sample
         of evenly spaced groups. Size is the code entropy plus codebooks and tile overhead.
         With importance `weights` the error is the weighted one, from weighted histograms."""
-        rows = w.shape[0]
         tiles = tile_count(w.shape, tile)
         full = None if weights is None else np.broadcast_to(weights, w.shape)
         if full is None:
@@ -266,26 +265,48 @@ class KMeans(Method):
                 size = entropy_bytes(counts) * PNG_OVERHEAD + (1 << bits) * 2 + tiles * _tile_overhead(bits)
                 out.append((size, noise / signal))
                 continue
-            group = group_rows_for(rule, rows)
-            groups = math.ceil(rows / group)
-            picks = np.unique(np.linspace(0, groups - 1, min(groups, SAMPLE_GROUPS)).astype(int))
-            sampled = sum(min(rows, (g + 1) * group) - g * group for g in picks)
-            noise = entropy = 0.0
-            for g in picks:
-                block = w[g * group : (g + 1) * group]
-                part_weights = None if full is None else full[g * group : (g + 1) * group]
-                part, counts = _estimate(
-                    kmeans_fit.histogram(block, 4096, part_weights),
-                    1 << bits,
-                    False,
-                    None if full is None else kmeans_fit.histogram(block, 4096),
-                )
-                noise += part
-                entropy += entropy_bytes(counts)
-            scale = rows / sampled
-            size = entropy * scale * PNG_OVERHEAD + groups * (1 << bits) * 2 + tiles * _tile_overhead(bits)
-            out.append((size, noise * scale / signal))
+            out.append(_estimate_groups(w, full, rule, tiles, signal))
         return out
+
+
+def _sampled_groups(full: np.ndarray | None, group: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """The row groups a per-group estimate fits, and how many groups each stands for.
+
+    Evenly spaced groups; with importance, half of them are instead the groups that carry
+    the most importance, each standing for itself (an embedding's importance sits in its
+    frequent tokens' rows, which evenly spaced groups would miss)."""
+    count = min(groups, SAMPLE_GROUPS)
+    if full is None or count == groups:
+        picks = np.unique(np.linspace(0, groups - 1, count).astype(int))
+        return picks, np.full(picks.size, groups / picks.size)
+    rows = full.shape[0]
+    mass = np.add.reduceat(full.sum(axis=1, dtype=np.float64), np.arange(0, rows, group))
+    top = np.sort(np.argsort(-mass, kind="stable")[: count // 2])
+    rest = np.setdiff1d(np.arange(groups), top)
+    spread = rest[np.unique(np.linspace(0, rest.size - 1, count - top.size).astype(int))]
+    picks = np.concatenate([top, spread])
+    stands = np.concatenate([np.ones(top.size), np.full(spread.size, rest.size / spread.size)])
+    return picks, stands
+
+
+def _estimate_groups(w: np.ndarray, full, rule, tiles: int, signal: float) -> tuple[float, float]:
+    """(bytes, relative error) of a per-group rule from a sample of its row groups."""
+    rows = w.shape[0]
+    bits = int(rule.bits)
+    group = group_rows_for(rule, rows)
+    groups = math.ceil(rows / group)
+    picks, stands = _sampled_groups(full, group, groups)
+    noise = entropy = 0.0
+    for g, weight in zip(picks, stands):
+        block = w[g * group : (g + 1) * group]
+        part_weights = None if full is None else full[g * group : (g + 1) * group]
+        hist, _, _ = _group_source(block, None, 1 << bits, part_weights)  # as encode fits it
+        plain = None if full is None else _group_source(block, None, 1 << bits)[0]
+        part, counts = _estimate(hist, 1 << bits, full is not None, plain)
+        noise += part * weight
+        entropy += entropy_bytes(counts) * weight
+    size = entropy * PNG_OVERHEAD + groups * (1 << bits) * 2 + tiles * _tile_overhead(bits)
+    return size, noise / signal
 
 
 def _scaled(values: np.ndarray, row0: int, tables) -> np.ndarray:
