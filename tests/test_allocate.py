@@ -108,26 +108,32 @@ def test_tensors_named_by_an_explicit_rule_keep_it(tmp_path):
     assert container_size(tmp_path / "a.kf") <= sum(a.size for a in weights.values()) * 6.0 / 8
 
 
-def test_estimates_of_large_tensors_match_their_real_encoding(monkeypatch):
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_estimates_of_large_tensors_match_their_real_encoding(monkeypatch, tmp_path, calibrated):
     """Above EXACT_MAX candidates are estimated from a histogram, entropy-constrained ones
-    included: the estimated error and size must be those the real encoding gets."""
+    (offered with importance) included: the estimated error and size must be those the real
+    encoding gets."""
     from kformat.packing import allocate
     from kformat.packing.allocate import candidates, exact_candidates
+    from kformat.packing.importance import Importance
 
     monkeypatch.setattr(allocate, "EXACT_MAX", 0)  # estimate every candidate
-
     rng = np.random.default_rng(5)
     w = (rng.standard_t(4, size=(512, 768)) * 0.02).astype(np.float32)  # heavy-tailed, as trained
+    importance = None
+    if calibrated:
+        np.savez(tmp_path / "imp.npz", **{"fc.weight": np.ones(768, np.float32)})
+        importance = Importance.load(tmp_path / "imp.npz")
     tile = (1024, 1024)
-    exact = {c.rule: c for c in exact_candidates("fc.weight", w, tile)}
-    estimated = {c.rule: c for c in candidates("fc.weight", w, tile)}
+    exact = {c.rule: c for c in exact_candidates("fc.weight", w, tile, importance)}
+    estimated = {c.rule: c for c in candidates("fc.weight", w, tile, importance)}
     for rule, real in exact.items():
         if rule.method != "kmeans" or rule.granularity != "tensor":
             continue
         guess = estimated[rule]
         assert abs(10 * np.log10(guess.error / real.error)) < 0.15, rule
         assert abs(guess.bytes / real.bytes - 1) < 0.04, rule
-    assert any(r.ecq for r in exact)
+    assert any(r.ecq for r in exact) == calibrated
 
 
 def test_weighted_estimates_hold_when_importance_sits_in_a_few_rows(monkeypatch, tmp_path):

@@ -1,9 +1,10 @@
 """Bit allocation: choose a rule per layer to meet a size target with the least error.
 
 For every tensor a recipe would quantize (floating point, rank >= 2, at least `min_elements`),
-candidates are k-means codebooks of 1, 2, 3, 4, 5, 6 and 8 bits per tensor, entropy-constrained
-ones of 3-6 bits (ecq=0.5: 0.5 dB below the plain fit for 5-8% fewer bytes, a better trade
-than a plain fit of fewer levels), 2-4 bits with one codebook per group of 64 rows, and fp16.
+candidates are k-means codebooks of 1, 2, 3, 4, 5, 6 and 8 bits per tensor, 2-4 bits with one
+codebook per group of 64 rows, and fp16; with importance also entropy-constrained ones of 3-6
+bits (ecq=0.5: 0.5 dB below the plain fit for 5-8% fewer bytes, a better trade than a plain
+fit of fewer levels where the objective knows which layers move the output).
 Tensors up to EXACT_MAX elements are encoded under every candidate, so their sizes and errors
 are exact; larger ones are estimated from a value
 histogram: the error by assigning histogram bins to the fitted centroids, the size from the
@@ -73,12 +74,18 @@ class Allocation:
         }
 
 
-def method_candidates(method_name: str, rows: int) -> list[Rule]:
-    return [parse_rule(text) for text in get_method(method_name).candidates(rows)]
+def method_candidates(method_name: str, rows: int, calibrated: bool = False) -> list[Rule]:
+    """The method's candidate rules; entropy-constrained ones only with calibration data.
+
+    They trade 0.5 dB for bytes, a good trade where the objective knows which layers move
+    the output (importance and sensitivities). Without it, on a depthwise CNN at 5 bits/weight
+    they let allocation shave the sensitive layers: 70% of top-1 predictions kept against 88%."""
+    rules = [parse_rule(text) for text in get_method(method_name).candidates(rows)]
+    return rules if calibrated else [r for r in rules if r.ecq is None]
 
 
-def candidate_rules(rows: int) -> list[Rule]:
-    return [rule for name in ALLOCATION_METHODS for rule in method_candidates(name, rows)]
+def candidate_rules(rows: int, calibrated: bool = False) -> list[Rule]:
+    return [rule for name in ALLOCATION_METHODS for rule in method_candidates(name, rows, calibrated)]
 
 
 def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int], importance=None) -> list[Candidate]:
@@ -92,7 +99,7 @@ def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int], import
     view = view_2d(w.shape)
     weights = None if importance is None else importance.weights(name, view)
     out = []
-    for rule in candidate_rules(view[0]):
+    for rule in candidate_rules(view[0], importance is not None):
         q = encode_tensor(name, w, rule, importance)
         codec = get_codec(rule.plane_codec)
         blobs = [len(tile_blob(q, codec, rect)) for rect in tile_grid(q.view, tile)]
@@ -119,7 +126,7 @@ def candidates(name: str, array: np.ndarray, tile: tuple[int, int], importance=N
     out = []
     for method_name in ALLOCATION_METHODS:
         method = get_method(method_name)
-        rules = method_candidates(method_name, w.shape[0])
+        rules = method_candidates(method_name, w.shape[0], importance is not None)
         if not rules:
             estimates = []
         elif weights is None:
