@@ -156,3 +156,16 @@ def test_weighted_estimates_hold_when_importance_sits_in_a_few_rows(monkeypatch,
     for rule, real in exact.items():
         if rule.method == "kmeans" and rule.granularity == "group":
             assert abs(10 * np.log10(estimated[rule].error / real.error)) < 1.25, rule
+
+
+def test_calibrated_objective_keeps_layers_from_starving():
+    """Measured sensitivities hold for small errors: none is taken below a tenth of the
+    median, and a candidate past 10 dB of relative error weighs more than linearly."""
+    from kformat.packing.allocate import FIRST_ORDER_ERROR, _beyond_first_order
+    from kformat.packing.importance import SENSITIVITY_FLOOR, Importance
+
+    importance = Importance({}, sensitivities={"a": 1.0, "b": 2.0, "c": 0.001})
+    assert importance.sensitivity("c") == SENSITIVITY_FLOOR * 1.0
+    assert importance.sensitivity("b") == 2.0 and importance.sensitivity("unmeasured") == 1.0
+    assert _beyond_first_order(0.01) == 0.01
+    assert _beyond_first_order(4 * FIRST_ORDER_ERROR) == pytest.approx(64 * FIRST_ORDER_ERROR)

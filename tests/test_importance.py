@@ -157,11 +157,12 @@ def test_sensitivity_measures_what_reaches_the_output_and_steers_allocation(tmp_
     batches = [torch.randn(32, 128) for _ in range(3)]
     kt.calibrate(net, batches, tmp_path / "imp.npz")
     importance = Importance.load(tmp_path / "imp.npz")
-    loud, quiet = importance.sensitivity("loud.weight"), importance.sensitivity("quiet.weight")
+    loud, quiet = importance.sensitivities["loud.weight"], importance.sensitivities["quiet.weight"]
     assert 0.2 < loud < 5 and quiet < loud * 1e-3  # 0.01 in amplitude is 1e-4 in power
+    assert importance.sensitivity("quiet.weight") > quiet  # what allocation weighs: floored
     assert importance.sensitivity("unmeasured") == pytest.approx(np.median([loud, quiet]))
     state = {k: v.detach().numpy() for k, v in net.state_dict().items() if k.endswith("weight")}
-    report = kformat.pack(state, tmp_path / "m.kf", "fp16", target_bits=3, importance=tmp_path / "imp.npz")
+    report = kformat.pack(state, tmp_path / "m.kf", "fp16", target_bits=2.5, importance=tmp_path / "imp.npz")
     bits = {t.name: t.quant.bits or 16 for t in report.manifest.tensors}
     assert bits["loud.weight"] > bits["quiet.weight"]  # the bits go where they reach the output
     kt.calibrate(net, batches, tmp_path / "plain.npz", sensitivity=False)

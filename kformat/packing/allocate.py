@@ -46,6 +46,7 @@ from .encode import encode_tensor
 # The methods whose candidates allocation weighs, in this order (ties go to the first).
 ALLOCATION_METHODS = ("fp16", "kmeans")
 EXACT_MAX = 1 << 20  # tensors up to this many elements are encoded for real under every candidate
+FIRST_ORDER_ERROR = 0.1  # relative error (10 dB) beyond which a candidate's error is grown
 CLOSE_ENOUGH = 0.002  # stop once the container is within 0.2% below the target
 
 
@@ -208,8 +209,10 @@ def estimate(
         fixed += 300  # manifest entry
         if eligible:
             found = candidates(d.name, source.load(d.name), tuple(d.rule.tile or recipe.tile), importance)
-            weight = 1.0 if importance is None else importance.sensitivity(d.name)  # output error per unit
-            options[d.name] = [Candidate(c.rule, c.bytes, c.error * weight) for c in found]
+            if importance is not None:  # output error per unit of the layer's, to first order
+                weight = importance.sensitivity(d.name)
+                found = [Candidate(c.rule, c.bytes, _beyond_first_order(c.error) * weight) for c in found]
+            options[d.name] = found
         else:
             fixed += _fixed_bytes(info.shape, info.dtype, d.rule)
     if not options:
@@ -218,6 +221,18 @@ def estimate(
             " and >= min_elements (tensors explicit rules name keep their rule)"
         )
     return options, fixed
+
+
+def _beyond_first_order(error: float) -> float:
+    """A relative error past FIRST_ORDER_ERROR, grown by (error / FIRST_ORDER_ERROR)^2 (with
+    importance, where errors are weighed by measured sensitivities).
+
+    Sensitivities are measured with small noise; a layer whose output is a tenth noise or
+    more is past where they hold (a depthwise CNN's last pointwise layer, measured 1/40 of
+    the median, was given 1 bit at 4.6 dB and the model kept 91% of its predictions)."""
+    if error <= FIRST_ORDER_ERROR:
+        return error
+    return error * (error / FIRST_ORDER_ERROR) ** 2
 
 
 def _shifted(options: dict[str, list[Candidate]], offsets: dict[str, float]) -> dict[str, list[Candidate]]:

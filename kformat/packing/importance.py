@@ -30,6 +30,9 @@ SENSITIVITY_NAMES = "__sensitivity_names__"
 SENSITIVITY = "__sensitivity__"
 
 
+SENSITIVITY_FLOOR = 0.1  # of the median sensitivity
+
+
 class Importance:
     def __init__(
         self,
@@ -90,10 +93,15 @@ class Importance:
 
     def sensitivity(self, name: str) -> float:
         """How much `name`'s relative error weighs in the model's output error: measured, or
-        the median of the measured ones for a tensor calibration did not perturb; 1 without."""
-        if name in self.sensitivities:
-            return self.sensitivities[name]
-        return float(np.median(list(self.sensitivities.values()))) if self.sensitivities else 1.0
+        the median of the measured ones for a tensor calibration did not perturb; 1 without.
+
+        Never below SENSITIVITY_FLOOR x the median: sensitivities are measured with small
+        noise, and a layer that shrugs that off still breaks at 1-2 bits (a depthwise CNN's
+        last pointwise layer measured 1/40 of the median, and allocation gave it 1 bit)."""
+        if not self.sensitivities:
+            return 1.0
+        median = float(np.median(list(self.sensitivities.values())))
+        return max(self.sensitivities.get(name, median), SENSITIVITY_FLOOR * median)
 
     def record(self) -> dict[str, str]:
         """What the manifest's metadata says about the importance used."""
