@@ -42,19 +42,13 @@ from ..progress import log
 from ..sources import TensorSource, find_aliases
 from .atomic import promote, remove_path, temp_prefix, write_errors
 from .encode import encode_tensor
+from .knapsack import Candidate, choose
 
 # The methods whose candidates allocation weighs, in this order (ties go to the first).
 ALLOCATION_METHODS = ("fp16", "kmeans")
 EXACT_MAX = 1 << 20  # tensors up to this many elements are encoded for real under every candidate
 FIRST_ORDER_ERROR = 0.1  # relative error (10 dB) beyond which a candidate's error is grown
 CLOSE_ENOUGH = 0.002  # stop once the container is within 0.2% below the target
-
-
-@dataclass(frozen=True)
-class Candidate:
-    rule: Rule
-    bytes: float
-    error: float  # relative noise power: ||W - W'||^2 / ||W||^2
 
 
 @dataclass
@@ -139,41 +133,6 @@ def candidates(name: str, array: np.ndarray, tile: tuple[int, int], importance=N
             continue
         out += [Candidate(rule, size, error) for rule, (size, error) in zip(rules, estimates)]
     return out
-
-
-def choose(options: dict[str, list[Candidate]], budget: float, units: int = 4096) -> dict[str, Candidate]:
-    """The least total error within `budget`: an exact dynamic programme over the
-    multiple-choice knapsack, with sizes rounded up to budget/units (so it never overshoots,
-    and loses at most a few units of the budget)."""
-    names = list(options)
-    smallest = sum(min(c.bytes for c in options[n]) for n in names)
-    if smallest > budget:
-        raise KFormatError(
-            f"the target is too small: even the smallest rule for every quantizable tensor needs"
-            f" {smallest / 2**20:.3f} MiB, and {max(budget, 0) / 2**20:.3f} MiB is left after the tensors the"
-            " recipe keeps as they are"
-        )
-    unit = budget / units
-    best = np.zeros(units + 1)  # best[j]: least error of the tensors so far within j units
-    picks = []
-    for n in names:
-        cost = np.array([math.ceil(c.bytes / unit - 1e-9) for c in options[n]])
-        error = np.array([c.error for c in options[n]])
-        table = np.full((len(cost), units + 1), np.inf)
-        for k, (ck, ek) in enumerate(zip(cost, error)):
-            if ck <= units:
-                table[k, ck:] = best[: units + 1 - ck] + ek
-        picks.append(np.argmin(table, axis=0))
-        best = table.min(axis=0)
-    j = int(np.argmin(best))
-    if not math.isfinite(best[j]):
-        raise KFormatError("the target is too small for the quantizable tensors once sizes are rounded")
-    choice = {}
-    for n, pick in zip(reversed(names), reversed(picks)):
-        c = options[n][int(pick[j])]
-        choice[n] = c
-        j -= math.ceil(c.bytes / unit - 1e-9)
-    return {n: choice[n] for n in names}
 
 
 def _fixed_bytes(shape, dtype: np.dtype, rule: Rule) -> float:

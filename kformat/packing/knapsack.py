@@ -1,0 +1,54 @@
+"""The multiple-choice knapsack under bit allocation: one candidate per tensor, least total
+error within a byte budget (an exact dynamic programme over budget units)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import KFormatError
+from ..recipe import Rule
+
+
+@dataclass(frozen=True)
+class Candidate:
+    rule: Rule
+    bytes: float
+    error: float  # relative noise power: ||W - W'||^2 / ||W||^2
+
+
+def choose(options: dict[str, list[Candidate]], budget: float, units: int = 4096) -> dict[str, Candidate]:
+    """The least total error within `budget`: an exact dynamic programme over the
+    multiple-choice knapsack, with sizes rounded up to budget/units (so it never overshoots,
+    and loses at most a few units of the budget)."""
+    names = list(options)
+    smallest = sum(min(c.bytes for c in options[n]) for n in names)
+    if smallest > budget:
+        raise KFormatError(
+            f"the target is too small: even the smallest rule for every quantizable tensor needs"
+            f" {smallest / 2**20:.3f} MiB, and {max(budget, 0) / 2**20:.3f} MiB is left after the tensors the"
+            " recipe keeps as they are"
+        )
+    unit = budget / units
+    best = np.zeros(units + 1)  # best[j]: least error of the tensors so far within j units
+    picks = []
+    for n in names:
+        cost = np.array([math.ceil(c.bytes / unit - 1e-9) for c in options[n]])
+        error = np.array([c.error for c in options[n]])
+        table = np.full((len(cost), units + 1), np.inf)
+        for k, (ck, ek) in enumerate(zip(cost, error)):
+            if ck <= units:
+                table[k, ck:] = best[: units + 1 - ck] + ek
+        picks.append(np.argmin(table, axis=0))
+        best = table.min(axis=0)
+    j = int(np.argmin(best))
+    if not math.isfinite(best[j]):
+        raise KFormatError("the target is too small for the quantizable tensors once sizes are rounded")
+    choice = {}
+    for n, pick in zip(reversed(names), reversed(picks)):
+        c = options[n][int(pick[j])]
+        choice[n] = c
+        j -= math.ceil(c.bytes / unit - 1e-9)
+    return {n: choice[n] for n in names}
