@@ -47,13 +47,20 @@ def test_calibrate_records_each_layer_in_state_dict_names(tmp_path):
     np.testing.assert_allclose(found["conv.weight"][::3], expected.detach().numpy(), rtol=1e-5)
 
 
-def test_importance_weights_the_fit_and_is_recorded(tmp_path):
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((64, 256)).astype(np.float32)
-    w[:, 128:] *= 8  # loud columns that do not matter
+def loud_columns_that_do_not_matter(path, seed: int, rows: int, first: int, loudness: float, weight: float):
+    """A 256-column fc.weight whose columns from `first` on are `loudness` times louder and
+    matter `weight` as much, and its importance file at `path`."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((rows, 256)).astype(np.float32)
+    w[:, first:] *= loudness
     importance = np.ones(256, np.float32)
-    importance[128:] = 1e-4
-    np.savez(tmp_path / "imp.npz", **{"fc.weight": importance})
+    importance[first:] = weight
+    np.savez(path, **{"fc.weight": importance})
+    return w, importance
+
+
+def test_importance_weights_the_fit_and_is_recorded(tmp_path):
+    w, _ = loud_columns_that_do_not_matter(tmp_path / "imp.npz", 0, 64, 128, 8, 1e-4)
     plain = kformat.pack({"fc.weight": w}, tmp_path / "plain.kf", rules=["*=kmeans:3"])
     weighted = kformat.pack(
         {"fc.weight": w}, tmp_path / "weighted.kf", rules=["*=kmeans:3"], importance=tmp_path / "imp.npz"
@@ -77,12 +84,7 @@ def test_importance_weights_the_fit_and_is_recorded(tmp_path):
 def test_importance_clips_linear_ranges_to_the_weighted_error(tmp_path):
     """Outliers in columns that do not matter stretch a linear code's range; with importance
     each row's range is clipped instead, and the columns that matter keep their resolution."""
-    rng = np.random.default_rng(1)
-    w = rng.standard_normal((32, 256)).astype(np.float32)
-    w[:, 200:] *= 6  # loud columns that do not matter
-    importance = np.ones(256, np.float32)
-    importance[200:] = 1e-3
-    np.savez(tmp_path / "imp.npz", **{"fc.weight": importance})
+    w, importance = loud_columns_that_do_not_matter(tmp_path / "imp.npz", 1, 32, 200, 6, 1e-3)
     errors = {}
     for label, extra in (("plain", {}), ("weighted", {"importance": tmp_path / "imp.npz"})):
         kformat.pack({"fc.weight": w}, tmp_path / f"{label}.kf", rules=["*=linear:4,row"], **extra)
@@ -109,11 +111,7 @@ def test_allocation_weighs_candidates_by_importance(tmp_path):
     from kformat.packing.allocate import candidates
     from kformat.packing.importance import Importance
 
-    rng = np.random.default_rng(1)
-    w = rng.standard_normal((64, 256)).astype(np.float32)
-    w[:, 128:] *= 8
-    weights = np.ones(256, np.float32)
-    weights[128:] = 1e-4
+    w, weights = loud_columns_that_do_not_matter(tmp_path / "imp.npz", 1, 64, 128, 8, 1e-4)
     importance = Importance({"fc.weight": weights})
     plain = {c.rule.to_text(): c.error for c in candidates("fc.weight", w, (256, 4096))}
     weighted = {c.rule.to_text(): c.error for c in candidates("fc.weight", w, (256, 4096), importance)}
@@ -123,7 +121,6 @@ def test_allocation_weighs_candidates_by_importance(tmp_path):
     # the same everywhere)
     kmeans = [r for r in plain if r.startswith("kmeans")]
     assert sum(abs(np.log(weighted[r] / plain[r])) for r in kmeans) > 1.0
-    np.savez(tmp_path / "imp.npz", **{"fc.weight": weights})
     report = kformat.pack(
         {"fc.weight": w}, tmp_path / "m.kf", "fp16", target_bits=3, importance=tmp_path / "imp.npz"
     )
