@@ -244,7 +244,7 @@ class KMeans(Method):
 
     def estimate(self, w, rules, tile, weights=None):
         """Per-tensor rules from one histogram of the tensor; per-group rules from a sample
-        of evenly spaced groups. Size is the code entropy plus codebooks and tile overhead.
+        of its groups (_sampled_groups). Size is the code entropy plus codebooks and tile overhead.
         With importance `weights` the error is the weighted one, from weighted histograms."""
         tiles = tile_count(w.shape, tile)
         full = None if weights is None else np.broadcast_to(weights, w.shape)
@@ -252,6 +252,7 @@ class KMeans(Method):
             signal = float(np.einsum("ij,ij->", w, w, dtype=np.float64)) or 1.0
         else:
             signal = float(np.sum(full * np.square(w, dtype=np.float64))) or 1.0
+        row_mass = None if full is None else full.sum(axis=1, dtype=np.float64)  # for every group rule
         hist = None
         out = []
         for rule in rules:
@@ -265,22 +266,21 @@ class KMeans(Method):
                 size = entropy_bytes(counts) * PNG_OVERHEAD + (1 << bits) * 2 + tiles * _tile_overhead(bits)
                 out.append((size, noise / signal))
                 continue
-            out.append(_estimate_groups(w, full, rule, tiles, signal))
+            out.append(_estimate_groups(w, full, row_mass, rule, tiles, signal))
         return out
 
 
-def _sampled_groups(full: np.ndarray | None, group: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
+def _sampled_groups(row_mass: np.ndarray | None, group: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
     """The row groups a per-group estimate fits, and how many groups each stands for.
 
     Evenly spaced groups; with importance, half of them are instead the groups that carry
     the most importance, each standing for itself (an embedding's importance sits in its
     frequent tokens' rows, which evenly spaced groups would miss)."""
     count = min(groups, SAMPLE_GROUPS)
-    if full is None or count == groups:
+    if row_mass is None or count == groups:
         picks = np.unique(np.linspace(0, groups - 1, count).astype(int))
         return picks, np.full(picks.size, groups / picks.size)
-    rows = full.shape[0]
-    mass = np.add.reduceat(full.sum(axis=1, dtype=np.float64), np.arange(0, rows, group))
+    mass = np.add.reduceat(row_mass, np.arange(0, row_mass.size, group))
     top = np.sort(np.argsort(-mass, kind="stable")[: count // 2])
     rest = np.setdiff1d(np.arange(groups), top)
     spread = rest[np.unique(np.linspace(0, rest.size - 1, count - top.size).astype(int))]
@@ -289,13 +289,13 @@ def _sampled_groups(full: np.ndarray | None, group: int, groups: int) -> tuple[n
     return picks, stands
 
 
-def _estimate_groups(w: np.ndarray, full, rule, tiles: int, signal: float) -> tuple[float, float]:
+def _estimate_groups(w: np.ndarray, full, row_mass, rule, tiles: int, signal: float) -> tuple[float, float]:
     """(bytes, relative error) of a per-group rule from a sample of its row groups."""
     rows = w.shape[0]
     bits = int(rule.bits)
     group = group_rows_for(rule, rows)
     groups = math.ceil(rows / group)
-    picks, stands = _sampled_groups(full, group, groups)
+    picks, stands = _sampled_groups(row_mass, group, groups)
     noise = entropy = 0.0
     for g, weight in zip(picks, stands):
         block = w[g * group : (g + 1) * group]
