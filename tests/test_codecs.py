@@ -205,7 +205,7 @@ def test_unknown_codec_is_a_clear_error():
 def test_png_planes_decode_the_same_with_every_inflate(monkeypatch, backend):
     import zlib as plain_zlib
 
-    from kformat.codecs import png
+    from kformat.codecs import png, zlibs
 
     rng = np.random.default_rng(3)
     shapes = [(64, 300, 4, 16), (9, 33, 8, 256)]
@@ -217,10 +217,10 @@ def test_png_planes_decode_the_same_with_every_inflate(monkeypatch, backend):
     if backend == "libdeflate":
         pytest.importorskip("deflate")
     else:
-        monkeypatch.setattr(png, "_libdeflate", None)
+        monkeypatch.setattr(zlibs, "_libdeflate", None)
     if backend == "zlib":
-        monkeypatch.setattr(png, "INFLATE", plain_zlib)
-        monkeypatch.setattr(png, "INFLATE_ERRORS", (plain_zlib.error,))
+        monkeypatch.setattr(zlibs, "INFLATE", plain_zlib)
+        monkeypatch.setattr(zlibs, "INFLATE_ERRORS", (plain_zlib.error,))
     got = [png.decode_png_packed(p, *shape) for p, shape in zip(planes, shapes)]
     assert all(np.array_equal(a, b) for a, b in zip(reference, got))
     with pytest.raises(DecodeError):  # truncated deflate stream
@@ -230,3 +230,38 @@ def test_png_planes_decode_the_same_with_every_inflate(monkeypatch, backend):
         with pytest.raises(DecodeError, match="inflate"):
             png.inflate_exact(stream, size)
     assert png.inflate_exact(stream, 100) == bytes(100)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    symbols=st.integers(1, 256),
+    size=st.integers(0, 300_000),
+    skew=st.floats(0.01, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_zlib_ng_writes_zlibs_huffman_only_bytes(symbols, size, skew, seed):
+    """Planes must not depend on whether the fast extra is installed."""
+    zlib_ng = pytest.importorskip("zlib_ng.zlib_ng")
+    from kformat.codecs import zlibs
+
+    rng = np.random.default_rng(seed)
+    data = np.minimum(rng.geometric(skew, size) - 1, symbols - 1).astype(np.uint8).tobytes()
+    assert zlibs.deflate(data, 9, zlib.Z_HUFFMAN_ONLY, zlib_ng) == zlibs.deflate(data, 9, zlib.Z_HUFFMAN_ONLY)
+
+
+def test_a_huffman_library_that_writes_other_bytes_is_not_used(monkeypatch):
+    from kformat.codecs import zlibs
+
+    class Stored:  # a valid zlib writer whose streams differ from zlib's
+        @staticmethod
+        def compressobj(level, method, wbits, memlevel, strategy):
+            return zlib.compressobj(0, method, wbits, memlevel, strategy)
+
+    monkeypatch.setattr(zlibs, "_zlib_ng", Stored)
+    zlibs.huffman_library.cache_clear()
+    try:
+        assert zlibs.huffman_library() is zlib
+        data = bytes(range(256)) * 50
+        assert zlibs.huffman_only(data, 9) == zlibs.deflate(data, 9, zlib.Z_HUFFMAN_ONLY)
+    finally:
+        zlibs.huffman_library.cache_clear()

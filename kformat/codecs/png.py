@@ -26,41 +26,7 @@ from PIL import Image
 from ..errors import DecodeError
 from .base import Codec
 from .bitpack import pack_rows, row_bytes, unpack_rows
-
-# Inflating is most of a PNG plane's decoding time. With the `fast` extra, libdeflate (the
-# `deflate` package; 1.5x zlib on code planes, whose size the manifest gives in advance) or
-# else ISA-L's zlib-compatible inflate (python-isal, 1.25x) is used; the bytes are the same.
-try:
-    import deflate as _libdeflate
-except ImportError:  # pragma: no cover - without the extra
-    _libdeflate = None
-try:
-    from isal import isal_zlib as INFLATE
-
-    INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, INFLATE.IsalError)
-except ImportError:  # pragma: no cover - without the extra
-    INFLATE = zlib
-    INFLATE_ERRORS = (zlib.error,)
-
-
-def inflate_exact(stream: bytes, size: int) -> bytes:
-    """A zlib stream that must inflate to exactly `size` bytes; never inflates past that."""
-    if _libdeflate is not None:
-        try:
-            raw = _libdeflate.zlib_decompress(stream, size)
-        except _libdeflate.DeflateError:
-            raw = None  # corrupt, truncated or too long: the streaming inflate below says which
-        if raw is not None and len(raw) == size:
-            return raw
-    inflater = INFLATE.decompressobj()
-    try:
-        raw = inflater.decompress(stream, size + 1)
-    except INFLATE_ERRORS as exc:
-        raise DecodeError(f"PNG image data is corrupt: {exc}") from None
-    if len(raw) != size or not inflater.eof:
-        raise DecodeError(f"PNG image data inflates to the wrong size (expected {size} bytes)")
-    return raw
-
+from .zlibs import deflate, huffman_only, inflate_exact  # noqa: F401 (inflate_exact re-exported)
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOR_TYPE_PALETTE = 3
@@ -68,7 +34,6 @@ ZLIB_LEVEL = 9
 # Codes are close to independent symbols: string matching finds nothing worth its cost, and
 # Huffman-only deflate lands within about 1% of the order-0 entropy, 3-4x faster than the
 # default strategy (measured in tools/bench/size_quality.py).
-ZLIB_STRATEGY = zlib.Z_HUFFMAN_ONLY
 # Some trained matrices repeat whole rows of codes (py3langid's n-gram table: an unseen feature
 # has the same per-language floor in every row), where string matching wins 2-3x. A quick probe
 # on the start of each tile decides whether matching is worth its cost there.
@@ -109,21 +74,14 @@ def encode_png(codes: np.ndarray, depth: int, palette_entries: int) -> bytes:
     )
 
 
-def _zlib(data: bytes, level: int, strategy: int) -> bytes:
-    deflater = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
-    return deflater.compress(data) + deflater.flush()
-
-
 def _deflate(data: bytes) -> bytes:
     """Huffman-only deflate, or string matching where a probe shows the rows repeat (smaller wins).
 
     Deterministic: the choice depends on the bytes alone."""
-    huffman = _zlib(data, ZLIB_LEVEL, ZLIB_STRATEGY)
+    huffman = huffman_only(data, ZLIB_LEVEL)
     probe = data[:PROBE_BYTES]
-    if len(_zlib(probe, 1, zlib.Z_DEFAULT_STRATEGY)) < PROBE_GAIN * len(
-        _zlib(probe, ZLIB_LEVEL, ZLIB_STRATEGY)
-    ):
-        matched = _zlib(data, MATCHING_LEVEL, zlib.Z_DEFAULT_STRATEGY)
+    if len(deflate(probe, 1, zlib.Z_DEFAULT_STRATEGY)) < PROBE_GAIN * len(huffman_only(probe, ZLIB_LEVEL)):
+        matched = deflate(data, MATCHING_LEVEL, zlib.Z_DEFAULT_STRATEGY)
         if len(matched) < len(huffman):
             return matched
     return huffman
