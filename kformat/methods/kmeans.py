@@ -170,9 +170,13 @@ class KMeans(Method):
                 raise QuantizationError(
                     f"tensor {name!r}: weights exceed the float16 range; use codebook=float32"
                 )
-            found = kmeans_fit.assign(block, centroids, edges)
-            # Lloyd update on the real values: each code's centroid becomes its cell's exact
-            # mean. Pruned zeros keep their centroid at exactly 0.
+            if weights is None and block_mask is None and hist is not None and hist.width > 0:
+                found = kmeans_fit.assign_binned(block, hist, centroids, edges, out=codes[r0:r1])
+            else:
+                span = None if hist is None or block_mask is not None else (hist.lo, hist.hi)
+                found = kmeans_fit.assign(block, centroids, edges, span, out=codes[r0:r1])
+            # Lloyd update: each code's centroid becomes its cell's mean (exact, or from the
+            # fine histogram for large unweighted blocks). Pruned zeros keep their centroid at 0.
             used = found.counts > 0
             means = centroids.copy()
             if weights is None:
@@ -189,7 +193,6 @@ class KMeans(Method):
             table = np.sort(means.astype(dtype))
             codebook[g, : table.size] = table
             codebook[g, table.size :] = table[-1]
-            codes[r0:r1] = found.codes
             counts[: found.counts.size] += found.counts
             signal += found.sum_squares
             noise += found.squared_error(codebook[g])

@@ -33,30 +33,38 @@ def _prefix(problems: list[tuple[np.ndarray, np.ndarray]]):
 
 def _cost(w, s1, s2, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Squared error of points i..j-1 around their weighted mean (i < j)."""
-    dw = w[j] - w[i]
-    d1 = s1[j] - s1[i]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cost = (s2[j] - s2[i]) - np.where(dw > 0, d1 * d1 / dw, 0.0)
-    return np.maximum(cost, 0.0)
+    return _cost_to(w, s1, s2, i, w[j], s1[j], s2[j])
+
+
+def _cost_to(w, s1, s2, i: np.ndarray, wj: np.ndarray, s1j: np.ndarray, s2j: np.ndarray) -> np.ndarray:
+    """_cost(i, j) given the prefix sums at j."""
+    dw = wj - w[i]
+    d1 = s1j - s1[i]
+    d1 *= d1
+    np.divide(d1, dw, out=d1, where=dw > 0)
+    d1[dw <= 0] = 0.0
+    cost = s2j - s2[i]
+    cost -= d1
+    return np.maximum(cost, 0.0, out=cost)
 
 
 def _layer(previous: np.ndarray, jl, jr, ol, orr, w, s1, s2) -> tuple[np.ndarray, np.ndarray]:
     """One layer for every problem at once: D[m][j] for j in jl..jr of each problem (split
-    points searched in ol..orr), from D[m-1] (`previous`), and the split achieving it."""
+    points searched in ol..orr), from D[m-1] (`previous`), and the split achieving it (the
+    first, on ties)."""
     best = np.full(previous.size, np.inf)
     split = np.zeros(previous.size, dtype=np.int64)
     while jl.size:
         mid = (jl + jr) // 2
-        hi = np.minimum(orr, mid - 1)
-        lengths = hi - ol + 1
-        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        lengths = np.minimum(orr, mid - 1) - ol + 1
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
         segment = np.repeat(np.arange(mid.size), lengths)
-        i = ol[segment] + (np.arange(segment.size) - starts[segment])
-        values = previous[i] + _cost(w, s1, s2, i, mid[segment])
+        i = np.arange(ends[-1]) + np.repeat(ol - starts, lengths)
+        values = previous[i] + _cost_to(w, s1, s2, i, w[mid][segment], s1[mid][segment], s2[mid][segment])
         lowest = np.minimum.reduceat(values, starts)
-        at = np.flatnonzero(values <= lowest[segment])
-        _, first = np.unique(segment[at], return_index=True)
-        chosen = i[at[first]]
+        position = np.where(values <= np.repeat(lowest, lengths), np.arange(values.size), values.size)
+        chosen = i[np.minimum.reduceat(position, starts)]
         best[mid] = lowest
         split[mid] = chosen
         left = jl <= mid - 1

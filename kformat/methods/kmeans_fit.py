@@ -194,20 +194,21 @@ def _edge_lookup(edges: np.ndarray, lo: float, hi: float, bins: int):
     return base.astype(np.uint8 if edges.size < 256 else np.int16), inside
 
 
-def assign(values: np.ndarray, centroids: np.ndarray, edges: np.ndarray | None = None) -> Assignment:
-    """Codes for every value (nearest centroid, or by explicit cell edges), in chunks.
+def _coded(values: np.ndarray, centroids: np.ndarray, edges, span, collect=None, out=None):
+    """Codes for every value (nearest centroid, or by explicit cell edges), in chunks, and
+    collect(chunk, codes) of every chunk while it is in cache.
 
     code = number of edges below the value. Computed through a uniform lookup grid
     (two gathers and a compare per value), exact, and several times faster than a binary
-    search; falls back to searchsorted when edges are too close for the grid."""
+    search; falls back to searchsorted when edges are too close for the grid. Codes go to
+    `out` (contiguous uint8, the values' shape) when given."""
     flat = values.reshape(-1)
-    codes = np.empty(flat.size, dtype=np.uint8)
-    k = centroids.size
+    codes = np.empty(flat.size, dtype=np.uint8) if out is None else out.reshape(-1)
     edges = boundaries(centroids) if edges is None else edges
     edges = edges.astype(np.float32 if values.dtype == np.float32 else np.float64)
     lookup = None
     if flat.size >= LOOKUP_BINS and edges.size:
-        lo, hi = value_range(flat)
+        lo, hi = value_range(flat) if span is None else span
         if hi > lo:
             lookup = _edge_lookup(edges, lo, hi, LOOKUP_BINS)
 
@@ -219,17 +220,50 @@ def assign(values: np.ndarray, centroids: np.ndarray, edges: np.ndarray | None =
         else:
             idx = _bin_index(chunk, lo, hi, LOOKUP_BINS)
             np.add(np.take(lookup[0], idx), chunk > np.take(lookup[1], idx), out=out, casting="unsafe")
+        return None if collect is None else collect(chunk, out)
+
+    return codes.reshape(values.shape), map_chunks(part, flat.size)  # parts in chunk order
+
+
+def assign(
+    values: np.ndarray, centroids: np.ndarray, edges: np.ndarray | None = None, span=None, out=None
+) -> Assignment:
+    """Codes for the values, with each code's exact count and sum, and the values' power.
+    `span` is the values' (min, max) when the caller knows it (the histogram has it)."""
+    k = centroids.size
+
+    def collect(chunk: np.ndarray, out: np.ndarray):
         wide = chunk.astype(np.float64)
         return np.bincount(out, minlength=k), np.bincount(out, weights=wide, minlength=k), squares(wide)
 
+    codes, parts = _coded(values, centroids, edges, span, collect, out)
     counts = np.zeros(k, dtype=np.float64)
     sums = np.zeros(k, dtype=np.float64)
     sum_squares = 0.0
-    for part_counts, part_sums, part_squares in map_chunks(part, flat.size):  # in chunk order
+    for part_counts, part_sums, part_squares in parts:
         counts += part_counts
         sums += part_sums
         sum_squares += part_squares
-    return Assignment(codes.reshape(values.shape), counts, sums, sum_squares)
+    return Assignment(codes, counts, sums, sum_squares)
+
+
+def assign_binned(
+    values: np.ndarray, hist: Histogram, centroids: np.ndarray, edges: np.ndarray | None = None, out=None
+) -> Assignment:
+    """Codes for the values, with counts, sums and power taken from their histogram `hist`
+    (binned, unweighted) instead of a second pass: each bin counts whole in the cell of its
+    centre, values spread evenly within it (the w^2/12 term). The bins are a few parts in
+    10^5 of the range wide, so the cell means differ from the exact ones by far less than the
+    codebook's fp16 rounding, and the SQNR stat by under 0.01 dB; the two bincounts this
+    saves were a third of a large tensor's pack time and held the GIL."""
+    codes, _ = _coded(values, centroids, edges, (hist.lo, hist.hi), out=out)
+    k = centroids.size
+    cells = np.searchsorted(boundaries(centroids) if edges is None else edges, hist.points)
+    counts = np.bincount(cells, weights=hist.counts, minlength=k)
+    sums = np.bincount(cells, weights=hist.counts * hist.points, minlength=k)
+    total = float(hist.counts.sum())
+    sum_squares = float(np.sum(hist.counts * hist.points * hist.points)) + total * hist.width**2 / 12
+    return Assignment(codes, counts, sums, sum_squares)
 
 
 # -- entropy-constrained fit ------------------------------------------------------------------
