@@ -173,17 +173,20 @@ def emit(sink, e: Encoded) -> TensorEntry:
 
 
 class LocalEncoder:
-    """Tensors encoded on this machine's threads, at most `jobs` of them in memory at once;
-    the passes within one large tensor use the same number of threads (methods.chunks)."""
+    """Tensors encoded on this machine's `jobs` threads, at most `jobs` + 1 of them in memory
+    at once (the next one starts while the oldest is written, so a tiny tensor queued behind
+    a large one does not leave a worker idle); the passes within one large tensor use the
+    same number of threads (methods.chunks)."""
 
     def __init__(self, source: TensorSource, tile, importance, jobs: int):
-        self.source, self.tile, self.importance, self.window = source, tile, importance, jobs
+        self.source, self.tile, self.importance, self.jobs = source, tile, importance, jobs
+        self.window = jobs + 1
         self._stack = ExitStack()
 
     def __enter__(self) -> "LocalEncoder":
-        self.encoders = self._stack.enter_context(ThreadPoolExecutor(self.window, "kformat-encode"))
-        self.tiles = self._stack.enter_context(ThreadPoolExecutor(self.window))
-        self._stack.enter_context(chunks.threads(self.window))
+        self.encoders = self._stack.enter_context(ThreadPoolExecutor(self.jobs, "kformat-encode"))
+        self.tiles = self._stack.enter_context(ThreadPoolExecutor(self.jobs))
+        self._stack.enter_context(chunks.threads(self.jobs))
         return self
 
     def __exit__(self, *exc) -> None:
