@@ -147,10 +147,13 @@ def test_entropy_constrained_fit_trades_little_sqnr_for_fewer_bits(gaussian):
     assert plain.stats["sqnr_db"] - 0.3 <= ec.stats["sqnr_db"] < plain.stats["sqnr_db"]
 
 
-def test_ec_cells_match_brute_force():
+@pytest.mark.parametrize("most", [12, 300])
+def test_ec_cells_match_brute_force(most):
     rng = np.random.default_rng(3)
-    for _ in range(50):
-        centroids = np.sort(rng.standard_normal(rng.integers(2, 12)))
+    for case in range(50):
+        centroids = np.sort(rng.standard_normal(rng.integers(2, most)))
+        if case % 3 == 0:  # repeated centroids: only one of each can own a cell
+            centroids = np.sort(np.concatenate((centroids, centroids[: centroids.size // 3])))
         lengths = rng.random(centroids.size) * 5
         lam = float(rng.random())
         owners, edges = kmeans.ec_cells(centroids, lengths, lam)

@@ -284,28 +284,29 @@ def ec_cells(centroids: np.ndarray, lengths: np.ndarray, lam: float) -> tuple[np
     lower envelope of the lines y = -2c x + (c^2 + lam L). Returns the indices of the
     centroids that own a cell and the edges between those cells (ascending).
 
-    All pairwise crossings at once (k <= 256, so k^2 is small) instead of a Python stack:
-    line i (slopes descend with i) is lowest on [max over j < i of x_ij, min over j > i of
-    x_ij]; it owns a cell when that interval is not empty. Of lines with equal slopes only the
-    lowest (the first on ties) can own one.
+    Slopes descend with the index, so a line owns a cell exactly when it meets its left
+    neighbour on the envelope before its right one. Every line that fails that against its
+    current neighbours is dropped at once (two neighbours failing together never hide a
+    cell), until all pass: O(k) numpy per round, a few rounds, where comparing every pair
+    cost O(k^2) (the 8-bit fits of the mobile preset spent seconds there). Of lines with
+    equal slopes only the lowest (the first on ties) can own one.
     """
     k = centroids.size
     slopes = -2.0 * centroids
     offsets = centroids * centroids + lam * lengths
-    ds = slopes[None, :] - slopes[:, None]  # s_j - s_i
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cross = (offsets[:, None] - offsets[None, :]) / ds  # x where lines i and j meet
-    below = np.tri(k, k, -1, dtype=bool)  # j < i
-    same = ds == 0
-    # Equal slopes: i is dominated by an equal-slope line j with a lower offset, or an equal
-    # one that comes first.
-    beaten = (offsets[None, :] < offsets[:, None]) | ((offsets[None, :] == offsets[:, None]) & below)
-    dominated = (same & beaten).any(axis=1)
-    lower = np.where(below & ~same, cross, -np.inf).max(axis=1, initial=-np.inf)
-    upper = np.where(below.T & ~same, cross, np.inf).min(axis=1, initial=np.inf)
-    hull = np.flatnonzero((lower < upper) & ~dominated)
-    edges = (offsets[hull[1:]] - offsets[hull[:-1]]) / (slopes[hull[:-1]] - slopes[hull[1:]])
-    return hull.astype(np.int64), edges
+    hull = np.arange(k)
+    same = slopes[1:] == slopes[:-1]
+    if same.any():  # equal centroids are neighbours: keep each run's lowest offset, first on ties
+        run = np.concatenate(([0], np.cumsum(~same)))
+        order = np.lexsort((hull, offsets, run))
+        hull = np.sort(order[np.concatenate(([True], run[order][1:] != run[order][:-1]))])
+    while True:
+        s, o = slopes[hull], offsets[hull]
+        cross = (o[1:] - o[:-1]) / (s[:-1] - s[1:])  # where each line meets the next
+        owns = np.concatenate(([-np.inf], cross)) < np.concatenate((cross, [np.inf]))
+        if owns.all():
+            return hull.astype(np.int64), cross
+        hull = hull[owns]
 
 
 def _ec_lloyd(points, weights, centroids, lam, sums: CellSums | None = None):
