@@ -11,8 +11,8 @@ import numpy as np
 from ..errors import DecodeError
 from .base import Method, TableSpec, group_rows_for, row_groups
 from .compact import QuantizedTensor
-from .metrics import entropy_bits
-from .chunks import code_counts, map_chunks
+from .metrics import entropy_bits, sqnr_db, squares
+from .chunks import CHUNK, map_chunks
 from .histogram import value_range
 from .prune import prune_mask
 
@@ -35,7 +35,9 @@ def _scale_zero(lo: np.ndarray, hi: np.ndarray, levels: int) -> tuple[np.ndarray
 
 def _linear_codes(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, levels: int) -> np.ndarray:
     """float32 codes of rows `x` under per-row `scale` and `zero_point` (both (rows, 1))."""
-    q = np.round(x / scale) + zero_point.astype(np.float32)
+    q = np.divide(x, scale, dtype=np.float32)
+    np.round(q, out=q)
+    q += zero_point.astype(np.float32)
     return np.clip(q, 0, levels, out=q)
 
 
@@ -64,20 +66,29 @@ def _clip_search(w, weights, lo, hi, levels: int, group_rows: int, factors) -> n
     return np.asarray(factors)[np.argmin(total, axis=0)]  # ties keep the wider range
 
 
+def _ranges(w: np.ndarray, group_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's (min, max), widened to include 0; per row in vectorised row chunks."""
+    rows, cols = w.shape
+    if group_rows == 1:
+        step = max(1, CHUNK_ELEMENTS // max(1, cols))
+        parts = map_chunks(lambda r0, r1: (w[r0:r1].min(axis=1), w[r0:r1].max(axis=1)), rows, step)
+        lo = np.concatenate([p[0] for p in parts]).astype(np.float64)
+        hi = np.concatenate([p[1] for p in parts]).astype(np.float64)
+    else:
+        spans = [value_range(w[r : r + group_rows].reshape(-1)) for r in range(0, rows, group_rows)]
+        lo, hi = np.array([a for a, _ in spans]), np.array([b for _, b in spans])
+    return np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+
+
 def quantize_linear(w: np.ndarray, bits: int, group_rows: int, weights: np.ndarray | None = None):
-    """codes (uint8, rows x cols), scale (float32, groups), zero_point (uint8, groups).
+    """codes (uint8, rows x cols), scale (float32, groups), zero_point (uint8, groups), code
+    counts, and (sum w^2, sum (w - dequantized)^2) measured while the codes are made.
 
     `weights` (importance, broadcastable to w): each group's range is clipped where that
     lowers the weighted error (CLIP_FACTORS)."""
     rows, cols = w.shape
     levels = (1 << bits) - 1
-    groups = (rows + group_rows - 1) // group_rows
-    lo = np.empty(groups, dtype=np.float64)
-    hi = np.empty(groups, dtype=np.float64)
-    for g in range(groups):
-        block_lo, block_hi = value_range(w[g * group_rows : (g + 1) * group_rows].reshape(-1))
-        lo[g] = min(block_lo, 0.0)
-        hi[g] = max(block_hi, 0.0)
+    lo, hi = _ranges(w, group_rows)
     if weights is not None:
         factors = CLIP_FACTORS if bits < 6 else CLIP_FACTORS_WIDE
         best = _clip_search(w, weights, lo, hi, levels, group_rows, factors)
@@ -85,12 +96,22 @@ def quantize_linear(w: np.ndarray, bits: int, group_rows: int, weights: np.ndarr
     scale, zero_point = _scale_zero(lo, hi, levels)
     codes = np.empty((rows, cols), dtype=np.uint8)
 
-    def rows_of(r0: int, r1: int) -> None:
+    def rows_of(r0: int, r1: int):
         g = np.arange(r0, r1) // group_rows
-        codes[r0:r1] = _linear_codes(w[r0:r1], scale[g][:, None], zero_point[g][:, None], levels)
+        s, z = scale[g][:, None], zero_point[g][:, None].astype(np.float32)
+        q = _linear_codes(w[r0:r1], s, z, levels)
+        codes[r0:r1] = q
+        back = np.subtract(q, z, out=q)  # what dequantize gives, in float32
+        back *= s
+        x = w[r0:r1].astype(np.float64)
+        signal = squares(x.reshape(-1))
+        x -= back
+        return np.bincount(codes[r0:r1].reshape(-1), minlength=levels + 1), (signal, squares(x.reshape(-1)))
 
-    map_chunks(rows_of, rows, max(1, CHUNK_ELEMENTS // max(1, cols)))
-    return codes, scale, zero_point
+    parts = map_chunks(rows_of, rows, max(1, CHUNK // max(1, cols)))  # chunks that stay in cache
+    counts = sum(c for c, _ in parts)
+    powers = (sum(p[0] for _, p in parts), sum(p[1] for _, p in parts))
+    return codes, scale, zero_point, counts, powers
 
 
 class Linear(Method):
@@ -108,9 +129,11 @@ class Linear(Method):
         mask = prune_mask(w, rule.prune, rule.prune_threshold)
         if mask is not None:
             w = np.where(mask, np.float32(0), w)
-        codes, scale, zero_point = quantize_linear(w, bits, group_rows, weights)
-        stats = {"entropy_bits": entropy_bits(code_counts(codes, 1 << bits))}
-        if mask is not None:
+        codes, scale, zero_point, counts, (signal, noise) = quantize_linear(w, bits, group_rows, weights)
+        stats = {"entropy_bits": entropy_bits(counts)}
+        if mask is None:
+            stats["sqnr_db"] = sqnr_db(signal, noise)
+        else:  # measured later, against the unpruned weights
             stats["pruned"] = int(mask.sum())
         return QuantizedTensor(
             name=name,
