@@ -15,7 +15,7 @@ from ..methods import QuantizedTensor, get_method, view_2d
 from ..methods.chunks import map_chunks
 from ..methods.metrics import error_powers, sqnr_db
 
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 18  # rows of about this many values: their temporaries stay in cache
 
 
 def check_finite(name: str, values: np.ndarray) -> None:
