@@ -162,3 +162,35 @@ def test_ec_cells_match_brute_force(most):
         fast = owners[np.searchsorted(edges, xs)]
         cost = lambda idx: (xs - centroids[idx]) ** 2 + lam * lengths[idx]  # noqa: E731
         assert np.allclose(cost(fast), cost(brute))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "student", "outliers"])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_binned_cell_stats_match_the_exact_ones(kind, bits):
+    """Large blocks take their cell means and counts from the fine histogram: the codes are the
+    same, the means well inside the fp16 codebook's rounding, the SQNR stat within 0.01 dB."""
+    rng = np.random.default_rng(bits)
+    w = {
+        "gaussian": rng.standard_normal(300_000),
+        "student": rng.standard_t(3, 300_000),
+        "outliers": np.concatenate((rng.standard_normal(299_990), rng.uniform(40, 80, 10))),
+    }[kind].astype(np.float32) * 0.02
+    hist = kmeans.histogram(w)
+    assert hist.width > 0  # the binned path
+    centroids = np.unique(kmeans.fit_centroids(hist, 1 << bits).astype(np.float16)).astype(np.float64)
+    exact, binned = kmeans.assign(w, centroids), kmeans.assign_binned(w, hist, centroids)
+    assert np.array_equal(exact.codes, binned.codes)
+    used = exact.counts > 0
+    # only values in a bin that straddles an edge can be counted in the neighbouring cell
+    assert np.abs(binned.counts - exact.counts).sum() <= 2 * (centroids.size - 1) * hist.counts.max()
+    spacing = np.diff(centroids).min()
+    means = binned.sums[used] / np.maximum(binned.counts[used], 1)
+    assert np.abs(means - exact.sums[used] / exact.counts[used]).max() < 0.05 * spacing
+    table = (exact.sums[used] / exact.counts[used]).astype(np.float16).astype(np.float64)
+    full = np.zeros(centroids.size)
+    full[used] = table
+
+    def db(a):
+        return 10 * math.log10(a.sum_squares / a.squared_error(full))
+
+    assert abs(db(binned) - db(exact)) < 0.01
