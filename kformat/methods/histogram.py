@@ -52,8 +52,8 @@ def histogram(values: np.ndarray, bins: int = FINE_BINS, weights: np.ndarray | N
 
     Up to EXACT_POINTS values it is the values themselves (unique, with counts). Above, counts
     over `bins` uniform bins, in chunks, points being the bin centres: fine enough that using
-    centres instead of exact bin means changes nothing measurable (the final codebook is the
-    exact mean of each cell anyway, see assign). When far outliers stretch the range, the bins
+    centres instead of exact bin means changes nothing measurable (kmeans_fit.assign_binned
+    measures it). When far outliers stretch the range, the bins
     would be too coarse where the mass is: a second pass bins only the core range (_core) and
     keeps the values outside it as exact points. With `weights` (importance, the shape of
     `values`) the counts are sums of weights, so the fit minimises the weighted error."""
