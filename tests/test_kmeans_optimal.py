@@ -65,3 +65,33 @@ def test_dynamic_programme_finds_the_optimum(n, k):
         return float(np.min((points[:, None] - np.asarray(centroids)[None, :]) ** 2, axis=1).sum())
 
     assert error(ours) == pytest.approx(error(theirs), rel=1e-9, abs=1e-12)
+
+
+def _reference_dp(points, weights, k):
+    """The textbook O(k n^2) dynamic programme: the least weighted squared error."""
+    n = points.size
+    w = np.concatenate(([0.0], np.cumsum(weights)))
+    s1 = np.concatenate(([0.0], np.cumsum(weights * points)))
+    s2 = np.concatenate(([0.0], np.cumsum(weights * points * points)))
+    i, j = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cost = np.where(j > i, (s2[j] - s2[i]) - (s1[j] - s1[i]) ** 2 / (w[j] - w[i]), np.inf)
+    best = cost[0].copy()
+    for _ in range(k - 1):
+        best = np.min(best[:, None] + cost, axis=0)
+    return float(best[n])
+
+
+def test_batched_weighted_problems_reach_the_optimum():
+    """Several groups in one batch, weighted points: each at the textbook DP's optimum."""
+    from kformat.methods.kmeans_dp import optimal_centroids_batch
+
+    rng = np.random.default_rng(7)
+    problems = [
+        (np.unique(rng.standard_t(3, n)), None) for n in (60, 150, 90)
+    ]
+    problems = [(p, rng.uniform(0.1, 5.0, p.size)) for p, _ in problems]
+    for k in (2, 5, 12):
+        for (points, weights), centroids in zip(problems, optimal_centroids_batch(problems, k)):
+            error = float(np.sum(weights * np.min((points[:, None] - centroids[None, :]) ** 2, axis=1)))
+            assert error == pytest.approx(_reference_dp(points, weights, k), rel=1e-9, abs=1e-12)

