@@ -26,7 +26,7 @@ from PIL import Image
 from ..errors import DecodeError
 from .base import Codec
 from .bitpack import pack_rows, row_bytes, unpack_rows
-from .zlibs import deflate, huffman_only, inflate_exact  # noqa: F401 (inflate_exact re-exported)
+from .zlibs import deflate, huffman_only, inflate_exact
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOR_TYPE_PALETTE = 3

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import DecodeError
 from .base import Method, TableSpec, group_rows_for, row_groups
 from .compact import QuantizedTensor
-from .metrics import entropy_bits, sqnr_db, squares
+from .metrics import entropy_bits, error_powers, sqnr_db
 from .chunks import CHUNK, map_chunks
 from .histogram import value_range
 from .prune import prune_mask
@@ -103,10 +103,7 @@ def quantize_linear(w: np.ndarray, bits: int, group_rows: int, weights: np.ndarr
         codes[r0:r1] = q
         back = np.subtract(q, z, out=q)  # what dequantize gives, in float32
         back *= s
-        x = w[r0:r1].astype(np.float64)
-        signal = squares(x.reshape(-1))
-        x -= back
-        return np.bincount(codes[r0:r1].reshape(-1), minlength=levels + 1), (signal, squares(x.reshape(-1)))
+        return np.bincount(codes[r0:r1].reshape(-1), minlength=levels + 1), error_powers(w[r0:r1], back)
 
     parts = map_chunks(rows_of, rows, max(1, CHUNK // max(1, cols)))  # chunks that stay in cache
     counts = sum(c for c, _ in parts)
