@@ -20,6 +20,7 @@ import pytest
 import kformat
 from kformat.errors import StorageError
 from kformat.loading.container import Container
+from kformat.packing.atomic import TEMP_MARK
 from http_servers import serve
 
 KFORMAT = [sys.executable, "-m", "kformat.cli"]
@@ -69,7 +70,15 @@ def test_a_killed_pack_leaves_no_output_and_nothing_the_next_pack_trips_on(big_s
     killed_with_litter = 0
     for fraction in (0.15, 0.35, 0.55, 0.75, 0.9):
         process = subprocess.Popen(_pack_command(big_source, out, sharded))
-        time.sleep(full * fraction)
+        # Kill at a fraction of the pack itself, counted from its first temporary: the
+        # interpreter's start-up is most of a run now, and kills timed from the launch
+        # could all land before the pack began writing.
+        began = time.perf_counter()
+        while process.poll() is None and time.perf_counter() - began < full:
+            if any(f"{TEMP_MARK}{process.pid}-" in name for name in _litter(tmp_path, out.name)):
+                break
+            time.sleep(0.002)
+        time.sleep(max(0.0, full - (time.perf_counter() - began)) * fraction)
         process.send_signal(signal.SIGKILL)
         process.wait()
         if out.exists():  # the kill came after the rename: then the output is complete
