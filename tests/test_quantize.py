@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from kformat.errors import QuantizationError
 from kformat.packing.encode import encode_tensor
+from kformat.methods import kmeans_codes
 from kformat.methods import kmeans_fit as kmeans
 from kformat.recipe import parse_rule
 
@@ -49,7 +50,7 @@ def test_kmeans_matches_exact_optimum_on_small_sets(values, k):
     points = np.array(values, dtype=np.float64)
     hist = kmeans.histogram(points, bins=1 << 16)
     centroids = kmeans.fit_centroids(hist, k)
-    found = kmeans.assign(points, centroids)
+    found = kmeans_codes.assign(points, centroids)
     # As the encoder does: each centroid becomes the exact mean of its cell.
     used = found.counts > 0
     centroids = centroids.copy()
@@ -178,7 +179,7 @@ def test_binned_cell_stats_match_the_exact_ones(kind, bits):
     hist = kmeans.histogram(w)
     assert hist.width > 0  # the binned path
     centroids = np.unique(kmeans.fit_centroids(hist, 1 << bits).astype(np.float16)).astype(np.float64)
-    exact, binned = kmeans.assign(w, centroids), kmeans.assign_binned(w, hist, centroids)
+    exact, binned = kmeans_codes.assign(w, centroids), kmeans_codes.assign_binned(w, hist, centroids)
     assert np.array_equal(exact.codes, binned.codes)
     used = exact.counts > 0
     # only values in a bin that straddles an edge can be counted in the neighbouring cell

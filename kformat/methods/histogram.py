@@ -11,6 +11,7 @@ import numpy as np
 from .chunks import CHUNK, map_chunks
 
 FINE_BINS = 1 << 16
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def histogram(values: np.ndarray, bins: int = FINE_BINS, weights: np.ndarray | N
 
     Up to EXACT_POINTS values it is the values themselves (unique, with counts). Above, counts
     over `bins` uniform bins, in chunks, points being the bin centres: fine enough that using
-    centres instead of exact bin means changes nothing measurable (kmeans_fit.assign_binned
+    centres instead of exact bin means changes nothing measurable (kmeans_codes.assign_binned
     measures it). When far outliers stretch the range, the bins
     would be too coarse where the mass is: a second pass bins only the core range (_core) and
     keeps the values outside it as exact points. With `weights` (importance, the shape of
@@ -146,6 +147,8 @@ def _uniform(counts: np.ndarray, core_lo: float, core_hi: float, lo: float, hi: 
 
 def _bin_index(chunk: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
     dtype = np.float32 if chunk.dtype == np.float32 else np.float64
+    if bins / (float(hi) - float(lo)) > FLOAT32_MAX:  # a range of subnormals: scale in float64
+        dtype = np.float64
     scaled = np.subtract(chunk, dtype(lo), dtype=dtype)
     scaled *= dtype(bins / (hi - lo))
     np.minimum(scaled, bins - 1, out=scaled)  # (never below 0: lo is at most the least value)

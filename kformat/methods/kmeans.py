@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from ..errors import QuantizationError
-from . import kmeans_fit
+from . import kmeans_codes, kmeans_fit
 from .base import FP16_MAX, Method, TableSpec, group_rows_for, row_groups
 from .compact import QuantizedTensor
 from .metrics import PNG_OVERHEAD, TILE_OVERHEAD, entropy_bits, entropy_bytes, sqnr_db, tile_count
@@ -171,10 +171,10 @@ class KMeans(Method):
                     f"tensor {name!r}: weights exceed the float16 range; use codebook=float32"
                 )
             if weights is None and block_mask is None and hist is not None and hist.width > 0:
-                found = kmeans_fit.assign_binned(block, hist, centroids, edges, out=codes[r0:r1])
+                found = kmeans_codes.assign_binned(block, hist, centroids, edges, out=codes[r0:r1])
             else:
                 span = None if hist is None or block_mask is not None else (hist.lo, hist.hi)
-                found = kmeans_fit.assign(block, centroids, edges, span, out=codes[r0:r1])
+                found = kmeans_codes.assign(block, centroids, edges, span, out=codes[r0:r1])
             # Lloyd update: each code's centroid becomes its cell's mean (exact, or from the
             # fine histogram for large unweighted blocks). Pruned zeros keep their centroid at 0.
             used = found.counts > 0

@@ -9,7 +9,7 @@ ten thousand weighted points:
    the histogram merged into a few thousand bins (or, for the sampled groups of allocation's
    estimates, the better of companding and weighted quantiles);
 2. weighted Lloyd iterations on the fine histogram until the centroids stop moving;
-3. one assignment pass over the real values (a lookup grid against the cell boundaries);
+3. one assignment pass over the real values (kmeans_codes: lookup tables of the cell edges);
    a final Lloyd update makes each centroid its cell's mean: exact (per-code sums collected
    in that pass) for small, weighted or pruned blocks, from the fine histogram for the rest
    (assign_binned: within 0.01 dB, without a second GIL-bound pass).
@@ -19,18 +19,15 @@ Centroids are kept sorted, so codes are ordered like the values they stand for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 
-from .chunks import map_chunks
-from .histogram import FINE_BINS, Histogram, _bin_index, _rebin, histogram, value_range  # noqa: F401 (re-exported)
+from .histogram import FINE_BINS, Histogram, _rebin, histogram  # noqa: F401 (re-exported)
+from .kmeans_codes import boundaries
 from .kmeans_dp import optimal_centroids, optimal_centroids_batch
-from .metrics import squares
 
 DP_POINTS = 4096  # the exact DP runs on the histogram merged into this many bins
 RACE_BINS = 8192
-LOOKUP_BINS = 1 << 16
 MAX_ITERS = 300
 TOLERANCE = 1e-7  # stop when no centroid moves more than this fraction of the value range
 
@@ -48,11 +45,6 @@ def _companding_init(hist: Histogram, k: int) -> np.ndarray:
     bins = min(4096, max(64, 16 * k))
     points, counts = _rebin(hist, bins)
     return _quantile_init(points, np.cbrt(counts), k)
-
-
-def boundaries(centroids: np.ndarray) -> np.ndarray:
-    """Cell edges between sorted centroids: a value v gets code searchsorted(edges, v)."""
-    return (centroids[:-1] + centroids[1:]) / 2.0
 
 
 class CellSums:
@@ -160,111 +152,6 @@ def fit_centroids(
         if err < best_err:
             best, best_err = fitted, err
     return _split_largest(points, weights, lloyd(points, weights, best), k)
-
-
-@dataclass
-class Assignment:
-    codes: np.ndarray  # uint8, same shape as the values
-    counts: np.ndarray  # values per code
-    sums: np.ndarray  # sum of values per code
-    sum_squares: float  # sum of all values squared
-
-    def squared_error(self, table: np.ndarray) -> float:
-        """sum (x - table[code])^2, from the per-code sums (no second pass)."""
-        t = table[: self.counts.size].astype(np.float64)
-        cross, power = np.einsum("i,i->", t, self.sums), np.einsum("i,i->", t * t, self.counts)
-        return max(0.0, self.sum_squares - 2 * float(cross) + float(power))  # no BLAS: see squares
-
-
-def _edge_lookup(edges: np.ndarray, lo: float, hi: float, bins: int):
-    """Per uniform bin: how many edges lie below it, and the one edge inside it (or +inf);
-    `edges` is not empty.
-
-    Each bin is widened by a quarter of its width on both sides so that values that land
-    in a neighbouring bin through rounding are still classified exactly. None when two
-    edges are too close for one bin to hold at most one."""
-    width = (hi - lo) / bins
-    if edges.size > 1 and np.min(np.diff(edges)) <= 1.5 * width:
-        return None
-    starts = lo + np.arange(bins) * width - width / 4
-    base = np.searchsorted(edges, starts, side="right")
-    nxt = np.minimum(base, edges.size - 1)
-    inside = np.full(bins, np.inf, dtype=edges.dtype)
-    within = (base < edges.size) & (edges[nxt] < starts + 1.5 * width)
-    inside[within] = edges[nxt[within]]
-    return base.astype(np.uint8 if edges.size < 256 else np.int16), inside
-
-
-def _coded(values: np.ndarray, centroids: np.ndarray, edges, span, collect=None, out=None):
-    """Codes for every value (nearest centroid, or by explicit cell edges), in chunks, and
-    collect(chunk, codes) of every chunk while it is in cache.
-
-    code = number of edges below the value. Computed through a uniform lookup grid
-    (two gathers and a compare per value), exact, and several times faster than a binary
-    search; falls back to searchsorted when edges are too close for the grid. Codes go to
-    `out` (contiguous uint8, the values' shape) when given."""
-    flat = values.reshape(-1)
-    codes = np.empty(flat.size, dtype=np.uint8) if out is None else out.reshape(-1)
-    edges = boundaries(centroids) if edges is None else edges
-    edges = edges.astype(np.float32 if values.dtype == np.float32 else np.float64)
-    lookup = None
-    if flat.size >= LOOKUP_BINS and edges.size:
-        lo, hi = value_range(flat) if span is None else span
-        if hi > lo:
-            lookup = _edge_lookup(edges, lo, hi, LOOKUP_BINS)
-
-    def part(start: int, stop: int):
-        chunk = flat[start:stop]
-        out = codes[start:stop]
-        if lookup is None:
-            out[...] = np.searchsorted(edges, chunk)
-        else:
-            idx = _bin_index(chunk, lo, hi, LOOKUP_BINS)
-            np.add(np.take(lookup[0], idx), chunk > np.take(lookup[1], idx), out=out, casting="unsafe")
-        return None if collect is None else collect(chunk, out)
-
-    return codes.reshape(values.shape), map_chunks(part, flat.size)  # parts in chunk order
-
-
-def assign(
-    values: np.ndarray, centroids: np.ndarray, edges: np.ndarray | None = None, span=None, out=None
-) -> Assignment:
-    """Codes for the values, with each code's exact count and sum, and the values' power.
-    `span` is the values' (min, max) when the caller knows it (the histogram has it)."""
-    k = centroids.size
-
-    def collect(chunk: np.ndarray, out: np.ndarray):
-        wide = chunk.astype(np.float64)
-        return np.bincount(out, minlength=k), np.bincount(out, weights=wide, minlength=k), squares(wide)
-
-    codes, parts = _coded(values, centroids, edges, span, collect, out)
-    counts = np.zeros(k, dtype=np.float64)
-    sums = np.zeros(k, dtype=np.float64)
-    sum_squares = 0.0
-    for part_counts, part_sums, part_squares in parts:
-        counts += part_counts
-        sums += part_sums
-        sum_squares += part_squares
-    return Assignment(codes, counts, sums, sum_squares)
-
-
-def assign_binned(
-    values: np.ndarray, hist: Histogram, centroids: np.ndarray, edges: np.ndarray | None = None, out=None
-) -> Assignment:
-    """Codes for the values, with counts, sums and power taken from their histogram `hist`
-    (binned, unweighted) instead of a second pass: each bin counts whole in the cell of its
-    centre, values spread evenly within it (the w^2/12 term). The bins are a few parts in
-    10^5 of the range wide, so the cell means differ from the exact ones by far less than the
-    codebook's fp16 rounding, and the SQNR stat by under 0.01 dB; the two bincounts this
-    saves were a third of a large tensor's pack time and held the GIL."""
-    codes, _ = _coded(values, centroids, edges, (hist.lo, hist.hi), out=out)
-    k = centroids.size
-    cells = np.searchsorted(boundaries(centroids) if edges is None else edges, hist.points)
-    counts = np.bincount(cells, weights=hist.counts, minlength=k)
-    sums = np.bincount(cells, weights=hist.counts * hist.points, minlength=k)
-    total = float(hist.counts.sum())
-    sum_squares = float(np.sum(hist.counts * hist.points * hist.points)) + total * hist.width**2 / 12
-    return Assignment(codes, counts, sums, sum_squares)
 
 
 # -- entropy-constrained fit ------------------------------------------------------------------

@@ -1,0 +1,171 @@
+"""Codes for values, given a codebook's cell edges: the assignment pass of k-means.
+
+A value's code is the number of cell edges below it (searchsorted). Over millions of values
+a binary search is slow, so a table says, for a small interval of values, how many edges lie
+below it and which one edge (if any) lies inside it: then code = below + (value > inside),
+two gathers and a compare per value, exact. The intervals are, fastest first:
+
+1. for float32 values, the 2^16 intervals of their top 16 bits (the bfloat16 truncation),
+   read in place, with no arithmetic per value (1.6x faster than the grid); usable when no
+   interval where the values lie holds two edges (relative width 2^-7: 4-bit codebooks
+   always, 8-bit ones mostly);
+2. a uniform grid of LOOKUP_BINS bins over the values' range (subtract, scale, truncate);
+3. searchsorted, when edges are too close even for the grid.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from .chunks import map_chunks
+from .histogram import Histogram, _bin_index, value_range
+from .metrics import squares
+
+LOOKUP_BINS = 1 << 16
+_TOP = 1 if np.little_endian else 0  # the uint16 half of a float32 that holds sign, exponent
+
+
+def boundaries(centroids: np.ndarray) -> np.ndarray:
+    """Cell edges between sorted centroids: a value v gets code searchsorted(edges, v)."""
+    return (centroids[:-1] + centroids[1:]) / 2.0
+
+
+@dataclass
+class Assignment:
+    codes: np.ndarray  # uint8, same shape as the values
+    counts: np.ndarray  # values per code
+    sums: np.ndarray  # sum of values per code
+    sum_squares: float  # sum of all values squared
+
+    def squared_error(self, table: np.ndarray) -> float:
+        """sum (x - table[code])^2, from the per-code sums (no second pass)."""
+        t = table[: self.counts.size].astype(np.float64)
+        cross, power = np.einsum("i,i->", t, self.sums), np.einsum("i,i->", t * t, self.counts)
+        return max(0.0, self.sum_squares - 2 * float(cross) + float(power))  # no BLAS: see squares
+
+
+@functools.cache
+def _top_half_intervals() -> tuple[np.ndarray, np.ndarray]:
+    """The least and greatest float32 of each of the 2^16 top-16-bit patterns (NaN for NaN
+    patterns), which a search sorts past every edge."""
+    first = np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)
+    last = first | np.uint32(0xFFFF)
+    with np.errstate(invalid="ignore"):
+        a, b = first.view(np.float32), last.view(np.float32)
+        return np.fmin(a, b), np.fmax(a, b)
+
+
+def _top_half_lookup(edges: np.ndarray, span):
+    """Per top-16-bit pattern of a float32: how many edges lie below its interval, and the one
+    edge inside it (or +inf); None when an interval the values can reach (within `span`, or
+    anywhere without one) holds two edges. `edges` is float32, sorted, not empty."""
+    low, high = _top_half_intervals()
+    below = np.searchsorted(edges, low, side="left")
+    held = np.searchsorted(edges, high, side="left") - below  # edges in [low, high)
+    reached = held
+    if span is not None:
+        with np.errstate(invalid="ignore"):
+            reached = held[(high >= span[0]) & (low <= span[1])]
+    if reached.size and reached.max() > 1:
+        return None
+    inside = np.where(held > 0, edges[np.minimum(below, edges.size - 1)], np.float32(np.inf))
+    return below.astype(np.uint8 if edges.size < 256 else np.int16), inside.astype(np.float32)
+
+
+def _edge_lookup(edges: np.ndarray, lo: float, hi: float, bins: int):
+    """Per uniform bin: how many edges lie below it, and the one edge inside it (or +inf);
+    `edges` is not empty.
+
+    Each bin is widened by a quarter of its width on both sides so that values that land
+    in a neighbouring bin through rounding are still classified exactly. None when two
+    edges are too close for one bin to hold at most one."""
+    width = (hi - lo) / bins
+    if edges.size > 1 and np.min(np.diff(edges)) <= 1.5 * width:
+        return None
+    starts = lo + np.arange(bins) * width - width / 4
+    base = np.searchsorted(edges, starts, side="right")
+    nxt = np.minimum(base, edges.size - 1)
+    inside = np.full(bins, np.inf, dtype=edges.dtype)
+    within = (base < edges.size) & (edges[nxt] < starts + 1.5 * width)
+    inside[within] = edges[nxt[within]]
+    return base.astype(np.uint8 if edges.size < 256 else np.int16), inside
+
+
+def _coded(values: np.ndarray, centroids: np.ndarray, edges, span, collect=None, out=None):
+    """Codes for every value (nearest centroid, or by explicit cell edges), in chunks, and
+    collect(chunk, codes) of every chunk while it is in cache. `span` is the values' (min,
+    max) when the caller knows it. Codes go to `out` (contiguous uint8, the values' shape)
+    when given. The lookup tables (module docstring) cost about as much as 2^16 values, so
+    smaller inputs search."""
+    flat = values.reshape(-1)
+    codes = np.empty(flat.size, dtype=np.uint8) if out is None else out.reshape(-1)
+    edges = boundaries(centroids) if edges is None else edges
+    edges = edges.astype(np.float32 if values.dtype == np.float32 else np.float64)
+    top = grid = None
+    if flat.size >= LOOKUP_BINS and edges.size:
+        if values.dtype == np.float32 and flat.flags.c_contiguous:
+            top = _top_half_lookup(edges, span)
+        if top is None:
+            lo, hi = value_range(flat) if span is None else span
+            if hi > lo:
+                grid = _edge_lookup(edges, lo, hi, LOOKUP_BINS)
+
+    def part(start: int, stop: int):
+        chunk = flat[start:stop]
+        out = codes[start:stop]
+        if top is not None:  # the top 16 bits of each float32, read in place
+            idx = chunk.view(np.uint16)[_TOP::2].astype(np.intp)
+            np.add(np.take(top[0], idx), chunk > np.take(top[1], idx), out=out, casting="unsafe")
+        elif grid is not None:
+            idx = _bin_index(chunk, lo, hi, LOOKUP_BINS)
+            np.add(np.take(grid[0], idx), chunk > np.take(grid[1], idx), out=out, casting="unsafe")
+        else:
+            out[...] = np.searchsorted(edges, chunk)
+        return None if collect is None else collect(chunk, out)
+
+    return codes.reshape(values.shape), map_chunks(part, flat.size)  # parts in chunk order
+
+def assign(
+    values: np.ndarray, centroids: np.ndarray, edges: np.ndarray | None = None, span=None, out=None
+) -> Assignment:
+    """Codes for the values, with each code's exact count and sum, and the values' power.
+    `span` is the values' (min, max) when the caller knows it (the histogram has it)."""
+    k = centroids.size
+
+    def collect(chunk: np.ndarray, out: np.ndarray):
+        wide = chunk.astype(np.float64)
+        return np.bincount(out, minlength=k), np.bincount(out, weights=wide, minlength=k), squares(wide)
+
+    codes, parts = _coded(values, centroids, edges, span, collect, out)
+    counts = np.zeros(k, dtype=np.float64)
+    sums = np.zeros(k, dtype=np.float64)
+    sum_squares = 0.0
+    for part_counts, part_sums, part_squares in parts:
+        counts += part_counts
+        sums += part_sums
+        sum_squares += part_squares
+    return Assignment(codes, counts, sums, sum_squares)
+
+
+def assign_binned(
+    values: np.ndarray, hist: Histogram, centroids: np.ndarray, edges: np.ndarray | None = None, out=None
+) -> Assignment:
+    """Codes for the values, with counts, sums and power taken from their histogram `hist`
+    (binned, unweighted) instead of a second pass: each bin counts whole in the cell of its
+    centre, values spread evenly within it (the w^2/12 term). The bins are a few parts in
+    10^5 of the range wide, so the cell means differ from the exact ones by far less than the
+    codebook's fp16 rounding, and the SQNR stat by under 0.01 dB; the two bincounts this
+    saves were a third of a large tensor's pack time and held the GIL."""
+    codes, _ = _coded(values, centroids, edges, (hist.lo, hist.hi), out=out)
+    k = centroids.size
+    cells = np.searchsorted(boundaries(centroids) if edges is None else edges, hist.points)
+    counts = np.bincount(cells, weights=hist.counts, minlength=k)
+    sums = np.bincount(cells, weights=hist.counts * hist.points, minlength=k)
+    total = float(hist.counts.sum())
+    sum_squares = float(np.sum(hist.counts * hist.points * hist.points)) + total * hist.width**2 / 12
+    return Assignment(codes, counts, sums, sum_squares)
+
+

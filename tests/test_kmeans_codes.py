@@ -1,0 +1,88 @@
+"""The assignment pass: every lookup path gives exactly searchsorted's codes."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kformat.methods import kmeans_codes
+from kformat.methods.kmeans_codes import LOOKUP_BINS, _coded, _top_half_lookup, boundaries
+
+
+def _values(seed: int, kind: str, scale: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    size = LOOKUP_BINS + int(rng.integers(0, 5000))
+    values = {
+        "gaussian": rng.standard_normal(size),
+        "heavy": rng.standard_t(2, size),
+        "positive": rng.exponential(1.0, size),
+        "tiny": rng.standard_normal(size) * 1e-39,  # subnormal float32
+    }[kind]
+    return (values * scale).astype(np.float32)
+
+
+def _edges(values: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Cell edges placed as a fitted codebook's are: between sorted centroids drawn from the values,
+    some of them values themselves (so values fall exactly on edges), and -0.0 among them."""
+    rng = np.random.default_rng(seed)
+    centroids = np.unique(rng.choice(values, size=k).astype(np.float64))
+    edges = boundaries(centroids)
+    if edges.size > 2:
+        edges[rng.integers(0, edges.size)] = float(rng.choice(values))
+        edges[edges.size // 2] = -0.0
+    return np.sort(edges)
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["gaussian", "heavy", "positive", "tiny"]),
+    st.sampled_from([1e-3, 1.0, 3e4]),
+    st.sampled_from([2, 4, 16, 64, 256]),
+)
+@settings(max_examples=60, deadline=None, derandomize=True)
+def test_codes_are_the_count_of_edges_below_every_value(seed, kind, scale, k):
+    values = _values(seed, kind, scale)
+    edges = _edges(values, k, seed)
+    codes, _ = _coded(values, np.zeros(edges.size + 1), edges, None)
+    expected = np.searchsorted(edges.astype(np.float32), values)
+    assert np.array_equal(codes, expected)
+
+
+@pytest.mark.parametrize("span", [None, "values"])
+def test_each_lookup_path_is_taken_and_exact(span):
+    """Well-spaced edges take the top-16-bit table; two edges inside one of its intervals make
+    it decline (then the uniform grid, or for still closer edges the search, answers)."""
+    values = _values(1, "gaussian", 1.0)
+    reach = (float(values.min()), float(values.max())) if span else None
+    spaced = np.linspace(-2, 2, 15).astype(np.float32)
+    assert _top_half_lookup(spaced, reach) is not None
+    one = np.float32(1)
+    close = np.sort(np.append(spaced, [one, np.float32(1.001)])).astype(np.float32)  # both in one interval
+    assert _top_half_lookup(close, reach) is None
+    closest = np.sort(np.append(spaced, [one, np.nextafter(one, np.float32(2))])).astype(np.float32)
+    for edges in (spaced, close, closest):
+        codes, _ = _coded(values, np.zeros(edges.size + 1), edges, reach)
+        assert np.array_equal(codes, np.searchsorted(edges, values))
+
+
+def test_close_edges_outside_the_values_do_not_stop_the_table():
+    values = _values(2, "positive", 1.0)  # all >= 0
+    edges = np.array([-1.0002, -1.0001, 0.5, 1.5], dtype=np.float32)  # the close pair is below every value
+    span = (float(values.min()), float(values.max()))
+    assert _top_half_lookup(edges, span) is not None
+    assert _top_half_lookup(edges, None) is None
+    assert np.array_equal(kmeans_codes.assign(values, np.zeros(5), edges, span).codes, np.searchsorted(edges, values))
+
+
+def test_a_tensor_of_subnormals_encodes():
+    """Bins over a range of subnormal float32s are scaled in float64 (the float32 scale
+    overflowed to inf and bincount got negative indices: a ValueError out of pack)."""
+    from kformat.methods.histogram import histogram
+    from kformat.packing.encode import encode_tensor
+    from kformat.recipe import parse_rule
+
+    w = (np.random.default_rng(0).standard_normal((300, 400)) * 1e-40).astype(np.float32)
+    assert histogram(w).counts.sum() == w.size
+    for rule in ("kmeans:4", "kmeans:8,codebook=float32"):
+        q = encode_tensor("w", w, parse_rule(rule))
+        assert q.codes.shape == w.shape
