@@ -43,7 +43,7 @@ MATCHING_LEVEL = 6
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    crc = zlib.crc32(data, zlib.crc32(kind)) & 0xFFFFFFFF
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
@@ -58,11 +58,11 @@ def grey_palette(entries: int) -> bytes:
 def encode_png(codes: np.ndarray, depth: int, palette_entries: int) -> bytes:
     """Encode uint8 codes (rows, cols), all < palette_entries, as a palette PNG."""
     rows, cols = codes.shape
-    packed = pack_rows(codes, depth)
-    filtered = np.zeros((rows, packed.shape[1] + 1), dtype=np.uint8)  # column 0: filter 0
-    filtered[:, 1:] = packed
+    filtered = np.empty((rows, row_bytes(cols, depth) + 1), dtype=np.uint8)
+    filtered[:, 0] = 0  # each row's filter byte: None
+    pack_rows(codes, depth, out=filtered[:, 1:])
     ihdr = struct.pack(">IIBBBBB", cols, rows, depth, COLOR_TYPE_PALETTE, 0, 0, 0)
-    idat = _deflate(filtered.tobytes())
+    idat = _deflate(memoryview(filtered).cast("B"))
     return b"".join(
         (
             SIGNATURE,
