@@ -71,7 +71,8 @@ def test_close_edges_outside_the_values_do_not_stop_the_table():
     span = (float(values.min()), float(values.max()))
     assert _top_half_lookup(edges, span) is not None
     assert _top_half_lookup(edges, None) is None
-    assert np.array_equal(kmeans_codes.assign(values, np.zeros(5), edges, span).codes, np.searchsorted(edges, values))
+    codes = kmeans_codes.assign(values, np.zeros(5), edges, span).codes
+    assert np.array_equal(codes, np.searchsorted(edges, values))
 
 
 def test_a_tensor_of_subnormals_encodes():

@@ -123,8 +123,12 @@ class KMeans(Method):
 
     weighted = True  # encode takes importance weights (kformat.packing.importance)
 
-    def encode(self, name: str, w: np.ndarray, rule, weights: np.ndarray | None = None) -> QuantizedTensor:
-        """`weights` (importance, broadcastable to w) make the fit minimise the weighted error."""
+    def encode(
+        self, name: str, w: np.ndarray, rule, weights: np.ndarray | None = None, *, divisor=None
+    ) -> QuantizedTensor:
+        """`weights` (importance, broadcastable to w) make the fit minimise the weighted error.
+        With `divisor` (float32, one per row) the codebooks are fitted to w's rows divided by
+        it, a group at a time (scale=row without a scaled copy of the whole tensor)."""
         w = w.astype(np.float32, copy=False)
         if rule.scale == "row":
             return _encode_scaled(self, name, w, rule, weights)
@@ -146,8 +150,11 @@ class KMeans(Method):
                 return None
             return weights[r0:r1] if weights.shape[0] == rows else weights
 
+        def source(r0, r1):
+            return w[r0:r1] if divisor is None else w[r0:r1] / divisor[r0:r1, None]
+
         fits = [
-            _group_source(w[r0:r1], None if mask is None else mask[r0:r1], k, group_weights(r0, r1))
+            _group_source(source(r0, r1), None if mask is None else mask[r0:r1], k, group_weights(r0, r1))
             for r0, r1 in spans
         ]
         # Every group's codebook is seeded by the exact optimum of 1-D k-means (one batched
@@ -160,7 +167,7 @@ class KMeans(Method):
             ]
             seeded.update(zip(batch, kmeans_fit.seeds([fits[g][0] for g in batch], entries)))
         for g, (r0, r1) in enumerate(spans):
-            block = w[r0:r1]
+            block = source(r0, r1)
             block_mask = None if mask is None else mask[r0:r1]
             if block_mask is not None:
                 block = np.where(block_mask, np.float32(0), block)
@@ -338,7 +345,11 @@ def _encode_scaled(method: KMeans, name: str, w: np.ndarray, rule, weights=None)
     unscaled = rule.model_copy(update={"scale": None})
     if weights is not None:
         weights = weights * np.square(scale.astype(np.float32))[:, None]
-    q = method.encode(name, w / scale.astype(np.float32)[:, None], unscaled, weights)
+    divisor = scale.astype(np.float32)
+    if rule.prune is not None or rule.prune_threshold is not None:  # pruning ranks every scaled value
+        q = method.encode(name, w / divisor[:, None], unscaled, weights)
+    else:
+        q = method.encode(name, w, unscaled, weights, divisor=divisor)
     q.tables["scale"] = scale
     q.stats.pop("sqnr_db", None)  # that of the scaled rows: the caller measures it on w, in chunks
     return q

@@ -128,6 +128,7 @@ def _coded(values: np.ndarray, centroids: np.ndarray, edges, span, collect=None,
 
     return codes.reshape(values.shape), map_chunks(part, flat.size)  # parts in chunk order
 
+
 def assign(
     values: np.ndarray, centroids: np.ndarray, edges: np.ndarray | None = None, span=None, out=None
 ) -> Assignment:
@@ -167,5 +168,3 @@ def assign_binned(
     total = float(hist.counts.sum())
     sum_squares = float(np.sum(hist.counts * hist.points * hist.points)) + total * hist.width**2 / 12
     return Assignment(codes, counts, sums, sum_squares)
-
-
