@@ -48,32 +48,43 @@ class Assignment:
 
 
 @functools.cache
-def _top_half_intervals() -> tuple[np.ndarray, np.ndarray]:
-    """The least and greatest float32 of each of the 2^16 top-16-bit patterns (NaN for NaN
-    patterns), which a search sorts past every edge."""
-    first = np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)
-    last = first | np.uint32(0xFFFF)
-    with np.errstate(invalid="ignore"):
-        a, b = first.view(np.float32), last.view(np.float32)
-        return np.fmin(a, b), np.fmax(a, b)
+def _value_rank() -> np.ndarray:
+    """Each top-16-bit pattern's rank in value order: the float32s sharing a pattern form an
+    interval, and ranks order those intervals (negative patterns reversed, then positive)."""
+    pattern = np.arange(1 << 16)
+    return np.where(pattern & 0x8000, pattern ^ 0xFFFF, pattern | 0x8000)
+
+
+def _rank(values: np.ndarray) -> np.ndarray:
+    return _value_rank()[np.ascontiguousarray(values, dtype=np.float32).view(np.uint32) >> 16]
 
 
 def _top_half_lookup(edges: np.ndarray, span):
     """Per top-16-bit pattern of a float32: how many edges lie below its interval, and the one
     edge inside it (or +inf); None when an interval the values can reach (within `span`, or
-    anywhere without one) holds two edges. `edges` is float32, sorted, not empty."""
-    low, high = _top_half_intervals()
-    below = np.searchsorted(edges, low, side="left")
-    held = np.searchsorted(edges, high, side="left") - below  # edges in [low, high)
-    reached = held
-    if span is not None:
-        with np.errstate(invalid="ignore"):
-            reached = held[(high >= span[0]) & (low <= span[1])]
-    if reached.size and reached.max() > 1:
-        return None
-    inside = np.where(held > 0, edges[np.minimum(below, edges.size - 1)], np.float32(np.inf))
-    return below.astype(np.uint8 if edges.size < 256 else np.int16), inside.astype(np.float32)
+    anywhere without one) holds two edges. `edges` is float32, sorted, not empty.
 
+    Built in value-rank order (a count per interval and its running sum), then gathered
+    into pattern order: no search per pattern."""
+    edges = edges + np.float32(0)  # -0.0 -> +0.0: the same cut, in the interval of +0.0
+    rank = _rank(edges)
+    held = np.bincount(rank, minlength=1 << 16)
+    reached = held
+    if span is not None:  # the ranks from the least value's interval to the greatest's
+        lo, hi = np.float32(span[0]), np.float32(span[1])
+        lo = lo if lo <= span[0] else np.nextafter(lo, np.float32(-np.inf))  # never inside the span
+        hi = hi if hi >= span[1] else np.nextafter(hi, np.float32(np.inf))
+        first, last = _rank(np.array([lo, hi], dtype=np.float32))
+        reached = held[first : last + 1]
+    if reached.max() > 1:
+        return None
+    inside = np.full(1 << 16, np.inf, dtype=np.float32)
+    inside[rank] = edges
+    held = held.astype(np.uint8 if edges.size < 256 else np.int16)  # the counts fit: k <= 256
+    below = np.cumsum(held, dtype=held.dtype)
+    below -= held
+    order = _value_rank()
+    return below[order], inside[order]
 
 def _edge_lookup(edges: np.ndarray, lo: float, hi: float, bins: int):
     """Per uniform bin: how many edges lie below it, and the one edge inside it (or +inf);
