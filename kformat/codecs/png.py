@@ -16,6 +16,7 @@ dependence numpy cannot vectorise, by Pillow's C decoder once those checks have 
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -42,11 +43,16 @@ PROBE_GAIN = 0.9  # try matching when a fast probe comes out 10% smaller than Hu
 MATCHING_LEVEL = 6
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(data, zlib.crc32(kind)) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+def _chunk(kind: bytes, *parts: bytes) -> list[bytes]:
+    """A PNG chunk as pieces for one final join (each copy of a tile's bytes held the GIL)."""
+    crc = zlib.crc32(kind)
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    length = sum(map(len, parts))
+    return [struct.pack(">I", length) + kind, *parts, struct.pack(">I", crc & 0xFFFFFFFF)]
 
 
+@functools.cache
 def grey_palette(entries: int) -> bytes:
     """RGB triples of a grey ramp with `entries` steps, black to white."""
     if entries == 1:
@@ -66,24 +72,26 @@ def encode_png(codes: np.ndarray, depth: int, palette_entries: int) -> bytes:
     return b"".join(
         (
             SIGNATURE,
-            _chunk(b"IHDR", ihdr),
-            _chunk(b"PLTE", grey_palette(palette_entries)),
-            _chunk(b"IDAT", idat),
-            _chunk(b"IEND", b""),
+            *_chunk(b"IHDR", ihdr),
+            *_chunk(b"PLTE", grey_palette(palette_entries)),
+            *_chunk(b"IDAT", *idat),
+            *_chunk(b"IEND"),
         )
     )
 
 
-def _deflate(data: bytes) -> bytes:
-    """Huffman-only deflate, or string matching where a probe shows the rows repeat (smaller wins).
+def _deflate(data) -> list[bytes]:
+    """Huffman-only deflate, or string matching where a probe shows the rows repeat (smaller
+    wins), as the pieces of one zlib stream.
 
     Deterministic: the choice depends on the bytes alone."""
     huffman = huffman_only(data, ZLIB_LEVEL)
     probe = data[:PROBE_BYTES]
-    if len(deflate(probe, 1, zlib.Z_DEFAULT_STRATEGY)) < PROBE_GAIN * len(huffman_only(probe, ZLIB_LEVEL)):
+    probe_huffman = sum(map(len, huffman_only(probe, ZLIB_LEVEL)))
+    if len(deflate(probe, 1, zlib.Z_DEFAULT_STRATEGY)) < PROBE_GAIN * probe_huffman:
         matched = deflate(data, MATCHING_LEVEL, zlib.Z_DEFAULT_STRATEGY)
-        if len(matched) < len(huffman):
-            return matched
+        if len(matched) < sum(map(len, huffman)):
+            return [matched]
     return huffman
 
 

@@ -59,10 +59,16 @@ def inflate_exact(stream: bytes, size: int) -> bytes:
     return raw
 
 
-def deflate(data: bytes, level: int, strategy: int, library=zlib) -> bytes:
-    """A zlib stream of `data` (window 2^15, memLevel 9)."""
+def deflate_parts(data, level: int, strategy: int, library=zlib) -> list[bytes]:
+    """A zlib stream of `data` (window 2^15, memLevel 9), as the pieces the deflater gave:
+    a caller that joins it with other pieces copies the stream once, not twice."""
     deflater = library.compressobj(level, zlib.DEFLATED, WINDOW_BITS, MEM_LEVEL, strategy)
-    return deflater.compress(data) + deflater.flush()
+    return [deflater.compress(data), deflater.flush()]
+
+
+def deflate(data, level: int, strategy: int, library=zlib) -> bytes:
+    """A zlib stream of `data` (window 2^15, memLevel 9)."""
+    return b"".join(deflate_parts(data, level, strategy, library))
 
 
 def _sample() -> bytes:
@@ -85,6 +91,6 @@ def huffman_library():
     return _zlib_ng if same else zlib
 
 
-def huffman_only(data: bytes, level: int) -> bytes:
-    """A Huffman-only zlib stream of `data`: the same bytes through zlib-ng or zlib."""
-    return deflate(data, level, zlib.Z_HUFFMAN_ONLY, huffman_library())
+def huffman_only(data, level: int) -> list[bytes]:
+    """A Huffman-only zlib stream of `data`, in pieces: the same bytes through zlib-ng or zlib."""
+    return deflate_parts(data, level, zlib.Z_HUFFMAN_ONLY, huffman_library())

@@ -20,6 +20,7 @@ T = TypeVar("T")
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
+_size = 1  # the pool's threads
 _users = 0
 _local = threading.local()  # set in pool threads: nested maps run inline, never deadlock
 
@@ -29,13 +30,13 @@ def threads(count: int) -> Iterator[None]:
     """Within this block, map_chunks runs on `count` threads (1: in the caller's thread).
 
     Nested or concurrent blocks share one pool, sized by the first."""
-    global _pool, _users
+    global _pool, _size, _users
     if count <= 1:
         yield
         return
     with _lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(count, thread_name_prefix="kformat-chunk")
+            _pool, _size = ThreadPoolExecutor(count, thread_name_prefix="kformat-chunk"), count
         _users += 1
     try:
         yield
@@ -53,18 +54,26 @@ def spans(size: int, chunk: int = CHUNK) -> list[tuple[int, int]]:
     return [(start, min(size, start + chunk)) for start in range(0, size, chunk)]
 
 
+TASKS_PER_THREAD = 4  # consecutive chunks go to a thread together: fewer futures, each held the GIL
+
+
 def map_chunks(fn: Callable[[int, int], T], size: int, chunk: int = CHUNK) -> list[T]:
-    """[fn(start, stop) for each chunk of range(size)], in order, on the pool if one is set."""
+    """[fn(start, stop) for each chunk of range(size)], in order, on the pool if one is set.
+
+    On the pool, runs of consecutive chunks are one task each (about TASKS_PER_THREAD per
+    thread): the chunks and their order are the same, so are the results."""
     parts = spans(size, chunk)
     pool = _pool
     if pool is None or len(parts) < 2 or getattr(_local, "worker", False):
         return [fn(start, stop) for start, stop in parts]  # a chunk's own passes run inline
+    per_task = max(1, len(parts) // (TASKS_PER_THREAD * _size))
+    runs = [parts[i : i + per_task] for i in range(0, len(parts), per_task)]
 
-    def run(span: tuple[int, int]) -> T:
+    def run(spans_of_task: list[tuple[int, int]]) -> list[T]:
         _local.worker = True
         try:
-            return fn(*span)
+            return [fn(start, stop) for start, stop in spans_of_task]
         finally:
             _local.worker = False
 
-    return list(pool.map(run, parts))
+    return [result for results in pool.map(run, runs) for result in results]

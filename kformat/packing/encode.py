@@ -22,7 +22,11 @@ def check_finite(name: str, values: np.ndarray) -> None:
     flat = values.reshape(-1)
 
     def first_bad(start: int, stop: int) -> int:
-        finite = np.isfinite(flat[start:stop])
+        chunk = flat[start:stop]
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.add.reduce(chunk)):  # one pass: NaN and inf make the sum so
+                return -1
+        finite = np.isfinite(chunk)  # or finite values summed past the float range
         return -1 if finite.all() else start + int(np.argmin(finite))
 
     bad = next((i for i in map_chunks(first_bad, flat.size, CHUNK_ELEMENTS) if i >= 0), None)
