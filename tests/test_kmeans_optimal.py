@@ -95,3 +95,23 @@ def test_batched_weighted_problems_reach_the_optimum():
         for (points, weights), centroids in zip(problems, optimal_centroids_batch(problems, k)):
             error = float(np.sum(weights * np.min((points[:, None] - centroids[None, :]) ** 2, axis=1)))
             assert error == pytest.approx(_reference_dp(points, weights, k), rel=1e-9, abs=1e-12)
+
+
+def test_dense_and_divide_and_conquer_layers_choose_the_same_splits(monkeypatch):
+    """One small problem takes every (i, j) pair at once; it must find the very centroids the
+    divide-and-conquer layers find (same costs, ties to the first split), so packs do not
+    depend on which path ran."""
+    import kformat.methods.kmeans_dp as dp
+
+    rng = np.random.default_rng(7)
+    for case in range(120):
+        n, k = int(rng.integers(2, 600)), int(rng.integers(2, 20))
+        points, weights = np.sort(rng.standard_t(3, n)), rng.uniform(0.1, 5, n)
+        if case % 3 == 0:  # repeated weights and coarse points: ties between splits
+            points = np.unique(np.round(points, 1))
+            weights = np.round(weights[: points.size])
+        found = []
+        for cells in (dp.DENSE_CELLS, 0):
+            monkeypatch.setattr(dp, "DENSE_CELLS", cells)
+            found.append(dp.optimal_centroids_batch([(points, weights)], k)[0])
+        assert np.array_equal(*found), (n, k)

@@ -82,6 +82,30 @@ def _layer(previous: np.ndarray, jl, jr, ol, orr, w, s1, s2, floor=None) -> tupl
     return best, split
 
 
+DENSE_CELLS = 1 << 19  # one problem with at most this many (i, j) pairs: every pair at once
+
+
+def _dense_layers(first: np.ndarray, w, s1, s2, k: int) -> list[np.ndarray]:
+    """The splits of layers 2..k of one problem (prefix indices 0..n) from every (i, j) pair
+    at once: three big numpy passes a layer instead of a few hundred small ones, so a 4-bit
+    seed (k = 16 over 512 points) spends its time outside the GIL. The same values and the
+    same first minima as _layer (cost(i, j) computed the same way, ties to the lowest i)."""
+    size = first.size
+    i = np.arange(size)
+    cost = _cost_to(w, s1, s2, i[None, :], w[:, None], s1[:, None], s2[:, None])  # [j, i]
+    cost[i[None, :] >= i[:, None]] = np.inf  # a cluster holds at least one point
+    layer, splits = first.copy(), []
+    layer[:1] = np.inf  # one cluster over no points
+    values = np.empty_like(cost)
+    for m in range(2, k + 1):
+        np.add(cost, layer[None, :], out=values)  # D[m-1][i] + cost(i, j): inf where unreachable
+        split = np.argmin(values, axis=1)
+        layer = values[i, split]
+        layer[:m] = np.inf  # j < m points cannot fill m clusters
+        splits.append(split)
+    return splits
+
+
 def optimal_centroids(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
     """The k centroids (sorted, fewer when there are fewer points) that minimise the weighted
     squared error of `points` (sorted ascending), exactly."""
@@ -104,12 +128,15 @@ def optimal_centroids_batch(problems: list[tuple[np.ndarray, np.ndarray]], k: in
         w, s1, s2, base = _prefix(chosen)
         start = np.repeat(base, sizes + 1)  # each prefix index's problem start
         layer = _cost(w, s1, s2, start, np.arange(w.size))
-        splits = []
-        for m in range(2, k + 1):
-            floor = splits[-1] if splits else None
-            jl, jr = base + m, base + sizes
-            layer, split = _layer(layer, jl, jr, base + m - 1, base + sizes - 1, w, s1, s2, floor)
-            splits.append(split)
+        if len(todo) == 1 and w.size**2 <= DENSE_CELLS:
+            splits = _dense_layers(layer, w, s1, s2, k)
+        else:
+            splits = []
+            for m in range(2, k + 1):
+                floor = splits[-1] if splits else None
+                jl, jr = base + m, base + sizes
+                layer, split = _layer(layer, jl, jr, base + m - 1, base + sizes - 1, w, s1, s2, floor)
+                splits.append(split)
         for index, g, (points, weights) in zip(range(len(todo)), todo, chosen):
             bounds = [int(base[index] + sizes[index])]
             for split in reversed(splits):
