@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import QuantizationError
 from . import kmeans_codes, kmeans_fit
 from .base import FP16_MAX, Method, TableSpec, group_rows_for, row_groups
+from .chunks import map_chunks
 from .compact import QuantizedTensor
 from .metrics import PNG_OVERHEAD, TILE_OVERHEAD, entropy_bits, entropy_bytes, sqnr_db, tile_count
 from .prune import prune_mask
@@ -141,8 +142,6 @@ class KMeans(Method):
         groups = (rows + group_rows - 1) // group_rows
         codes = np.empty((rows, cols), dtype=np.uint8)
         codebook = np.zeros((groups, k), dtype=dtype)
-        counts = np.zeros(k, dtype=np.float64)
-        signal = noise = 0.0
         spans = [(g * group_rows, min(rows, (g + 1) * group_rows)) for g in range(groups)]
 
         def group_weights(r0, r1):
@@ -153,10 +152,18 @@ class KMeans(Method):
         def source(r0, r1):
             return w[r0:r1] if divisor is None else w[r0:r1] / divisor[r0:r1, None]
 
-        fits = [
-            _group_source(source(r0, r1), None if mask is None else mask[r0:r1], k, group_weights(r0, r1))
-            for r0, r1 in spans
-        ]
+        def each_group(fn):
+            """[fn(g) for every group], groups spread over the chunk pool's threads (a group's
+            own passes then run inline; one group keeps them on the pool)."""
+            runs = map_chunks(lambda first, stop: [fn(g) for g in range(first, stop)], groups, 1)
+            return [result for run in runs for result in run]
+
+        def fit_source(g):
+            r0, r1 = spans[g]
+            block_mask = None if mask is None else mask[r0:r1]
+            return _group_source(source(r0, r1), block_mask, k, group_weights(r0, r1))
+
+        fits = each_group(fit_source)
         # Every group's codebook is seeded by the exact optimum of 1-D k-means (one batched
         # dynamic programme for all groups), then polished by Lloyd: within 0.1 dB of the
         # optimum at every width; Lloyd alone ends 1-11 dB short at 8 bits or on outliers.
@@ -166,7 +173,10 @@ class KMeans(Method):
                 g for g, (h, e, _) in enumerate(fits) if e == entries and h is not None and h.points.size > e
             ]
             seeded.update(zip(batch, kmeans_fit.seeds([fits[g][0] for g in batch], entries)))
-        for g, (r0, r1) in enumerate(spans):
+
+        def code_group(g):
+            """Fit group g's codebook, write its codes and table; (counts, power, noise)."""
+            r0, r1 = spans[g]
             block = source(r0, r1)
             block_mask = None if mask is None else mask[r0:r1]
             if block_mask is not None:
@@ -200,9 +210,14 @@ class KMeans(Method):
             table = np.sort(means.astype(dtype))
             codebook[g, : table.size] = table
             codebook[g, table.size :] = table[-1]
-            counts[: found.counts.size] += found.counts
-            signal += found.sum_squares
-            noise += found.squared_error(codebook[g])
+            return found.counts, found.sum_squares, found.squared_error(codebook[g])
+
+        counts = np.zeros(k, dtype=np.float64)
+        signal = noise = 0.0
+        for group_counts, group_signal, group_noise in each_group(code_group):  # summed in group order
+            counts[: group_counts.size] += group_counts
+            signal += group_signal
+            noise += group_noise
         stats = {"entropy_bits": entropy_bits(counts)}
         if mask is None:  # with pruning, the error against the unpruned weights is measured later
             stats["sqnr_db"] = sqnr_db(signal, noise)
