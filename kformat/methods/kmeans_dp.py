@@ -61,24 +61,21 @@ def _layer(previous: np.ndarray, jl, jr, ol, orr, w, s1, s2, floor=None) -> tupl
         hi = np.minimum(orr, mid - 1)
         lo = ol if floor is None else np.minimum(np.maximum(ol, floor[mid]), hi)
         lengths = hi - lo + 1
-        ends = np.cumsum(lengths)
-        starts = ends - lengths
-        segment = np.repeat(np.arange(mid.size), lengths)
-        i = np.arange(ends[-1]) + np.repeat(lo - starts, lengths)
-        values = previous[i] + _cost_to(w, s1, s2, i, w[mid][segment], s1[mid][segment], s2[mid][segment])
+        starts = np.cumsum(lengths) - lengths
+        total = int(starts[-1] + lengths[-1])
+        i = np.arange(total) + np.repeat(lo - starts, lengths)
+        at = np.repeat(mid, lengths)
+        values = previous[i] + _cost_to(w, s1, s2, i, w[at], s1[at], s2[at])
         lowest = np.minimum.reduceat(values, starts)
-        position = np.where(values <= np.repeat(lowest, lengths), np.arange(values.size), values.size)
+        position = np.where(values <= np.repeat(lowest, lengths), np.arange(total), total)
         chosen = i[np.minimum.reduceat(position, starts)]
         best[mid] = lowest
         split[mid] = chosen
-        left = jl <= mid - 1
-        right = mid + 1 <= jr
-        jl, jr, ol, orr = (
-            np.concatenate((jl[left], mid[right] + 1)),
-            np.concatenate((mid[left] - 1, jr[right])),
-            np.concatenate((ol[left], chosen[right])),
-            np.concatenate((chosen[left], orr[right])),
-        )
+        # the halves left and right of each mid, searched left and right of its split
+        jl, jr = np.concatenate((jl, mid + 1)), np.concatenate((mid - 1, jr))
+        ol, orr = np.concatenate((ol, chosen)), np.concatenate((chosen, orr))
+        keep = jl <= jr
+        jl, jr, ol, orr = jl[keep], jr[keep], ol[keep], orr[keep]
     return best, split
 
 
