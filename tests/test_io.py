@@ -127,3 +127,21 @@ def test_unpack_to_pytorch_and_widen_on_request(tmp_path):
     with np.load(tmp_path / "w.npz") as widened:
         assert widened["w"].dtype == np.float32 and widened["n"].dtype == np.int64
     assert main(["unpack", str(tmp_path / "m.kf"), "-o", str(tmp_path / "x.npz"), "--dtype", "int8"]) == 2
+
+
+def test_a_filesystem_without_copy_file_range_gets_the_same_file(tmp_path, monkeypatch):
+    """The single-file sink appends its spool in the kernel where it can; where the call is
+    missing or refused it copies through a buffer, to the same bytes."""
+    import os
+
+    rng = np.random.default_rng(3)
+    weights = {"a.weight": rng.standard_normal((300, 200)).astype(np.float32), "b": np.arange(7.0)}
+    kformat.pack(weights, tmp_path / "kernel.kf", "kmeans4")
+
+    def refuse(*args):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    kformat.pack(weights, tmp_path / "buffered.kf", "kmeans4")
+    assert (tmp_path / "kernel.kf").read_bytes() == (tmp_path / "buffered.kf").read_bytes()
+    assert kformat.verify(str(tmp_path / "buffered.kf")) == []

@@ -6,6 +6,7 @@ a local pack writes."""
 
 from __future__ import annotations
 
+import hashlib
 import msgpack
 import numpy as np
 
@@ -72,6 +73,7 @@ def from_part(data: bytes, where: str) -> Encoded:
             tile=tuple(d["tile"]),
             rects=[tuple(r) for r in d["rects"]],
             blobs=list(d["blobs"]),
+            digests=[hashlib.sha256(blob).hexdigest() for blob in d["blobs"]],  # of what was read
             tables={k: _from_array(v) for k, v in d["tables"].items()},
             stats=dict(d["stats"]),
         )

@@ -26,6 +26,21 @@ def _pad(n: int, alignment: int = ALIGNMENT) -> int:
     return (-n) % alignment
 
 
+def _copy_rest(source, out) -> None:
+    """Append `source` from its position to `out`: in the kernel where it can (no copy through
+    user memory), else through a buffer."""
+    out.flush()
+    copied = 0
+    try:
+        while step := os.copy_file_range(source.fileno(), out.fileno(), 1 << 30):
+            copied += step
+    except (AttributeError, OSError):  # no copy_file_range here, or not between these files
+        if copied:
+            raise
+        shutil.copyfileobj(source, out, 1 << 20)
+    out.seek(0, os.SEEK_END)
+
+
 class SingleFileSink:
     """Blobs spool to a temporary file; commit writes header + manifest + blobs, renames."""
 
@@ -42,12 +57,14 @@ class SingleFileSink:
         )
         self._offset = 0
 
-    def add(self, blob: bytes) -> BlobRef:
+    def add(self, blob: bytes, digest: str | None = None) -> BlobRef:
+        """Append a blob (`digest`: its SHA-256 when the caller has it already)."""
         pad = _pad(self._offset)
         if pad:
             self._spool.write(b"\0" * pad)
             self._offset += pad
-        ref = BlobRef(offset=self._offset, length=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+        digest = digest or hashlib.sha256(blob).hexdigest()
+        ref = BlobRef(offset=self._offset, length=len(blob), sha256=digest)
         self._spool.write(blob)
         self._offset += len(blob)
         return ref
@@ -66,7 +83,7 @@ class SingleFileSink:
             out.write(encode_header(body, data_offset))
             out.write(body)
             out.write(b"\0" * (data_offset - HEADER_SIZE - len(body)))
-            shutil.copyfileobj(self._spool, out, 1 << 20)
+            _copy_rest(self._spool, out)
             self.total_bytes = out.tell()
         fsync_dir(self.path.parent)
         self._drop_spool()
@@ -104,7 +121,8 @@ class ShardedSink:
         self._current = bytearray()
         self._created: list[Path] = []
 
-    def add(self, blob: bytes) -> BlobRef:
+    def add(self, blob: bytes, digest: str | None = None) -> BlobRef:
+        """Append a blob (`digest`: its SHA-256 when the caller has it already)."""
         pad = _pad(len(self._current))
         if self._current and len(self._current) + pad + len(blob) > self.shard_size:
             self._seal()
@@ -114,7 +132,7 @@ class ShardedSink:
             shard=len(self._shards),
             offset=len(self._current),
             length=len(blob),
-            sha256=hashlib.sha256(blob).hexdigest(),
+            sha256=digest or hashlib.sha256(blob).hexdigest(),
         )
         self._current += blob
         return ref

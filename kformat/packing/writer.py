@@ -5,6 +5,7 @@ source ─► plan (recipe) ─► quantize ─► cut into tiles ─► encode 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections import deque
@@ -104,6 +105,7 @@ class Encoded:
     tile: tuple[int, int]
     rects: list[tuple[int, int, int, int]]
     blobs: list[bytes]
+    digests: list[str]  # each blob's SHA-256, hashed by the worker that made it
     tables: dict[str, np.ndarray]
     stats: dict[str, float]
 
@@ -142,6 +144,7 @@ def encode_blobs(
         tile=tile,
         rects=rects,
         blobs=blobs,
+        digests=list(pool.map(lambda blob: hashlib.sha256(blob).hexdigest(), blobs)),
         tables=q.tables,
         stats={k: float(v) for k, v in q.stats.items() if np.isfinite(v)},
     )
@@ -150,7 +153,8 @@ def encode_blobs(
 def emit(sink, e: Encoded) -> TensorEntry:
     """Write an encoded tensor's blobs (tiles, then tables) and describe it."""
     tiles = [
-        Tile(row=r, col=c, rows=h, cols=w, blob=sink.add(b)) for (r, c, h, w), b in zip(e.rects, e.blobs)
+        Tile(row=r, col=c, rows=h, cols=w, blob=sink.add(b, digest))
+        for (r, c, h, w), b, digest in zip(e.rects, e.blobs, e.digests)
     ]
     quant = Quant.build(
         e.rule.method, e.rule.bits, e.group_rows, {n: _table(sink, a) for n, a in e.tables.items()}
