@@ -27,6 +27,9 @@ def test_bitpack_round_trip(bits, rows, cols, seed):
     packed = pack_rows(codes, depth)
     assert packed.shape == (rows, (cols * depth + 7) // 8)
     assert np.array_equal(unpack_rows(packed, cols, depth), codes)
+    framed = np.full((rows, packed.shape[1] + 1), 7, dtype=np.uint8)  # as PNG rows: a filter byte first
+    pack_rows(codes, depth, out=framed[:, 1:])
+    assert np.array_equal(framed[:, 1:], packed) and np.all(framed[:, 0] == 7)
 
 
 def test_pack_is_msb_first_like_png():

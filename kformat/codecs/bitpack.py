@@ -29,6 +29,8 @@ def pack_rows(codes: np.ndarray, depth: int, out: np.ndarray | None = None) -> n
     depth)), written to `out` (a uint8 array of that shape, possibly a strided view) if given."""
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     rows, cols = codes.shape
+    if depth == 8 and out is None:
+        return codes
     if out is None:
         out = np.empty((rows, row_bytes(cols, depth)), dtype=np.uint8)
     if depth == 8:

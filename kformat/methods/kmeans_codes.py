@@ -86,6 +86,7 @@ def _top_half_lookup(edges: np.ndarray, span):
     order = _value_rank()
     return below[order], inside[order]
 
+
 def _edge_lookup(edges: np.ndarray, lo: float, hi: float, bins: int):
     """Per uniform bin: how many edges lie below it, and the one edge inside it (or +inf);
     `edges` is not empty.
