@@ -59,7 +59,7 @@ print(json.dumps({"seconds": best}))
 
 def variants(cores: int) -> list[str]:
     out = ["gguf Q4_0"]
-    for recipe in ("kmeans4", "int8", "mobile", "q4"):
+    for recipe in ("kmeans4", "int8", "mobile", "q4", "kmeans8"):
         out.append(f"kformat {recipe} jobs=1")
         if cores > 1:
             out.append(f"kformat {recipe} jobs={cores}")
