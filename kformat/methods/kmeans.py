@@ -73,12 +73,6 @@ def _fit_group(hist, k: int, fixed_zero: bool, seed, rule, dtype: np.dtype):
     return rounded, edges
 
 
-def _cells(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Index of the nearest centroid for each histogram point (centroids sorted)."""
-    mids = (centroids[1:] + centroids[:-1]) / 2
-    return np.searchsorted(mids, points)
-
-
 def _estimate(
     hist: kmeans_fit.Histogram,
     k: int,
@@ -99,7 +93,7 @@ def _estimate(
         edges = np.asarray(edges, dtype=np.float64)
 
     def cells_of(points: np.ndarray) -> np.ndarray:  # what assign gives: nearest, or by the edges
-        return _cells(points, centroids) if edges is None else np.searchsorted(edges, points)
+        return np.searchsorted(kmeans_codes.boundaries(centroids) if edges is None else edges, points)
 
     cells = cells_of(hist.points)
     # the bins' own width adds w^2/12 per value (values spread uniformly within a bin)

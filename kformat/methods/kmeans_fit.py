@@ -59,18 +59,24 @@ class CellSums:
         self.wp = np.concatenate(([0.0], np.cumsum(wp)))
         self.wpp = np.concatenate(([0.0], np.cumsum(wp * points)))
 
-    def cells(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(weights, sums, sums of squares) of the cells split at `edges`; a point equal to
-        an edge belongs to the lower cell, as searchsorted(edges, point) says."""
-        bounds = np.concatenate(([0], np.searchsorted(self.points, edges, side="right"), [self.points.size]))
-        return np.diff(self.w[bounds]), np.diff(self.wp[bounds]), np.diff(self.wpp[bounds])
-
-    def moments(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(weights, sums) of the cells split at `edges`: cells() without the squares, in
-        fewer numpy calls (Lloyd runs this tens of times per codebook, holding the GIL)."""
+    def _bounds(self, edges: np.ndarray) -> np.ndarray:
+        """Prefix indices of the cells split at `edges`: 0, then where each edge falls (a point
+        equal to an edge belongs to the lower cell, as searchsorted(edges, point) says), n."""
         bounds = np.empty(edges.size + 2, dtype=np.intp)
         bounds[0], bounds[-1] = 0, self.points.size
         bounds[1:-1] = np.searchsorted(self.points, edges, side="right")
+        return bounds
+
+    def cells(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(weights, sums, sums of squares) of the cells split at `edges`."""
+        bounds = self._bounds(edges)
+        w, wp, wpp = self.w[bounds], self.wp[bounds], self.wpp[bounds]
+        return w[1:] - w[:-1], wp[1:] - wp[:-1], wpp[1:] - wpp[:-1]
+
+    def moments(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(weights, sums) of the cells split at `edges`: cells() without the squares (Lloyd
+        runs this tens of times per codebook, holding the GIL)."""
+        bounds = self._bounds(edges)
         w, wp = self.w[bounds], self.wp[bounds]
         return w[1:] - w[:-1], wp[1:] - wp[:-1]
 
@@ -88,7 +94,7 @@ def lloyd(points: np.ndarray, weights: np.ndarray, centroids: np.ndarray, iters:
     for _ in range(iters):
         if centroids.size < 2:
             break
-        counts, moments = sums.moments((centroids[:-1] + centroids[1:]) / 2.0)  # boundaries()
+        counts, moments = sums.moments(boundaries(centroids))
         if counts.all():  # (counts are sums of weights: > 0 or exactly 0)
             updated = moments / counts
             converged = np.abs(updated - centroids).max() <= tol

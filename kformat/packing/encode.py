@@ -12,10 +12,9 @@ import numpy as np
 
 from ..errors import QuantizationError
 from ..methods import QuantizedTensor, get_method, view_2d
-from ..methods.chunks import map_chunks
+from ..methods.chunks import CHUNK, map_chunks
 from ..methods.metrics import error_powers, sqnr_db
 
-CHUNK_ELEMENTS = 1 << 18  # rows of about this many values: their temporaries stay in cache
 
 
 def check_finite(name: str, values: np.ndarray) -> None:
@@ -29,7 +28,7 @@ def check_finite(name: str, values: np.ndarray) -> None:
         finite = np.isfinite(chunk)  # or finite values summed past the float range
         return -1 if finite.all() else start + int(np.argmin(finite))
 
-    bad = next((i for i in map_chunks(first_bad, flat.size, CHUNK_ELEMENTS) if i >= 0), None)
+    bad = next((i for i in map_chunks(first_bad, flat.size, CHUNK) if i >= 0), None)
     if bad is not None:
         raise QuantizationError(
             f"tensor {name!r}: value {flat[bad]} at flat index {bad} is not finite;"
@@ -63,7 +62,7 @@ def encode_tensor(name: str, array: np.ndarray, rule, importance=None) -> Quanti
     q = method.encode(name, w, rule) if weights is None else method.encode(name, w, rule, weights=weights)
     q = replace(q, shape=tuple(array.shape))
     if "sqnr_db" not in q.stats:
-        step = max(1, CHUNK_ELEMENTS // max(1, view[1]))
+        step = max(1, CHUNK // max(1, view[1]))  # rows of about CHUNK values
         powers = map_chunks(lambda r0, r1: error_powers(w[r0:r1], q.rows(r0, r1)), view[0], step)
         q.stats["sqnr_db"] = sqnr_db(sum(s for s, _ in powers), sum(n for _, n in powers))
     return q
