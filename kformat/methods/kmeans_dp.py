@@ -84,16 +84,17 @@ def _layer(previous: np.ndarray, jl, jr, ol, orr, w, s1, s2, floor=None) -> tupl
 DENSE_CELLS = 1 << 19  # one problem with at most this many (i, j) pairs: every pair at once
 
 
-def _dense_layers(first: np.ndarray, w, s1, s2, k: int) -> list[np.ndarray]:
+def _dense_layers(first: np.ndarray, w, s1, s2, k: int) -> tuple[list[np.ndarray], list[float]]:
     """The splits of layers 2..k of one problem (prefix indices 0..n) from every (i, j) pair
-    at once: three big numpy passes a layer instead of a few hundred small ones, so a 4-bit
-    seed (k = 16 over 512 points) spends its time outside the GIL. The same values and the
-    same first minima as _layer (cost(i, j) computed the same way, ties to the lowest i)."""
+    at once, and each layer's least error over all n points: three big numpy passes a layer
+    instead of a few hundred small ones, so a 4-bit seed (k = 16 over 512 points) spends its
+    time outside the GIL. The same values and the same first minima as _layer (cost(i, j)
+    computed the same way, ties to the lowest i)."""
     size = first.size
     i = np.arange(size)
     cost = _cost_to(w, s1, s2, i[None, :], w[:, None], s1[:, None], s2[:, None])  # [j, i]
     cost[i[None, :] >= i[:, None]] = np.inf  # a cluster holds at least one point
-    layer, splits = first.copy(), []
+    layer, splits, ends = first.copy(), [], []
     layer[:1] = np.inf  # one cluster over no points
     values = np.empty_like(cost)
     for m in range(2, k + 1):
@@ -102,7 +103,78 @@ def _dense_layers(first: np.ndarray, w, s1, s2, k: int) -> list[np.ndarray]:
         layer = values[i, split]
         layer[:m] = np.inf  # j < m points cannot fill m clusters
         splits.append(split)
-    return splits
+        ends.append(float(layer[-1]))
+    return splits, ends
+
+
+class Programme:
+    """The dynamic programme of a batch of problems (sorted float64 points, weights), grown
+    one layer (one more cluster) at a time: each problem's least error with m clusters, and
+    the centroids achieving it, for every m computed so far. Problems with fewer points
+    than m clusters, or left out of `extend`, have error inf there."""
+
+    def __init__(self, problems: list[tuple[np.ndarray, np.ndarray]]):
+        self.problems = problems
+        self.sizes = np.array([p.size for p, _ in problems])
+        self.w, self.s1, self.s2, self.base = _prefix(problems)
+        start = np.repeat(self.base, self.sizes + 1)  # each prefix index's problem start
+        self.layer = _cost(self.w, self.s1, self.s2, start, np.arange(self.w.size))
+        self.splits: list[np.ndarray] = []
+        self.errors = [self.layer[self.base + self.sizes]]  # errors[m - 1][g]: g in m clusters
+
+    @property
+    def depth(self) -> int:
+        """The most clusters computed so far."""
+        return len(self.errors)
+
+    def extend(self, k: int, active: np.ndarray | None = None) -> None:
+        """Layers up to k clusters, for the problems `active` (indices; default all)."""
+        base, sizes = self.base, self.sizes
+        if self.depth == 1 and base.size == 1 and self.w.size**2 <= DENSE_CELLS and k > 1:
+            splits, ends = _dense_layers(self.layer, self.w, self.s1, self.s2, k)
+            self.splits += splits
+            self.errors += [np.array([end]) for end in ends]
+            return
+        chosen = np.arange(base.size) if active is None else np.asarray(active)
+        for m in range(self.depth + 1, k + 1):
+            chosen = chosen[sizes[chosen] >= m]  # m clusters need m points
+            floor = self.splits[-1] if self.splits else None
+            b, n = base[chosen], sizes[chosen]
+            if chosen.size:
+                self.layer, split = _layer(self.layer, b + m, b + n, b + m - 1, b + n - 1, *self._sums, floor)
+            else:
+                self.layer, split = np.full(self.w.size, np.inf), np.zeros(self.w.size, dtype=np.int64)
+            self.splits.append(split)
+            errors = np.full(base.size, np.inf)
+            errors[chosen] = self.layer[b + n]
+            self.errors.append(errors)
+
+    @property
+    def _sums(self):
+        return self.w, self.s1, self.s2
+
+    def bounds(self, g: int, m: int) -> np.ndarray:
+        """Where problem g's best m clusters start (indices into its points), then its size."""
+        start = int(self.base[g])
+        bounds = [start + int(self.sizes[g])]
+        for split in reversed(self.splits[: m - 1]):
+            bounds.append(int(split[bounds[-1]]))
+        bounds.append(start)
+        return np.array(bounds[::-1]) - start
+
+    def centroids(self, g: int, m: int) -> np.ndarray:
+        """The sorted centroids of problem g's best m clusters (m <= depth, m <= its points)."""
+        return means(*self.problems[g], self.bounds(g, m))
+
+
+def means(points: np.ndarray, weights: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """The weighted means of the runs of points between consecutive `bounds` (empty runs and
+    runs of zero weight dropped)."""
+    weighted = np.concatenate(([0.0], np.cumsum(weights * points)))
+    total = np.concatenate(([0.0], np.cumsum(weights)))
+    a, b = bounds[:-1], bounds[1:]
+    keep = total[b] > total[a]
+    return (weighted[b] - weighted[a])[keep] / (total[b] - total[a])[keep]
 
 
 def optimal_centroids(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
@@ -114,17 +186,12 @@ def optimal_centroids(points: np.ndarray, weights: np.ndarray, k: int) -> np.nda
 # One programme at a time: its many small numpy passes hold the GIL between them, and two
 # threads running programmes at once passed the GIL back and forth at every pass (an 8-bit
 # pack of VGG16 took 1.4x longer with --jobs 2 than with --jobs 1).
-_ONE_AT_A_TIME = threading.Lock()
+ONE_AT_A_TIME = threading.Lock()
 
 
 def optimal_centroids_batch(problems: list[tuple[np.ndarray, np.ndarray]], k: int) -> list[np.ndarray]:
     """optimal_centroids of several problems (the groups of a tensor) in the same numpy
     passes, so many small groups cost little more than one."""
-    with _ONE_AT_A_TIME:
-        return _solve(problems, k)
-
-
-def _solve(problems: list[tuple[np.ndarray, np.ndarray]], k: int) -> list[np.ndarray]:
     out: list[np.ndarray | None] = [None] * len(problems)
     todo = []
     for g, (points, weights) in enumerate(problems):
@@ -134,28 +201,9 @@ def _solve(problems: list[tuple[np.ndarray, np.ndarray]], k: int) -> list[np.nda
             todo.append(g)
     if todo:
         chosen = [(problems[g][0].astype(np.float64), problems[g][1].astype(np.float64)) for g in todo]
-        sizes = np.array([p.size for p, _ in chosen])
-        w, s1, s2, base = _prefix(chosen)
-        start = np.repeat(base, sizes + 1)  # each prefix index's problem start
-        layer = _cost(w, s1, s2, start, np.arange(w.size))
-        if len(todo) == 1 and w.size**2 <= DENSE_CELLS:
-            splits = _dense_layers(layer, w, s1, s2, k)
-        else:
-            splits = []
-            for m in range(2, k + 1):
-                floor = splits[-1] if splits else None
-                jl, jr = base + m, base + sizes
-                layer, split = _layer(layer, jl, jr, base + m - 1, base + sizes - 1, w, s1, s2, floor)
-                splits.append(split)
-        for index, g, (points, weights) in zip(range(len(todo)), todo, chosen):
-            bounds = [int(base[index] + sizes[index])]
-            for split in reversed(splits):
-                bounds.append(int(split[bounds[-1]]))
-            bounds.append(int(base[index]))
-            bounds = np.array(bounds[::-1]) - base[index]
-            weighted = np.concatenate(([0.0], np.cumsum(weights * points)))
-            total = np.concatenate(([0.0], np.cumsum(weights)))
-            a, b = bounds[:-1], bounds[1:]
-            keep = total[b] > total[a]
-            out[g] = (weighted[b] - weighted[a])[keep] / (total[b] - total[a])[keep]
+        with ONE_AT_A_TIME:
+            programme = Programme(chosen)
+            programme.extend(k)
+        for index, g in enumerate(todo):
+            out[g] = programme.centroids(index, k)
     return out

@@ -5,8 +5,9 @@ general case. The values are first summarised by a fine histogram (2**16 uniform
 which costs one streaming pass over the tensor. Clustering then runs on at most a few
 ten thousand weighted points:
 
-1. initial centroids by an exact dynamic programme (optimal 1-D k-means, kmeans_dp) over
-   the histogram merged into a few thousand bins (or, for the sampled groups of allocation's
+1. initial centroids by an exact dynamic programme (optimal 1-D k-means, kmeans_dp; in
+   pieces for 7 and 8 bits, kmeans_pieces) over the histogram merged into a few thousand
+   bins (or, for the sampled groups of allocation's
    estimates, the better of companding and weighted quantiles);
 2. weighted Lloyd iterations on the fine histogram until the centroids stop moving;
 3. one assignment pass over the real values (kmeans_codes: lookup tables of the cell edges);
@@ -24,7 +25,7 @@ import numpy as np
 
 from .histogram import FINE_BINS, Histogram, _rebin, histogram  # noqa: F401 (re-exported)
 from .kmeans_codes import boundaries
-from .kmeans_dp import optimal_centroids, optimal_centroids_batch
+from .kmeans_pieces import seed_in_pieces
 
 DP_POINTS = 4096  # the exact DP runs on the histogram merged into this many bins
 RACE_BINS = 8192
@@ -139,7 +140,7 @@ def dp_points(hist: Histogram, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def seeds(hists: list[Histogram], k: int) -> list[np.ndarray]:
     """Exact DP seeds of several histograms (the groups of a tensor), in one batch."""
-    return optimal_centroids_batch([dp_points(h, k) for h in hists], k)
+    return seed_in_pieces([dp_points(h, k) for h in hists], k)
 
 
 def fit_centroids(
@@ -159,7 +160,7 @@ def fit_centroids(
         return points.copy()
     if thorough or seed is not None:
         if seed is None:
-            seed = optimal_centroids(*dp_points(hist, k), k)
+            seed = seed_in_pieces([dp_points(hist, k)], k)[0]
         return _split_largest(points, weights, lloyd(points, weights, seed), k)
     candidates = [_companding_init(hist, k), _quantile_init(points, weights, k)]
     # Race the candidates on a coarser histogram, then polish the winner on the fine one.
