@@ -11,7 +11,7 @@ variant runs in a fresh process, several times (the best time counts):
 
 `--jobs` output is checked byte-identical to `--jobs 1`.
 
-    python tools/bench/pack_speed.py [--out bench-out] [--repeat 2] [--small]
+    python tools/bench/pack_speed.py [--out bench-out] [--repeat 2] [--small] [--recipes kmeans4,q4]
 
 Prints a table (seconds and ratio to gguf Q4_0) and writes bench-out/pack_speed.json.
 """
@@ -57,9 +57,12 @@ print(json.dumps({"seconds": best}))
 """
 
 
-def variants(cores: int) -> list[str]:
+RECIPES = ("kmeans4", "int8", "mobile", "q4", "kmeans8")
+
+
+def variants(cores: int, recipes: tuple[str, ...] = RECIPES) -> list[str]:
     out = ["gguf Q4_0"]
-    for recipe in ("kmeans4", "int8", "mobile", "q4", "kmeans8"):
+    for recipe in recipes:
         out.append(f"kformat {recipe} jobs=1")
         if cores > 1:
             out.append(f"kformat {recipe} jobs={cores}")
@@ -78,11 +81,14 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--small", action="store_true", help="VGG16 at 1/8 width (a quick check)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="the N of --jobs N")
+    parser.add_argument(
+        "--recipes", default=",".join(RECIPES), help="comma-separated presets to time (default: %(default)s)"
+    )
     args = parser.parse_args()
     work = args.out / "pack_speed"
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for variant in variants(args.jobs):
+    for variant in variants(args.jobs, tuple(args.recipes.split(","))):
         target = work / (variant.replace(" ", "_").replace("=", "") + ".kf")
         result = subprocess.run(
             [sys.executable, "-c", CHILD, variant, str(target), str(args.repeat), "1" if args.small else "0"],
