@@ -203,6 +203,18 @@ class LocalEncoder:
         )
 
 
+def _long_pole(decisions: list[Decision], sizes: dict[str, int], jobs: int) -> Decision | None:
+    """The tensor to start first, out of file order: the largest, when it holds most of the
+    model. It takes the longest, and started in its turn it finished alone while the other
+    workers idled (VGG16's first FC layer is 74% of the weights and 27th of 32 in file
+    order); started first, the other tensors are encoded beside it. Its result waits for its
+    turn to be written, so one more tensor is in memory than the window holds."""
+    if jobs < 2 or len(decisions) < 2:
+        return None
+    largest = max(decisions, key=lambda d: sizes[d.name])
+    return largest if sizes[largest.name] * 3 >= sum(sizes.values()) else None
+
+
 def default_jobs(jobs: int | None) -> int:
     """Worker count: `jobs`, or every core."""
     if jobs is None:
@@ -269,9 +281,11 @@ def pack(
 
             with encoder:
                 pending: deque[Future] = deque()
+                first = _long_pole(decisions, sizes, jobs if scheduler is None else 1)
+                early = encoder.submit(first) if first is not None else None
                 for decision in decisions:
                     tracker.start(decision.name)
-                    pending.append(encoder.submit(decision))
+                    pending.append(early if decision is first else encoder.submit(decision))
                     while len(pending) >= encoder.window:  # bounded: tensors in memory, parts in staging
                         written(pending.popleft().result())
                 while pending:

@@ -1,0 +1,57 @@
+"""Packing starts a dominant tensor first, out of file order: the file must not show it (same
+bytes for every --jobs, tensors in file order), and a failure in that tensor must still
+leave nothing behind."""
+
+import numpy as np
+import pytest
+
+import kformat
+from kformat.errors import KFormatError
+from kformat.packing import writer
+from kformat.recipe import PRESETS, plan, recipe_from_dict
+
+
+def model(rng) -> dict[str, np.ndarray]:
+    """Small layers, then one holding most of the weights, then small ones again."""
+    weights = {}
+    for i in range(4):
+        weights[f"conv{i}.weight"] = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+        weights[f"conv{i}.bias"] = rng.standard_normal(16).astype(np.float32)
+    weights["fc1.weight"] = rng.standard_normal((512, 384)).astype(np.float32)
+    weights["fc1.bias"] = rng.standard_normal(512).astype(np.float32)
+    weights["fc2.weight"] = rng.standard_normal((10, 512)).astype(np.float32)
+    return weights
+
+
+def test_the_long_pole_is_the_dominant_tensor_and_only_with_several_jobs():
+    weights = model(np.random.default_rng(0))
+    decisions, _ = plan(
+        recipe_from_dict(PRESETS["mobile"]), [(n, a.shape, a.dtype.name) for n, a in weights.items()]
+    )
+    sizes = {n: a.nbytes for n, a in weights.items()}
+    assert writer._long_pole(decisions, sizes, 2).name == "fc1.weight"
+    assert writer._long_pole(decisions, sizes, 1) is None
+    even = {n: 1000 for n in sizes}  # no tensor holds a third of the model
+    assert writer._long_pole(decisions, even, 2) is None
+
+
+@pytest.mark.parametrize("recipe", ["mobile", "kmeans4"])
+def test_every_jobs_count_writes_the_same_bytes_in_file_order(tmp_path, recipe):
+    weights = model(np.random.default_rng(1))
+    outputs = []
+    for jobs in (1, 2, 3):
+        path = tmp_path / f"{recipe}-{jobs}.kf"
+        kformat.pack(weights, path, recipe, jobs=jobs)
+        outputs.append(path.read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2]
+    with kformat.open(str(tmp_path / f"{recipe}-2.kf")) as f:
+        assert list(f.keys()) == list(weights)
+
+
+def test_a_failing_long_pole_leaves_nothing(tmp_path):
+    weights = model(np.random.default_rng(2))
+    weights["fc1.weight"][7, 3] = np.nan
+    path = tmp_path / "out.kf"
+    with pytest.raises(KFormatError, match="fc1.weight"):
+        kformat.pack(weights, path, "kmeans4", jobs=2)
+    assert list(tmp_path.iterdir()) == []
