@@ -87,9 +87,7 @@ def test_batched_weighted_problems_reach_the_optimum():
     from kformat.methods.kmeans_dp import optimal_centroids_batch
 
     rng = np.random.default_rng(7)
-    problems = [
-        (np.unique(rng.standard_t(3, n)), None) for n in (60, 150, 90)
-    ]
+    problems = [(np.unique(rng.standard_t(3, n)), None) for n in (60, 150, 90)]
     problems = [(p, rng.uniform(0.1, 5.0, p.size)) for p, _ in problems]
     for k in (2, 5, 12):
         for (points, weights), centroids in zip(problems, optimal_centroids_batch(problems, k)):

@@ -16,7 +16,6 @@ from ..methods.chunks import CHUNK, map_chunks
 from ..methods.metrics import error_powers, sqnr_db
 
 
-
 def check_finite(name: str, values: np.ndarray) -> None:
     flat = values.reshape(-1)
 
