@@ -169,3 +169,27 @@ def test_calibrated_objective_keeps_layers_from_starving():
     assert importance.sensitivity("b") == 2.0 and importance.sensitivity("unmeasured") == 1.0
     assert _beyond_first_order(0.01) == 0.01
     assert _beyond_first_order(4 * FIRST_ORDER_ERROR) == pytest.approx(64 * FIRST_ORDER_ERROR)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fp16_estimate_streams_the_same_error(weighted, threads):
+    """fp16's estimate runs in row chunks (several here) on the pool: the relative error is
+    the whole-tensor float64 one, weighted or not, for any thread count; past fp16's range
+    it is infinite."""
+    from kformat.methods import chunks, get_method
+
+    rng = np.random.default_rng(4)
+    w = (rng.standard_t(3, (700, 1500)) * 0.05).astype(np.float32)  # 1.05M values: 5 chunks
+    weights = rng.uniform(0.1, 3.0, (1, 1500)).astype(np.float32) if weighted else None
+    full = np.ones(1) if weights is None else np.broadcast_to(weights, w.shape)
+    d = (w - w.astype(np.float16).astype(np.float32)).astype(np.float64)
+    expected = float(np.sum(full * d * d)) / float(np.sum(full * np.square(w, dtype=np.float64)))
+    fp16 = get_method("fp16")
+    with chunks.threads(threads):
+        [(size, error)] = fp16.estimate(w, [None], (256, 256), weights=weights)
+        assert error == pytest.approx(expected, rel=1e-9)
+        assert size > 2 * w.size
+        w[3, 7] = 1e6
+        [(_, error)] = fp16.estimate(w, [None], (256, 256), weights=weights)
+        assert error == np.inf

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KFormatError
-from ..methods import get_method, view_2d
+from ..methods import chunks, get_method, view_2d
 from ..methods.metrics import TILE_OVERHEAD
 from ..recipe import Recipe, Rule, is_float_dtype, parse_rule, plan
 from ..progress import log
@@ -281,10 +281,11 @@ def pack_to_target(
     manifest's SQNRs are unweighted). Returns (report, allocation, bytes).
     """
     from ..format.constants import DEFAULT_SHARD_SIZE
-    from .writer import pack as write
+    from .writer import default_jobs, pack as write
 
     output = Path(output)
-    options, fixed = estimate(source, recipe, importance)
+    with chunks.threads(default_jobs(jobs) if scheduler is None else 1):  # large passes on all cores
+        options, fixed = estimate(source, recipe, importance)
     tried: list[Path] = []
     fitting = []  # (measured error, -bytes, path, report, allocation)
     sizes: list[int] = []

@@ -8,6 +8,9 @@ variant runs in a fresh process, several times (the best time counts):
                      fp16 scale each), what `convert_hf_to_gguf.py --outtype q4_0` runs
   kformat <recipe>   kformat.pack(weights, file, recipe, jobs=N): quantize, encode planes,
                      hash and write the .kf (the whole job, not only the quantizer)
+  kformat bits4.5    kformat.pack(weights, file, "fp16", target_bits=4.5): bit allocation
+                     (estimates of every candidate, then packs measured against the target);
+                     not in the default set (tens of seconds), ask with --recipes bits4.5
 
 `--jobs` output is checked byte-identical to `--jobs 1`.
 
@@ -45,8 +48,11 @@ if variant == "gguf Q4_0":
 else:
     import kformat
     recipe, jobs = variant.split()[1], int(variant.split("jobs=")[1])
+    target = None
+    if recipe.startswith("bits"):  # bit allocation to a size: kformat pack --target-bits
+        recipe, target = "fp16", float(recipe[4:])
     def run():
-        kformat.pack(weights, out, recipe, jobs=jobs)
+        kformat.pack(weights, out, recipe, jobs=jobs, target_bits=target)
 best = None
 for _ in range(repeat):
     start = time.perf_counter()
