@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import kformat
-from kformat.packing.allocate import Candidate, choose, container_size, measured_error
+from kformat.packing.allocate import Candidate, candidates, choose, container_size, measured_error
 from kformat.cli import main
 from kformat.errors import KFormatError
 from kformat.recipe import Rule
@@ -114,7 +114,7 @@ def test_estimates_of_large_tensors_match_their_real_encoding(monkeypatch, tmp_p
     (offered with importance) included: the estimated error and size must be those the real
     encoding gets."""
     from kformat.packing import allocate
-    from kformat.packing.allocate import candidates, exact_candidates
+    from kformat.packing.allocate import exact_candidates
     from kformat.packing.importance import Importance
 
     monkeypatch.setattr(allocate, "EXACT_MAX", 0)  # estimate every candidate
@@ -140,7 +140,7 @@ def test_weighted_estimates_hold_when_importance_sits_in_a_few_rows(monkeypatch,
     """An embedding's importance is its tokens' frequency: a few rows carry most of it. The
     estimate from sampled row groups must still land near the real weighted error."""
     from kformat.packing import allocate
-    from kformat.packing.allocate import candidates, exact_candidates
+    from kformat.packing.allocate import exact_candidates
     from kformat.packing.importance import Importance
 
     rng = np.random.default_rng(6)
@@ -193,3 +193,16 @@ def test_fp16_estimate_streams_the_same_error(weighted, threads):
         w[3, 7] = 1e6
         [(_, error)] = fp16.estimate(w, [None], (256, 256), weights=weights)
         assert error == np.inf
+
+
+def test_rules_that_cannot_hold_a_tensor_are_not_candidates(tmp_path):
+    """Weights below float16's normal range make every float16 k-means codebook an error;
+    allocation leaves those candidates out instead of failing (or zeroing the tensor)."""
+    rng = np.random.default_rng(6)
+    tiny = (rng.standard_normal((96, 64)) * 1e-9).astype(np.float32)
+    found = candidates("tiny.weight", tiny, (256, 256))
+    assert found and all(c.rule.method != "kmeans" for c in found)
+    weights = {"a.weight": rng.standard_normal((256, 128)).astype(np.float32), "tiny.weight": tiny}
+    report = kformat.pack(weights, tmp_path / "m.kf", "fp16", target_bits=6.0)
+    rules = {t.name: t.rule for t in report.manifest.tensors}
+    assert rules["a.weight"].startswith("kmeans") and not rules["tiny.weight"].startswith("kmeans")

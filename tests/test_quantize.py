@@ -135,6 +135,27 @@ def test_fp16_overflow_is_an_error():
         encode_tensor("big", np.full((4, 4), 1e6, np.float32), parse_rule("fp16"))
 
 
+@pytest.mark.parametrize("rule", ["kmeans:4", "kmeans:8", "kmeans:4,group=64,scale=row"])
+@pytest.mark.parametrize("scale", [1e-40, 1e-9, 1e-6])
+def test_weights_below_fp16_normal_range_are_an_error_not_zeros(rule, scale):
+    """A float16 codebook flushed such weights to zero (or to a few subnormal steps) and the
+    pack reported 0 dB; now it says so, and codebook=float32 keeps them."""
+    w = (np.random.default_rng(2).standard_normal((128, 64)) * scale).astype(np.float32)
+    with pytest.raises(QuantizationError, match=r"tensor 'w'.*codebook=float32"):
+        encode_tensor("w", w, parse_rule(rule))
+    q = encode_tensor("w", w, parse_rule(rule + ",codebook=float32"))
+    assert q.stats.get("sqnr_db", 20.0) > 15.0
+    back = q.dequantize() if "scale" not in rule else None
+    if back is not None:
+        assert np.corrcoef(back.reshape(-1), w.reshape(-1))[0, 1] > 0.99
+
+
+def test_small_but_normal_weights_and_zeros_keep_float16_codebooks():
+    rng = np.random.default_rng(3)
+    encode_tensor("w", (rng.standard_normal((64, 64)) * 1e-3).astype(np.float32), parse_rule("kmeans:4"))
+    encode_tensor("w", np.zeros((64, 64), np.float32), parse_rule("kmeans:4"))
+
+
 def test_quantization_is_deterministic(gaussian):
     a = encode_tensor("w", gaussian, parse_rule("kmeans:4,group=64"))
     b = encode_tensor("w", gaussian, parse_rule("kmeans:4,group=64"))

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .compact import QuantizedTensor
 
 FP16_MAX = float(np.finfo(np.float16).max)
+FP16_NORMAL = float(np.finfo(np.float16).smallest_normal)  # 6.1e-5: below, precision drains away
 CODE_OPTIONS = ("bits", "group_size", "prune", "prune_threshold", "ecq", "scale")
 
 

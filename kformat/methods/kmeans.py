@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import QuantizationError
 from . import kmeans_codes, kmeans_fit
-from .base import FP16_MAX, Method, TableSpec, group_rows_for, row_groups
+from .base import FP16_MAX, FP16_NORMAL, Method, TableSpec, group_rows_for, row_groups
 from .chunks import map_chunks
 from .compact import QuantizedTensor
 from .metrics import PNG_OVERHEAD, TILE_OVERHEAD, entropy_bits, entropy_bytes, sqnr_db, tile_count
@@ -212,6 +212,12 @@ class KMeans(Method):
             counts[: group_counts.size] += group_counts
             signal += group_signal
             noise += group_noise
+        if dtype == np.float16 and signal > 0 and np.abs(codebook).max() < FP16_NORMAL:
+            raise QuantizationError(
+                f"tensor {name!r}: weights below float16's normal range (largest codebook entry "
+                f"{float(np.abs(codebook).max()):.3g}, smallest normal {FP16_NORMAL:.3g}) lose their "
+                "precision or vanish in a float16 codebook; use codebook=float32"
+            )
         stats = {"entropy_bits": entropy_bits(counts)}
         if mask is None:  # with pruning, the error against the unpruned weights is measured later
             stats["sqnr_db"] = sqnr_db(signal, noise)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import KFormatError
+from ..errors import KFormatError, QuantizationError
 from ..methods import chunks, get_method, view_2d
 from ..methods.metrics import TILE_OVERHEAD
 from ..recipe import Recipe, Rule, is_float_dtype, parse_rule, plan
@@ -95,7 +95,10 @@ def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int], import
     weights = None if importance is None else importance.weights(name, view)
     out = []
     for rule in candidate_rules(view[0], importance is not None):
-        q = encode_tensor(name, w, rule, importance)
+        try:
+            q = encode_tensor(name, w, rule, importance)
+        except QuantizationError:  # a rule that cannot hold these weights is not a candidate
+            continue
         codec = get_codec(rule.plane_codec)
         blobs = [len(tile_blob(q, codec, rect)) for rect in tile_grid(q.view, tile)]
         tables = [t.nbytes for t in q.tables.values()]
