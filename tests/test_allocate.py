@@ -206,3 +206,10 @@ def test_rules_that_cannot_hold_a_tensor_are_not_candidates(tmp_path):
     report = kformat.pack(weights, tmp_path / "m.kf", "fp16", target_bits=6.0)
     rules = {t.name: t.rule for t in report.manifest.tensors}
     assert rules["a.weight"].startswith("kmeans") and not rules["tiny.weight"].startswith("kmeans")
+
+
+def test_a_tensor_no_candidate_can_hold_is_a_clear_error(tmp_path):
+    weights = {"a.weight": np.full((64, 64), 1e6, np.float32)}  # past float16's range
+    with pytest.raises(kformat.KFormatError, match="a.weight"):
+        kformat.pack(weights, tmp_path / "m.kf", "fp16", target_bits=6.0)
+    assert not any(tmp_path.iterdir())

@@ -93,11 +93,12 @@ def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int], import
     w = np.asarray(array, dtype=np.float32)
     view = view_2d(w.shape)
     weights = None if importance is None else importance.weights(name, view)
-    out = []
+    out, refused = [], []
     for rule in candidate_rules(view[0], importance is not None):
         try:
             q = encode_tensor(name, w, rule, importance)
-        except QuantizationError:  # a rule that cannot hold these weights is not a candidate
+        except QuantizationError as exc:  # a rule that cannot hold these weights is not a candidate
+            refused.append(exc)
             continue
         codec = get_codec(rule.plane_codec)
         blobs = [len(tile_blob(q, codec, rect)) for rect in tile_grid(q.view, tile)]
@@ -110,6 +111,8 @@ def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int], import
             full = np.broadcast_to(weights, view)
             error = float(np.sum(full * (flat - back) ** 2) / (np.sum(full * flat * flat) or 1.0))
         out.append(Candidate(rule, float(size), error))
+    if refused and not out:  # no rule can hold it: say why
+        raise refused[0]
     return out
 
 
