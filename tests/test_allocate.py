@@ -199,7 +199,7 @@ def test_rules_that_cannot_hold_a_tensor_are_not_candidates(tmp_path):
     """Weights below float16's normal range make every float16 k-means codebook an error;
     allocation leaves those candidates out instead of failing (or zeroing the tensor)."""
     rng = np.random.default_rng(6)
-    tiny = (rng.standard_normal((96, 64)) * 1e-9).astype(np.float32)
+    tiny = (rng.standard_normal((96, 64)) * 1e-6).astype(np.float32)  # fp16 keeps them (subnormal)
     found = candidates("tiny.weight", tiny, (256, 256))
     assert found and all(c.rule.method != "kmeans" for c in found)
     weights = {"a.weight": rng.standard_normal((256, 128)).astype(np.float32), "tiny.weight": tiny}
@@ -208,8 +208,10 @@ def test_rules_that_cannot_hold_a_tensor_are_not_candidates(tmp_path):
     assert rules["a.weight"].startswith("kmeans") and not rules["tiny.weight"].startswith("kmeans")
 
 
-def test_a_tensor_no_candidate_can_hold_is_a_clear_error(tmp_path):
-    weights = {"a.weight": np.full((64, 64), 1e6, np.float32)}  # past float16's range
+@pytest.mark.parametrize("value", [1e6, 1e-9])  # past float16's range, below its smallest
+def test_a_tensor_no_candidate_can_hold_is_a_clear_error(tmp_path, value):
+    weights = {"a.weight": np.full((64, 64), value, np.float32)}
+    weights["a.weight"][0, 0] *= 1.5
     with pytest.raises(kformat.KFormatError, match="a.weight"):
         kformat.pack(weights, tmp_path / "m.kf", "fp16", target_bits=6.0)
     assert not any(tmp_path.iterdir())

@@ -150,6 +150,15 @@ def test_weights_below_fp16_normal_range_are_an_error_not_zeros(rule, scale):
         assert np.corrcoef(back.reshape(-1), w.reshape(-1))[0, 1] > 0.99
 
 
+def test_fp16_refuses_a_tensor_it_would_store_as_zeros():
+    tiny = np.full((4, 4), 1e-9, np.float32)
+    with pytest.raises(QuantizationError, match=r"tensor 'b'.*use raw"):
+        encode_tensor("b", tiny, parse_rule("fp16"))
+    tiny[0, 0] = 1e-6  # one value float16 can hold (as a subnormal): stored, as a cast would
+    assert encode_tensor("b", tiny, parse_rule("fp16")).values[0, 0] != 0
+    encode_tensor("b", np.zeros((4, 4), np.float32), parse_rule("fp16"))
+
+
 def test_small_but_normal_weights_and_zeros_keep_float16_codebooks():
     rng = np.random.default_rng(3)
     encode_tensor("w", (rng.standard_normal((64, 64)) * 1e-3).astype(np.float32), parse_rule("kmeans:4"))

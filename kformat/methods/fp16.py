@@ -29,8 +29,14 @@ class Fp16(Method):
         return "float16"
 
     def encode(self, name: str, w: np.ndarray, rule) -> QuantizedTensor:
-        if np.abs(w).max(initial=0) > FP16_MAX:
+        largest = np.abs(w).max(initial=0)
+        if largest > FP16_MAX:
             raise QuantizationError(f"tensor {name!r}: values exceed the float16 range (±65504); use raw")
+        if largest > 0 and np.float16(largest) == 0:  # every value would come back as zero
+            raise QuantizationError(
+                f"tensor {name!r}: every value is below float16's smallest ({largest:.3g} < 6e-08) "
+                "and would be stored as zero; use raw"
+            )
         return QuantizedTensor(
             name=name, method=self.name, shape=w.shape, view=w.shape, values=w.astype(np.float16)
         )
