@@ -50,6 +50,11 @@ def threads(count: int) -> Iterator[None]:
             pool.shutdown(wait=True)
 
 
+def row_step(cols: int, values: int = CHUNK) -> int:
+    """Rows per chunk of a pass over a (rows, cols) array: about `values` values, one row at least."""
+    return max(1, values // max(1, cols))
+
+
 def spans(size: int, chunk: int = CHUNK) -> list[tuple[int, int]]:
     return [(start, min(size, start + chunk)) for start in range(0, size, chunk)]
 

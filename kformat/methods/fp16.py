@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import QuantizationError
 from .base import BAND_BYTES, FP16_MAX, Method
 from .compact import QuantizedTensor
-from .chunks import CHUNK, map_chunks
+from .chunks import map_chunks, row_step
 from .metrics import TILE_OVERHEAD, squares, tile_count
 
 
@@ -75,7 +75,7 @@ class Fp16(Method):
                 return squares(x.reshape(-1)), squares(d.reshape(-1))
             return float(np.sum(full[r0:r1] * x * x)), float(np.sum(full[r0:r1] * d * d))
 
-        parts = map_chunks(part, rows, max(1, CHUNK // max(1, w.size // max(1, rows))))
+        parts = map_chunks(part, rows, row_step(w.shape[1]))
         signal = sum(s for s, _ in parts) or 1.0
         noise = sum(n for _, n in parts)
         size = 2.0 * w.size + tile_count(w.shape, tile) * TILE_OVERHEAD

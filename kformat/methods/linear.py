@@ -12,7 +12,7 @@ from ..errors import DecodeError
 from .base import Method, TableSpec, group_rows_for, row_groups
 from .compact import QuantizedTensor
 from .metrics import entropy_bits, error_powers, sqnr_db
-from .chunks import CHUNK, map_chunks
+from .chunks import map_chunks, row_step
 from .histogram import value_range
 from .prune import prune_mask
 
@@ -61,7 +61,7 @@ def _clip_search(w, weights, lo, hi, levels: int, group_rows: int, factors) -> n
         return out
 
     total = np.zeros((len(factors), groups))
-    for part in map_chunks(errors, rows, max(1, CHUNK_ELEMENTS // 4 // max(1, cols))):
+    for part in map_chunks(errors, rows, row_step(cols, CHUNK_ELEMENTS // 4)):
         total += part
     return np.asarray(factors)[np.argmin(total, axis=0)]  # ties keep the wider range
 
@@ -70,7 +70,7 @@ def _ranges(w: np.ndarray, group_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Each group's (min, max), widened to include 0; per row in vectorised row chunks."""
     rows, cols = w.shape
     if group_rows == 1:
-        step = max(1, CHUNK_ELEMENTS // max(1, cols))
+        step = row_step(cols, CHUNK_ELEMENTS)
         parts = map_chunks(lambda r0, r1: (w[r0:r1].min(axis=1), w[r0:r1].max(axis=1)), rows, step)
         lo = np.concatenate([p[0] for p in parts]).astype(np.float64)
         hi = np.concatenate([p[1] for p in parts]).astype(np.float64)
@@ -105,7 +105,7 @@ def quantize_linear(w: np.ndarray, bits: int, group_rows: int, weights: np.ndarr
         back *= s
         return np.bincount(codes[r0:r1].reshape(-1), minlength=levels + 1), error_powers(w[r0:r1], back)
 
-    parts = map_chunks(rows_of, rows, max(1, CHUNK // max(1, cols)))  # chunks that stay in cache
+    parts = map_chunks(rows_of, rows, row_step(cols))  # chunks that stay in cache
     counts = sum(c for c, _ in parts)
     powers = (sum(p[0] for _, p in parts), sum(p[1] for _, p in parts))
     return codes, scale, zero_point, counts, powers

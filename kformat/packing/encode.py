@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import QuantizationError
 from ..methods import QuantizedTensor, get_method, view_2d
-from ..methods.chunks import CHUNK, map_chunks
+from ..methods.chunks import CHUNK, map_chunks, row_step
 from ..methods.metrics import error_powers, sqnr_db
 
 
@@ -61,7 +61,6 @@ def encode_tensor(name: str, array: np.ndarray, rule, importance=None) -> Quanti
     q = method.encode(name, w, rule) if weights is None else method.encode(name, w, rule, weights=weights)
     q = replace(q, shape=tuple(array.shape))
     if "sqnr_db" not in q.stats:
-        step = max(1, CHUNK // max(1, view[1]))  # rows of about CHUNK values
-        powers = map_chunks(lambda r0, r1: error_powers(w[r0:r1], q.rows(r0, r1)), view[0], step)
+        powers = map_chunks(lambda r0, r1: error_powers(w[r0:r1], q.rows(r0, r1)), view[0], row_step(view[1]))
         q.stats["sqnr_db"] = sqnr_db(sum(s for s, _ in powers), sum(n for _, n in powers))
     return q
