@@ -141,17 +141,15 @@ class Programme:
             floor = self.splits[-1] if self.splits else None
             b, n = base[chosen], sizes[chosen]
             if chosen.size:
-                self.layer, split = _layer(self.layer, b + m, b + n, b + m - 1, b + n - 1, *self._sums, floor)
+                self.layer, split = _layer(
+                    self.layer, b + m, b + n, b + m - 1, b + n - 1, self.w, self.s1, self.s2, floor
+                )
             else:
                 self.layer, split = np.full(self.w.size, np.inf), np.zeros(self.w.size, dtype=np.int64)
             self.splits.append(split)
             errors = np.full(base.size, np.inf)
             errors[chosen] = self.layer[b + n]
             self.errors.append(errors)
-
-    @property
-    def _sums(self):
-        return self.w, self.s1, self.s2
 
     def bounds(self, g: int, m: int) -> np.ndarray:
         """Where problem g's best m clusters start (indices into its points), then its size."""

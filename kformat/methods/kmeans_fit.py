@@ -153,15 +153,15 @@ def fit_centroids(
     about 32 bins per centroid (dynamic programming, kformat.methods.kmeans_dp; in pieces at
     7 and 8 bits, kmeans_pieces) seeds Lloyd on the fine histogram: within 0.06 dB of the
     optimum of the real values at every width on MiniLM's weights, where Lloyd alone gets
-    stuck 1-9 dB short at 8 bits on trained weights. Otherwise (small groups) Lloyd runs from a companding
-    init and from equal-mass quantiles, and the better one wins.
+    stuck 1-9 dB short at 8 bits on trained weights. Otherwise (small groups) Lloyd runs from
+    a companding init and from equal-mass quantiles, and the better one wins.
     """
     points, weights = hist.points, hist.counts
     if points.size <= k:
         return points.copy()
     if thorough or seed is not None:
         if seed is None:
-            seed = seed_in_pieces([dp_points(hist, k)], k)[0]
+            seed = seeds([hist], k)[0]
         return _split_largest(points, weights, lloyd(points, weights, seed), k)
     candidates = [_companding_init(hist, k), _quantile_init(points, weights, k)]
     # Race the candidates on a coarser histogram, then polish the winner on the fine one.
