@@ -10,7 +10,7 @@ from ..errors import QuantizationError
 from .base import BAND_BYTES, FP16_MAX, Method
 from .compact import QuantizedTensor
 from .chunks import map_chunks, row_step
-from .metrics import TILE_OVERHEAD, squares, tile_count
+from .metrics import TILE_OVERHEAD, tile_count
 
 
 @functools.cache
@@ -67,12 +67,16 @@ class Fp16(Method):
         full = None if weights is None else np.broadcast_to(weights, w.shape)
 
         def part(r0: int, r1: int) -> tuple[float, float]:
-            block = w[r0:r1]
-            x = block.astype(np.float64)
-            with np.errstate(over="ignore"):  # past fp16's range: an infinite error, as it should
-                d = (block - block.astype(np.float16).astype(np.float32)).astype(np.float64)
-            if full is None:
-                return squares(x.reshape(-1)), squares(d.reshape(-1))
+            block = np.ascontiguousarray(w[r0:r1])
+            with np.errstate(over="ignore", invalid="ignore"):  # past fp16's range: an infinite error
+                d = block.astype(np.float16).astype(np.float32)
+                np.subtract(block, d, out=d)  # exact in float32: a float16 rounding drops low bits
+            if full is None:  # summed in float64, cast a buffer at a time (no float64 copies)
+                x, d = block.reshape(-1), d.reshape(-1)
+                return float(np.einsum("i,i->", x, x, dtype=np.float64)), float(
+                    np.einsum("i,i->", d, d, dtype=np.float64)
+                )
+            x, d = block.astype(np.float64), d.astype(np.float64)
             return float(np.sum(full[r0:r1] * x * x)), float(np.sum(full[r0:r1] * d * d))
 
         parts = map_chunks(part, rows, row_step(w.shape[1]))

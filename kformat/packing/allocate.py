@@ -43,12 +43,16 @@ from ..sources import TensorSource, find_aliases
 from .atomic import promote, remove_path, temp_prefix, write_errors
 from .encode import encode_tensor
 from .knapsack import Candidate, choose
+from .reuse import Earlier
 
 # The methods whose candidates allocation weighs, in this order (ties go to the first).
 ALLOCATION_METHODS = ("fp16", "kmeans")
 EXACT_MAX = 1 << 20  # tensors up to this many elements are encoded for real under every candidate
 FIRST_ORDER_ERROR = 0.1  # relative error (10 dB) beyond which a candidate's error is grown
 CLOSE_ENOUGH = 0.002  # stop once the container is within 0.2% below the target
+# A uniform round is packed only when its estimated error is within this factor of the best
+# fitting round's: the estimates are within a few percent, so one further off cannot win.
+UNIFORM_SLACK = 1.25
 
 
 @dataclass
@@ -280,7 +284,9 @@ def pack_to_target(
     from the estimates; (2) when (1) misses the target or undershoots it, the allocation again
     with the estimates corrected by what (1) measured; (3) the best single rule for all
     tensors that the corrected estimates say fits (or nearly), and the best without group
-    codebooks. Of the containers that fit, the one with
+    codebooks, each only when its estimated error is within UNIFORM_SLACK of the best fitting
+    round's. A round reads back the tensors an earlier round packed by the same rule
+    (kformat.packing.reuse). Of the containers that fit, the one with
     the least *measured* weighted error is renamed into place (so the result is never worse
     than a uniform choice that was tried), the others removed.
     With importance, rounds are compared by their candidates' importance-weighted errors (the
@@ -293,6 +299,7 @@ def pack_to_target(
     with chunks.threads(default_jobs(jobs) if scheduler is None else 1):  # large passes on all cores
         options, fixed = estimate(source, recipe, importance)
     tried: list[Path] = []
+    earlier = Earlier()  # each round's container: later rounds read back what they share
     fitting = []  # (measured error, -bytes, path, report, allocation)
     sizes: list[int] = []
 
@@ -315,7 +322,9 @@ def pack_to_target(
             importance=importance,
             scheduler=scheduler,
             staging=staging,
+            earlier=earlier,
         )
+        earlier.add(temp)
         actual = container_size(temp)
         sizes.append(actual)
         log.info("allocation (%s round): %d bytes for a target of %d", label, actual, target_bytes)
@@ -355,13 +364,13 @@ def pack_to_target(
             if rules in tried_rules:
                 continue
             tried_rules.append(rules)
+            error = sum(c.error for c in uniform.values())
+            if fitting and error > UNIFORM_SLACK * min(item[5].estimated_error for item in fitting):
+                log.info("allocation: no uniform round (estimated error %.3g, far above)", error)
+                continue
             run(
                 Allocation(
-                    int(target_bytes),
-                    rules,
-                    fixed + sum(c.bytes for c in uniform.values()),
-                    sum(c.error for c in uniform.values()),
-                    fixed,
+                    int(target_bytes), rules, fixed + sum(c.bytes for c in uniform.values()), error, fixed
                 ),
                 "uniform",
             )
@@ -380,5 +389,6 @@ def pack_to_target(
         report.output = output
         return report, alloc, -minus_bytes
     finally:
+        earlier.close()
         for temp in tried:
             remove_path(temp)

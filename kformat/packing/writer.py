@@ -180,10 +180,12 @@ class LocalEncoder:
     """Tensors encoded on this machine's `jobs` threads, at most `jobs` + 1 of them in memory
     at once (the next one starts while the oldest is written, so a tiny tensor queued behind
     a large one does not leave a worker idle); the passes within one large tensor use the
-    same number of threads (methods.chunks)."""
+    same number of threads (methods.chunks). A tensor `earlier` containers hold by the same
+    rule is read back from them instead (kformat.packing.reuse)."""
 
-    def __init__(self, source: TensorSource, tile, importance, jobs: int):
+    def __init__(self, source: TensorSource, tile, importance, jobs: int, earlier=None):
         self.source, self.tile, self.importance, self.jobs = source, tile, importance, jobs
+        self.earlier = earlier
         self.window = jobs + 1
         self._stack = ExitStack()
 
@@ -197,6 +199,11 @@ class LocalEncoder:
         self._stack.close()
 
     def submit(self, decision: Decision) -> Future:
+        found = None if self.earlier is None else self.earlier.find(decision)
+        if found is not None:
+            done: Future = Future()
+            done.set_result(found)
+            return done
         array = self.source.load(decision.name)  # sources are read from this thread only
         return self.encoders.submit(
             encode_blobs, decision.name, array, decision, self.tile, self.tiles, self.importance
@@ -239,6 +246,7 @@ def pack(
     importance=None,
     scheduler: str | None = None,
     staging: str | None = None,
+    earlier=None,
 ) -> PackReport:
     """Pack every tensor of `source` by `recipe`; the output appears only when complete.
 
@@ -246,7 +254,9 @@ def pack(
     the output is byte-identical for every value. `assigned` maps tensor names to (rule,
     reason) chosen elsewhere (bit allocation); those replace the recipe's choice. With
     `scheduler` (a Dask scheduler address) tensors are encoded on the cluster's workers, which
-    leave their parts at `staging` (kformat.packing.distributed); the output is the same."""
+    leave their parts at `staging` (kformat.packing.distributed); the output is the same.
+    `earlier` (a kformat.packing.reuse.Earlier, local packs) supplies tensors already packed
+    by the same rule."""
     jobs = default_jobs(jobs)
     output = Path(output)
     with write_errors(output):
@@ -258,7 +268,7 @@ def pack(
         if assigned:
             decisions = [Decision(d.name, *assigned[d.name]) if d.name in assigned else d for d in decisions]
         if scheduler is None:
-            encoder = LocalEncoder(source, recipe.tile, importance, jobs)
+            encoder = LocalEncoder(source, recipe.tile, importance, jobs, earlier)
         else:
             from .distributed import DaskEncoder
 
