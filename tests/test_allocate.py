@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import kformat
-from kformat.packing.allocate import Candidate, candidates, choose, container_size, measured_error
+from kformat.packing.allocate import Candidate, choose, container_size, measured_error
+from kformat.packing.weighing import candidates
 from kformat.cli import main
 from kformat.errors import KFormatError
 from kformat.recipe import Rule
@@ -113,11 +114,11 @@ def test_estimates_of_large_tensors_match_their_real_encoding(monkeypatch, tmp_p
     """Above EXACT_MAX candidates are estimated from a histogram, entropy-constrained ones
     (offered with importance) included: the estimated error and size must be those the real
     encoding gets."""
-    from kformat.packing import allocate
-    from kformat.packing.allocate import exact_candidates
+    from kformat.packing import weighing
+    from kformat.packing.weighing import exact_candidates
     from kformat.packing.importance import Importance
 
-    monkeypatch.setattr(allocate, "EXACT_MAX", 0)  # estimate every candidate
+    monkeypatch.setattr(weighing, "EXACT_MAX", 0)  # estimate every candidate
     rng = np.random.default_rng(5)
     w = (rng.standard_t(4, size=(512, 768)) * 0.02).astype(np.float32)  # heavy-tailed, as trained
     importance = None
@@ -139,8 +140,8 @@ def test_estimates_of_large_tensors_match_their_real_encoding(monkeypatch, tmp_p
 def test_weighted_estimates_hold_when_importance_sits_in_a_few_rows(monkeypatch, tmp_path):
     """An embedding's importance is its tokens' frequency: a few rows carry most of it. The
     estimate from sampled row groups must still land near the real weighted error."""
-    from kformat.packing import allocate
-    from kformat.packing.allocate import exact_candidates
+    from kformat.packing import weighing
+    from kformat.packing.weighing import exact_candidates
     from kformat.packing.importance import Importance
 
     rng = np.random.default_rng(6)
@@ -151,7 +152,7 @@ def test_weighted_estimates_hold_when_importance_sits_in_a_few_rows(monkeypatch,
     importance = Importance.load(tmp_path / "imp.npz")
     tile = (1024, 1024)
     exact = {c.rule: c for c in exact_candidates("embed.weight", w, tile, importance)}
-    monkeypatch.setattr(allocate, "EXACT_MAX", 0)
+    monkeypatch.setattr(weighing, "EXACT_MAX", 0)
     estimated = {c.rule: c for c in candidates("embed.weight", w, tile, importance)}
     for rule, real in exact.items():
         if rule.method == "kmeans" and rule.granularity == "group":
@@ -161,7 +162,7 @@ def test_weighted_estimates_hold_when_importance_sits_in_a_few_rows(monkeypatch,
 def test_calibrated_objective_keeps_layers_from_starving():
     """Measured sensitivities hold for small errors: none is taken below a tenth of the
     median, and a candidate past 10 dB of relative error weighs more than linearly."""
-    from kformat.packing.allocate import FIRST_ORDER_ERROR, _beyond_first_order
+    from kformat.packing.weighing import FIRST_ORDER_ERROR, _beyond_first_order
     from kformat.packing.importance import SENSITIVITY_FLOOR, Importance
 
     importance = Importance({}, sensitivities={"a": 1.0, "b": 2.0, "c": 0.001})

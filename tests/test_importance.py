@@ -108,7 +108,7 @@ def test_bad_importance_files_are_named(tmp_path):
 
 
 def test_allocation_weighs_candidates_by_importance(tmp_path):
-    from kformat.packing.allocate import candidates
+    from kformat.packing.weighing import candidates
     from kformat.packing.importance import Importance
 
     w, weights = loud_columns_that_do_not_matter(tmp_path / "imp.npz", 1, 64, 128, 8, 1e-4)

@@ -213,6 +213,11 @@ class Method:
         """Rules (in their text form) this method offers bit allocation for a tensor of `rows` rows."""
         return []
 
+    def warm(self, problems: list[tuple[np.ndarray, np.ndarray | None, list["Rule"]]]) -> None:
+        """Before bit allocation encodes several small tensors (2-D float32, importance weights
+        or None, rules) under its candidates: work their encodes share, done in one batch
+        (kept where the encodes find it, e.g. kmeans_fit.remembered_seeds). None by default."""
+
     def estimate(
         self, w: np.ndarray, rules: list["Rule"], tile: tuple[int, int], weights: np.ndarray | None = None
     ) -> list[tuple[float, float]] | None:

@@ -6,51 +6,16 @@ codebook (fp16 by default), fitted by the 1-D k-means of kformat.methods.kmeans_
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from ..errors import QuantizationError
-from . import kmeans_codes, kmeans_fit
+from . import kmeans_allocation, kmeans_codes, kmeans_fit
 from .base import FP16_MAX, FP16_NORMAL, Method, TableSpec, group_rows_for, row_groups
 from .chunks import map_chunks
 from .compact import QuantizedTensor
-from .metrics import PNG_OVERHEAD, TILE_OVERHEAD, entropy_bits, entropy_bytes, sqnr_db, tile_count
+from .metrics import entropy_bits, sqnr_db
 from .prune import prune_mask
-
-ALLOCATION_BITS = (1, 2, 3, 4, 5, 6, 8)
-ALLOCATION_GROUP_BITS = (2, 3, 4)
-ALLOCATION_GROUP_ROWS = 64
-# Entropy-constrained candidates: at equal stored bytes they keep more SQNR than a plain fit
-# of fewer levels (the planes are entropy coded), which is what lets allocation reach a
-# transformer's 0.98 mean cosine at 3.5 bits/weight.
-ALLOCATION_ECQ_BITS = (3, 4, 5, 6)
-ALLOCATION_ECQ_DB = 0.5
-SAMPLE_GROUPS = 16  # per-group candidates are estimated on this many groups, evenly spaced
-
-
-def _stored(centroids: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """The distinct centroids the codebook dtype can hold, sorted, as float64 (inf where they
-    overflow it; encode refuses those with a clear error)."""
-    with np.errstate(over="ignore"):
-        return np.unique(centroids.astype(dtype)).astype(np.float64)
-
-
-def _group_source(block: np.ndarray, mask: np.ndarray | None, k: int, weights: np.ndarray | None = None):
-    """The (importance-weighted) histogram of the values a group's codebook is fitted to,
-    the entries left for them (one is reserved for exact zero when pruning), and whether
-    one is."""
-    source = block if mask is None else block[~mask]
-    if weights is not None:
-        weights = np.broadcast_to(weights, block.shape)
-        weights = weights if mask is None else weights[~mask]
-    fixed_zero = mask is not None and mask.any()
-    if fixed_zero:
-        k -= 1
-    if source.size == 0:
-        return None, k, fixed_zero
-    bins = min(kmeans_fit.FINE_BINS, max(1024, source.size // 8))
-    return kmeans_fit.histogram(source, bins, weights), k, fixed_zero
 
 
 def _fit_group(hist, k: int, fixed_zero: bool, seed, rule, dtype: np.dtype):
@@ -63,53 +28,14 @@ def _fit_group(hist, k: int, fixed_zero: bool, seed, rule, dtype: np.dtype):
         centroids = kmeans_fit.fit_centroids(hist, k, thorough=False, seed=seed)
         if rule.ecq is not None and not fixed_zero:
             centroids, edges = kmeans_fit.fit_entropy_constrained(
-                hist, k, rule.ecq, _stored(centroids, dtype)
+                hist, k, rule.ecq, kmeans_fit.stored_centroids(centroids, dtype)
             )
     if fixed_zero:
         centroids = np.concatenate([centroids, [0.0]])
-    rounded = _stored(centroids, dtype)
+    rounded = kmeans_fit.stored_centroids(centroids, dtype)
     if edges is not None and rounded.size != centroids.size:
         edges = None  # rounding merged centroids: fall back to nearest-centroid cells
     return rounded, edges
-
-
-def _estimate(
-    hist: kmeans_fit.Histogram,
-    k: int,
-    thorough: bool,
-    plain: kmeans_fit.Histogram | None = None,
-    ecq: float | None = None,
-    dtype: np.dtype = np.dtype(np.float16),
-) -> tuple[float, np.ndarray]:
-    """(noise energy, code counts) of a k-entry codebook fitted to `hist` (entropy-constrained
-    within `ecq` dB of the plain fit, when given); when `hist` is importance-weighted, `plain`
-    (the unweighted histogram) gives the code counts."""
-    centroids = np.unique(np.asarray(kmeans_fit.fit_centroids(hist, k, thorough), dtype=np.float64))
-    edges = None
-    if ecq is not None and centroids.size > 1:
-        # started, as encode starts it, from the centroids rounded to the codebook's dtype
-        fitted, edges = kmeans_fit.fit_entropy_constrained(hist, k, ecq, _stored(centroids, dtype))
-        centroids = np.asarray(fitted, dtype=np.float64)
-        edges = np.asarray(edges, dtype=np.float64)
-
-    def cells_of(points: np.ndarray) -> np.ndarray:  # what assign gives: nearest, or by the edges
-        return np.searchsorted(kmeans_codes.boundaries(centroids) if edges is None else edges, points)
-
-    cells = cells_of(hist.points)
-    # the bins' own width adds w^2/12 per value (values spread uniformly within a bin)
-    width = hist.width
-    noise = (
-        float(np.sum(hist.counts * (hist.points - centroids[cells]) ** 2)) + hist.counts.sum() * width**2 / 12
-    )
-    if plain is not None:
-        return noise, np.bincount(cells_of(plain.points), weights=plain.counts, minlength=k)
-    return noise, np.bincount(cells, weights=hist.counts, minlength=k)
-
-
-def _tile_overhead(bits: int) -> int:
-    from ..codecs import plane_depth
-
-    return TILE_OVERHEAD + 3 * (1 << plane_depth(bits))  # + the PNG palette
 
 
 class KMeans(Method):
@@ -139,9 +65,7 @@ class KMeans(Method):
         spans = [(g * group_rows, min(rows, (g + 1) * group_rows)) for g in range(groups)]
 
         def group_weights(r0, r1):
-            if weights is None:
-                return None
-            return weights[r0:r1] if weights.shape[0] == rows else weights
+            return kmeans_fit.rows_of(weights, r0, r1, rows)
 
         def source(r0, r1):
             return w[r0:r1] if divisor is None else w[r0:r1] / divisor[r0:r1, None]
@@ -155,7 +79,7 @@ class KMeans(Method):
         def fit_source(g):
             r0, r1 = spans[g]
             block_mask = None if mask is None else mask[r0:r1]
-            return _group_source(source(r0, r1), block_mask, k, group_weights(r0, r1))
+            return kmeans_fit.group_source(source(r0, r1), block_mask, k, group_weights(r0, r1))
 
         fits = each_group(fit_source)
         # Every group's codebook is seeded by the exact optimum of 1-D k-means (one batched
@@ -260,78 +184,14 @@ class KMeans(Method):
         return tables["codebook"][group].astype(np.float32)
 
     # -- bit allocation ------------------------------------------------------------------
+    def warm(self, problems) -> None:
+        kmeans_allocation.warm(problems)
+
     def candidates(self, rows: int) -> list[str]:
-        rules = [f"kmeans:{b}" for b in ALLOCATION_BITS]
-        rules += [f"kmeans:{b},ecq={ALLOCATION_ECQ_DB}" for b in ALLOCATION_ECQ_BITS]
-        if rows >= 2 * ALLOCATION_GROUP_ROWS:
-            rules += [f"kmeans:{b},group={ALLOCATION_GROUP_ROWS}" for b in ALLOCATION_GROUP_BITS]
-        return rules
+        return kmeans_allocation.candidates(rows)
 
     def estimate(self, w, rules, tile, weights=None):
-        """Per-tensor rules from one histogram of the tensor; per-group rules from a sample
-        of its groups (_sampled_groups). Size is the code entropy plus codebooks and tile overhead.
-        With importance `weights` the error is the weighted one, from weighted histograms."""
-        tiles = tile_count(w.shape, tile)
-        full = None if weights is None else np.broadcast_to(weights, w.shape)
-        if full is None:
-            signal = float(np.einsum("ij,ij->", w, w, dtype=np.float64)) or 1.0
-        else:
-            signal = float(np.sum(full * np.square(w, dtype=np.float64))) or 1.0
-        row_mass = None if full is None else full.sum(axis=1, dtype=np.float64)  # for every group rule
-        hist = None
-        out = []
-        for rule in rules:
-            bits = int(rule.bits)
-            if rule.granularity == "tensor":
-                if hist is None:
-                    hist = kmeans_fit.histogram(w, weights=full)
-                    plain = None if full is None else kmeans_fit.histogram(w)
-                dtype = np.dtype(rule.codebook_dtype)
-                noise, counts = _estimate(hist, 1 << bits, True, plain, rule.ecq, dtype)
-                size = entropy_bytes(counts) * PNG_OVERHEAD + (1 << bits) * 2 + tiles * _tile_overhead(bits)
-                out.append((size, noise / signal))
-                continue
-            out.append(_estimate_groups(w, full, row_mass, rule, tiles, signal))
-        return out
-
-
-def _sampled_groups(row_mass: np.ndarray | None, group: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """The row groups a per-group estimate fits, and how many groups each stands for.
-
-    Evenly spaced groups; with importance, half of them are instead the groups that carry
-    the most importance, each standing for itself (an embedding's importance sits in its
-    frequent tokens' rows, which evenly spaced groups would miss)."""
-    count = min(groups, SAMPLE_GROUPS)
-    if row_mass is None or count == groups:
-        picks = np.unique(np.linspace(0, groups - 1, count).astype(int))
-        return picks, np.full(picks.size, groups / picks.size)
-    mass = np.add.reduceat(row_mass, np.arange(0, row_mass.size, group))
-    top = np.sort(np.argsort(-mass, kind="stable")[: count // 2])
-    rest = np.setdiff1d(np.arange(groups), top)
-    spread = rest[np.unique(np.linspace(0, rest.size - 1, count - top.size).astype(int))]
-    picks = np.concatenate([top, spread])
-    stands = np.concatenate([np.ones(top.size), np.full(spread.size, rest.size / spread.size)])
-    return picks, stands
-
-
-def _estimate_groups(w: np.ndarray, full, row_mass, rule, tiles: int, signal: float) -> tuple[float, float]:
-    """(bytes, relative error) of a per-group rule from a sample of its row groups."""
-    rows = w.shape[0]
-    bits = int(rule.bits)
-    group = group_rows_for(rule, rows)
-    groups = math.ceil(rows / group)
-    picks, stands = _sampled_groups(row_mass, group, groups)
-    noise = entropy = 0.0
-    for g, weight in zip(picks, stands):
-        block = w[g * group : (g + 1) * group]
-        part_weights = None if full is None else full[g * group : (g + 1) * group]
-        hist, _, _ = _group_source(block, None, 1 << bits, part_weights)  # as encode fits it
-        plain = None if full is None else _group_source(block, None, 1 << bits)[0]
-        part, counts = _estimate(hist, 1 << bits, full is not None, plain)
-        noise += part * weight
-        entropy += entropy_bytes(counts) * weight
-    size = entropy * PNG_OVERHEAD + groups * (1 << bits) * 2 + tiles * _tile_overhead(bits)
-    return size, noise / signal
+        return kmeans_allocation.estimate(w, rules, tile, weights)
 
 
 def _scaled(values: np.ndarray, row0: int, tables) -> np.ndarray:

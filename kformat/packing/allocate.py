@@ -1,15 +1,7 @@
 """Bit allocation: choose a rule per layer to meet a size target with the least error.
 
-For every tensor a recipe would quantize (floating point, rank >= 2, at least `min_elements`),
-candidates are k-means codebooks of 1, 2, 3, 4, 5, 6 and 8 bits per tensor, 2-4 bits with one
-codebook per group of 64 rows, and fp16; with importance also entropy-constrained ones of 3-6
-bits (ecq=0.5: 0.5 dB below the plain fit for 5-8% fewer bytes, a better trade than a plain
-fit of fewer levels where the objective knows which layers move the output).
-Tensors up to EXACT_MAX elements are encoded under every candidate, so their sizes and errors
-are exact; larger ones are estimated from a value
-histogram: the error by assigning histogram bins to the fitted centroids, the size from the
-code entropy (PNG planes land within about 1% of it) plus codebooks and per-tile overhead.
-The choice minimises
+Every candidate rule of every tensor the recipe would quantize is weighed first (its bytes
+and error: kformat.packing.weighing). The choice minimises
 
     sum over tensors of  s_i * noise_i / signal_i
 
@@ -28,27 +20,21 @@ under the recipe's default rule only.
 from __future__ import annotations
 
 import json
-import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
-from ..errors import KFormatError, QuantizationError
-from ..methods import chunks, get_method, view_2d
-from ..methods.metrics import TILE_OVERHEAD
-from ..recipe import Recipe, Rule, is_float_dtype, parse_rule, plan
+from ..errors import KFormatError
+from ..methods import chunks
+from ..recipe import Recipe, Rule
 from ..progress import log
-from ..sources import TensorSource, find_aliases
+from ..sources import TensorSource
 from .atomic import promote, remove_path, temp_prefix, write_errors
-from .encode import encode_tensor
 from .knapsack import Candidate, choose
 from .reuse import Earlier
+from .weighing import estimate
 
-# The methods whose candidates allocation weighs, in this order (ties go to the first).
-ALLOCATION_METHODS = ("fp16", "kmeans")
-EXACT_MAX = 1 << 20  # tensors up to this many elements are encoded for real under every candidate
-FIRST_ORDER_ERROR = 0.1  # relative error (10 dB) beyond which a candidate's error is grown
 CLOSE_ENOUGH = 0.002  # stop once the container is within 0.2% below the target
 # A uniform round is packed only when its estimated error is within this factor of the best
 # fitting round's: the estimates are within a few percent, so one further off cannot win.
@@ -71,137 +57,6 @@ class Allocation:
             "weighted_error": round(self.estimated_error, 6),
             "tensors": len(self.rules),
         }
-
-
-def method_candidates(method_name: str, rows: int, calibrated: bool = False) -> list[Rule]:
-    """The method's candidate rules; entropy-constrained ones only with calibration data.
-
-    They trade 0.5 dB for bytes, a good trade where the objective knows which layers move
-    the output (importance and sensitivities). Without it, on a depthwise CNN at 5 bits/weight
-    they let allocation shave the sensitive layers: 70% of top-1 predictions kept against 88%."""
-    rules = [parse_rule(text) for text in get_method(method_name).candidates(rows)]
-    return rules if calibrated else [r for r in rules if r.ecq is None]
-
-
-def candidate_rules(rows: int, calibrated: bool = False) -> list[Rule]:
-    return [rule for name in ALLOCATION_METHODS for rule in method_candidates(name, rows, calibrated)]
-
-
-def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int], importance=None) -> list[Candidate]:
-    """Every candidate encoded for real: exact bytes (blobs plus average alignment padding)
-    and exact error (importance-weighted with importance). Used for tensors small enough that
-    this is cheap."""
-    from ..codecs import get_codec
-    from .writer import tile_blob, tile_grid
-
-    w = np.asarray(array, dtype=np.float32)
-    view = view_2d(w.shape)
-    weights = None if importance is None else importance.weights(name, view)
-    out, refused = [], []
-    for rule in candidate_rules(view[0], importance is not None):
-        try:
-            q = encode_tensor(name, w, rule, importance)
-        except QuantizationError as exc:  # a rule that cannot hold these weights is not a candidate
-            refused.append(exc)
-            continue
-        codec = get_codec(rule.plane_codec)
-        blobs = [len(tile_blob(q, codec, rect)) for rect in tile_grid(q.view, tile)]
-        tables = [t.nbytes for t in q.tables.values()]
-        size = sum(blobs) + sum(tables) + 32 * (len(blobs) + len(tables))
-        sqnr = q.stats.get("sqnr_db", math.inf)
-        error = 0.0 if sqnr == math.inf else 10 ** (-sqnr / 10)
-        if weights is not None and error > 0:
-            flat, back = w.reshape(view).astype(np.float64), q.dequantize().reshape(view)
-            full = np.broadcast_to(weights, view)
-            error = float(np.sum(full * (flat - back) ** 2) / (np.sum(full * flat * flat) or 1.0))
-        out.append(Candidate(rule, float(size), error))
-    if refused and not out:  # no rule can hold it: say why
-        raise refused[0]
-    return out
-
-
-def candidates(name: str, array: np.ndarray, tile: tuple[int, int], importance=None) -> list[Candidate]:
-    """(bytes, relative error) of every candidate rule for one tensor: exact for tensors up to
-    EXACT_MAX elements, estimated by each method (from a histogram, for k-means) above that.
-    With importance the error is each layer's importance-weighted relative error."""
-    if array.size <= EXACT_MAX:
-        return exact_candidates(name, array, tile, importance)
-    w = np.asarray(array, dtype=np.float32).reshape(view_2d(array.shape))
-    weights = None if importance is None else importance.weights(name, w.shape)
-    out = []
-    for method_name in ALLOCATION_METHODS:
-        method = get_method(method_name)
-        rules = method_candidates(method_name, w.shape[0], importance is not None)
-        if not rules:
-            estimates = []
-        elif weights is None:
-            estimates = method.estimate(w, rules, tile)
-        else:
-            estimates = method.estimate(w, rules, tile, weights=weights)
-        if estimates is None:  # no estimate: encode for real
-            out += [c for c in exact_candidates(name, w, tile, importance) if c.rule.method == method_name]
-            continue
-        out += [Candidate(rule, size, error) for rule, (size, error) in zip(rules, estimates)]
-    return out
-
-
-def _fixed_bytes(shape, dtype: np.dtype, rule: Rule) -> float:
-    """Bytes of a tensor the recipe keeps by its own rule: its values, or its codes and a table."""
-    n = int(np.prod(shape, dtype=np.int64))
-    method = get_method(rule.method)
-    if not method.codes:
-        return np.dtype(method.storage(np.dtype(dtype).name)).itemsize * n + TILE_OVERHEAD
-    bits = int(rule.bits)
-    return n * bits / 8 + (1 << bits) * 4 + TILE_OVERHEAD
-
-
-def estimate(
-    source: TensorSource, recipe: Recipe, importance=None
-) -> tuple[dict[str, list[Candidate]], float]:
-    """Candidates of every tensor the recipe would quantize, and the estimated fixed bytes
-    (header, manifest, and the tensors kept by the recipe's own rule)."""
-    aliases = find_aliases(source)  # stored once: not a second candidate
-    infos = {t.name: t for t in source.tensors() if t.name not in aliases}
-    decisions, _ = plan(recipe, [(t.name, t.shape, t.dtype) for t in infos.values()])
-    options: dict[str, list[Candidate]] = {}
-    fixed = 64.0 + 1024.0  # header and the manifest's fixed part
-    for d in decisions:
-        info = infos[d.name]
-        n = int(np.prod(info.shape, dtype=np.int64))
-        eligible = (
-            d.reason.startswith("default")  # a tensor an explicit rule names keeps that rule
-            and is_float_dtype(info.dtype)
-            and len(info.shape) >= 2
-            and n >= recipe.min_elements
-            and d.rule.method != "raw"
-        )
-        fixed += 300  # manifest entry
-        if eligible:
-            found = candidates(d.name, source.load(d.name), tuple(d.rule.tile or recipe.tile), importance)
-            if importance is not None:  # output error per unit of the layer's, to first order
-                weight = importance.sensitivity(d.name)
-                found = [Candidate(c.rule, c.bytes, _beyond_first_order(c.error) * weight) for c in found]
-            options[d.name] = found
-        else:
-            fixed += _fixed_bytes(info.shape, info.dtype, d.rule)
-    if not options:
-        raise KFormatError(
-            "nothing to allocate: no tensor under the recipe's default rule is floating point, rank >= 2"
-            " and >= min_elements (tensors explicit rules name keep their rule)"
-        )
-    return options, fixed
-
-
-def _beyond_first_order(error: float) -> float:
-    """A relative error past FIRST_ORDER_ERROR, grown by (error / FIRST_ORDER_ERROR)^2 (with
-    importance, where errors are weighed by measured sensitivities).
-
-    Sensitivities are measured with small noise; a layer whose output is a tenth noise or
-    more is past where they hold (a depthwise CNN's last pointwise layer, measured 1/40 of
-    the median, was given 1 bit at 4.6 dB and the model kept 91% of its predictions)."""
-    if error <= FIRST_ORDER_ERROR:
-        return error
-    return error * (error / FIRST_ORDER_ERROR) ** 2
 
 
 def _shifted(options: dict[str, list[Candidate]], offsets: dict[str, float]) -> dict[str, list[Candidate]]:
@@ -296,8 +151,15 @@ def pack_to_target(
     from .writer import default_jobs, pack as write
 
     output = Path(output)
+    started = time.perf_counter()
     with chunks.threads(default_jobs(jobs) if scheduler is None else 1):  # large passes on all cores
         options, fixed = estimate(source, recipe, importance)
+    log.info(
+        "allocation: %d candidates of %d tensors weighed in %.1f s",
+        sum(map(len, options.values())),
+        len(options),
+        time.perf_counter() - started,
+    )
     tried: list[Path] = []
     earlier = Earlier()  # each round's container: later rounds read back what they share
     fitting = []  # (measured error, -bytes, path, report, allocation)

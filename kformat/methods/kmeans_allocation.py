@@ -1,0 +1,173 @@
+"""Bit allocation's side of k-means: the candidate rules, their bytes and errors estimated
+without encoding (large tensors), and the seeds of many small tensors' fits computed in one
+batch before they are encoded (kmeans_fit.remembered_seeds)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import kmeans_codes, kmeans_fit
+from .base import group_rows_for
+from .kmeans_fit import group_source, rows_of, stored_centroids
+from .metrics import PNG_OVERHEAD, TILE_OVERHEAD, entropy_bytes, tile_count
+
+ALLOCATION_BITS = (1, 2, 3, 4, 5, 6, 8)
+ALLOCATION_GROUP_BITS = (2, 3, 4)
+ALLOCATION_GROUP_ROWS = 64
+# Entropy-constrained candidates: at equal stored bytes they keep more SQNR than a plain fit
+# of fewer levels (the planes are entropy coded), which is what lets allocation reach a
+# transformer's 0.98 mean cosine at 3.5 bits/weight.
+ALLOCATION_ECQ_BITS = (3, 4, 5, 6)
+ALLOCATION_ECQ_DB = 0.5
+SAMPLE_GROUPS = 16  # per-group candidates are estimated on this many groups, evenly spaced
+
+
+def _estimate(
+    hist: kmeans_fit.Histogram,
+    k: int,
+    thorough: bool,
+    plain: kmeans_fit.Histogram | None = None,
+    ecq: float | None = None,
+    dtype: np.dtype = np.dtype(np.float16),
+) -> tuple[float, np.ndarray]:
+    """(noise energy, code counts) of a k-entry codebook fitted to `hist` (entropy-constrained
+    within `ecq` dB of the plain fit, when given); when `hist` is importance-weighted, `plain`
+    (the unweighted histogram) gives the code counts."""
+    centroids = np.unique(np.asarray(kmeans_fit.fit_centroids(hist, k, thorough), dtype=np.float64))
+    edges = None
+    if ecq is not None and centroids.size > 1:
+        # started, as encode starts it, from the centroids rounded to the codebook's dtype
+        fitted, edges = kmeans_fit.fit_entropy_constrained(hist, k, ecq, stored_centroids(centroids, dtype))
+        centroids = np.asarray(fitted, dtype=np.float64)
+        edges = np.asarray(edges, dtype=np.float64)
+
+    def cells_of(points: np.ndarray) -> np.ndarray:  # what assign gives: nearest, or by the edges
+        return np.searchsorted(kmeans_codes.boundaries(centroids) if edges is None else edges, points)
+
+    cells = cells_of(hist.points)
+    # the bins' own width adds w^2/12 per value (values spread uniformly within a bin)
+    width = hist.width
+    noise = (
+        float(np.sum(hist.counts * (hist.points - centroids[cells]) ** 2)) + hist.counts.sum() * width**2 / 12
+    )
+    if plain is not None:
+        return noise, np.bincount(cells_of(plain.points), weights=plain.counts, minlength=k)
+    return noise, np.bincount(cells, weights=hist.counts, minlength=k)
+
+
+def _tile_overhead(bits: int) -> int:
+    from ..codecs import plane_depth
+
+    return TILE_OVERHEAD + 3 * (1 << plane_depth(bits))  # + the PNG palette
+
+
+def warm(problems) -> None:
+    """The seeds of every candidate's fits of several tensors, one batch per width and
+    grouping (plain rules: those encode seeds from the same histograms, which do not
+    depend on the width)."""
+    plain = [
+        (index, rule)
+        for index, (_, _, rules) in enumerate(problems)
+        for rule in rules
+        if rule.scale is None and rule.prune is None and rule.prune_threshold is None
+    ]
+    hists: dict[tuple[int, int], list] = {}  # (tensor, rows per group) -> its groups' histograms
+    for index, rule in plain:
+        w, weights, _ = problems[index]
+        rows = w.shape[0]
+        step = group_rows_for(rule, rows)
+        if (index, step) not in hists:
+            spans = [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+            hists[index, step] = [
+                group_source(w[r0:r1], None, 2, rows_of(weights, r0, r1, rows))[0] for r0, r1 in spans
+            ]
+    for bits, granularity, size in dict.fromkeys(
+        (int(r.bits), r.granularity, r.group_size) for _, r in plain
+    ):
+        k = 1 << bits
+        batch = [
+            h
+            for index, rule in plain
+            if (int(rule.bits), rule.granularity, rule.group_size) == (bits, granularity, size)
+            for h in hists[index, group_rows_for(rule, problems[index][0].shape[0])]
+            if h is not None and h.points.size > k
+        ]
+        if batch:
+            kmeans_fit.seeds(batch, k)
+
+
+def candidates(rows: int) -> list[str]:
+    rules = [f"kmeans:{b}" for b in ALLOCATION_BITS]
+    rules += [f"kmeans:{b},ecq={ALLOCATION_ECQ_DB}" for b in ALLOCATION_ECQ_BITS]
+    if rows >= 2 * ALLOCATION_GROUP_ROWS:
+        rules += [f"kmeans:{b},group={ALLOCATION_GROUP_ROWS}" for b in ALLOCATION_GROUP_BITS]
+    return rules
+
+
+def estimate(w, rules, tile, weights=None):
+    """Per-tensor rules from one histogram of the tensor; per-group rules from a sample
+    of its groups (_sampled_groups). Size is the code entropy plus codebooks and tile overhead.
+    With importance `weights` the error is the weighted one, from weighted histograms."""
+    tiles = tile_count(w.shape, tile)
+    full = None if weights is None else np.broadcast_to(weights, w.shape)
+    if full is None:
+        signal = float(np.einsum("ij,ij->", w, w, dtype=np.float64)) or 1.0
+    else:
+        signal = float(np.sum(full * np.square(w, dtype=np.float64))) or 1.0
+    row_mass = None if full is None else full.sum(axis=1, dtype=np.float64)  # for every group rule
+    hist = None
+    out = []
+    for rule in rules:
+        bits = int(rule.bits)
+        if rule.granularity == "tensor":
+            if hist is None:
+                hist = kmeans_fit.histogram(w, weights=full)
+                plain = None if full is None else kmeans_fit.histogram(w)
+            dtype = np.dtype(rule.codebook_dtype)
+            noise, counts = _estimate(hist, 1 << bits, True, plain, rule.ecq, dtype)
+            size = entropy_bytes(counts) * PNG_OVERHEAD + (1 << bits) * 2 + tiles * _tile_overhead(bits)
+            out.append((size, noise / signal))
+            continue
+        out.append(_estimate_groups(w, full, row_mass, rule, tiles, signal))
+    return out
+
+
+def _sampled_groups(row_mass: np.ndarray | None, group: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """The row groups a per-group estimate fits, and how many groups each stands for.
+
+    Evenly spaced groups; with importance, half of them are instead the groups that carry
+    the most importance, each standing for itself (an embedding's importance sits in its
+    frequent tokens' rows, which evenly spaced groups would miss)."""
+    count = min(groups, SAMPLE_GROUPS)
+    if row_mass is None or count == groups:
+        picks = np.unique(np.linspace(0, groups - 1, count).astype(int))
+        return picks, np.full(picks.size, groups / picks.size)
+    mass = np.add.reduceat(row_mass, np.arange(0, row_mass.size, group))
+    top = np.sort(np.argsort(-mass, kind="stable")[: count // 2])
+    rest = np.setdiff1d(np.arange(groups), top)
+    spread = rest[np.unique(np.linspace(0, rest.size - 1, count - top.size).astype(int))]
+    picks = np.concatenate([top, spread])
+    stands = np.concatenate([np.ones(top.size), np.full(spread.size, rest.size / spread.size)])
+    return picks, stands
+
+
+def _estimate_groups(w: np.ndarray, full, row_mass, rule, tiles: int, signal: float) -> tuple[float, float]:
+    """(bytes, relative error) of a per-group rule from a sample of its row groups."""
+    rows = w.shape[0]
+    bits = int(rule.bits)
+    group = group_rows_for(rule, rows)
+    groups = math.ceil(rows / group)
+    picks, stands = _sampled_groups(row_mass, group, groups)
+    noise = entropy = 0.0
+    for g, weight in zip(picks, stands):
+        block = w[g * group : (g + 1) * group]
+        part_weights = None if full is None else full[g * group : (g + 1) * group]
+        hist, _, _ = group_source(block, None, 1 << bits, part_weights)  # as encode fits it
+        plain = None if full is None else group_source(block, None, 1 << bits)[0]
+        part, counts = _estimate(hist, 1 << bits, full is not None, plain)
+        noise += part * weight
+        entropy += entropy_bytes(counts) * weight
+    size = entropy * PNG_OVERHEAD + groups * (1 << bits) * 2 + tiles * _tile_overhead(bits)
+    return size, noise / signal

@@ -1,0 +1,73 @@
+"""Allocation seeds many small tensors' codebooks in one batch and keeps the seeds for their
+encodes: a batched seed is the seed alone, the encodes find them, and the output is the
+same bytes as without the batch."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kformat
+from kformat.methods import kmeans_fit, kmeans_pieces
+from kformat.methods.kmeans import KMeans
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(st.integers(0, 10_000), st.sampled_from([2, 8, 16, 64, 256]))
+def test_a_seed_from_a_batch_is_the_seed_alone(seed, k):
+    rng = np.random.default_rng(seed)
+    hists = [
+        kmeans_fit.histogram((rng.standard_t(3, int(n)) * scale).astype(np.float32))
+        for n, scale in zip(rng.integers(300, 30_000, 4), rng.uniform(0.01, 2.0, 4))
+    ]
+    batched = kmeans_fit.seeds(hists, k)
+    for hist, together in zip(hists, batched):
+        assert np.array_equal(together, kmeans_fit.seeds([hist], k)[0])
+
+
+def test_remembered_seeds_are_found_and_forgotten_after(monkeypatch):
+    rng = np.random.default_rng(1)
+    hists = [kmeans_fit.histogram(rng.standard_normal(5000).astype(np.float32)) for _ in range(3)]
+    solved = []
+    real = kmeans_pieces.seed_in_pieces
+    monkeypatch.setattr(kmeans_fit, "seed_in_pieces", lambda p, k: solved.append(len(p)) or real(p, k))
+    with kmeans_fit.remembered_seeds():
+        first = kmeans_fit.seeds(hists, 16)
+        again = kmeans_fit.seeds(hists[1:2], 16)  # found: nothing solved
+        assert solved == [3] and np.array_equal(again[0], first[1])
+    kmeans_fit.seeds(hists[1:2], 16)  # forgotten
+    assert solved == [3, 1]
+
+
+def model():
+    rng = np.random.default_rng(8)
+    return {
+        f"layer{i}.weight": (rng.standard_t(4, (rows, 96)) * 0.03).astype(np.float32)
+        for i, rows in enumerate([200, 130, 64, 300, 90])
+    }
+
+
+def test_allocation_writes_the_same_bytes_with_and_without_the_batch(tmp_path, monkeypatch):
+    """The batch only moves work: every candidate's encode gets the same seeds."""
+    kformat.pack(model(), tmp_path / "batched.kf", "fp16", target_bits=3.0)
+    monkeypatch.setattr(KMeans, "warm", lambda self, problems: None)
+    kformat.pack(model(), tmp_path / "alone.kf", "fp16", target_bits=3.0)
+    assert (tmp_path / "batched.kf").read_bytes() == (tmp_path / "alone.kf").read_bytes()
+
+
+def test_the_batch_computes_the_seeds_encodes_ask_for(monkeypatch):
+    """After warm, encoding every candidate solves no programme: the histograms warm builds
+    are those encode builds (a mismatch would only cost time, so it is checked here)."""
+    from kformat.packing.weighing import exact_candidates, method_candidates
+
+    weights = model()
+    problems = [(w, None, method_candidates("kmeans", w.shape[0])) for w in weights.values()]
+    solved = []
+    real = kmeans_pieces.seed_in_pieces
+    with kmeans_fit.remembered_seeds():
+        KMeans().warm(problems)
+        monkeypatch.setattr(
+            kmeans_fit, "seed_in_pieces", lambda p, k: solved.append((len(p), k)) or real(p, k)
+        )
+        for name, w in weights.items():
+            exact_candidates(name, w, (1024, 1024))
+    assert solved == []
