@@ -216,3 +216,22 @@ def test_a_tensor_no_candidate_can_hold_is_a_clear_error(tmp_path, value):
     with pytest.raises(kformat.KFormatError, match="a.weight"):
         kformat.pack(weights, tmp_path / "m.kf", "fp16", target_bits=6.0)
     assert not any(tmp_path.iterdir())
+
+
+def test_uniform_rounds_are_packed_only_when_their_estimate_is_close(tmp_path, caplog, monkeypatch):
+    """The best single rule for all is packed and measured only when its estimated error is
+    within UNIFORM_SLACK of the best fitting round's: with the slack at 1 no uniform round
+    that the estimates rank worse is packed; with a huge slack every one is."""
+    import logging
+
+    from kformat.packing import allocate
+
+    rounds = {}
+    for slack in (1.0, 1e9):
+        monkeypatch.setattr(allocate, "UNIFORM_SLACK", slack)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="kformat"):
+            kformat.pack(heterogeneous(), tmp_path / f"{slack}.kf", "fp16", target_bits=3.0)
+        rounds[slack] = [r.getMessage() for r in caplog.records if "uniform round" in r.getMessage()]
+    assert rounds[1.0] and all(m.startswith("allocation: no uniform round") for m in rounds[1.0])
+    assert rounds[1e9] and not any(m.startswith("allocation: no uniform round") for m in rounds[1e9])
