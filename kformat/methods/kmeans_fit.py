@@ -224,6 +224,7 @@ def seeds(hists: list[Histogram], k: int) -> list[np.ndarray]:
         fresh = seed_in_pieces([problems[i] for i in missing], k)
         with _MEMO.lock:
             for i, seed in zip(missing, fresh):
+                seed.setflags(write=False)  # shared by every fit that finds it
                 known[i] = _MEMO.found.setdefault(keys[i], seed)
     return known
 

@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from ..errors import KFormatError
 from ..methods import chunks
 from ..recipe import Recipe, Rule
