@@ -13,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..loading.container import Container
-from ..recipe import Decision
 from ..loading.tables import tile_label
+from ..recipe import Decision
+from .writer import Encoded
 
 
 class Earlier:
@@ -26,10 +27,8 @@ class Earlier:
     def add(self, path: Path) -> None:
         self._containers.insert(0, Container.open(str(path)))
 
-    def find(self, decision: Decision):
+    def find(self, decision: Decision) -> Encoded | None:
         """The Encoded of `decision`'s tensor by its rule and reason, if a container has it."""
-        from .writer import Encoded
-
         text = decision.rule.to_text()
         for container in self._containers:
             entry = container.tensors.get(decision.name)
