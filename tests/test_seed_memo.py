@@ -71,3 +71,39 @@ def test_the_batch_computes_the_seeds_encodes_ask_for(monkeypatch):
         for name, w in weights.items():
             exact_candidates(name, w, (1024, 1024))
     assert solved == []
+
+
+def test_weighing_finds_every_small_tensors_seeds_with_a_large_tensor_between(monkeypatch):
+    """A large tensor weighed between two small ones of a batch (a transformer's word
+    embeddings between its other embeddings and its first layer) must not drop the batch's
+    seeds: the small tensors' candidates solve no programme."""
+    from kformat.methods import kmeans_fit as fit
+    from kformat.packing import weighing
+    from kformat.recipe.recipe import load_recipe
+    from kformat.sources import DictSource
+
+    small = list(model().items())
+    big = (np.random.default_rng(3).standard_normal((400, 96)) * 0.1).astype(np.float32)
+    weights = dict(small[:2] + [("big.weight", big)] + small[2:])
+    monkeypatch.setattr(weighing, "EXACT_MAX", 300 * 96)  # big.weight is estimated, the rest encoded
+    solved_in_small = []
+    inside = []
+    real_candidates, real_pieces = weighing.candidates, kmeans_pieces.seed_in_pieces
+
+    def candidates(name, array, *args, **kwargs):
+        inside.append(array.size <= weighing.EXACT_MAX)
+        try:
+            return real_candidates(name, array, *args, **kwargs)
+        finally:
+            inside.pop()
+
+    def pieces(problems, k):
+        if inside and inside[-1]:
+            solved_in_small.append(k)
+        return real_pieces(problems, k)
+
+    monkeypatch.setattr(weighing, "candidates", candidates)
+    monkeypatch.setattr(fit, "seed_in_pieces", pieces)
+    options, _ = weighing.estimate(DictSource(weights), load_recipe("fp16"))
+    assert set(options) == set(weights)
+    assert solved_in_small == []

@@ -162,19 +162,15 @@ def estimate(
     batches = {small[i]: small[i : i + WARM_BATCH] for i in range(0, len(small), WARM_BATCH)}  # by first
     options: dict[str, list[Candidate]] = {}
     fixed = 64.0 + 1024.0 + 300 * len(decisions)  # header, the manifest's fixed part, its entries
-    current: list[str] = []  # the batch of small tensors being weighed
     with ExitStack() as batch:
         for d in decisions:
             if d.name not in chosen:
                 fixed += _fixed_bytes(infos[d.name].shape, infos[d.name].dtype, d.rule)
                 continue
-            if d.name in batches:  # the first of a batch of small tensors
+            if d.name in batches:  # the first of a batch of small tensors: the last one's seeds go
                 batch.close()
                 batch.enter_context(kmeans_fit.remembered_seeds())
-                current = batches[d.name]
-                _warm(source, current, importance)
-            elif d.name not in current:  # a large tensor: the batch's seeds are no longer needed
-                batch.close()
+                _warm(source, batches[d.name], importance)
             found = candidates(d.name, source.load(d.name), tuple(d.rule.tile or recipe.tile), importance)
             if importance is not None:  # output error per unit of the layer's, to first order
                 weight = importance.sensitivity(d.name)
