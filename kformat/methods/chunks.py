@@ -10,7 +10,7 @@ numpy's ufuncs, gathers and bincount release the GIL, so threads scale.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
@@ -82,3 +82,23 @@ def map_chunks(fn: Callable[[int, int], T], size: int, chunk: int = CHUNK) -> li
             _local.worker = False
 
     return [result for results in pool.map(run, runs) for result in results]
+
+
+def submit(fn: Callable[..., T], *args) -> Future:
+    """fn(*args) on the pool if one is set (its own maps then run inline), else now: work
+    that overlaps the caller's next step (allocation compresses one candidate's planes while
+    it encodes the next)."""
+    pool = _pool
+    if pool is None or getattr(_local, "worker", False):
+        done: Future = Future()
+        done.set_result(fn(*args))
+        return done
+
+    def run() -> T:
+        _local.worker = True
+        try:
+            return fn(*args)
+        finally:
+            _local.worker = False
+
+    return pool.submit(run)

@@ -22,7 +22,7 @@ from contextlib import ExitStack
 import numpy as np
 
 from ..errors import KFormatError, QuantizationError
-from ..methods import get_method, kmeans_fit, view_2d
+from ..methods import chunks, get_method, kmeans_fit, view_2d
 from ..methods.metrics import TILE_OVERHEAD
 from ..recipe import Recipe, Rule, is_float_dtype, parse_rule, plan
 from ..sources import TensorSource, find_aliases
@@ -60,24 +60,30 @@ def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int], import
     w = np.asarray(array, dtype=np.float32)
     view = view_2d(w.shape)
     weights = None if importance is None else importance.weights(name, view)
-    out, refused = [], []
+    found, refused = [], []
+
+    def plane_bytes(q, codec) -> list[int]:
+        return [len(tile_blob(q, codec, rect)) for rect in tile_grid(q.view, tile)]
+
     for rule in candidate_rules(view[0], importance is not None):
         try:
             q = encode_tensor(name, w, rule, importance)
         except QuantizationError as exc:  # a rule that cannot hold these weights is not a candidate
             refused.append(exc)
             continue
-        codec = get_codec(rule.plane_codec)
-        blobs = [len(tile_blob(q, codec, rect)) for rect in tile_grid(q.view, tile)]
+        blobs = chunks.submit(plane_bytes, q, get_codec(rule.plane_codec))  # beside the next encode
         tables = [t.nbytes for t in q.tables.values()]
-        size = sum(blobs) + sum(tables) + 32 * (len(blobs) + len(tables))
         sqnr = q.stats.get("sqnr_db", math.inf)
         error = 0.0 if sqnr == math.inf else 10 ** (-sqnr / 10)
         if weights is not None and error > 0:
             flat, back = w.reshape(view).astype(np.float64), q.dequantize().reshape(view)
             full = np.broadcast_to(weights, view)
             error = float(np.sum(full * (flat - back) ** 2) / (np.sum(full * flat * flat) or 1.0))
-        out.append(Candidate(rule, float(size), error))
+        found.append((rule, blobs, tables, error))
+    out = []
+    for rule, blobs, tables, error in found:
+        sizes = blobs.result()
+        out.append(Candidate(rule, float(sum(sizes) + sum(tables) + 32 * (len(sizes) + len(tables))), error))
     if refused and not out:  # no rule can hold it: say why
         raise refused[0]
     return out
