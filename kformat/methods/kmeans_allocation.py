@@ -118,6 +118,7 @@ def estimate(w, rules, tile, weights=None):
         signal = float(np.sum(full * np.square(w, dtype=np.float64))) or 1.0
     row_mass = None if full is None else full.sum(axis=1, dtype=np.float64)  # for every group rule
     hist = None
+    sampled: dict = {}  # the sampled groups' histograms, shared by every width
     out = []
     for rule in rules:
         bits = int(rule.bits)
@@ -130,7 +131,7 @@ def estimate(w, rules, tile, weights=None):
             size = entropy_bytes(counts) * PNG_OVERHEAD + (1 << bits) * 2 + tiles * _tile_overhead(bits)
             out.append((size, noise / signal))
             continue
-        out.append(_estimate_groups(w, full, row_mass, rule, tiles, signal))
+        out.append(_estimate_groups(w, full, row_mass, rule, tiles, signal, sampled))
     return out
 
 
@@ -153,8 +154,11 @@ def _sampled_groups(row_mass: np.ndarray | None, group: int, groups: int) -> tup
     return picks, stands
 
 
-def _estimate_groups(w: np.ndarray, full, row_mass, rule, tiles: int, signal: float) -> tuple[float, float]:
-    """(bytes, relative error) of a per-group rule from a sample of its row groups."""
+def _estimate_groups(
+    w: np.ndarray, full, row_mass, rule, tiles: int, signal: float, sampled: dict
+) -> tuple[float, float]:
+    """(bytes, relative error) of a per-group rule from a sample of its row groups; their
+    histograms (which do not depend on the width) are kept in `sampled` for the next rule."""
     rows = w.shape[0]
     bits = int(rule.bits)
     group = group_rows_for(rule, rows)
@@ -164,8 +168,12 @@ def _estimate_groups(w: np.ndarray, full, row_mass, rule, tiles: int, signal: fl
     for g, weight in zip(picks, stands):
         block = w[g * group : (g + 1) * group]
         part_weights = None if full is None else full[g * group : (g + 1) * group]
-        hist, _, _ = group_source(block, None, 1 << bits, part_weights)  # as encode fits it
-        plain = None if full is None else group_source(block, None, 1 << bits)[0]
+        if (group, g) not in sampled:  # as encode fits it
+            sampled[group, g] = (
+                group_source(block, None, 1 << bits, part_weights)[0],
+                None if full is None else group_source(block, None, 1 << bits)[0],
+            )
+        hist, plain = sampled[group, g]
         part, counts = _estimate(hist, 1 << bits, full is not None, plain)
         noise += part * weight
         entropy += entropy_bytes(counts) * weight
