@@ -17,6 +17,7 @@ scaled by its measured sensitivity.
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future
 from contextlib import ExitStack
 
 import numpy as np
@@ -136,12 +137,12 @@ def _eligible(d, info, recipe: Recipe) -> bool:
     )
 
 
-def _warm(source: TensorSource, names: list[str], importance) -> None:
-    """Let each method prepare, in batches, the work its candidates share across these
-    tensors (the k-means seeds of every width: kmeans_fit.remembered_seeds)."""
+def _warm(source: TensorSource, names: list[str], importance) -> dict[str, np.ndarray]:
+    """Load these tensors and let each method prepare, in batches, the work their candidates
+    share (the k-means seeds of every width: kmeans_fit.remembered_seeds); the tensors."""
+    arrays = {name: source.load(name) for name in names}  # sources are read from this thread only
     loaded = []
-    for name in names:
-        array = source.load(name)
+    for name, array in arrays.items():
         view = view_2d(array.shape)
         w = np.ascontiguousarray(array, dtype=np.float32).reshape(view)  # as encode_tensor has it
         loaded.append((w, None if importance is None else importance.weights(name, view)))
@@ -151,6 +152,7 @@ def _warm(source: TensorSource, names: list[str], importance) -> None:
             for w, weights in loaded
         ]
         get_method(method_name).warm(problems)
+    return arrays
 
 
 def estimate(
@@ -166,7 +168,9 @@ def estimate(
     chosen = {d.name for d in decisions if _eligible(d, infos[d.name], recipe)}
     small = [d.name for d in decisions if d.name in chosen and math.prod(infos[d.name].shape) <= EXACT_MAX]
     batches = {small[i]: small[i : i + WARM_BATCH] for i in range(0, len(small), WARM_BATCH)}  # by first
+    tiles = {d.name: tuple(d.rule.tile or recipe.tile) for d in decisions}
     options: dict[str, list[Candidate]] = {}
+    pending: dict[str, Future] = {}  # a batch's small tensors, weighed on the chunk pool's threads
     fixed = 64.0 + 1024.0 + 300 * len(decisions)  # header, the manifest's fixed part, its entries
     with ExitStack() as batch:
         for d in decisions:
@@ -176,8 +180,14 @@ def estimate(
             if d.name in batches:  # the first of a batch of small tensors: the last one's seeds go
                 batch.close()
                 batch.enter_context(kmeans_fit.remembered_seeds())
-                _warm(source, batches[d.name], importance)
-            found = candidates(d.name, source.load(d.name), tuple(d.rule.tile or recipe.tile), importance)
+                arrays = _warm(source, batches[d.name], importance)
+                pending = {
+                    n: chunks.submit(candidates, n, a, tiles[n], importance) for n, a in arrays.items()
+                }
+            if d.name in pending:
+                found = pending.pop(d.name).result()
+            else:
+                found = candidates(d.name, source.load(d.name), tiles[d.name], importance)
             if importance is not None:  # output error per unit of the layer's, to first order
                 weight = importance.sensitivity(d.name)
                 found = [Candidate(c.rule, c.bytes, _beyond_first_order(c.error) * weight) for c in found]
