@@ -311,7 +311,7 @@ def _ec_lloyd(points, weights, centroids, lam, sums: CellSums | None = None):
     tol = TOLERANCE * float(points[-1] - points[0])
     for _ in range(ECQ_ITERS):
         owners, edges = ec_cells(centroids, lengths, lam)
-        counts, moments, _ = sums.cells(edges)
+        counts, moments = sums.moments(edges)
         keep = counts > 0
         updated = moments[keep] / counts[keep]
         new_lengths = -np.log2(counts[keep] / total)
