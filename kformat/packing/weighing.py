@@ -7,7 +7,8 @@ bits (ecq=0.5: 0.5 dB below the plain fit for 5-8% fewer bytes, a better trade t
 fit of fewer levels where the objective knows which layers move the output).
 Tensors up to EXACT_MAX elements are encoded under every candidate, so their sizes and errors
 are exact (a batch of them at a time, the seeds of their codebooks computed together: many
-small programmes cost more in numpy calls than one batched one); larger ones are estimated
+small programmes cost more in numpy calls than one batched one; the batch's tensors are then
+weighed on the chunk pool's threads); larger ones are estimated
 from a value histogram: the error by assigning histogram bins to the fitted centroids, the
 size from the code entropy (PNG planes land within about 1% of it) plus codebooks and
 per-tile overhead. With importance, errors are importance-weighted and each tensor's is
