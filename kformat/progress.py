@@ -65,6 +65,7 @@ class TerminalProgress:
             if done >= total:
                 self.bar.set_postfix_str(f"{total}/{total}", refresh=False)
                 self.bar.close()
+                self.bar = None  # a later phase of the same command (allocation's rounds) opens its own
             else:
                 self.bar.set_postfix_str(f"{done + 1}/{total} {what[:40]}", refresh=False)
             return

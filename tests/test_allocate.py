@@ -235,3 +235,31 @@ def test_uniform_rounds_are_packed_only_when_their_estimate_is_close(tmp_path, c
         rounds[slack] = [r.getMessage() for r in caplog.records if "uniform round" in r.getMessage()]
     assert rounds[1.0] and all(m.startswith("allocation: no uniform round") for m in rounds[1.0])
     assert rounds[1e9] and not any(m.startswith("allocation: no uniform round") for m in rounds[1e9])
+
+
+def test_allocation_reports_weighing_then_each_round(tmp_path):
+    """Bit allocation tells the progress callback of each tensor it weighs, then of each
+    round it packs, each phase from 0 to its total."""
+    calls = []
+    kformat.pack(
+        heterogeneous(), tmp_path / "a.kf", "fp16", target_bits=3.0, progress=lambda *c: calls.append(c)
+    )
+    weighing = [c for c in calls if c[2].startswith("weighing ")]
+    assert [c[2] for c in weighing] == [f"weighing {n}" for n in heterogeneous() if n != "bias"]
+    first_pack = next(i for i, c in enumerate(calls) if not c[2].startswith("weighing") and c[0] < c[1])
+    assert calls[first_pack - 1] == (5, 5, "")  # weighing closed before the first round starts
+
+
+def test_a_terminal_bar_opens_again_for_each_phase():
+    """A command of several phases (allocation: weighing, then rounds) shows a bar for each."""
+    pytest.importorskip("tqdm")
+    from kformat import TerminalProgress
+
+    bar = TerminalProgress("pack", enabled=True)
+    for phase in range(2):  # each phase gets a bar of its own
+        bar.bytes(0, 100)
+        opened = bar.bar
+        bar(0, 1, "x")
+        bar.bytes(100, 100)
+        bar(1, 1, "")
+        assert opened is not None and bar.bar is None

@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import KFormatError, QuantizationError
 from ..methods import chunks, get_method, kmeans_fit, view_2d
 from ..methods.metrics import TILE_OVERHEAD
+from ..progress import Tracker
 from ..recipe import Recipe, Rule, is_float_dtype, parse_rule, plan
 from ..sources import TensorSource, find_aliases
 from .encode import encode_tensor
@@ -157,12 +158,12 @@ def _warm(source: TensorSource, names: list[str], importance) -> dict[str, np.nd
 
 
 def estimate(
-    source: TensorSource, recipe: Recipe, importance=None
+    source: TensorSource, recipe: Recipe, importance=None, progress=None
 ) -> tuple[dict[str, list[Candidate]], float]:
     """Candidates of every tensor the recipe would quantize, and the estimated fixed bytes
     (header, manifest, and the tensors kept by the recipe's own rule). Tensors encoded under
     every candidate (up to EXACT_MAX elements) go WARM_BATCH at a time, their shared work
-    done for the batch first."""
+    done for the batch first. `progress` hears of each tensor weighed ("weighing NAME")."""
     aliases = find_aliases(source)  # stored once: not a second candidate
     infos = {t.name: t for t in source.tensors() if t.name not in aliases}
     decisions, _ = plan(recipe, [(t.name, t.shape, t.dtype) for t in infos.values()])
@@ -173,11 +174,14 @@ def estimate(
     options: dict[str, list[Candidate]] = {}
     pending: dict[str, Future] = {}  # a batch's small tensors, weighed on the chunk pool's threads
     fixed = 64.0 + 1024.0 + 300 * len(decisions)  # header, the manifest's fixed part, its entries
+    sizes = {n: math.prod(infos[n].shape) * np.dtype(infos[n].dtype).itemsize for n in chosen}
+    tracker = Tracker(progress, len(chosen), sum(sizes.values()))
     with ExitStack() as batch:
         for d in decisions:
             if d.name not in chosen:
                 fixed += _fixed_bytes(infos[d.name].shape, infos[d.name].dtype, d.rule)
                 continue
+            tracker.start(f"weighing {d.name}")
             if d.name in batches:  # the first of a batch of small tensors: the last one's seeds go
                 batch.close()
                 batch.enter_context(kmeans_fit.remembered_seeds())
@@ -193,6 +197,8 @@ def estimate(
                 weight = importance.sensitivity(d.name)
                 found = [Candidate(c.rule, c.bytes, _beyond_first_order(c.error) * weight) for c in found]
             options[d.name] = found
+            tracker.finish_item(sizes[d.name])
+    tracker.close()
     if not options:
         raise KFormatError(
             "nothing to allocate: no tensor under the recipe's default rule is floating point, rank >= 2"
