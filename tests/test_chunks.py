@@ -3,6 +3,8 @@ pool when there is one, inline otherwise and inside the pool's own tasks (never 
 
 import threading
 
+import pytest
+
 from kformat.methods import chunks
 
 
@@ -27,3 +29,15 @@ def test_submitted_work_runs_on_the_pool_or_inline():
 
         outer, inner, mapped = chunks.submit(nested).result()
         assert inner == outer and mapped == {outer}
+
+
+def test_a_failure_is_raised_by_result_on_the_pool_and_inline():
+    def fail():
+        raise ValueError("broken")
+
+    inline = chunks.submit(fail)  # no pool: run now, raised when the result is taken
+    with pytest.raises(ValueError, match="broken"):
+        inline.result()
+    with chunks.threads(2):
+        with pytest.raises(ValueError, match="broken"):
+            chunks.submit(fail).result()

@@ -91,7 +91,10 @@ def submit(fn: Callable[..., T], *args) -> Future:
     pool = _pool
     if pool is None or getattr(_local, "worker", False):
         done: Future = Future()
-        done.set_result(fn(*args))
+        try:
+            done.set_result(fn(*args))
+        except Exception as exc:  # raised by .result(), as on the pool (callers take results in order)
+            done.set_exception(exc)
         return done
 
     def run() -> T:
