@@ -6,13 +6,12 @@ codebook (fp16 by default), fitted by the 1-D k-means of kformat.methods.kmeans_
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..errors import QuantizationError
 from . import kmeans_allocation, kmeans_codes, kmeans_fit
 from .base import FP16_MAX, FP16_NORMAL, Method, TableSpec, group_rows_for, row_groups
-from .chunks import map_chunks
+from .chunks import map_chunks, spans as chunk_spans
 from .compact import QuantizedTensor
 from .metrics import entropy_bits, sqnr_db
 from .prune import prune_mask
@@ -62,7 +61,7 @@ class KMeans(Method):
         groups = (rows + group_rows - 1) // group_rows
         codes = np.empty((rows, cols), dtype=np.uint8)
         codebook = np.zeros((groups, k), dtype=dtype)
-        spans = [(g * group_rows, min(rows, (g + 1) * group_rows)) for g in range(groups)]
+        spans = chunk_spans(rows, group_rows)  # each group's (first row, stop)
 
         def group_weights(r0, r1):
             return kmeans_fit.rows_of(weights, r0, r1, rows)

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import kmeans_codes, kmeans_fit
 from .base import group_rows_for
+from .chunks import spans
 from .kmeans_fit import group_source, rows_of, stored_centroids
 from .metrics import PNG_OVERHEAD, TILE_OVERHEAD, entropy_bytes, tile_count
 
@@ -79,9 +80,9 @@ def warm(problems) -> None:
         rows = w.shape[0]
         step = group_rows_for(rule, rows)
         if (index, step) not in hists:
-            spans = [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
             hists[index, step] = [
-                group_source(w[r0:r1], None, 2, rows_of(weights, r0, r1, rows))[0] for r0, r1 in spans
+                group_source(w[r0:r1], None, 2, rows_of(weights, r0, r1, rows))[0]
+                for r0, r1 in spans(rows, step)
             ]
     for bits, granularity, size in dict.fromkeys(
         (int(r.bits), r.granularity, r.group_size) for _, r in plain
