@@ -38,8 +38,9 @@ def test_allocation_fits_the_size_of_a_uniform_rule_with_less_error(tmp_path, un
     with kformat.open(str(tmp_path / "u.kf")) as u, kformat.open(str(tmp_path / "a.kf")) as a:
         assert measured_error(a.manifest) <= measured_error(u.manifest)
         info = json.loads(a.metadata["kformat.allocation"])
-        assert info["target_bytes"] == size and info["tensors"] == len(weights) - 1
-        assert [n for n in a if a[n].entry.reason == "allocated"] == [n for n in weights if n != "bias"]
+        # the bias (raw by min_elements) is chosen too, between raw and fp16
+        assert info["target_bytes"] == size and info["tensors"] == len(weights)
+        assert [n for n in a if a[n].entry.reason == "allocated"] == list(weights)
     assert report.output == tmp_path / "a.kf"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.kf", "u.kf"]  # no temporary rounds left
 
@@ -263,3 +264,36 @@ def test_a_terminal_bar_opens_again_for_each_phase():
         bar.bytes(100, 100)
         bar(1, 1, "")
         assert opened is not None and bar.bar is None
+
+
+def test_a_size_target_may_store_small_raw_tensors_fp16_and_never_quantizes_them(tmp_path):
+    """Tensors kept raw for being under min_elements (norms, biases, a small network's first
+    kernels) are a third of a small CNN's file in float32: under a tight target they go fp16
+    (error about 1e-8), never to codes; under a loose one they stay raw. A recipe whose
+    default is lossless, and a tensor an explicit rule names, keep theirs."""
+    rng = np.random.default_rng(3)
+    weights = {
+        "fc.weight": (rng.standard_normal((256, 256)) * 0.05).astype(np.float32),
+        "conv.weight": (rng.standard_normal((32, 1, 3, 3)) * 0.3).astype(np.float32),
+        **{f"norm{i}.weight": (1 + 0.1 * rng.standard_normal(1000)).astype(np.float32) for i in range(4)},
+    }
+    loose = tmp_path / "loose.kf"
+    kformat.pack(weights, loose, "fp16", target_bits=31.0)
+    with kformat.open(str(loose)) as f:
+        assert {f[n].entry.rule for n in weights if n != "fc.weight"} == {"raw,codec=zstd"}
+    tight = tmp_path / "tight.kf"
+    kformat.pack(weights, tight, "fp16", target_bits=4)  # raw norms alone would take 1.7 bits/param
+    with kformat.open(str(tight)) as f:
+        for name in ("norm0.weight", "conv.weight"):
+            assert f[name].entry.rule == "fp16,codec=zstd" and f[name].entry.reason == "allocated"
+            np.testing.assert_array_equal(
+                f[name].numpy(), weights[name].astype(np.float16).astype(np.float32)
+            )
+        assert f["fc.weight"].entry.rule.startswith("kmeans")
+    named = tmp_path / "named.kf"
+    kformat.pack(weights, named, "fp16", rules=["norm0.*=raw"], target_bits=4)
+    with kformat.open(str(named)) as f:
+        assert f["norm0.weight"].entry.rule == "raw" and f["norm0.weight"].entry.reason.startswith("rules[0]")
+    lossless = tmp_path / "lossless.kf"
+    with pytest.raises(KFormatError, match="nothing to allocate"):
+        kformat.pack(weights, lossless, "lossless", target_bits=20)

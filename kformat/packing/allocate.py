@@ -67,13 +67,16 @@ def _shifted(options: dict[str, list[Candidate]], offsets: dict[str, float]) -> 
 
 
 def _best_uniform(options: dict[str, list[Candidate]], budget: float) -> dict[str, Candidate] | None:
-    """The same rule everywhere (per tensor where a tensor lacks it), least error that fits."""
+    """The same rule everywhere (per tensor where a tensor lacks it), least error that fits;
+    small tensors that may only go fp16 (weighing.small_candidates) take their smallest."""
     best = None
     for rule in {c.rule for cs in options.values() for c in cs}:
         choice = {}
         for name, cs in options.items():
             same = [c for c in cs if c.rule == rule]
             fallback = [c for c in cs if c.rule.method == rule.method and c.rule.bits == rule.bits]
+            if not (same or fallback) and all(c.rule.method in ("raw", "fp16") for c in cs):
+                fallback = [min(cs, key=lambda c: c.bytes)]
             if not (same or fallback):
                 break
             choice[name] = (same or fallback)[0]
