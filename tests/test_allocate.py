@@ -98,6 +98,22 @@ def test_choose_is_optimal_on_a_small_knapsack():
         choose(options, 20)
 
 
+def test_knapsack_rounding_leaves_little_of_the_budget_unused_with_many_small_tensors():
+    """Sizes are rounded up to budget units, one unit lost per tensor at most: a hundred norm
+    vectors (raw 1,500 bytes or fp16 800) must not cost a unit each either way, or the large
+    tensor cannot afford its better rule (with 4096 units, neither of its rules fit)."""
+    budget = 8_000_000
+    raw, fp16 = Rule(method="raw"), Rule(method="fp16")
+    options = {f"norm{i}": [Candidate(raw, 1500.0, 0.0), Candidate(fp16, 800.0, 1e-8)] for i in range(100)}
+    options["large"] = [
+        Candidate(Rule(method="kmeans", bits=5), budget - 100 * 800 - 20_000.0, 0.01),
+        Candidate(Rule(method="kmeans", bits=4), budget - 100 * 1500 - 20_000.0, 0.02),
+    ]
+    got = choose(options, budget)
+    assert got["large"].rule.bits == 5 and sum(c.bytes for c in got.values()) <= budget
+    assert sum(got[f"norm{i}"].rule == fp16 for i in range(100)) >= 70  # the slack keeps a few raw
+
+
 def test_tensors_named_by_an_explicit_rule_keep_it(tmp_path):
     weights = heterogeneous()
     report = kformat.pack(
