@@ -254,6 +254,29 @@ def test_uniform_rounds_are_packed_only_when_their_estimate_is_close(tmp_path, c
     assert rounds[1e9] and not any(m.startswith("allocation: no uniform round") for m in rounds[1e9])
 
 
+def test_rounds_a_little_over_the_target_are_followed_by_a_margin_round_before_uniform_ones(
+    tmp_path, monkeypatch
+):
+    """When the estimated and corrected rounds both land just over (manifest entries differ
+    in size by rule), the next round takes the overshoot off the budget; a uniform round far
+    under the target must not win by being the first to fit."""
+    from kformat.packing import allocate
+
+    measured = allocate.container_size
+    weights = heterogeneous()
+    target = int(3.0 * sum(a.size for a in weights.values()) / 8)
+    calls = []
+
+    def over_twice(path):  # the first two rounds measure 40 bytes over the target
+        calls.append(path)
+        return target + 40 if len(calls) <= 2 else measured(path)
+
+    monkeypatch.setattr(allocate, "container_size", over_twice)
+    kformat.pack(weights, tmp_path / "a.kf", "fp16", target_bits=3.0)
+    with kformat.open(str(tmp_path / "a.kf")) as f:
+        assert json.loads(f.metadata["kformat.allocation"])["round"] == "margin"
+
+
 def test_allocation_reports_weighing_then_each_round(tmp_path):
     """Bit allocation tells the progress callback of each tensor it weighs, then of each
     round it packs, each phase from 0 to its total."""
