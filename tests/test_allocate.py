@@ -336,3 +336,21 @@ def test_a_size_target_may_store_small_raw_tensors_fp16_and_never_quantizes_them
     lossless = tmp_path / "lossless.kf"
     with pytest.raises(KFormatError, match="nothing to allocate"):
         kformat.pack(weights, lossless, "lossless", target_bits=20)
+
+
+def test_fp16_estimate_of_a_large_tensor_samples_rows_and_checks_the_whole_range(monkeypatch):
+    """Above SAMPLE_VALUES the fp16 estimate reads every stride-th row (as the k-means
+    histogram samples values): within 10% of the full sum here (64 rows of very different scales); a value past float16's range in a
+    row the sample skips still makes fp16 no candidate (encode would refuse it)."""
+    from kformat.methods import fp16, get_method
+
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((512, 256)) * np.exp(rng.standard_normal((512, 1)))).astype(np.float32)
+    method = get_method("fp16")
+    [(size_full, error_full)] = method.estimate(w, ["fp16"], (256, 256))
+    monkeypatch.setattr(fp16, "SAMPLE_VALUES", 1 << 14)  # stride 8
+    [(size, error)] = method.estimate(w, ["fp16"], (256, 256))
+    assert size == size_full and error == pytest.approx(error_full, rel=0.1) and error != error_full
+    w[3, 7] = 1e6  # row 3: not among the sampled rows 0, 8, 16, ...
+    [(_, error)] = method.estimate(w, ["fp16"], (256, 256))
+    assert error == float("inf")

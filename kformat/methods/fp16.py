@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -10,6 +11,7 @@ from ..errors import QuantizationError
 from .base import BAND_BYTES, FP16_MAX, Method
 from .compact import QuantizedTensor
 from .chunks import map_chunks, row_step
+from .histogram import SAMPLE_VALUES, value_range
 from .metrics import TILE_OVERHEAD, tile_count
 
 
@@ -62,9 +64,18 @@ class Fp16(Method):
 
     def estimate(self, w, rules, tile, weights=None):
         """(bytes, relative error) of fp16 for the 2-D view `w`: in row chunks on the pool's
-        threads (whole-tensor float64 temporaries made VGG16's fc1 take 0.8 GB and seconds)."""
-        rows = w.shape[0]
+        threads (whole-tensor float64 temporaries made VGG16's fc1 take 0.8 GB and seconds),
+        on every stride-th row of a tensor above SAMPLE_VALUES, as the k-means histogram
+        samples it (fc1's estimate 0.77 s -> 0.1 s; the range is checked on every value)."""
+        size = 2.0 * w.size + tile_count(w.shape, tile) * TILE_OVERHEAD
         full = None if weights is None else np.broadcast_to(weights, w.shape)
+        stride = max(1, w.size // SAMPLE_VALUES)
+        if stride > 1:
+            lo, hi = value_range(w.reshape(-1))
+            if max(-lo, hi) > FP16_MAX:  # encode refuses it
+                return [(size, math.inf) for _ in rules]
+            w, full = w[::stride], None if full is None else full[::stride]
+        rows = w.shape[0]
 
         def part(r0: int, r1: int) -> tuple[float, float]:
             block = np.ascontiguousarray(w[r0:r1])
@@ -82,5 +93,4 @@ class Fp16(Method):
         parts = map_chunks(part, rows, row_step(w.shape[1]))
         signal = sum(s for s, _ in parts) or 1.0
         noise = sum(n for _, n in parts)
-        size = 2.0 * w.size + tile_count(w.shape, tile) * TILE_OVERHEAD
         return [(size, noise / signal) for _ in rules]
