@@ -340,8 +340,9 @@ def test_a_size_target_may_store_small_raw_tensors_fp16_and_never_quantizes_them
 
 def test_fp16_estimate_of_a_large_tensor_samples_rows_and_checks_the_whole_range(monkeypatch):
     """Above SAMPLE_VALUES the fp16 estimate reads every stride-th row (as the k-means
-    histogram samples values): within 10% of the full sum here (64 rows of very different scales); a value past float16's range in a
-    row the sample skips still makes fp16 no candidate (encode would refuse it)."""
+    histogram samples values): within 10% of the full sum here (64 rows of very different
+    scales); a value past float16's range in a row the sample skips still makes fp16 no
+    candidate (encode would refuse it)."""
     from kformat.methods import fp16, get_method
 
     rng = np.random.default_rng(5)
