@@ -355,3 +355,27 @@ def test_fp16_estimate_of_a_large_tensor_samples_rows_and_checks_the_whole_range
     w[3, 7] = 1e6  # row 3: not among the sampled rows 0, 8, 16, ...
     [(_, error)] = method.estimate(w, ["fp16"], (256, 256))
     assert error == float("inf")
+
+
+def test_knapsack_units_shrink_with_many_tensors_and_the_choice_still_fits(monkeypatch):
+    """The programme keeps a byte per tensor and unit: past PICKS_BYTES / UNITS tensors the
+    units shrink (not below MIN_UNITS), so a model of 100k tensors takes 400 MB, not 6.5 GB;
+    the choice still fits the budget."""
+    from kformat.packing import knapsack
+
+    calls = []
+    real_full = np.full
+
+    def spy(shape, *args, **kwargs):
+        calls.append(shape)
+        return real_full(shape, *args, **kwargs)
+
+    monkeypatch.setattr(knapsack, "PICKS_BYTES", 40 * knapsack.MIN_UNITS)
+    monkeypatch.setattr(knapsack.np, "full", spy)
+    options = {
+        f"t{i}": [Candidate(Rule(method="kmeans", bits=b), 100.0 * b, 1.0 / b) for b in (2, 4, 8)]
+        for i in range(80)
+    }
+    got = choose(options, 80 * 400.0)
+    assert {shape[1] for shape in calls} == {knapsack.MIN_UNITS + 1}
+    assert sum(c.bytes for c in got.values()) <= 80 * 400.0

@@ -23,6 +23,8 @@ class Candidate:
 # leaves up to one unit per tensor unused: with 4096 units MiniLM's 97 tensors (its 58 norm
 # vectors included) left 1% of the budget, and norms stored raw or fp16 cost one unit either way.
 UNITS = 1 << 16
+MIN_UNITS = 1 << 12
+PICKS_BYTES = 1 << 28  # the programme's choices table (a byte per tensor and unit) stays below this
 
 
 def choose(options: dict[str, list[Candidate]], budget: float, units: int = UNITS) -> dict[str, Candidate]:
@@ -37,6 +39,7 @@ def choose(options: dict[str, list[Candidate]], budget: float, units: int = UNIT
             f" {smallest / 2**20:.3f} MiB, and {max(budget, 0) / 2**20:.3f} MiB is left after the tensors the"
             " recipe keeps as they are"
         )
+    units = max(MIN_UNITS, min(units, PICKS_BYTES // max(1, len(names))))  # 4,096 tensors keep them all
     unit = budget / units
     best = np.zeros(units + 1)  # best[j]: least error of the tensors so far within j units
     picks = []
