@@ -333,6 +333,10 @@ def test_a_size_target_may_store_small_raw_tensors_fp16_and_never_quantizes_them
     kformat.pack(weights, named, "fp16", rules=["norm0.*=raw"], target_bits=4)
     with kformat.open(str(named)) as f:
         assert f["norm0.weight"].entry.rule == "raw" and f["norm0.weight"].entry.reason.startswith("rules[0]")
+    huge = dict(weights, **{"norm1.weight": np.full(1000, 1e6, np.float32)})  # past float16's range
+    kformat.pack(huge, tmp_path / "huge.kf", "fp16", target_bits=4)
+    with kformat.open(str(tmp_path / "huge.kf")) as f:
+        assert f["norm1.weight"].entry.rule == "raw,codec=zstd"
     lossless = tmp_path / "lossless.kf"
     with pytest.raises(KFormatError, match="nothing to allocate"):
         kformat.pack(weights, lossless, "lossless", target_bits=20)

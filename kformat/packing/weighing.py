@@ -159,15 +159,18 @@ def _shrinkable(d, info, recipe: Recipe) -> bool:
 
 
 def small_candidates(name: str, array: np.ndarray, rule: Rule, tile: tuple[int, int]) -> list[Candidate]:
-    """A small tensor kept raw by the recipe, as it is (no error) and as fp16 (same codec):
-    exact bytes and relative error."""
+    """A small tensor kept raw by the recipe, as it is (no error) and as fp16 (same codec)
+    unless fp16 cannot hold it: exact bytes and relative error."""
     from ..codecs import get_codec
     from .writer import tile_blob, tile_grid
 
     w = np.asarray(array)
     out = []
     for option in (rule, Rule(method="fp16", codec=rule.codec)):
-        q = encode_tensor(name, w, option)
+        try:
+            q = encode_tensor(name, w, option)
+        except QuantizationError:  # past float16's range, or every value below it: raw only
+            continue
         blobs = [len(tile_blob(q, get_codec(option.plane_codec), rect)) for rect in tile_grid(q.view, tile)]
         sqnr = q.stats.get("sqnr_db", math.inf)
         error = 0.0 if sqnr == math.inf else 10 ** (-sqnr / 10)
