@@ -75,7 +75,10 @@ def _totals(tensors: list[TensorSummary], file_bytes: int | None) -> dict:
         "container_bytes": file_bytes,
         "float32_bytes": 4 * params,
         "ratio_to_float32": (4 * params / file_bytes) if file_bytes else None,
-        "bits_per_weight": 8 * blob_bytes / params if params else 0.0,
+        # of the whole container when its size is known (what --target-bits counts), as the
+        # table's bytes and ratio are; the blobs alone leave out the manifest and padding
+        "bits_per_weight": 8 * (file_bytes or blob_bytes) / params if params else 0.0,
+        "blob_bits_per_weight": 8 * blob_bytes / params if params else 0.0,
     }
 
 

@@ -32,7 +32,11 @@ def test_pack_inspect_verify_unpack(tmp_path, npz, capsys):
     summary = json.loads(capsys.readouterr().out)
     fc1 = next(t for t in summary["tensors"] if t["name"] == "fc1.weight")
     assert fc1["code_bits"] == 4 and 3 < fc1["entropy_bits"] <= 4 and fc1["bits_per_weight"] < 4.2
-    assert summary["totals"]["ratio_to_float32"] > 2
+    tot = summary["totals"]
+    assert tot["ratio_to_float32"] > 2
+    # the total counts the whole file, as the bytes and the ratio shown beside it (and --target-bits)
+    assert tot["bits_per_weight"] == pytest.approx(8 * out.stat().st_size / tot["params"])
+    assert tot["blob_bits_per_weight"] < tot["bits_per_weight"]
     assert main(["verify", str(out)]) == 0
     assert "OK" in capsys.readouterr().out
     assert main(["unpack", str(out), "-o", str(tmp_path / "back.npz")]) == 0
