@@ -139,9 +139,10 @@ def pack_to_target(
 
     Rounds, each packed to a temporary sibling of `output` and measured: (1) the allocation
     from the estimates; (2) when (1) misses the target or undershoots it, the allocation again
-    with the estimates corrected by what (1) measured; when neither fits (the manifest's
-    entries differ in size by rule: a few dozen bytes over), the corrected allocation again
-    with the overshoot and CLOSE_ENOUGH taken off the budget; (3) the best single rule for all
+    with the estimates corrected by what (1) measured; when one of them came out over the
+    target (the manifest's entries differ in size by rule: a few dozen bytes) and neither is
+    within CLOSE_ENOUGH below it, the corrected allocation again with the overshoot and
+    CLOSE_ENOUGH taken off the budget; (3) the best single rule for all
     tensors that the corrected estimates say fits (or nearly), and the best without group
     codebooks, each only when its estimated error is within UNIFORM_SLACK of the best fitting
     round's. A round reads back the tensors an earlier round packed by the same rule
@@ -213,8 +214,10 @@ def pack_to_target(
             second = allocate(corrected, fixed, target_bytes)
             if second.rules != first.rules:
                 run(second, "corrected")
-        if not fitting:  # all just over: once more with the overshoot and a margin taken off
-            margin = (min(sizes) - target_bytes) + CLOSE_ENOUGH * target_bytes
+        over = [size for size in sizes if size > target_bytes]
+        close = [item for item in fitting if -item[1] >= target_bytes * (1 - CLOSE_ENOUGH)]
+        if over and not close:  # just over, and what fits is short: with the overshoot taken off
+            margin = (min(over) - target_bytes) + CLOSE_ENOUGH * target_bytes
             run(allocate(corrected, fixed + margin, target_bytes), "margin")
         # Estimates may be off by a fraction of a percent: near the edge, let the real size
         # decide between the best single rule for all, and the best without group codebooks.
