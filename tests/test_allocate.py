@@ -150,7 +150,8 @@ def test_estimates_of_large_tensors_match_their_real_encoding(monkeypatch, tmp_p
             continue
         guess = estimated[rule]
         assert abs(10 * np.log10(guess.error / real.error)) < 0.15, rule
-        assert abs(guess.bytes / real.bytes - 1) < 0.04, rule
+        # plain fits: the planes' overhead over the entropy is measured on a probe of the tensor
+        assert abs(guess.bytes / real.bytes - 1) < (0.04 if rule.ecq else 0.0075), rule
     assert any(r.ecq for r in exact) == calibrated
 
 
