@@ -12,8 +12,9 @@ weighed on the chunk pool's threads); larger ones are estimated
 from a value histogram: the error by assigning histogram bins to the fitted centroids, the
 size from the code entropy times the planes' overhead over it, measured by coding and
 compressing a probe of the tensor (kmeans_allocation._plane_overhead: within 0.3% on VGG16,
-where a constant 1.02 was 1.3% high), plus codebooks and per-tile overhead. With importance, errors are importance-weighted and each tensor's is
-scaled by its measured sensitivity.
+where a constant 1.02 was 1.3% high), plus codebooks and per-tile overhead. With
+importance, errors are importance-weighted and each tensor's is scaled by its measured
+sensitivity.
 
 Float tensors the recipe keeps raw only for being smaller than `min_elements` (norms, biases,
 a small network's first kernels) are candidates too, raw or fp16 and never codes: on a
