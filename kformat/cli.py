@@ -227,13 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
             type=parse_size,
             metavar="SIZE",
             help="bit allocation: choose each quantized tensor's rule (k-means bits, per-tensor"
-            " or per-group codebooks, fp16) for the least weighted error within SIZE (e.g. 20MiB)",
+            " or per-group codebooks, fp16) for the least weighted error within SIZE (e.g. 20MiB);"
+            " float tensors kept raw for being small (norms, biases) may go fp16 to make room",
         )
         target.add_argument(
             "--target-bits",
             type=float,
             metavar="BITS",
-            help="bit allocation to BITS bits per parameter on average (e.g. 4.5)",
+            help="bit allocation to BITS bits per parameter on average, the whole file over every"
+            " parameter (e.g. 4.5)",
         )
         p.add_argument(
             "-j",
