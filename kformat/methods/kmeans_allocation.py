@@ -78,7 +78,7 @@ def _plane_overhead(w: np.ndarray, fit, bits: int) -> float:
     picks = np.unique(np.linspace(0, w.shape[0] - 1, rows).astype(np.intp))
     block = w[picks, : PROBE_VALUES // picks.size]
     centroids, edges = fit
-    codes = kmeans_codes.assign(block.astype(np.float32), centroids, edges).codes.astype(np.uint8)
+    codes = kmeans_codes.assign(block.astype(np.float32), centroids, edges).codes  # uint8
     entropy = entropy_bytes(np.bincount(codes.reshape(-1), minlength=centroids.size))
     if entropy <= 0:
         return PNG_OVERHEAD

@@ -60,40 +60,49 @@ def candidate_rules(rows: int, calibrated: bool = False) -> list[Rule]:
     return [rule for name in ALLOCATION_METHODS for rule in method_candidates(name, rows, calibrated)]
 
 
+def _plane_bytes(q, rule: Rule, tile: tuple[int, int]) -> list[int]:
+    """Bytes of each tile blob `q` is written as under `rule`."""
+    from ..codecs import get_codec
+    from .writer import tile_blob, tile_grid
+
+    codec = get_codec(rule.plane_codec)
+    return [len(tile_blob(q, codec, rect)) for rect in tile_grid(q.view, tile)]
+
+
+def _stored_bytes(q, blobs: list[int]) -> float:
+    """The blobs and tables of an encoded tensor, plus average alignment padding for each."""
+    tables = [t.nbytes for t in q.tables.values()]
+    return float(sum(blobs) + sum(tables) + 32 * (len(blobs) + len(tables)))
+
+
+def _relative_error(q) -> float:
+    """The unweighted relative error an encode measured (its SQNR), 0 when exact."""
+    sqnr = q.stats.get("sqnr_db", math.inf)
+    return 0.0 if sqnr == math.inf else 10 ** (-sqnr / 10)
+
+
 def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int], importance=None) -> list[Candidate]:
     """Every candidate encoded for real: exact bytes (blobs plus average alignment padding)
     and exact error (importance-weighted with importance). Used for tensors small enough that
     this is cheap."""
-    from ..codecs import get_codec
-    from .writer import tile_blob, tile_grid
-
     w = np.asarray(array, dtype=np.float32)
     view = view_2d(w.shape)
     weights = None if importance is None else importance.weights(name, view)
     found, refused = [], []
-
-    def plane_bytes(q, codec) -> list[int]:
-        return [len(tile_blob(q, codec, rect)) for rect in tile_grid(q.view, tile)]
-
     for rule in candidate_rules(view[0], importance is not None):
         try:
             q = encode_tensor(name, w, rule, importance)
         except QuantizationError as exc:  # a rule that cannot hold these weights is not a candidate
             refused.append(exc)
             continue
-        blobs = chunks.submit(plane_bytes, q, get_codec(rule.plane_codec))  # beside the next encode
-        tables = [t.nbytes for t in q.tables.values()]
-        sqnr = q.stats.get("sqnr_db", math.inf)
-        error = 0.0 if sqnr == math.inf else 10 ** (-sqnr / 10)
+        blobs = chunks.submit(_plane_bytes, q, rule, tile)  # beside the next encode
+        error = _relative_error(q)
         if weights is not None and error > 0:
             flat, back = w.reshape(view).astype(np.float64), q.dequantize().reshape(view)
             full = np.broadcast_to(weights, view)
             error = float(np.sum(full * (flat - back) ** 2) / (np.sum(full * flat * flat) or 1.0))
-        found.append((rule, blobs, tables, error))
-    out = []
-    for rule, blobs, tables, error in found:
-        sizes = blobs.result()
-        out.append(Candidate(rule, float(sum(sizes) + sum(tables) + 32 * (len(sizes) + len(tables))), error))
+        found.append((rule, q, blobs, error))
+    out = [Candidate(rule, _stored_bytes(q, blobs.result()), error) for rule, q, blobs, error in found]
     if refused and not out:  # no rule can hold it: say why
         raise refused[0]
     return out
@@ -175,9 +184,6 @@ def _shrinkable(d, info, recipe: Recipe) -> bool:
 def small_candidates(name: str, array: np.ndarray, rule: Rule, tile: tuple[int, int]) -> list[Candidate]:
     """A small tensor kept raw by the recipe, as it is (no error) and as fp16 (same codec)
     unless fp16 cannot hold it: exact bytes and relative error."""
-    from ..codecs import get_codec
-    from .writer import tile_blob, tile_grid
-
     w = np.asarray(array)
     out = []
     for option in (rule, Rule(method="fp16", codec=rule.codec)):
@@ -185,10 +191,7 @@ def small_candidates(name: str, array: np.ndarray, rule: Rule, tile: tuple[int, 
             q = encode_tensor(name, w, option)
         except QuantizationError:  # past float16's range, or every value below it: raw only
             continue
-        blobs = [len(tile_blob(q, get_codec(option.plane_codec), rect)) for rect in tile_grid(q.view, tile)]
-        sqnr = q.stats.get("sqnr_db", math.inf)
-        error = 0.0 if sqnr == math.inf else 10 ** (-sqnr / 10)
-        out.append(Candidate(option, float(sum(blobs) + 32 * len(blobs)), error))
+        out.append(Candidate(option, _stored_bytes(q, _plane_bytes(q, option, tile)), _relative_error(q)))
     return out
 
 
@@ -227,13 +230,8 @@ def estimate(
     tiles = {d.name: tuple(d.rule.tile or recipe.tile) for d in decisions}
     options: dict[str, list[Candidate]] = {}
     pending: dict[str, Future] = {}  # a batch's small tensors, weighed on the chunk pool's threads
-    fixed = (
-        64.0
-        + 1024.0
-        + sum(  # header, the manifest's fixed part, its entries
-            _entry_bytes(d.name, view_2d(infos[d.name].shape), tiles[d.name]) for d in decisions
-        )
-    )
+    entries = sum(_entry_bytes(d.name, view_2d(infos[d.name].shape), tiles[d.name]) for d in decisions)
+    fixed = 64.0 + 1024.0 + entries  # header, the manifest's fixed part, its entries
     sizes = {n: math.prod(infos[n].shape) * np.dtype(infos[n].dtype).itemsize for n in chosen}
     tracker = Tracker(progress, len(chosen), sum(sizes.values()))
     with ExitStack() as batch:
