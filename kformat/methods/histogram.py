@@ -48,7 +48,9 @@ def _core(points: np.ndarray, counts: np.ndarray, lo: float, hi: float) -> tuple
     return max(lo, float(q_lo) - spread / 2), min(hi, float(q_hi) + spread / 2)
 
 
-def histogram(values: np.ndarray, bins: int = FINE_BINS, weights: np.ndarray | None = None) -> Histogram:
+def histogram(
+    values: np.ndarray, bins: int = FINE_BINS, weights: np.ndarray | None = None, sample: int = SAMPLE_VALUES
+) -> Histogram:
     """The values' distribution as sorted weighted points.
 
     Up to EXACT_POINTS values it is the values themselves (unique, with counts). Above, counts
@@ -72,7 +74,7 @@ def histogram(values: np.ndarray, bins: int = FINE_BINS, weights: np.ndarray | N
             counts = np.bincount(inverse.reshape(-1), weights=wflat, minlength=points.size)
         core_lo, core_hi = _core(points, counts, lo, hi)
         return Histogram(points, counts.astype(np.float64), lo, hi, core_lo, core_hi, 0.0)
-    stride = max(1, flat.size // SAMPLE_VALUES)
+    stride = max(1, flat.size // sample)
     counts = _counts(flat, lo, hi, bins, wflat, stride)
     width = (hi - lo) / bins
     keep = counts > 0

@@ -23,6 +23,7 @@ ALLOCATION_GROUP_ROWS = 64
 ALLOCATION_ECQ_BITS = (3, 4, 5, 6)
 ALLOCATION_ECQ_DB = 0.5
 SAMPLE_GROUPS = 16  # per-group candidates are estimated on this many groups, evenly spaced
+GROUP_SAMPLE_VALUES = 1 << 18  # of a sampled group's values, every stride-th is binned (outliers all)
 
 
 def _estimate(
@@ -32,11 +33,12 @@ def _estimate(
     plain: kmeans_fit.Histogram | None = None,
     ecq: float | None = None,
     dtype: np.dtype = np.dtype(np.float16),
+    seed: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray]:
     """(noise energy, code counts) of a k-entry codebook fitted to `hist` (entropy-constrained
     within `ecq` dB of the plain fit, when given); when `hist` is importance-weighted, `plain`
     (the unweighted histogram) gives the code counts."""
-    centroids = np.unique(np.asarray(kmeans_fit.fit_centroids(hist, k, thorough), dtype=np.float64))
+    centroids = np.unique(np.asarray(kmeans_fit.fit_centroids(hist, k, thorough, seed), dtype=np.float64))
     edges = None
     if ecq is not None and centroids.size > 1:
         # started, as encode starts it, from the centroids rounded to the codebook's dtype
@@ -142,21 +144,16 @@ def estimate(w, rules, tile, weights=None):
     With importance `weights` the error is the weighted one, from weighted histograms."""
     tiles = tile_count(w.shape, tile)
     full = None if weights is None else np.broadcast_to(weights, w.shape)
-    if full is None:
-        signal = float(np.einsum("ij,ij->", w, w, dtype=np.float64)) or 1.0
-    else:
-        signal = float(np.sum(full * np.square(w, dtype=np.float64))) or 1.0
+    hist = kmeans_fit.histogram(w, weights=full)
+    plain = None if full is None else kmeans_fit.histogram(w)
+    signal = _power(hist) or 1.0  # as the noise is measured: on the histogram (sampled when large)
     row_mass = None if full is None else full.sum(axis=1, dtype=np.float64)  # for every group rule
-    hist = None
     sampled: dict = {}  # the sampled groups' histograms, shared by every width
     overheads: dict[int, float] = {}  # planes' bytes per entropy byte, measured per width
     out = []
     for rule in rules:
         bits = int(rule.bits)
         if rule.granularity == "tensor":
-            if hist is None:
-                hist = kmeans_fit.histogram(w, weights=full)
-                plain = None if full is None else kmeans_fit.histogram(w)
             dtype = np.dtype(rule.codebook_dtype)
             noise, counts, fit = _estimate(hist, 1 << bits, True, plain, rule.ecq, dtype)
             overhead = _plane_overhead(w, fit, bits)
@@ -168,6 +165,12 @@ def estimate(w, rules, tile, weights=None):
         overhead = overheads.get(bits, PNG_OVERHEAD)  # the per-tensor fit's of this width
         out.append(_estimate_groups(w, full, row_mass, rule, tiles, signal, sampled, overhead))
     return out
+
+
+def _power(hist: kmeans_fit.Histogram) -> float:
+    """The (weighted) sum of squared values a histogram stands for, values spread uniformly
+    within each bin (what _estimate assumes of the noise too)."""
+    return float(np.sum(hist.counts * hist.points**2) + hist.counts.sum() * hist.width**2 / 12)
 
 
 def _sampled_groups(row_mass: np.ndarray | None, group: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
@@ -200,16 +203,22 @@ def _estimate_groups(
     groups = math.ceil(rows / group)
     picks, stands = _sampled_groups(row_mass, group, groups)
     noise = entropy = 0.0
-    for g, weight in zip(picks, stands):
+    k = 1 << bits
+    for g in picks:
         block = w[g * group : (g + 1) * group]
         part_weights = None if full is None else full[g * group : (g + 1) * group]
-        if (group, g) not in sampled:  # as encode fits it
+        if (group, g) not in sampled:
             sampled[group, g] = (
-                group_source(block, None, 1 << bits, part_weights)[0],
-                None if full is None else group_source(block, None, 1 << bits)[0],
+                group_source(block, None, k, part_weights, GROUP_SAMPLE_VALUES)[0],
+                None if full is None else group_source(block, None, k, None, GROUP_SAMPLE_VALUES)[0],
             )
+    # as encode fits them: seeded by one batched exact programme, then Lloyd
+    hists = [sampled[group, g][0] for g in picks]
+    batch = [i for i, h in enumerate(hists) if h.points.size > k]
+    seeded = dict(zip(batch, kmeans_fit.seeds([hists[i] for i in batch], k)))
+    for i, (g, weight) in enumerate(zip(picks, stands)):
         hist, plain = sampled[group, g]
-        part, counts, _ = _estimate(hist, 1 << bits, full is not None, plain)
+        part, counts, _ = _estimate(hist, k, False, plain, seed=seeded.get(i))
         noise += part * weight
         entropy += entropy_bytes(counts) * weight
     size = entropy * overhead + groups * (1 << bits) * 2 + tiles * _tile_overhead(bits)

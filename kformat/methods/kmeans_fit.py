@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .histogram import FINE_BINS, Histogram, _rebin, histogram  # noqa: F401 (re-exported)
+from .histogram import FINE_BINS, SAMPLE_VALUES, Histogram, _rebin, histogram  # noqa: F401 (re-exported)
 from .kmeans_codes import boundaries
 from .kmeans_pieces import seed_in_pieces
 
@@ -44,7 +44,13 @@ def stored_centroids(centroids: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return np.unique(centroids.astype(dtype)).astype(np.float64)
 
 
-def group_source(block: np.ndarray, mask: np.ndarray | None, k: int, weights: np.ndarray | None = None):
+def group_source(
+    block: np.ndarray,
+    mask: np.ndarray | None,
+    k: int,
+    weights: np.ndarray | None = None,
+    sample: int = SAMPLE_VALUES,
+):
     """The (importance-weighted) histogram of the values a group's codebook is fitted to,
     the entries left for them (one is reserved for exact zero when pruning), and whether
     one is."""
@@ -57,8 +63,8 @@ def group_source(block: np.ndarray, mask: np.ndarray | None, k: int, weights: np
         k -= 1
     if source.size == 0:
         return None, k, fixed_zero
-    bins = min(FINE_BINS, max(1024, source.size // 8))
-    return histogram(source, bins, weights), k, fixed_zero
+    bins = min(FINE_BINS, max(1024, min(source.size, sample) // 8))
+    return histogram(source, bins, weights, sample), k, fixed_zero
 
 
 def rows_of(weights: np.ndarray | None, r0: int, r1: int, rows: int) -> np.ndarray | None:
