@@ -429,3 +429,18 @@ def test_size_estimates_hold_for_matrices_whose_rows_repeat(monkeypatch):
     for rule, real in exact.items():
         if rule.method == "kmeans" and rule.granularity == "tensor":
             assert 0.8 < estimated[rule].bytes / real.bytes < 1.2, rule
+
+
+def test_the_first_round_is_aimed_a_little_below_the_target(tmp_path, monkeypatch):
+    """Estimates are a few tenths of a percent off either way: the first round's budget
+    leaves AIM_BELOW of the target, so that one just over it does not cost a second round."""
+    from kformat.packing import allocate
+
+    calls = []
+    real = allocate.allocate
+    monkeypatch.setattr(allocate, "allocate", lambda *a, **k: calls.append(a) or real(*a, **k))
+    kformat.pack(heterogeneous(), tmp_path / "a.kf", "fp16", target_bits=3.0)
+    options, fixed, target, margin = calls[0]
+    assert margin == allocate.AIM_BELOW * target > 0
+    first = real(options, fixed, target, margin)
+    assert first.estimated_bytes <= target * (1 - allocate.AIM_BELOW)

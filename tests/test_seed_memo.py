@@ -107,3 +107,32 @@ def test_weighing_finds_every_small_tensors_seeds_with_a_large_tensor_between(mo
     options, _ = weighing.estimate(DictSource(weights), load_recipe("fp16"))
     assert set(options) == set(weights)
     assert solved_in_small == []
+
+
+def test_allocation_rounds_reuse_the_seeds_weighing_found(tmp_path, monkeypatch):
+    """The packs that follow weighing fit the chosen rules from the seeds weighing computed
+    (its histograms are those encode builds, large tensors' too): no programme is solved."""
+    from kformat.packing import allocate, weighing
+
+    weights = model()
+    weights["big.weight"] = (np.random.default_rng(4).standard_t(5, (1024, 1100)) * 0.05).astype(np.float32)
+    assert weights["big.weight"].size > weighing.EXACT_MAX  # estimated from histograms
+    solved, weighed = [], []
+    real_pieces, real_estimate = kmeans_pieces.seed_in_pieces, allocate.estimate
+    monkeypatch.setattr(
+        kmeans_fit, "seed_in_pieces", lambda p, k: (weighed and solved.append(k)) or real_pieces(p, k)
+    )
+    monkeypatch.setattr(allocate, "estimate", lambda *a: (real_estimate(*a), weighed.append(1))[0])
+    kformat.pack(weights, tmp_path / "m.kf", "fp16", target_bits=3.5)
+    assert weighed and solved == []
+
+
+def test_seeds_past_the_memo_cap_are_returned_not_kept(monkeypatch):
+    rng = np.random.default_rng(2)
+    hists = [kmeans_fit.histogram(rng.standard_normal(5000).astype(np.float32)) for _ in range(2)]
+    monkeypatch.setattr(kmeans_fit, "MEMO_BYTES", 200)  # room for one 16-entry seed
+    with kmeans_fit.remembered_seeds():
+        first = kmeans_fit.seeds(hists, 16)
+        assert len(kmeans_fit._MEMO.found) == 1
+        assert all(np.array_equal(a, b) for a, b in zip(first, kmeans_fit.seeds(hists, 16)))
+    assert not kmeans_fit._MEMO.found and kmeans_fit._MEMO.bytes == 0

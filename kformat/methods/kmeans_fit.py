@@ -186,6 +186,10 @@ class _SeedMemo:
         self.lock = threading.Lock()
         self.users = 0
         self.found: dict[tuple[int, bytes], np.ndarray] = {}
+        self.bytes = 0  # of the seeds kept: at most MEMO_BYTES, later ones are not kept
+
+
+MEMO_BYTES = 32 << 20  # a model's every candidate fit keeps far less; a cap for huge ones
 
 
 _MEMO = _SeedMemo()
@@ -207,6 +211,7 @@ def remembered_seeds() -> Iterator[None]:
             _MEMO.users -= 1
             if not _MEMO.users:
                 _MEMO.found.clear()
+                _MEMO.bytes = 0
 
 
 def _key(problem: tuple[np.ndarray, np.ndarray], k: int) -> tuple[int, bytes]:
@@ -231,7 +236,10 @@ def seeds(hists: list[Histogram], k: int) -> list[np.ndarray]:
         with _MEMO.lock:
             for i, seed in zip(missing, fresh):
                 seed.setflags(write=False)  # shared by every fit that finds it
-                known[i] = _MEMO.found.setdefault(keys[i], seed)
+                known[i] = seed
+                if _MEMO.bytes + seed.nbytes <= MEMO_BYTES and keys[i] not in _MEMO.found:
+                    _MEMO.found[keys[i]] = seed
+                    _MEMO.bytes += seed.nbytes + 64
     return known
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import KFormatError
-from ..methods import chunks
+from ..methods import chunks, kmeans_fit
 from ..recipe import Recipe, Rule
 from ..progress import log
 from ..sources import TensorSource
@@ -35,6 +35,7 @@ from .reuse import Earlier
 from .weighing import estimate
 
 CLOSE_ENOUGH = 0.002  # stop once the container is within 0.2% below the target
+AIM_BELOW = CLOSE_ENOUGH / 2  # the first round's budget, as a fraction of the target, below it
 # A uniform round is packed only when its estimated error is within this factor of the best
 # fitting round's: the estimates are within a few percent, so one further off cannot win.
 UNIFORM_SLACK = 1.25
@@ -88,9 +89,13 @@ def _best_uniform(options: dict[str, list[Candidate]], budget: float) -> dict[st
     return None if best is None else best[1]
 
 
-def allocate(options: dict[str, list[Candidate]], fixed: float, target_bytes: int) -> Allocation:
-    choice = choose(options, target_bytes - fixed)
-    uniform = _best_uniform(options, target_bytes - fixed)  # never do worse than one rule for all
+def allocate(
+    options: dict[str, list[Candidate]], fixed: float, target_bytes: int, margin: float = 0.0
+) -> Allocation:
+    """The least-error choice whose estimated bytes fit `margin` bytes below the target."""
+    budget = target_bytes - fixed - margin
+    choice = choose(options, budget)
+    uniform = _best_uniform(options, budget)  # never do worse than one rule for all
     if uniform is not None and sum(c.error for c in uniform.values()) < sum(c.error for c in choice.values()):
         choice = uniform
     return Allocation(
@@ -120,6 +125,7 @@ def measured_error(manifest) -> float:
     return total
 
 
+@kmeans_fit.remembered_seeds()  # each round's fits find the seeds weighing computed
 def pack_to_target(
     source: TensorSource,
     output,
@@ -138,17 +144,18 @@ def pack_to_target(
     """Pack with allocated rules so that the container is at most `target_bytes`.
 
     Rounds, each packed to a temporary sibling of `output` and measured: (1) the allocation
-    from the estimates; (2) when (1) misses the target or undershoots it, the allocation again
-    with the estimates corrected by what (1) measured; when one of them came out over the
-    target (the manifest's entries differ in size by rule: a few dozen bytes) and neither is
-    within CLOSE_ENOUGH below it, the corrected allocation again with the overshoot and
-    CLOSE_ENOUGH taken off the budget; (3) the best single rule for all
-    tensors that the corrected estimates say fits (or nearly), and the best without group
-    codebooks, each only when its estimated error is within UNIFORM_SLACK of the best fitting
-    round's. A round reads back the tensors an earlier round packed by the same rule
-    (kformat.packing.reuse). Of the containers that fit, the one with
-    the least *measured* weighted error is renamed into place (so the result is never worse
-    than a uniform choice that was tried), the others removed.
+    from the estimates, aimed AIM_BELOW under the target; (2) when (1) misses the target or
+    undershoots it, the allocation again with the estimates corrected by what (1) measured;
+    when one of them came out over the target (the manifest's entries differ in size by
+    rule: a few dozen bytes) and neither is within CLOSE_ENOUGH below it, the corrected
+    allocation again with the overshoot and CLOSE_ENOUGH taken off the budget; (3) the best
+    single rule for all tensors that the corrected estimates say fits (or nearly), and the
+    best without group codebooks, each only when its estimated error is within
+    UNIFORM_SLACK of the best fitting round's. A round reads back the tensors an earlier
+    round packed by the same rule (kformat.packing.reuse). Of the containers that fit, the
+    one with the least *measured* weighted error is renamed into place (so the result is
+    never worse than a uniform choice that was tried), the others removed. Every round's
+    fits find the seeds weighing computed (kmeans_fit.remembered_seeds).
     With importance, rounds are compared by their candidates' importance-weighted errors (the
     manifest's SQNRs are unweighted). Returns (report, allocation, bytes).
     """
@@ -203,7 +210,9 @@ def pack_to_target(
         return report, actual
 
     try:
-        first = allocate(options, fixed, target_bytes)
+        # aimed a little below the target: estimates are a few tenths of a percent off either
+        # way, and a first round just over it costs a second round
+        first = allocate(options, fixed, target_bytes, AIM_BELOW * target_bytes)
         report, actual = run(first, "estimated")
         real = {t.name: t.stored_bytes for t in report.manifest.tensors}
         chosen = {n: next(c for c in cs if c.rule == first.rules[n]) for n, cs in options.items()}
@@ -218,7 +227,7 @@ def pack_to_target(
         close = [item for item in fitting if -item[1] >= target_bytes * (1 - CLOSE_ENOUGH)]
         if over and not close:  # just over, and what fits is short: with the overshoot taken off
             margin = (min(over) - target_bytes) + CLOSE_ENOUGH * target_bytes
-            run(allocate(corrected, fixed + margin, target_bytes), "margin")
+            run(allocate(corrected, fixed, target_bytes, margin), "margin")
         # Estimates may be off by a fraction of a percent: near the edge, let the real size
         # decide between the best single rule for all, and the best without group codebooks.
         window = (target_bytes - fixed) * (1 + 2 * CLOSE_ENOUGH)
