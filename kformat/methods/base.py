@@ -225,3 +225,19 @@ class Method:
         when the method has no estimate (allocation then encodes for real). With importance
         `weights` (broadcastable to w) the error is sum(weights * dw^2) / sum(weights * w^2)."""
         return None
+
+    def summarize(
+        self, w: np.ndarray, rules: list["Rule"], tile: tuple[int, int], weights: np.ndarray | None = None
+    ) -> object | None:
+        """What `estimate_from` needs of a large tensor to estimate `rules`: small and picklable,
+        read in large numpy passes, so that the fits (which hold the GIL) may run in another
+        process. None (the default): `estimate` runs in place."""
+        return None
+
+    def estimate_from(self, summary: object, rules: list["Rule"]) -> tuple[list[tuple[float, float]], object]:
+        """`estimate`'s result from `summarize`'s, in any process, and what the method's encodes
+        in the calling process may reuse of the work (see `reuse`)."""
+        raise NotImplementedError(f"{self.name} has no summarize")
+
+    def reuse(self, shared: object) -> None:
+        """Keep what `estimate_from` handed back for this process's encodes (kmeans: seeds)."""

@@ -9,6 +9,7 @@ numpy's ufuncs, gathers and bincount release the GIL, so threads scale.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,6 +24,16 @@ _pool: ThreadPoolExecutor | None = None
 _size = 1  # the pool's threads
 _users = 0
 _local = threading.local()  # set in pool threads: nested maps run inline, never deadlock
+
+
+def _forget_pool_after_fork() -> None:
+    """Threads do not survive fork: a child maps and submits inline (the inherited pool would
+    queue work for threads it does not have, and wait for ever)."""
+    global _pool, _size, _users, _lock
+    _pool, _size, _users, _lock = None, 1, 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 @contextmanager

@@ -192,6 +192,16 @@ class KMeans(Method):
     def estimate(self, w, rules, tile, weights=None):
         return kmeans_allocation.estimate(w, rules, tile, weights)
 
+    def summarize(self, w, rules, tile, weights=None):
+        return kmeans_allocation.summarize(w, rules, tile, weights)
+
+    def estimate_from(self, summary, rules):
+        with kmeans_fit.remembered_seeds():  # handed back: the chosen rule's encode finds its seed
+            return kmeans_allocation.estimate_from(summary, rules), kmeans_fit.seeds_kept()
+
+    def reuse(self, shared) -> None:
+        kmeans_fit.keep_seeds(shared)
+
 
 def _scaled(values: np.ndarray, row0: int, tables) -> np.ndarray:
     """Rows multiplied by their scale, in place, when the tensor has one (scale=row)."""

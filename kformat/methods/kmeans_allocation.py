@@ -5,6 +5,7 @@ batch before they are encoded (kmeans_fit.remembered_seeds)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -69,18 +70,22 @@ PROBE_VALUES = 1 << 16  # values of a tensor coded and compressed for real to me
 PROBE_CLAMP = (0.05, 1.1)
 
 
-def _plane_overhead(w: np.ndarray, fit, bits: int) -> float:
-    """Bytes of real PNG planes per byte of code entropy, measured on evenly spaced rows of
-    `w` coded by `fit` (centroids, edges): Huffman coding of packed codes lands 0.7% over
-    the entropy on Gaussian weights and 2% on MiniLM's, where one constant missed by 1.3%."""
+def _probe(w: np.ndarray) -> np.ndarray:
+    """About PROBE_VALUES values of `w` from evenly spaced rows, what _plane_overhead codes."""
+    rows = max(1, min(w.shape[0], PROBE_VALUES // max(1, w.shape[1])))
+    picks = np.unique(np.linspace(0, w.shape[0] - 1, rows).astype(np.intp))
+    return np.ascontiguousarray(w[picks, : PROBE_VALUES // picks.size], dtype=np.float32)
+
+
+def _plane_overhead(block: np.ndarray, fit, bits: int) -> float:
+    """Bytes of real PNG planes per byte of code entropy, measured on a probe of the tensor
+    (_probe) coded by `fit` (centroids, edges): Huffman coding of packed codes lands 0.7%
+    over the entropy on Gaussian weights and 2% on MiniLM's, where one constant missed by 1.3%."""
     from ..codecs import plane_depth
     from ..codecs.png import encode_png
 
-    rows = max(1, min(w.shape[0], PROBE_VALUES // max(1, w.shape[1])))
-    picks = np.unique(np.linspace(0, w.shape[0] - 1, rows).astype(np.intp))
-    block = w[picks, : PROBE_VALUES // picks.size]
     centroids, edges = fit
-    codes = kmeans_codes.assign(block.astype(np.float32), centroids, edges).codes  # uint8
+    codes = kmeans_codes.assign(block, centroids, edges).codes  # uint8
     entropy = entropy_bytes(np.bincount(codes.reshape(-1), minlength=centroids.size))
     if entropy <= 0:
         return PNG_OVERHEAD
@@ -138,33 +143,82 @@ def candidates(rows: int) -> list[str]:
     return rules
 
 
-def estimate(w, rules, tile, weights=None):
-    """Per-tensor rules from one histogram of the tensor; per-group rules from a sample
-    of its groups (_sampled_groups). Size is the code entropy plus codebooks and tile overhead.
-    With importance `weights` the error is the weighted one, from weighted histograms."""
-    tiles = tile_count(w.shape, tile)
+@dataclass
+class Summary:
+    """What the estimates of a large tensor need of it: its histograms, a probe of its values
+    and the histograms of the sampled groups of each group size. Read from the tensor in
+    large numpy passes (which release the GIL); a few MB, so the fits (thousands of small
+    numpy calls, which hold it) may run in another process (kformat.packing.weighing)."""
+
+    shape: tuple[int, int]
+    tiles: int
+    hist: kmeans_fit.Histogram
+    plain: kmeans_fit.Histogram | None  # unweighted, when `hist` is importance-weighted
+    signal: float
+    probe: np.ndarray
+    groups: dict[int, tuple[np.ndarray, np.ndarray, list]]  # rows per group -> picks, stands, hists
+
+
+def summarize(w, rules, tile, weights=None) -> Summary:
+    """The Summary of a 2-D tensor for `rules` (importance `weights` broadcastable to it)."""
     full = None if weights is None else np.broadcast_to(weights, w.shape)
     hist = kmeans_fit.histogram(w, weights=full)
-    plain = None if full is None else kmeans_fit.histogram(w)
-    signal = _power(hist) or 1.0  # as the noise is measured: on the histogram (sampled when large)
-    row_mass = None if full is None else full.sum(axis=1, dtype=np.float64)  # for every group rule
-    sampled: dict = {}  # the sampled groups' histograms, shared by every width
+    row_mass = None if full is None else full.sum(axis=1, dtype=np.float64)
+    groups = {}
+    for rule in rules:
+        group = group_rows_for(rule, w.shape[0])
+        if rule.granularity == "tensor" or group in groups:
+            continue
+        picks, stands = _sampled_groups(row_mass, group, math.ceil(w.shape[0] / group))
+        hists = []
+        for g in picks:
+            block, part = (
+                w[g * group : (g + 1) * group],
+                None if full is None else full[g * group : (g + 1) * group],
+            )
+            hists.append(
+                (
+                    group_source(block, None, 2, part, GROUP_SAMPLE_VALUES)[0],
+                    None if full is None else group_source(block, None, 2, None, GROUP_SAMPLE_VALUES)[0],
+                )
+            )
+        groups[group] = (picks, stands, hists)
+    return Summary(
+        shape=tuple(w.shape),
+        tiles=tile_count(w.shape, tile),
+        hist=hist,
+        plain=None if full is None else kmeans_fit.histogram(w),
+        signal=_power(hist) or 1.0,  # as the noise is measured: on the histogram (sampled when large)
+        probe=_probe(w),
+        groups=groups,
+    )
+
+
+def estimate_from(summary: Summary, rules) -> list[tuple[float, float]]:
+    """(bytes, relative error) of each rule from the tensor's Summary: per-tensor rules from
+    its histogram; per-group rules from a sample of its groups (_sampled_groups). Size is
+    the code entropy times the planes' measured overhead, plus codebooks and tile overhead.
+    With importance the histograms are weighted, and so is the error."""
     overheads: dict[int, float] = {}  # planes' bytes per entropy byte, measured per width
     out = []
     for rule in rules:
         bits = int(rule.bits)
         if rule.granularity == "tensor":
             dtype = np.dtype(rule.codebook_dtype)
-            noise, counts, fit = _estimate(hist, 1 << bits, True, plain, rule.ecq, dtype)
-            overhead = _plane_overhead(w, fit, bits)
+            noise, counts, fit = _estimate(summary.hist, 1 << bits, True, summary.plain, rule.ecq, dtype)
+            overhead = _plane_overhead(summary.probe, fit, bits)
             if rule.ecq is None:
                 overheads[bits] = overhead
-            size = entropy_bytes(counts) * overhead + (1 << bits) * 2 + tiles * _tile_overhead(bits)
-            out.append((size, noise / signal))
+            size = entropy_bytes(counts) * overhead + (1 << bits) * 2 + summary.tiles * _tile_overhead(bits)
+            out.append((size, noise / summary.signal))
             continue
         overhead = overheads.get(bits, PNG_OVERHEAD)  # the per-tensor fit's of this width
-        out.append(_estimate_groups(w, full, row_mass, rule, tiles, signal, sampled, overhead))
+        out.append(_estimate_groups(summary, rule, overhead))
     return out
+
+
+def estimate(w, rules, tile, weights=None) -> list[tuple[float, float]]:
+    return estimate_from(summarize(w, rules, tile, weights), rules)
 
 
 def _power(hist: kmeans_fit.Histogram) -> float:
@@ -192,34 +246,23 @@ def _sampled_groups(row_mass: np.ndarray | None, group: int, groups: int) -> tup
     return picks, stands
 
 
-def _estimate_groups(
-    w: np.ndarray, full, row_mass, rule, tiles: int, signal: float, sampled: dict, overhead: float
-) -> tuple[float, float]:
-    """(bytes, relative error) of a per-group rule from a sample of its row groups; their
-    histograms (which do not depend on the width) are kept in `sampled` for the next rule."""
-    rows = w.shape[0]
+def _estimate_groups(summary: Summary, rule, overhead: float) -> tuple[float, float]:
+    """(bytes, relative error) of a per-group rule from its sampled groups' histograms,
+    fitted as encode fits them: seeded by one batched exact programme, then Lloyd."""
+    rows = summary.shape[0]
     bits = int(rule.bits)
+    k = 1 << bits
     group = group_rows_for(rule, rows)
     groups = math.ceil(rows / group)
-    picks, stands = _sampled_groups(row_mass, group, groups)
+    picks, stands, hists = summary.groups[group]
+    batch = [i for i, (h, _) in enumerate(hists) if h is not None and h.points.size > k]
+    seeded = dict(zip(batch, kmeans_fit.seeds([hists[i][0] for i in batch], k)))
     noise = entropy = 0.0
-    k = 1 << bits
-    for g in picks:
-        block = w[g * group : (g + 1) * group]
-        part_weights = None if full is None else full[g * group : (g + 1) * group]
-        if (group, g) not in sampled:
-            sampled[group, g] = (
-                group_source(block, None, k, part_weights, GROUP_SAMPLE_VALUES)[0],
-                None if full is None else group_source(block, None, k, None, GROUP_SAMPLE_VALUES)[0],
-            )
-    # as encode fits them: seeded by one batched exact programme, then Lloyd
-    hists = [sampled[group, g][0] for g in picks]
-    batch = [i for i, h in enumerate(hists) if h.points.size > k]
-    seeded = dict(zip(batch, kmeans_fit.seeds([hists[i] for i in batch], k)))
-    for i, (g, weight) in enumerate(zip(picks, stands)):
-        hist, plain = sampled[group, g]
+    for i, ((hist, plain), weight) in enumerate(zip(hists, stands)):
+        if hist is None:  # (no values: never, as groups are not pruned here)
+            continue
         part, counts, _ = _estimate(hist, k, False, plain, seed=seeded.get(i))
         noise += part * weight
         entropy += entropy_bytes(counts) * weight
-    size = entropy * overhead + groups * (1 << bits) * 2 + tiles * _tile_overhead(bits)
-    return size, noise / signal
+    size = entropy * overhead + groups * k * 2 + summary.tiles * _tile_overhead(bits)
+    return size, noise / summary.signal

@@ -13,6 +13,7 @@ fraction of a second.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -185,6 +186,14 @@ def optimal_centroids(points: np.ndarray, weights: np.ndarray, k: int) -> np.nda
 # threads running programmes at once passed the GIL back and forth at every pass (an 8-bit
 # pack of VGG16 took 1.4x longer with --jobs 2 than with --jobs 1).
 ONE_AT_A_TIME = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:  # another thread may have held it when this process forked
+    global ONE_AT_A_TIME
+    ONE_AT_A_TIME = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def optimal_centroids_batch(problems: list[tuple[np.ndarray, np.ndarray]], k: int) -> list[np.ndarray]:

@@ -7,8 +7,7 @@ ten thousand weighted points:
 
 1. initial centroids by an exact dynamic programme (optimal 1-D k-means, kmeans_dp; in
    pieces for 6-8 bits, kmeans_pieces) over the histogram merged into a few thousand
-   bins (or, for the sampled groups of allocation's estimates, the better of companding
-   and weighted quantiles);
+   bins (or, for fits without one, the better of companding and weighted quantiles);
 2. weighted Lloyd iterations on the fine histogram until the centroids stop moving;
 3. one assignment pass over the real values (kmeans_codes: lookup tables of the cell edges);
    a final Lloyd update makes each centroid its cell's mean: exact (per-code sums collected
@@ -21,6 +20,7 @@ Centroids are kept sorted, so codes are ordered like the values they stand for.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -195,6 +195,14 @@ MEMO_BYTES = 32 << 20  # a model's every candidate fit keeps far less; a cap for
 _MEMO = _SeedMemo()
 
 
+def _new_memo_after_fork() -> None:  # its lock may have been held when this process forked
+    global _MEMO
+    _MEMO = _SeedMemo()
+
+
+os.register_at_fork(after_in_child=_new_memo_after_fork)
+
+
 @contextmanager
 def remembered_seeds() -> Iterator[None]:
     """Keep every seed computed meanwhile, so a later fit of the same merged histogram and
@@ -212,6 +220,27 @@ def remembered_seeds() -> Iterator[None]:
             if not _MEMO.users:
                 _MEMO.found.clear()
                 _MEMO.bytes = 0
+
+
+def seeds_kept() -> dict:
+    """The seeds remembered so far (a copy): what a worker process that weighed a tensor hands
+    back, so that this process's encodes find them (keep_seeds)."""
+    with _MEMO.lock:
+        return dict(_MEMO.found)
+
+
+def keep_seeds(found: dict) -> None:
+    """Remember seeds computed elsewhere (seeds_kept), while remembered_seeds is on."""
+    with _MEMO.lock:
+        if not _MEMO.users:
+            return
+        for key, seed in found.items():
+            if _MEMO.bytes + seed.nbytes > MEMO_BYTES:
+                break
+            if key not in _MEMO.found:
+                seed.setflags(write=False)
+                _MEMO.found[key] = seed
+                _MEMO.bytes += seed.nbytes + 64
 
 
 def _key(problem: tuple[np.ndarray, np.ndarray], k: int) -> tuple[int, bytes]:

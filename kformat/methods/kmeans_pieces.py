@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kmeans_dp import ONE_AT_A_TIME, Programme, means, optimal_centroids_batch
+from . import kmeans_dp
+from .kmeans_dp import Programme, means, optimal_centroids_batch
 
 WIDE = 64  # codebooks with at least this many entries (6-8 bits) are seeded in pieces
 PIECE_CLUSTERS = 8  # clusters per piece, on average
@@ -108,7 +109,7 @@ def seed_in_pieces(problems: list[Problem], k: int) -> list[np.ndarray]:
     if todo:
         chosen = [(problems[g][0].astype(np.float64), problems[g][1].astype(np.float64)) for g in todo]
         starts = [_pieces(p, w, max(1, k // PIECE_CLUSTERS)) for p, w in chosen]
-        with ONE_AT_A_TIME:
+        with kmeans_dp.ONE_AT_A_TIME:  # (read at call time: a forked child makes a new one)
             for _ in range(PASSES):
                 bounds = _solve(chosen, starts, k)
                 starts = [_shifted(s, b) for s, b in zip(starts, bounds)]

@@ -164,8 +164,9 @@ def pack_to_target(
 
     output = Path(output)
     started = time.perf_counter()
-    with chunks.threads(default_jobs(jobs) if scheduler is None else 1):  # large passes on all cores
-        options, fixed = estimate(source, recipe, importance, progress)
+    workers = default_jobs(jobs) if scheduler is None else 1
+    with chunks.threads(workers):  # large passes on all cores, large tensors' fits in processes
+        options, fixed = estimate(source, recipe, importance, progress, workers)
     log.info(
         "allocation: %d candidates of %d tensors weighed in %.1f s",
         sum(map(len, options.values())),

@@ -12,7 +12,9 @@ weighed on the chunk pool's threads); larger ones are estimated
 from a value histogram: the error by assigning histogram bins to the fitted centroids, the
 size from the code entropy times the planes' overhead over it, measured by coding and
 compressing a probe of the tensor (kmeans_allocation._plane_overhead: within 0.3% on VGG16,
-where a constant 1.02 was 1.3% high), plus codebooks and per-tile overhead. With
+where a constant 1.02 was 1.3% high), plus codebooks and per-tile overhead. The histograms
+are read here and the fits, which hold the GIL, run in worker processes with `jobs` > 1
+(kformat.packing.processes: VGG16's weighing at two jobs 1.9 s, was 3.0 s). With
 importance, errors are importance-weighted and each tensor's is scaled by its measured
 sensitivity.
 
@@ -25,8 +27,8 @@ fp16 under a 4.5 bits/weight target took its top-1 predictions kept from 40% to 
 from __future__ import annotations
 
 import math
-from concurrent.futures import Future
 from contextlib import ExitStack
+from typing import Callable
 
 import numpy as np
 
@@ -38,11 +40,13 @@ from ..recipe import Recipe, Rule, is_float_dtype, parse_rule, plan
 from ..sources import TensorSource, find_aliases
 from .encode import encode_tensor
 from .knapsack import Candidate
+from .processes import run, worker_processes
 
 # The methods whose candidates allocation weighs, in this order (ties go to the first).
 ALLOCATION_METHODS = ("fp16", "kmeans")
 EXACT_MAX = 1 << 20  # tensors up to this many elements are encoded for real under every candidate
 WARM_BATCH = 16  # small tensors whose shared work (k-means seeds) is done together
+IN_FLIGHT = 2  # large tensors' summaries waiting for (or in) each worker process
 FIRST_ORDER_ERROR = 0.1  # relative error (10 dB) beyond which a candidate's error is grown
 
 
@@ -114,23 +118,65 @@ def candidates(name: str, array: np.ndarray, tile: tuple[int, int], importance=N
     With importance the error is each layer's importance-weighted relative error."""
     if array.size <= EXACT_MAX:
         return exact_candidates(name, array, tile, importance)
+    return estimated_candidates(name, array, tile, importance)()
+
+
+def _estimate_from(method_name: str, summary, rules: list[Rule]):
+    return get_method(method_name).estimate_from(summary, rules)
+
+
+def _reused(method_name: str, result: Callable) -> Callable[[], list[tuple[float, float]]]:
+    """The estimates of a worker's result; what the method's encodes here may reuse is kept."""
+
+    def estimates() -> list[tuple[float, float]]:
+        found, shared = result()
+        get_method(method_name).reuse(shared)
+        return found
+
+    return estimates
+
+
+def estimated_candidates(
+    name: str, array: np.ndarray, tile: tuple[int, int], importance=None, processes=None
+) -> Callable[[], list[Candidate]]:
+    """A large tensor's candidates, estimated: its summaries are read here, the fits run in
+    a worker process when there is a pool (kformat.packing.processes); a callable that
+    returns the candidates."""
     w = np.asarray(array, dtype=np.float32).reshape(view_2d(array.shape))
     weights = None if importance is None else importance.weights(name, w.shape)
-    out = []
+    parts: list[tuple[list[Rule], Callable[[], list[tuple[float, float]]]] | list[Candidate]] = []
     for method_name in ALLOCATION_METHODS:
         method = get_method(method_name)
         rules = method_candidates(method_name, w.shape[0], importance is not None)
         if not rules:
-            estimates = []
-        elif weights is None:
-            estimates = method.estimate(w, rules, tile)
-        else:
-            estimates = method.estimate(w, rules, tile, weights=weights)
-        if estimates is None:  # no estimate: encode for real
-            out += [c for c in exact_candidates(name, w, tile, importance) if c.rule.method == method_name]
             continue
-        out += [Candidate(rule, size, error) for rule, (size, error) in zip(rules, estimates)]
-    return out
+        summary = None if processes is None else method.summarize(w, rules, tile, weights)
+        if summary is not None:
+            parts.append(
+                (rules, _reused(method_name, run(processes, _estimate_from, method_name, summary, rules)))
+            )
+            continue
+        estimates = (
+            method.estimate(w, rules, tile) if weights is None else method.estimate(w, rules, tile, weights)
+        )
+        if estimates is None:  # no estimate: encode for real
+            parts.append(
+                [c for c in exact_candidates(name, w, tile, importance) if c.rule.method == method_name]
+            )
+        else:
+            parts.append((rules, lambda estimates=estimates: estimates))
+
+    def result() -> list[Candidate]:
+        out = []
+        for part in parts:
+            if isinstance(part, list):
+                out += part
+            else:
+                rules, estimates = part
+                out += [Candidate(rule, size, error) for rule, (size, error) in zip(rules, estimates())]
+        return out
+
+    return result
 
 
 # A manifest entry (msgpack): its name, shape, rule, stats and about this much more, plus a
@@ -214,57 +260,79 @@ def _warm(source: TensorSource, names: list[str], importance) -> dict[str, np.nd
 
 
 def estimate(
-    source: TensorSource, recipe: Recipe, importance=None, progress=None
+    source: TensorSource, recipe: Recipe, importance=None, progress=None, jobs: int = 1
 ) -> tuple[dict[str, list[Candidate]], float]:
     """Candidates of every tensor the recipe would quantize, and the estimated fixed bytes
-    (header, manifest, and the tensors kept by the recipe's own rule). Tensors encoded under
-    every candidate (up to EXACT_MAX elements) go WARM_BATCH at a time, their shared work
-    done for the batch first. `progress` hears of each tensor weighed ("weighing NAME")."""
+    (header, manifest, and the tensors kept by the recipe's own rule).
+
+    Large tensors go first: each is read and summarized here, and with `jobs` > 1 its fits
+    run in one of `jobs` worker processes (kformat.packing.processes) while this one reads
+    the next, at most IN_FLIGHT per worker outstanding. Then the tensors encoded under every
+    candidate (up to EXACT_MAX elements), WARM_BATCH at a time, their shared work done for
+    the batch first, then weighed on the chunk pool's threads. `progress` hears of each
+    tensor weighed ("weighing NAME")."""
     aliases = find_aliases(source)  # stored once: not a second candidate
     infos = {t.name: t for t in source.tensors() if t.name not in aliases}
     decisions, _ = plan(recipe, [(t.name, t.shape, t.dtype) for t in infos.values()])
     chosen = {d.name for d in decisions if _eligible(d, infos[d.name], recipe)}
     shrinkable = {d.name for d in decisions if _shrinkable(d, infos[d.name], recipe)}
     small = [d.name for d in decisions if d.name in chosen and math.prod(infos[d.name].shape) <= EXACT_MAX]
+    large = [d.name for d in decisions if d.name in chosen and d.name not in small]
     batches = {small[i]: small[i : i + WARM_BATCH] for i in range(0, len(small), WARM_BATCH)}  # by first
     tiles = {d.name: tuple(d.rule.tile or recipe.tile) for d in decisions}
-    options: dict[str, list[Candidate]] = {}
-    pending: dict[str, Future] = {}  # a batch's small tensors, weighed on the chunk pool's threads
+    found: dict[str, list[Candidate]] = {}
     entries = sum(_entry_bytes(d.name, view_2d(infos[d.name].shape), tiles[d.name]) for d in decisions)
     fixed = 64.0 + 1024.0 + entries  # header, the manifest's fixed part, its entries
     sizes = {n: math.prod(infos[n].shape) * np.dtype(infos[n].dtype).itemsize for n in chosen}
     tracker = Tracker(progress, len(chosen), sum(sizes.values()))
-    with ExitStack() as batch:
-        for d in decisions:
-            if d.name in shrinkable:
-                options[d.name] = small_candidates(d.name, source.load(d.name), d.rule, tiles[d.name])
-                continue
-            if d.name not in chosen:
-                fixed += _fixed_bytes(infos[d.name].shape, infos[d.name].dtype, d.rule)
-                continue
-            tracker.start(f"weighing {d.name}")
-            if d.name in batches:  # the first of a batch of small tensors: the last one's seeds go
-                batch.close()
-                batch.enter_context(kmeans_fit.remembered_seeds())
-                arrays = _warm(source, batches[d.name], importance)
-                pending = {
-                    n: chunks.submit(candidates, n, a, tiles[n], importance) for n, a in arrays.items()
-                }
-            if d.name in pending:
-                found = pending.pop(d.name).result()
-            else:
-                found = candidates(d.name, source.load(d.name), tiles[d.name], importance)
-            if importance is not None:  # output error per unit of the layer's, to first order
-                weight = importance.sensitivity(d.name)
-                found = [Candidate(c.rule, c.bytes, _beyond_first_order(c.error) * weight) for c in found]
-            options[d.name] = found
-            tracker.finish_item(sizes[d.name])
+
+    def settle(name: str, result: Callable[[], list[Candidate]]) -> None:
+        found[name] = result()
+        tracker.finish_item(sizes[name])
+
+    with worker_processes(min(jobs, len(large)) if jobs > 1 else 0) as processes:  # before threads work
+        pending: list[tuple[str, Callable[[], list[Candidate]]]] = []
+        for name in large:
+            tracker.start(f"weighing {name}")
+            if len(pending) >= IN_FLIGHT * max(1, jobs):
+                settle(*pending.pop(0))
+            pending.append(
+                (name, estimated_candidates(name, source.load(name), tiles[name], importance, processes))
+            )
+        with ExitStack() as batch:
+            for d in decisions:
+                if d.name in shrinkable:
+                    found[d.name] = small_candidates(d.name, source.load(d.name), d.rule, tiles[d.name])
+                elif d.name not in chosen:
+                    fixed += _fixed_bytes(infos[d.name].shape, infos[d.name].dtype, d.rule)
+                elif d.name in batches:  # the first of a batch of small tensors: the last one's seeds go
+                    batch.close()
+                    batch.enter_context(kmeans_fit.remembered_seeds())
+                    arrays = _warm(source, batches[d.name], importance)
+                    weighed = {
+                        n: chunks.submit(candidates, n, a, tiles[n], importance) for n, a in arrays.items()
+                    }
+                    for n, future in weighed.items():
+                        tracker.start(f"weighing {n}")
+                        settle(n, future.result)
+        for item in pending:
+            settle(*item)
     tracker.close()
     if not chosen:
         raise KFormatError(
             "nothing to allocate: no tensor under the recipe's default rule is floating point, rank >= 2"
             " and >= min_elements (tensors explicit rules name keep their rule)"
         )
+    options = {}
+    for d in decisions:  # in the model's order
+        if d.name not in found:
+            continue
+        options[d.name] = found[d.name]
+        if importance is not None and d.name in chosen:  # output error per unit of the layer's
+            weight = importance.sensitivity(d.name)  # ... to first order
+            options[d.name] = [
+                Candidate(c.rule, c.bytes, _beyond_first_order(c.error) * weight) for c in found[d.name]
+            ]
     return options, fixed
 
 

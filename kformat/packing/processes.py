@@ -1,0 +1,70 @@
+"""Worker processes for the GIL-bound part of bit allocation's estimates.
+
+A large tensor's estimates are a few large numpy passes (its histograms: they release the
+GIL and run on the chunk pool's threads) and then the fits of every candidate: thousands of
+small numpy calls that hold the GIL, so threads do not run them side by side. The passes
+make a Summary of a few MB (kformat.methods.kmeans_allocation) that a worker process fits
+while this one reads the next tensor.
+
+Workers are forked, which needs no import of the caller's __main__ (spawn and forkserver
+import it again, running an unguarded script's top level in every worker), and forked
+before this process starts any thread of its own work. Modules whose locks or thread pools
+a child inherits reset them at fork (chunks, kmeans_dp, kmeans_fit). Where fork is
+unavailable, or the pool cannot start, the fits run in this process: the estimates are
+the same numbers either way (pure functions of the summary).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import warnings
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
+
+from ..progress import log
+
+T = TypeVar("T")
+
+
+@contextmanager
+def worker_processes(count: int) -> Iterator[Executor | None]:
+    """A pool of `count` forked processes, started now; None for none, or without fork."""
+    if count < 1 or "fork" not in multiprocessing.get_all_start_methods():
+        yield None
+        return
+    try:
+        with warnings.catch_warnings():  # (3.12+ warns of fork in a process with threads)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"))
+            pool.submit(int).result()  # forks every worker now, before any thread of ours works
+    except (OSError, BrokenProcessPool) as exc:
+        log.info("estimates in this process: worker processes did not start (%s)", exc)
+        yield None
+        return
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run(processes: Executor | None, fn: Callable[..., T], *args) -> Callable[[], T]:
+    """fn(*args) in a worker process when there is a pool, else here; a callable that returns
+    its result. A pool that broke (a worker killed) costs time, never the result: fn runs here."""
+    future: Future | None = None
+    if processes is not None:
+        try:
+            future = processes.submit(fn, *args)
+        except (BrokenProcessPool, RuntimeError):
+            future = None
+
+    def result() -> T:
+        if future is not None:
+            try:
+                return future.result()
+            except BrokenProcessPool:
+                log.info("a worker process died: estimating in this process")
+        return fn(*args)
+
+    return result

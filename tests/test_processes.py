@@ -1,0 +1,87 @@
+"""Allocation's estimates of large tensors fitted in forked worker processes: the same
+numbers and bytes as in one process, children that neither hang on the parent's thread
+pool nor lose work when a worker dies."""
+
+import os
+
+import numpy as np
+import pytest
+
+import kformat
+from kformat.methods import chunks
+from kformat.packing import processes, weighing
+from kformat.packing.weighing import estimate, estimated_candidates
+from kformat.recipe.recipe import load_recipe
+from kformat.sources import DictSource
+
+PARENT = os.getpid()
+
+
+def model():
+    rng = np.random.default_rng(11)
+    weights = {
+        f"block{i}.weight": (rng.standard_t(4, (rows, 128)) * 0.02 * (i + 1)).astype(np.float32)
+        for i, rows in enumerate([256, 200, 320, 64])
+    }
+    weights["block1.bias"] = rng.standard_normal(200).astype(np.float32)
+    return weights
+
+
+@pytest.fixture
+def small_exact_max(monkeypatch):
+    """Tensors above 20k values are estimated (children are forked after the patch)."""
+    monkeypatch.setattr(weighing, "EXACT_MAX", 20_000)
+
+
+def test_estimates_in_worker_processes_are_the_estimates_here(small_exact_max):
+    w = model()["block2.weight"]
+    here = estimated_candidates("block2.weight", w, (1024, 1024))()
+    with processes.worker_processes(2) as pool:
+        assert pool is not None
+        there = estimated_candidates("block2.weight", w, (1024, 1024), None, pool)()
+    assert there == here and len(here) > 5
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_allocation_with_worker_processes_writes_the_same_bytes(tmp_path, small_exact_max, jobs):
+    kformat.pack(model(), tmp_path / "one.kf", "fp16", target_bits=3.5, jobs=1)
+    kformat.pack(model(), tmp_path / "many.kf", "fp16", target_bits=3.5, jobs=jobs)
+    assert (tmp_path / "one.kf").read_bytes() == (tmp_path / "many.kf").read_bytes()
+
+
+def test_weighing_gives_the_same_options_with_and_without_processes(small_exact_max):
+    source = DictSource(model())
+    alone = estimate(source, load_recipe("fp16"), jobs=1)
+    with chunks.threads(2):
+        together = estimate(source, load_recipe("fp16"), jobs=2)
+    assert alone == together and list(alone[0]) == [n for n in model() if n in alone[0]]
+
+
+def _chunked_sum(n: int) -> int:
+    return sum(chunks.map_chunks(lambda a, b: b - a, n, 1000))
+
+
+def test_a_forked_worker_maps_inline_not_on_the_parents_threads():
+    with chunks.threads(2):
+        assert _chunked_sum(10_000) == 10_000  # the parent's pool has threads now
+        with processes.worker_processes(1) as pool:
+            assert pool.submit(_chunked_sum, 10_000).result(timeout=60) == 10_000
+
+
+def _dies_in_a_child(value: int) -> int:
+    if os.getpid() != PARENT:
+        os._exit(3)
+    return value * 2
+
+
+def test_a_dead_worker_costs_time_not_the_result():
+    with processes.worker_processes(1) as pool:
+        result = processes.run(pool, _dies_in_a_child, 21)
+        assert result() == 42
+        assert processes.run(pool, _dies_in_a_child, 5)() == 10  # the broken pool: here
+
+
+def test_no_pool_for_no_workers():
+    with processes.worker_processes(0) as pool:
+        assert pool is None
+        assert processes.run(pool, abs, -3)() == 3
