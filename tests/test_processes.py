@@ -85,3 +85,18 @@ def test_no_pool_for_no_workers():
     with processes.worker_processes(0) as pool:
         assert pool is None
         assert processes.run(pool, abs, -3)() == 3
+
+
+def test_batches_of_small_tensors_weighed_in_workers_write_the_same_bytes(tmp_path, monkeypatch):
+    """One batch in (workers + 1) is weighed here, the others in workers, which hand back
+    their seeds: the same candidates and file as with one job."""
+    monkeypatch.setattr(weighing, "WARM_BATCH", 1)  # every small tensor a batch of its own
+    kformat.pack(model(), tmp_path / "one.kf", "fp16", target_bits=3.0, jobs=1)
+    sent = []
+    real_run = weighing.run
+    monkeypatch.setattr(
+        weighing, "run", lambda pool, fn, *a: sent.append(fn.__name__) or real_run(pool, fn, *a)
+    )
+    kformat.pack(model(), tmp_path / "two.kf", "fp16", target_bits=3.0, jobs=2)
+    assert sent.count("_weigh_batch") == 2  # of the 4 weight matrices' batches, 2 in workers
+    assert (tmp_path / "one.kf").read_bytes() == (tmp_path / "two.kf").read_bytes()

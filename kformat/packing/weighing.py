@@ -46,7 +46,7 @@ from .processes import run, worker_processes
 ALLOCATION_METHODS = ("fp16", "kmeans")
 EXACT_MAX = 1 << 20  # tensors up to this many elements are encoded for real under every candidate
 WARM_BATCH = 16  # small tensors whose shared work (k-means seeds) is done together
-IN_FLIGHT = 2  # large tensors' summaries waiting for (or in) each worker process
+IN_FLIGHT = 8  # large tensors' summaries waiting for (or in) each worker process
 FIRST_ORDER_ERROR = 0.1  # relative error (10 dB) beyond which a candidate's error is grown
 
 
@@ -241,10 +241,9 @@ def small_candidates(name: str, array: np.ndarray, rule: Rule, tile: tuple[int, 
     return out
 
 
-def _warm(source: TensorSource, names: list[str], importance) -> dict[str, np.ndarray]:
-    """Load these tensors and let each method prepare, in batches, the work their candidates
-    share (the k-means seeds of every width: kmeans_fit.remembered_seeds); the tensors."""
-    arrays = {name: source.load(name) for name in names}  # sources are read from this thread only
+def _warm(arrays: dict[str, np.ndarray], importance) -> None:
+    """Let each method prepare, in batches, the work the candidates of these tensors share
+    (the k-means seeds of every width: kmeans_fit.remembered_seeds)."""
     loaded = []
     for name, array in arrays.items():
         view = view_2d(array.shape)
@@ -256,7 +255,24 @@ def _warm(source: TensorSource, names: list[str], importance) -> dict[str, np.nd
             for w, weights in loaded
         ]
         get_method(method_name).warm(problems)
-    return arrays
+
+
+def _weigh_batch(arrays: dict[str, np.ndarray], tiles: dict, importance):
+    """Every candidate of a batch of small tensors, encoded (in a worker process), and the
+    seeds it computed, for this process's encodes of the chosen rules (kmeans_fit.keep_seeds)."""
+    with kmeans_fit.remembered_seeds():
+        _warm(arrays, importance)
+        found = {n: candidates(n, a, tiles[n], importance) for n, a in arrays.items()}
+        return found, kmeans_fit.seeds_kept()
+
+
+def _seeds_kept(result: Callable) -> Callable[[], dict[str, list[Candidate]]]:
+    def found() -> dict[str, list[Candidate]]:
+        candidates_of, seeds = result()
+        kmeans_fit.keep_seeds(seeds)
+        return candidates_of
+
+    return found
 
 
 def estimate(
@@ -265,12 +281,13 @@ def estimate(
     """Candidates of every tensor the recipe would quantize, and the estimated fixed bytes
     (header, manifest, and the tensors kept by the recipe's own rule).
 
-    Large tensors go first: each is read and summarized here, and with `jobs` > 1 its fits
-    run in one of `jobs` worker processes (kformat.packing.processes) while this one reads
-    the next, at most IN_FLIGHT per worker outstanding. Then the tensors encoded under every
-    candidate (up to EXACT_MAX elements), WARM_BATCH at a time, their shared work done for
-    the batch first, then weighed on the chunk pool's threads. `progress` hears of each
-    tensor weighed ("weighing NAME")."""
+    With `jobs` > 1 the GIL-bound work runs in `jobs` worker processes as well as here
+    (kformat.packing.processes): every large tensor is read and summarized here and fitted
+    in a worker, while the tensors encoded under every candidate (up to EXACT_MAX elements)
+    go WARM_BATCH at a time, their shared work done for the batch first, one batch in
+    (workers + 1) here (its encodes on the chunk pool's threads) and the others in workers.
+    At most IN_FLIGHT tasks per job are outstanding. `progress` hears of each tensor
+    weighed ("weighing NAME")."""
     aliases = find_aliases(source)  # stored once: not a second candidate
     infos = {t.name: t for t in source.tensors() if t.name not in aliases}
     decisions, _ = plan(recipe, [(t.name, t.shape, t.dtype) for t in infos.values()])
@@ -286,37 +303,49 @@ def estimate(
     sizes = {n: math.prod(infos[n].shape) * np.dtype(infos[n].dtype).itemsize for n in chosen}
     tracker = Tracker(progress, len(chosen), sum(sizes.values()))
 
-    def settle(name: str, result: Callable[[], list[Candidate]]) -> None:
-        found[name] = result()
-        tracker.finish_item(sizes[name])
+    pending: list[Callable[[], dict[str, list[Candidate]]]] = []  # in worker processes, oldest first
 
-    with worker_processes(min(jobs, len(large)) if jobs > 1 else 0) as processes:  # before threads work
-        pending: list[tuple[str, Callable[[], list[Candidate]]]] = []
-        for name in large:
+    def settle(result: Callable[[], dict[str, list[Candidate]]]) -> None:
+        for name, candidates_of in result().items():
+            found[name] = candidates_of
+            tracker.finish_item(sizes[name])
+
+    def later(result: Callable[[], dict[str, list[Candidate]]]) -> None:
+        if len(pending) >= IN_FLIGHT * max(1, jobs):
+            settle(pending.pop(0))
+        pending.append(result)
+
+    def load(names: list[str]) -> dict[str, np.ndarray]:
+        for name in names:
             tracker.start(f"weighing {name}")
-            if len(pending) >= IN_FLIGHT * max(1, jobs):
-                settle(*pending.pop(0))
-            pending.append(
-                (name, estimated_candidates(name, source.load(name), tiles[name], importance, processes))
-            )
+        return {n: np.asarray(source.load(n)) for n in names}  # sources are read from this thread only
+
+    workers = min(jobs, len(large) + len(batches)) if jobs > 1 else 0
+    with worker_processes(workers) as processes:  # forked before any thread of ours works
+        # of every (workers + 1) batches of small tensors, one is weighed here, the others in workers
+        shared = [] if processes is None else [f for i, f in enumerate(batches) if i % (workers + 1)]
+        for first in shared:
+            later(_seeds_kept(run(processes, _weigh_batch, load(batches[first]), tiles, importance)))
+        for name in large:
+            result = estimated_candidates(name, load([name])[name], tiles[name], importance, processes)
+            later(lambda name=name, result=result: {name: result()})
         with ExitStack() as batch:
             for d in decisions:
                 if d.name in shrinkable:
                     found[d.name] = small_candidates(d.name, source.load(d.name), d.rule, tiles[d.name])
                 elif d.name not in chosen:
                     fixed += _fixed_bytes(infos[d.name].shape, infos[d.name].dtype, d.rule)
-                elif d.name in batches:  # the first of a batch of small tensors: the last one's seeds go
-                    batch.close()
+                elif d.name in batches and d.name not in shared:  # a batch weighed here
+                    batch.close()  # the last batch's seeds go
                     batch.enter_context(kmeans_fit.remembered_seeds())
-                    arrays = _warm(source, batches[d.name], importance)
+                    arrays = load(batches[d.name])
+                    _warm(arrays, importance)
                     weighed = {
                         n: chunks.submit(candidates, n, a, tiles[n], importance) for n, a in arrays.items()
                     }
-                    for n, future in weighed.items():
-                        tracker.start(f"weighing {n}")
-                        settle(n, future.result)
-        for item in pending:
-            settle(*item)
+                    settle(lambda: {n: future.result() for n, future in weighed.items()})
+        for result in pending:
+            settle(result)
     tracker.close()
     if not chosen:
         raise KFormatError(
