@@ -10,7 +10,9 @@ import pytest
 import kformat
 from kformat.methods import chunks
 from kformat.packing import processes, weighing
-from kformat.packing.weighing import estimate, estimated_candidates
+from kformat.methods.kmeans import KMeans
+from kformat.packing.estimated import Batch, estimated_candidates, summarized
+from kformat.packing.weighing import estimate
 from kformat.recipe.recipe import load_recipe
 from kformat.sources import DictSource
 
@@ -33,13 +35,23 @@ def small_exact_max(monkeypatch):
     monkeypatch.setattr(weighing, "EXACT_MAX", 20_000)
 
 
-def test_estimates_in_worker_processes_are_the_estimates_here(small_exact_max):
-    w = model()["block2.weight"]
-    here = estimated_candidates("block2.weight", w, (1024, 1024))()
+def test_estimates_fitted_in_a_worker_and_in_a_batch_are_the_estimates_of_one_tensor(small_exact_max):
+    """A batch's seeds come from one programme per width, in a worker process: the same
+    numbers as one tensor's estimates here (kmeans_allocation.estimate)."""
+    weights = model()
+    alone = {n: estimated_candidates(n, weights[n], (1024, 1024)) for n in ("block0.weight", "block2.weight")}
+    batch = Batch()
+    for name in alone:
+        batch.add(name, summarized(name, weights[name], (1024, 1024)))
     with processes.worker_processes(2) as pool:
         assert pool is not None
-        there = estimated_candidates("block2.weight", w, (1024, 1024), None, pool)()
-    assert there == here and len(here) > 5
+        together = batch.submit(pool)()
+    assert together == alone and all(len(c) > 5 for c in alone.values())
+    w = weights["block2.weight"]
+    direct = KMeans().estimate(
+        w, [c.rule for c in alone["block2.weight"] if c.rule.method == "kmeans"], (1024, 1024)
+    )
+    assert [(c.bytes, c.error) for c in alone["block2.weight"] if c.rule.method == "kmeans"] == direct
 
 
 @pytest.mark.parametrize("jobs", [2, 3])

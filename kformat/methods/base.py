@@ -234,9 +234,12 @@ class Method:
         process. None (the default): `estimate` runs in place."""
         return None
 
-    def estimate_from(self, summary: object, rules: list["Rule"]) -> tuple[list[tuple[float, float]], object]:
-        """`estimate`'s result from `summarize`'s, in any process, and what the method's encodes
-        in the calling process may reuse of the work (see `reuse`)."""
+    def estimate_from(
+        self, items: list[tuple[object, list["Rule"]]]
+    ) -> tuple[list[list[tuple[float, float]]], object]:
+        """`estimate`'s result for each (summary, rules) of several tensors, in any process (work
+        they share done together), and what the method's encodes in the calling process may
+        reuse of it (see `reuse`)."""
         raise NotImplementedError(f"{self.name} has no summarize")
 
     def reuse(self, shared: object) -> None:

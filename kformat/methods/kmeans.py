@@ -195,9 +195,11 @@ class KMeans(Method):
     def summarize(self, w, rules, tile, weights=None):
         return kmeans_allocation.summarize(w, rules, tile, weights)
 
-    def estimate_from(self, summary, rules):
+    def estimate_from(self, items):
         with kmeans_fit.remembered_seeds():  # handed back: the chosen rule's encode finds its seed
-            return kmeans_allocation.estimate_from(summary, rules), kmeans_fit.seeds_kept()
+            kmeans_allocation.warm_summaries(items)
+            estimates = [kmeans_allocation.estimate_from(summary, rules) for summary, rules in items]
+            return estimates, kmeans_fit.seeds_kept()
 
     def reuse(self, shared) -> None:
         kmeans_fit.keep_seeds(shared)

@@ -217,6 +217,23 @@ def estimate_from(summary: Summary, rules) -> list[tuple[float, float]]:
     return out
 
 
+def warm_summaries(items: list[tuple[Summary, list]]) -> None:
+    """The seeds of every fit of several tensors' summaries, one programme per width (the
+    per-tensor histograms and the sampled groups' alike), where seeds are remembered."""
+    batches: dict[int, dict[int, kmeans_fit.Histogram]] = {}  # k -> histograms by id
+    for summary, rules in items:
+        for rule in rules:
+            k = 1 << int(rule.bits)
+            if rule.granularity == "tensor":
+                hists = [summary.hist]
+            else:
+                hists = [h for h, _ in summary.groups[group_rows_for(rule, summary.shape[0])][2]]
+            batch = batches.setdefault(k, {})
+            batch.update((id(h), h) for h in hists if h is not None and h.points.size > k)
+    for k, hists in batches.items():
+        kmeans_fit.seeds(list(hists.values()), k)
+
+
 def estimate(w, rules, tile, weights=None) -> list[tuple[float, float]]:
     return estimate_from(summarize(w, rules, tile, weights), rules)
 

@@ -32,84 +32,24 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import KFormatError, QuantizationError
+from ..errors import KFormatError
 from ..methods import chunks, get_method, kmeans_fit, view_2d
 from ..methods.metrics import TILE_OVERHEAD, tile_count
 from ..progress import Tracker
-from ..recipe import Recipe, Rule, is_float_dtype, parse_rule, plan
+from ..recipe import Recipe, Rule, is_float_dtype, plan
 from ..sources import TensorSource, find_aliases
-from .encode import encode_tensor
+from .estimated import Batch, estimated_candidates, summarized
+from .exact import ALLOCATION_METHODS, candidate_rules, exact_candidates, method_candidates, small_candidates
 from .knapsack import Candidate
 from .processes import run, worker_processes
 
-# The methods whose candidates allocation weighs, in this order (ties go to the first).
-ALLOCATION_METHODS = ("fp16", "kmeans")
+__all__ = ["candidate_rules", "estimate", "estimated_candidates", "exact_candidates", "method_candidates"]
+
 EXACT_MAX = 1 << 20  # tensors up to this many elements are encoded for real under every candidate
 WARM_BATCH = 16  # small tensors whose shared work (k-means seeds) is done together
-IN_FLIGHT = 8  # large tensors' summaries waiting for (or in) each worker process
+IN_FLIGHT = 8  # tasks waiting for (or in) each worker process
+LARGE_BATCH = 3  # large tensors fitted together (their seeds in one programme per width)
 FIRST_ORDER_ERROR = 0.1  # relative error (10 dB) beyond which a candidate's error is grown
-
-
-def method_candidates(method_name: str, rows: int, calibrated: bool = False) -> list[Rule]:
-    """The method's candidate rules; entropy-constrained ones only with calibration data.
-
-    They trade 0.5 dB for bytes, a good trade where the objective knows which layers move
-    the output (importance and sensitivities). Without it, on a depthwise CNN at 5 bits/weight
-    they let allocation shave the sensitive layers: 70% of top-1 predictions kept against 88%."""
-    rules = [parse_rule(text) for text in get_method(method_name).candidates(rows)]
-    return rules if calibrated else [r for r in rules if r.ecq is None]
-
-
-def candidate_rules(rows: int, calibrated: bool = False) -> list[Rule]:
-    return [rule for name in ALLOCATION_METHODS for rule in method_candidates(name, rows, calibrated)]
-
-
-def _plane_bytes(q, rule: Rule, tile: tuple[int, int]) -> list[int]:
-    """Bytes of each tile blob `q` is written as under `rule`."""
-    from ..codecs import get_codec
-    from .writer import tile_blob, tile_grid
-
-    codec = get_codec(rule.plane_codec)
-    return [len(tile_blob(q, codec, rect)) for rect in tile_grid(q.view, tile)]
-
-
-def _stored_bytes(q, blobs: list[int]) -> float:
-    """The blobs and tables of an encoded tensor, plus average alignment padding for each."""
-    tables = [t.nbytes for t in q.tables.values()]
-    return float(sum(blobs) + sum(tables) + 32 * (len(blobs) + len(tables)))
-
-
-def _relative_error(q) -> float:
-    """The unweighted relative error an encode measured (its SQNR), 0 when exact."""
-    sqnr = q.stats.get("sqnr_db", math.inf)
-    return 0.0 if sqnr == math.inf else 10 ** (-sqnr / 10)
-
-
-def exact_candidates(name: str, array: np.ndarray, tile: tuple[int, int], importance=None) -> list[Candidate]:
-    """Every candidate encoded for real: exact bytes (blobs plus average alignment padding)
-    and exact error (importance-weighted with importance). Used for tensors small enough that
-    this is cheap."""
-    w = np.asarray(array, dtype=np.float32)
-    view = view_2d(w.shape)
-    weights = None if importance is None else importance.weights(name, view)
-    found, refused = [], []
-    for rule in candidate_rules(view[0], importance is not None):
-        try:
-            q = encode_tensor(name, w, rule, importance)
-        except QuantizationError as exc:  # a rule that cannot hold these weights is not a candidate
-            refused.append(exc)
-            continue
-        blobs = chunks.submit(_plane_bytes, q, rule, tile)  # beside the next encode
-        error = _relative_error(q)
-        if weights is not None and error > 0:
-            flat, back = w.reshape(view).astype(np.float64), q.dequantize().reshape(view)
-            full = np.broadcast_to(weights, view)
-            error = float(np.sum(full * (flat - back) ** 2) / (np.sum(full * flat * flat) or 1.0))
-        found.append((rule, q, blobs, error))
-    out = [Candidate(rule, _stored_bytes(q, blobs.result()), error) for rule, q, blobs, error in found]
-    if refused and not out:  # no rule can hold it: say why
-        raise refused[0]
-    return out
 
 
 def candidates(name: str, array: np.ndarray, tile: tuple[int, int], importance=None) -> list[Candidate]:
@@ -118,65 +58,7 @@ def candidates(name: str, array: np.ndarray, tile: tuple[int, int], importance=N
     With importance the error is each layer's importance-weighted relative error."""
     if array.size <= EXACT_MAX:
         return exact_candidates(name, array, tile, importance)
-    return estimated_candidates(name, array, tile, importance)()
-
-
-def _estimate_from(method_name: str, summary, rules: list[Rule]):
-    return get_method(method_name).estimate_from(summary, rules)
-
-
-def _reused(method_name: str, result: Callable) -> Callable[[], list[tuple[float, float]]]:
-    """The estimates of a worker's result; what the method's encodes here may reuse is kept."""
-
-    def estimates() -> list[tuple[float, float]]:
-        found, shared = result()
-        get_method(method_name).reuse(shared)
-        return found
-
-    return estimates
-
-
-def estimated_candidates(
-    name: str, array: np.ndarray, tile: tuple[int, int], importance=None, processes=None
-) -> Callable[[], list[Candidate]]:
-    """A large tensor's candidates, estimated: its summaries are read here, the fits run in
-    a worker process when there is a pool (kformat.packing.processes); a callable that
-    returns the candidates."""
-    w = np.asarray(array, dtype=np.float32).reshape(view_2d(array.shape))
-    weights = None if importance is None else importance.weights(name, w.shape)
-    parts: list[tuple[list[Rule], Callable[[], list[tuple[float, float]]]] | list[Candidate]] = []
-    for method_name in ALLOCATION_METHODS:
-        method = get_method(method_name)
-        rules = method_candidates(method_name, w.shape[0], importance is not None)
-        if not rules:
-            continue
-        summary = None if processes is None else method.summarize(w, rules, tile, weights)
-        if summary is not None:
-            parts.append(
-                (rules, _reused(method_name, run(processes, _estimate_from, method_name, summary, rules)))
-            )
-            continue
-        estimates = (
-            method.estimate(w, rules, tile) if weights is None else method.estimate(w, rules, tile, weights)
-        )
-        if estimates is None:  # no estimate: encode for real
-            parts.append(
-                [c for c in exact_candidates(name, w, tile, importance) if c.rule.method == method_name]
-            )
-        else:
-            parts.append((rules, lambda estimates=estimates: estimates))
-
-    def result() -> list[Candidate]:
-        out = []
-        for part in parts:
-            if isinstance(part, list):
-                out += part
-            else:
-                rules, estimates = part
-                out += [Candidate(rule, size, error) for rule, (size, error) in zip(rules, estimates())]
-        return out
-
-    return result
+    return estimated_candidates(name, array, tile, importance)
 
 
 # A manifest entry (msgpack): its name, shape, rule, stats and about this much more, plus a
@@ -225,20 +107,6 @@ def _shrinkable(d, info, recipe: Recipe) -> bool:
         and np.dtype(info.dtype).itemsize > 2
         and math.prod(info.shape) < recipe.min_elements
     )
-
-
-def small_candidates(name: str, array: np.ndarray, rule: Rule, tile: tuple[int, int]) -> list[Candidate]:
-    """A small tensor kept raw by the recipe, as it is (no error) and as fp16 (same codec)
-    unless fp16 cannot hold it: exact bytes and relative error."""
-    w = np.asarray(array)
-    out = []
-    for option in (rule, Rule(method="fp16", codec=rule.codec)):
-        try:
-            q = encode_tensor(name, w, option)
-        except QuantizationError:  # past float16's range, or every value below it: raw only
-            continue
-        out.append(Candidate(option, _stored_bytes(q, _plane_bytes(q, option, tile)), _relative_error(q)))
-    return out
 
 
 def _warm(arrays: dict[str, np.ndarray], importance) -> None:
@@ -326,9 +194,12 @@ def estimate(
         shared = [] if processes is None else [f for i, f in enumerate(batches) if i % (workers + 1)]
         for first in shared:
             later(_seeds_kept(run(processes, _weigh_batch, load(batches[first]), tiles, importance)))
+        batch = Batch()  # large tensors summarized here, fitted together (in a worker, with a pool)
         for name in large:
-            result = estimated_candidates(name, load([name])[name], tiles[name], importance, processes)
-            later(lambda name=name, result=result: {name: result()})
+            batch.add(name, summarized(name, load([name])[name], tiles[name], importance))
+            if len(batch) == LARGE_BATCH or name == large[-1]:
+                later(batch.submit(processes))
+                batch = Batch()
         with ExitStack() as batch:
             for d in decisions:
                 if d.name in shrinkable:
