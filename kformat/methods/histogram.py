@@ -4,7 +4,7 @@ outliers kept as exact points either way."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +27,8 @@ class Histogram:
     core_lo: float = 0.0
     core_hi: float = 0.0
     width: float = 0.0
+    # merged copies by their number of bins (_rebin): every fit of a width asks for one
+    merged: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 # Above this many values the bins count an evenly strided sample (scaled up): 8M values put
@@ -159,9 +161,19 @@ def _bin_index(chunk: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray
 
 def _rebin(hist: Histogram, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Merge a fine histogram into at most `bins` coarse uniform bins over its core range
-    (means, counts); outlier points outside the core stay as they are."""
+    (means, counts); outlier points outside the core stay as they are. Kept on the histogram
+    (read-only): its fits of each width and the seed memo's key ask for the same ones."""
     if hist.points.size <= bins:
         return hist.points, hist.counts
+    if bins not in hist.merged:
+        points, counts = _merge(hist, bins)
+        points.setflags(write=False)
+        counts.setflags(write=False)
+        hist.merged[bins] = (points, counts)
+    return hist.merged[bins]
+
+
+def _merge(hist: Histogram, bins: int) -> tuple[np.ndarray, np.ndarray]:
     span = hist.core_hi - hist.core_lo
     inside = (hist.points >= hist.core_lo) & (hist.points <= hist.core_hi)
     points, weights = hist.points[inside], hist.counts[inside]
