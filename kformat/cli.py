@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             default=None,
             metavar="N",
-            help="encode N tensors at once (default: every core); the output is the same for any N",
+            help="encode N tensors at once (default: every core; with --target-size/--target-bits,"
+            " candidates are also weighed in N worker processes); the output is the same for any N",
         )
         p.add_argument(
             "--scheduler",
