@@ -136,3 +136,34 @@ def test_seeds_past_the_memo_cap_are_returned_not_kept(monkeypatch):
         assert len(kmeans_fit._MEMO.found) == 1
         assert all(np.array_equal(a, b) for a, b in zip(first, kmeans_fit.seeds(hists, 16)))
     assert not kmeans_fit._MEMO.found and kmeans_fit._MEMO.bytes == 0
+
+
+def test_allocation_rounds_reuse_the_histograms_weighing_read(tmp_path, monkeypatch):
+    """A large tensor given a per-tensor rule is not read again to bin it: the pack finds the
+    histogram weighing read (the same one: the file is the same as without it)."""
+    from kformat.methods import histogram as hist_module
+    from kformat.packing import allocate, weighing
+
+    rng = np.random.default_rng(6)  # 100 rows: no per-group candidates
+    weights = {"big.weight": (rng.standard_t(5, (100, 11_000)) * 0.05).astype(np.float32)}
+    assert weights["big.weight"].size > weighing.EXACT_MAX
+    binned, weighed = [], []
+    real_histogram, real_estimate = hist_module.histogram, allocate.estimate
+
+    def histogram(values, *args, **kwargs):
+        if weighed and values.size == weights["big.weight"].size:
+            binned.append(values.size)
+        return real_histogram(values, *args, **kwargs)
+
+    monkeypatch.setattr(kmeans_fit, "histogram", histogram)
+    monkeypatch.setattr(allocate, "estimate", lambda *a: (real_estimate(*a), weighed.append(1))[0])
+    kformat.pack(weights, tmp_path / "a.kf", "fp16", target_bits=4.0, jobs=1)
+    with kformat.open(str(tmp_path / "a.kf")) as f:
+        quant = f["big.weight"].entry.quant
+        rule = f"kmeans:{quant.bits}"
+    assert quant.method == "kmeans" and quant.group_rows >= 100  # one codebook: a per-tensor rule
+    assert weighed and binned == []
+    monkeypatch.setattr(kmeans_fit, "histogram", real_histogram)
+    kformat.pack(weights, tmp_path / "direct.kf", "fp16", rules=[f"big.weight={rule}"])
+    with kformat.open(str(tmp_path / "a.kf")) as a, kformat.open(str(tmp_path / "direct.kf")) as d:
+        assert np.array_equal(a["big.weight"].numpy(), d["big.weight"].numpy())

@@ -227,11 +227,17 @@ class Method:
         return None
 
     def summarize(
-        self, w: np.ndarray, rules: list["Rule"], tile: tuple[int, int], weights: np.ndarray | None = None
+        self,
+        w: np.ndarray,
+        rules: list["Rule"],
+        tile: tuple[int, int],
+        weights: np.ndarray | None = None,
+        name: str | None = None,
     ) -> object | None:
         """What `estimate_from` needs of a large tensor to estimate `rules`: small and picklable,
         read in large numpy passes, so that the fits (which hold the GIL) may run in another
-        process. None (the default): `estimate` runs in place."""
+        process (`name`: the tensor's, for what the method keeps of it for its encode). None
+        (the default): `estimate` runs in place."""
         return None
 
     def estimate_from(

@@ -78,6 +78,12 @@ class KMeans(Method):
         def fit_source(g):
             r0, r1 = spans[g]
             block_mask = None if mask is None else mask[r0:r1]
+            if groups == 1 and mask is None and divisor is None:  # weighed already (allocation)?
+                hist = kmeans_fit.remembered_histogram(
+                    kmeans_allocation.whole_key(name, weights is not None, w.shape)
+                )
+                if hist is not None and hist.points.size:
+                    return hist, k, False
             return kmeans_fit.group_source(source(r0, r1), block_mask, k, group_weights(r0, r1))
 
         fits = each_group(fit_source)
@@ -192,8 +198,8 @@ class KMeans(Method):
     def estimate(self, w, rules, tile, weights=None):
         return kmeans_allocation.estimate(w, rules, tile, weights)
 
-    def summarize(self, w, rules, tile, weights=None):
-        return kmeans_allocation.summarize(w, rules, tile, weights)
+    def summarize(self, w, rules, tile, weights=None, name=None):
+        return kmeans_allocation.summarize(w, rules, tile, weights, name)
 
     def estimate_from(self, items):
         with kmeans_fit.remembered_seeds():  # handed back: the chosen rule's encode finds its seed

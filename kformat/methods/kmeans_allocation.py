@@ -159,10 +159,13 @@ class Summary:
     groups: dict[int, tuple[np.ndarray, np.ndarray, list]]  # rows per group -> picks, stands, hists
 
 
-def summarize(w, rules, tile, weights=None) -> Summary:
-    """The Summary of a 2-D tensor for `rules` (importance `weights` broadcastable to it)."""
+def summarize(w, rules, tile, weights=None, name: str | None = None) -> Summary:
+    """The Summary of a 2-D tensor for `rules` (importance `weights` broadcastable to it);
+    its histogram is remembered under `name` for the encode of a per-tensor rule."""
     full = None if weights is None else np.broadcast_to(weights, w.shape)
-    hist = kmeans_fit.histogram(w, weights=full)
+    hist = group_source(w, None, 2, full)[0]  # as encode bins the whole tensor
+    if name is not None:
+        kmeans_fit.remember_histogram(whole_key(name, full is not None, w.shape), hist)
     row_mass = None if full is None else full.sum(axis=1, dtype=np.float64)
     groups = {}
     for rule in rules:
@@ -192,6 +195,12 @@ def summarize(w, rules, tile, weights=None) -> Summary:
         probe=_probe(w),
         groups=groups,
     )
+
+
+def whole_key(name: str, weighted: bool, shape: tuple[int, ...]) -> tuple:
+    """The key a whole tensor's histogram (as group_source bins it) is remembered under."""
+    size = math.prod(shape)
+    return (name, weighted, tuple(shape), min(kmeans_fit.FINE_BINS, max(1024, size // 8)))
 
 
 def estimate_from(summary: Summary, rules) -> list[tuple[float, float]]:

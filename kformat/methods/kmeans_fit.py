@@ -186,7 +186,8 @@ class _SeedMemo:
         self.lock = threading.Lock()
         self.users = 0
         self.found: dict[tuple[int, bytes], np.ndarray] = {}
-        self.bytes = 0  # of the seeds kept: at most MEMO_BYTES, later ones are not kept
+        self.histograms: dict[tuple, Histogram] = {}  # a named tensor's, by (name, weighted, shape, bins)
+        self.bytes = 0  # of the seeds and histograms kept: at most MEMO_BYTES, later ones are not kept
 
 
 MEMO_BYTES = 32 << 20  # a model's every candidate fit keeps far less; a cap for huge ones
@@ -219,6 +220,7 @@ def remembered_seeds() -> Iterator[None]:
             _MEMO.users -= 1
             if not _MEMO.users:
                 _MEMO.found.clear()
+                _MEMO.histograms.clear()
                 _MEMO.bytes = 0
 
 
@@ -241,6 +243,23 @@ def keep_seeds(found: dict) -> None:
                 seed.setflags(write=False)
                 _MEMO.found[key] = seed
                 _MEMO.bytes += seed.nbytes + 64
+
+
+def remember_histogram(key: tuple, hist: Histogram) -> None:
+    """Keep a whole tensor's histogram under `key` (its name, whether importance-weighted, its
+    shape, the bins) while remembered_seeds is on: allocation's weighing reads it, and the
+    pack of the chosen rule finds it instead of reading the tensor again (one source, so a
+    name stands for the same values throughout)."""
+    size = hist.points.nbytes + hist.counts.nbytes
+    with _MEMO.lock:
+        if _MEMO.users and key not in _MEMO.histograms and _MEMO.bytes + size <= MEMO_BYTES:
+            _MEMO.histograms[key] = hist
+            _MEMO.bytes += size
+
+
+def remembered_histogram(key: tuple) -> Histogram | None:
+    with _MEMO.lock:
+        return _MEMO.histograms.get(key) if _MEMO.users else None
 
 
 def _key(problem: tuple[np.ndarray, np.ndarray], k: int) -> tuple[int, bytes]:

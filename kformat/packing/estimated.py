@@ -34,7 +34,7 @@ def summarized(name: str, array: np.ndarray, tile: tuple[int, int], importance=N
         rules = method_candidates(method_name, w.shape[0], importance is not None)
         if not rules:
             continue
-        summary = method.summarize(w, rules, tile, weights)
+        summary = method.summarize(w, rules, tile, weights, name)
         if summary is not None:
             parts.append((method_name, rules, summary))
             continue
