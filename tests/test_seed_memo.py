@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kformat
-from kformat.methods import kmeans_fit, kmeans_pieces
+from kformat.methods import kmeans_fit, kmeans_memo, kmeans_pieces
 from kformat.methods.kmeans import KMeans
 
 
@@ -130,12 +130,12 @@ def test_allocation_rounds_reuse_the_seeds_weighing_found(tmp_path, monkeypatch)
 def test_seeds_past_the_memo_cap_are_returned_not_kept(monkeypatch):
     rng = np.random.default_rng(2)
     hists = [kmeans_fit.histogram(rng.standard_normal(5000).astype(np.float32)) for _ in range(2)]
-    monkeypatch.setattr(kmeans_fit, "MEMO_BYTES", 200)  # room for one 16-entry seed
+    monkeypatch.setattr(kmeans_memo, "MEMO_BYTES", 200)  # room for one 16-entry seed
     with kmeans_fit.remembered_seeds():
         first = kmeans_fit.seeds(hists, 16)
-        assert len(kmeans_fit._MEMO.found) == 1
+        assert len(kmeans_memo._MEMO.found) == 1
         assert all(np.array_equal(a, b) for a, b in zip(first, kmeans_fit.seeds(hists, 16)))
-    assert not kmeans_fit._MEMO.found and kmeans_fit._MEMO.bytes == 0
+    assert not kmeans_memo._MEMO.found and kmeans_memo._MEMO.bytes == 0
 
 
 def test_allocation_rounds_reuse_the_histograms_weighing_read(tmp_path, monkeypatch):

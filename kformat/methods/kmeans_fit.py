@@ -20,15 +20,19 @@ Centroids are kept sorted, so codes are ordered like the values they stand for.
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
-from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 
 from .histogram import FINE_BINS, SAMPLE_VALUES, Histogram, _rebin, histogram  # noqa: F401 (re-exported)
+from . import kmeans_memo
 from .kmeans_codes import boundaries
+from .kmeans_memo import (  # noqa: F401 (re-exported: what allocation keeps while it runs)
+    keep_seeds,
+    remember_histogram,
+    remembered_histogram,
+    remembered_seeds,
+    seeds_kept,
+)
 from .kmeans_pieces import seed_in_pieces
 
 DP_POINTS = 4096  # the exact DP runs on the histogram merged into this many bins
@@ -179,89 +183,6 @@ def dp_points(hist: Histogram, k: int) -> tuple[np.ndarray, np.ndarray]:
     return _rebin(hist, min(DP_POINTS, 32 * k))
 
 
-class _SeedMemo:
-    """Seeds by (k, the merged points' bytes), kept while `remembered_seeds` is active."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.users = 0
-        self.found: dict[tuple[int, bytes], np.ndarray] = {}
-        self.histograms: dict[tuple, Histogram] = {}  # a named tensor's, by (name, weighted, shape, bins)
-        self.bytes = 0  # of the seeds and histograms kept: at most MEMO_BYTES, later ones are not kept
-
-
-MEMO_BYTES = 32 << 20  # a model's every candidate fit keeps far less; a cap for huge ones
-
-
-_MEMO = _SeedMemo()
-
-
-def _new_memo_after_fork() -> None:  # its lock may have been held when this process forked
-    global _MEMO
-    _MEMO = _SeedMemo()
-
-
-os.register_at_fork(after_in_child=_new_memo_after_fork)
-
-
-@contextmanager
-def remembered_seeds() -> Iterator[None]:
-    """Keep every seed computed meanwhile, so a later fit of the same merged histogram and
-    k reuses it. Bit allocation computes the seeds of many tensors' histograms in one batch
-    first (much fewer numpy passes than one by one: 3.7x at k = 32 over MiniLM's 39
-    matrices), then encodes each candidate, whose fits find them here. The key is the
-    content of the merged points, so a fit never gets another histogram's seed."""
-    with _MEMO.lock:
-        _MEMO.users += 1
-    try:
-        yield
-    finally:
-        with _MEMO.lock:
-            _MEMO.users -= 1
-            if not _MEMO.users:
-                _MEMO.found.clear()
-                _MEMO.histograms.clear()
-                _MEMO.bytes = 0
-
-
-def seeds_kept() -> dict:
-    """The seeds remembered so far (a copy): what a worker process that weighed a tensor hands
-    back, so that this process's encodes find them (keep_seeds)."""
-    with _MEMO.lock:
-        return dict(_MEMO.found)
-
-
-def keep_seeds(found: dict) -> None:
-    """Remember seeds computed elsewhere (seeds_kept), while remembered_seeds is on."""
-    with _MEMO.lock:
-        if not _MEMO.users:
-            return
-        for key, seed in found.items():
-            if _MEMO.bytes + seed.nbytes > MEMO_BYTES:
-                break
-            if key not in _MEMO.found:
-                seed.setflags(write=False)
-                _MEMO.found[key] = seed
-                _MEMO.bytes += seed.nbytes + 64
-
-
-def remember_histogram(key: tuple, hist: Histogram) -> None:
-    """Keep a whole tensor's histogram under `key` (its name, whether importance-weighted, its
-    shape, the bins) while remembered_seeds is on: allocation's weighing reads it, and the
-    pack of the chosen rule finds it instead of reading the tensor again (one source, so a
-    name stands for the same values throughout)."""
-    size = hist.points.nbytes + hist.counts.nbytes
-    with _MEMO.lock:
-        if _MEMO.users and key not in _MEMO.histograms and _MEMO.bytes + size <= MEMO_BYTES:
-            _MEMO.histograms[key] = hist
-            _MEMO.bytes += size
-
-
-def remembered_histogram(key: tuple) -> Histogram | None:
-    with _MEMO.lock:
-        return _MEMO.histograms.get(key) if _MEMO.users else None
-
-
 def _key(problem: tuple[np.ndarray, np.ndarray], k: int) -> tuple[int, bytes]:
     points, weights = problem
     digest = hashlib.blake2b(np.ascontiguousarray(points, np.float64).tobytes(), digest_size=20)
@@ -273,21 +194,17 @@ def seeds(hists: list[Histogram], k: int) -> list[np.ndarray]:
     """DP seeds of several histograms (the groups of a tensor), in one batch: exact, or in
     pieces for wide codebooks (kmeans_pieces); remembered while `remembered_seeds` is on."""
     problems = [dp_points(h, k) for h in hists]
-    if not _MEMO.users:
+    if not kmeans_memo.active():
         return seed_in_pieces(problems, k)
     keys = [_key(p, k) for p in problems]
-    with _MEMO.lock:
-        known = [_MEMO.found.get(key) for key in keys]
+    known = kmeans_memo.known_seeds(keys)
     missing = [i for i, seed in enumerate(known) if seed is None]
     if missing:
         fresh = seed_in_pieces([problems[i] for i in missing], k)
-        with _MEMO.lock:
-            for i, seed in zip(missing, fresh):
-                seed.setflags(write=False)  # shared by every fit that finds it
-                known[i] = seed
-                if _MEMO.bytes + seed.nbytes <= MEMO_BYTES and keys[i] not in _MEMO.found:
-                    _MEMO.found[keys[i]] = seed
-                    _MEMO.bytes += seed.nbytes + 64
+        for i, seed in zip(missing, fresh):
+            seed.setflags(write=False)  # shared by every fit that finds it
+            known[i] = seed
+        kmeans_memo.keep_seeds({keys[i]: known[i] for i in missing})
     return known
 
 
