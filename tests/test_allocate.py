@@ -444,3 +444,21 @@ def test_the_first_round_is_aimed_a_little_below_the_target(tmp_path, monkeypatc
     assert margin == allocate.AIM_BELOW * target > 0
     first = real(options, fixed, target, margin)
     assert first.estimated_bytes <= target * (1 - allocate.AIM_BELOW)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("where", ["gauss.weight", "big.weight"])  # encoded / estimated
+def test_a_non_finite_weight_is_a_clear_error_under_a_size_target(tmp_path, monkeypatch, jobs, bad, where):
+    """A NaN in a tensor allocation estimates (not encodes) made a ValueError in its
+    histogram; now the same QuantizationError as an encode, for any --jobs, nothing left."""
+    from kformat.errors import QuantizationError
+    from kformat.packing import weighing
+
+    monkeypatch.setattr(weighing, "EXACT_MAX", 50_000)
+    weights = heterogeneous()
+    weights["big.weight"] = np.random.default_rng(2).standard_normal((300, 200)).astype(np.float32)
+    weights[where].reshape(-1)[17] = bad
+    with pytest.raises(QuantizationError, match=f"{where}.*not finite"):
+        kformat.pack(weights, tmp_path / "a.kf", "fp16", target_bits=4.0, jobs=jobs)
+    assert list(tmp_path.iterdir()) == []

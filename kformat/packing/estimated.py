@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ..methods import get_method, view_2d
+from .encode import check_finite
 from .exact import ALLOCATION_METHODS, exact_candidates, method_candidates
 from .knapsack import Candidate
 from .processes import run
@@ -27,6 +28,7 @@ def summarized(name: str, array: np.ndarray, tile: tuple[int, int], importance=N
     """A large tensor's candidates, per method: estimated here when the method has no summary,
     encoded for real when it has no estimate, else its summary to fit."""
     w = np.asarray(array, dtype=np.float32).reshape(view_2d(array.shape))
+    check_finite(name, w)  # as every candidate's encode would (a NaN broke the histogram)
     weights = None if importance is None else importance.weights(name, w.shape)
     parts: list[Part] = []
     for method_name in ALLOCATION_METHODS:

@@ -38,6 +38,7 @@ from ..methods.metrics import TILE_OVERHEAD, tile_count
 from ..progress import Tracker
 from ..recipe import Recipe, Rule, is_float_dtype, plan
 from ..sources import TensorSource, find_aliases
+from .encode import check_finite
 from .estimated import Batch, estimated_candidates, summarized
 from .exact import ALLOCATION_METHODS, candidate_rules, exact_candidates, method_candidates, small_candidates
 from .knapsack import Candidate
@@ -116,6 +117,7 @@ def _warm(arrays: dict[str, np.ndarray], importance) -> None:
     for name, array in arrays.items():
         view = view_2d(array.shape)
         w = np.ascontiguousarray(array, dtype=np.float32).reshape(view)  # as encode_tensor has it
+        check_finite(name, w)  # as every candidate's encode would (an inf broke the histogram)
         loaded.append((w, None if importance is None else importance.weights(name, view)))
     for method_name in ALLOCATION_METHODS:
         problems = [
