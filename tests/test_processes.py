@@ -112,3 +112,18 @@ def test_batches_of_small_tensors_weighed_in_workers_write_the_same_bytes(tmp_pa
     kformat.pack(model(), tmp_path / "two.kf", "fp16", target_bits=3.0, jobs=2)
     assert sent.count("_weigh_batch") == 2  # of the 4 weight matrices' batches, 2 in workers
     assert (tmp_path / "one.kf").read_bytes() == (tmp_path / "two.kf").read_bytes()
+
+
+def _pack_in_a_daemon(path: str) -> int:
+    return kformat.pack(model(), path, "fp16", target_bits=3.5, jobs=2).bytes
+
+
+def test_a_daemonic_process_weighs_without_workers(tmp_path):
+    """A multiprocessing.Pool worker may not have children: allocation there weighs in the
+    process itself (it raised AssertionError), and writes the same file."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        pool.apply(_pack_in_a_daemon, (str(tmp_path / "daemon.kf"),))
+    kformat.pack(model(), tmp_path / "here.kf", "fp16", target_bits=3.5, jobs=2)
+    assert (tmp_path / "daemon.kf").read_bytes() == (tmp_path / "here.kf").read_bytes()

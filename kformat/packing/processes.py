@@ -17,6 +17,7 @@ the same numbers either way (pure functions of the summary).
 from __future__ import annotations
 
 import multiprocessing
+import os
 import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -30,8 +31,14 @@ T = TypeVar("T")
 
 @contextmanager
 def worker_processes(count: int) -> Iterator[Executor | None]:
-    """A pool of `count` forked processes, started now; None for none, or without fork."""
-    if count < 1 or "fork" not in multiprocessing.get_all_start_methods():
+    """A pool of `count` forked processes (at most one per core), started now; None for none,
+    without fork, or in a daemonic process (a multiprocessing.Pool worker may have none)."""
+    count = min(count, os.cpu_count() or 1)
+    if (
+        count < 1
+        or "fork" not in multiprocessing.get_all_start_methods()
+        or multiprocessing.current_process().daemon
+    ):
         yield None
         return
     try:
@@ -39,7 +46,7 @@ def worker_processes(count: int) -> Iterator[Executor | None]:
             warnings.simplefilter("ignore", DeprecationWarning)
             pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"))
             pool.submit(int).result()  # forks every worker now, before any thread of ours works
-    except (OSError, BrokenProcessPool) as exc:
+    except Exception as exc:  # no processes here (limits, sandboxes): the same work in this one
         log.info("estimates in this process: worker processes did not start (%s)", exc)
         yield None
         return
