@@ -6,9 +6,9 @@ small numpy calls that hold the GIL, so threads do not run them side by side. Th
 make a Summary of a few MB (kformat.methods.kmeans_allocation) that a worker process fits
 while this one reads the next tensor.
 
-Workers are forked, which needs no import of the caller's __main__ (spawn and forkserver
-import it again, running an unguarded script's top level in every worker), and forked
-before this process starts any thread of its own work. Modules whose locks or thread pools
+Workers are forked (on Linux), which needs no import of the caller's __main__ (spawn and
+forkserver import it again, running an unguarded script's top level in every worker), and
+forked before this process starts any thread of its own work. Modules whose locks or thread pools
 a child inherits reset them at fork (chunks, kmeans_dp, kmeans_fit). Where fork is
 unavailable, or the pool cannot start, the fits run in this process: the estimates are
 the same numbers either way (pure functions of the summary).
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -36,6 +37,7 @@ def worker_processes(count: int) -> Iterator[Executor | None]:
     count = min(count, os.cpu_count() or 1)
     if (
         count < 1
+        or not sys.platform.startswith("linux")  # (fork is unsafe with macOS system libraries)
         or "fork" not in multiprocessing.get_all_start_methods()
         or multiprocessing.current_process().daemon
     ):
