@@ -1,17 +1,18 @@
-"""Worker processes for the GIL-bound part of bit allocation's estimates.
+"""Worker processes for the GIL-bound part of bit allocation's weighing.
 
 A large tensor's estimates are a few large numpy passes (its histograms: they release the
 GIL and run on the chunk pool's threads) and then the fits of every candidate: thousands of
 small numpy calls that hold the GIL, so threads do not run them side by side. The passes
 make a Summary of a few MB (kformat.methods.kmeans_allocation) that a worker process fits
-while this one reads the next tensor.
+while this one reads the next tensor; batches of small tensors, encoded under every
+candidate, are sent whole (kformat.packing.weighing).
 
-Workers are forked (on Linux), which needs no import of the caller's __main__ (spawn and
-forkserver import it again, running an unguarded script's top level in every worker), and
-forked before this process starts any thread of its own work. Modules whose locks or thread pools
-a child inherits reset them at fork (chunks, kmeans_dp, kmeans_fit). Where fork is
-unavailable, or the pool cannot start, the fits run in this process: the estimates are
-the same numbers either way (pure functions of the summary).
+Workers are forked (on Linux only, at most one per core, never from a daemonic process),
+which needs no import of the caller's __main__ (spawn and forkserver import it again,
+running an unguarded script's top level in every worker), and forked before this process
+starts any thread of its own work. Modules whose locks, memo or thread pool a child
+inherits reset them at fork (chunks, kmeans_dp, kmeans_memo). Where workers cannot start,
+or one dies, the work runs in this process: the same numbers either way.
 """
 
 from __future__ import annotations
