@@ -13,8 +13,9 @@ from a value histogram: the error by assigning histogram bins to the fitted cent
 size from the code entropy times the planes' overhead over it, measured by coding and
 compressing a probe of the tensor (kmeans_allocation._plane_overhead: within 0.3% on VGG16,
 where a constant 1.02 was 1.3% high), plus codebooks and per-tile overhead. The histograms
-are read here and the fits, which hold the GIL, run in worker processes with `jobs` > 1
-(kformat.packing.processes: VGG16's weighing at two jobs 1.9 s, was 3.0 s). With
+are read here (kformat.packing.estimated) and the fits, which hold the GIL, run in worker
+processes with `jobs` > 1 (kformat.packing.processes: VGG16's weighing at two jobs 1.6 s,
+was 3.0 s in threads). With
 importance, errors are importance-weighted and each tensor's is scaled by its measured
 sensitivity.
 
@@ -153,11 +154,11 @@ def estimate(
 
     With `jobs` > 1 the GIL-bound work runs in `jobs` worker processes as well as here
     (kformat.packing.processes): every large tensor is read and summarized here and fitted
-    in a worker, while the tensors encoded under every candidate (up to EXACT_MAX elements)
-    go WARM_BATCH at a time, their shared work done for the batch first, one batch in
-    (workers + 1) here (its encodes on the chunk pool's threads) and the others in workers.
-    At most IN_FLIGHT tasks per job are outstanding. `progress` hears of each tensor
-    weighed ("weighing NAME")."""
+    in a worker (LARGE_BATCH at a time), while the tensors encoded under every candidate
+    (up to EXACT_MAX elements) go WARM_BATCH at a time, their shared work done for the batch
+    first, one batch in (workers + 1) here (its encodes on the chunk pool's threads) and the
+    others in workers. At most IN_FLIGHT tasks per job are outstanding. `progress` hears of
+    each tensor weighed ("weighing NAME")."""
     aliases = find_aliases(source)  # stored once: not a second candidate
     infos = {t.name: t for t in source.tensors() if t.name not in aliases}
     decisions, _ = plan(recipe, [(t.name, t.shape, t.dtype) for t in infos.values()])
