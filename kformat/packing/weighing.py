@@ -49,7 +49,7 @@ __all__ = ["candidate_rules", "estimate", "estimated_candidates", "exact_candida
 
 EXACT_MAX = 1 << 20  # tensors up to this many elements are encoded for real under every candidate
 WARM_BATCH = 16  # small tensors whose shared work (k-means seeds) is done together
-IN_FLIGHT = 8  # tasks waiting for (or in) each worker process
+IN_FLIGHT = 2  # tasks outstanding per job: each may hold a batch of small tensors (16 x 4 MB)
 LARGE_BATCH = 3  # large tensors fitted together (their seeds in one programme per width)
 FIRST_ORDER_ERROR = 0.1  # relative error (10 dB) beyond which a candidate's error is grown
 
