@@ -127,3 +127,30 @@ def test_a_daemonic_process_weighs_without_workers(tmp_path):
         pool.apply(_pack_in_a_daemon, (str(tmp_path / "daemon.kf"),))
     kformat.pack(model(), tmp_path / "here.kf", "fp16", target_bits=3.5, jobs=2)
     assert (tmp_path / "daemon.kf").read_bytes() == (tmp_path / "here.kf").read_bytes()
+
+
+def test_work_in_flight_is_bounded_and_the_oldest_settled_first(tmp_path, monkeypatch):
+    """At most IN_FLIGHT tasks per job wait for workers (each may hold a batch of small
+    tensors): past it the oldest is taken first, and the file is still the one-job file."""
+    monkeypatch.setattr(weighing, "WARM_BATCH", 1)
+    monkeypatch.setattr(weighing, "IN_FLIGHT", 1)
+    weights = {**model(), **{f"extra{i}.weight": w for i, w in enumerate(model().values())}}
+    kformat.pack(weights, tmp_path / "one.kf", "fp16", target_bits=3.0, jobs=1)
+    sent, taken, most = [], [], [0]
+    real_run = weighing.run
+
+    def run(pool, fn, *args):
+        task = real_run(pool, fn, *args)
+        sent.append(task)
+
+        def result():
+            taken.append(task)
+            return task()
+
+        most[0] = max(most[0], len(sent) - len(taken))
+        return result
+
+    monkeypatch.setattr(weighing, "run", run)
+    kformat.pack(weights, tmp_path / "two.kf", "fp16", target_bits=3.0, jobs=2)
+    assert len(sent) > 4 and most[0] <= 1 * 2 + 1  # (counted as a task is sent, before the oldest is taken)
+    assert (tmp_path / "one.kf").read_bytes() == (tmp_path / "two.kf").read_bytes()
