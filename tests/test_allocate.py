@@ -462,3 +462,42 @@ def test_a_non_finite_weight_is_a_clear_error_under_a_size_target(tmp_path, monk
     with pytest.raises(QuantizationError, match=f"{where}.*not finite"):
         kformat.pack(weights, tmp_path / "a.kf", "fp16", target_bits=4.0, jobs=jobs)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_estimated_candidates_drop_the_rules_encode_refuses(tmp_path, monkeypatch, jobs):
+    """A tensor allocation estimates (not encodes) whose values all lie below float16's
+    normal range: codebooks in float16 are refused by encode, so they are no candidates and
+    it goes fp16, as a tensor encoded under every candidate does (the pack used to fail)."""
+    from kformat.packing import weighing
+
+    monkeypatch.setattr(weighing, "EXACT_MAX", 20_000)
+    rng = np.random.default_rng(9)
+    weights = {
+        "big.weight": (rng.standard_normal((300, 200)) * 1e-5).astype(np.float32),  # estimated
+        "small.weight": (rng.standard_normal((100, 100)) * 1e-5).astype(np.float32),  # encoded
+        "other.weight": rng.standard_normal((100, 100)).astype(np.float32),
+    }
+    from kformat.packing.estimated import estimated_candidates
+
+    found = estimated_candidates("big.weight", weights["big.weight"], (1024, 1024))
+    assert {c.rule.method for c in found if np.isfinite(c.error)} == {"fp16"}
+    kformat.pack(weights, tmp_path / "a.kf", "fp16", target_bits=17.5, jobs=jobs)
+    with kformat.open(str(tmp_path / "a.kf")) as f:
+        assert f["big.weight"].entry.quant.method == f["small.weight"].entry.quant.method == "fp16"
+        assert np.allclose(f["big.weight"].numpy(), weights["big.weight"], rtol=0, atol=1e-7)
+
+
+def test_a_tensor_no_estimated_candidate_can_hold_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from kformat.packing import weighing
+
+    monkeypatch.setattr(weighing, "EXACT_MAX", 20_000)
+    rng = np.random.default_rng(10)
+    weights = {"big.weight": (rng.standard_normal((300, 200)) * 1e6).astype(np.float32)}
+    weights["other.weight"] = rng.standard_normal((100, 100)).astype(np.float32)
+    np.savez(tmp_path / "m.npz", **weights)
+    code = main(["pack", str(tmp_path / "m.npz"), "-o", str(tmp_path / "a.kf"), "--target-bits", "6"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'big.weight'" in err and "--rule 'big.weight=raw'" in err and "Traceback" not in err
+    assert not (tmp_path / "a.kf").exists()
+    kformat.pack(weights, tmp_path / "b.kf", "fp16", rules=["big.weight=raw"], target_size=300_000)  # as said

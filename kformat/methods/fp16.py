@@ -76,10 +76,11 @@ class Fp16(Method):
         size = 2.0 * w.size + tile_count(w.shape, tile) * TILE_OVERHEAD
         full = None if weights is None else np.broadcast_to(weights, w.shape)
         stride = max(1, w.size // SAMPLE_VALUES)
+        lo, hi = value_range(w.reshape(-1))
+        largest = max(-lo, hi)
+        if largest > FP16_MAX or (largest > 0 and np.float16(largest) == 0):  # encode refuses it
+            return [(size, math.inf) for _ in rules]
         if stride > 1:
-            lo, hi = value_range(w.reshape(-1))
-            if max(-lo, hi) > FP16_MAX:  # encode refuses it
-                return [(size, math.inf) for _ in rules]
             w, full = w[::stride], None if full is None else full[::stride]
         rows = w.shape[0]
 

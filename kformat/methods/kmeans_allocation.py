@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kmeans_codes, kmeans_fit
-from .base import group_rows_for
+from .base import FP16_MAX, FP16_NORMAL, group_rows_for
 from .chunks import spans
 from .kmeans_fit import group_source, rows_of, stored_centroids
 from .metrics import PNG_OVERHEAD, TILE_OVERHEAD, entropy_bytes, tile_count
@@ -219,7 +219,8 @@ def estimate_from(summary: Summary, rules) -> list[tuple[float, float]]:
             if rule.ecq is None:
                 overheads[bits] = overhead
             size = entropy_bytes(counts) * overhead + (1 << bits) * 2 + summary.tiles * _tile_overhead(bits)
-            out.append((size, noise / summary.signal))
+            refused = _refused(np.abs(fit[0]).max(initial=0), np.abs(fit[0]).max(initial=0), dtype)
+            out.append((size, math.inf if refused else noise / summary.signal))
             continue
         overhead = overheads.get(bits, PNG_OVERHEAD)  # the per-tensor fit's of this width
         out.append(_estimate_groups(summary, rule, overhead))
@@ -283,12 +284,24 @@ def _estimate_groups(summary: Summary, rule, overhead: float) -> tuple[float, fl
     picks, stands, hists = summary.groups[group]
     batch = [i for i, (h, _) in enumerate(hists) if h is not None and h.points.size > k]
     seeded = dict(zip(batch, kmeans_fit.seeds([hists[i][0] for i in batch], k)))
-    noise = entropy = 0.0
+    noise = entropy = largest = 0.0
     for i, ((hist, plain), weight) in enumerate(zip(hists, stands)):
         if hist is None:  # (no values: never, as groups are not pruned here)
             continue
-        part, counts, _ = _estimate(hist, k, False, plain, seed=seeded.get(i))
+        part, counts, (centroids, _) = _estimate(hist, k, False, plain, seed=seeded.get(i))
         noise += part * weight
         entropy += entropy_bytes(counts) * weight
+        largest = max(largest, float(np.abs(centroids).max(initial=0)))
     size = entropy * overhead + groups * k * 2 + summary.tiles * _tile_overhead(bits)
-    return size, noise / summary.signal
+    # the groups not sampled may hold a larger entry than those sampled: judge by the values
+    spread = max(abs(summary.hist.lo), abs(summary.hist.hi))
+    refused = _refused(largest, spread, np.dtype(rule.codebook_dtype))
+    return size, math.inf if refused else noise / summary.signal
+
+
+def _refused(largest_entry: float, largest_value: float, dtype: np.dtype) -> bool:
+    """Whether encode refuses these codebooks (as a small tensor's candidate it would not be
+    one): past float16's range, or every entry below its normal range (precision lost)."""
+    if dtype != np.float16:
+        return False
+    return largest_entry > FP16_MAX or 0 < largest_value < FP16_NORMAL

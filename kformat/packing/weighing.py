@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import KFormatError
+from ..errors import KFormatError, QuantizationError
 from ..methods import chunks, get_method, kmeans_fit, view_2d
 from ..methods.metrics import TILE_OVERHEAD, tile_count
 from ..progress import Tracker
@@ -230,6 +230,12 @@ def estimate(
     for d in decisions:  # in the model's order
         if d.name not in found:
             continue
+        if found[d.name] and not any(math.isfinite(c.error) for c in found[d.name]):
+            raise QuantizationError(
+                f"tensor {d.name!r}: no rule allocation weighs can hold its values (float16, and"
+                " codebooks in float16: past ±65504, or every value below float16's range); give"
+                f" it a rule of its own, e.g. --rule '{d.name}=raw'"
+            )
         options[d.name] = found[d.name]
         if importance is not None and d.name in chosen:  # output error per unit of the layer's
             weight = importance.sensitivity(d.name)  # ... to first order
