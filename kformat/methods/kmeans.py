@@ -204,7 +204,7 @@ class KMeans(Method):
     def estimate_from(self, items):
         with kmeans_fit.remembered_seeds():  # handed back: the chosen rule's encode finds its seed
             kmeans_allocation.warm_summaries(items)
-            estimates = [kmeans_allocation.estimate_from(summary, rules) for summary, rules in items]
+            estimates = [kmeans_allocation.estimate_summary(summary, rules) for summary, rules in items]
             return estimates, kmeans_fit.seeds_kept()
 
     def reuse(self, shared) -> None:

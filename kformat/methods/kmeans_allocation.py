@@ -203,7 +203,7 @@ def whole_key(name: str, weighted: bool, shape: tuple[int, ...]) -> tuple:
     return (name, weighted, tuple(shape), min(kmeans_fit.FINE_BINS, max(1024, size // 8)))
 
 
-def estimate_from(summary: Summary, rules) -> list[tuple[float, float]]:
+def estimate_summary(summary: Summary, rules) -> list[tuple[float, float]]:
     """(bytes, relative error) of each rule from the tensor's Summary: per-tensor rules from
     its histogram; per-group rules from a sample of its groups (_sampled_groups). Size is
     the code entropy times the planes' measured overhead, plus codebooks and tile overhead.
@@ -245,7 +245,7 @@ def warm_summaries(items: list[tuple[Summary, list]]) -> None:
 
 
 def estimate(w, rules, tile, weights=None) -> list[tuple[float, float]]:
-    return estimate_from(summarize(w, rules, tile, weights), rules)
+    return estimate_summary(summarize(w, rules, tile, weights), rules)
 
 
 def _power(hist: kmeans_fit.Histogram) -> float:
