@@ -198,9 +198,9 @@ def summarize(w, rules, tile, weights=None, name: str | None = None) -> Summary:
 
 
 def whole_key(name: str, weighted: bool, shape: tuple[int, ...]) -> tuple:
-    """The key a whole tensor's histogram (as group_source bins it) is remembered under."""
-    size = math.prod(shape)
-    return (name, weighted, tuple(shape), min(kmeans_fit.FINE_BINS, max(1024, size // 8)))
+    """The key a whole tensor's histogram is remembered under: both sides bin it by
+    group_source, whose bins follow from the shape."""
+    return (name, weighted, tuple(shape))
 
 
 def estimate_summary(summary: Summary, rules) -> list[tuple[float, float]]:
@@ -219,7 +219,8 @@ def estimate_summary(summary: Summary, rules) -> list[tuple[float, float]]:
             if rule.ecq is None:
                 overheads[bits] = overhead
             size = entropy_bytes(counts) * overhead + (1 << bits) * 2 + summary.tiles * _tile_overhead(bits)
-            refused = _refused(np.abs(fit[0]).max(initial=0), np.abs(fit[0]).max(initial=0), dtype)
+            largest = float(np.abs(fit[0]).max(initial=0))
+            refused = _refused(largest, largest, dtype)
             out.append((size, math.inf if refused else noise / summary.signal))
             continue
         overhead = overheads.get(bits, PNG_OVERHEAD)  # the per-tensor fit's of this width

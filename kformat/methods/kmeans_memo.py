@@ -15,13 +15,14 @@ from .histogram import Histogram
 
 
 class _Memo:
-    """Seeds by (k, the merged points' bytes), kept while `remembered_seeds` is active."""
+    """Seeds by (k, the merged points' bytes) and whole tensors' histograms by name, kept
+    while `remembered_seeds` is active."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.users = 0
         self.found: dict[tuple[int, bytes], np.ndarray] = {}
-        self.histograms: dict[tuple, Histogram] = {}  # a named tensor's, by (name, weighted, shape, bins)
+        self.histograms: dict[tuple, Histogram] = {}  # a named tensor's, by (name, weighted, shape)
         self.bytes = 0  # of the seeds and histograms kept: at most MEMO_BYTES, later ones are not kept
 
 
@@ -82,7 +83,7 @@ def keep_seeds(found: dict) -> None:
 
 def remember_histogram(key: tuple, hist: Histogram) -> None:
     """Keep a whole tensor's histogram under `key` (its name, whether importance-weighted, its
-    shape, the bins) while remembered_seeds is on: allocation's weighing reads it, and the
+    shape: kmeans_allocation.whole_key) while remembered_seeds is on: allocation's weighing reads it, and the
     pack of the chosen rule finds it instead of reading the tensor again (one source, so a
     name stands for the same values throughout)."""
     size = hist.points.nbytes + hist.counts.nbytes

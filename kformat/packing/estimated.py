@@ -40,9 +40,7 @@ def summarized(name: str, array: np.ndarray, tile: tuple[int, int], importance=N
         if summary is not None:
             parts.append((method_name, rules, summary))
             continue
-        estimates = (
-            method.estimate(w, rules, tile) if weights is None else method.estimate(w, rules, tile, weights)
-        )
+        estimates = method.estimate(w, rules, tile, weights)
         if estimates is None:  # no estimate: encode for real
             parts.append(
                 [c for c in exact_candidates(name, w, tile, importance) if c.rule.method == method_name]

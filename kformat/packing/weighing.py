@@ -203,15 +203,15 @@ def estimate(
             if len(batch) == LARGE_BATCH or name == large[-1]:
                 later(batch.submit(processes))
                 batch = Batch()
-        with ExitStack() as batch:
+        with ExitStack() as seeds:
             for d in decisions:
                 if d.name in shrinkable:
                     found[d.name] = small_candidates(d.name, source.load(d.name), d.rule, tiles[d.name])
                 elif d.name not in chosen:
                     fixed += _fixed_bytes(infos[d.name].shape, infos[d.name].dtype, d.rule)
                 elif d.name in batches and d.name not in shared:  # a batch weighed here
-                    batch.close()  # the last batch's seeds go
-                    batch.enter_context(kmeans_fit.remembered_seeds())
+                    seeds.close()  # the last batch's seeds go
+                    seeds.enter_context(kmeans_fit.remembered_seeds())
                     arrays = load(batches[d.name])
                     _warm(arrays, importance)
                     weighed = {
