@@ -166,7 +166,9 @@ def save(
     )
 
 
-def calibrate(model, batches, path: str | Path, *, sensitivity: bool = True) -> dict[str, np.ndarray]:
+def calibrate(
+    model, batches, path: str | Path, *, sensitivity: bool = True, covariance: bool = False
+) -> dict[str, np.ndarray]:
     """Run `model` on sample `batches` (a dict is passed as model(**batch), a tuple as
     model(*batch), anything else as model(batch)) and write an importance file to `path`:
     for every Linear, Conv and Embedding weight, keyed by its state_dict name, how much each
@@ -174,10 +176,13 @@ def calibrate(model, batches, path: str | Path, *, sensitivity: bool = True) -> 
     rows). `kformat pack --importance FILE` then fits k-means to the weighted error. Holds
     only running sums: the model and one batch's activations. With `sensitivity` (default)
     it then perturbs one weight at a time on the first two batches and records how much each
-    moves the output, which bit allocation (--target-size/--target-bits) weighs errors by."""
+    moves the output, which bit allocation (--target-size/--target-bits) weighs errors by.
+    With `covariance` it also records each Linear weight's input covariance E[x x^T] (in x in
+    floats per layer, of inputs up to MAX_COVARIANCE_INPUTS), from which the pack rounds
+    codes with error feedback (GPTQ's rounding, on kformat's codebooks)."""
     from .torch_calibrate import calibrate as run
 
-    return run(_torch(), model, batches, path, sensitivity)
+    return run(_torch(), model, batches, path, sensitivity, covariance)
 
 
 def empty_weights():

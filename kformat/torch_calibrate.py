@@ -8,6 +8,8 @@ every Linear, convolution and Embedding weight, how much each of its inputs matt
   grouped (depthwise) convolution each output row sees its own input channels, so the
   importance is per row and tap, shape (out, in/groups * prod(k)).
 * Embedding (rows, dim): how often each row is looked up, shape (rows, 1).
+* With `covariance`, a Linear's input covariance E[x x^T] too, shape (in, in), for inputs
+  of at most MAX_COVARIANCE_INPUTS features (a running sum of x^T x per batch).
 
 Then, by default, each such weight's *sensitivity*: the first SENSITIVITY_BATCHES batches are
 run again with that one weight perturbed by Gaussian noise of a known importance-weighted
@@ -29,18 +31,33 @@ import numpy as np
 from .errors import InputError
 
 
+MAX_COVARIANCE_INPUTS = 8192  # 256 MiB of float32 for the largest layer's matrix
+
+
 class _Accumulator:
-    def __init__(self, torch, name: str, module):
+    def __init__(self, torch, name: str, module, covariance: bool = False):
         self.torch = torch
         self.name = name
         self.module = module
         self.sums = None
         self.count = 0
+        self.products = None  # sum of x^T x, with covariance
+        self.covariance = (
+            covariance and isinstance(module, torch.nn.Linear) and module.in_features <= MAX_COVARIANCE_INPUTS
+        )
 
     def linear(self, _module, inputs) -> None:
         x = inputs[0].detach().float()
         x = x.reshape(-1, x.shape[-1])
         self._add(x.square().sum(0), x.shape[0])
+        if self.covariance:
+            product = (x.double().T @ x.double()).cpu()
+            self.products = product if self.products is None else self.products + product
+
+    def input_covariance(self) -> np.ndarray | None:
+        if self.products is None:
+            return None
+        return (self.products / max(1, self.count)).numpy().astype(np.float32)
 
     def conv(self, module, inputs) -> None:
         x = inputs[0].detach().float()
@@ -138,16 +155,19 @@ def sensitivities(torch, model, batches: list, accumulators, found: dict, seed: 
     return out
 
 
-def calibrate(torch, model, batches, path: str | Path, sensitivity: bool = True) -> dict[str, np.ndarray]:
+def calibrate(
+    torch, model, batches, path: str | Path, sensitivity: bool = True, covariance: bool = False
+) -> dict[str, np.ndarray]:
     """Run `model` on every batch (a dict as model(**batch), a tuple or list as
     model(*batch), anything else as model(batch)) and write the importance of every Linear,
     Conv and Embedding weight to `path` (.npz keyed by state_dict names), with each weight's
-    sensitivity unless `sensitivity` is False; returns the importance arrays."""
+    sensitivity unless `sensitivity` is False, and with `covariance` each Linear's input
+    covariance; returns the importance arrays."""
     kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding)
     accumulators, hooks = [], []
     for name, module in model.named_modules():
         if isinstance(module, kinds) and getattr(module, "weight", None) is not None:
-            acc = _Accumulator(torch, f"{name}.weight" if name else "weight", module)
+            acc = _Accumulator(torch, f"{name}.weight" if name else "weight", module, covariance)
             if isinstance(module, torch.nn.Linear):
                 hook = acc.linear
             elif isinstance(module, torch.nn.Embedding):
@@ -175,15 +195,17 @@ def calibrate(torch, model, batches, path: str | Path, sensitivity: bool = True)
     found = {a.name: a.importance() for a in accumulators}
     found = {name: value for name, value in found.items() if value is not None}
     from .packing.atomic import atomic_path
-    from .packing.importance import SENSITIVITY, SENSITIVITY_NAMES
+    from .packing.importance import COVARIANCE_PREFIX, SENSITIVITY, SENSITIVITY_NAMES
 
     extra = {}
+    for acc in accumulators:
+        matrix = acc.input_covariance()
+        if matrix is not None:
+            extra[COVARIANCE_PREFIX + acc.name] = matrix
     if sensitivity and kept:
         measured = sensitivities(torch, model, kept, accumulators, found)
-        extra = {
-            SENSITIVITY_NAMES: np.array(list(measured), dtype=str),
-            SENSITIVITY: np.array(list(measured.values())),
-        }
+        extra[SENSITIVITY_NAMES] = np.array(list(measured), dtype=str)
+        extra[SENSITIVITY] = np.array(list(measured.values()))
     path = Path(path)
     with atomic_path(path) as temp:
         with open(temp, "wb") as handle:

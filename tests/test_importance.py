@@ -8,6 +8,7 @@ import pytest
 import kformat
 from kformat.cli import main
 from kformat.errors import InputError
+from kformat.recipe import Recipe
 
 torch = pytest.importorskip("torch")
 kt = pytest.importorskip("kformat.torch")
@@ -165,3 +166,25 @@ def test_sensitivity_measures_what_reaches_the_output_and_steers_allocation(tmp_
     kt.calibrate(net, batches, tmp_path / "plain.npz", sensitivity=False)
     assert "__sensitivity__" not in np.load(tmp_path / "plain.npz").files
     assert Importance.load(tmp_path / "plain.npz").sensitivity("loud.weight") == 1.0
+
+
+def test_calibrate_records_linear_input_covariance_on_request(tmp_path):
+    torch.manual_seed(0)
+    net = Net()
+    ids = torch.randint(0, 10, (4, 6))
+    kt.calibrate(net, [(ids,), (ids, 2.0)], tmp_path / "plain.npz", sensitivity=False)
+    assert not [n for n in np.load(tmp_path / "plain.npz").files if n.startswith("__covariance__")]
+    found = kt.calibrate(net, [(ids,), (ids, 2.0)], tmp_path / "cov.npz", sensitivity=False, covariance=True)
+    stored = np.load(tmp_path / "cov.npz")
+    assert sorted(n for n in stored.files if n.startswith("__covariance__")) == ["__covariance__/fc.weight"]
+    with torch.no_grad():
+        x = [net.depthwise(net.conv(net.embed(ids).transpose(1, 2) * s)).mean(2) for s in (1.0, 2.0)]
+    expected = ((x[0].T @ x[0]) + x[1].T @ x[1]).numpy() / 8  # the fc inputs of two batches of 4
+    covariance = stored["__covariance__/fc.weight"]
+    np.testing.assert_allclose(covariance, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.diag(covariance), found["fc.weight"], rtol=1e-4)  # the importance
+    w = {"fc.weight": net.fc.weight.detach().numpy()}
+    recipe = Recipe(name="tiny", min_elements=1, default="kmeans:2")
+    report = kformat.pack(w, tmp_path / "m.kf", recipe, importance=tmp_path / "cov.npz")
+    assert report.manifest.metadata["kformat.importance.tensors"] == "1"
+    assert np.isfinite(kformat.load_all(str(tmp_path / "m.kf"))["fc.weight"]).all()

@@ -57,6 +57,10 @@ class QuantizedTensor:
     values: np.ndarray | None = None  # (rows, cols) in the method's storage dtype
     tables: dict[str, np.ndarray] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
+    # From encode, never stored: each row group's cell edges (groups, 2**bits - 1), in the
+    # units of the codebook, where codes were not rounded to the nearest entry (entropy-
+    # constrained fits; NaN rows: nearest), so that codes chosen again follow the same cells.
+    edges: np.ndarray | None = None
 
     @property
     def codebook(self) -> np.ndarray | None:

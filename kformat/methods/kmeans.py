@@ -61,6 +61,7 @@ class KMeans(Method):
         groups = (rows + group_rows - 1) // group_rows
         codes = np.empty((rows, cols), dtype=np.uint8)
         codebook = np.zeros((groups, k), dtype=dtype)
+        cell_edges = np.full((groups, k - 1), np.nan) if rule.ecq is not None else None
         spans = chunk_spans(rows, group_rows)  # each group's (first row, stop)
 
         def group_weights(r0, r1):
@@ -106,6 +107,8 @@ class KMeans(Method):
                 block = np.where(block_mask, np.float32(0), block)
             hist, entries, fixed_zero = fits[g]
             centroids, edges = _fit_group(hist, entries, fixed_zero, seeded.get(g), rule, dtype)
+            if edges is not None and cell_edges is not None and edges.size == k - 1:
+                cell_edges[g] = edges
             if dtype == np.float16 and np.abs(centroids).max(initial=0) > FP16_MAX:
                 raise QuantizationError(
                     f"tensor {name!r}: weights exceed the float16 range; use codebook=float32"
@@ -162,6 +165,7 @@ class KMeans(Method):
             codes=codes,
             tables={"codebook": codebook},
             stats=stats,
+            edges=cell_edges,
         )
 
     def table_specs(self, quant, rows: int) -> list[TableSpec]:

@@ -14,6 +14,7 @@ from ..errors import QuantizationError
 from ..methods import QuantizedTensor, get_method, view_2d
 from ..methods.chunks import CHUNK, map_chunks, row_step
 from ..methods.metrics import error_powers, sqnr_db
+from .feedback import with_feedback
 
 
 def check_finite(name: str, values: np.ndarray) -> None:
@@ -35,10 +36,14 @@ def check_finite(name: str, values: np.ndarray) -> None:
         )
 
 
-def encode_tensor(name: str, array: np.ndarray, rule, importance=None) -> QuantizedTensor:
+def encode_tensor(
+    name: str, array: np.ndarray, rule, importance=None, feedback: bool = False
+) -> QuantizedTensor:
     """Quantize or convert one tensor by `rule` (the planner has already checked it applies).
     The result's stats hold the SQNR against the source (inf when exact). With `importance`
-    (kformat.packing.importance.Importance) a weighted method fits the weighted error."""
+    (kformat.packing.importance.Importance) a weighted method fits the weighted error, and
+    with `feedback` codes are rounded with error feedback where the importance holds the
+    tensor's input covariance (the final pack; bit allocation's trial encodes do without)."""
     method = get_method(rule.method)
     view = view_2d(array.shape)
     if method.lossless:
@@ -59,6 +64,14 @@ def encode_tensor(name: str, array: np.ndarray, rule, importance=None) -> Quanti
         w = w.astype(np.float32, copy=False)
     weights = importance.weights(name, view) if importance is not None and method.weighted else None
     q = method.encode(name, w, rule) if weights is None else method.encode(name, w, rule, weights=weights)
+    if (
+        feedback
+        and importance is not None
+        and method.codes
+        and rule.prune is None
+        and rule.prune_threshold is None
+    ):
+        q = with_feedback(q, w, importance.covariance(name, view))
     q = replace(q, shape=tuple(array.shape))
     if "sqnr_db" not in q.stats:
         powers = map_chunks(lambda r0, r1: error_powers(w[r0:r1], q.rows(r0, r1)), view[0], row_step(view[1]))

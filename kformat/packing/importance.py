@@ -13,6 +13,10 @@ how much the model's output moves per unit of that tensor's relative (importance
 error, measured by calibrate by perturbing one layer at a time. Bit allocation then
 minimises the sum over tensors of sensitivity x relative error, the model's output error to
 first order, instead of weighing every layer alike.
+
+And, with `calibrate(..., covariance=True)`, a Linear weight's input covariance E[x x^T]
+(an array named COVARIANCE_PREFIX + the tensor's name, cols x cols), from which the final
+pack rounds codes with error feedback (kformat.packing.feedback).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ SENSITIVITY_NAMES = "__sensitivity_names__"
 SENSITIVITY = "__sensitivity__"
 
 
+COVARIANCE_PREFIX = "__covariance__/"
+
 SENSITIVITY_FLOOR = 0.1  # of the median sensitivity
 
 
@@ -40,8 +46,10 @@ class Importance:
         sha256: str = "",
         source: str = "",
         sensitivities: dict[str, float] | None = None,
+        covariances: dict[str, np.ndarray] | None = None,
     ):
         self.arrays = arrays
+        self.covariances = dict(covariances or {})
         self.sha256 = sha256
         self.source = source
         self.sensitivities = dict(sensitivities or {})
@@ -59,6 +67,11 @@ class Importance:
                 values = np.asarray(npz[SENSITIVITY], dtype=np.float64) if names else np.zeros(0)
                 special = {SENSITIVITY_NAMES, SENSITIVITY}
                 arrays = {n: np.asarray(npz[n], dtype=np.float32) for n in npz.files if n not in special}
+            covariances = {
+                n.removeprefix(COVARIANCE_PREFIX): arrays.pop(n)
+                for n in list(arrays)
+                if n.startswith(COVARIANCE_PREFIX)
+            }
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
             raise InputError(f"{path}: not an importance file (.npz of float arrays): {exc}") from None
         if len(names) != values.size or not np.all(np.isfinite(values)) or np.any(values < 0):
@@ -66,7 +79,13 @@ class Importance:
         for name, array in arrays.items():
             if array.size and (not np.all(np.isfinite(array)) or array.min() < 0):
                 raise InputError(f"{path}: importance of {name!r} must be finite and >= 0")
-        return cls(arrays, digest, str(path), dict(zip(names, values.tolist())))
+        for name, array in covariances.items():
+            if array.ndim != 2 or array.shape[0] != array.shape[1] or not np.all(np.isfinite(array)):
+                raise InputError(
+                    f"{path}: covariance of {name!r} must be a finite square matrix,"
+                    f" got shape {list(array.shape)}"
+                )
+        return cls(arrays, digest, str(path), dict(zip(names, values.tolist())), covariances)
 
     def weights(self, name: str, view: tuple[int, int]) -> np.ndarray | None:
         """`name`'s importance as an array broadcastable to its (rows, cols) view, normalised
@@ -90,6 +109,20 @@ class Importance:
         self.used.add(name)
         floor = 1e-3  # a weight never seen still counts a little: its error is not free
         return (array / mean + floor).astype(np.float32)
+
+    def covariance(self, name: str, view: tuple[int, int]) -> np.ndarray | None:
+        """`name`'s input covariance (cols x cols of its 2-D view), or None when absent."""
+        array = self.covariances.get(name)
+        if array is None:
+            return None
+        cols = view[1]
+        if array.shape != (cols, cols):
+            raise InputError(
+                f"{self.source}: covariance of {name!r} has shape {list(array.shape)}; tensor {name!r}"
+                f" has the 2-D view {view[0]}x{cols} (expected ({cols}, {cols}))"
+            )
+        self.used.add(name)
+        return array
 
     def sensitivity(self, name: str) -> float:
         """How much `name`'s relative error weighs in the model's output error: measured, or

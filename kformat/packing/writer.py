@@ -115,7 +115,7 @@ def encode_blobs(
 ) -> Encoded:
     """The CPU work of one tensor (quantize, encode every tile), independent of the output."""
     rule = decision.rule
-    q = encode_tensor(name, array, rule, importance)
+    q = encode_tensor(name, array, rule, importance, feedback=True)
     codec = get_codec(rule.plane_codec)
     tile = tuple(rule.tile or default_tile)
     rects = tile_grid(q.view, tile)

@@ -1,0 +1,134 @@
+"""Codes chosen with error feedback, from the input covariance that calibration measured.
+
+Nearest-code rounding minimises each weight's own error. What reaches a Linear layer's output
+is (W' - W) x, so the errors of weights that see correlated inputs can cancel: GPTQ (Frantar
+et al., 2022) rounds one input column at a time and spreads each column's rounding error over
+the columns not yet rounded, in proportion to the inverse of H = E[x x^T]. Here the
+codebooks stay those the method fitted; only the codes change, so the file, the reader and
+the format are the same. On all-MiniLM-L6-v2 at 3.5 bits/weight with importance the mean
+cosine of the embeddings went from 0.9807 to 0.9866 (tools/bench/accuracy_transformer.py).
+
+Columns go in decreasing order of their input power (GPTQ's "act order"); H is damped by
+DAMPING x its mean diagonal so that it inverts. Only for lookup methods (a code's value is
+a table entry, possibly times a row scale) of at most MAX_ENTRIES codes: every column's
+rounding compares each row's weight with every entry. Where the encode drew its own cells
+(entropy-constrained codebooks), a weight takes the code of the cell it falls in, as the
+encode did, so the codes' entropy, and the file's size, stay about the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..methods import QuantizedTensor, get_method
+from ..methods.metrics import entropy_bits
+
+DAMPING = 0.01
+BLOCK = 128  # columns rounded between two matrix updates of the rest
+MAX_ENTRIES = 64  # 6-bit codes and below (at 7-8 bits rounding error is already small)
+RETRIES = 4  # each with ten times the damping, when H is not positive definite
+
+
+def _per_row(q: QuantizedTensor, per_group: np.ndarray) -> np.ndarray:
+    """A (groups, n) array of the codebook's units as (rows, n) in the weights' units (row
+    scales applied as the reader applies them)."""
+    rows = q.view[0]
+    expanded = np.repeat(per_group, q.group_rows, axis=0)[:rows]
+    return get_method(q.method).finish_lookup(np.ascontiguousarray(expanded, dtype=np.float32), 0, q.tables)
+
+
+def code_grid(q: QuantizedTensor) -> np.ndarray | None:
+    """float32 (rows, entries): the value each code stands for in each row, as the reader
+    computes it; None when the method is no lookup."""
+    method = get_method(q.method)
+    entries = 1 << int(q.bits)
+    groups = -(-q.view[0] // q.group_rows)
+    per_group = [method.code_values(q.tables, g, entries) for g in range(groups)]
+    if any(values is None for values in per_group):
+        return None
+    return _per_row(q, np.stack(per_group))
+
+
+class Rounding:
+    """A column's codes: each row's nearest entry, or, for the rows of groups whose encode
+    drew its own cell edges (entropy-constrained), the cell the value falls in."""
+
+    def __init__(self, grid: np.ndarray, edges: np.ndarray | None):
+        self.grid = grid.astype(np.float64)
+        self.rows = np.arange(grid.shape[0])
+        self.edges = None
+        if edges is not None:
+            celled = ~np.isnan(edges[:, 0]) if edges.shape[1] else np.zeros(edges.shape[0], bool)
+            if celled.any():
+                self.edges, self.celled = edges[celled].astype(np.float64), celled
+
+    def codes(self, column: np.ndarray) -> np.ndarray:
+        codes = np.abs(self.grid - column[:, None]).argmin(axis=1)
+        if self.edges is not None:
+            codes[self.celled] = (column[self.celled, None] >= self.edges).sum(axis=1)
+        return codes
+
+    def values(self, codes: np.ndarray) -> np.ndarray:
+        return self.grid[self.rows, codes]
+
+
+def _inverse_factor(h: np.ndarray) -> np.ndarray | None:
+    """The upper Cholesky factor U of inv(H + damping) (U^T U = inv(H)), or None."""
+    damp = DAMPING * max(float(np.mean(np.diag(h))), 1e-12)
+    eye = np.eye(h.shape[0])
+    for _ in range(RETRIES):
+        try:
+            inverse = np.linalg.inv(np.linalg.cholesky(h + damp * eye))  # L^-1, where H = L L^T
+            return np.linalg.cholesky(inverse.T @ inverse).T  # inv(H) = L^-T L^-1 = U^T U
+        except np.linalg.LinAlgError:
+            damp *= 10
+    return None
+
+
+def feedback_codes(w: np.ndarray, rounding: Rounding, covariance: np.ndarray) -> np.ndarray | None:
+    """uint8 codes (rows, cols) of `w` by `rounding`, column by column with error feedback
+    through `covariance` (cols x cols); None when it cannot be inverted."""
+    rows, cols = w.shape
+    h = np.asarray(covariance, dtype=np.float64)
+    h = (h + h.T) / 2
+    dead = np.diag(h) <= 0  # inputs never seen: their weights round alone
+    h[dead, dead] = 1.0
+    order = np.argsort(-np.diag(h), kind="stable")
+    factor = _inverse_factor(h[np.ix_(order, order)])
+    if factor is None:
+        return None
+    work = w[:, order].astype(np.float64)
+    codes = np.empty((rows, cols), dtype=np.uint8)
+    for b0 in range(0, cols, BLOCK):
+        b1 = min(cols, b0 + BLOCK)
+        block = work[:, b0:b1]
+        errors = np.empty_like(block)
+        local = factor[b0:b1, b0:b1]
+        for i in range(b1 - b0):
+            column = block[:, i]
+            code = rounding.codes(column)
+            codes[:, order[b0 + i]] = code
+            errors[:, i] = (column - rounding.values(code)) / local[i, i]
+            block[:, i + 1 :] -= np.outer(errors[:, i], local[i, i + 1 :])
+        work[:, b1:] -= errors @ factor[b0:b1, b1:]
+    return codes
+
+
+def with_feedback(q: QuantizedTensor, w: np.ndarray, covariance: np.ndarray | None) -> QuantizedTensor:
+    """`q` with its codes rounded by error feedback, when it has codes of a lookup method with
+    at most MAX_ENTRIES entries and `covariance` is given; else `q` unchanged."""
+    if covariance is None or q.codes is None or q.bits is None or (1 << int(q.bits)) > MAX_ENTRIES:
+        return q
+    grid = code_grid(q)
+    if grid is None:
+        return q
+    edges = None if q.edges is None else _per_row(q, q.edges)
+    codes = feedback_codes(w, Rounding(grid, edges), covariance)
+    if codes is None:
+        return q
+    counts = np.bincount(codes.reshape(-1), minlength=1 << int(q.bits))
+    stats = {k: v for k, v in q.stats.items() if k != "sqnr_db"}  # measured again by the caller
+    stats["entropy_bits"] = entropy_bits(counts)
+    return replace(q, codes=codes, stats=stats)
