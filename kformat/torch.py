@@ -177,9 +177,10 @@ def calibrate(
     only running sums: the model and one batch's activations. With `sensitivity` (default)
     it then perturbs one weight at a time on the first two batches and records how much each
     moves the output, which bit allocation (--target-size/--target-bits) weighs errors by.
-    With `covariance` it also records each Linear weight's input covariance E[x x^T] (in x in
-    floats per layer, of inputs up to MAX_COVARIANCE_INPUTS), from which the pack rounds
-    codes with error feedback (GPTQ's rounding, on kformat's codebooks)."""
+    With `covariance` it also records the input covariance E[x x^T] of each Linear and
+    ungrouped convolution weight (columns x columns of its 2-D view, for up to 8192 columns),
+    from which the pack rounds codes with error feedback (GPTQ's rounding on kformat's
+    codebooks): lower output error at the same size, for a larger importance file."""
     from .torch_calibrate import calibrate as run
 
     return run(_torch(), model, batches, path, sensitivity, covariance)

@@ -8,8 +8,10 @@ every Linear, convolution and Embedding weight, how much each of its inputs matt
   grouped (depthwise) convolution each output row sees its own input channels, so the
   importance is per row and tap, shape (out, in/groups * prod(k)).
 * Embedding (rows, dim): how often each row is looked up, shape (rows, 1).
-* With `covariance`, a Linear's input covariance E[x x^T] too, shape (in, in), for inputs
-  of at most MAX_COVARIANCE_INPUTS features (a running sum of x^T x per batch).
+* With `covariance`, a Linear's input covariance E[x x^T] too, shape (in, in), and an
+  ungrouped convolution's, over its input patches (in * prod(k), in the order of the weight's
+  2-D view's columns), for inputs of at most MAX_COVARIANCE_INPUTS features (a running sum of
+  x^T x per batch). Grouped (depthwise) convolutions get none: their rows see different inputs.
 
 Then, by default, each such weight's *sensitivity*: the first SENSITIVITY_BATCHES batches are
 run again with that one weight perturbed by Gaussian noise of a known importance-weighted
@@ -34,6 +36,15 @@ from .errors import InputError
 MAX_COVARIANCE_INPUTS = 8192  # 256 MiB of float32 for the largest layer's matrix
 
 
+def _covariance_inputs(torch, module) -> float:
+    """How many inputs a weight's columns see (inf where no covariance is recorded)."""
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features
+    if isinstance(module, torch.nn.modules.conv._ConvNd) and module.groups == 1:
+        return module.in_channels * int(np.prod(module.kernel_size))
+    return float("inf")
+
+
 class _Accumulator:
     def __init__(self, torch, name: str, module, covariance: bool = False):
         self.torch = torch
@@ -41,29 +52,50 @@ class _Accumulator:
         self.module = module
         self.sums = None
         self.count = 0
-        self.products = None  # sum of x^T x, with covariance
-        self.covariance = (
-            covariance and isinstance(module, torch.nn.Linear) and module.in_features <= MAX_COVARIANCE_INPUTS
-        )
+        self.products = None  # sum of x^T x over `samples` inputs, with covariance
+        self.samples = 0
+        self.covariance = covariance and _covariance_inputs(torch, module) <= MAX_COVARIANCE_INPUTS
 
     def linear(self, _module, inputs) -> None:
         x = inputs[0].detach().float()
         x = x.reshape(-1, x.shape[-1])
         self._add(x.square().sum(0), x.shape[0])
         if self.covariance:
-            product = (x.double().T @ x.double()).cpu()
-            self.products = product if self.products is None else self.products + product
+            self._multiply(x)
+
+    def _multiply(self, x) -> None:
+        """Add x^T x of (samples, features) inputs to the running products."""
+        x = x.double()
+        product = (x.T @ x).cpu()
+        self.samples += x.shape[0]
+        self.products = product if self.products is None else self.products + product
 
     def input_covariance(self) -> np.ndarray | None:
-        if self.products is None:
+        if self.products is None or not self.covariance:
             return None
-        return (self.products / max(1, self.count)).numpy().astype(np.float32)
+        return (self.products / max(1, self.samples)).numpy().astype(np.float32)
 
     def conv(self, module, inputs) -> None:
         x = inputs[0].detach().float()
+        if self.covariance:
+            self._patches(module, x)
         channels = x.shape[1]
         x = x.transpose(0, 1).reshape(channels, -1)
         self._add(x.square().sum(1), x.shape[1])
+
+    def _patches(self, module, x) -> None:
+        """x^T x of the convolution's input patches, as its weight's columns see them (Conv1d
+        as a 2-D convolution of height 1); none for Conv3d and string paddings ("same")."""
+        if isinstance(module.padding, str) or x.dim() not in (3, 4):
+            self.products, self.covariance = None, False
+            return
+        kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride
+        if x.dim() == 3:
+            x = x.unsqueeze(2)
+            kernel, dilation, padding, stride = (1, *kernel), (1, *dilation), (0, *padding), (1, *stride)
+        unfold = self.torch.nn.functional.unfold
+        patches = unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+        self._multiply(patches.transpose(1, 2).reshape(-1, patches.shape[1]))
 
     def embedding(self, module, inputs) -> None:
         ids = inputs[0].detach().reshape(-1).long()

@@ -176,13 +176,22 @@ def test_calibrate_records_linear_input_covariance_on_request(tmp_path):
     assert not [n for n in np.load(tmp_path / "plain.npz").files if n.startswith("__covariance__")]
     found = kt.calibrate(net, [(ids,), (ids, 2.0)], tmp_path / "cov.npz", sensitivity=False, covariance=True)
     stored = np.load(tmp_path / "cov.npz")
-    assert sorted(n for n in stored.files if n.startswith("__covariance__")) == ["__covariance__/fc.weight"]
+    covariances = sorted(n for n in stored.files if n.startswith("__covariance__"))
+    assert covariances == ["__covariance__/conv.weight", "__covariance__/fc.weight"]  # not depthwise
     with torch.no_grad():
         x = [net.depthwise(net.conv(net.embed(ids).transpose(1, 2) * s)).mean(2) for s in (1.0, 2.0)]
     expected = ((x[0].T @ x[0]) + x[1].T @ x[1]).numpy() / 8  # the fc inputs of two batches of 4
     covariance = stored["__covariance__/fc.weight"]
     np.testing.assert_allclose(covariance, expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.diag(covariance), found["fc.weight"], rtol=1e-4)  # the importance
+    with torch.no_grad():  # the conv's: of its input patches, channel-major as the weight's columns
+        inputs = [net.embed(ids).transpose(1, 2) * s for s in (1.0, 2.0)]
+        patches = [torch.nn.functional.unfold(i[:, :, None, :], (1, 3), padding=(0, 1)) for i in inputs]
+        rows = torch.cat([p.transpose(1, 2).reshape(-1, 24) for p in patches]).double()
+    expected = (rows.T @ rows / rows.shape[0]).numpy()
+    np.testing.assert_allclose(stored["__covariance__/conv.weight"], expected, rtol=1e-4, atol=1e-6)
+    column = net.conv.weight.detach().reshape(16, 24)[:, 4]  # channel 1, tap 1 (the centre)
+    assert net.conv.weight[:, 1, 1].equal(column)
     w = {"fc.weight": net.fc.weight.detach().numpy()}
     recipe = Recipe(name="tiny", min_elements=1, default="kmeans:2")
     report = kformat.pack(w, tmp_path / "m.kf", recipe, importance=tmp_path / "cov.npz")
