@@ -92,3 +92,16 @@ def test_bad_covariances_are_named(tmp_path):
         with pytest.raises(InputError, match=f"covariance of 'fc.weight'.*{label}"):
             kformat.pack({"fc.weight": w}, tmp_path / "m.kf", rules=["*=kmeans:3"], importance=path)
         assert not (tmp_path / "m.kf").exists()
+
+
+def test_the_inverse_factor_of_a_large_covariance():
+    """Above 256 columns the triangular inverse is built by halves: U^T U = inv(H)."""
+    from kformat.packing.feedback import _inverse_factor
+
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((700, 40))
+    h = a @ a.T
+    damped = h + 0.01 * np.mean(np.diag(h)) * np.eye(700)
+    u = _inverse_factor(h.copy())
+    assert np.allclose(u, np.triu(u))
+    np.testing.assert_allclose(u.T @ u, np.linalg.inv(damped), rtol=1e-6, atol=1e-8 * np.abs(u).max() ** 2)

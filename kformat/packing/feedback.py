@@ -26,7 +26,10 @@ from ..methods import QuantizedTensor, get_method
 from ..methods.metrics import entropy_bits
 
 DAMPING = 0.01
-BLOCK = 128  # columns rounded between two matrix updates of the rest
+# Columns are rounded INNER at a time, each updating only the rest of its INNER block; the
+# rest of the OUTER block, and then of the matrix, take the errors in matrix products (a
+# 4096 x 4096 layer with 16 entries: 23 s with one level of 128, 7.5 s so, in float32).
+OUTER, INNER = 256, 16
 MAX_ENTRIES = 64  # 6-bit codes and below (at 7-8 bits rounding error is already small)
 RETRIES = 4  # each with ten times the damping, when H is not positive definite
 
@@ -74,14 +77,31 @@ class Rounding:
         return self.grid[self.rows, codes]
 
 
+def _lower_inverse(lower: np.ndarray) -> np.ndarray:
+    """The inverse of a lower triangular matrix, by halves: [[A, 0], [C, D]]^-1 is
+    [[A^-1, 0], [-D^-1 C A^-1, D^-1]], so the work is in matrix products (n^3 / 3 multiply-
+    adds; numpy's general inverse took 2.8 s at n = 4096)."""
+    n = lower.shape[0]
+    if n <= 256:
+        return np.linalg.inv(lower)
+    half = n // 2
+    a, d = _lower_inverse(lower[:half, :half]), _lower_inverse(lower[half:, half:])
+    out = np.zeros_like(lower)
+    out[:half, :half], out[half:, half:] = a, d
+    out[half:, :half] = -(d @ (lower[half:, :half] @ a))
+    return out
+
+
 def _inverse_factor(h: np.ndarray) -> np.ndarray | None:
-    """The upper Cholesky factor U of inv(H + damping) (U^T U = inv(H)), or None."""
+    """The upper triangular U with U^T U = inv(H + damping), or None. With the order reversed,
+    H = L L^T gives inv(H) = L^-T L^-1, and L^-1 reversed back is upper triangular: one
+    Cholesky factorisation and one inverse (h is damped in place)."""
     damp = DAMPING * max(float(np.mean(np.diag(h))), 1e-12)
-    eye = np.eye(h.shape[0])
+    diagonal = h.reshape(-1)[:: h.shape[0] + 1]  # a view: h's diagonal
     for _ in range(RETRIES):
+        diagonal += damp
         try:
-            inverse = np.linalg.inv(np.linalg.cholesky(h + damp * eye))  # L^-1, where H = L L^T
-            return np.linalg.cholesky(inverse.T @ inverse).T  # inv(H) = L^-T L^-1 = U^T U
+            return _lower_inverse(np.linalg.cholesky(h[::-1, ::-1]))[::-1, ::-1]
         except np.linalg.LinAlgError:
             damp *= 10
     return None
@@ -91,28 +111,34 @@ def feedback_codes(w: np.ndarray, rounding: Rounding, covariance: np.ndarray) ->
     """uint8 codes (rows, cols) of `w` by `rounding`, column by column with error feedback
     through `covariance` (cols x cols); None when it cannot be inverted."""
     rows, cols = w.shape
-    h = np.asarray(covariance, dtype=np.float64)
-    h = (h + h.T) / 2
-    dead = np.diag(h) <= 0  # inputs never seen: their weights round alone
+    order = np.argsort(-np.diag(covariance), kind="stable")
+    h = np.asarray(covariance, dtype=np.float64)[np.ix_(order, order)]
+    h += h.T  # symmetric, as E[x x^T] is up to rounding (numpy buffers the overlapping view)
+    h *= 0.5
+    dead = np.flatnonzero(np.diag(h) <= 0)  # inputs never seen: their weights round alone
     h[dead, dead] = 1.0
-    order = np.argsort(-np.diag(h), kind="stable")
-    factor = _inverse_factor(h[np.ix_(order, order)])
+    factor = _inverse_factor(h)
+    del h
     if factor is None:
         return None
-    work = w[:, order].astype(np.float64)
+    factor = factor.astype(np.float32)
+    work = np.asfortranarray(w[:, order], dtype=np.float32)  # columns contiguous
     codes = np.empty((rows, cols), dtype=np.uint8)
-    for b0 in range(0, cols, BLOCK):
-        b1 = min(cols, b0 + BLOCK)
-        block = work[:, b0:b1]
-        errors = np.empty_like(block)
-        local = factor[b0:b1, b0:b1]
-        for i in range(b1 - b0):
-            column = block[:, i]
-            code = rounding.codes(column)
-            codes[:, order[b0 + i]] = code
-            errors[:, i] = (column - rounding.values(code)) / local[i, i]
-            block[:, i + 1 :] -= np.outer(errors[:, i], local[i, i + 1 :])
-        work[:, b1:] -= errors @ factor[b0:b1, b1:]
+    for o0 in range(0, cols, OUTER):
+        o1 = min(cols, o0 + OUTER)
+        errors = np.empty((rows, o1 - o0), dtype=np.float32, order="F")
+        for i0 in range(o0, o1, INNER):
+            i1 = min(o1, i0 + INNER)
+            for j in range(i0, i1):
+                column = work[:, j]
+                code = rounding.codes(column)
+                codes[:, order[j]] = code
+                error = errors[:, j - o0]
+                np.subtract(column, rounding.values(code), out=error, casting="unsafe")
+                error /= factor[j, j]
+                work[:, j + 1 : i1] -= np.outer(error, factor[j, j + 1 : i1])
+            work[:, i1:o1] -= errors[:, i0 - o0 : i1 - o0] @ factor[i0:i1, i1:o1]
+        work[:, o1:] -= errors @ factor[o0:o1, o1:]
     return codes
 
 
