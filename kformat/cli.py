@@ -262,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--importance",
             metavar="FILE",
             help="an importance file (kformat.torch.calibrate): k-means fits each weight's error"
-            " weighted by how much it matters on calibration data",
+            " weighted by how much it matters on calibration data; where the file holds input"
+            " covariances (calibrate(..., covariance=True)) codes are rounded with error feedback",
         )
         p.add_argument(
             "--metadata",
