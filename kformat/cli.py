@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="an importance file (kformat.torch.calibrate): k-means fits each weight's error"
             " weighted by how much it matters on calibration data; where the file holds input"
-            " covariances (calibrate(..., covariance=True)) codes are rounded with error feedback",
+            " covariances (calibrate records them by default) codes are rounded with error feedback",
         )
         p.add_argument(
             "--metadata",

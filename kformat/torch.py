@@ -167,7 +167,7 @@ def save(
 
 
 def calibrate(
-    model, batches, path: str | Path, *, sensitivity: bool = True, covariance: bool = False
+    model, batches, path: str | Path, *, sensitivity: bool = True, covariance: bool | None = None
 ) -> dict[str, np.ndarray]:
     """Run `model` on sample `batches` (a dict is passed as model(**batch), a tuple as
     model(*batch), anything else as model(batch)) and write an importance file to `path`:
@@ -177,10 +177,11 @@ def calibrate(
     only running sums: the model and one batch's activations. With `sensitivity` (default)
     it then perturbs one weight at a time on the first two batches and records how much each
     moves the output, which bit allocation (--target-size/--target-bits) weighs errors by.
-    With `covariance` it also records the input covariance E[x x^T] of each Linear and
-    ungrouped convolution weight (columns x columns of its 2-D view, for up to 8192 columns),
-    from which the pack rounds codes with error feedback (GPTQ's rounding on kformat's
-    codebooks): lower output error at the same size, for a larger importance file."""
+    It also records the input covariance E[x x^T] of each Linear and ungrouped convolution
+    weight (columns x columns of its 2-D view, for up to 8192 columns), from which the pack
+    rounds codes with error feedback (GPTQ's rounding on kformat's codebooks): lower output
+    error at the same size, for a larger importance file. `covariance`: None (default) the
+    smallest layers first within 2^27 floats (512 MiB), True every layer, False none."""
     from .torch_calibrate import calibrate as run
 
     return run(_torch(), model, batches, path, sensitivity, covariance)

@@ -8,10 +8,11 @@ every Linear, convolution and Embedding weight, how much each of its inputs matt
   grouped (depthwise) convolution each output row sees its own input channels, so the
   importance is per row and tap, shape (out, in/groups * prod(k)).
 * Embedding (rows, dim): how often each row is looked up, shape (rows, 1).
-* With `covariance`, a Linear's input covariance E[x x^T] too, shape (in, in), and an
-  ungrouped convolution's, over its input patches (in * prod(k), in the order of the weight's
-  2-D view's columns), for inputs of at most MAX_COVARIANCE_INPUTS features (a running sum of
-  x^T x per batch). Grouped (depthwise) convolutions get none: their rows see different inputs.
+* By default, a Linear's input covariance E[x x^T] too, shape (in, in), and an ungrouped
+  convolution's, over its input patches (in * prod(k), in the order of the weight's 2-D
+  view's columns), for inputs of at most MAX_COVARIANCE_INPUTS features (a running sum of
+  x^T x per batch), the smallest layers first until COVARIANCE_BUDGET floats are spent.
+  Grouped (depthwise) convolutions get none: their rows see different inputs.
 
 Then, by default, each such weight's *sensitivity*: the first SENSITIVITY_BATCHES batches are
 run again with that one weight perturbed by Gaussian noise of a known importance-weighted
@@ -34,6 +35,9 @@ from .errors import InputError
 
 
 MAX_COVARIANCE_INPUTS = 8192  # 256 MiB of float32 for the largest layer's matrix
+# Covariances in one importance file, in floats (512 MiB of float32; twice that in float64
+# while calibrating): all of MiniLM's (18.6M) and BERT-base's but for a few of its largest.
+COVARIANCE_BUDGET = 1 << 27
 
 
 def _covariance_inputs(torch, module) -> float:
@@ -47,6 +51,7 @@ def _covariance_inputs(torch, module) -> float:
 
 class _Accumulator:
     def __init__(self, torch, name: str, module, covariance: bool = False):
+        """`covariance`: whether to record this layer's input covariance (where it can)."""
         self.torch = torch
         self.name = name
         self.module = module
@@ -187,27 +192,47 @@ def sensitivities(torch, model, batches: list, accumulators, found: dict, seed: 
     return out
 
 
+def _with_covariance(torch, modules: list, covariance: bool | None) -> list[bool]:
+    """Which layers record their input covariance: none (False), every one that can (True),
+    or (None) the smallest first while the matrices fit COVARIANCE_BUDGET floats."""
+    inputs = [_covariance_inputs(torch, m) for m in modules]
+    eligible = [n <= MAX_COVARIANCE_INPUTS for n in inputs]
+    if covariance is not None:
+        return [bool(covariance) and e for e in eligible]
+    chosen, spent = [False] * len(modules), 0
+    for i in sorted((i for i, e in enumerate(eligible) if e), key=lambda i: (inputs[i], i)):
+        if spent + inputs[i] ** 2 > COVARIANCE_BUDGET:
+            break
+        chosen[i], spent = True, spent + inputs[i] ** 2
+    return chosen
+
+
 def calibrate(
-    torch, model, batches, path: str | Path, sensitivity: bool = True, covariance: bool = False
+    torch, model, batches, path: str | Path, sensitivity: bool = True, covariance: bool | None = None
 ) -> dict[str, np.ndarray]:
     """Run `model` on every batch (a dict as model(**batch), a tuple or list as
     model(*batch), anything else as model(batch)) and write the importance of every Linear,
     Conv and Embedding weight to `path` (.npz keyed by state_dict names), with each weight's
-    sensitivity unless `sensitivity` is False, and with `covariance` each Linear's input
-    covariance; returns the importance arrays."""
+    sensitivity unless `sensitivity` is False, and input covariances (`covariance`: None
+    within COVARIANCE_BUDGET, True all, False none); returns the importance arrays."""
     kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding)
+    layers = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, kinds) and getattr(module, "weight", None) is not None
+    ]
+    recorded = _with_covariance(torch, [module for _, module in layers], covariance)
     accumulators, hooks = [], []
-    for name, module in model.named_modules():
-        if isinstance(module, kinds) and getattr(module, "weight", None) is not None:
-            acc = _Accumulator(torch, f"{name}.weight" if name else "weight", module, covariance)
-            if isinstance(module, torch.nn.Linear):
-                hook = acc.linear
-            elif isinstance(module, torch.nn.Embedding):
-                hook = acc.embedding
-            else:
-                hook = acc.conv
-            accumulators.append(acc)
-            hooks.append(module.register_forward_pre_hook(hook))
+    for (name, module), with_covariance in zip(layers, recorded):
+        acc = _Accumulator(torch, f"{name}.weight" if name else "weight", module, with_covariance)
+        if isinstance(module, torch.nn.Linear):
+            hook = acc.linear
+        elif isinstance(module, torch.nn.Embedding):
+            hook = acc.embedding
+        else:
+            hook = acc.conv
+        accumulators.append(acc)
+        hooks.append(module.register_forward_pre_hook(hook))
     if not accumulators:
         raise InputError("calibrate: the model has no Linear, Conv or Embedding layers")
     seen = 0

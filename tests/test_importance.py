@@ -168,13 +168,13 @@ def test_sensitivity_measures_what_reaches_the_output_and_steers_allocation(tmp_
     assert Importance.load(tmp_path / "plain.npz").sensitivity("loud.weight") == 1.0
 
 
-def test_calibrate_records_linear_input_covariance_on_request(tmp_path):
+def test_calibrate_records_input_covariances_by_default(tmp_path):
     torch.manual_seed(0)
     net = Net()
     ids = torch.randint(0, 10, (4, 6))
-    kt.calibrate(net, [(ids,), (ids, 2.0)], tmp_path / "plain.npz", sensitivity=False)
+    kt.calibrate(net, [(ids,), (ids, 2.0)], tmp_path / "plain.npz", sensitivity=False, covariance=False)
     assert not [n for n in np.load(tmp_path / "plain.npz").files if n.startswith("__covariance__")]
-    found = kt.calibrate(net, [(ids,), (ids, 2.0)], tmp_path / "cov.npz", sensitivity=False, covariance=True)
+    found = kt.calibrate(net, [(ids,), (ids, 2.0)], tmp_path / "cov.npz", sensitivity=False)  # the default
     stored = np.load(tmp_path / "cov.npz")
     covariances = sorted(n for n in stored.files if n.startswith("__covariance__"))
     assert covariances == ["__covariance__/conv.weight", "__covariance__/fc.weight"]  # not depthwise
@@ -197,3 +197,22 @@ def test_calibrate_records_linear_input_covariance_on_request(tmp_path):
     report = kformat.pack(w, tmp_path / "m.kf", recipe, importance=tmp_path / "cov.npz")
     assert report.manifest.metadata["kformat.importance.tensors"] == "1"
     assert np.isfinite(kformat.load_all(str(tmp_path / "m.kf"))["fc.weight"]).all()
+
+
+def test_covariances_are_recorded_within_a_budget(tmp_path, monkeypatch):
+    """By default the smallest layers first, until the budget's floats are spent; True ignores it."""
+    import kformat.torch_calibrate as calibration
+
+    torch.manual_seed(0)
+    net, ids = Net(), torch.randint(0, 10, (4, 6))
+    monkeypatch.setattr(calibration, "COVARIANCE_BUDGET", 16**2 + 23**2)  # fc (16) fits, conv (24) not
+
+    def covariances(path, **options):
+        kt.calibrate(net, [(ids,)], path, sensitivity=False, **options)
+        return sorted(n for n in np.load(path).files if n.startswith("__covariance__"))
+
+    assert covariances(tmp_path / "a.npz") == ["__covariance__/fc.weight"]
+    assert covariances(tmp_path / "b.npz", covariance=True) == [
+        "__covariance__/conv.weight",
+        "__covariance__/fc.weight",
+    ]

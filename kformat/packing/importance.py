@@ -14,9 +14,9 @@ error, measured by calibrate by perturbing one layer at a time. Bit allocation t
 minimises the sum over tensors of sensitivity x relative error, the model's output error to
 first order, instead of weighing every layer alike.
 
-And, with `calibrate(..., covariance=True)`, a Linear weight's input covariance E[x x^T]
-(an array named COVARIANCE_PREFIX + the tensor's name, cols x cols), from which the final
-pack rounds codes with error feedback (kformat.packing.feedback).
+And (calibrate records them by default, within a budget) a Linear or convolution weight's
+input covariance E[x x^T] (an array named COVARIANCE_PREFIX + the tensor's name, cols x
+cols), from which the final pack rounds codes with error feedback (kformat.packing.feedback).
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         importance = Path(tmp) / "importance.npz"
-        kt.calibrate(model, [x_train[i : i + 100] for i in range(0, 300, 100)], importance, covariance=True)
+        kt.calibrate(model, [x_train[i : i + 100] for i in range(0, 300, 100)], importance)
         for label, options in RECIPES:
             out = Path(tmp) / "m.kf"
             began = time.perf_counter()

@@ -112,7 +112,7 @@ class Embedder:
             ids = self.torch.tensor([e.ids for e in encoded])
             mask = self.torch.tensor([e.attention_mask for e in encoded])
             batches.append({"input_ids": ids, "attention_mask": mask})
-        kt.calibrate(self.model, batches, path, covariance=True)
+        kt.calibrate(self.model, batches, path)
 
     def embed(self, state: dict[str, np.ndarray]) -> np.ndarray:
         torch = self.torch
