@@ -38,6 +38,8 @@ MAX_COVARIANCE_INPUTS = 8192  # 256 MiB of float32 for the largest layer's matri
 # Covariances in one importance file, in floats (512 MiB of float32; twice that in float64
 # while calibrating): all of MiniLM's (18.6M) and BERT-base's but for a few of its largest.
 COVARIANCE_BUDGET = 1 << 27
+PATCH_BYTES = 64 << 20  # a convolution's input patches are unfolded about this much at a time
+PRODUCT_ROWS = 1 << 16  # samples per float32 product before it joins the float64 sum
 
 
 def _covariance_inputs(torch, module) -> float:
@@ -69,11 +71,13 @@ class _Accumulator:
             self._multiply(x)
 
     def _multiply(self, x) -> None:
-        """Add x^T x of (samples, features) inputs to the running products."""
-        x = x.double()
-        product = (x.T @ x).cpu()
+        """Add x^T x of (samples, features) inputs to the running products (float64 sums of
+        float32 products over at most PRODUCT_ROWS samples each)."""
+        for start in range(0, x.shape[0], PRODUCT_ROWS):
+            piece = x[start : start + PRODUCT_ROWS].float()
+            product = (piece.T @ piece).double().cpu()
+            self.products = product if self.products is None else self.products + product
         self.samples += x.shape[0]
-        self.products = product if self.products is None else self.products + product
 
     def input_covariance(self) -> np.ndarray | None:
         if self.products is None or not self.covariance:
@@ -99,8 +103,12 @@ class _Accumulator:
             x = x.unsqueeze(2)
             kernel, dilation, padding, stride = (1, *kernel), (1, *dilation), (0, *padding), (1, *stride)
         unfold = self.torch.nn.functional.unfold
-        patches = unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-        self._multiply(patches.transpose(1, 2).reshape(-1, patches.shape[1]))
+        columns = x.shape[1] * int(np.prod(kernel))
+        step = max(1, PATCH_BYTES // max(1, 4 * columns * x.shape[2] * x.shape[3]))  # images at once
+        for start in range(0, x.shape[0], step):  # a 224x224 batch's patches unfolded whole: GBs
+            images = x[start : start + step]
+            patches = unfold(images, kernel, dilation=dilation, padding=padding, stride=stride)
+            self._multiply(patches.transpose(1, 2).reshape(-1, columns))
 
     def embedding(self, module, inputs) -> None:
         ids = inputs[0].detach().reshape(-1).long()

@@ -216,3 +216,18 @@ def test_covariances_are_recorded_within_a_budget(tmp_path, monkeypatch):
         "__covariance__/conv.weight",
         "__covariance__/fc.weight",
     ]
+
+
+def test_covariances_summed_in_pieces_are_the_same(tmp_path, monkeypatch):
+    """Patches unfolded an image at a time and products of a few samples each: same matrices."""
+    import kformat.torch_calibrate as calibration
+
+    torch.manual_seed(0)
+    net, ids = Net(), torch.randint(0, 10, (4, 6))
+    kt.calibrate(net, [(ids,)], tmp_path / "whole.npz", sensitivity=False)
+    monkeypatch.setattr(calibration, "PATCH_BYTES", 1)
+    monkeypatch.setattr(calibration, "PRODUCT_ROWS", 5)
+    kt.calibrate(net, [(ids,)], tmp_path / "pieces.npz", sensitivity=False)
+    whole, pieces = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "pieces.npz")
+    for name in ("__covariance__/conv.weight", "__covariance__/fc.weight"):
+        np.testing.assert_allclose(pieces[name], whole[name], rtol=1e-5, atol=1e-7)
