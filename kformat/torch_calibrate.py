@@ -8,6 +8,8 @@ every Linear, convolution and Embedding weight, how much each of its inputs matt
   grouped (depthwise) convolution each output row sees its own input channels, so the
   importance is per row and tap, shape (out, in/groups * prod(k)).
 * Embedding (rows, dim): how often each row is looked up, shape (rows, 1).
+* GPT-2's Conv1D (transformers; x @ W with W (in, out)): like a Linear, but its inputs are
+  the weight's rows, shape (in, 1), and its covariance is across rows.
 * By default, a Linear's input covariance E[x x^T] too, shape (in, in), and an ungrouped
   convolution's, over its input patches (in * prod(k), in the order of the weight's 2-D
   view's columns), for inputs of at most MAX_COVARIANCE_INPUTS features (a running sum of
@@ -42,10 +44,25 @@ PATCH_BYTES = 64 << 20  # a convolution's input patches are unfolded about this 
 PRODUCT_ROWS = 1 << 16  # samples per float32 product before it joins the float64 sum
 
 
+def transposed_linear(module) -> bool:
+    """A layer computing x @ W + b with W of shape (in, out): GPT-2's Conv1D (transformers),
+    told by its class name and attributes so that transformers need not be imported."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__ == "Conv1D"
+        and weight is not None
+        and weight.dim() == 2
+        and tuple(weight.shape) == (getattr(module, "nx", None), getattr(module, "nf", None))
+    )
+
+
 def _covariance_inputs(torch, module) -> float:
-    """How many inputs a weight's columns see (inf where no covariance is recorded)."""
+    """How many inputs a weight's columns (or a Conv1D's rows) see (inf where no covariance
+    is recorded)."""
     if isinstance(module, torch.nn.Linear):
         return module.in_features
+    if transposed_linear(module):
+        return module.nx
     if isinstance(module, torch.nn.modules.conv._ConvNd) and module.groups == 1:
         return module.in_channels * int(np.prod(module.kernel_size))
     return float("inf")
@@ -129,6 +146,8 @@ class _Accumulator:
             return mean.reshape(-1, 1)
         if isinstance(m, self.torch.nn.Linear):
             return mean
+        if transposed_linear(m):  # the weight's rows are its inputs
+            return mean.reshape(-1, 1)
         taps = int(np.prod(m.kernel_size))
         per_group = m.in_channels // m.groups
         if m.groups == 1:
@@ -227,13 +246,14 @@ def calibrate(
     layers = [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, kinds) and getattr(module, "weight", None) is not None
+        if (isinstance(module, kinds) or transposed_linear(module))
+        and getattr(module, "weight", None) is not None
     ]
     recorded = _with_covariance(torch, [module for _, module in layers], covariance)
     accumulators, hooks = [], []
     for (name, module), with_covariance in zip(layers, recorded):
         acc = _Accumulator(torch, f"{name}.weight" if name else "weight", module, with_covariance)
-        if isinstance(module, torch.nn.Linear):
+        if isinstance(module, torch.nn.Linear) or transposed_linear(module):
             hook = acc.linear
         elif isinstance(module, torch.nn.Embedding):
             hook = acc.embedding
@@ -260,13 +280,14 @@ def calibrate(
     found = {a.name: a.importance() for a in accumulators}
     found = {name: value for name, value in found.items() if value is not None}
     from .packing.atomic import atomic_path
-    from .packing.importance import COVARIANCE_PREFIX, SENSITIVITY, SENSITIVITY_NAMES
+    from .packing.importance import COVARIANCE_PREFIX, ROW_COVARIANCE_PREFIX, SENSITIVITY, SENSITIVITY_NAMES
 
     extra = {}
     for acc in accumulators:
         matrix = acc.input_covariance()
         if matrix is not None:
-            extra[COVARIANCE_PREFIX + acc.name] = matrix
+            prefix = ROW_COVARIANCE_PREFIX if transposed_linear(acc.module) else COVARIANCE_PREFIX
+            extra[prefix + acc.name] = matrix
     if sensitivity and kept:
         measured = sensitivities(torch, model, kept, accumulators, found)
         extra[SENSITIVITY_NAMES] = np.array(list(measured), dtype=str)

@@ -105,3 +105,25 @@ def test_the_inverse_factor_of_a_large_covariance():
     u = _inverse_factor(h.copy())
     assert np.allclose(u, np.triu(u))
     np.testing.assert_allclose(u.T @ u, np.linalg.inv(damped), rtol=1e-6, atol=1e-8 * np.abs(u).max() ** 2)
+
+
+@pytest.mark.parametrize("rule", ["kmeans:3", "kmeans:4,group=16,scale=row", "kmeans:4,ecq=0.5"])
+def test_feedback_across_rows_for_layers_that_compute_x_at_w(tmp_path, rule):
+    """GPT-2's Conv1D stores W as (in, out) and computes x @ W: its inputs are the rows."""
+    from kformat.packing.importance import ROW_COVARIANCE_PREFIX
+
+    w, x = correlated_layer(5, rows=48, cols=96)
+    w = np.ascontiguousarray(w.T)  # (96 inputs, 48 outputs)
+    errors = {}
+    for across in (False, True):
+        arrays = {"fc.weight": np.mean(x.astype(np.float64) ** 2, axis=0).astype(np.float32)[:, None]}
+        if across:
+            arrays[ROW_COVARIANCE_PREFIX + "fc.weight"] = (x.T.astype(np.float64) @ x / len(x)).astype(
+                np.float32
+            )
+        np.savez(tmp_path / f"imp{across}.npz", **arrays)
+        out = tmp_path / f"m{across}.kf"
+        kformat.pack({"fc.weight": w}, out, rules=[f"*={rule}"], importance=tmp_path / f"imp{across}.npz")
+        back = kformat.load_all(str(out))["fc.weight"]
+        errors[across] = float(np.sum((x @ (back - w)) ** 2) / np.sum((x @ w) ** 2))
+    assert errors[True] < 0.7 * errors[False], errors

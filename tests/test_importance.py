@@ -231,3 +231,30 @@ def test_covariances_summed_in_pieces_are_the_same(tmp_path, monkeypatch):
     whole, pieces = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "pieces.npz")
     for name in ("__covariance__/conv.weight", "__covariance__/fc.weight"):
         np.testing.assert_allclose(pieces[name], whole[name], rtol=1e-5, atol=1e-7)
+
+
+def test_calibrate_takes_gpt2_conv1d_as_a_transposed_linear(tmp_path):
+    pytorch_utils = pytest.importorskip("transformers.pytorch_utils")
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_fc = pytorch_utils.Conv1D(24, 8)  # nf=24 outputs, nx=8 inputs: weight (8, 24)
+            self.c_proj = pytorch_utils.Conv1D(8, 24)
+
+        def forward(self, x):
+            return self.c_proj(torch.relu(self.c_fc(x)))
+
+    torch.manual_seed(0)
+    block, x = Block(), torch.randn(5, 7, 8)
+    found = kt.calibrate(block, [x], tmp_path / "imp.npz")
+    stored = np.load(tmp_path / "imp.npz")
+    assert found["c_fc.weight"].shape == (8, 1) and found["c_proj.weight"].shape == (24, 1)  # per row
+    np.testing.assert_allclose(
+        found["c_fc.weight"][:, 0], x.reshape(-1, 8).square().mean(0).numpy(), rtol=1e-5
+    )
+    rows = x.reshape(-1, 8).double()
+    np.testing.assert_allclose(
+        stored["__row_covariance__/c_fc.weight"], (rows.T @ rows / 35).numpy(), rtol=1e-5, atol=1e-7
+    )
+    assert sorted(stored["__sensitivity_names__"]) == ["c_fc.weight", "c_proj.weight"]

@@ -71,7 +71,7 @@ def encode_tensor(
         and rule.prune is None
         and rule.prune_threshold is None
     ):
-        q = with_feedback(q, w, importance.covariance(name, view))
+        q = with_feedback(q, w, *importance.covariance(name, view))
     q = replace(q, shape=tuple(array.shape))
     if "sqnr_db" not in q.stats:
         powers = map_chunks(lambda r0, r1: error_powers(w[r0:r1], q.rows(r0, r1)), view[0], row_step(view[1]))

@@ -55,25 +55,35 @@ def code_grid(q: QuantizedTensor) -> np.ndarray | None:
 
 
 class Rounding:
-    """A column's codes: each row's nearest entry, or, for the rows of groups whose encode
-    drew its own cell edges (entropy-constrained), the cell the value falls in."""
+    """A line's codes (a column of the weights, or with `across_rows` a row): each weight's
+    nearest entry of its row's grid, or, in rows of groups whose encode drew its own cell
+    edges (entropy-constrained), the cell the value falls in."""
 
-    def __init__(self, grid: np.ndarray, edges: np.ndarray | None):
+    def __init__(self, grid: np.ndarray, edges: np.ndarray | None, across_rows: bool = False):
         self.grid = grid.astype(np.float64)
+        self.across_rows = across_rows
         self.rows = np.arange(grid.shape[0])
+        self.celled = np.zeros(grid.shape[0], dtype=bool)
         self.edges = None
-        if edges is not None:
-            celled = ~np.isnan(edges[:, 0]) if edges.shape[1] else np.zeros(edges.shape[0], bool)
-            if celled.any():
-                self.edges, self.celled = edges[celled].astype(np.float64), celled
+        if edges is not None and edges.shape[1]:
+            self.celled = ~np.isnan(edges[:, 0])
+            self.edges = edges.astype(np.float64)
 
-    def codes(self, column: np.ndarray) -> np.ndarray:
-        codes = np.abs(self.grid - column[:, None]).argmin(axis=1)
-        if self.edges is not None:
-            codes[self.celled] = (column[self.celled, None] >= self.edges).sum(axis=1)
+    def codes(self, line: np.ndarray, index: int) -> np.ndarray:
+        """Codes of line `index` (a column, or with across_rows the row `index`)."""
+        if self.across_rows:  # every weight of the line is in row `index`: one grid
+            if self.celled[index]:
+                return np.searchsorted(self.edges[index], line, side="right")
+            return np.abs(self.grid[index][None, :] - line[:, None]).argmin(axis=1)
+        codes = np.abs(self.grid - line[:, None]).argmin(axis=1)
+        if self.celled.any():
+            celled = self.celled
+            codes[celled] = (line[celled, None] >= self.edges[celled]).sum(axis=1)
         return codes
 
-    def values(self, codes: np.ndarray) -> np.ndarray:
+    def values(self, codes: np.ndarray, index: int) -> np.ndarray:
+        if self.across_rows:
+            return self.grid[index][codes]
         return self.grid[self.rows, codes]
 
 
@@ -109,7 +119,8 @@ def _inverse_factor(h: np.ndarray) -> np.ndarray | None:
 
 def feedback_codes(w: np.ndarray, rounding: Rounding, covariance: np.ndarray) -> np.ndarray | None:
     """uint8 codes (rows, cols) of `w` by `rounding`, column by column with error feedback
-    through `covariance` (cols x cols); None when it cannot be inverted."""
+    through `covariance` (cols x cols); None when it cannot be inverted. (For a covariance
+    across rows, pass w transposed and a Rounding across_rows.)"""
     rows, cols = w.shape
     order = np.argsort(-np.diag(covariance), kind="stable")
     h = np.asarray(covariance, dtype=np.float64)[np.ix_(order, order)]
@@ -131,10 +142,10 @@ def feedback_codes(w: np.ndarray, rounding: Rounding, covariance: np.ndarray) ->
             i1 = min(o1, i0 + INNER)
             for j in range(i0, i1):
                 column = work[:, j]
-                code = rounding.codes(column)
+                code = rounding.codes(column, order[j])
                 codes[:, order[j]] = code
                 error = errors[:, j - o0]
-                np.subtract(column, rounding.values(code), out=error, casting="unsafe")
+                np.subtract(column, rounding.values(code, order[j]), out=error, casting="unsafe")
                 error /= factor[j, j]
                 work[:, j + 1 : i1] -= np.outer(error, factor[j, j + 1 : i1])
             work[:, i1:o1] -= errors[:, i0 - o0 : i1 - o0] @ factor[i0:i1, i1:o1]
@@ -142,16 +153,22 @@ def feedback_codes(w: np.ndarray, rounding: Rounding, covariance: np.ndarray) ->
     return codes
 
 
-def with_feedback(q: QuantizedTensor, w: np.ndarray, covariance: np.ndarray | None) -> QuantizedTensor:
+def with_feedback(
+    q: QuantizedTensor, w: np.ndarray, covariance: np.ndarray | None, across_rows: bool = False
+) -> QuantizedTensor:
     """`q` with its codes rounded by error feedback, when it has codes of a lookup method with
-    at most MAX_ENTRIES entries and `covariance` is given; else `q` unchanged."""
+    at most MAX_ENTRIES entries and `covariance` is given (of the inputs its columns see, or
+    with `across_rows` its rows: a layer that computes x @ W, as GPT-2's Conv1D); else `q`."""
     if covariance is None or q.codes is None or q.bits is None or (1 << int(q.bits)) > MAX_ENTRIES:
         return q
     grid = code_grid(q)
     if grid is None:
         return q
     edges = None if q.edges is None else _per_row(q, q.edges)
-    codes = feedback_codes(w, Rounding(grid, edges), covariance)
+    rounding = Rounding(grid, edges, across_rows)
+    codes = feedback_codes(w.T if across_rows else w, rounding, covariance)
+    if codes is not None and across_rows:
+        codes = np.ascontiguousarray(codes.T)
     if codes is None:
         return q
     counts = np.bincount(codes.reshape(-1), minlength=1 << int(q.bits))

@@ -34,7 +34,8 @@ SENSITIVITY_NAMES = "__sensitivity_names__"
 SENSITIVITY = "__sensitivity__"
 
 
-COVARIANCE_PREFIX = "__covariance__/"
+COVARIANCE_PREFIX = "__covariance__/"  # over the inputs a weight's columns see (x W^T)
+ROW_COVARIANCE_PREFIX = "__row_covariance__/"  # over its rows' (x W: GPT-2's Conv1D)
 
 SENSITIVITY_FLOOR = 0.1  # of the median sensitivity
 
@@ -46,7 +47,7 @@ class Importance:
         sha256: str = "",
         source: str = "",
         sensitivities: dict[str, float] | None = None,
-        covariances: dict[str, np.ndarray] | None = None,
+        covariances: dict[tuple[str, bool], np.ndarray] | None = None,
     ):
         self.arrays = arrays
         self.covariances = dict(covariances or {})
@@ -68,9 +69,10 @@ class Importance:
                 special = {SENSITIVITY_NAMES, SENSITIVITY}
                 arrays = {n: np.asarray(npz[n], dtype=np.float32) for n in npz.files if n not in special}
             covariances = {
-                n.removeprefix(COVARIANCE_PREFIX): arrays.pop(n)
+                (n.removeprefix(prefix), prefix == ROW_COVARIANCE_PREFIX): arrays.pop(n)
                 for n in list(arrays)
-                if n.startswith(COVARIANCE_PREFIX)
+                for prefix in (COVARIANCE_PREFIX, ROW_COVARIANCE_PREFIX)
+                if n.startswith(prefix)
             }
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
             raise InputError(f"{path}: not an importance file (.npz of float arrays): {exc}") from None
@@ -79,7 +81,7 @@ class Importance:
         for name, array in arrays.items():
             if array.size and (not np.all(np.isfinite(array)) or array.min() < 0):
                 raise InputError(f"{path}: importance of {name!r} must be finite and >= 0")
-        for name, array in covariances.items():
+        for (name, _), array in covariances.items():
             if array.ndim != 2 or array.shape[0] != array.shape[1] or not np.all(np.isfinite(array)):
                 raise InputError(
                     f"{path}: covariance of {name!r} must be a finite square matrix,"
@@ -110,19 +112,22 @@ class Importance:
         floor = 1e-3  # a weight never seen still counts a little: its error is not free
         return (array / mean + floor).astype(np.float32)
 
-    def covariance(self, name: str, view: tuple[int, int]) -> np.ndarray | None:
-        """`name`'s input covariance (cols x cols of its 2-D view), or None when absent."""
-        array = self.covariances.get(name)
-        if array is None:
-            return None
-        cols = view[1]
-        if array.shape != (cols, cols):
-            raise InputError(
-                f"{self.source}: covariance of {name!r} has shape {list(array.shape)}; tensor {name!r}"
-                f" has the 2-D view {view[0]}x{cols} (expected ({cols}, {cols}))"
-            )
-        self.used.add(name)
-        return array
+    def covariance(self, name: str, view: tuple[int, int]) -> tuple[np.ndarray | None, bool]:
+        """`name`'s input covariance and whether it is across rows (rows x rows of its 2-D
+        view; else cols x cols), or (None, False) when absent."""
+        for across_rows in (False, True):
+            array = self.covariances.get((name, across_rows))
+            if array is None:
+                continue
+            size = view[0] if across_rows else view[1]
+            if array.shape != (size, size):
+                raise InputError(
+                    f"{self.source}: covariance of {name!r} has shape {list(array.shape)}; tensor"
+                    f" {name!r} has the 2-D view {view[0]}x{view[1]} (expected ({size}, {size}))"
+                )
+            self.used.add(name)
+            return array, across_rows
+        return None, False
 
     def sensitivity(self, name: str) -> float:
         """How much `name`'s relative error weighs in the model's output error: measured, or
