@@ -58,12 +58,17 @@ def transposed_linear(module) -> bool:
 
 def _covariance_inputs(torch, module) -> float:
     """How many inputs a weight's columns (or a Conv1D's rows) see (inf where no covariance
-    is recorded)."""
+    is recorded: grouped convolutions, Conv3d and string paddings, which unfold cannot take)."""
     if isinstance(module, torch.nn.Linear):
         return module.in_features
     if transposed_linear(module):
         return module.nx
-    if isinstance(module, torch.nn.modules.conv._ConvNd) and module.groups == 1:
+    if (
+        isinstance(module, torch.nn.modules.conv._ConvNd)
+        and module.groups == 1
+        and len(module.kernel_size) in (1, 2)
+        and not isinstance(module.padding, str)
+    ):
         return module.in_channels * int(np.prod(module.kernel_size))
     return float("inf")
 
@@ -78,7 +83,7 @@ class _Accumulator:
         self.count = 0
         self.products = None  # sum of x^T x over `samples` inputs, with covariance
         self.samples = 0
-        self.covariance = covariance and _covariance_inputs(torch, module) <= MAX_COVARIANCE_INPUTS
+        self.covariance = covariance  # as _with_covariance chose (where the layer can have one)
 
     def linear(self, _module, inputs) -> None:
         x = inputs[0].detach().float()
@@ -111,8 +116,8 @@ class _Accumulator:
 
     def _patches(self, module, x) -> None:
         """x^T x of the convolution's input patches, as its weight's columns see them (Conv1d
-        as a 2-D convolution of height 1); none for Conv3d and string paddings ("same")."""
-        if isinstance(module.padding, str) or x.dim() not in (3, 4):
+        as a 2-D convolution of height 1); none for an input without a batch dimension."""
+        if x.dim() != len(module.kernel_size) + 2:
             self.products, self.covariance = None, False
             return
         kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride

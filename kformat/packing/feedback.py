@@ -68,6 +68,8 @@ class Rounding:
         if edges is not None and edges.shape[1]:
             self.celled = ~np.isnan(edges[:, 0])
             self.edges = edges.astype(np.float64)
+        self.nearest = ~self.celled  # the rows rounded to their nearest entry
+        self.every_row_nearest, self.no_row_nearest = bool(self.nearest.all()), not self.nearest.any()
 
     def codes(self, line: np.ndarray, index: int) -> np.ndarray:
         """Codes of line `index` (a column, or with across_rows the row `index`)."""
@@ -75,10 +77,14 @@ class Rounding:
             if self.celled[index]:
                 return np.searchsorted(self.edges[index], line, side="right")
             return np.abs(self.grid[index][None, :] - line[:, None]).argmin(axis=1)
-        codes = np.abs(self.grid - line[:, None]).argmin(axis=1)
-        if self.celled.any():
-            celled = self.celled
-            codes[celled] = (line[celled, None] >= self.edges[celled]).sum(axis=1)
+        if self.every_row_nearest:
+            return np.abs(self.grid - line[:, None]).argmin(axis=1)
+        if self.no_row_nearest:  # (entropy-constrained per tensor: no distances to compute)
+            return (line[:, None] >= self.edges).sum(axis=1)
+        codes = np.empty(line.size, dtype=np.intp)
+        nearest, celled = self.nearest, self.celled
+        codes[nearest] = np.abs(self.grid[nearest] - line[nearest, None]).argmin(axis=1)
+        codes[celled] = (line[celled, None] >= self.edges[celled]).sum(axis=1)
         return codes
 
     def values(self, codes: np.ndarray, index: int) -> np.ndarray:
