@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from kformat.api import load_all
+from kformat.format.constants import HEADER_SIZE
+from kformat.format.header import decode_header, encode_header
 from kformat.sources import DictSource
 from kformat.recipe import recipe_from_dict
 from kformat.packing.writer import pack
@@ -67,6 +69,7 @@ VECTORS: dict[str, tuple[dict, str]] = {
     "raw": (rule_recipe("raw"), "single"),
     "lossless_floatz": (rule_recipe("raw,codec=floatz"), "single"),
     "tied_kmeans4": (rule_recipe("kmeans:4"), "single"),
+    "kmeans4_gap": (rule_recipe("kmeans:4"), "single"),  # its data region after a gap of zeros
     "mobile_sharded": (
         {
             "name": "mobile",
@@ -102,6 +105,17 @@ def vector_source(name: str, source: dict[str, np.ndarray]) -> dict[str, np.ndar
     return source
 
 
+def move_data_region(path: Path, gap: int = 4096) -> None:
+    """Put `gap` more zero bytes before the data region (D grows by `gap`): what a writer
+    that reserved room for its manifest before the blobs leaves, and readers must accept."""
+    data = path.read_bytes()
+    header = decode_header(data, str(path))
+    body = data[HEADER_SIZE : HEADER_SIZE + header.manifest_length]
+    offset = header.data_offset + gap
+    zeros = bytes(offset - HEADER_SIZE - len(body))
+    path.write_bytes(encode_header(body, offset) + body + zeros + data[header.data_offset :])
+
+
 def write(name: str, source: dict[str, np.ndarray]) -> Path:
     source = vector_source(name, source)
     recipe, layout = VECTORS[name]
@@ -116,6 +130,8 @@ def write(name: str, source: dict[str, np.ndarray]) -> Path:
         shard_size=2048,
         generator=GENERATOR,
     )
+    if name == "kmeans4_gap":
+        move_data_region(target)
     return target
 
 

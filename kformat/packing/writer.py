@@ -23,7 +23,7 @@ from ..errors import KFormatError, StorageError
 from ..format.constants import CORE_CODECS, CORE_METHODS, DEFAULT_SHARD_SIZE
 from ..format.limits import AMPLIFICATION_SLACK, MAX_AMPLIFICATION
 from ..format.manifest import Manifest, Quant, Table, TensorEntry, Tile
-from ..methods import QuantizedTensor, chunks, get_method
+from ..methods import QuantizedTensor, chunks, get_method, view_2d
 from ..recipe import Decision, Recipe, Rule, plan
 from ..progress import Tracker, log
 from ..sources import TensorSource, find_aliases
@@ -222,6 +222,21 @@ def _long_pole(decisions: list[Decision], sizes: dict[str, int], jobs: int) -> D
     return largest if sizes[largest.name] * 3 >= sum(sizes.values()) else None
 
 
+def manifest_room(decisions: list[Decision], views: dict[str, tuple[int, int]], tile, extra: int) -> int:
+    """Bytes to reserve for header and manifest ahead of the blobs (SingleFileSink), guessed
+    from the plan: an entry is about 300 bytes plus its name, rule and reason, a tile or a
+    table about 140 (a few KiB of slack, then rounded up to 4 KiB). A guess too small costs a
+    copy at commit, one too large a gap of zeros (both bounded there)."""
+    total = 4096 + extra
+    for d in decisions:
+        rows, cols = views[d.name]
+        tr, tc = d.rule.tile or tile
+        tiles = -(-rows // tr) * -(-cols // tc)
+        tables = 2 if get_method(d.rule.method).codes else 0
+        total += 320 + 2 * len(d.name) + len(d.rule.to_text()) + len(d.reason) + 150 * (tiles + tables)
+    return -(-total // 4096) * 4096
+
+
 def default_jobs(jobs: int | None) -> int:
     """Worker count: `jobs`, or every core."""
     if jobs is None:
@@ -274,7 +289,9 @@ def pack(
 
             encoder = DaskEncoder(scheduler, source, recipe.tile, importance, output, staging)
         if layout == "single":
-            sink = SingleFileSink(output)
+            views = {t.name: view_2d(t.shape) for t in infos}
+            extra = len(repr(recipe.model_dump(mode="python"))) + len(repr(metadata or {}))
+            sink = SingleFileSink(output, manifest_room(decisions, views, recipe.tile, extra))
         elif layout == "sharded":
             sink = ShardedSink(output, shard_size)
         else:
