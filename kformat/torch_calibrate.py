@@ -108,6 +108,8 @@ class _Accumulator:
 
     def conv(self, module, inputs) -> None:
         x = inputs[0].detach().float()
+        if x.dim() == len(module.kernel_size) + 1:  # unbatched (channels, ...): one sample
+            x = x.unsqueeze(0)
         if self.covariance:
             self._patches(module, x)
         channels = x.shape[1]
@@ -116,7 +118,7 @@ class _Accumulator:
 
     def _patches(self, module, x) -> None:
         """x^T x of the convolution's input patches, as its weight's columns see them (Conv1d
-        as a 2-D convolution of height 1); none for an input without a batch dimension."""
+        as a 2-D convolution of height 1); none for an input of any other shape."""
         if x.dim() != len(module.kernel_size) + 2:
             self.products, self.covariance = None, False
             return

@@ -258,3 +258,17 @@ def test_calibrate_takes_gpt2_conv1d_as_a_transposed_linear(tmp_path):
         stored["__row_covariance__/c_fc.weight"], (rows.T @ rows / 35).numpy(), rtol=1e-5, atol=1e-7
     )
     assert sorted(stored["__sensitivity_names__"]) == ["c_fc.weight", "c_proj.weight"]
+
+
+def test_calibrate_takes_an_unbatched_convolution_input_as_one_sample(tmp_path):
+    """Conv2d accepts (channels, height, width): its importance and covariance are those of
+    the same input with a batch dimension of one (channels were once read from the height)."""
+    torch.manual_seed(2)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1))
+    image = torch.randn(3, 7, 5)
+    unbatched = kt.calibrate(conv, [(image,)], tmp_path / "one.npz", sensitivity=False)
+    batched = kt.calibrate(conv, [(image[None],)], tmp_path / "batch.npz", sensitivity=False)
+    assert unbatched["0.weight"].shape == (3 * 9,)
+    np.testing.assert_allclose(unbatched["0.weight"], batched["0.weight"], rtol=1e-6)
+    one, batch = np.load(tmp_path / "one.npz"), np.load(tmp_path / "batch.npz")
+    np.testing.assert_allclose(one["__covariance__/0.weight"], batch["__covariance__/0.weight"], rtol=1e-6)
