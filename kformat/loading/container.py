@@ -22,6 +22,7 @@ from ..format.constants import MAX_MANIFEST_BYTES
 from ..format.dtypes import numpy_dtype
 from ..format.manifest import BlobRef, TensorEntry, Tile
 from ..methods import get_method
+from . import trim
 from .blobs import BlobReader, Labelled
 from .decode import decode_plane, fill_tile
 from .opening import OPEN_READ, Opened, open_url
@@ -202,6 +203,7 @@ class Container:
         if len(t.tiles) == 1:  # nothing to overlap: decode here, without a thread hand-off
             for tile, data, label in self.iter_tiles(name, batch_bytes):
                 fill_tile(t, tile, data, f"{self.source}: {label}", tables, out)
+            trim.after_tensor(out.nbytes)
             return out.reshape(t.shape)
         pool = self._decoders()
         pending: deque[Future] = deque()
@@ -218,6 +220,7 @@ class Container:
         finally:
             for future in pending:
                 future.cancel()
+        trim.after_tensor(out.nbytes)
         return out.reshape(t.shape)
 
     def _decoders(self) -> ThreadPoolExecutor:
