@@ -18,6 +18,19 @@ from dataclasses import dataclass
 from ..errors import NotFound, StorageError
 
 
+def local_path(url: str) -> str | None:
+    """The absolute path `url` names when it is a local file or directory (a plain path, "~"
+    expanded, or file://), else None (other schemes, chained URLs: fsspec's business)."""
+    if "::" in url:
+        return None
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        if scheme.lower() != "file":
+            return None
+        url = rest
+    return os.path.abspath(os.path.expanduser(url))
+
+
 @dataclass(frozen=True)
 class _Handle:
     fd: int

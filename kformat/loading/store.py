@@ -1,4 +1,5 @@
-"""The store adapter: the only module that talks to fsspec.
+"""The store adapter: the only module that talks to fsspec (imported when a URL needs it:
+local paths and plain HTTP(S) are read by kformat itself).
 
 Format code asks for "bytes [start, end) of key" where key is a path relative to the
 container's root ("" for a single file, "manifest.kf" or "shards/<hash>.kfs" in a sharded
@@ -17,13 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
-from fsspec.utils import merge_offset_ranges
+from typing import TYPE_CHECKING
 
 from ..errors import NotFound, StorageError
 from .http import CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS, HttpFiles, HttpOptions, RangeIgnored
-from .local import LocalFiles
+from .local import LocalFiles, local_path
+from .ranges import merge_ranges
+from .transient import is_transient as _is_transient
+
+if TYPE_CHECKING:
+    import fsspec
 
 RETRIES = 3
 HTTP_CONNECTIONS = 8  # ranges of one batch fetched at once over HTTP
@@ -34,30 +38,6 @@ MERGE_MAX = 16 << 20  # never merge into one request larger than this
 # long without a byte or without a connection. Pass client_kwargs={"timeout": ...} to change it.
 
 log = logging.getLogger(__name__)
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-        return False
-    status = getattr(exc, "status", None) or getattr(exc, "code", None)
-    if isinstance(status, int):
-        return status >= 500 or status in (408, 429)
-    text = f"{type(exc).__name__} {exc}"
-    transient_words = (
-        "Timeout",
-        "ServerDisconnected",
-        "ClientPayloadError",
-        "ClientOSError",
-        "ConnectionReset",
-        "Connection reset",
-        "ConnectionError",
-        "IncompleteRead",
-        " 500",
-        " 502",
-        " 503",
-        " 504",
-    )
-    return isinstance(exc, (ConnectionError, TimeoutError)) or any(w in text for w in transient_words)
 
 
 # fsspec's caching layers download to the copy's final name and open it by a check-then-open,
@@ -116,15 +96,16 @@ class Store:
         retries: int = RETRIES,
         counter: ReadCounter | None = None,
         http: HttpFiles | None = None,
+        local: bool = False,
     ):
-        self.fs = fs  # None for plain http(s) URLs, which kformat reads itself
+        self.fs = fs  # None for local paths and plain http(s) URLs, which kformat reads itself
         self.http = http
         self.root = root.rstrip("/") if root not in ("/", "") else root
         self.url = url
         self.retries = retries
         self.counter = counter or ReadCounter()
         # Local files are read by kformat itself: regular files only, one handle each.
-        self.local = LocalFiles(self.root) if isinstance(fs, LocalFileSystem) else None
+        self.local = LocalFiles(self.root) if local else None
         self.caching = getattr(fs, "_check_file", None) is not None  # simplecache::, filecache::
 
     @property
@@ -138,6 +119,9 @@ class Store:
     @classmethod
     def from_url(cls, url: str, **storage_options) -> "Store":
         url = str(url)
+        path = local_path(url)
+        if path is not None:
+            return cls(None, path, url, local=True)
         if url.split("://", 1)[0].lower() in ("http", "https") and "::" not in url:
             return cls(None, url, url, http=HttpFiles(HttpOptions.from_storage_options(storage_options)))
         if "::" in url and any(part.split("://", 1)[0] in ("http", "https") for part in url.split("::")):
@@ -149,14 +133,16 @@ class Store:
             inner["client_kwargs"] = _with_timeouts(inner.get("client_kwargs"))
             storage_options["http"] = inner
         try:
-            fs, path = fsspec.core.url_to_fs(url, **storage_options)
+            from fsspec.implementations.local import LocalFileSystem
+
+            fs, path = _filesystem(url, storage_options)
         except (ImportError, ValueError, TypeError) as exc:
             raise StorageError(f"cannot open {url!r}: {exc}") from None
-        return cls(fs, path, url)
+        return cls(fs, path, url, local=isinstance(fs, LocalFileSystem))
 
     def child(self, root: str, url: str) -> "Store":
         """A store for another root on the same filesystem (the directory of a manifest)."""
-        return Store(self.fs, root, url, self.retries, self.counter, self.http)
+        return Store(self.fs, root, url, self.retries, self.counter, self.http, self.local is not None)
 
     def path(self, key: str) -> str:
         if not key:
@@ -192,9 +178,13 @@ class Store:
         fsspec's HTTP backend answers `isdir` by GETting the URL and scanning it for links,
         which for a model file means fetching all of it; caching wrappers pass the call on.
         """
+        if self.local is not None:
+            return os.path.isdir(self.root)
         fs = self.fs
         if fs is None:  # plain HTTP: asking would mean downloading
             return None
+        import fsspec
+
         while isinstance(getattr(fs, "fs", None), fsspec.AbstractFileSystem) and fs.fs is not fs:
             fs = fs.fs  # unwrap simplecache::, filecache::, blockcache::
         protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
@@ -279,9 +269,7 @@ class Store:
             paths = [self.path(r.key) for r in wanted]
             starts = [r.start for r in wanted]
             ends = [r.end for r in wanted]
-            m_paths, m_starts, m_ends = merge_offset_ranges(
-                paths, starts, ends, max_gap=MERGE_GAP, max_block=MERGE_MAX, sort=True
-            )
+            m_paths, m_starts, m_ends = merge_ranges(paths, starts, ends, MERGE_GAP, MERGE_MAX)
             keys = {self.path(r.key): r.key for r in wanted}
             blocks = self._fetch(m_paths, m_starts, m_ends, keys)
             for r in wanted:
@@ -359,9 +347,15 @@ class Store:
 
 
 # -- staging: whole objects at any fsspec URL (distributed packing's parts) ---------------------
+def _filesystem(url: str, storage_options: dict):
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(url, **storage_options)
+
+
 def put_object(url: str, data: bytes, **storage_options) -> None:
     """Write `data` as the object at `url` (any fsspec URL: a shared path, s3://...)."""
-    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    fs, path = _filesystem(url, storage_options)
     try:
         parent = path.rsplit("/", 1)[0]
         if parent and parent != path:
@@ -372,7 +366,7 @@ def put_object(url: str, data: bytes, **storage_options) -> None:
 
 
 def get_object(url: str, **storage_options) -> bytes:
-    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    fs, path = _filesystem(url, storage_options)
     try:
         return fs.cat_file(path)
     except FileNotFoundError:
@@ -383,7 +377,7 @@ def get_object(url: str, **storage_options) -> bytes:
 
 def remove_objects(url: str, **storage_options) -> None:
     """Remove the object or prefix at `url`, if it exists (best effort: cleanup only)."""
-    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    fs, path = _filesystem(url, storage_options)
     try:
         if fs.exists(path):
             fs.rm(path, recursive=True)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from ..errors import QuantizationError
-from .base import BAND_BYTES, FP16_MAX, Method
+from .base import BAND_BYTES, FP16_MAX, Method, take_rows
 from .compact import QuantizedTensor
 from .chunks import map_chunks, row_step
 from .histogram import value_range
@@ -55,13 +55,13 @@ class Fp16(Method):
             out = np.empty(plane.shape, np.float32)
         bits = np.ascontiguousarray(plane).view(np.uint16)
         if out.flags.c_contiguous:
-            np.take(_widened(), bits, out=out, mode="clip")
+            take_rows(_widened(), bits, out)  # every 16-bit pattern has an entry
             return out
         band_rows = max(1, BAND_BYTES // (4 * max(1, bits.shape[1])))  # a tile of a wider tensor
         band = np.empty((min(band_rows, bits.shape[0]), bits.shape[1]), np.float32)
         for lo in range(0, bits.shape[0], band_rows):
             hi = min(bits.shape[0], lo + band_rows)
-            np.take(_widened(), bits[lo:hi], out=band[: hi - lo], mode="clip")
+            take_rows(_widened(), bits[lo:hi], band[: hi - lo])
             out[lo:hi] = band[: hi - lo]
         return out
 

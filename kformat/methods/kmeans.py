@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import QuantizationError
 from . import kmeans_allocation, kmeans_codes, kmeans_fit
-from .base import FP16_MAX, FP16_NORMAL, Method, TableSpec, group_rows_for, row_groups
+from .base import FP16_MAX, FP16_NORMAL, Method, TableSpec, group_rows_for, row_groups, take_rows
 from .chunks import map_chunks, spans as chunk_spans
 from .compact import QuantizedTensor
 from .metrics import entropy_bits, sqnr_db
@@ -178,12 +178,14 @@ class KMeans(Method):
     def dequantize(self, plane, row0, group_rows, tables, out=None):
         table = tables["codebook"].astype(np.float32, copy=False)
         rows = plane.shape[0]
+        if out is None:
+            out = np.empty(plane.shape, np.float32)
         first, last = row0 // group_rows, (row0 + rows - 1) // group_rows
-        if first == last:
-            out = np.take(table[first], plane, out=out)
+        if first == last:  # codes are below 2**bits, the codebook's width: every index is valid
+            take_rows(table[first], plane, out)
         else:
             index = row_groups(row0, rows, group_rows)[:, None] * table.shape[1] + plane
-            out = np.take(table.reshape(-1), index, out=out)
+            take_rows(table.reshape(-1), index, out)
         return _scaled(out, row0, tables)
 
     def finish_lookup(self, values, row0, tables):
