@@ -54,7 +54,7 @@ def test_take_rows_is_np_take(shape):
 @pytest.mark.parametrize("method, depth", [("kmeans", 4), ("kmeans", 8), ("fp16", None)])
 def test_a_tile_dequantizes_without_a_tile_sized_temporary(method, depth):
     """np.take copies its indices as intp: taken whole, a 256 x 4096 tile's were 4-8 MiB
-    per decode thread on top of the output; in runs of rows, a few hundred KiB."""
+    per decode thread on top of the output; in runs of rows, 1 MiB."""
     import tracemalloc
 
     rng = np.random.default_rng(1)
@@ -73,4 +73,4 @@ def test_a_tile_dequantizes_without_a_tile_sized_temporary(method, depth):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 1 << 20
+    assert peak < 3 << 19  # the runs' intp indices: 1 MiB

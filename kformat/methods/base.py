@@ -79,7 +79,7 @@ def byte_table(values: np.ndarray, depth: int) -> np.ndarray:
     return table.view(np.dtype((np.void, 4 * per_byte))).reshape(256)
 
 
-TAKE_INDICES = 1 << 15  # indices per np.take call: numpy copies them as intp first (256 KiB)
+TAKE_INDICES = 1 << 17  # indices per np.take call: numpy copies them as intp first (1 MiB)
 
 
 def take_rows(table: np.ndarray, indices: np.ndarray, out: np.ndarray) -> np.ndarray:
