@@ -17,7 +17,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 from ..errors import NotFound, StorageError
