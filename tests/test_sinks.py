@@ -92,7 +92,7 @@ def test_a_failed_pack_in_place_leaves_nothing(large, tmp_path, monkeypatch):
     def fail(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(sinks.os, "pwrite", fail)
+    monkeypatch.setattr(sinks.os, "fsync", fail)
     with pytest.raises(kformat.KFormatError, match="No space left"):
         kformat.pack(large, tmp_path / "m.kf", "raw")
     assert list(tmp_path.iterdir()) == []

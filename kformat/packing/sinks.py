@@ -130,9 +130,10 @@ class SingleFileSink:
     def _commit_in_place(self, body: bytes) -> None:
         """Header and manifest at the front of the blobs' own file (the gap up to the data
         region stays a hole of zeros), then the file becomes the output."""
-        fd = self._spool.fileno()
-        os.pwrite(fd, encode_header(body, self._reserve) + body, 0)
-        os.fsync(fd)
+        self._spool.seek(0)
+        self._spool.write(encode_header(body, self._reserve) + body)
+        self._spool.flush()
+        os.fsync(self._spool.fileno())
         self.total_bytes = self._reserve + self._offset
         self._spool.close()
         publishable(Path(self._spool.name))
@@ -152,9 +153,12 @@ def _sync_quietly(fd: int) -> None:
     """fdatasync, for speed only: the commit's fsync is what makes the file durable (and says
     so if it cannot); a file closed meanwhile is no longer this thread's business."""
     try:
-        os.fdatasync(fd)
+        _DATASYNC(fd)
     except OSError:
         pass
+
+
+_DATASYNC = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 class ShardedSink:
