@@ -324,8 +324,12 @@ def test_a_size_target_may_store_small_raw_tensors_fp16_and_never_quantizes_them
     tight = tmp_path / "tight.kf"
     kformat.pack(weights, tight, "fp16", target_bits=4)  # raw norms alone would take 1.7 bits/param
     with kformat.open(str(tight)) as f:
-        for name in ("norm0.weight", "conv.weight"):
-            assert f[name].entry.rule == "fp16,codec=zstd" and f[name].entry.reason == "allocated"
+        small = [n for n in weights if n != "fc.weight"]
+        assert {f[n].entry.rule for n in small} <= {"fp16,codec=zstd", "raw,codec=zstd"}  # never codes
+        halved = [n for n in small if f[n].entry.rule == "fp16,codec=zstd"]
+        assert len(halved) >= 3  # the target needs most of them in fp16
+        for name in halved:
+            assert f[name].entry.reason == "allocated"
             np.testing.assert_array_equal(
                 f[name].numpy(), weights[name].astype(np.float16).astype(np.float32)
             )

@@ -37,7 +37,7 @@ from ..errors import KFormatError, QuantizationError
 from ..methods import chunks, get_method, kmeans_fit, view_2d
 from ..methods.metrics import TILE_OVERHEAD, tile_count
 from ..progress import Tracker
-from ..recipe import Recipe, Rule, is_float_dtype, plan
+from ..recipe import Recipe, Rule, is_float_dtype, plan, tile_for
 from ..sources import TensorSource, find_aliases
 from .encode import check_finite
 from .estimated import Batch, estimated_candidates, summarized
@@ -167,7 +167,7 @@ def estimate(
     small = [d.name for d in decisions if d.name in chosen and math.prod(infos[d.name].shape) <= EXACT_MAX]
     large = [d.name for d in decisions if d.name in chosen and d.name not in small]
     batches = {small[i]: small[i : i + WARM_BATCH] for i in range(0, len(small), WARM_BATCH)}  # by first
-    tiles = {d.name: tuple(d.rule.tile or recipe.tile) for d in decisions}
+    tiles = {d.name: tile_for(view_2d(infos[d.name].shape), d.rule.tile, recipe.tile) for d in decisions}
     found: dict[str, list[Candidate]] = {}
     entries = sum(_entry_bytes(d.name, view_2d(infos[d.name].shape), tiles[d.name]) for d in decisions)
     fixed = 64.0 + 1024.0 + entries  # header, the manifest's fixed part, its entries

@@ -24,7 +24,7 @@ from ..format.constants import CORE_CODECS, CORE_METHODS, DEFAULT_SHARD_SIZE
 from ..format.limits import AMPLIFICATION_SLACK, MAX_AMPLIFICATION
 from ..format.manifest import Manifest, Quant, Table, TensorEntry, Tile
 from ..methods import QuantizedTensor, chunks, get_method, view_2d
-from ..recipe import Decision, Recipe, Rule, plan
+from ..recipe import Decision, Recipe, Rule, plan, tile_for
 from ..progress import Tracker, log
 from ..sources import TensorSource, find_aliases
 from .encode import encode_tensor
@@ -117,7 +117,7 @@ def encode_blobs(
     rule = decision.rule
     q = encode_tensor(name, array, rule, importance, feedback=True)
     codec = get_codec(rule.plane_codec)
-    tile = tuple(rule.tile or default_tile)
+    tile = tile_for(q.view, rule.tile, default_tile)
     rects = tile_grid(q.view, tile)
     blobs = list(pool.map(lambda rect: tile_blob(q, codec, rect), rects))
     method = get_method(rule.method)
@@ -230,7 +230,7 @@ def manifest_room(decisions: list[Decision], views: dict[str, tuple[int, int]], 
     total = 4096 + extra
     for d in decisions:
         rows, cols = views[d.name]
-        tr, tc = d.rule.tile or tile
+        tr, tc = tile_for(views[d.name], d.rule.tile, tile)
         tiles = -(-rows // tr) * -(-cols // tc)
         tables = 2 if get_method(d.rule.method).codes else 0
         total += 320 + 2 * len(d.name) + len(d.rule.to_text()) + len(d.reason) + 150 * (tiles + tables)

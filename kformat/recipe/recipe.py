@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 from ..errors import RecipeError
 from .presets import PRESETS
 from .roles import Role, role_of
-from .rules import DEFAULT_TILE, Rule, check_tile, parse_rule, rule_fields_from_text, validation_message
+from .rules import Rule, check_tile, parse_rule, rule_fields_from_text, validation_message
 
 DEFAULT_MIN_ELEMENTS = 1024
 
@@ -87,7 +87,10 @@ class Recipe(BaseModel):
     min_elements: int = Field(
         DEFAULT_MIN_ELEMENTS, ge=0, description="float tensors smaller than this are stored raw"
     )
-    tile: tuple[int, int] = Field(DEFAULT_TILE, description="default tile rows x cols")
+    tile: tuple[int, int] | None = Field(
+        None,
+        description="default tile rows x cols; none: whole rows, about 256 x 4096 values a tile",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -99,7 +102,8 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _tile_ok(self) -> "Recipe":
-        check_tile(self.tile)
+        if self.tile is not None:
+            check_tile(self.tile)
         return self
 
     def with_rules(self, extra: list[RuleEntry]) -> "Recipe":
