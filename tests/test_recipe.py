@@ -187,3 +187,27 @@ def test_role_and_largest_selectors_in_recipes():
     assert [d.rule.to_text() for d in decisions] == ["kmeans:8,row", "fp16", "kmeans:2"]
     with pytest.raises(RecipeError, match="role"):
         recipe_from_dict({"rules": [{"role": "attention", "rule": "fp16"}]})
+
+
+def test_tiles_are_whole_rows_unless_a_recipe_or_rule_says_otherwise(tmp_path):
+    """Without a tile in the recipe or rule, a tile spans its tensor's rows (at most 65536
+    wide) and holds about 2^20 values, so it decodes straight into the output's rows."""
+    import kformat
+    from kformat.recipe import auto_tile, recipe_from_dict
+
+    assert auto_tile((4096, 4096)) == (256, 4096)
+    assert auto_tile((4096, 25088)) == (41, 25088)
+    assert auto_tile((3, 70000)) == (3, 65536)
+    assert auto_tile((1, 7)) == (1, 7)
+    rng = np.random.default_rng(4)
+    weights = {"wide": rng.standard_normal((100, 20000)).astype(np.float32)}
+    report = kformat.pack(weights, tmp_path / "auto.kf", "kmeans4")
+    entry = report.manifest.tensors[0]
+    assert tuple(entry.tile) == (52, 20000) and all(t.cols == 20000 for t in entry.tiles)
+    recipe = recipe_from_dict({"name": "r", "default": "kmeans:4", "tile": [64, 4096]})
+    explicit = kformat.pack(weights, tmp_path / "set.kf", recipe)
+    assert tuple(explicit.manifest.tensors[0].tile) == (64, 4096)
+    ruled = kformat.pack(weights, tmp_path / "rule.kf", "kmeans4", rules=["wide=kmeans:4,tile=16x512"])
+    assert tuple(ruled.manifest.tensors[0].tile) == (16, 512)
+    a, b = (kformat.load_all(str(tmp_path / f))["wide"] for f in ("auto.kf", "set.kf"))
+    np.testing.assert_array_equal(a, b)  # the same codes, cut differently
