@@ -16,6 +16,6 @@ MAX_RANK = 32  # numpy allows 64 dimensions; no model needs more than a handful
 # compress past this (a huge constant tensor) stores them with the raw codec instead.
 MAX_AMPLIFICATION = 4096
 AMPLIFICATION_SLACK = 64 << 20
-MAX_TILE_ELEMENTS = 1 << 26  # largest tile a reader accepts; writers default to 256 x 4096 = 2^20
+MAX_TILE_ELEMENTS = 1 << 26  # largest tile a reader accepts; writers default to whole rows, about 2^20 values
 MAX_TILE_SIDE = 1 << 16
 INFLATION_SLACK = 64
