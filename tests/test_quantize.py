@@ -186,8 +186,10 @@ def test_ec_cells_match_brute_force(most):
         if case % 3 == 0:  # repeated centroids: only one of each can own a cell
             centroids = np.sort(np.concatenate((centroids, centroids[: centroids.size // 3])))
         lengths = rng.random(centroids.size) * 5
-        lam = float(rng.random())
+        lam = float(rng.random()) * (case % 4 != 1)  # lam = 0: every distinct line owns a cell
         owners, edges = kmeans.ec_cells(centroids, lengths, lam)
+        if lam == 0 and case % 3:
+            assert np.array_equal(owners, np.arange(centroids.size))  # the one-pass path
         xs = np.linspace(-4, 4, 2001)
         brute = np.argmin((xs[:, None] - centroids) ** 2 + lam * lengths, axis=1)
         fast = owners[np.searchsorted(edges, xs)]

@@ -104,6 +104,7 @@ class CellSums:
         self.w = np.concatenate(([0.0], np.cumsum(weights)))
         self.wp = np.concatenate(([0.0], np.cumsum(wp)))
         self.wpp = np.concatenate(([0.0], np.cumsum(wp * points)))
+        self._w_wp = np.stack((self.w, self.wp), axis=1)  # both gathered in one call (moments)
 
     def _bounds(self, edges: np.ndarray) -> np.ndarray:
         """Prefix indices of the cells split at `edges`: 0, then where each edge falls (a point
@@ -122,9 +123,9 @@ class CellSums:
     def moments(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(weights, sums) of the cells split at `edges`: cells() without the squares (Lloyd
         runs this tens of times per codebook, holding the GIL)."""
-        bounds = self._bounds(edges)
-        w, wp = self.w[bounds], self.wp[bounds]
-        return w[1:] - w[:-1], wp[1:] - wp[:-1]
+        both = self._w_wp[self._bounds(edges)]
+        cells = both[1:] - both[:-1]
+        return cells[:, 0], cells[:, 1]
 
     def sse(self, centroids: np.ndarray, edges: np.ndarray) -> float:
         """Squared error of the cells at `edges` quantized to `centroids` (one per cell)."""
@@ -267,6 +268,12 @@ def ec_cells(centroids: np.ndarray, lengths: np.ndarray, lam: float) -> tuple[np
     k = centroids.size
     slopes = -2.0 * centroids
     offsets = centroids * centroids + lam * lengths
+    if k >= 2:  # the common case first, in fewer numpy calls: every line owns a cell
+        gap = slopes[:-1] - slopes[1:]
+        if gap.min() > 0:
+            cross = (offsets[1:] - offsets[:-1]) / gap
+            if (cross[1:] > cross[:-1]).all() and -np.inf < cross[0] and cross[-1] < np.inf:
+                return np.arange(k, dtype=np.int64), cross
     hull = np.arange(k)
     same = slopes[1:] == slopes[:-1]
     if same.any():  # equal centroids are neighbours: keep each run's lowest offset, first on ties
