@@ -60,3 +60,17 @@ def entropy_bytes(counts: np.ndarray) -> float:
 
 def tile_count(view: tuple[int, int], tile: tuple[int, int]) -> int:
     return math.ceil(view[0] / tile[0]) * math.ceil(view[1] / tile[1])
+
+
+# A manifest entry (msgpack): its name, shape, rule, stats and about this much more, plus a
+# record (offset, length, SHA-256) per tile blob. Measured on a small CNN's 56 entries and
+# VGG16's: 350-400 bytes for one tile; at 300 bytes in all the first round of a 120k-parameter
+# model came out 5% over its target.
+ENTRY_BYTES = 240
+BLOB_RECORD_BYTES = 130
+
+
+def manifest_entry_bytes(name: str, view: tuple[int, int], tile: tuple[int, int]) -> int:
+    """About what a tensor's manifest entry takes: bit allocation counts it against the
+    target, and the single-file writer reserves room for it ahead of the blobs."""
+    return ENTRY_BYTES + len(name.encode()) + BLOB_RECORD_BYTES * tile_count(view, tile)

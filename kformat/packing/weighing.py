@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import KFormatError, QuantizationError
 from ..methods import chunks, get_method, kmeans_fit, view_2d
-from ..methods.metrics import TILE_OVERHEAD, tile_count
+from ..methods.metrics import TILE_OVERHEAD, manifest_entry_bytes
 from ..progress import Tracker
 from ..recipe import Recipe, Rule, is_float_dtype, plan, tile_for
 from ..sources import TensorSource, find_aliases
@@ -61,18 +61,6 @@ def candidates(name: str, array: np.ndarray, tile: tuple[int, int], importance=N
     if array.size <= EXACT_MAX:
         return exact_candidates(name, array, tile, importance)
     return estimated_candidates(name, array, tile, importance)
-
-
-# A manifest entry (msgpack): its name, shape, rule, stats and about this much more, plus a
-# record (offset, length, SHA-256) per tile blob. Measured on a small CNN's 56 entries and
-# VGG16's: 350-400 bytes for one tile; at 300 bytes in all the first round of a 120k-parameter
-# model came out 5% over its target.
-ENTRY_BYTES = 240
-BLOB_RECORD_BYTES = 130
-
-
-def _entry_bytes(name: str, view: tuple[int, int], tile: tuple[int, int]) -> float:
-    return ENTRY_BYTES + len(name.encode()) + BLOB_RECORD_BYTES * tile_count(view, tile)
 
 
 def _fixed_bytes(shape, dtype: np.dtype, rule: Rule) -> float:
@@ -167,9 +155,10 @@ def estimate(
     small = [d.name for d in decisions if d.name in chosen and math.prod(infos[d.name].shape) <= EXACT_MAX]
     large = [d.name for d in decisions if d.name in chosen and d.name not in small]
     batches = {small[i]: small[i : i + WARM_BATCH] for i in range(0, len(small), WARM_BATCH)}  # by first
-    tiles = {d.name: tile_for(view_2d(infos[d.name].shape), d.rule.tile, recipe.tile) for d in decisions}
     found: dict[str, list[Candidate]] = {}
-    entries = sum(_entry_bytes(d.name, view_2d(infos[d.name].shape), tiles[d.name]) for d in decisions)
+    views = {d.name: view_2d(infos[d.name].shape) for d in decisions}
+    tiles = {d.name: tile_for(views[d.name], d.rule.tile, recipe.tile) for d in decisions}
+    entries = sum(manifest_entry_bytes(d.name, views[d.name], tiles[d.name]) for d in decisions)
     fixed = 64.0 + 1024.0 + entries  # header, the manifest's fixed part, its entries
     sizes = {n: math.prod(infos[n].shape) * np.dtype(infos[n].dtype).itemsize for n in chosen}
     tracker = Tracker(progress, len(chosen), sum(sizes.values()))

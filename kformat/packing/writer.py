@@ -24,6 +24,7 @@ from ..format.constants import CORE_CODECS, CORE_METHODS, DEFAULT_SHARD_SIZE
 from ..format.limits import AMPLIFICATION_SLACK, MAX_AMPLIFICATION
 from ..format.manifest import Manifest, Quant, Table, TensorEntry, Tile
 from ..methods import QuantizedTensor, chunks, get_method, view_2d
+from ..methods.metrics import BLOB_RECORD_BYTES, manifest_entry_bytes
 from ..recipe import Decision, Recipe, Rule, plan, tile_for
 from ..progress import Tracker, log
 from ..sources import TensorSource, find_aliases
@@ -224,16 +225,17 @@ def _long_pole(decisions: list[Decision], sizes: dict[str, int], jobs: int) -> D
 
 def manifest_room(decisions: list[Decision], views: dict[str, tuple[int, int]], tile, extra: int) -> int:
     """Bytes to reserve for header and manifest ahead of the blobs (SingleFileSink), guessed
-    from the plan: an entry is about 300 bytes plus its name, rule and reason, a tile or a
-    table about 140 (a few KiB of slack, then rounded up to 4 KiB). A guess too small costs a
-    copy at commit, one too large a gap of zeros (both bounded there)."""
-    total = 4096 + extra
+    from the plan: each entry as bit allocation counts it (metrics.manifest_entry_bytes) plus
+    its rule and reason texts and its tables' records, then a quarter more and 4 KiB of slack,
+    rounded up to 4 KiB. A guess too small costs a copy at commit, one too large a gap of
+    zeros (both bounded there)."""
+    total = 0
     for d in decisions:
-        rows, cols = views[d.name]
-        tr, tc = tile_for(views[d.name], d.rule.tile, tile)
-        tiles = -(-rows // tr) * -(-cols // tc)
+        view = views[d.name]
         tables = 2 if get_method(d.rule.method).codes else 0
-        total += 320 + 2 * len(d.name) + len(d.rule.to_text()) + len(d.reason) + 150 * (tiles + tables)
+        total += manifest_entry_bytes(d.name, view, tile_for(view, d.rule.tile, tile))
+        total += len(d.rule.to_text()) + len(d.reason) + BLOB_RECORD_BYTES * tables
+    total = total * 5 // 4 + 4096 + extra
     return -(-total // 4096) * 4096
 
 
