@@ -173,10 +173,10 @@ def with_feedback(
     edges = None if q.edges is None else _per_row(q, q.edges)
     rounding = Rounding(grid, edges, across_rows)
     codes = feedback_codes(w.T if across_rows else w, rounding, covariance)
-    if codes is not None and across_rows:
-        codes = np.ascontiguousarray(codes.T)
     if codes is None:
         return q
+    if across_rows:
+        codes = np.ascontiguousarray(codes.T)
     counts = np.bincount(codes.reshape(-1), minlength=1 << int(q.bits))
     stats = {k: v for k, v in q.stats.items() if k != "sqnr_db"}  # measured again by the caller
     stats["entropy_bits"] = entropy_bits(counts)
