@@ -13,10 +13,13 @@ fraction of a second.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
 import numpy as np
+
+from . import kernels
 
 
 def _prefix(problems: list[tuple[np.ndarray, np.ndarray]]):
@@ -85,9 +88,9 @@ def _layer(previous: np.ndarray, jl, jr, ol, orr, w, s1, s2, floor=None) -> tupl
 DENSE_CELLS = 1 << 19  # one problem with at most this many (i, j) pairs: every pair at once
 
 
-def _dense_layers(first: np.ndarray, w, s1, s2, k: int) -> tuple[list[np.ndarray], list[float]]:
+def _dense_layers(first: np.ndarray, w, s1, s2, k: int) -> tuple[list[np.ndarray], list[float], np.ndarray]:
     """The splits of layers 2..k of one problem (prefix indices 0..n) from every (i, j) pair
-    at once, and each layer's least error over all n points: three big numpy passes a layer
+    at once, each layer's least error over all n points, and layer k: three big numpy passes a layer
     instead of a few hundred small ones, so a 4-bit seed (k = 16 over 512 points) spends its
     time outside the GIL. The same values and the same first minima as _layer (cost(i, j)
     computed the same way, ties to the lowest i)."""
@@ -105,7 +108,7 @@ def _dense_layers(first: np.ndarray, w, s1, s2, k: int) -> tuple[list[np.ndarray
         layer[:m] = np.inf  # j < m points cannot fill m clusters
         splits.append(split)
         ends.append(float(layer[-1]))
-    return splits, ends
+    return splits, ends, layer
 
 
 class Programme:
@@ -131,8 +134,36 @@ class Programme:
     def extend(self, k: int, active: np.ndarray | None = None) -> None:
         """Layers up to k clusters, for the problems `active` (indices; default all)."""
         base, sizes = self.base, self.sizes
-        if self.depth == 1 and base.size == 1 and self.w.size**2 <= DENSE_CELLS and k > 1:
-            splits, ends = _dense_layers(self.layer, self.w, self.s1, self.s2, k)
+        if k <= self.depth:
+            return
+        compiled = kernels.compiled()
+        dense = self.depth == 1 and base.size == 1 and self.w.size**2 <= DENSE_CELLS and k > 1
+        if compiled is not None and dense:
+            self.layer, splits, ends = compiled.dp_dense(self.layer, self.w, self.s1, self.s2, k)
+            self.splits += list(splits)
+            self.errors += [ends[m : m + 1] for m in range(ends.size)]
+            return
+        if compiled is not None:  # every layer in one call, without the GIL: the same numbers
+            chosen = np.arange(base.size) if active is None else np.asarray(active, dtype=np.int64)
+            floor = self.splits[-1] if self.splits else np.zeros(1, dtype=np.int64)
+            self.layer, splits, errors = compiled.dp_extend(
+                self.layer,
+                self.w,
+                self.s1,
+                self.s2,
+                base,
+                sizes,
+                chosen,
+                self.depth + 1,
+                k,
+                floor,
+                bool(self.splits),
+            )
+            self.splits += list(splits)
+            self.errors += list(errors)
+            return
+        if dense:
+            splits, ends, self.layer = _dense_layers(self.layer, self.w, self.s1, self.s2, k)
             self.splits += splits
             self.errors += [np.array([end]) for end in ends]
             return
@@ -196,6 +227,11 @@ def _new_lock_after_fork() -> None:  # another thread may have held it when this
 os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
+def one_at_a_time():
+    """ONE_AT_A_TIME for the numpy loops; nothing for the compiled ones, which free the GIL."""
+    return contextlib.nullcontext() if kernels.compiled() is not None else ONE_AT_A_TIME
+
+
 def optimal_centroids_batch(problems: list[tuple[np.ndarray, np.ndarray]], k: int) -> list[np.ndarray]:
     """optimal_centroids of several problems (the groups of a tensor) in the same numpy
     passes, so many small groups cost little more than one."""
@@ -208,7 +244,7 @@ def optimal_centroids_batch(problems: list[tuple[np.ndarray, np.ndarray]], k: in
             todo.append(g)
     if todo:
         chosen = [(problems[g][0].astype(np.float64), problems[g][1].astype(np.float64)) for g in todo]
-        with ONE_AT_A_TIME:
+        with one_at_a_time():
             programme = Programme(chosen)
             programme.extend(k)
         for index, g in enumerate(todo):

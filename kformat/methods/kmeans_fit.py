@@ -24,7 +24,7 @@ import hashlib
 import numpy as np
 
 from .histogram import FINE_BINS, SAMPLE_VALUES, Histogram, _rebin, histogram  # noqa: F401 (re-exported)
-from . import kmeans_memo
+from . import kernels, kmeans_memo
 from .kmeans_codes import boundaries
 from .kmeans_memo import (  # noqa: F401 (re-exported: what allocation keeps while it runs)
     keep_seeds,
@@ -106,6 +106,12 @@ class CellSums:
         self.wpp = np.concatenate(([0.0], np.cumsum(wp * points)))
         self._w_wp = np.stack((self.w, self.wp), axis=1)  # both gathered in one call (moments)
 
+    def float64(self, *arrays: np.ndarray) -> bool:
+        """Whether the compiled loops (kernels) take these sums and arrays: all float64 and
+        contiguous, as the numpy loops compute in."""
+        every = (self.points, self.w, self.wp, *arrays)
+        return all(a.dtype == np.float64 and a.ndim == 1 and a.flags.c_contiguous for a in every)
+
     def _bounds(self, edges: np.ndarray) -> np.ndarray:
         """Prefix indices of the cells split at `edges`: 0, then where each edge falls (a point
         equal to an edge belongs to the lower cell, as searchsorted(edges, point) says), n."""
@@ -138,6 +144,9 @@ def lloyd(points: np.ndarray, weights: np.ndarray, centroids: np.ndarray, iters:
     centroids = np.unique(centroids)
     tol = TOLERANCE * float(points[-1] - points[0])
     sums = sums or CellSums(points, weights)
+    compiled = kernels.compiled()
+    if compiled is not None and sums.float64(centroids):
+        return compiled.lloyd(points, sums.w, sums.wp, centroids, iters, tol)
     for _ in range(iters):
         if centroids.size < 2:
             break
@@ -297,7 +306,13 @@ def _ec_lloyd(points, weights, centroids, lam, sums: CellSums | None = None, len
     if lengths is None:
         lengths = np.full(centroids.size, np.log2(centroids.size))
     tol = TOLERANCE * float(points[-1] - points[0])
-    for _ in range(ECQ_ITERS):
+    iters, compiled = ECQ_ITERS, kernels.compiled()
+    if compiled is not None and sums.float64(centroids, lengths):  # until a line owns no cell
+        centroids, lengths, done, finished = compiled.ec_lloyd(
+            points, sums.w, sums.wp, centroids, lengths, lam, iters, tol, float(total)
+        )
+        iters = 0 if finished else iters - done
+    for _ in range(iters):
         owners, edges = ec_cells(centroids, lengths, lam)
         counts, moments = sums.moments(edges)
         keep = counts > 0

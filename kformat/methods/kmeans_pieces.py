@@ -109,7 +109,7 @@ def seed_in_pieces(problems: list[Problem], k: int) -> list[np.ndarray]:
     if todo:
         chosen = [(problems[g][0].astype(np.float64), problems[g][1].astype(np.float64)) for g in todo]
         starts = [_pieces(p, w, max(1, k // PIECE_CLUSTERS)) for p, w in chosen]
-        with kmeans_dp.ONE_AT_A_TIME:  # (read at call time: a forked child makes a new one)
+        with kmeans_dp.one_at_a_time():
             for _ in range(PASSES):
                 bounds = _solve(chosen, starts, k)
                 starts = [_shifted(s, b) for s, b in zip(starts, bounds)]

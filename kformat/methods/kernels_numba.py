@@ -1,0 +1,169 @@
+"""The fits' inner loops compiled by numba, without the GIL (imported by kernels, never directly).
+
+Each function does the arithmetic of the numpy code it stands for in the same order (no
+fast-math), so it returns the same floats and the same first minima; tests compare them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+STACK = 256  # pending halves of one layer's divide and conquer: about 2 log2(points) of them
+
+
+@njit(nogil=True, cache=True)
+def _cost_to(w, s1, s2, i, wj, s1j, s2j):  # kmeans_dp._cost_to of one pair
+    dw = wj - w[i]
+    d1 = s1j - s1[i]
+    d1 *= d1
+    d1 = d1 / dw if dw > 0 else 0.0
+    cost = s2j - s2[i]
+    cost -= d1
+    return cost if cost > 0.0 or cost != cost else 0.0  # np.maximum(cost, 0): NaN stays
+
+
+@njit(nogil=True, cache=True)
+def _layer_of(previous, best, split, jl, jr, ol, orr, w, s1, s2, floor, has_floor):
+    """kmeans_dp._layer for one problem, depth first (each half's search depends only on its
+    parent's split, so the order does not change a result)."""
+    stack = np.empty((STACK, 4), dtype=np.int64)
+    stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = jl, jr, ol, orr
+    top = 1
+    while top:
+        top -= 1
+        a, b, lo0, hi0 = stack[top, 0], stack[top, 1], stack[top, 2], stack[top, 3]
+        if a > b:
+            continue
+        mid = (a + b) // 2
+        hi = min(hi0, mid - 1)
+        lo = min(max(lo0, floor[mid]), hi) if has_floor else lo0
+        wj, s1j, s2j = w[mid], s1[mid], s2[mid]
+        lowest = previous[lo] + _cost_to(w, s1, s2, lo, wj, s1j, s2j)
+        chosen = lo
+        for i in range(lo + 1, hi + 1):
+            value = previous[i] + _cost_to(w, s1, s2, i, wj, s1j, s2j)
+            if value < lowest:
+                lowest, chosen = value, i
+        best[mid], split[mid] = lowest, chosen
+        stack[top, 0], stack[top, 1], stack[top, 2], stack[top, 3] = mid + 1, b, chosen, hi0
+        stack[top + 1, 0], stack[top + 1, 1], stack[top + 1, 2], stack[top + 1, 3] = a, mid - 1, lo0, chosen
+        top += 2
+
+
+@njit(nogil=True, cache=True)
+def dp_extend(layer, w, s1, s2, base, sizes, chosen, m_from, m_to, floor, has_floor):
+    """Programme.extend's layers m_from..m_to for the problems `chosen`: the last layer, and
+    each layer's splits [m, prefix index] and errors [m, problem]."""
+    count = m_to - m_from + 1
+    splits = np.zeros((count, layer.size), dtype=np.int64)
+    errors = np.full((count, base.size), np.inf)
+    for step in range(count):
+        m = m_from + step
+        best = np.full(layer.size, np.inf)
+        for g in chosen:
+            n = sizes[g]
+            if n < m:  # m clusters need m points
+                continue
+            b = base[g]
+            _layer_of(
+                layer, best, splits[step], b + m, b + n, b + m - 1, b + n - 1, w, s1, s2, floor, has_floor
+            )
+            errors[step, g] = best[b + n]
+        layer = best
+        floor, has_floor = splits[step], True
+    return layer, splits, errors
+
+
+@njit(nogil=True, cache=True)
+def dp_dense(first, w, s1, s2, k):
+    """kmeans_dp._dense_layers (one problem, every split i < j searched, ties to the lowest):
+    layer k, the splits [m, j] and each layer's error over all points."""
+    size = first.size
+    layer = first.copy()
+    layer[0] = np.inf  # one cluster over no points
+    splits = np.zeros((k - 1, size), dtype=np.int64)
+    ends = np.empty(k - 1)
+    for m in range(2, k + 1):
+        best = np.empty(size)
+        for j in range(size):
+            wj, s1j, s2j = w[j], s1[j], s2[j]
+            lowest = _cost_to(w, s1, s2, 0, wj, s1j, s2j) + layer[0] if j > 0 else np.inf
+            chosen = 0
+            for i in range(1, j):
+                value = _cost_to(w, s1, s2, i, wj, s1j, s2j) + layer[i]
+                if value < lowest:
+                    lowest, chosen = value, i
+            best[j], splits[m - 2, j] = lowest, chosen
+        best[:m] = np.inf  # j < m points cannot fill m clusters
+        ends[m - 2] = best[-1]
+        layer = best
+    return layer, splits, ends
+
+
+@njit(nogil=True, cache=True)
+def _moments(w, wp, points, edges):  # CellSums.moments
+    bounds = np.empty(edges.size + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, points.size
+    bounds[1:-1] = np.searchsorted(points, edges, side="right")
+    counts = w[bounds[1:]] - w[bounds[:-1]]
+    sums = wp[bounds[1:]] - wp[bounds[:-1]]
+    return counts, sums
+
+
+@njit(nogil=True, cache=True)
+def lloyd(points, w, wp, centroids, iters, tol):
+    """kmeans_fit.lloyd's iterations from unique sorted centroids, on CellSums' prefix sums."""
+    for _ in range(iters):
+        if centroids.size < 2:
+            break
+        edges = (centroids[:-1] + centroids[1:]) / 2.0
+        counts, moments = _moments(w, wp, points, edges)
+        if np.all(counts != 0.0):
+            updated = moments / counts
+            converged = np.abs(updated - centroids).max() <= tol
+        else:
+            keep = counts > 0
+            updated = moments[keep] / counts[keep]
+            converged = False
+        centroids = updated
+        if converged:
+            break
+    return centroids
+
+
+@njit(nogil=True, cache=True)
+def _every_line_owns(centroids, lengths, lam):
+    """kmeans_fit.ec_cells' common case: (True, the edges) when every line owns a cell."""
+    k = centroids.size
+    none = np.empty(0)
+    if k < 2:
+        return False, none
+    slopes = -2.0 * centroids
+    offsets = centroids * centroids + lam * lengths
+    gap = slopes[:-1] - slopes[1:]
+    if not gap.min() > 0:
+        return False, none
+    cross = (offsets[1:] - offsets[:-1]) / gap
+    if np.all(cross[1:] > cross[:-1]) and -np.inf < cross[0] and cross[-1] < np.inf:
+        return True, cross
+    return False, none
+
+
+@njit(nogil=True, cache=True)
+def ec_lloyd(points, w, wp, centroids, lengths, lam, iters, tol, total):
+    """kmeans_fit._ec_lloyd's iterations while every line owns a cell: (centroids, lengths,
+    iterations done, finished); not finished hands the rest back to the numpy loop."""
+    for it in range(iters):
+        owned, edges = _every_line_owns(centroids, lengths, lam)
+        if not owned:
+            return centroids, lengths, it, False
+        counts, moments = _moments(w, wp, points, edges)
+        keep = counts > 0
+        updated = moments[keep] / counts[keep]
+        new_lengths = -np.log2(counts[keep] / total)
+        done = updated.size == centroids.size and np.max(np.abs(updated - centroids)) <= tol
+        centroids, lengths = updated, new_lengths
+        if done:
+            return centroids, lengths, it + 1, True
+    return centroids, lengths, iters, True

@@ -1,0 +1,129 @@
+"""The compiled fit loops (kernels_numba) give exactly what the numpy loops give: the same
+floats, the same first minima, so a pack's bytes do not depend on whether numba is installed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("numba")
+
+import kformat  # noqa: E402
+from kformat.methods import kernels, kmeans_dp, kmeans_fit  # noqa: E402
+from kformat.methods.kmeans_pieces import seed_in_pieces  # noqa: E402
+
+
+def numpy_only(function, *args):
+    """function(*args) with the numpy loops (KFORMAT_NUMBA=0), then with the compiled ones."""
+    os.environ["KFORMAT_NUMBA"] = "0"
+    try:
+        assert kernels.compiled() is None
+        plain = function(*args)
+    finally:
+        del os.environ["KFORMAT_NUMBA"]
+    assert kernels.compiled() is not None
+    return plain, function(*args)
+
+
+def _problem(rng: np.random.Generator, size: int, ties: bool) -> tuple[np.ndarray, np.ndarray]:
+    points = np.sort(rng.standard_t(3, size))
+    if ties:  # repeated values and zero weights: ties between splits, empty cells
+        points = np.sort(np.round(points, 1))
+    weights = rng.integers(0, 4, size).astype(np.float64) if ties else rng.random(size) + 0.1
+    weights[rng.integers(size)] += 1.0  # (a histogram's counts never all vanish)
+    return points, weights
+
+
+def _equal(a, b) -> None:
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
+
+
+@settings(max_examples=40)
+@given(seed=st.integers(0, 2**32 - 1), ties=st.booleans(), k=st.sampled_from([2, 3, 5, 16, 40]))
+def test_programme_layers_equal(seed, ties, k):
+    rng = np.random.default_rng(seed)
+    problems = [_problem(rng, int(rng.integers(1, 300)), ties) for _ in range(int(rng.integers(1, 5)))]
+
+    def run():
+        programme = kmeans_dp.Programme(problems)
+        programme.extend(max(2, k // 2), np.arange(0, len(problems), 2))  # a subset, then all
+        programme.extend(k)
+        return programme
+
+    plain, fast = numpy_only(run)
+    for a, b in zip(plain.errors, fast.errors, strict=True):
+        _equal(a, b)
+    for a, b in zip(plain.splits, fast.splits, strict=True):
+        _equal(a, b)
+    _equal(plain.layer, fast.layer)
+
+
+@settings(max_examples=20)
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(2, 700))
+def test_dense_programme_equals_compiled(seed, size):
+    """One small problem takes the dense path in numpy; the compiled loop finds the same."""
+    points, weights = _problem(np.random.default_rng(seed), size, ties=False)
+    plain, fast = numpy_only(kmeans_dp.optimal_centroids, points, weights, 16)
+    _equal(plain, fast)
+
+
+@settings(max_examples=10)
+@given(seed=st.integers(0, 2**32 - 1), k=st.sampled_from([64, 256]))
+def test_seeds_in_pieces_equal(seed, k):
+    rng = np.random.default_rng(seed)
+    problems = [_problem(rng, 4096, ties=False), _problem(rng, 3000, ties=True)]
+    plain, fast = numpy_only(seed_in_pieces, problems, k)
+    for a, b in zip(plain, fast, strict=True):
+        _equal(a, b)
+
+
+@settings(max_examples=40)
+@given(seed=st.integers(0, 2**32 - 1), ties=st.booleans(), k=st.sampled_from([2, 4, 16, 256]))
+def test_lloyd_equal(seed, ties, k):
+    rng = np.random.default_rng(seed)
+    points, weights = _problem(rng, int(rng.integers(2, 5000)), ties)
+    start = rng.choice(points, size=min(k, points.size))  # duplicates and empty cells included
+    plain, fast = numpy_only(kmeans_fit.lloyd, points, weights, start)
+    _equal(plain, fast)
+
+
+@settings(max_examples=40)
+@given(seed=st.integers(0, 2**32 - 1), ties=st.booleans(), k=st.sampled_from([2, 4, 16, 256]))
+def test_entropy_constrained_equal(seed, ties, k):
+    """Up to rate weights where lines lose their cells: the compiled loop hands those back."""
+    rng = np.random.default_rng(seed)
+    points, weights = _problem(rng, int(rng.integers(k + 1, 5000)), ties)
+    plain_fit = kmeans_fit.lloyd(points, weights, np.quantile(points, np.linspace(0, 1, k)))
+    mse = float(np.average((points - np.median(points)) ** 2, weights=weights + 1e-9))
+    for lam in (0.0, 0.01 * mse, mse, 8 * mse):
+        plain, fast = numpy_only(kmeans_fit._ec_lloyd, points, weights, plain_fit, lam)
+        for a, b in zip(plain, fast, strict=True):
+            _equal(a, b)
+
+
+def test_fits_share_the_gil_free_path(monkeypatch):
+    """KFORMAT_NUMBA=0 turns the compiled loops off (and the one-programme lock back on)."""
+    assert kernels.compiled() is not None
+    assert kmeans_dp.one_at_a_time() is not kmeans_dp.ONE_AT_A_TIME
+    monkeypatch.setenv("KFORMAT_NUMBA", "0")
+    assert kernels.compiled() is None
+    assert kmeans_dp.one_at_a_time() is kmeans_dp.ONE_AT_A_TIME
+
+
+def test_a_load_does_not_import_numba(tmp_path):
+    """numba (60 MiB of RSS) is for packing: loading a k-means file never imports it."""
+    weights = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    kformat.pack({"w": weights}, tmp_path / "m.kf", "kmeans4")
+    code = (
+        "import sys, kformat; kformat.load_all(sys.argv[1]); kformat.verify(sys.argv[1]);"
+        "print('numba' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.kf")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
