@@ -40,6 +40,24 @@ def test_safetensors_order_is_natural(tmp_path):
     assert names == ["layer1.weight", "layer2.weight", "layer10.weight"]
 
 
+def test_safetensors_tensors_read_exactly_and_a_file_cut_after_opening_is_an_input_error(tmp_path):
+    from safetensors.numpy import save_file
+
+    arrays = {"a": np.arange(12, dtype=np.int16).reshape(3, 4), "b": np.linspace(0, 1, 7).astype(np.float64)}
+    save_file(arrays, str(tmp_path / "m.safetensors"), metadata={"k": "v"})
+    source = open_source(tmp_path / "m.safetensors")
+    for name, array in arrays.items():
+        got = source.load(name)
+        assert got.dtype == array.dtype and got.shape == array.shape and got.tobytes() == array.tobytes()
+    save_file({"b": arrays["b"]}, str(tmp_path / "cut.safetensors"))
+    source = open_source(tmp_path / "cut.safetensors")
+    size = (tmp_path / "cut.safetensors").stat().st_size
+    with open(tmp_path / "cut.safetensors", "r+b") as handle:
+        handle.truncate(size - 8)
+    with pytest.raises(InputError, match=r"tensor 'b': expected 56 bytes at \d+, got 48"):
+        source.load("b")
+
+
 def test_torch_state_dict(tmp_path, model):
     torch = pytest.importorskip("torch")
     state = {name: torch.from_numpy(array.copy()) for name, array in model.items()}

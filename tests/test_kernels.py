@@ -20,15 +20,19 @@ from kformat.methods.kmeans_pieces import seed_in_pieces  # noqa: E402
 
 
 def numpy_only(function, *args):
-    """function(*args) with the numpy loops (KFORMAT_NUMBA=0), then with the compiled ones."""
+    """function(*args) with the numpy loops (KFORMAT_NUMBA=0), then with the compiled ones
+    (KFORMAT_NUMBA=1: loaded at once)."""
     os.environ["KFORMAT_NUMBA"] = "0"
     try:
         assert kernels.compiled() is None
         plain = function(*args)
     finally:
+        os.environ["KFORMAT_NUMBA"] = "1"
+    try:
+        assert kernels.compiled() is not None
+        return plain, function(*args)
+    finally:
         del os.environ["KFORMAT_NUMBA"]
-    assert kernels.compiled() is not None
-    return plain, function(*args)
 
 
 def _problem(rng: np.random.Generator, size: int, ties: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -107,13 +111,38 @@ def test_entropy_constrained_equal(seed, ties, k):
             _equal(a, b)
 
 
-def test_fits_share_the_gil_free_path(monkeypatch):
-    """KFORMAT_NUMBA=0 turns the compiled loops off (and the one-programme lock back on)."""
+def test_switches(monkeypatch):
+    """KFORMAT_NUMBA=0 keeps the numpy loops (and the one-programme lock); =1 the kernels."""
+    monkeypatch.setenv("KFORMAT_NUMBA", "1")
     assert kernels.compiled() is not None
     assert kmeans_dp.one_at_a_time() is not kmeans_dp.ONE_AT_A_TIME
     monkeypatch.setenv("KFORMAT_NUMBA", "0")
     assert kernels.compiled() is None
     assert kmeans_dp.one_at_a_time() is kmeans_dp.ONE_AT_A_TIME
+
+
+def _fresh(code: str, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "KFORMAT_NUMBA"}
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_kernels_load_once_numpy_loops_have_taken_long_enough():
+    """By default a process loads numba only after WARM_AFTER seconds of numpy fit loops (a
+    short pack never pays for it), in the background, and then uses it."""
+    code = """if True:
+        import sys, numpy as np
+        from kformat.methods import kernels, kmeans_fit
+        points = np.sort(np.random.default_rng(0).standard_normal(4000)); weights = np.ones(4000)
+        kmeans_fit.lloyd(points, weights, points[::100].copy())
+        print("numba" in sys.modules, kernels.compiled() is None)
+        kernels.WARM_AFTER = 0.0
+        kmeans_fit.lloyd(points, weights, points[::100].copy())
+        kernels._loader.join()
+        print(kernels.compiled() is not None)
+    """
+    assert _fresh(code).split() == ["False", "True", "True"]
 
 
 def test_a_load_does_not_import_numba(tmp_path):
@@ -124,6 +153,4 @@ def test_a_load_does_not_import_numba(tmp_path):
         "import sys, kformat; kformat.load_all(sys.argv[1]); kformat.verify(sys.argv[1]);"
         "print('numba' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.kf")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    assert _fresh(code, str(tmp_path / "m.kf")) == "False"

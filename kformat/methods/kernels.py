@@ -2,33 +2,83 @@
 
 A fit's inner loops (a layer of the 1-D k-means programme, Lloyd and entropy-constrained
 Lloyd iterations on cell sums) are thousands of numpy calls on arrays of a few dozen values:
-the interpreter holds the GIL between them, so with --jobs 2 one thread's fit stalled the
-other's (15-40% of a pack's time at one job was such calls, which capped --jobs 2 near
-1.3-1.5x). kernels_numba does the same arithmetic in the same order in compiled loops that
-release the GIL, so the output is byte-identical with or without numba. Imported on the first
-fit, never on load; KFORMAT_NUMBA=0 keeps the numpy loops.
+the interpreter holds the GIL between them, so with --jobs 2 one thread's fits stall the
+other's. kernels_numba does the same arithmetic in the same order in compiled loops that
+release the GIL, so the output is byte-identical with or without them (tests compare).
+
+They are not free: importing numba and loading the compiled code from its cache takes
+0.5-0.9 s of one core, holding the GIL (numba's import reaches for scipy's BLAS when scipy is
+installed), 60 MiB of memory, and about ten seconds the first time ever (compiling; cached
+afterwards). A 2-second pack of VGG16 spends about 0.6 s in such loops, and came out slower
+with them; a 108M-parameter transformer spends several seconds and packed `mobile` 2x
+faster. So a process runs the numpy loops until it has spent WARM_AFTER seconds in them,
+then loads the kernels on a background thread and switches once they are ready. Never on
+load. KFORMAT_NUMBA=0 keeps the numpy loops; KFORMAT_NUMBA=1 loads the kernels at once
+(and waits for them).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
+from contextlib import contextmanager
 from types import ModuleType
+from typing import Iterator
 
-_LOCK = threading.Lock()
-_loaded: list[ModuleType | None] = []  # [] before the first try, then [module or None]
+WARM_AFTER = 1.0  # seconds of numpy fit loops in a process before the kernels are loaded
+
+_lock = threading.Lock()
+_spent = 0.0  # seconds in the numpy loops so far
+_loader: threading.Thread | None = None
+_ready: ModuleType | None = None
+
+
+def _mode() -> str:
+    return os.environ.get("KFORMAT_NUMBA", "auto")
 
 
 def compiled() -> ModuleType | None:
-    """kernels_numba, or None when numba is missing or KFORMAT_NUMBA=0."""
-    if os.environ.get("KFORMAT_NUMBA", "1") == "0":
+    """kernels_numba once it is loaded, else None (numba missing, not yet worth loading,
+    still loading, or KFORMAT_NUMBA=0)."""
+    mode = _mode()
+    if mode == "0":
         return None
-    if not _loaded:
-        with _LOCK:
-            if not _loaded:
-                try:
-                    from . import kernels_numba
-                except Exception:  # missing, or a numba that does not fit this numpy: numpy loops
-                    kernels_numba = None
-                _loaded.append(kernels_numba)
-    return _loaded[0]
+    if mode == "1" and _loader is None:
+        _start()
+    if mode == "1" and _loader is not None:
+        _loader.join()
+    return _ready
+
+
+@contextmanager
+def timed_numpy_loop() -> Iterator[None]:
+    """Count the time of a numpy fit loop; past WARM_AFTER, start loading the kernels."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        global _spent
+        _spent += time.perf_counter() - start  # (a lost update between threads is harmless)
+        if _spent >= WARM_AFTER and _loader is None and _mode() != "0":
+            _start()
+
+
+def _start() -> None:
+    global _loader
+    with _lock:
+        if _loader is None:
+            # not a daemon: an exit waits for it rather than stopping numba mid-compile
+            _loader = threading.Thread(target=_load, name="kformat-kernels")
+            _loader.start()
+
+
+def _load() -> None:
+    global _ready
+    try:
+        from . import kernels_numba
+
+        kernels_numba.warm()
+    except Exception:  # missing, or a numba that does not fit this numpy: numpy loops
+        return
+    _ready = kernels_numba

@@ -167,3 +167,19 @@ def ec_lloyd(points, w, wp, centroids, lengths, lam, iters, tol, total):
         if done:
             return centroids, lengths, it + 1, True
     return centroids, lengths, iters, True
+
+
+def warm() -> None:
+    """Load (or, the first time, compile and cache) every kernel for the argument types the
+    fits pass, on tiny inputs, so that no fit waits for it."""
+    points = np.linspace(0.0, 1.0, 8)
+    weights = np.ones(8)
+    w = np.concatenate((np.zeros(1), np.cumsum(weights)))
+    wp = np.concatenate((np.zeros(1), np.cumsum(weights * points)))
+    s2 = np.concatenate((np.zeros(1), np.cumsum(weights * points * points)))
+    first = np.zeros(9)
+    index = np.zeros(1, dtype=np.int64)
+    dp_extend(first, w, wp, s2, index, index + 8, index, 2, 3, index, False)
+    dp_dense(first, w, wp, s2, 3)
+    lloyd(points, w, wp, points[::3].copy(), 5, 1e-9)
+    ec_lloyd(points, w, wp, points[::3].copy(), np.ones(3), 0.01, 5, 1e-9, 8.0)

@@ -138,50 +138,46 @@ class Programme:
             return
         compiled = kernels.compiled()
         dense = self.depth == 1 and base.size == 1 and self.w.size**2 <= DENSE_CELLS and k > 1
-        if compiled is not None and dense:
+        if compiled is not None:  # every layer in one call, without the GIL: the same numbers
+            self._extend_compiled(compiled, k, active, dense)
+            return
+        with kernels.timed_numpy_loop():
+            if dense:
+                splits, ends, self.layer = _dense_layers(self.layer, self.w, self.s1, self.s2, k)
+                self.splits += splits
+                self.errors += [np.array([end]) for end in ends]
+                return
+            chosen = np.arange(base.size) if active is None else np.asarray(active)
+            for m in range(self.depth + 1, k + 1):
+                chosen = chosen[sizes[chosen] >= m]  # m clusters need m points
+                floor = self.splits[-1] if self.splits else None
+                b, n = base[chosen], sizes[chosen]
+                if chosen.size:
+                    self.layer, split = _layer(
+                        self.layer, b + m, b + n, b + m - 1, b + n - 1, self.w, self.s1, self.s2, floor
+                    )
+                else:
+                    self.layer, split = np.full(self.w.size, np.inf), np.zeros(self.w.size, dtype=np.int64)
+                self.splits.append(split)
+                errors = np.full(base.size, np.inf)
+                errors[chosen] = self.layer[b + n]
+                self.errors.append(errors)
+
+    def _extend_compiled(self, compiled, k: int, active: np.ndarray | None, dense: bool) -> None:
+        """extend() by kernels_numba: the dense path's or divide and conquer's splits."""
+        if dense:
             self.layer, splits, ends = compiled.dp_dense(self.layer, self.w, self.s1, self.s2, k)
             self.splits += list(splits)
             self.errors += [ends[m : m + 1] for m in range(ends.size)]
             return
-        if compiled is not None:  # every layer in one call, without the GIL: the same numbers
-            chosen = np.arange(base.size) if active is None else np.asarray(active, dtype=np.int64)
-            floor = self.splits[-1] if self.splits else np.zeros(1, dtype=np.int64)
-            self.layer, splits, errors = compiled.dp_extend(
-                self.layer,
-                self.w,
-                self.s1,
-                self.s2,
-                base,
-                sizes,
-                chosen,
-                self.depth + 1,
-                k,
-                floor,
-                bool(self.splits),
-            )
-            self.splits += list(splits)
-            self.errors += list(errors)
-            return
-        if dense:
-            splits, ends, self.layer = _dense_layers(self.layer, self.w, self.s1, self.s2, k)
-            self.splits += splits
-            self.errors += [np.array([end]) for end in ends]
-            return
-        chosen = np.arange(base.size) if active is None else np.asarray(active)
-        for m in range(self.depth + 1, k + 1):
-            chosen = chosen[sizes[chosen] >= m]  # m clusters need m points
-            floor = self.splits[-1] if self.splits else None
-            b, n = base[chosen], sizes[chosen]
-            if chosen.size:
-                self.layer, split = _layer(
-                    self.layer, b + m, b + n, b + m - 1, b + n - 1, self.w, self.s1, self.s2, floor
-                )
-            else:
-                self.layer, split = np.full(self.w.size, np.inf), np.zeros(self.w.size, dtype=np.int64)
-            self.splits.append(split)
-            errors = np.full(base.size, np.inf)
-            errors[chosen] = self.layer[b + n]
-            self.errors.append(errors)
+        chosen = np.arange(self.base.size) if active is None else np.asarray(active, dtype=np.int64)
+        floor = self.splits[-1] if self.splits else np.zeros(1, dtype=np.int64)
+        args = (self.layer, self.w, self.s1, self.s2, self.base, self.sizes, np.ascontiguousarray(chosen))
+        self.layer, splits, errors = compiled.dp_extend(
+            *args, self.depth + 1, k, np.ascontiguousarray(floor), bool(self.splits)
+        )
+        self.splits += list(splits)
+        self.errors += list(errors)
 
     def bounds(self, g: int, m: int) -> np.ndarray:
         """Where problem g's best m clusters start (indices into its points), then its size."""

@@ -147,20 +147,21 @@ def lloyd(points: np.ndarray, weights: np.ndarray, centroids: np.ndarray, iters:
     compiled = kernels.compiled()
     if compiled is not None and sums.float64(centroids):
         return compiled.lloyd(points, sums.w, sums.wp, centroids, iters, tol)
-    for _ in range(iters):
-        if centroids.size < 2:
-            break
-        counts, moments = sums.moments(boundaries(centroids))
-        if counts.all():  # (counts are sums of weights: > 0 or exactly 0)
-            updated = moments / counts
-            converged = np.abs(updated - centroids).max() <= tol
-        else:  # empty cells are dropped
-            keep = counts > 0
-            updated = moments[keep] / counts[keep]
-            converged = False
-        centroids = updated
-        if converged:
-            break
+    with kernels.timed_numpy_loop():
+        for _ in range(iters):
+            if centroids.size < 2:
+                break
+            counts, moments = sums.moments(boundaries(centroids))
+            if counts.all():  # (counts are sums of weights: > 0 or exactly 0)
+                updated = moments / counts
+                converged = np.abs(updated - centroids).max() <= tol
+            else:  # empty cells are dropped
+                keep = counts > 0
+                updated = moments[keep] / counts[keep]
+                converged = False
+            centroids = updated
+            if converged:
+                break
     return centroids
 
 
@@ -312,16 +313,17 @@ def _ec_lloyd(points, weights, centroids, lam, sums: CellSums | None = None, len
             points, sums.w, sums.wp, centroids, lengths, lam, iters, tol, float(total)
         )
         iters = 0 if finished else iters - done
-    for _ in range(iters):
-        owners, edges = ec_cells(centroids, lengths, lam)
-        counts, moments = sums.moments(edges)
-        keep = counts > 0
-        updated = moments[keep] / counts[keep]
-        new_lengths = -np.log2(counts[keep] / total)
-        done = updated.size == centroids.size and np.max(np.abs(updated - centroids)) <= tol
-        centroids, lengths = updated, new_lengths
-        if done:
-            break
+    with kernels.timed_numpy_loop():
+        for _ in range(iters):
+            owners, edges = ec_cells(centroids, lengths, lam)
+            counts, moments = sums.moments(edges)
+            keep = counts > 0
+            updated = moments[keep] / counts[keep]
+            new_lengths = -np.log2(counts[keep] / total)
+            done = updated.size == centroids.size and np.max(np.abs(updated - centroids)) <= tol
+            centroids, lengths = updated, new_lengths
+            if done:
+                break
     owners, edges = ec_cells(centroids, lengths, lam)
     centroids = centroids[owners]
     return centroids, edges, sums.sse(centroids, edges), lengths[owners]
