@@ -14,9 +14,17 @@ variant runs in a fresh process, several times (the best time counts):
 
 `--jobs` output is checked byte-identical to `--jobs 1`.
 
+With --whole-process the model is first written to a .safetensors file and each run is a
+whole process timed from outside, start-up, imports and reading the file included:
+`python -m kformat pack model.safetensors -o m.kf --recipe R --jobs N` against a script that
+loads the file with safetensors and quantizes it with gguf-py, what a user's command costs.
+`--jobs 1` and `--jobs N` then run in turn, and the gain is also given as the median of the
+pairs' ratios (this machine's speed drifts by tens of percent from minute to minute).
+
     python tools/bench/pack_speed.py [--out bench-out] [--repeat 2] [--small] [--recipes kmeans4,q4]
 
-Prints a table (seconds and ratio to gguf Q4_0) and writes bench-out/pack_speed.json.
+Prints a table (seconds and ratio to gguf Q4_0) and writes bench-out/pack_speed.json
+(pack_speed_whole_process.json with --whole-process).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 CHILD = r"""
@@ -63,7 +72,46 @@ print(json.dumps({"seconds": best}))
 """
 
 
+GGUF_WHOLE = r"""
+import sys
+import numpy as np
+from gguf import GGMLQuantizationType, quants
+from safetensors.numpy import load_file
+for w in load_file(sys.argv[1]).values():
+    flat = w.reshape(w.shape[0], -1) if w.ndim > 1 else w.reshape(1, -1)
+    if flat.shape[-1] % 32 == 0:
+        quants.quantize(flat, GGMLQuantizationType.Q4_0)
+    else:
+        flat.astype(np.float16)
+"""
+
 RECIPES = ("kmeans4", "int8", "mobile", "q4", "kmeans8")
+
+
+def whole_process(variant: str, model: Path, target: Path, repeat: int) -> dict:
+    """The best wall time of `repeat` whole processes running the variant on the model file."""
+    if variant == "gguf Q4_0":
+        command = [sys.executable, "-c", GGUF_WHOLE, str(model)]
+    else:
+        recipe, jobs = variant.split()[1], variant.split("jobs=")[1]
+        command = [sys.executable, "-m", "kformat", "pack", str(model), "-o", str(target)]
+        command += ["--recipe", recipe, "--jobs", jobs, "--quiet"]
+    best = None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(command, capture_output=True, check=True)
+        seconds = time.perf_counter() - start
+        best = seconds if best is None else min(best, seconds)
+    return {"seconds": best}
+
+
+def write_model(path: Path, small: bool) -> None:
+    code = (
+        "import sys; from safetensors.numpy import save_file;"
+        "from kformat.synthetic import small_vgg_weights, vgg16_weights;"
+        "save_file(small_vgg_weights() if sys.argv[2] == '1' else vgg16_weights(), sys.argv[1])"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path), "1" if small else "0"], check=True)
 
 
 def variants(cores: int, recipes: tuple[str, ...] = RECIPES) -> list[str]:
@@ -90,19 +138,54 @@ def main() -> int:
     parser.add_argument(
         "--recipes", default=",".join(RECIPES), help="comma-separated presets to time (default: %(default)s)"
     )
+    parser.add_argument(
+        "--whole-process",
+        action="store_true",
+        help="time whole commands on a .safetensors file (start-up and reading included)",
+    )
     args = parser.parse_args()
     work = args.out / "pack_speed"
     work.mkdir(parents=True, exist_ok=True)
+    model = work / "model.safetensors"
+    if args.whole_process:
+        write_model(model, args.small)
     rows = []
+    paired: dict[str, list[float]] = {}  # whole process: jobs=1 and jobs=N run in turn
     for variant in variants(args.jobs, tuple(args.recipes.split(","))):
         target = work / (variant.replace(" ", "_").replace("=", "") + ".kf")
-        result = subprocess.run(
-            [sys.executable, "-c", CHILD, variant, str(target), str(args.repeat), "1" if args.small else "0"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        row = {"variant": variant, **json.loads(result.stdout.strip().splitlines()[-1])}
+        if args.whole_process and variant.endswith("jobs=1"):
+            continue  # timed in turn with its jobs=N below
+        if args.whole_process and variant.startswith("kformat"):
+            one = variant.rsplit(" ", 1)[0] + " jobs=1"
+            times = {one: [], variant: []}
+            for _ in range(args.repeat):  # A B A B: the machine's drift hits both alike
+                for v in times:
+                    out = work / (v.replace(" ", "_").replace("=", "") + ".kf")
+                    times[v].append(whole_process(v, model, out, 1)["seconds"])
+            paired[variant] = sorted(a / b for a, b in zip(times[one], times[variant]))
+            for v, t in times.items():
+                out = work / (v.replace(" ", "_").replace("=", "") + ".kf")
+                rows.append({"variant": v, "seconds": min(t), "runs": t, "sha256": digest(out)})
+                print(f"  {v}: {min(t):.2f} s", file=sys.stderr, flush=True)
+            continue
+        if args.whole_process:
+            row = {"variant": variant, **whole_process(variant, model, target, args.repeat)}
+        else:
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    CHILD,
+                    variant,
+                    str(target),
+                    str(args.repeat),
+                    "1" if args.small else "0",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            row = {"variant": variant, **json.loads(result.stdout.strip().splitlines()[-1])}
         if target.exists():
             row["sha256"] = digest(target)
         rows.append(row)
@@ -121,17 +204,27 @@ def main() -> int:
         row["x_gguf_q4_0"] = row["seconds"] / base
         speedup = single.get(recipe, row["seconds"]) / row["seconds"] if recipe else 1.0
         row["speedup_vs_jobs1"] = speedup
-        print(f"{row['variant']:28s} {row['seconds']:8.2f} {row['x_gguf_q4_0']:12.2f} {speedup:9.2f}")
+        line = f"{row['variant']:28s} {row['seconds']:8.2f} {row['x_gguf_q4_0']:12.2f} {speedup:9.2f}"
+        if row["variant"] in paired:
+            gains = paired[row["variant"]]
+            row["paired_speedup_median"] = gains[len(gains) // 2]
+            line += (
+                f"   paired: median {gains[len(gains) // 2]:.2f} (min {gains[0]:.2f}, max {gains[-1]:.2f})"
+            )
+        print(line)
     same = {recipe: len(hashes) == 1 for recipe, hashes in identical.items()}
     verdicts = ", ".join(f"{r} {'yes' if s else 'NO'}" for r, s in same.items())
     print(f"\nbyte-identical for every --jobs: {verdicts}")
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "model": "VGG16-shaped" + (" at 1/8 width" if args.small else ""),
+        "timing": "whole process, from a .safetensors file" if args.whole_process else "pack() in memory",
         "rows": rows,
         "byte_identical": same,
     }
-    (args.out / "pack_speed.json").write_text(json.dumps(report, indent=2))
+    name = "pack_speed_whole_process.json" if args.whole_process else "pack_speed.json"
+    (args.out / name).write_text(json.dumps(report, indent=2))
+    model.unlink(missing_ok=True)
     return 0 if all(same.values()) else 1
 
 
