@@ -22,6 +22,7 @@ loads the file with safetensors and quantizes it with gguf-py, what a user's com
 pairs' ratios (this machine's speed drifts by tens of percent from minute to minute).
 
     python tools/bench/pack_speed.py [--out bench-out] [--repeat 2] [--small] [--recipes kmeans4,q4]
+                                     [--whole-process] [--kernels auto|numpy|compiled]
 
 Prints a table (seconds and ratio to gguf Q4_0) and writes bench-out/pack_speed.json
 (pack_speed_whole_process.json with --whole-process).
@@ -143,7 +144,17 @@ def main() -> int:
         action="store_true",
         help="time whole commands on a .safetensors file (start-up and reading included)",
     )
+    parser.add_argument(
+        "--kernels",
+        choices=("auto", "numpy", "compiled"),
+        default="auto",
+        help="the fits' inner loops: as a user gets them (auto: numba once they have taken 1 s), "
+        "numpy only (KFORMAT_NUMBA=0), or compiled from the first fit (KFORMAT_NUMBA=1)",
+    )
     args = parser.parse_args()
+    os.environ.pop("KFORMAT_NUMBA", None)
+    if args.kernels != "auto":
+        os.environ["KFORMAT_NUMBA"] = "0" if args.kernels == "numpy" else "1"
     work = args.out / "pack_speed"
     work.mkdir(parents=True, exist_ok=True)
     model = work / "model.safetensors"
@@ -219,10 +230,13 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "model": "VGG16-shaped" + (" at 1/8 width" if args.small else ""),
         "timing": "whole process, from a .safetensors file" if args.whole_process else "pack() in memory",
+        "kernels": args.kernels,
         "rows": rows,
         "byte_identical": same,
     }
     name = "pack_speed_whole_process.json" if args.whole_process else "pack_speed.json"
+    if args.kernels != "auto":
+        name = name.replace(".json", f"_{args.kernels}.json")
     (args.out / name).write_text(json.dumps(report, indent=2))
     model.unlink(missing_ok=True)
     return 0 if all(same.values()) else 1
