@@ -146,7 +146,7 @@ def lloyd(points: np.ndarray, weights: np.ndarray, centroids: np.ndarray, iters:
     sums = sums or CellSums(points, weights)
     compiled = kernels.compiled()
     if compiled is not None and sums.float64(centroids):
-        return compiled.lloyd(points, sums.w, sums.wp, centroids, iters, tol)
+        return compiled.lloyd(sums.points, sums.w, sums.wp, centroids, iters, tol)
     with kernels.timed_numpy_loop():
         for _ in range(iters):
             if centroids.size < 2:
@@ -310,7 +310,7 @@ def _ec_lloyd(points, weights, centroids, lam, sums: CellSums | None = None, len
     iters, compiled = ECQ_ITERS, kernels.compiled()
     if compiled is not None and sums.float64(centroids, lengths):  # until a line owns no cell
         centroids, lengths, done, finished = compiled.ec_lloyd(
-            points, sums.w, sums.wp, centroids, lengths, lam, iters, tol, float(total)
+            sums.points, sums.w, sums.wp, centroids, lengths, lam, iters, tol, float(total)
         )
         iters = 0 if finished else iters - done
     with kernels.timed_numpy_loop():
