@@ -3,8 +3,9 @@
 A fit's inner loops (a layer of the 1-D k-means programme, Lloyd and entropy-constrained
 Lloyd iterations on cell sums) are thousands of numpy calls on arrays of a few dozen values:
 the interpreter holds the GIL between them, so with --jobs 2 one thread's fits stall the
-other's. kernels_numba does the same arithmetic in the same order in compiled loops that
-release the GIL, so the output is byte-identical with or without them (tests compare).
+other's. kernels_numba compiles the very functions of fit_loops (and the programme's layers,
+written for it) into loops that release the GIL, so the output is byte-identical with or
+without them (tests compare).
 
 They are not free: importing numba and loading the compiled code from its cache takes
 0.5-0.9 s of one core, holding the GIL (numba's import reaches for scipy's BLAS when scipy is
@@ -26,6 +27,10 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Iterator
 
+import numpy as np
+
+from . import fit_loops
+
 WARM_AFTER = 1.0  # seconds of numpy fit loops in a process before the kernels are loaded
 
 _lock = threading.Lock()
@@ -44,11 +49,23 @@ def compiled() -> ModuleType | None:
     mode = _mode()
     if mode == "0":
         return None
-    if mode == "1" and _loader is None:
+    if mode == "1":
         _start()
-    if mode == "1" and _loader is not None:
         _loader.join()
     return _ready
+
+
+@contextmanager
+def loops(*arrays: np.ndarray) -> Iterator[ModuleType]:
+    """The module whose fit_loops functions to run on these arrays: kernels_numba when it is
+    loaded and they are what its loops were compiled for (float64, C order; anything else
+    would compile another version mid-pack), else fit_loops itself, timed."""
+    ready = compiled()
+    if ready is not None and all(a.dtype == np.float64 and a.flags.c_contiguous for a in arrays):
+        yield ready
+        return
+    with timed_numpy_loop():
+        yield fit_loops
 
 
 @contextmanager
@@ -65,6 +82,7 @@ def timed_numpy_loop() -> Iterator[None]:
 
 
 def _start() -> None:
+    """Start loading the kernels on a thread of their own, once per process."""
     global _loader
     with _lock:
         if _loader is None:

@@ -1,13 +1,18 @@
 """The fits' inner loops compiled by numba, without the GIL (imported by kernels, never directly).
 
-Each function does the arithmetic of the numpy code it stands for in the same order (no
-fast-math), so it returns the same floats and the same first minima; tests compare them.
+Lloyd and entropy-constrained Lloyd are fit_loops' own functions, compiled. The programme's
+layers are written here, as scalar loops: the numpy code (kmeans_dp) does the same
+arithmetic in the same order (no fast-math), vectorised, so both return the same floats
+and the same first minima; tests compare them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.extending import register_jitable
+
+from . import fit_loops
 
 STACK = 256  # pending halves of one layer's divide and conquer: about 2 log2(points) of them
 
@@ -101,72 +106,17 @@ def dp_dense(first, w, s1, s2, k):
     return layer, splits, ends
 
 
-@njit(nogil=True, cache=True)
-def _moments(w, wp, points, edges):  # CellSums.moments
-    bounds = np.empty(edges.size + 2, dtype=np.int64)
-    bounds[0], bounds[-1] = 0, points.size
-    bounds[1:-1] = np.searchsorted(points, edges, side="right")
-    counts = w[bounds[1:]] - w[bounds[:-1]]
-    sums = wp[bounds[1:]] - wp[bounds[:-1]]
-    return counts, sums
-
-
-@njit(nogil=True, cache=True)
-def lloyd(points, w, wp, centroids, iters, tol):
-    """kmeans_fit.lloyd's iterations from unique sorted centroids, on CellSums' prefix sums."""
-    for _ in range(iters):
-        if centroids.size < 2:
-            break
-        edges = (centroids[:-1] + centroids[1:]) / 2.0
-        counts, moments = _moments(w, wp, points, edges)
-        if np.all(counts != 0.0):
-            updated = moments / counts
-            converged = np.abs(updated - centroids).max() <= tol
-        else:
-            keep = counts > 0
-            updated = moments[keep] / counts[keep]
-            converged = False
-        centroids = updated
-        if converged:
-            break
-    return centroids
-
-
-@njit(nogil=True, cache=True)
-def _every_line_owns(centroids, lengths, lam):
-    """kmeans_fit.ec_cells' common case: (True, the edges) when every line owns a cell."""
-    k = centroids.size
-    none = np.empty(0)
-    if k < 2:
-        return False, none
-    slopes = -2.0 * centroids
-    offsets = centroids * centroids + lam * lengths
-    gap = slopes[:-1] - slopes[1:]
-    if not gap.min() > 0:
-        return False, none
-    cross = (offsets[1:] - offsets[:-1]) / gap
-    if np.all(cross[1:] > cross[:-1]) and -np.inf < cross[0] and cross[-1] < np.inf:
-        return True, cross
-    return False, none
-
-
-@njit(nogil=True, cache=True)
-def ec_lloyd(points, w, wp, centroids, lengths, lam, iters, tol, total):
-    """kmeans_fit._ec_lloyd's iterations while every line owns a cell: (centroids, lengths,
-    iterations done, finished); not finished hands the rest back to the numpy loop."""
-    for it in range(iters):
-        owned, edges = _every_line_owns(centroids, lengths, lam)
-        if not owned:
-            return centroids, lengths, it, False
-        counts, moments = _moments(w, wp, points, edges)
-        keep = counts > 0
-        updated = moments[keep] / counts[keep]
-        new_lengths = -np.log2(counts[keep] / total)
-        done = updated.size == centroids.size and np.max(np.abs(updated - centroids)) <= tol
-        centroids, lengths = updated, new_lengths
-        if done:
-            return centroids, lengths, it + 1, True
-    return centroids, lengths, iters, True
+# fit_loops' Lloyd loops, the same functions kmeans_fit runs without numba
+for _helper in (
+    fit_loops.boundaries,
+    fit_loops.cell_bounds,
+    fit_loops.cell_moments,
+    fit_loops.every_line_owns,
+    fit_loops.ec_step,
+):
+    register_jitable(_helper)  # compiled where the loops below call them
+lloyd_iterations = njit(nogil=True, cache=True)(fit_loops.lloyd_iterations)
+ec_iterations = njit(nogil=True, cache=True)(fit_loops.ec_iterations)
 
 
 def warm() -> None:
@@ -177,9 +127,10 @@ def warm() -> None:
     w = np.concatenate((np.zeros(1), np.cumsum(weights)))
     wp = np.concatenate((np.zeros(1), np.cumsum(weights * points)))
     s2 = np.concatenate((np.zeros(1), np.cumsum(weights * points * points)))
+    w_wp = np.stack((w, wp), axis=1)
     first = np.zeros(9)
     index = np.zeros(1, dtype=np.int64)
     dp_extend(first, w, wp, s2, index, index + 8, index, 2, 3, index, False)
     dp_dense(first, w, wp, s2, 3)
-    lloyd(points, w, wp, points[::3].copy(), 5, 1e-9)
-    ec_lloyd(points, w, wp, points[::3].copy(), np.ones(3), 0.01, 5, 1e-9, 8.0)
+    lloyd_iterations(points, w_wp, points[::3].copy(), 5, 1e-9)
+    ec_iterations(points, w_wp, points[::3].copy(), np.ones(3), 0.01, 5, 1e-9, 8.0)

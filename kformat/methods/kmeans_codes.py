@@ -21,16 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .chunks import map_chunks
+from .fit_loops import boundaries  # noqa: F401 (also used here)
 from .histogram import Histogram, _bin_index, value_range
 from .metrics import squares
 
 LOOKUP_BINS = 1 << 16
 _TOP = 1 if np.little_endian else 0  # the uint16 half of a float32 that holds sign, exponent
-
-
-def boundaries(centroids: np.ndarray) -> np.ndarray:
-    """Cell edges between sorted centroids: a value v gets code searchsorted(edges, v)."""
-    return (centroids[:-1] + centroids[1:]) / 2.0
 
 
 @dataclass

@@ -25,6 +25,7 @@ import numpy as np
 
 from .histogram import FINE_BINS, SAMPLE_VALUES, Histogram, _rebin, histogram  # noqa: F401 (re-exported)
 from . import kernels, kmeans_memo
+from .fit_loops import cell_bounds, cell_moments, ec_step, every_line_owns
 from .kmeans_codes import boundaries
 from .kmeans_memo import (  # noqa: F401 (re-exported: what allocation keeps while it runs)
     keep_seeds,
@@ -104,34 +105,18 @@ class CellSums:
         self.w = np.concatenate(([0.0], np.cumsum(weights)))
         self.wp = np.concatenate(([0.0], np.cumsum(wp)))
         self.wpp = np.concatenate(([0.0], np.cumsum(wp * points)))
-        self._w_wp = np.stack((self.w, self.wp), axis=1)  # both gathered in one call (moments)
-
-    def float64(self, *arrays: np.ndarray) -> bool:
-        """Whether the compiled loops (kernels) take these sums and arrays: all float64 and
-        contiguous, as the numpy loops compute in."""
-        every = (self.points, self.w, self.wp, *arrays)
-        return all(a.dtype == np.float64 and a.ndim == 1 and a.flags.c_contiguous for a in every)
-
-    def _bounds(self, edges: np.ndarray) -> np.ndarray:
-        """Prefix indices of the cells split at `edges`: 0, then where each edge falls (a point
-        equal to an edge belongs to the lower cell, as searchsorted(edges, point) says), n."""
-        bounds = np.empty(edges.size + 2, dtype=np.intp)
-        bounds[0], bounds[-1] = 0, self.points.size
-        bounds[1:-1] = np.searchsorted(self.points, edges, side="right")
-        return bounds
+        self.w_wp = np.stack((self.w, self.wp), axis=1)  # both gathered in one call (moments)
 
     def cells(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(weights, sums, sums of squares) of the cells split at `edges`."""
-        bounds = self._bounds(edges)
+        bounds = cell_bounds(self.points, edges)
         w, wp, wpp = self.w[bounds], self.wp[bounds], self.wpp[bounds]
         return w[1:] - w[:-1], wp[1:] - wp[:-1], wpp[1:] - wpp[:-1]
 
     def moments(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(weights, sums) of the cells split at `edges`: cells() without the squares (Lloyd
         runs this tens of times per codebook, holding the GIL)."""
-        both = self._w_wp[self._bounds(edges)]
-        cells = both[1:] - both[:-1]
-        return cells[:, 0], cells[:, 1]
+        return cell_moments(self.points, self.w_wp, edges)
 
     def sse(self, centroids: np.ndarray, edges: np.ndarray) -> float:
         """Squared error of the cells at `edges` quantized to `centroids` (one per cell)."""
@@ -144,25 +129,8 @@ def lloyd(points: np.ndarray, weights: np.ndarray, centroids: np.ndarray, iters:
     centroids = np.unique(centroids)
     tol = TOLERANCE * float(points[-1] - points[0])
     sums = sums or CellSums(points, weights)
-    compiled = kernels.compiled()
-    if compiled is not None and sums.float64(centroids):
-        return compiled.lloyd(sums.points, sums.w, sums.wp, centroids, iters, tol)
-    with kernels.timed_numpy_loop():
-        for _ in range(iters):
-            if centroids.size < 2:
-                break
-            counts, moments = sums.moments(boundaries(centroids))
-            if counts.all():  # (counts are sums of weights: > 0 or exactly 0)
-                updated = moments / counts
-                converged = np.abs(updated - centroids).max() <= tol
-            else:  # empty cells are dropped
-                keep = counts > 0
-                updated = moments[keep] / counts[keep]
-                converged = False
-            centroids = updated
-            if converged:
-                break
-    return centroids
+    with kernels.loops(sums.points, sums.w_wp, centroids) as run:
+        return run.lloyd_iterations(sums.points, sums.w_wp, centroids, iters, tol)
 
 
 def _sse(points: np.ndarray, weights: np.ndarray, centroids: np.ndarray) -> float:
@@ -276,14 +244,11 @@ def ec_cells(centroids: np.ndarray, lengths: np.ndarray, lam: float) -> tuple[np
     equal slopes only the lowest (the first on ties) can own one.
     """
     k = centroids.size
+    owned, cross = every_line_owns(centroids, lengths, lam)  # the common case, in fewer calls
+    if owned:
+        return np.arange(k, dtype=np.int64), cross
     slopes = -2.0 * centroids
     offsets = centroids * centroids + lam * lengths
-    if k >= 2:  # the common case first, in fewer numpy calls: every line owns a cell
-        gap = slopes[:-1] - slopes[1:]
-        if gap.min() > 0:
-            cross = (offsets[1:] - offsets[:-1]) / gap
-            if (cross[1:] > cross[:-1]).all() and -np.inf < cross[0] and cross[-1] < np.inf:
-                return np.arange(k, dtype=np.int64), cross
     hull = np.arange(k)
     same = slopes[1:] == slopes[:-1]
     if same.any():  # equal centroids are neighbours: keep each run's lowest offset, first on ties
@@ -303,27 +268,22 @@ def _ec_lloyd(points, weights, centroids, lam, sums: CellSums | None = None, len
     """Entropy-constrained Lloyd on sorted weighted points, from `centroids` (and their code
     `lengths`, default all equal): centroids, cell edges, SSE and the centroids' lengths."""
     sums = sums or CellSums(points, weights)
-    total = sums.w[-1]
+    total = float(sums.w[-1])
     if lengths is None:
         lengths = np.full(centroids.size, np.log2(centroids.size))
     tol = TOLERANCE * float(points[-1] - points[0])
-    iters, compiled = ECQ_ITERS, kernels.compiled()
-    if compiled is not None and sums.float64(centroids, lengths):  # until a line owns no cell
-        centroids, lengths, done, finished = compiled.ec_lloyd(
-            sums.points, sums.w, sums.wp, centroids, lengths, lam, iters, tol, float(total)
+    with kernels.loops(sums.points, sums.w_wp, centroids, lengths) as run:  # until a line owns no cell
+        centroids, lengths, done, finished = run.ec_iterations(
+            sums.points, sums.w_wp, centroids, lengths, lam, ECQ_ITERS, tol, total
         )
-        iters = 0 if finished else iters - done
-    with kernels.timed_numpy_loop():
-        for _ in range(iters):
-            owners, edges = ec_cells(centroids, lengths, lam)
-            counts, moments = sums.moments(edges)
-            keep = counts > 0
-            updated = moments[keep] / counts[keep]
-            new_lengths = -np.log2(counts[keep] / total)
-            done = updated.size == centroids.size and np.max(np.abs(updated - centroids)) <= tol
-            centroids, lengths = updated, new_lengths
-            if done:
-                break
+    if not finished:
+        with kernels.timed_numpy_loop():
+            for _ in range(ECQ_ITERS - done):
+                owners, edges = ec_cells(centroids, lengths, lam)
+                step = ec_step(sums.points, sums.w_wp, centroids, edges, total, tol)
+                centroids, lengths, converged = step
+                if converged:
+                    break
     owners, edges = ec_cells(centroids, lengths, lam)
     centroids = centroids[owners]
     return centroids, edges, sums.sse(centroids, edges), lengths[owners]
