@@ -124,6 +124,11 @@ def variants(cores: int, recipes: tuple[str, ...] = RECIPES) -> list[str]:
     return out
 
 
+def output_for(work: Path, variant: str) -> Path:
+    """The .kf file a variant writes."""
+    return work / (variant.replace(" ", "_").replace("=", "") + ".kf")
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -163,7 +168,7 @@ def main() -> int:
     rows = []
     paired: dict[str, list[float]] = {}  # whole process: jobs=1 and jobs=N run in turn
     for variant in variants(args.jobs, tuple(args.recipes.split(","))):
-        target = work / (variant.replace(" ", "_").replace("=", "") + ".kf")
+        target = output_for(work, variant)
         if args.whole_process and variant.endswith("jobs=1"):
             continue  # timed in turn with its jobs=N below
         if args.whole_process and variant.startswith("kformat"):
@@ -171,12 +176,12 @@ def main() -> int:
             times = {one: [], variant: []}
             for _ in range(args.repeat):  # A B A B: the machine's drift hits both alike
                 for v in times:
-                    out = work / (v.replace(" ", "_").replace("=", "") + ".kf")
-                    times[v].append(whole_process(v, model, out, 1)["seconds"])
+                    times[v].append(whole_process(v, model, output_for(work, v), 1)["seconds"])
             paired[variant] = sorted(a / b for a, b in zip(times[one], times[variant]))
             for v, t in times.items():
-                out = work / (v.replace(" ", "_").replace("=", "") + ".kf")
-                rows.append({"variant": v, "seconds": min(t), "runs": t, "sha256": digest(out)})
+                rows.append(
+                    {"variant": v, "seconds": min(t), "runs": t, "sha256": digest(output_for(work, v))}
+                )
                 print(f"  {v}: {min(t):.2f} s", file=sys.stderr, flush=True)
             continue
         if args.whole_process:
