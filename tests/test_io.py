@@ -163,3 +163,22 @@ def test_a_filesystem_without_copy_file_range_gets_the_same_file(tmp_path, monke
     kformat.pack(weights, tmp_path / "buffered.kf", "kmeans4")
     assert (tmp_path / "kernel.kf").read_bytes() == (tmp_path / "buffered.kf").read_bytes()
     assert kformat.verify(str(tmp_path / "buffered.kf")) == []
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_range_read_in_pieces_on_threads_is_the_file_s_bytes_and_a_short_file_says_how_short(
+    tmp_path, monkeypatch, threads
+):
+    from kformat.methods import chunks
+    from kformat.sources import reading
+
+    data = np.random.default_rng(0).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
+    (tmp_path / "f.bin").write_bytes(data)
+    monkeypatch.setattr(reading, "READ_STEP", 1000)  # 10 pieces, on the pool when threads > 1
+    with chunks.threads(threads):
+        got = reading.read_range(tmp_path / "f.bin", 123, 9_000, "t")
+        assert got.dtype == np.uint8 and got.tobytes() == data[123:9123]
+        with pytest.raises(InputError, match=r"tensor 't': expected 9000 bytes at 1500, got 8500"):
+            reading.read_range(tmp_path / "f.bin", 1500, 9_000, "t")
+    with pytest.raises(InputError, match=r"tensor 't': "):
+        reading.read_range(tmp_path / "missing.bin", 0, 10, "t")

@@ -14,6 +14,7 @@ from ..format.dtypes import HAVE_ML_DTYPES
 from . import TensorInfo, _check_array
 from ..packing.atomic import atomic_path
 from .naming import natural_key
+from .reading import read_range
 
 _DTYPES = {
     "F64": np.float64,
@@ -84,25 +85,11 @@ class SafetensorsSource:
         return array
 
     def _raw_bytes(self, name: str) -> np.ndarray:
-        """A tensor's stored bytes, read by the offsets safe_open checked, into a new array with
-        one readinto: the read runs without the GIL, where safetensors' get_tensor copied
-        under it (0.4 s of a VGG16 pack's GIL-held time)."""
+        """A tensor's stored bytes, read by the offsets safe_open checked into a new array
+        without the GIL (safetensors' get_tensor copied under it: 0.4 s of a VGG16 pack's
+        GIL-held time), on the packer's threads when large (kformat.sources.reading)."""
         start, end = self._offsets[name]
-        out = np.empty(end - start, dtype=np.uint8)
-        try:
-            with open(self.path, "rb", buffering=0) as handle:
-                handle.seek(start)
-                view, got = memoryview(out), 0
-                while got < out.size:
-                    step = handle.readinto(view[got:])
-                    if not step:
-                        break
-                    got += step
-        except OSError as exc:
-            raise InputError(f"{self.path}: tensor {name!r}: {exc.strerror or exc}") from None
-        if got != out.size:
-            raise InputError(f"{self.path}: tensor {name!r}: expected {out.size} bytes at {start}, got {got}")
-        return out
+        return read_range(self.path, start, end - start, name)
 
 
 def _data_offsets(path: Path) -> dict[str, tuple[int, int]]:
