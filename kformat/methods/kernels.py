@@ -12,8 +12,9 @@ They are not free: importing numba and loading the compiled code from its cache 
 installed), 60 MiB of memory, and about ten seconds the first time ever (compiling; cached
 afterwards). A 2-second pack of VGG16 spends about 0.6 s in such loops, and came out slower
 with them; a 108M-parameter transformer spends several seconds and packed `mobile` 2x
-faster. So a process runs the numpy loops until it has spent WARM_AFTER seconds in them,
-then loads the kernels on a background thread and switches once they are ready. Never on
+faster. So a process runs the numpy loops until its threads have spent WARM_AFTER seconds
+of CPU in them (CPU, not wall time: at --jobs 2 a loop's wall time includes its waits for the
+GIL, and counting those loaded the kernels into 3-second packs that then ran 1.27x slower), then loads the kernels on a background thread and switches once they are ready. Never on
 load. KFORMAT_NUMBA=0 keeps the numpy loops; KFORMAT_NUMBA=1 loads the kernels at once
 (and waits for them).
 """
@@ -31,10 +32,10 @@ import numpy as np
 
 from . import fit_loops
 
-WARM_AFTER = 1.0  # seconds of numpy fit loops in a process before the kernels are loaded
+WARM_AFTER = 1.0  # CPU seconds of numpy fit loops in a process before the kernels are loaded
 
 _lock = threading.Lock()
-_spent = 0.0  # seconds in the numpy loops so far
+_spent = 0.0  # CPU seconds in the numpy loops so far, all threads
 _loader: threading.Thread | None = None
 _ready: ModuleType | None = None
 
@@ -70,13 +71,14 @@ def loops(*arrays: np.ndarray) -> Iterator[ModuleType]:
 
 @contextmanager
 def timed_numpy_loop() -> Iterator[None]:
-    """Count the time of a numpy fit loop; past WARM_AFTER, start loading the kernels."""
-    start = time.perf_counter()
+    """Count the CPU time of a numpy fit loop (this thread's); past WARM_AFTER, start loading
+    the kernels."""
+    start = time.thread_time()
     try:
         yield
     finally:
         global _spent
-        _spent += time.perf_counter() - start  # (a lost update between threads is harmless)
+        _spent += time.thread_time() - start  # (a lost update between threads is harmless)
         if _spent >= WARM_AFTER and _loader is None and _mode() != "0":
             _start()
 
