@@ -2,6 +2,8 @@
 pool when there is one, inline otherwise and inside the pool's own tasks (never deadlocks)."""
 
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -41,3 +43,36 @@ def test_a_failure_is_raised_by_result_on_the_pool_and_inline():
     with chunks.threads(2):
         with pytest.raises(ValueError, match="broken"):
             chunks.submit(fail).result()
+
+
+def test_the_caller_does_its_own_items_when_the_pool_is_busy_and_results_stay_in_order():
+    """A shared pool is FIFO: another tensor's tasks ahead of ours must not make us wait."""
+
+    release = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        blocker = pool.submit(release.wait)  # the pool's only thread is taken
+        got = chunks.map_helping(pool, lambda x: (x, threading.get_ident()), list(range(50)), threads=2)
+        assert [x for x, _ in got] == list(range(50))
+        assert {ident for _, ident in got} == {threading.get_ident()}  # all done here, none queued
+        assert not blocker.done()
+        release.set()
+
+
+def test_helpers_share_the_items_and_a_failure_is_raised_after_the_helpers_stop():
+    with ThreadPoolExecutor(3) as pool:
+        got = chunks.map_helping(pool, lambda x: x * x, list(range(1000)), threads=4)
+        assert got == [x * x for x in range(1000)]
+        running = []
+
+        def fail_at_7(x):
+            running.append(x)
+            time.sleep(0.001)
+            running.remove(x)
+            if x == 7:
+                raise ValueError("item 7")
+            return x
+
+        with pytest.raises(ValueError, match="item 7"):
+            chunks.map_helping(pool, fail_at_7, list(range(100)), threads=4)
+        assert running == []  # no helper still at work when the error reaches the caller
+    assert chunks.map_helping(None, str, [1, 2], threads=1) == ["1", "2"]  # one thread: no pool

@@ -2,6 +2,8 @@
 bytes for every --jobs, tensors in file order), and a failure in that tensor must still
 leave nothing behind."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -55,3 +57,32 @@ def test_a_failing_long_pole_leaves_nothing(tmp_path):
     with pytest.raises(KFormatError, match="fc1.weight"):
         kformat.pack(weights, path, "kmeans4", jobs=2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tensors_behind_the_long_pole_keep_coming_and_are_written_in_file_order():
+    """Admission counts the tensors still being encoded (the long pole apart) and caps the
+    bytes of finished ones waiting for their turn; writing stays in file order."""
+    from collections import deque
+    from concurrent.futures import Future
+
+    from kformat.packing.admission import make_room
+
+    def finished(value):
+        f = Future()
+        f.set_result(value)
+        return f
+
+    pole, written = Future(), []
+    pending = deque([(pole, 100), (finished("b"), 10), (finished("c"), 10)])
+    make_room(pending, written.append, window=2, budget=100, pole=pole)
+    assert written == [] and len(pending) == 3  # nothing passes the pole, and none waits
+    busy = Future()
+    pending.append((busy, 10))
+    pending.append((Future(), 10))
+    threading.Timer(0.05, busy.set_result, ["d"]).start()
+    make_room(pending, written.append, window=2, budget=100, pole=pole)  # waits for one of two
+    assert busy.done() and written == []
+    pending = deque([(pole, 100), (finished("b"), 60), (finished("c"), 60)])
+    threading.Timer(0.05, pole.set_result, ["a"]).start()
+    make_room(pending, written.append, window=2, budget=100, pole=pole)  # over budget: head waited for
+    assert written == ["a", "b", "c"] and not pending

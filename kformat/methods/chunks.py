@@ -9,15 +9,17 @@ numpy's ufuncs, gathers and bincount release the GIL, so threads scale.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 CHUNK = 1 << 18  # values per chunk: its temporaries stay in cache (3x faster than 4M chunks)
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -84,15 +86,59 @@ def map_chunks(fn: Callable[[int, int], T], size: int, chunk: int = CHUNK) -> li
         return [fn(start, stop) for start, stop in parts]  # a chunk's own passes run inline
     per_task = max(1, len(parts) // (TASKS_PER_THREAD * _size))
     runs = [parts[i : i + per_task] for i in range(0, len(parts), per_task)]
+    done = map_helping(pool, lambda spans_of_task: [fn(a, b) for a, b in spans_of_task], runs, _size)
+    return [result for results in done for result in results]
 
-    def run(spans_of_task: list[tuple[int, int]]) -> list[T]:
+
+def map_helping(pool: Executor, fn: Callable[[A], T], items: Sequence[A], threads: int) -> list[T]:
+    """[fn(item) for item in items], in order, on `threads` threads: the caller's own and up to
+    `threads` - 1 of the pool's. Every thread takes the next item not yet taken, so the caller works rather
+    than waits, and when the pool is busy with another tensor's tasks (a shared pool is FIFO)
+    the caller does its own items instead of queueing behind them: on VGG16 a conv layer's
+    tiles waited for the first FC layer's hundred, 0.4 s for a 30 ms tensor. Helpers that
+    never started are cancelled. Within an item, maps run inline (as on the pool)."""
+    if len(items) < 2 or threads < 2:
+        return [fn(item) for item in items]
+    results: list = [None] * len(items)
+    taken = itertools.count()  # next() on it is atomic under the GIL
+    failed = threading.Event()
+
+    def drain() -> None:
+        was = getattr(_local, "worker", False)
         _local.worker = True
         try:
-            return [fn(start, stop) for start, stop in spans_of_task]
+            while not failed.is_set():
+                i = next(taken)
+                if i >= len(items):
+                    return
+                results[i] = fn(items[i])
+        except BaseException:
+            failed.set()
+            raise
         finally:
-            _local.worker = False
+            _local.worker = was
 
-    return [result for results in pool.map(run, runs) for result in results]
+    helpers = [pool.submit(drain) for _ in range(min(threads - 1, len(items) - 1))]
+    try:
+        drain()
+    except BaseException:
+        _settle(helpers, quiet=True)
+        raise
+    _settle(helpers, quiet=False)
+    return results
+
+
+def _settle(helpers: list[Future], quiet: bool) -> None:
+    """Cancel the helpers that never started, wait for the others (raising what they raised
+    unless `quiet`: the caller's own error comes first)."""
+    for helper in helpers:
+        helper.cancel()  # (False once started)
+    for helper in helpers:
+        if helper.cancelled():
+            continue
+        error = helper.exception()
+        if error is not None and not quiet:
+            raise error
 
 
 def submit(fn: Callable[..., T], *args) -> Future:

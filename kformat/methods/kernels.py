@@ -14,7 +14,8 @@ afterwards). A 2-second pack of VGG16 spends about 0.6 s in such loops, and came
 with them; a 108M-parameter transformer spends several seconds and packed `mobile` 2x
 faster. So a process runs the numpy loops until its threads have spent WARM_AFTER seconds
 of CPU in them (CPU, not wall time: at --jobs 2 a loop's wall time includes its waits for the
-GIL, and counting those loaded the kernels into 3-second packs that then ran 1.27x slower), then loads the kernels on a background thread and switches once they are ready. Never on
+GIL, and counting those loaded the kernels into 3-second packs that then ran 1.27x slower),
+then loads the kernels on a background thread and switches once they are ready. Never on
 load. KFORMAT_NUMBA=0 keeps the numpy loops; KFORMAT_NUMBA=1 loads the kernels at once
 (and waits for them).
 """

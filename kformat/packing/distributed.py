@@ -75,6 +75,9 @@ class _PartFuture:
     def __init__(self, encoder: "DaskEncoder", future, url: str, name: str):
         self.encoder, self.future, self.url, self.name = encoder, future, url, name
 
+    def done(self) -> bool:
+        return self.future.done()
+
     def result(self) -> Encoded:
         try:
             size = self.future.result()

@@ -28,6 +28,7 @@ from ..methods.metrics import BLOB_RECORD_BYTES, manifest_entry_bytes
 from ..recipe import Decision, Recipe, Rule, plan, tile_for
 from ..progress import Tracker, log
 from ..sources import TensorSource, find_aliases
+from .admission import make_room
 from .encode import encode_tensor
 from .atomic import write_errors
 from .sinks import ShardedSink, SingleFileSink
@@ -112,15 +113,26 @@ class Encoded:
 
 
 def encode_blobs(
-    name: str, array: np.ndarray, decision: Decision, default_tile, pool: ThreadPoolExecutor, importance=None
+    name: str,
+    array: np.ndarray,
+    decision: Decision,
+    default_tile,
+    pool: ThreadPoolExecutor,
+    importance=None,
+    threads: int = 1,
 ) -> Encoded:
-    """The CPU work of one tensor (quantize, encode every tile), independent of the output."""
+    """The CPU work of one tensor (quantize, encode every tile), independent of the output;
+    tiles on `threads` threads, the calling one and `pool`'s."""
+
+    def each(fn, items: list) -> list:
+        return chunks.map_helping(pool, fn, items, threads)
+
     rule = decision.rule
     q = encode_tensor(name, array, rule, importance, feedback=True)
     codec = get_codec(rule.plane_codec)
     tile = tile_for(q.view, rule.tile, default_tile)
     rects = tile_grid(q.view, tile)
-    blobs = list(pool.map(lambda rect: tile_blob(q, codec, rect), rects))
+    blobs = each(lambda rect: tile_blob(q, codec, rect), rects)
     method = get_method(rule.method)
     reason = decision.reason
     itemsize = array.dtype.itemsize if method.lossless else 4
@@ -129,7 +141,7 @@ def encode_blobs(
         # A huge constant tensor: its planes compress past what a reader accepts from so few
         # bytes (spec/FORMAT.md, limits), so they are stored as they are.
         codec = get_codec("raw")
-        blobs = list(pool.map(lambda rect: tile_blob(q, codec, rect), rects))
+        blobs = each(lambda rect: tile_blob(q, codec, rect), rects)
         reason += f"; codec raw: the planes compress past the reader's {MAX_AMPLIFICATION}:1 limit"
     return Encoded(
         name=name,
@@ -145,7 +157,7 @@ def encode_blobs(
         tile=tile,
         rects=rects,
         blobs=blobs,
-        digests=list(pool.map(lambda blob: hashlib.sha256(blob).hexdigest(), blobs)),
+        digests=each(lambda blob: hashlib.sha256(blob).hexdigest(), blobs),
         tables=q.tables,
         stats={k: float(v) for k, v in q.stats.items() if np.isfinite(v)},
     )
@@ -178,9 +190,10 @@ def emit(sink, e: Encoded) -> TensorEntry:
 
 
 class LocalEncoder:
-    """Tensors encoded on this machine's `jobs` threads, at most `jobs` + 1 of them in memory
-    at once (the next one starts while the oldest is written, so a tiny tensor queued behind
-    a large one does not leave a worker idle); the passes within one large tensor use the
+    """Tensors encoded on this machine's `jobs` threads, at most `jobs` + 1 of them not yet
+    encoded at once (one waits for a thread, so a worker that finishes finds the next tensor
+    read; finished ones wait for their turn within a byte budget, kformat.packing.admission);
+    the passes within one large tensor use the
     same number of threads (methods.chunks). A tensor `earlier` containers hold by the same
     rule is read back from them instead (kformat.packing.reuse)."""
 
@@ -207,7 +220,7 @@ class LocalEncoder:
             return done
         array = self.source.load(decision.name)  # sources are read from this thread only
         return self.encoders.submit(
-            encode_blobs, decision.name, array, decision, self.tile, self.tiles, self.importance
+            encode_blobs, decision.name, array, decision, self.tile, self.tiles, self.importance, self.jobs
         )
 
 
@@ -215,8 +228,8 @@ def _long_pole(decisions: list[Decision], sizes: dict[str, int], jobs: int) -> D
     """The tensor to start first, out of file order: the largest, when it holds a third of the
     model or more. It takes the longest, and started in its turn it finished alone while the other
     workers idled (VGG16's first FC layer is 74% of the weights and 27th of 32 in file
-    order); started first, the other tensors are encoded beside it. Its result waits for its
-    turn to be written, so one more tensor is in memory than the window holds."""
+    order); started first, the other tensors are encoded beside it. It is not counted in the window,
+    so one more tensor is in memory than the window holds."""
     if jobs < 2 or len(decisions) < 2:
         return None
     largest = max(decisions, key=lambda d: sizes[d.name])
@@ -308,17 +321,20 @@ def pack(
                 tracker.finish_item(sizes[e.name])
                 log.debug("%s: %s (%s)", e.name, entries[-1].rule, entries[-1].reason)
 
+            # finished tensors wait in memory for their turn, up to the largest tensor's bytes
+            # (parts wait in staging on a cluster)
+            budget = max(sizes.values(), default=0) if scheduler is None else math.inf
             with encoder:
-                pending: deque[Future] = deque()
+                pending: deque[tuple[Future, int]] = deque()
                 first = _long_pole(decisions, sizes, jobs if scheduler is None else 1)
                 early = encoder.submit(first) if first is not None else None
                 for decision in decisions:
                     tracker.start(decision.name)
-                    pending.append(early if decision is first else encoder.submit(decision))
-                    while len(pending) >= encoder.window:  # bounded: tensors in memory, parts in staging
-                        written(pending.popleft().result())
+                    future = early if decision is first else encoder.submit(decision)
+                    pending.append((future, sizes[decision.name]))
+                    make_room(pending, written, encoder.window, budget, early)
                 while pending:
-                    written(pending.popleft().result())
+                    written(pending.popleft()[0].result())
             tracker.close()
             if importance is not None:
                 metadata = {**(metadata or {}), **importance.record()}

@@ -1,0 +1,40 @@
+"""When the packer may read and submit its next tensor: tensors finish out of order, are
+written in file order, and only a bounded number are in memory.
+
+A tensor is in memory from its read until it is written: its input while it waits for a
+worker or is encoded, then its encoded blobs while it waits for the tensors before it in file
+order. The first is what costs (inputs are 2-8x their blobs), so the window counts the
+tensors not yet encoded; the second is capped by a byte budget of input sizes. Blocking on
+the oldest tensor instead, as the packer used to, left a worker idle behind a long one: on
+VGG16 the first FC layer (74% of the weights) is started first, out of file order, and
+tensors after it in file order could not start until it was written, though it held one
+thread and its passes the others only part of the time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, wait
+from typing import Any, Callable
+
+Pending = deque  # of (future, input bytes), in file order
+
+
+def make_room(
+    pending: Pending, write: Callable[[Any], None], window: int, budget: float, pole: Any = None
+) -> None:
+    """Write the finished tensors at the head of `pending`, then wait until fewer than `window`
+    tensors other than `pole` (the long pole, started first and counted apart) are still being
+    encoded and the finished ones waiting to be written hold at most `budget` input bytes.
+    Futures need done() and result(); concurrent ones, to be waited on (window counts)."""
+    while True:
+        while pending and pending[0][0].done():
+            write(pending.popleft()[0].result())
+        working = [future for future, _ in pending if future is not pole and not future.done()]
+        held = sum(size for future, size in pending if future.done())
+        if len(working) < window and held <= budget:
+            return
+        if len(working) >= window:
+            wait(working, return_when=FIRST_COMPLETED)
+        else:  # finished tensors hold too much: they wait on the head, so the head is waited for
+            write(pending.popleft()[0].result())
