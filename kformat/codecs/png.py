@@ -27,7 +27,7 @@ from PIL import Image
 from ..errors import DecodeError
 from .base import Codec
 from .bitpack import pack_rows, row_bytes, unpack_rows
-from .zlibs import deflate, huffman_only, inflate_exact
+from .zlibs import crc32, deflate, huffman_only, inflate_exact
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOR_TYPE_PALETTE = 3
@@ -45,9 +45,9 @@ MATCHING_LEVEL = 6
 
 def _chunk(kind: bytes, *parts: bytes) -> list[bytes]:
     """A PNG chunk as pieces for one final join (each copy of a tile's bytes held the GIL)."""
-    crc = zlib.crc32(kind)
+    crc = crc32(kind)
     for part in parts:
-        crc = zlib.crc32(part, crc)
+        crc = crc32(part, crc)
     length = sum(map(len, parts))
     return [struct.pack(">I", length) + kind, *parts, struct.pack(">I", crc & 0xFFFFFFFF)]
 
@@ -112,7 +112,7 @@ def _read_chunks(data: bytes):
             raise DecodeError(f"PNG chunk {kind!r} at byte {pos} runs past the end of the image")
         body = view[pos + 8 : end]
         (crc,) = struct.unpack_from(">I", data, end)
-        if zlib.crc32(body, zlib.crc32(kind)) & 0xFFFFFFFF != crc:
+        if crc32(body, crc32(kind)) & 0xFFFFFFFF != crc:
             raise DecodeError(f"PNG chunk {kind!r} at byte {pos} has a bad CRC")
         yield kind, body
         pos = end + 4

@@ -39,6 +39,10 @@ except ImportError:  # pragma: no cover - without the extra
 WINDOW_BITS = 15
 MEM_LEVEL = 9
 
+# PNG chunk CRCs (standard CRC-32, the same numbers): libdeflate's runs at about 22 GB/s here,
+# zlib's at 3.3 (2.7% of a VGG16 load's CPU went to it)
+crc32 = _libdeflate.crc32 if _libdeflate is not None else INFLATE.crc32
+
 
 def inflate_exact(stream: bytes, size: int) -> bytes:
     """A zlib stream that must inflate to exactly `size` bytes; never inflates past that."""
