@@ -145,12 +145,13 @@ def test_kernels_load_once_numpy_loops_have_taken_long_enough():
     assert _fresh(code).split() == ["False", "True", "True"]
 
 
-def test_a_load_does_not_import_numba(tmp_path):
-    """numba (60 MiB of RSS) is for packing: loading a k-means file never imports it."""
+def test_a_load_does_not_import_numba_or_pillow(tmp_path):
+    """numba (60 MiB of RSS) is for packing, Pillow (2.2 MiB) for PNG rows kformat never
+    writes: loading a k-means file imports neither."""
     weights = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
     kformat.pack({"w": weights}, tmp_path / "m.kf", "kmeans4")
     code = (
         "import sys, kformat; kformat.load_all(sys.argv[1]); kformat.verify(sys.argv[1]);"
-        "print('numba' in sys.modules)"
+        "print('numba' in sys.modules, 'PIL' in sys.modules)"
     )
-    assert _fresh(code, str(tmp_path / "m.kf")) == "False"
+    assert _fresh(code, str(tmp_path / "m.kf")) == "False False"

@@ -1,4 +1,4 @@
-"""Freed memory goes back to the system after each large tensor a load reads (glibc)."""
+"""Freed memory goes back to the system every TRIM_BYTES of tensors a load reads (glibc)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,24 @@ import kformat
 from kformat.loading import trim
 
 
-def test_only_large_tensors_trim(tmp_path, monkeypatch):
+def test_a_trim_comes_every_trim_bytes_of_tensors_read_small_ones_counted_together(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(trim, "_TRIM", lambda pad: calls.append(pad) or 1)
     monkeypatch.setattr(trim, "TRIM_BYTES", 4096)
+    monkeypatch.setattr(trim, "_since", 0)
     weights = {"small": np.ones(100, np.float32), "large": np.ones((64, 64), np.float32)}
+    weights.update({f"s{i}": np.full(300, i, np.float32) for i in range(4)})  # 1200 bytes each
     kformat.pack(weights, tmp_path / "m.kf", "fp16", rules=["large=fp16,tile=16x64"])  # four tiles
-    back = kformat.load_all(str(tmp_path / "m.kf"))
-    np.testing.assert_array_equal(back["large"], weights["large"])
-    assert calls == [0]  # the 16 KiB tensor, not the 400-byte one
+    with kformat.open(str(tmp_path / "m.kf")) as model:
+        model["small"].numpy()
+        assert calls == []  # 400 bytes: no trim yet
+        np.testing.assert_array_equal(model["large"].numpy(), weights["large"])
+        assert calls == [0]  # 16 KiB counted: a trim, and the count starts again
+        for i in range(3):
+            model[f"s{i}"].numpy()
+        assert calls == [0]  # 3600 bytes since
+        model["s3"].numpy()
+        assert calls == [0, 0]  # 4800
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
