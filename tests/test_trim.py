@@ -37,3 +37,27 @@ def test_the_c_library_trim_is_found_and_runs():
         pytest.skip("this C library has no malloc_trim (musl)")
     assert trim._TRIM(0) in (0, 1)
     trim.after_tensor(trim.TRIM_BYTES)  # callable as the loader calls it
+
+
+def test_large_outputs_get_mappings_of_their_own_and_small_ones_come_from_numpy(tmp_path):
+    import mmap
+
+    from kformat.loading import mapped
+
+    big = mapped.empty((600, 1000), np.float32)  # 2.4 MB
+    assert big.shape == (600, 1000) and big.dtype == np.float32 and big.flags.c_contiguous
+    assert big.flags.writeable
+    big[...] = 3.0
+    assert float(big.sum()) == 3.0 * big.size
+    small = mapped.empty((10, 10), np.float16)
+    assert small.flags.owndata and small.dtype == np.float16
+    if mapped._FLAGS is not None:
+        owner = big
+        while isinstance(owner, np.ndarray):
+            owner = owner.base
+        assert isinstance(getattr(owner, "obj", owner), mmap.mmap)
+    weights = {"w": np.random.default_rng(0).standard_normal((512, 1024)).astype(np.float32)}
+    kformat.pack(weights, tmp_path / "m.kf", "raw")
+    back = kformat.load_all(str(tmp_path / "m.kf"))["w"]
+    np.testing.assert_array_equal(back, weights["w"])
+    assert back.flags.writeable and not back.flags.owndata  # from the mapping

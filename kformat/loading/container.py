@@ -22,7 +22,7 @@ from ..format.constants import MAX_MANIFEST_BYTES
 from ..format.dtypes import numpy_dtype
 from ..format.manifest import BlobRef, TensorEntry, Tile
 from ..methods import get_method
-from . import trim
+from . import mapped, trim
 from .blobs import BlobReader, Labelled
 from .decode import decode_plane, fill_tile
 from .opening import OPEN_READ, Opened, open_url
@@ -168,7 +168,7 @@ class Container:
         if nbytes > CHECK_FILES_ABOVE:
             self._check_files_hold(t)
         try:
-            return np.empty(shape, dtype=dtype)
+            return mapped.empty(shape, dtype)
         except MemoryError:
             raise LimitError(f"{self.source}: tensor {t.name!r}: cannot allocate {nbytes} bytes") from None
 
