@@ -91,12 +91,13 @@ def map_chunks(fn: Callable[[int, int], T], size: int, chunk: int = CHUNK) -> li
 
 
 def map_helping(pool: Executor, fn: Callable[[A], T], items: Sequence[A], threads: int) -> list[T]:
-    """[fn(item) for item in items], in order, on `threads` threads: the caller's own and up to
-    `threads` - 1 of the pool's. Every thread takes the next item not yet taken, so the caller works rather
-    than waits, and when the pool is busy with another tensor's tasks (a shared pool is FIFO)
-    the caller does its own items instead of queueing behind them: on VGG16 a conv layer's
-    tiles waited for the first FC layer's hundred, 0.4 s for a 30 ms tensor. Helpers that
-    never started are cancelled. Within an item, maps run inline (as on the pool)."""
+    """[fn(item) for item in items], in order, on `threads` threads: the caller's own and up
+    to `threads` - 1 of the pool's. Every thread takes the next item not yet taken, so the
+    caller works rather than waits, and when the pool is busy with another tensor's tasks (a
+    shared pool is FIFO) the caller does its own items instead of queueing behind them: on
+    VGG16 a conv layer's tiles waited for the first FC layer's hundred, 0.4 s for a 30 ms
+    tensor. Helpers that never started are cancelled. Within an item, maps run inline (as
+    on the pool)."""
     if len(items) < 2 or threads < 2:
         return [fn(item) for item in items]
     results: list = [None] * len(items)
