@@ -19,10 +19,12 @@ whole process timed from outside, start-up, imports and reading the file include
 `python -m kformat pack model.safetensors -o m.kf --recipe R --jobs N` against a script that
 loads the file with safetensors and quantizes it with gguf-py, what a user's command costs.
 `--jobs 1` and `--jobs N` then run in turn, and the gain is also given as the median of the
-pairs' ratios (this machine's speed drifts by tens of percent from minute to minute).
+pairs' ratios (this machine's speed drifts by tens of percent from minute to minute). In
+memory, `--pairs P` does the same: P rounds of a fresh `--jobs 1` process and a fresh
+`--jobs N` one, each the best of `--repeat` packs.
 
     python tools/bench/pack_speed.py [--out bench-out] [--repeat 2] [--small] [--recipes kmeans4,q4]
-                                     [--whole-process] [--kernels auto|numpy|compiled]
+                                     [--whole-process] [--pairs P] [--kernels auto|numpy|compiled]
 
 Prints a table (seconds and ratio to gguf Q4_0) and writes bench-out/pack_speed.json
 (pack_speed_whole_process.json with --whole-process).
@@ -35,6 +37,7 @@ import hashlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -106,6 +109,13 @@ def whole_process(variant: str, model: Path, target: Path, repeat: int) -> dict:
     return {"seconds": best}
 
 
+def in_memory(variant: str, target: Path, repeat: int, small: bool) -> dict:
+    """The best of `repeat` runs of the variant in one fresh process, the weights in memory."""
+    command = [sys.executable, "-c", CHILD, variant, str(target), str(repeat), "1" if small else "0"]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def write_model(path: Path, small: bool) -> None:
     code = (
         "import sys; from safetensors.numpy import save_file;"
@@ -150,6 +160,13 @@ def main() -> int:
         help="time whole commands on a .safetensors file (start-up and reading included)",
     )
     parser.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="in memory: run --jobs 1 and --jobs N in turn this many times, each a fresh process "
+        "(best of --repeat), and give the median of the pairs' gains (whole commands always pair)",
+    )
+    parser.add_argument(
         "--kernels",
         choices=("auto", "numpy", "compiled"),
         default="auto",
@@ -166,17 +183,26 @@ def main() -> int:
     if args.whole_process:
         write_model(model, args.small)
     rows = []
-    paired: dict[str, list[float]] = {}  # whole process: jobs=1 and jobs=N run in turn
+    paired: dict[str, list[float]] = {}  # jobs=1 and jobs=N run in turn, ratios per pair
+    pairs = args.repeat if args.whole_process else args.pairs  # rounds of (jobs=1, jobs=N)
+    each = 1 if args.whole_process else args.repeat  # runs per process (or per round)
+
+    def timed(variant: str, repeat: int) -> dict:
+        target = output_for(work, variant)
+        if args.whole_process:
+            return whole_process(variant, model, target, repeat)
+        return in_memory(variant, target, repeat, args.small)
+
     for variant in variants(args.jobs, tuple(args.recipes.split(","))):
         target = output_for(work, variant)
-        if args.whole_process and variant.endswith("jobs=1"):
-            continue  # timed in turn with its jobs=N below
-        if args.whole_process and variant.startswith("kformat"):
+        if pairs and variant.startswith("kformat"):
+            if variant.endswith("jobs=1"):
+                continue  # timed in turn with its jobs=N below
             one = variant.rsplit(" ", 1)[0] + " jobs=1"
             times = {one: [], variant: []}
-            for _ in range(args.repeat):  # A B A B: the machine's drift hits both alike
+            for _ in range(pairs):  # A B A B: the machine's drift hits both alike
                 for v in times:
-                    times[v].append(whole_process(v, model, output_for(work, v), 1)["seconds"])
+                    times[v].append(timed(v, each)["seconds"])
             paired[variant] = sorted(a / b for a, b in zip(times[one], times[variant]))
             for v, t in times.items():
                 rows.append(
@@ -184,24 +210,7 @@ def main() -> int:
                 )
                 print(f"  {v}: {min(t):.2f} s", file=sys.stderr, flush=True)
             continue
-        if args.whole_process:
-            row = {"variant": variant, **whole_process(variant, model, target, args.repeat)}
-        else:
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    CHILD,
-                    variant,
-                    str(target),
-                    str(args.repeat),
-                    "1" if args.small else "0",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            row = {"variant": variant, **json.loads(result.stdout.strip().splitlines()[-1])}
+        row = {"variant": variant, **timed(variant, args.repeat)}
         if target.exists():
             row["sha256"] = digest(target)
         rows.append(row)
@@ -223,10 +232,8 @@ def main() -> int:
         line = f"{row['variant']:28s} {row['seconds']:8.2f} {row['x_gguf_q4_0']:12.2f} {speedup:9.2f}"
         if row["variant"] in paired:
             gains = paired[row["variant"]]
-            row["paired_speedup_median"] = gains[len(gains) // 2]
-            line += (
-                f"   paired: median {gains[len(gains) // 2]:.2f} (min {gains[0]:.2f}, max {gains[-1]:.2f})"
-            )
+            middle = row["paired_speedup_median"] = statistics.median(gains)
+            line += f"   paired: median {middle:.2f} (min {gains[0]:.2f}, max {gains[-1]:.2f})"
         print(line)
     same = {recipe: len(hashes) == 1 for recipe, hashes in identical.items()}
     verdicts = ", ".join(f"{r} {'yes' if s else 'NO'}" for r, s in same.items())
