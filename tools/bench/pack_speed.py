@@ -21,10 +21,13 @@ loads the file with safetensors and quantizes it with gguf-py, what a user's com
 `--jobs 1` and `--jobs N` then run in turn, and the gain is also given as the median of the
 pairs' ratios (this machine's speed drifts by tens of percent from minute to minute). In
 memory, `--pairs P` does the same: P rounds of a fresh `--jobs 1` process and a fresh
-`--jobs N` one, each the best of `--repeat` packs.
+`--jobs N` one, each the best of `--repeat` packs. `--ceiling` also times, per preset, two
+`--jobs 1` processes at once against one alone: 2 x alone / at once is what this machine's
+cores give the work with no threads in the way, the yardstick for the `--jobs N` gain.
 
     python tools/bench/pack_speed.py [--out bench-out] [--repeat 2] [--small] [--recipes kmeans4,q4]
-                                     [--whole-process] [--pairs P] [--kernels auto|numpy|compiled]
+                                     [--whole-process] [--pairs P] [--ceiling]
+                                     [--kernels auto|numpy|compiled]
 
 Prints a table (seconds and ratio to gguf Q4_0) and writes bench-out/pack_speed.json
 (pack_speed_whole_process.json with --whole-process).
@@ -66,6 +69,8 @@ else:
         recipe, target = "fp16", float(recipe[4:])
     def run():
         kformat.pack(weights, out, recipe, jobs=jobs, target_bits=target)
+while len(sys.argv) > 5 and time.time() < float(sys.argv[5]):  # --ceiling: start together
+    time.sleep(0.005)
 best = None
 for _ in range(repeat):
     start = time.perf_counter()
@@ -114,6 +119,25 @@ def in_memory(variant: str, target: Path, repeat: int, small: bool) -> dict:
     command = [sys.executable, "-c", CHILD, variant, str(target), str(repeat), "1" if small else "0"]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def ceiling(recipe: str, work: Path, repeat: int, small: bool) -> dict:
+    """What two cores give this workload with no thread in the way: one `--jobs 1` process
+    alone, then two at once (each timing only once both have built their weights). Two
+    processes at once each taking t2 where one alone takes t1 is a gain of 2 * t1 / t2."""
+    variant = f"kformat {recipe} jobs=1"
+    alone = in_memory(variant, work / "ceiling-a.kf", repeat, small)["seconds"]
+    start_at = time.time() + (3 if small else 15)  # after both have made the weights
+    command = [sys.executable, "-c", CHILD, variant, "", str(repeat), "1" if small else "0", str(start_at)]
+    children = []
+    for tag in "ab":
+        command[4] = str(work / f"ceiling-{tag}.kf")
+        children.append(subprocess.Popen(list(command), stdout=subprocess.PIPE, text=True))
+    outputs = [c.communicate()[0] for c in children]
+    if any(c.returncode for c in children):
+        raise SystemExit("a --ceiling process failed")
+    together = [json.loads(out.strip().splitlines()[-1])["seconds"] for out in outputs]
+    return {"alone": alone, "together": together, "gain": 2 * alone / statistics.mean(together)}
 
 
 def write_model(path: Path, small: bool) -> None:
@@ -165,6 +189,12 @@ def main() -> int:
         default=0,
         help="in memory: run --jobs 1 and --jobs N in turn this many times, each a fresh process "
         "(best of --repeat), and give the median of the pairs' gains (whole commands always pair)",
+    )
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also time two --jobs 1 processes at once against one alone, per preset: the gain "
+        "the machine's cores give this work with no threads in the way (in memory)",
     )
     parser.add_argument(
         "--kernels",
@@ -235,6 +265,13 @@ def main() -> int:
             middle = row["paired_speedup_median"] = statistics.median(gains)
             line += f"   paired: median {middle:.2f} (min {gains[0]:.2f}, max {gains[-1]:.2f})"
         print(line)
+    ceilings = {}
+    if args.ceiling:
+        print(f"\n{'two --jobs 1 processes at once':32s} {'alone s':>8s} {'each s':>12s} {'gain':>6s}")
+        for recipe in args.recipes.split(","):
+            found = ceilings[recipe] = ceiling(recipe, work, args.repeat, args.small)
+            each = "/".join(f"{t:.2f}" for t in found["together"])
+            print(f"{recipe:32s} {found['alone']:8.2f} {each:>12s} {found['gain']:6.2f}")
     same = {recipe: len(hashes) == 1 for recipe, hashes in identical.items()}
     verdicts = ", ".join(f"{r} {'yes' if s else 'NO'}" for r, s in same.items())
     print(f"\nbyte-identical for every --jobs: {verdicts}")
@@ -245,6 +282,7 @@ def main() -> int:
         "kernels": args.kernels,
         "rows": rows,
         "byte_identical": same,
+        "ceiling": ceilings,
     }
     name = "pack_speed_whole_process.json" if args.whole_process else "pack_speed.json"
     if args.kernels != "auto":
