@@ -155,3 +155,25 @@ def test_a_load_does_not_import_numba_or_pillow(tmp_path):
         "print('numba' in sys.modules, 'PIL' in sys.modules)"
     )
     assert _fresh(code, str(tmp_path / "m.kf")) == "False False"
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**32 - 1), bins=st.sampled_from([1, 7, 256, 65536]), weighted=st.booleans())
+def test_bincount_equal(seed, bins, weighted):
+    """The histograms' counts and weighted sums, compiled or numpy's: the same numbers."""
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, bins, int(rng.integers(0, 5000))).astype(np.int32)
+    weights = rng.standard_t(2, index.size) if weighted else None
+    plain, compiled = numpy_only(kernels.bincount, index, weights, bins)
+    _equal(plain, compiled)
+    _equal(plain, np.bincount(index, weights, minlength=bins))
+
+
+def test_bincount_of_a_bad_index_is_numpy_s_error():
+    os.environ["KFORMAT_NUMBA"] = "1"
+    try:
+        with pytest.raises(ValueError):
+            kernels.bincount(np.array([0, -1, 2], dtype=np.int32), None, 4)
+        assert kernels.bincount(np.array([0, 5], dtype=np.int32), None, 4).size == 6  # as numpy
+    finally:
+        del os.environ["KFORMAT_NUMBA"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import kernels
 from .chunks import CHUNK, map_chunks
 
 FINE_BINS = 1 << 16
@@ -127,7 +128,7 @@ def _counts(flat: np.ndarray, lo: float, hi: float, bins: int, weights=None, str
     def part(start: int, stop: int) -> np.ndarray:
         chunk_weights = None if weights is None else weights[start:stop:stride]
         sample = np.ascontiguousarray(flat[start:stop:stride])  # binned 1.6x faster than a strided view
-        return np.bincount(_bin_index(sample, lo, hi, bins), chunk_weights, minlength=bins)
+        return kernels.bincount(_bin_index(sample, lo, hi, bins), chunk_weights, bins)
 
     # a chunk holds CHUNK sampled values: fewer partial counts of every bin to add up
     for part_counts in map_chunks(part, flat.size, CHUNK * stride):  # in order: the same sums

@@ -70,6 +70,29 @@ def loops(*arrays: np.ndarray) -> Iterator[ModuleType]:
         yield fit_loops
 
 
+def bincount(index: np.ndarray, weights: np.ndarray | None, bins: int) -> np.ndarray:
+    """np.bincount(index, weights, minlength=bins) for indices below `bins`: without the GIL
+    once the kernels are loaded (numpy's holds it, and binning a tensor's values was the
+    largest GIL-held step of a 2-thread `q4` pack), else numpy's. Same counts, and with
+    weights the same sums, added in the same order. Only int32 indices and float64 weights
+    (what the histograms pass) take the kernels."""
+    ready = compiled()
+    if (
+        ready is not None
+        and index.dtype == np.int32
+        and index.ndim == 1
+        and index.flags.c_contiguous  # (another layout would compile another version mid-pack)
+        and (
+            weights is None
+            or (weights.dtype == np.float64 and weights.shape == index.shape and weights.flags.c_contiguous)
+        )
+    ):
+        out, ok = ready.count_bins(index, bins) if weights is None else ready.sum_bins(index, weights, bins)
+        if ok:
+            return out
+    return np.bincount(index, weights, minlength=bins)  # (what numpy says of a bad index)
+
+
 @contextmanager
 def timed_numpy_loop() -> Iterator[None]:
     """Count the CPU time of a numpy fit loop (this thread's); past WARM_AFTER, start loading

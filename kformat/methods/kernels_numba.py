@@ -119,6 +119,31 @@ lloyd_iterations = njit(nogil=True, cache=True)(fit_loops.lloyd_iterations)
 ec_iterations = njit(nogil=True, cache=True)(fit_loops.ec_iterations)
 
 
+@njit(nogil=True, cache=True)
+def count_bins(index, bins):
+    """(np.bincount(index, minlength=bins), True), or (..., False) when an index falls
+    outside [0, bins) (the caller then lets numpy say so)."""
+    out = np.zeros(bins, np.int64)
+    for i in range(index.size):
+        k = index[i]
+        if k < 0 or k >= bins:
+            return out, False
+        out[k] += 1
+    return out, True
+
+
+@njit(nogil=True, cache=True)
+def sum_bins(index, weights, bins):
+    """count_bins with weights: np.bincount's sums, added in the same order."""
+    out = np.zeros(bins, np.float64)
+    for i in range(index.size):
+        k = index[i]
+        if k < 0 or k >= bins:
+            return out, False
+        out[k] += weights[i]
+    return out, True
+
+
 def warm() -> None:
     """Load (or, the first time, compile and cache) every kernel for the argument types the
     fits pass, on tiny inputs, so that no fit waits for it."""
@@ -134,3 +159,6 @@ def warm() -> None:
     dp_dense(first, w, wp, s2, 3)
     lloyd_iterations(points, w_wp, points[::3].copy(), 5, 1e-9)
     ec_iterations(points, w_wp, points[::3].copy(), np.ones(3), 0.01, 5, 1e-9, 8.0)
+    bins = np.zeros(4, dtype=np.int32)
+    count_bins(bins, 2)
+    sum_bins(bins, weights[:4], 2)
