@@ -61,3 +61,20 @@ def test_large_outputs_get_mappings_of_their_own_and_small_ones_come_from_numpy(
     back = kformat.load_all(str(tmp_path / "m.kf"))["w"]
     np.testing.assert_array_equal(back, weights["w"])
     assert back.flags.writeable and not back.flags.owndata  # from the mapping
+
+
+def test_a_mapping_the_system_refuses_is_a_limit_error_naming_the_tensor(tmp_path, monkeypatch):
+    from kformat.errors import LimitError
+    from kformat.loading import mapped
+
+    if mapped._FLAGS is None:
+        pytest.skip("no anonymous mappings here (numpy allocates)")
+    weights = {"w": np.ones((512, 1024), np.float32)}  # 2 MiB of output: mapped
+    kformat.pack(weights, tmp_path / "m.kf", "fp16")
+
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(mapped.mmap, "mmap", refuse)
+    with pytest.raises(LimitError, match=r"tensor 'w': cannot allocate 2097152 bytes"):
+        kformat.load_all(str(tmp_path / "m.kf"))
