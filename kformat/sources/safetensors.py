@@ -56,12 +56,14 @@ class SafetensorsSource:
             self._file = safe_open(str(path), framework="np")
             names = list(self._file.keys())
             self._infos = []
+            self._stored: dict[str, str] = {}  # name -> the file's dtype name (F32, BF16...)
             for name in sorted(names, key=natural_key):
                 sl = self._file.get_slice(name)
                 dtype = sl.get_dtype()
                 if dtype not in _DTYPES:
                     raise InputError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
                 self._infos.append(TensorInfo(name, tuple(sl.get_shape()), np.dtype(_DTYPES[dtype])))
+                self._stored[name] = dtype
             stored = self._file.metadata() or {}
         except SafetensorError as exc:
             raise InputError(f"{path}: not a valid safetensors file ({exc})") from None
@@ -76,8 +78,7 @@ class SafetensorsSource:
 
     def load(self, name: str) -> np.ndarray:
         info = next(i for i in self._infos if i.name == name)
-        stored = self._file.get_slice(name).get_dtype()
-        if stored == "BF16" and not HAVE_ML_DTYPES:  # widened exactly: bf16 is float32's top half
+        if self._stored[name] == "BF16" and not HAVE_ML_DTYPES:  # widened exactly: bf16 is float32's top half
             raw = self._raw_bytes(name).view("<u2")
             return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
         array = self._raw_bytes(name).view(info.dtype).reshape(info.shape)  # (little-endian hosts)
