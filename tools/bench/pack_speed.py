@@ -114,11 +114,21 @@ def whole_process(variant: str, model: Path, target: Path, repeat: int) -> dict:
     return {"seconds": best}
 
 
+def child(variant: str, target: Path, repeat: int, small: bool, start_at: float | None = None) -> list[str]:
+    """The command of a fresh process timing the variant in memory (from `start_at`, if given)."""
+    command = [sys.executable, "-c", CHILD, variant, str(target), str(repeat), "1" if small else "0"]
+    return command if start_at is None else [*command, str(start_at)]
+
+
+def seconds_of(stdout: str) -> dict:
+    """What a CHILD process printed last: {"seconds": best}."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
 def in_memory(variant: str, target: Path, repeat: int, small: bool) -> dict:
     """The best of `repeat` runs of the variant in one fresh process, the weights in memory."""
-    command = [sys.executable, "-c", CHILD, variant, str(target), str(repeat), "1" if small else "0"]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    result = subprocess.run(child(variant, target, repeat, small), capture_output=True, text=True, check=True)
+    return seconds_of(result.stdout)
 
 
 def ceiling(recipe: str, work: Path, repeat: int, small: bool) -> dict:
@@ -128,15 +138,12 @@ def ceiling(recipe: str, work: Path, repeat: int, small: bool) -> dict:
     variant = f"kformat {recipe} jobs=1"
     alone = in_memory(variant, work / "ceiling-a.kf", repeat, small)["seconds"]
     start_at = time.time() + (3 if small else 15)  # after both have made the weights
-    command = [sys.executable, "-c", CHILD, variant, "", str(repeat), "1" if small else "0", str(start_at)]
-    children = []
-    for tag in "ab":
-        command[4] = str(work / f"ceiling-{tag}.kf")
-        children.append(subprocess.Popen(list(command), stdout=subprocess.PIPE, text=True))
+    commands = [child(variant, work / f"ceiling-{tag}.kf", repeat, small, start_at) for tag in "ab"]
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for command in commands]
     outputs = [c.communicate()[0] for c in children]
     if any(c.returncode for c in children):
         raise SystemExit("a --ceiling process failed")
-    together = [json.loads(out.strip().splitlines()[-1])["seconds"] for out in outputs]
+    together = [seconds_of(out)["seconds"] for out in outputs]
     return {"alone": alone, "together": together, "gain": 2 * alone / statistics.mean(together)}
 
 
@@ -270,8 +277,8 @@ def main() -> int:
         print(f"\n{'two --jobs 1 processes at once':32s} {'alone s':>8s} {'each s':>12s} {'gain':>6s}")
         for recipe in args.recipes.split(","):
             found = ceilings[recipe] = ceiling(recipe, work, args.repeat, args.small)
-            each = "/".join(f"{t:.2f}" for t in found["together"])
-            print(f"{recipe:32s} {found['alone']:8.2f} {each:>12s} {found['gain']:6.2f}")
+            at_once = "/".join(f"{t:.2f}" for t in found["together"])
+            print(f"{recipe:32s} {found['alone']:8.2f} {at_once:>12s} {found['gain']:6.2f}")
     same = {recipe: len(hashes) == 1 for recipe, hashes in identical.items()}
     verdicts = ", ".join(f"{r} {'yes' if s else 'NO'}" for r, s in same.items())
     print(f"\nbyte-identical for every --jobs: {verdicts}")
