@@ -90,10 +90,10 @@ DENSE_CELLS = 1 << 19  # one problem with at most this many (i, j) pairs: every 
 
 def _dense_layers(first: np.ndarray, w, s1, s2, k: int) -> tuple[list[np.ndarray], list[float], np.ndarray]:
     """The splits of layers 2..k of one problem (prefix indices 0..n) from every (i, j) pair
-    at once, each layer's least error over all n points, and layer k: three big numpy passes a layer
-    instead of a few hundred small ones, so a 4-bit seed (k = 16 over 512 points) spends its
-    time outside the GIL. The same values and the same first minima as _layer (cost(i, j)
-    computed the same way, ties to the lowest i)."""
+    at once, each layer's least error over all n points, and layer k: three big numpy passes
+    a layer instead of a few hundred small ones, so a 4-bit seed (k = 16 over 512 points)
+    spends its time outside the GIL. The same values and the same first minima as _layer
+    (cost(i, j) computed the same way, ties to the lowest i)."""
     size = first.size
     i = np.arange(size)
     cost = _cost_to(w, s1, s2, i[None, :], w[:, None], s1[:, None], s2[:, None])  # [j, i]

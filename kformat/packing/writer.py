@@ -193,9 +193,9 @@ class LocalEncoder:
     """Tensors encoded on this machine's `jobs` threads, at most `jobs` + 1 of them not yet
     encoded at once (one waits for a thread, so a worker that finishes finds the next tensor
     read; finished ones wait for their turn within a byte budget, kformat.packing.admission);
-    the passes within one large tensor use the
-    same number of threads (methods.chunks). A tensor `earlier` containers hold by the same
-    rule is read back from them instead (kformat.packing.reuse)."""
+    the passes within one large tensor use the same number of threads (methods.chunks). A
+    tensor `earlier` containers hold by the same rule is read back from them instead
+    (kformat.packing.reuse)."""
 
     def __init__(self, source: TensorSource, tile, importance, jobs: int, earlier=None):
         self.source, self.tile, self.importance, self.jobs = source, tile, importance, jobs
@@ -226,10 +226,10 @@ class LocalEncoder:
 
 def _long_pole(decisions: list[Decision], sizes: dict[str, int], jobs: int) -> Decision | None:
     """The tensor to start first, out of file order: the largest, when it holds a third of the
-    model or more. It takes the longest, and started in its turn it finished alone while the other
-    workers idled (VGG16's first FC layer is 74% of the weights and 27th of 32 in file
-    order); started first, the other tensors are encoded beside it. It is not counted in the window,
-    so one more tensor is in memory than the window holds."""
+    model or more. It takes the longest, and started in its turn it finished alone while the
+    other workers idled (VGG16's first FC layer is 74% of the weights and 27th of 32 in file
+    order); started first, the other tensors are encoded beside it. It is not counted in the
+    window, so one more tensor is in memory than the window holds."""
     if jobs < 2 or len(decisions) < 2:
         return None
     largest = max(decisions, key=lambda d: sizes[d.name])
