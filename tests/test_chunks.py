@@ -76,3 +76,49 @@ def test_helpers_share_the_items_and_a_failure_is_raised_after_the_helpers_stop(
             chunks.map_helping(pool, fail_at_7, list(range(100)), threads=4)
         assert running == []  # no helper still at work when the error reaches the caller
     assert chunks.map_helping(None, str, [1, 2], threads=1) == ["1", "2"]  # one thread: no pool
+
+
+class CountingPool(ThreadPoolExecutor):
+    """A pool that counts the helpers handed to it."""
+
+    def __init__(self, workers: int):
+        super().__init__(workers)
+        self.submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_helpers_go_only_to_threads_no_tensor_occupies():
+    """With every worker encoding a tensor of its own, a tensor's items run in its own thread;
+    as workers free up, the caller recruits them between its items."""
+    items = list(range(40))
+    with CountingPool(2) as pool:
+        with chunks.occupied(), chunks.occupied():  # both of two workers have a tensor
+            assert chunks.map_helping(pool, lambda x: x + 1, items, threads=2) == [x + 1 for x in items]
+        assert pool.submitted == 0
+        with chunks.occupied():  # only the caller's: one helper, at most
+            assert chunks.map_helping(pool, lambda x: x + 1, items, threads=2) == [x + 1 for x in items]
+        assert pool.submitted == 1
+        other = threading.Event()
+        freed = threading.Event()
+
+        def other_worker():
+            with chunks.occupied():
+                other.set()
+                freed.wait()
+
+        threading.Thread(target=other_worker).start()
+        other.wait()
+        pool.submitted = 0
+
+        def item(x):
+            if x == 5:
+                freed.set()  # the other worker finishes its tensor midway
+                time.sleep(0.05)
+            return x
+
+        with chunks.occupied():
+            assert chunks.map_helping(pool, item, items, threads=2) == items
+        assert pool.submitted == 1  # recruited once the other worker was free

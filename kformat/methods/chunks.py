@@ -26,13 +26,14 @@ _pool: ThreadPoolExecutor | None = None
 _size = 1  # the pool's threads
 _users = 0
 _local = threading.local()  # set in pool threads: nested maps run inline, never deadlock
+_busy = 0  # threads encoding a tensor of their own now (the packer's workers, see occupied())
 
 
 def _forget_pool_after_fork() -> None:
     """Threads do not survive fork: a child maps and submits inline (the inherited pool would
     queue work for threads it does not have, and wait for ever)."""
-    global _pool, _size, _users, _lock
-    _pool, _size, _users, _lock = None, 1, 0, threading.Lock()
+    global _pool, _size, _users, _lock, _busy
+    _pool, _size, _users, _lock, _busy = None, 1, 0, threading.Lock(), 0
 
 
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
@@ -61,6 +62,32 @@ def threads(count: int) -> Iterator[None]:
                 _pool = None
         if done and pool is not None:
             pool.shutdown(wait=True)
+
+
+@contextmanager
+def occupied(critical: bool = False) -> Iterator[None]:
+    """Mark this thread as encoding a tensor of its own for the block. Helpers (map_helping)
+    go only to threads no tensor occupies: when every worker has a tensor, a tensor's passes
+    and tiles run in its own thread. Helping then only added runnable threads, and on a
+    transformer's many mid-sized matrices (BERT-base shape, 2 jobs) the contention for the
+    cores and the GIL cost 13-15% of the pack's time. A `critical` tensor (the long pole,
+    which the others wait for) is helped all the same."""
+    global _busy
+    with _lock:
+        _busy += 1
+    was, _local.critical = getattr(_local, "critical", False), critical
+    try:
+        yield
+    finally:
+        _local.critical = was
+        with _lock:
+            _busy -= 1
+
+
+def _spare(threads: int) -> int:
+    """Threads of `threads` this thread may recruit: all the others for a critical tensor,
+    else those no tensor occupies besides the caller's."""
+    return threads - 1 if getattr(_local, "critical", False) else threads - max(_busy, 1)
 
 
 def row_step(cols: int, values: int = CHUNK) -> int:
@@ -92,23 +119,28 @@ def map_chunks(fn: Callable[[int, int], T], size: int, chunk: int = CHUNK) -> li
 
 def map_helping(pool: Executor, fn: Callable[[A], T], items: Sequence[A], threads: int) -> list[T]:
     """[fn(item) for item in items], in order, on `threads` threads: the caller's own and up
-    to `threads` - 1 of the pool's. Every thread takes the next item not yet taken, so the
-    caller works rather than waits, and when the pool is busy with another tensor's tasks (a
-    shared pool is FIFO) the caller does its own items instead of queueing behind them: on
-    VGG16 a conv layer's tiles waited for the first FC layer's hundred, 0.4 s for a 30 ms
-    tensor. Helpers that never started are cancelled. Within an item, maps run inline (as
-    on the pool)."""
+    to `threads` - 1 of the pool's, as many as no other tensor occupies (occupied()); the
+    caller asks for more between its items as workers free up. Every thread takes the next
+    item not yet taken, so the caller works rather than waits, and when the pool is busy with
+    another tensor's tasks (a shared pool is FIFO) the caller does its own items instead of
+    queueing behind them: on VGG16 a conv layer's tiles waited for the first FC layer's
+    hundred, 0.4 s for a 30 ms tensor. Helpers that never started are cancelled. Within an
+    item, maps run inline (as on the pool)."""
     if len(items) < 2 or threads < 2:
         return [fn(item) for item in items]
     results: list = [None] * len(items)
     taken = itertools.count()  # next() on it is atomic under the GIL
     failed = threading.Event()
+    helpers: list[Future] = []
+    most = min(threads, len(items)) - 1
 
-    def drain() -> None:
+    def drain(recruit: bool = False) -> None:
         was = getattr(_local, "worker", False)
         _local.worker = True
         try:
             while not failed.is_set():
+                if recruit and len(helpers) < min(most, _spare(threads)):
+                    helpers.append(pool.submit(drain))
                 i = next(taken)
                 if i >= len(items):
                     return
@@ -119,9 +151,8 @@ def map_helping(pool: Executor, fn: Callable[[A], T], items: Sequence[A], thread
         finally:
             _local.worker = was
 
-    helpers = [pool.submit(drain) for _ in range(min(threads - 1, len(items) - 1))]
     try:
-        drain()
+        drain(recruit=True)
     except BaseException:
         _settle(helpers, quiet=True)
         raise

@@ -133,7 +133,8 @@ class DaskEncoder:
         finally:
             self.client.close()
 
-    def submit(self, decision: Decision) -> _PartFuture:
+    def submit(self, decision: Decision, critical: bool = False) -> _PartFuture:
+        """(`critical` is for local workers: a cluster's tasks have no helpers.)"""
         if self._path is not None:
             source = self._path
         else:

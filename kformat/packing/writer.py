@@ -212,16 +212,23 @@ class LocalEncoder:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
-    def submit(self, decision: Decision) -> Future:
+    def submit(self, decision: Decision, critical: bool = False) -> Future:
+        """Encode the tensor on a worker; `critical` (the long pole) always gets helpers."""
         found = None if self.earlier is None else self.earlier.find(decision)
         if found is not None:
             done: Future = Future()
             done.set_result(found)
             return done
         array = self.source.load(decision.name)  # sources are read from this thread only
-        return self.encoders.submit(
-            encode_blobs, decision.name, array, decision, self.tile, self.tiles, self.importance, self.jobs
-        )
+        work = (decision.name, array, decision, self.tile, self.tiles, self.importance, self.jobs)
+        return self.encoders.submit(_occupying, critical, *work)
+
+
+def _occupying(critical: bool, *args) -> Encoded:
+    """encode_blobs in a worker marked as occupied (methods.chunks: helpers go to free ones,
+    and always to the `critical` one)."""
+    with chunks.occupied(critical):
+        return encode_blobs(*args)
 
 
 def _long_pole(decisions: list[Decision], sizes: dict[str, int], jobs: int) -> Decision | None:
@@ -327,7 +334,7 @@ def pack(
             with encoder:
                 pending: deque[tuple[Future, int]] = deque()
                 first = _long_pole(decisions, sizes, jobs if scheduler is None else 1)
-                early = encoder.submit(first) if first is not None else None
+                early = encoder.submit(first, critical=True) if first is not None else None
                 for decision in decisions:
                     tracker.start(decision.name)
                     future = early if decision is first else encoder.submit(decision)

@@ -24,10 +24,15 @@ memory, `--pairs P` does the same: P rounds of a fresh `--jobs 1` process and a 
 `--jobs N` one, each the best of `--repeat` packs. `--ceiling` also times, per preset, two
 `--jobs 1` processes at once against one alone: 2 x alone / at once is what this machine's
 cores give the work with no threads in the way, the yardstick for the `--jobs N` gain.
+`--pause S` sleeps S seconds before each timed process. On this virtual machine, memory a
+process has just freed is quick to reuse for a few seconds, and after that a fresh page
+costs the host's page fault again: touching new memory ran at 0.45 GB/s per thread cold
+against 13-17 GB/s warm. Back-to-back runs therefore time a mix of the two; with a pause,
+every run is cold, as a user's first command after a while is.
 
     python tools/bench/pack_speed.py [--out bench-out] [--repeat 2] [--small] [--recipes kmeans4,q4]
                                      [--whole-process] [--pairs P] [--ceiling]
-                                     [--kernels auto|numpy|compiled]
+                                     [--kernels auto|numpy|compiled] [--pause S]
 
 Prints a table (seconds and ratio to gguf Q4_0) and writes bench-out/pack_speed.json
 (pack_speed_whole_process.json with --whole-process).
@@ -97,8 +102,9 @@ for w in load_file(sys.argv[1]).values():
 RECIPES = ("kmeans4", "int8", "mobile", "q4", "kmeans8")
 
 
-def whole_process(variant: str, model: Path, target: Path, repeat: int) -> dict:
-    """The best wall time of `repeat` whole processes running the variant on the model file."""
+def whole_process(variant: str, model: Path, target: Path, repeat: int, pause: float = 0.0) -> dict:
+    """The best wall time of `repeat` whole processes running the variant on the model file,
+    each after `pause` seconds."""
     if variant == "gguf Q4_0":
         command = [sys.executable, "-c", GGUF_WHOLE, str(model)]
     else:
@@ -107,6 +113,7 @@ def whole_process(variant: str, model: Path, target: Path, repeat: int) -> dict:
         command += ["--recipe", recipe, "--jobs", jobs, "--quiet"]
     best = None
     for _ in range(repeat):
+        time.sleep(pause)
         start = time.perf_counter()
         subprocess.run(command, capture_output=True, check=True)
         seconds = time.perf_counter() - start
@@ -204,6 +211,14 @@ def main() -> int:
         "the machine's cores give this work with no threads in the way (in memory)",
     )
     parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        help="seconds to sleep before each timed process, so that every run starts on cold memory "
+        "(on a virtual machine, pages a process just freed are quick to reuse for a few seconds; "
+        "after that, fresh pages cost the host's page faults again); default: none",
+    )
+    parser.add_argument(
         "--kernels",
         choices=("auto", "numpy", "compiled"),
         default="auto",
@@ -227,7 +242,8 @@ def main() -> int:
     def timed(variant: str, repeat: int) -> dict:
         target = output_for(work, variant)
         if args.whole_process:
-            return whole_process(variant, model, target, repeat)
+            return whole_process(variant, model, target, repeat, args.pause)
+        time.sleep(args.pause)
         return in_memory(variant, target, repeat, args.small)
 
     for variant in variants(args.jobs, tuple(args.recipes.split(","))):
@@ -287,6 +303,7 @@ def main() -> int:
         "model": "VGG16-shaped" + (" at 1/8 width" if args.small else ""),
         "timing": "whole process, from a .safetensors file" if args.whole_process else "pack() in memory",
         "kernels": args.kernels,
+        "pause_seconds": args.pause,
         "rows": rows,
         "byte_identical": same,
         "ceiling": ceilings,
