@@ -74,3 +74,54 @@ def small_vgg_weights(seed: int = 0, scale: int = 8, num_classes: int = 10) -> d
                 shape[0] //= scale
         shapes.append((name, tuple(shape)))
     return he_gaussian(shapes, seed)
+
+
+def bert_base_shapes(layers: int = 12, width: int = 768, inner: int = 3072, vocab: int = 30522):
+    """BERT-base's tensors (Hugging Face names, no pooler): a 30522-row word embedding, then
+    per layer four width x width attention matrices, two width x inner feed-forward ones,
+    their biases and two LayerNorms. Unlike VGG16, no tensor dominates: 110M parameters in
+    ~200 tensors, the largest (the embedding) a fifth of them."""
+    shapes = [
+        ("embeddings.word_embeddings.weight", (vocab, width)),
+        ("embeddings.position_embeddings.weight", (512, width)),
+        ("embeddings.token_type_embeddings.weight", (2, width)),
+        ("embeddings.LayerNorm.weight", (width,)),
+        ("embeddings.LayerNorm.bias", (width,)),
+    ]
+    for i in range(layers):
+        p = f"encoder.layer.{i}."
+        for part in (
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+        ):
+            shapes += [(p + part + ".weight", (width, width)), (p + part + ".bias", (width,))]
+        shapes += [
+            (p + "attention.output.LayerNorm.weight", (width,)),
+            (p + "attention.output.LayerNorm.bias", (width,)),
+        ]
+        shapes += [
+            (p + "intermediate.dense.weight", (inner, width)),
+            (p + "intermediate.dense.bias", (inner,)),
+        ]
+        shapes += [(p + "output.dense.weight", (width, inner)), (p + "output.dense.bias", (width,))]
+        shapes += [(p + "output.LayerNorm.weight", (width,)), (p + "output.LayerNorm.bias", (width,))]
+    return shapes
+
+
+def bert_base_weights(seed: int = 0) -> dict[str, np.ndarray]:
+    """BERT-base-shaped weights: matrices Student-t (5 degrees of freedom, the heavier tails of
+    trained transformers) at std 0.02 as BERT initialises them, LayerNorm scales 1, biases
+    small."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in bert_base_shapes():
+        if len(shape) == 2:
+            t = rng.standard_t(5, size=shape).astype(np.float32)
+            out[name] = t * np.float32(0.02 / np.sqrt(5 / 3))  # the t(5) variance is 5/3
+        elif "LayerNorm.weight" in name:
+            out[name] = np.ones(shape, dtype=np.float32)
+        else:
+            out[name] = (rng.standard_normal(shape, dtype=np.float32) * 0.01).astype(np.float32)
+    return out

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Pack speed: kformat recipes against gguf-py's numpy Q4_0 quantizer on the same tensors.
 
-The model is the VGG16-shaped one (138.4M parameters, He-init, seed 0), in memory. Each
-variant runs in a fresh process, several times (the best time counts):
+The model is the VGG16-shaped one (138.4M parameters, He-init, seed 0; one FC layer holds 74%
+of them), or with `--model bert` the BERT-base-shaped one (108.9M parameters in 197 tensors,
+none dominant; Student-t weights), in memory. Each variant runs in a fresh process, several
+times (the best time counts):
 
   gguf Q4_0          gguf.quants.quantize(w, Q4_0) of every tensor (32-value blocks, one
                      fp16 scale each), what `convert_hf_to_gguf.py --outtype q4_0` runs
@@ -30,12 +32,13 @@ costs the host's page fault again: touching new memory ran at 0.45 GB/s per thre
 against 13-17 GB/s warm. Back-to-back runs therefore time a mix of the two; with a pause,
 every run is cold, as a user's first command after a while is.
 
-    python tools/bench/pack_speed.py [--out bench-out] [--repeat 2] [--small] [--recipes kmeans4,q4]
+    python tools/bench/pack_speed.py [--out bench-out] [--repeat 2] [--small | --model vgg16|bert]
+                                     [--recipes kmeans4,q4]
                                      [--whole-process] [--pairs P] [--ceiling]
                                      [--kernels auto|numpy|compiled] [--pause S]
 
 Prints a table (seconds and ratio to gguf Q4_0) and writes bench-out/pack_speed.json
-(pack_speed_whole_process.json with --whole-process).
+(pack_speed_whole_process.json with --whole-process; _bert before .json with --model bert).
 """
 
 from __future__ import annotations
@@ -53,9 +56,9 @@ from pathlib import Path
 
 CHILD = r"""
 import json, sys, time
-variant, out, repeat, small = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
-from kformat.synthetic import small_vgg_weights, vgg16_weights
-weights = small_vgg_weights() if small else vgg16_weights()
+variant, out, repeat, model = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+import kformat.synthetic
+weights = getattr(kformat.synthetic, model)()
 if variant == "gguf Q4_0":
     import numpy as np
     from gguf import GGMLQuantizationType, quants
@@ -121,9 +124,17 @@ def whole_process(variant: str, model: Path, target: Path, repeat: int, pause: f
     return {"seconds": best}
 
 
-def child(variant: str, target: Path, repeat: int, small: bool, start_at: float | None = None) -> list[str]:
+MODELS = {"vgg16": "vgg16_weights", "vgg16-small": "small_vgg_weights", "bert": "bert_base_weights"}
+DESCRIPTIONS = {
+    "vgg16": "VGG16-shaped",
+    "vgg16-small": "VGG16-shaped at 1/8 width",
+    "bert": "BERT-base-shaped (Student-t weights)",
+}
+
+
+def child(variant: str, target: Path, repeat: int, model: str, start_at: float | None = None) -> list[str]:
     """The command of a fresh process timing the variant in memory (from `start_at`, if given)."""
-    command = [sys.executable, "-c", CHILD, variant, str(target), str(repeat), "1" if small else "0"]
+    command = [sys.executable, "-c", CHILD, variant, str(target), str(repeat), MODELS[model]]
     return command if start_at is None else [*command, str(start_at)]
 
 
@@ -132,20 +143,20 @@ def seconds_of(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def in_memory(variant: str, target: Path, repeat: int, small: bool) -> dict:
+def in_memory(variant: str, target: Path, repeat: int, model: str) -> dict:
     """The best of `repeat` runs of the variant in one fresh process, the weights in memory."""
-    result = subprocess.run(child(variant, target, repeat, small), capture_output=True, text=True, check=True)
+    result = subprocess.run(child(variant, target, repeat, model), capture_output=True, text=True, check=True)
     return seconds_of(result.stdout)
 
 
-def ceiling(recipe: str, work: Path, repeat: int, small: bool) -> dict:
+def ceiling(recipe: str, work: Path, repeat: int, model: str) -> dict:
     """What two cores give this workload with no thread in the way: one `--jobs 1` process
     alone, then two at once (each timing only once both have built their weights). Two
     processes at once each taking t2 where one alone takes t1 is a gain of 2 * t1 / t2."""
     variant = f"kformat {recipe} jobs=1"
-    alone = in_memory(variant, work / "ceiling-a.kf", repeat, small)["seconds"]
-    start_at = time.time() + (3 if small else 15)  # after both have made the weights
-    commands = [child(variant, work / f"ceiling-{tag}.kf", repeat, small, start_at) for tag in "ab"]
+    alone = in_memory(variant, work / "ceiling-a.kf", repeat, model)["seconds"]
+    start_at = time.time() + (3 if model == "vgg16-small" else 15)  # after both have made the weights
+    commands = [child(variant, work / f"ceiling-{tag}.kf", repeat, model, start_at) for tag in "ab"]
     children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for command in commands]
     outputs = [c.communicate()[0] for c in children]
     if any(c.returncode for c in children):
@@ -154,13 +165,12 @@ def ceiling(recipe: str, work: Path, repeat: int, small: bool) -> dict:
     return {"alone": alone, "together": together, "gain": 2 * alone / statistics.mean(together)}
 
 
-def write_model(path: Path, small: bool) -> None:
+def write_model(path: Path, model: str) -> None:
     code = (
-        "import sys; from safetensors.numpy import save_file;"
-        "from kformat.synthetic import small_vgg_weights, vgg16_weights;"
-        "save_file(small_vgg_weights() if sys.argv[2] == '1' else vgg16_weights(), sys.argv[1])"
+        "import sys, kformat.synthetic; from safetensors.numpy import save_file;"
+        "save_file(getattr(kformat.synthetic, sys.argv[2])(), sys.argv[1])"
     )
-    subprocess.run([sys.executable, "-c", code, str(path), "1" if small else "0"], check=True)
+    subprocess.run([sys.executable, "-c", code, str(path), MODELS[model]], check=True)
 
 
 def variants(cores: int, recipes: tuple[str, ...] = RECIPES) -> list[str]:
@@ -188,6 +198,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--small", action="store_true", help="VGG16 at 1/8 width (a quick check)")
+    parser.add_argument(
+        "--model",
+        choices=("vgg16", "bert"),
+        default="vgg16",
+        help="vgg16: 138M parameters, one FC layer 74%% of them; bert: BERT-base's 109M in 197 "
+        "tensors, none dominant (kformat.synthetic)",
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="the N of --jobs N")
     parser.add_argument(
         "--recipes", default=",".join(RECIPES), help="comma-separated presets to time (default: %(default)s)"
@@ -229,11 +246,12 @@ def main() -> int:
     os.environ.pop("KFORMAT_NUMBA", None)
     if args.kernels != "auto":
         os.environ["KFORMAT_NUMBA"] = "0" if args.kernels == "numpy" else "1"
+    model_key = "vgg16-small" if args.small else args.model
     work = args.out / "pack_speed"
     work.mkdir(parents=True, exist_ok=True)
     model = work / "model.safetensors"
     if args.whole_process:
-        write_model(model, args.small)
+        write_model(model, model_key)
     rows = []
     paired: dict[str, list[float]] = {}  # jobs=1 and jobs=N run in turn, ratios per pair
     pairs = args.repeat if args.whole_process else args.pairs  # rounds of (jobs=1, jobs=N)
@@ -244,7 +262,7 @@ def main() -> int:
         if args.whole_process:
             return whole_process(variant, model, target, repeat, args.pause)
         time.sleep(args.pause)
-        return in_memory(variant, target, repeat, args.small)
+        return in_memory(variant, target, repeat, model_key)
 
     for variant in variants(args.jobs, tuple(args.recipes.split(","))):
         target = output_for(work, variant)
@@ -292,7 +310,7 @@ def main() -> int:
     if args.ceiling:
         print(f"\n{'two --jobs 1 processes at once':32s} {'alone s':>8s} {'each s':>12s} {'gain':>6s}")
         for recipe in args.recipes.split(","):
-            found = ceilings[recipe] = ceiling(recipe, work, args.repeat, args.small)
+            found = ceilings[recipe] = ceiling(recipe, work, args.repeat, model_key)
             at_once = "/".join(f"{t:.2f}" for t in found["together"])
             print(f"{recipe:32s} {found['alone']:8.2f} {at_once:>12s} {found['gain']:6.2f}")
     same = {recipe: len(hashes) == 1 for recipe, hashes in identical.items()}
@@ -300,7 +318,7 @@ def main() -> int:
     print(f"\nbyte-identical for every --jobs: {verdicts}")
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "model": "VGG16-shaped" + (" at 1/8 width" if args.small else ""),
+        "model": DESCRIPTIONS[model_key],
         "timing": "whole process, from a .safetensors file" if args.whole_process else "pack() in memory",
         "kernels": args.kernels,
         "pause_seconds": args.pause,
@@ -309,6 +327,8 @@ def main() -> int:
         "ceiling": ceilings,
     }
     name = "pack_speed_whole_process.json" if args.whole_process else "pack_speed.json"
+    if args.model != "vgg16" and not args.small:
+        name = name.replace(".json", f"_{args.model}.json")
     if args.kernels != "auto":
         name = name.replace(".json", f"_{args.kernels}.json")
     (args.out / name).write_text(json.dumps(report, indent=2))
