@@ -89,3 +89,27 @@ def test_a_tensor_of_subnormals_encodes():
         q = encode_tensor("w", w, parse_rule(rule))
         assert q.codes.shape == w.shape
         assert q.stats["sqnr_db"] > 15  # (a float16 codebook cannot hold them: test_quantize)
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["gaussian", "heavy", "positive"]),
+    st.sampled_from([1, 2, 8, 16, 64, 256]),
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(1, 5000),
+)
+@settings(max_examples=60, deadline=None, derandomize=True)
+def test_small_inputs_and_few_edges_count_compares_exactly_as_searchsorted(seed, kind, k, dtype, size):
+    """Below LOOKUP_BINS values, or with fewer than LOOKUP_EDGES edges, codes are counted by
+    one compare per edge: values on an edge, and signed zeros, as searchsorted places them."""
+    values = _values(seed, kind, 1.0)[:size].astype(dtype)
+    edges = _edges(values, k, seed).astype(dtype)
+    values[: min(size, edges.size)] = edges[: min(size, edges.size)]  # some values exactly on edges
+    if size > 3:
+        values[-2:] = [-0.0, 0.0]
+    codes, _ = _coded(values, np.zeros(edges.size + 1), edges, None)
+    assert np.array_equal(codes, np.searchsorted(edges, values))
+    large = np.resize(values, LOOKUP_BINS + 7)  # a large input with few edges: compares too
+    if edges.size < kmeans_codes.LOOKUP_EDGES:
+        codes, _ = _coded(large, np.zeros(edges.size + 1), edges, None)
+        assert np.array_equal(codes, np.searchsorted(edges, large))

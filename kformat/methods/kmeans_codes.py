@@ -10,7 +10,11 @@ two gathers and a compare per value, exact. The intervals are, fastest first:
    interval where the values lie holds two edges (relative width 2^-7: 4-bit codebooks
    always, 8-bit ones mostly);
 2. a uniform grid of LOOKUP_BINS bins over the values' range (subtract, scale, truncate);
-3. searchsorted, when edges are too close even for the grid.
+3. one compare per edge, counted (_count_below), when edges are too close even for the grid.
+
+With few edges (LOOKUP_EDGES) and for inputs too small to pay for a table (a row group's),
+the compares are the fastest: 0.08 ns per value and edge here, 1.2 ns per value for 4-bit
+codebooks, where numpy's searchsorted takes 16 ns (42 ns at 8 bits, against 21).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .histogram import Histogram, _bin_index, value_range
 from .metrics import squares
 
 LOOKUP_BINS = 1 << 16
+LOOKUP_EDGES = 15  # with fewer edges, compares beat the tables' two gathers
 _TOP = 1 if np.little_endian else 0  # the uint16 half of a float32 that holds sign, exponent
 
 
@@ -113,7 +118,7 @@ def _coded(values: np.ndarray, centroids: np.ndarray, edges, span, collect=None,
     edges = boundaries(centroids) if edges is None else edges
     edges = edges.astype(np.float32 if values.dtype == np.float32 else np.float64)
     top = grid = None
-    if flat.size >= LOOKUP_BINS and edges.size:
+    if flat.size >= LOOKUP_BINS and edges.size >= LOOKUP_EDGES:
         if values.dtype == np.float32 and flat.flags.c_contiguous:
             top = _top_half_lookup(edges, span)
         if top is None:
@@ -131,10 +136,20 @@ def _coded(values: np.ndarray, centroids: np.ndarray, edges, span, collect=None,
             idx = _bin_index(chunk, lo, hi, LOOKUP_BINS)
             np.add(np.take(grid[0], idx), chunk > np.take(grid[1], idx), out=out, casting="unsafe")
         else:
-            out[...] = np.searchsorted(edges, chunk)
+            _count_below(chunk, edges, out)
         return None if collect is None else collect(chunk, out)
 
     return codes.reshape(values.shape), map_chunks(part, flat.size)  # parts in chunk order
+
+
+def _count_below(values: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None:
+    """out = how many edges lie below each value, np.searchsorted(edges, values) (side left):
+    value > edge, counted edge by edge."""
+    out[...] = 0
+    above = np.empty(values.shape, dtype=bool)
+    for edge in edges:
+        np.greater(values, edge, out=above)
+        out += above
 
 
 def assign(
