@@ -8,7 +8,11 @@ imports from the package, and every helper called here registered in kernels_num
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+LENGTH_STEPS = 1024.0  # code lengths are kept in 1/1024ths of a bit (code_lengths)
 
 
 def boundaries(centroids: np.ndarray) -> np.ndarray:
@@ -78,9 +82,24 @@ def ec_step(points, w_wp, centroids, edges, total, tol):
     counts, moments = cell_moments(points, w_wp, edges)
     keep = counts > 0
     updated = moments[keep] / counts[keep]
-    lengths = -np.log2(counts[keep] / total)
+    lengths = code_lengths(counts[keep] / total)
     done = updated.size == centroids.size and np.max(np.abs(updated - centroids)) <= tol
     return updated, lengths, done
+
+
+def code_lengths(shares):
+    """-log2 of each share, rounded to 1/LENGTH_STEPS of a bit: the same bits with and without
+    numba. numpy's log2 is SIMD code that differs from the C library's (numba's) in the last
+    bit of about 0.2% of values, and a last bit could move a cell edge across a point, so the
+    fits, and a pack's bytes, depended on when the kernels loaded. Rounded, the two agree
+    except within reach of a rounding midpoint; there both take the C library's log2."""
+    steps = -np.log2(shares) * LENGTH_STEPS
+    rounded = np.round(steps)
+    near = np.abs(np.abs(steps - rounded) - 0.5) < 1e-6  # (log2's last bits are ~1e-11 here)
+    if near.any():
+        for i in np.flatnonzero(near):
+            rounded[i] = np.round(-math.log2(shares[i]) * LENGTH_STEPS)
+    return rounded / LENGTH_STEPS
 
 
 def ec_iterations(points, w_wp, centroids, lengths, lam, iters, tol, total):

@@ -113,6 +113,7 @@ for _helper in (
     fit_loops.cell_moments,
     fit_loops.every_line_owns,
     fit_loops.ec_step,
+    fit_loops.code_lengths,
 ):
     register_jitable(_helper)  # compiled where the loops below call them
 lloyd_iterations = njit(nogil=True, cache=True)(fit_loops.lloyd_iterations)
