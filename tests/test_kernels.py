@@ -145,6 +145,35 @@ def test_kernels_load_once_numpy_loops_have_taken_long_enough():
     assert _fresh(code).split() == ["False", "True", "True"]
 
 
+def test_a_plan_with_much_fit_work_loads_the_kernels_at_its_start(tmp_path):
+    """A pack whose plan holds LOAD_FOR_WORK units of fit loops starts loading the kernels at
+    once; a small one leaves them to WARM_AFTER."""
+    code = """if True:
+        import sys, numpy as np, kformat
+        from kformat.methods import kernels
+        small = {"w": np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)}
+        kformat.pack(small, sys.argv[1], "kmeans4")
+        print(kernels._loader is not None)
+        rows = kernels.LOAD_FOR_WORK // 16 * 64  # row groups of 64 rows, 16 entries each
+        big = {"w": np.random.default_rng(0).standard_normal((rows, 4)).astype(np.float32)}
+        from kformat.recipe import recipe_from_dict
+        kformat.pack(big, sys.argv[1], recipe_from_dict({"name": "g", "default": "kmeans:4,group=64"}))
+        print(kernels._loader is not None)
+    """
+    assert _fresh(code, str(tmp_path / "m.kf")).split() == ["False", "True"]
+
+
+def test_fit_work_counts_groups_times_entries():
+    from kformat.methods import get_method
+    from kformat.recipe.rules import parse_rule
+
+    kmeans, linear = get_method("kmeans"), get_method("linear")
+    assert kmeans.fit_work((4096, 25088), parse_rule("kmeans:8")) == 256
+    assert kmeans.fit_work((30522, 768), parse_rule("kmeans:4,group=64")) == 477 * 16
+    assert kmeans.fit_work((768, 768), parse_rule("kmeans:8,ecq=0.5")) == 3 * 256
+    assert linear.fit_work((768, 768), parse_rule("linear:8,row")) == 0
+
+
 def test_a_load_does_not_import_numba_or_pillow(tmp_path):
     """numba (60 MiB of RSS) is for packing, Pillow (2.2 MiB) for PNG rows kformat never
     writes: loading a k-means file imports neither."""

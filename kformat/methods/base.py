@@ -137,6 +137,11 @@ class Method:
     # -- pack ----------------------------------------------------------------------------
     weighted: ClassVar[bool] = False  # whether encode takes importance weights (weights=)
 
+    def fit_work(self, view: tuple[int, int], rule: "Rule") -> float:
+        """Units of codebook-fitting loops encoding a tensor of this 2-D view asks for
+        (kformat.methods.kernels.expect): none for methods without such loops."""
+        return 0.0
+
     def encode(self, name: str, w: np.ndarray, rule: "Rule") -> "QuantizedTensor":
         """The compact form of `w` (the float 2-D view, finite) under `rule`; a method with
         `weighted` also takes `weights=`, importance broadcastable to w."""

@@ -11,10 +11,16 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import QuantizationError
-from ..methods import QuantizedTensor, get_method, view_2d
+from ..methods import QuantizedTensor, get_method, kernels, view_2d
 from ..methods.chunks import CHUNK, map_chunks, row_step
 from ..methods.metrics import error_powers, sqnr_db
 from .feedback import with_feedback
+
+
+def expect_fits(decisions, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Tell the fit loops how much codebook work the plan holds (kernels.expect)."""
+    work = (get_method(d.rule.method).fit_work(view_2d(shapes[d.name]), d.rule) for d in decisions)
+    kernels.expect(sum(work))
 
 
 def check_finite(name: str, values: np.ndarray) -> None:

@@ -29,7 +29,7 @@ from ..recipe import Decision, Recipe, Rule, plan, tile_for
 from ..progress import Tracker, log
 from ..sources import TensorSource, find_aliases
 from .admission import make_room
-from .encode import encode_tensor
+from .encode import encode_tensor, expect_fits
 from .atomic import write_errors
 from .sinks import ShardedSink, SingleFileSink
 
@@ -304,6 +304,7 @@ def pack(
         decisions, unmatched = plan(recipe, [(t.name, t.shape, t.dtype) for t in infos])
         if assigned:
             decisions = [Decision(d.name, *assigned[d.name]) if d.name in assigned else d for d in decisions]
+        expect_fits(decisions, {t.name: t.shape for t in infos})
         if scheduler is None:
             encoder = LocalEncoder(source, recipe.tile, importance, jobs, earlier)
         else:
