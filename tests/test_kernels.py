@@ -147,7 +147,7 @@ def test_kernels_load_once_numpy_loops_have_taken_long_enough():
 
 def test_a_plan_with_much_fit_work_loads_the_kernels_at_its_start(tmp_path):
     """A pack whose plan holds LOAD_FOR_WORK units of fit loops starts loading the kernels at
-    once; a small one leaves them to WARM_AFTER."""
+    once, and its fits wait for them; a small one leaves them to WARM_AFTER."""
     code = """if True:
         import sys, numpy as np, kformat
         from kformat.methods import kernels
@@ -158,9 +158,9 @@ def test_a_plan_with_much_fit_work_loads_the_kernels_at_its_start(tmp_path):
         big = {"w": np.random.default_rng(0).standard_normal((rows, 4)).astype(np.float32)}
         from kformat.recipe import recipe_from_dict
         kformat.pack(big, sys.argv[1], recipe_from_dict({"name": "g", "default": "kmeans:4,group=64"}))
-        print(kernels._loader is not None)
+        print(kernels._loader is not None, kernels.compiled() is not None)  # the fits waited
     """
-    assert _fresh(code, str(tmp_path / "m.kf")).split() == ["False", "True"]
+    assert _fresh(code, str(tmp_path / "m.kf")).split() == ["False", "True", "True"]
 
 
 def test_fit_work_counts_groups_times_entries():

@@ -41,6 +41,7 @@ _lock = threading.Lock()
 _spent = 0.0  # CPU seconds in the numpy loops so far, all threads
 _loader: threading.Thread | None = None
 _ready: ModuleType | None = None
+_awaited = False  # a pack's plan expects enough fit work to wait for the kernels (expect)
 
 
 def _mode() -> str:
@@ -53,7 +54,7 @@ def compiled() -> ModuleType | None:
     mode = _mode()
     if mode == "0":
         return None
-    if mode == "1":
+    if mode == "1" or (_awaited and _loader is not None):
         _start()
         _loader.join()
     return _ready
@@ -97,13 +98,16 @@ def bincount(index: np.ndarray, weights: np.ndarray | None, bins: int) -> np.nda
 
 def expect(work: float) -> None:
     """A pack is about to run `work` units of fit loops (Method.fit_work): from LOAD_FOR_WORK
-    on, start loading the kernels now rather than after WARM_AFTER. Waiting for the loops'
-    first second cost the most on a model with many codebooks: BERT-base's kmeans8 command
-    spent its 1.1 s of loops before the kernels were asked for, then waited for them at exit
-    (3.5 s, against 2.7 s with numpy loops only and 2.3 s with kernels from the start).
-    Below it (VGG16's presets: at most 4,096 units, 0.27 s of loops) loading costs more than
-    it saves."""
+    on, start loading the kernels now, and let the fits wait for them rather than run numpy
+    loops meanwhile (those held the GIL against the loading; reads and histograms go on).
+    Waiting for the loops' first second cost the most on a model with many codebooks:
+    BERT-base's kmeans8 command spent its 1.1 s of loops before the kernels were asked for,
+    then waited for them at exit (3.5 s, against 2.7 s with numpy loops only and 2.3 s with
+    kernels from the start). Below it (VGG16's presets: at most 4,096 units, 0.27 s of
+    loops) loading costs more than it saves."""
+    global _awaited
     if work >= LOAD_FOR_WORK and _mode() == "auto":
+        _awaited = True
         _start()
 
 
