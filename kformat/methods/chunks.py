@@ -161,16 +161,15 @@ def map_helping(pool: Executor, fn: Callable[[A], T], items: Sequence[A], thread
 
 
 def _settle(helpers: list[Future], quiet: bool) -> None:
-    """Cancel the helpers that never started, wait for the others (raising what they raised
-    unless `quiet`: the caller's own error comes first)."""
+    """Cancel the helpers that never started, wait for every other one, then raise the first
+    error one raised unless `quiet` (the caller's own error comes first). Raising at the first
+    failed helper left a later one still at work when the error reached the caller."""
     for helper in helpers:
         helper.cancel()  # (False once started)
-    for helper in helpers:
-        if helper.cancelled():
-            continue
-        error = helper.exception()
-        if error is not None and not quiet:
-            raise error
+    errors = [helper.exception() for helper in helpers if not helper.cancelled()]  # (waits)
+    first = next((error for error in errors if error is not None), None)
+    if first is not None and not quiet:
+        raise first
 
 
 def submit(fn: Callable[..., T], *args) -> Future:
