@@ -100,12 +100,23 @@ class CellSums:
     instead of a pass over every point (what makes entropy-constrained fits affordable)."""
 
     def __init__(self, points: np.ndarray, weights: np.ndarray):
-        self.points = points
-        wp = weights * points
-        self.w = np.concatenate(([0.0], np.cumsum(weights)))
-        self.wp = np.concatenate(([0.0], np.cumsum(wp)))
-        self.wpp = np.concatenate(([0.0], np.cumsum(wp * points)))
-        self.w_wp = np.stack((self.w, self.wp), axis=1)  # both gathered in one call (moments)
+        self.points, self._weights = points, weights
+        # the prefix sums of the weights and of weight x point, side by side (moments gathers
+        # both in one call), summed straight into place
+        self.w_wp = np.zeros((points.size + 1, 2))
+        np.cumsum(weights, out=self.w_wp[1:, 0])
+        np.cumsum(weights * points, out=self.w_wp[1:, 1])
+        self.w, self.wp = self.w_wp[:, 0], self.w_wp[:, 1]
+        self._wpp: np.ndarray | None = None  # only the squared errors need it (cells)
+
+    @property
+    def wpp(self) -> np.ndarray:
+        """Prefix sums of weight x point^2, made on first use."""
+        if self._wpp is None:
+            wpp = np.zeros(self.points.size + 1)
+            np.cumsum(self._weights * self.points * self.points, out=wpp[1:])
+            self._wpp = wpp
+        return self._wpp
 
     def cells(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(weights, sums, sums of squares) of the cells split at `edges`."""
