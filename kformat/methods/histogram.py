@@ -197,8 +197,8 @@ def _merge(hist: Histogram, bins: int) -> tuple[np.ndarray, np.ndarray]:
         return points, counts
     span = hist.core_hi - hist.core_lo
     idx = np.minimum(((inner - hist.core_lo) * (bins / span)).astype(np.int64), bins - 1)  # ascending
-    starts = np.flatnonzero(np.diff(idx)) + 1
-    starts = np.concatenate(([0], starts))  # where each non-empty bin's run begins
+    bounds = np.searchsorted(idx, np.arange(bins + 1))  # each bin's run [bounds[b], bounds[b + 1])
+    starts = bounds[:-1][bounds[1:] > bounds[:-1]]  # where each non-empty bin's run begins
     totals = np.add.reduceat(weights, starts)
     sums = np.add.reduceat(weights * inner, starts)
     keep = totals > 0
