@@ -304,9 +304,8 @@ def pack(
         decisions, unmatched = plan(recipe, [(t.name, t.shape, t.dtype) for t in infos])
         if assigned:
             decisions = [Decision(d.name, *assigned[d.name]) if d.name in assigned else d for d in decisions]
-        if scheduler is None:  # (a cluster's workers fit the codebooks)
-            expect_fits(decisions, {t.name: t.shape for t in infos})
         if scheduler is None:
+            expect_fits(decisions, {t.name: t.shape for t in infos})  # (a cluster's workers fit)
             encoder = LocalEncoder(source, recipe.tile, importance, jobs, earlier)
         else:
             from .distributed import DaskEncoder
