@@ -197,6 +197,29 @@ def test_ec_cells_match_brute_force(most):
         assert np.allclose(cost(fast), cost(brute))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bits", [1, 4, 8])
+def test_exact_histogram_cell_stats_are_the_exact_ones(dtype, bits):
+    """A row group's histogram is its unique values: the cell counts and sums come from it,
+    the same as a pass over the values (up to the order of the additions), also for values
+    between an edge and the edge rounded to float32, which a float32 compare puts above it."""
+    rng = np.random.default_rng(bits)
+    w = (rng.standard_t(4, 40_000) * 0.02).astype(dtype)
+    w[:2000] = np.round(w[:2000], 3)  # repeated values
+    hist = kmeans.histogram(w)
+    assert hist.width == 0  # the exact path
+    centroids = np.unique(kmeans.fit_centroids(hist, 1 << bits))
+    cut = kmeans_codes.boundaries(centroids)
+    w[2000 : 2000 + cut.size] = cut.astype(dtype)  # values on the (rounded) edges
+    w[3000 : 3000 + cut.size] = np.nextafter(cut, np.inf).astype(dtype)
+    hist = kmeans.histogram(w)
+    exact, binned = kmeans_codes.assign(w, centroids), kmeans_codes.assign_binned(w, hist, centroids)
+    assert np.array_equal(exact.codes, binned.codes)
+    assert np.array_equal(exact.counts, binned.counts)
+    assert np.allclose(binned.sums, exact.sums, rtol=1e-12, atol=1e-12)
+    assert binned.sum_squares == pytest.approx(exact.sum_squares, rel=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["gaussian", "student", "outliers"])
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_binned_cell_stats_match_the_exact_ones(kind, bits):

@@ -120,7 +120,7 @@ class KMeans(Method):
                 raise QuantizationError(
                     f"tensor {name!r}: weights exceed the float16 range; use codebook=float32"
                 )
-            if weights is None and block_mask is None and hist is not None and hist.width > 0:
+            if weights is None and block_mask is None and hist is not None:
                 found = kmeans_codes.assign_binned(block, hist, centroids, edges, out=codes[r0:r1])
             else:
                 span = None if hist is None or block_mask is not None else (hist.lo, hist.hi)
