@@ -198,6 +198,23 @@ def test_bincount_equal(seed, bins, weighted):
     _equal(plain, np.bincount(index, weights, minlength=bins))
 
 
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**32 - 1), size=st.sampled_from([1, 2, 9, 1000, 49_152]), ties=st.booleans())
+def test_prefix_sums_equal(seed, size, ties):
+    """The cell sums' prefixes, compiled or numpy's cumsum: the same floats to the bit (both
+    add in order, each product rounded before it is added: no fused multiply-add)."""
+    points, weights = _problem(np.random.default_rng(seed), size, ties)
+
+    def sums(points, weights):
+        out = np.zeros((points.size + 1, 2))
+        kernels.prefix_sums(points, weights, out)
+        return out
+
+    plain, compiled = numpy_only(sums, points, weights)
+    _equal(plain, compiled)
+    _equal(plain[1:, 1], np.cumsum(weights * points))
+
+
 def test_bincount_of_a_bad_index_is_numpy_s_error():
     os.environ["KFORMAT_NUMBA"] = "1"
     try:

@@ -96,6 +96,22 @@ def bincount(index: np.ndarray, weights: np.ndarray | None, bins: int) -> np.nda
     return np.bincount(index, weights, minlength=bins)  # (what numpy says of a bad index)
 
 
+def prefix_sums(points: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
+    """out[1:, 0] = cumsum(weights), out[1:, 1] = cumsum(weights * points): the cell sums of a
+    fit (kmeans_fit.CellSums). numpy's cumsum runs at 2.8 ns a value, eight cycles per
+    dependent add, and was a sixth of a BERT-shaped `q4` pack (a prefix of 49K exact points per
+    row group); the kernels' loop adds both running sums side by side, without the GIL. Both
+    add in order, products rounded first: the same sums to the bit (tests compare)."""
+    ready = compiled()
+    if ready is not None and all(
+        a.dtype == np.float64 and a.flags.c_contiguous for a in (points, weights, out)
+    ):
+        ready.prefix_sums(points, weights, out)
+        return
+    np.cumsum(weights, out=out[1:, 0])
+    np.cumsum(weights * points, out=out[1:, 1])
+
+
 def expect(work: float) -> None:
     """A pack is about to run `work` units of fit loops (Method.fit_work): from LOAD_FOR_WORK
     on, start loading the kernels now, and let the fits wait for them rather than run numpy

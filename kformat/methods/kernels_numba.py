@@ -145,6 +145,18 @@ def sum_bins(index, weights, bins):
     return out, True
 
 
+@njit(nogil=True, cache=True)
+def prefix_sums(points, weights, out):
+    """kernels.prefix_sums: the running sums of the weights and of weight x point, in order."""
+    total = 0.0
+    moment = 0.0
+    for i in range(points.size):
+        total += weights[i]
+        moment += weights[i] * points[i]
+        out[i + 1, 0] = total
+        out[i + 1, 1] = moment
+
+
 def warm() -> None:
     """Load (or, the first time, compile and cache) every kernel for the argument types the
     fits pass, on tiny inputs, so that no fit waits for it."""
@@ -163,3 +175,4 @@ def warm() -> None:
     bins = np.zeros(4, dtype=np.int32)
     count_bins(bins, 2)
     sum_bins(bins, weights[:4], 2)
+    prefix_sums(points, weights, np.zeros((9, 2)))

@@ -104,8 +104,7 @@ class CellSums:
         # the prefix sums of the weights and of weight x point, side by side (moments gathers
         # both in one call), summed straight into place
         self.w_wp = np.zeros((points.size + 1, 2))
-        np.cumsum(weights, out=self.w_wp[1:, 0])
-        np.cumsum(weights * points, out=self.w_wp[1:, 1])
+        kernels.prefix_sums(points, weights, self.w_wp)
         self.w, self.wp = self.w_wp[:, 0], self.w_wp[:, 1]
         self._wpp: np.ndarray | None = None  # only the squared errors need it (cells)
 
