@@ -4,7 +4,7 @@ output is byte-identical to encoding them again, and they are not encoded again.
 import numpy as np
 import pytest
 
-from kformat.packing import writer
+from kformat.packing import local, writer
 from kformat.packing.reuse import Earlier
 from kformat.recipe import parse_rule
 from kformat.recipe.recipe import load_recipe
@@ -50,9 +50,9 @@ def test_a_round_that_reads_back_writes_the_same_bytes_and_encodes_only_what_cha
     pack(tmp_path / "first", FIRST)
     pack(tmp_path / "fresh", SECOND)
     encoded = []
-    real = writer.encode_blobs
+    real = local.encode_blobs
     monkeypatch.setattr(
-        writer, "encode_blobs", lambda name, *a, **k: encoded.append(name) or real(name, *a, **k)
+        local, "encode_blobs", lambda name, *a, **k: encoded.append(name) or real(name, *a, **k)
     )
     with Earlier() as earlier:
         earlier.add(tmp_path / "first")

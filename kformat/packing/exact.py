@@ -34,7 +34,7 @@ def candidate_rules(rows: int, calibrated: bool = False) -> list[Rule]:
 def _plane_bytes(q, rule: Rule, tile: tuple[int, int]) -> list[int]:
     """Bytes of each tile blob `q` is written as under `rule`."""
     from ..codecs import get_codec
-    from .writer import tile_blob, tile_grid
+    from .encoded import tile_blob, tile_grid
 
     codec = get_codec(rule.plane_codec)
     return [len(tile_blob(q, codec, rect)) for rect in tile_grid(q.view, tile)]

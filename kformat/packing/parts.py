@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import StorageError
 from ..recipe import Rule
-from .writer import Encoded
+from .encoded import Encoded
 
 PART_VERSION = 1
 

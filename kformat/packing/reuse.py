@@ -15,7 +15,7 @@ from pathlib import Path
 from ..loading.container import Container
 from ..loading.tables import tile_label
 from ..recipe import Decision
-from .writer import Encoded
+from .encoded import Encoded
 
 
 class Earlier:

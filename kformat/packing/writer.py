@@ -5,12 +5,10 @@ source ─► plan (recipe) ─► quantize ─► cut into tiles ─► encode 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,18 +16,18 @@ from typing import Callable
 import numpy as np
 
 from .._version import __version__
-from ..codecs import get_codec, plane_depth
 from ..errors import KFormatError, StorageError
 from ..format.constants import CORE_CODECS, CORE_METHODS, DEFAULT_SHARD_SIZE
-from ..format.limits import AMPLIFICATION_SLACK, MAX_AMPLIFICATION
 from ..format.manifest import Manifest, Quant, Table, TensorEntry, Tile
-from ..methods import QuantizedTensor, chunks, get_method, view_2d
+from ..methods import get_method, view_2d
 from ..methods.metrics import BLOB_RECORD_BYTES, manifest_entry_bytes
 from ..recipe import Decision, Recipe, Rule, plan, tile_for
 from ..progress import Tracker, log
 from ..sources import TensorSource, find_aliases
 from .admission import make_room
-from .encode import encode_tensor, expect_fits
+from .encode import expect_fits
+from .encoded import Encoded
+from .local import LocalEncoder
 from .atomic import write_errors
 from .sinks import ShardedSink, SingleFileSink
 
@@ -56,22 +54,6 @@ class PackReport:
         return summary
 
 
-def tile_grid(view: tuple[int, int], tile: tuple[int, int]) -> list[tuple[int, int, int, int]]:
-    """Row-major (row, col, rows, cols) rectangles of a regular grid over the 2-D view."""
-    rows, cols = view
-    tr, tc = tile
-    return [
-        (r, c, min(tr, rows - r), min(tc, cols - c)) for r in range(0, rows, tr) for c in range(0, cols, tc)
-    ]
-
-
-def tile_blob(q: QuantizedTensor, codec, rect) -> bytes:
-    r, c, h, w = rect
-    if q.codes is not None:
-        return codec.encode_codes(q.codes[r : r + h, c : c + w], plane_depth(q.bits), 1 << q.bits)
-    return codec.encode_values(q.values[r : r + h, c : c + w])
-
-
 def table_bytes(array: np.ndarray) -> bytes:
     """A table's blob: its values, little-endian, row-major."""
     return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
@@ -88,79 +70,6 @@ def extensions(entries: list[TensorEntry]) -> list[str]:
     if any(e.quant.method == "kmeans" and e.quant.scale is not None for e in entries):
         names.add("scaled-codebooks")
     return sorted(names)
-
-
-@dataclass
-class Encoded:
-    """A tensor encoded and cut into tile blobs, not yet written: what a worker hands back."""
-
-    name: str
-    dtype: str
-    shape: list[int]
-    view: tuple[int, int]
-    rule: Rule
-    reason: str
-    group_rows: int
-    storage: str
-    depth: int | None
-    codec: str
-    tile: tuple[int, int]
-    rects: list[tuple[int, int, int, int]]
-    blobs: list[bytes]
-    digests: list[str]  # each blob's SHA-256, hashed by the worker that made it
-    tables: dict[str, np.ndarray]
-    stats: dict[str, float]
-
-
-def encode_blobs(
-    name: str,
-    array: np.ndarray,
-    decision: Decision,
-    default_tile,
-    pool: ThreadPoolExecutor,
-    importance=None,
-    threads: int = 1,
-) -> Encoded:
-    """The CPU work of one tensor (quantize, encode every tile), independent of the output;
-    tiles on `threads` threads, the calling one and `pool`'s."""
-
-    def each(fn, items: list) -> list:
-        return chunks.map_helping(pool, fn, items, threads)
-
-    rule = decision.rule
-    q = encode_tensor(name, array, rule, importance, feedback=True)
-    codec = get_codec(rule.plane_codec)
-    tile = tile_for(q.view, rule.tile, default_tile)
-    rects = tile_grid(q.view, tile)
-    blobs = each(lambda rect: tile_blob(q, codec, rect), rects)
-    method = get_method(rule.method)
-    reason = decision.reason
-    itemsize = array.dtype.itemsize if method.lossless else 4
-    stored = sum(map(len, blobs)) + sum(a.nbytes for a in q.tables.values())
-    if array.size * itemsize > MAX_AMPLIFICATION * stored + AMPLIFICATION_SLACK and not codec.exact:
-        # A huge constant tensor: its planes compress past what a reader accepts from so few
-        # bytes (spec/FORMAT.md, limits), so they are stored as they are.
-        codec = get_codec("raw")
-        blobs = each(lambda rect: tile_blob(q, codec, rect), rects)
-        reason += f"; codec raw: the planes compress past the reader's {MAX_AMPLIFICATION}:1 limit"
-    return Encoded(
-        name=name,
-        dtype=array.dtype.name,
-        shape=list(array.shape),
-        view=q.view,
-        rule=rule,
-        reason=reason,
-        group_rows=q.group_rows,
-        storage="uint8" if method.codes else q.values.dtype.name,
-        depth=plane_depth(int(rule.bits)) if method.codes else None,
-        codec=codec.name,
-        tile=tile,
-        rects=rects,
-        blobs=blobs,
-        digests=each(lambda blob: hashlib.sha256(blob).hexdigest(), blobs),
-        tables=q.tables,
-        stats={k: float(v) for k, v in q.stats.items() if np.isfinite(v)},
-    )
 
 
 def emit(sink, e: Encoded) -> TensorEntry:
@@ -187,48 +96,6 @@ def emit(sink, e: Encoded) -> TensorEntry:
         reason=e.reason,
         stats=e.stats,
     )
-
-
-class LocalEncoder:
-    """Tensors encoded on this machine's `jobs` threads, at most `jobs` + 1 of them not yet
-    encoded at once (one waits for a thread, so a worker that finishes finds the next tensor
-    read; finished ones wait for their turn within a byte budget, kformat.packing.admission);
-    the passes within one large tensor use the same number of threads (methods.chunks). A
-    tensor `earlier` containers hold by the same rule is read back from them instead
-    (kformat.packing.reuse)."""
-
-    def __init__(self, source: TensorSource, tile, importance, jobs: int, earlier=None):
-        self.source, self.tile, self.importance, self.jobs = source, tile, importance, jobs
-        self.earlier = earlier
-        self.window = jobs + 1
-        self._stack = ExitStack()
-
-    def __enter__(self) -> "LocalEncoder":
-        self.encoders = self._stack.enter_context(ThreadPoolExecutor(self.jobs, "kformat-encode"))
-        self.tiles = self._stack.enter_context(ThreadPoolExecutor(self.jobs))
-        self._stack.enter_context(chunks.threads(self.jobs))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stack.close()
-
-    def submit(self, decision: Decision, critical: bool = False) -> Future:
-        """Encode the tensor on a worker; `critical` (the long pole) always gets helpers."""
-        found = None if self.earlier is None else self.earlier.find(decision)
-        if found is not None:
-            done: Future = Future()
-            done.set_result(found)
-            return done
-        array = self.source.load(decision.name)  # sources are read from this thread only
-        work = (decision.name, array, decision, self.tile, self.tiles, self.importance, self.jobs)
-        return self.encoders.submit(_occupying, critical, *work)
-
-
-def _occupying(critical: bool, *args) -> Encoded:
-    """encode_blobs in a worker marked as occupied (methods.chunks: helpers go to free ones,
-    and always to the `critical` one)."""
-    with chunks.occupied(critical):
-        return encode_blobs(*args)
 
 
 def _long_pole(decisions: list[Decision], sizes: dict[str, int], jobs: int) -> Decision | None:

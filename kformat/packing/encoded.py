@@ -1,0 +1,107 @@
+"""One tensor's CPU work, independent of the output: quantize it, cut it into tiles and
+encode them. What a local worker thread, a forked worker process or a Dask task hands back
+to the writer (kformat.packing.writer), which only places the blobs and describes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..codecs import get_codec, plane_depth
+from ..format.limits import AMPLIFICATION_SLACK, MAX_AMPLIFICATION
+from ..methods import QuantizedTensor, chunks, get_method
+from ..recipe import Decision, Rule, tile_for
+from .encode import encode_tensor
+
+
+def tile_grid(view: tuple[int, int], tile: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Row-major (row, col, rows, cols) rectangles of a regular grid over the 2-D view."""
+    rows, cols = view
+    tr, tc = tile
+    return [
+        (r, c, min(tr, rows - r), min(tc, cols - c)) for r in range(0, rows, tr) for c in range(0, cols, tc)
+    ]
+
+
+def tile_blob(q: QuantizedTensor, codec, rect) -> bytes:
+    r, c, h, w = rect
+    if q.codes is not None:
+        return codec.encode_codes(q.codes[r : r + h, c : c + w], plane_depth(q.bits), 1 << q.bits)
+    return codec.encode_values(q.values[r : r + h, c : c + w])
+
+
+@dataclass
+class Encoded:
+    """A tensor encoded and cut into tile blobs, not yet written: what a worker hands back."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+    view: tuple[int, int]
+    rule: Rule
+    reason: str
+    group_rows: int
+    storage: str
+    depth: int | None
+    codec: str
+    tile: tuple[int, int]
+    rects: list[tuple[int, int, int, int]]
+    blobs: list[bytes]
+    digests: list[str]  # each blob's SHA-256, hashed by the worker that made it
+    tables: dict[str, np.ndarray]
+    stats: dict[str, float]
+
+
+def encode_blobs(
+    name: str,
+    array: np.ndarray,
+    decision: Decision,
+    default_tile,
+    pool: Executor,
+    importance=None,
+    threads: int = 1,
+) -> Encoded:
+    """The CPU work of one tensor (quantize, encode every tile), independent of the output;
+    tiles on `threads` threads, the calling one and `pool`'s."""
+
+    def each(fn, items: list) -> list:
+        return chunks.map_helping(pool, fn, items, threads)
+
+    rule = decision.rule
+    q = encode_tensor(name, array, rule, importance, feedback=True)
+    codec = get_codec(rule.plane_codec)
+    tile = tile_for(q.view, rule.tile, default_tile)
+    rects = tile_grid(q.view, tile)
+    blobs = each(lambda rect: tile_blob(q, codec, rect), rects)
+    method = get_method(rule.method)
+    reason = decision.reason
+    itemsize = array.dtype.itemsize if method.lossless else 4
+    stored = sum(map(len, blobs)) + sum(a.nbytes for a in q.tables.values())
+    if array.size * itemsize > MAX_AMPLIFICATION * stored + AMPLIFICATION_SLACK and not codec.exact:
+        # A huge constant tensor: its planes compress past what a reader accepts from so few
+        # bytes (spec/FORMAT.md, limits), so they are stored as they are.
+        codec = get_codec("raw")
+        blobs = each(lambda rect: tile_blob(q, codec, rect), rects)
+        reason += f"; codec raw: the planes compress past the reader's {MAX_AMPLIFICATION}:1 limit"
+    return Encoded(
+        name=name,
+        dtype=array.dtype.name,
+        shape=list(array.shape),
+        view=q.view,
+        rule=rule,
+        reason=reason,
+        group_rows=q.group_rows,
+        storage="uint8" if method.codes else q.values.dtype.name,
+        depth=plane_depth(int(rule.bits)) if method.codes else None,
+        codec=codec.name,
+        tile=tile,
+        rects=rects,
+        blobs=blobs,
+        digests=each(lambda blob: hashlib.sha256(blob).hexdigest(), blobs),
+        tables=q.tables,
+        stats={k: float(v) for k, v in q.stats.items() if np.isfinite(v)},
+    )

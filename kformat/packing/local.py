@@ -1,0 +1,53 @@
+"""Tensors encoded on this machine: the local encoder behind `kformat pack --jobs N`."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+
+from ..methods import chunks
+from ..recipe import Decision
+from ..sources import TensorSource
+from .encoded import Encoded, encode_blobs
+
+
+class LocalEncoder:
+    """Tensors encoded on this machine's `jobs` threads, at most `jobs` + 1 of them not yet
+    encoded at once (one waits for a thread, so a worker that finishes finds the next tensor
+    read; finished ones wait for their turn within a byte budget, kformat.packing.admission);
+    the passes within one large tensor use the same number of threads (methods.chunks). A
+    tensor `earlier` containers hold by the same rule is read back from them instead
+    (kformat.packing.reuse)."""
+
+    def __init__(self, source: TensorSource, tile, importance, jobs: int, earlier=None):
+        self.source, self.tile, self.importance, self.jobs = source, tile, importance, jobs
+        self.earlier = earlier
+        self.window = jobs + 1
+        self._stack = ExitStack()
+
+    def __enter__(self) -> "LocalEncoder":
+        self.encoders = self._stack.enter_context(ThreadPoolExecutor(self.jobs, "kformat-encode"))
+        self.tiles = self._stack.enter_context(ThreadPoolExecutor(self.jobs))
+        self._stack.enter_context(chunks.threads(self.jobs))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def submit(self, decision: Decision, critical: bool = False) -> Future:
+        """Encode the tensor on a worker; `critical` (the long pole) always gets helpers."""
+        found = None if self.earlier is None else self.earlier.find(decision)
+        if found is not None:
+            done: Future = Future()
+            done.set_result(found)
+            return done
+        array = self.source.load(decision.name)  # sources are read from this thread only
+        work = (decision.name, array, decision, self.tile, self.tiles, self.importance, self.jobs)
+        return self.encoders.submit(_occupying, critical, *work)
+
+
+def _occupying(critical: bool, *args) -> Encoded:
+    """encode_blobs in a worker marked as occupied (methods.chunks: helpers go to free ones,
+    and always to the `critical` one)."""
+    with chunks.occupied(critical):
+        return encode_blobs(*args)
