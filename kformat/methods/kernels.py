@@ -141,6 +141,22 @@ def timed_numpy_loop() -> Iterator[None]:
             _start()
 
 
+def settled() -> bool:
+    """No load under way: the kernels are loaded, failed to load, or were never started.
+    A process forked while they load would have to load them again (kformat.packing.forked)."""
+    loader = _loader
+    return loader is None or not loader.is_alive()
+
+
+def _new_lock_after_fork() -> None:
+    """A lock another thread held at fork stays held in the child for ever."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+
 def _start() -> None:
     """Start loading the kernels on a thread of their own, once per process."""
     global _loader

@@ -9,15 +9,17 @@ from ..methods import chunks
 from ..recipe import Decision
 from ..sources import TensorSource
 from .encoded import Encoded, encode_blobs
+from .forked import ForkedWorkers, enabled as forking
 
 
 class LocalEncoder:
     """Tensors encoded on this machine's `jobs` threads, at most `jobs` + 1 of them not yet
     encoded at once (one waits for a thread, so a worker that finishes finds the next tensor
     read; finished ones wait for their turn within a byte budget, kformat.packing.admission);
-    the passes within one large tensor use the same number of threads (methods.chunks). A
-    tensor `earlier` containers hold by the same rule is read back from them instead
-    (kformat.packing.reuse)."""
+    the passes within one large tensor use the same number of threads (methods.chunks).
+    Large tensors other than the long pole go to `jobs` forked processes where the source
+    allows (kformat.packing.forked). A tensor `earlier` containers hold by the same rule is
+    read back from them instead (kformat.packing.reuse)."""
 
     def __init__(self, source: TensorSource, tile, importance, jobs: int, earlier=None):
         self.source, self.tile, self.importance, self.jobs = source, tile, importance, jobs
@@ -29,6 +31,10 @@ class LocalEncoder:
         self.encoders = self._stack.enter_context(ThreadPoolExecutor(self.jobs, "kformat-encode"))
         self.tiles = self._stack.enter_context(ThreadPoolExecutor(self.jobs))
         self._stack.enter_context(chunks.threads(self.jobs))
+        self.forked = None
+        if forking(self.source, self.jobs):
+            self.forked = ForkedWorkers(self.source, self.tile, self.importance, self.jobs, self.encoders)
+            self._stack.callback(self.forked.close)  # (closed first: a dead child's work needs encoders)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -41,7 +47,11 @@ class LocalEncoder:
             done: Future = Future()
             done.set_result(found)
             return done
-        array = self.source.load(decision.name)  # sources are read from this thread only
+        if self.forked is not None and not critical:
+            forked = self.forked.submit(decision)
+            if forked is not None:
+                return forked
+        array = self.source.load(decision.name)  # this process's reads are from this thread only
         work = (decision.name, array, decision, self.tile, self.tiles, self.importance, self.jobs)
         return self.encoders.submit(_occupying, critical, *work)
 

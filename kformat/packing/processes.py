@@ -32,9 +32,10 @@ T = TypeVar("T")
 
 
 @contextmanager
-def worker_processes(count: int) -> Iterator[Executor | None]:
+def worker_processes(count: int, initializer=None, *initargs) -> Iterator[Executor | None]:
     """A pool of `count` forked processes (at most one per core), started now; None for none,
-    without fork, or in a daemonic process (a multiprocessing.Pool worker may have none)."""
+    without fork, or in a daemonic process (a multiprocessing.Pool worker may have none).
+    Each runs initializer(*initargs) first: the arguments are inherited, not pickled."""
     count = min(count, os.cpu_count() or 1)
     if (
         count < 1
@@ -47,10 +48,15 @@ def worker_processes(count: int) -> Iterator[Executor | None]:
     try:
         with warnings.catch_warnings():  # (3.12+ warns of fork in a process with threads)
             warnings.simplefilter("ignore", DeprecationWarning)
-            pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"))
+            pool = ProcessPoolExecutor(
+                count,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=initializer,
+                initargs=initargs,
+            )
             pool.submit(int).result()  # forks every worker now, before any thread of ours works
     except Exception as exc:  # no processes here (limits, sandboxes): the same work in this one
-        log.info("estimates in this process: worker processes did not start (%s)", exc)
+        log.info("worker processes did not start (%s): working in this process", exc)
         yield None
         return
     try:

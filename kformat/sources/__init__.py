@@ -27,6 +27,11 @@ class TensorInfo:
 
 
 class TensorSource(Protocol):
+    """A source may also set `forkable = True`: its load() may run in a forked child process
+    at the same time as this one's (it reads from memory, or by offset through descriptors
+    of its own), so packing can read and encode tensors in worker processes
+    (kformat.packing.forked)."""
+
     path: Path | None
 
     def tensors(self) -> list[TensorInfo]: ...
@@ -36,6 +41,8 @@ class TensorSource(Protocol):
 
 class DictSource:
     """In-memory tensors (tests, the torch integration, programmatic use)."""
+
+    forkable = True  # a forked child reads the arrays copy-on-write, with no copy
 
     def __init__(self, tensors: dict[str, np.ndarray]):
         self.path = None

@@ -48,6 +48,8 @@ class SafetensorsSource:
     is widened to float32 (exact), since numpy has no bfloat16.
     """
 
+    forkable = True  # tensors are read by offset (read_range), through descriptors of their own
+
     def __init__(self, path: Path):
         from safetensors import SafetensorError, safe_open
 

@@ -120,6 +120,11 @@ class ShardedSource:
         if all(s.suffix == ".safetensors" for s in shards):  # memory mapped: any order is cheap
             self._infos.sort(key=lambda i: natural_key(i.name))
 
+    @property
+    def forkable(self) -> bool:
+        """Safetensors shards only (a PyTorch shard is unpickled whole, in one process)."""
+        return all(s.suffix == ".safetensors" for s in self._shards)
+
     def _source(self, shard: Path):
         if shard.suffix == ".safetensors":  # memory mapped: every shard stays open
             if shard not in self._mapped:

@@ -1,0 +1,134 @@
+"""Large tensors read and encoded in forked worker processes, beside the packer's threads.
+
+Threads share one GIL. A k-means fit is hundreds of small numpy calls per codebook that
+hold it, so on a model of many mid-sized matrices two threads fitting side by side wait for
+each other: a BERT-shaped `q4` pack (1,773 row-group codebooks) ran 1.22x faster at
+`--jobs 2` than at 1, where two processes ran 1.85x (pack_speed.py --ceiling). So, with
+`jobs` >= 2, the local encoder hands each tensor of FORK_BYTES or more to one of `jobs`
+forked processes:
+
+- the child reads the tensor itself (the source is `forkable`: in-memory arrays, inherited
+  copy-on-write; safetensors, read by offset through descriptors of its own), so reads run
+  side by side too, and only the encoded tensor comes back: tile blobs and tables, 4-10x
+  fewer bytes than its float32;
+- the long pole (a tensor of a third of the model) stays in this process, where the chunk
+  threads help it, and so do small tensors, not worth a round trip;
+- the processes are forked once the fit kernels are settled (methods.kernels): forked
+  while numba loads, each child would load it again, 0.5-0.9 s of CPU each. Until then
+  tensors go to threads;
+- a child that dies costs time, never the result: its tensor is encoded in this process.
+
+The output is byte-identical: the same encode_blobs, and the writer places the results in
+file order as before. KFORMAT_FORK=0 keeps every tensor on threads. Linux only (fork).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack
+from typing import Callable
+
+import numpy as np
+
+from ..methods import kernels
+from ..progress import log
+from ..recipe import Decision
+from ..sources import TensorSource
+from .encoded import Encoded, encode_blobs
+from .processes import worker_processes
+
+FORK_BYTES = 1 << 20  # smaller tensors are encoded in this process (a round trip costs ~1 ms)
+
+_source: TensorSource | None = None  # a child's source and importance (set by _adopt)
+_importance = None
+
+
+def enabled(source: TensorSource, jobs: int) -> bool:
+    """Whether a pack of `source` on `jobs` workers may use worker processes."""
+    return jobs >= 2 and bool(getattr(source, "forkable", False)) and os.environ.get("KFORMAT_FORK") != "0"
+
+
+class ForkedWorkers:
+    """`jobs` forked processes encoding the large tensors of one pack, forked on first use."""
+
+    def __init__(self, source: TensorSource, tile, importance, jobs: int, fallback: Executor):
+        self.source, self.tile, self.importance, self.jobs = source, tile, importance, jobs
+        self.fallback = fallback  # where a dead child's tensor is encoded instead
+        self.sizes = {t.name: int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize for t in source.tensors()}
+        self._stack = ExitStack()
+        self._pool: Executor | None = None
+        self._usable = True
+        self.sent = 0  # tensors handed to the processes
+
+    def close(self) -> None:
+        self._stack.close()
+        if self.sent:
+            log.debug("%d tensors read and encoded in %d worker processes", self.sent, self.jobs)
+
+    def submit(self, decision: Decision) -> Future | None:
+        """The tensor's Encoded from a worker process, or None: encode it here (too small,
+        the kernels still loading, or no processes)."""
+        if not self._usable or self.sizes.get(decision.name, 0) < FORK_BYTES:
+            return None
+        if self._pool is None:
+            if not kernels.settled():
+                return None
+            self._pool = self._stack.enter_context(
+                worker_processes(self.jobs, _adopt, self.source, self.importance)
+            )
+            if self._pool is None:
+                self._usable = False
+                return None
+        try:
+            child = self._pool.submit(_encode_in_child, decision, self.tile)
+        except (BrokenProcessPool, RuntimeError):
+            self._usable = False
+            return None
+        self.sent += 1
+        outcome: Future = Future()
+        child.add_done_callback(lambda done: self._relay(done, outcome, decision))
+        return outcome
+
+    def _relay(self, done: Future, outcome: Future, decision: Decision) -> None:
+        """Pass on a child's result or error; if the child died, encode the tensor here."""
+        if done.cancelled():  # the pack is failing: its pending work is dropped
+            outcome.cancel()
+            return
+        error = done.exception()
+        if not isinstance(error, BrokenProcessPool):
+            _settle(outcome, done.result if error is None else error)
+            return
+        self._usable = False
+        log.info("%s: a worker process died; encoding it in this process", decision.name)
+        try:
+            again = self.fallback.submit(_encode_here, self.source, decision, self.tile, self.importance)
+        except RuntimeError as exc:  # the pack is shutting down
+            _settle(outcome, exc)
+            return
+        again.add_done_callback(lambda retried: _settle(outcome, retried.exception() or retried.result))
+
+
+def _settle(outcome: Future, result: Callable[[], Encoded] | BaseException) -> None:
+    if isinstance(result, BaseException):
+        outcome.set_exception(result)
+    else:
+        outcome.set_result(result())
+
+
+def _adopt(source: TensorSource, importance) -> None:
+    """A child's start: the source and importance, inherited from the fork (not pickled)."""
+    global _source, _importance
+    _source, _importance = source, importance
+
+
+def _encode_in_child(decision: Decision, tile) -> Encoded:
+    return _encode_here(_source, decision, tile, _importance)
+
+
+def _encode_here(source: TensorSource, decision: Decision, tile, importance) -> Encoded:
+    """Read and encode one tensor on the calling thread (its tiles and passes too)."""
+    array = source.load(decision.name)
+    with ThreadPoolExecutor(1) as tiles:
+        return encode_blobs(decision.name, array, decision, tile, tiles, importance)

@@ -1,0 +1,115 @@
+"""Large tensors read and encoded in forked worker processes (kformat.packing.forked): the
+same bytes as one thread, errors that reach the caller as they are, and a child that dies
+costs time, never the output."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+
+import kformat
+from kformat.errors import QuantizationError
+from kformat.methods import kernels
+from kformat.packing import forked
+from kformat.sources import DictSource, open_source
+from kformat.sources.safetensors import write_safetensors
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes are forked")
+
+RECIPE = "q4"  # k-means, a codebook per 64 rows
+
+
+def model() -> dict[str, np.ndarray]:
+    """Four tensors over FORK_BYTES (no long pole: none holds a third), small ones between."""
+    rng = np.random.default_rng(5)
+    weights = {}
+    for i, rows in enumerate([700, 520, 640, 600]):
+        weights[f"layer{i}.weight"] = (rng.standard_t(4, (rows, 512)) * 0.02).astype(np.float32)
+        weights[f"layer{i}.bias"] = (rng.standard_normal(rows) * 0.01).astype(np.float32)
+    return weights
+
+
+@pytest.fixture(autouse=True)
+def settled_kernels():
+    """Processes are forked only once the fit kernels are settled: let a load started by an
+    earlier test finish."""
+    loader = kernels._loader
+    if loader is not None:
+        loader.join()
+
+
+def pack_logged(source, path, caplog, **options) -> int:
+    """Pack; how many tensors went to worker processes (from the debug log)."""
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="kformat"):
+        kformat.pack(source, path, options.pop("recipe", RECIPE), **options)
+    sent = [r.args[0] for r in caplog.records if "worker processes" in r.getMessage() and r.args]
+    return sum(sent)
+
+
+def test_processes_write_the_bytes_of_one_thread(tmp_path, caplog, monkeypatch):
+    weights = model()
+    assert pack_logged(weights, tmp_path / "one.kf", caplog, jobs=1) == 0
+    assert pack_logged(weights, tmp_path / "forked.kf", caplog, jobs=2) == 4  # the four large ones
+    monkeypatch.setenv("KFORMAT_FORK", "0")
+    assert pack_logged(weights, tmp_path / "threads.kf", caplog, jobs=2) == 0
+    one = (tmp_path / "one.kf").read_bytes()
+    assert (tmp_path / "forked.kf").read_bytes() == one
+    assert (tmp_path / "threads.kf").read_bytes() == one
+
+
+def test_children_read_a_safetensors_file_themselves(tmp_path, caplog):
+    path = tmp_path / "model.safetensors"
+    write_safetensors(path, model().items())
+    assert open_source(path).forkable
+    assert pack_logged(str(path), tmp_path / "forked.kf", caplog, jobs=2, recipe="int8") == 4
+    kformat.pack(str(path), tmp_path / "one.kf", "int8", jobs=1)
+    assert (tmp_path / "forked.kf").read_bytes() == (tmp_path / "one.kf").read_bytes()
+
+
+def test_sources_that_cannot_be_read_in_a_child_stay_on_threads(tmp_path, caplog):
+    path = tmp_path / "model.npz"
+    np.savez(path, **model())
+    assert not getattr(open_source(path), "forkable", False)
+    assert pack_logged(str(path), tmp_path / "m.kf", caplog, jobs=2) == 0
+
+
+def test_while_the_kernels_load_tensors_stay_on_threads(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(kernels, "settled", lambda: False)
+    assert pack_logged(model(), tmp_path / "m.kf", caplog, jobs=2) == 0
+
+
+def test_an_error_in_a_child_reaches_the_caller_and_leaves_nothing(tmp_path):
+    weights = model()
+    weights["layer2.weight"][7, 9] = np.nan
+    with pytest.raises(QuantizationError, match="layer2.weight"):
+        kformat.pack(weights, tmp_path / "m.kf", RECIPE, jobs=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+PARENT = os.getpid()
+REAL_ENCODE = forked._encode_in_child
+
+
+def _dying(decision, tile):
+    """forked._encode_in_child, but a child given layer1.weight dies (as if killed)."""
+    if decision.name == "layer1.weight" and os.getpid() != PARENT:
+        os._exit(9)
+    return REAL_ENCODE(decision, tile)
+
+
+def test_a_child_that_dies_costs_time_not_the_output(tmp_path, caplog, monkeypatch):
+    weights = model()
+    kformat.pack(weights, tmp_path / "one.kf", RECIPE, jobs=1)
+    monkeypatch.setattr(forked, "_encode_in_child", _dying)
+    with caplog.at_level(logging.INFO, logger="kformat"):
+        kformat.pack(weights, tmp_path / "two.kf", RECIPE, jobs=2)
+    assert any("worker process died" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "two.kf").read_bytes() == (tmp_path / "one.kf").read_bytes()
+
+
+def test_in_memory_sources_and_safetensors_are_forkable():
+    assert DictSource({"a": np.zeros(3)}).forkable
+    assert forked.enabled(DictSource({"a": np.zeros(3)}), 2)
+    assert not forked.enabled(DictSource({"a": np.zeros(3)}), 1)
