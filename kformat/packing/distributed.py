@@ -14,7 +14,6 @@ Needs the `dask` extra (dask.distributed) here and kformat on every worker.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 import os
@@ -29,13 +28,13 @@ from ..loading.store import get_object, put_object, remove_objects
 from ..recipe import Decision
 from ..sources import TensorSource, open_source
 from .parts import from_part, to_part
+from .processes import keep_freed_memory
 from .encoded import Encoded, encode_blobs
 
 log = logging.getLogger("kformat")
 
 # How long to keep trying to reach the scheduler (KFORMAT_DASK_CONNECT_TIMEOUT, seconds).
 CONNECT_TIMEOUT_SECONDS = 20.0
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
 @functools.lru_cache(maxsize=4)
@@ -44,23 +43,9 @@ def _worker_source(path: str) -> TensorSource:
     return open_source(path)
 
 
-@functools.cache
-def _tune_allocator() -> None:
-    """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also switches off
-    glibc's adaptive mmap threshold: every temporary array over 128 KiB is then mapped, faulted
-    in and unmapped afresh, and encoding runs 2.5x slower. Map only blocks over 64 MiB (glibc
-    only; elsewhere nothing changes)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
-        libc.mallopt(M_TRIM_THRESHOLD, 128 << 20)
-    except (OSError, AttributeError):
-        pass
-
-
 def encode_part(source, name: str, decision: Decision, tile, importance, part_url: str) -> int:
     """Runs on a worker: one tensor from the source to a part in staging; its size in bytes."""
-    _tune_allocator()
+    keep_freed_memory()  # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536
     array = source if isinstance(source, np.ndarray) else _worker_source(source).load(name)
     with ThreadPoolExecutor(1) as tiles:
         encoded = encode_blobs(name, array, decision, tile, tiles, importance)

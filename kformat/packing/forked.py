@@ -37,7 +37,7 @@ from ..progress import log
 from ..recipe import Decision
 from ..sources import TensorSource
 from .encoded import Encoded, encode_blobs
-from .processes import worker_processes
+from .processes import keep_freed_memory, worker_processes
 
 FORK_BYTES = 1 << 20  # smaller tensors are encoded in this process (a round trip costs ~1 ms)
 
@@ -118,9 +118,13 @@ def _settle(outcome: Future, result: Callable[[], Encoded] | BaseException) -> N
 
 
 def _adopt(source: TensorSource, importance) -> None:
-    """A child's start: the source and importance, inherited from the fork (not pickled)."""
+    """A child's start: the source and importance, inherited from the fork (not pickled).
+    A child is a fresh process whose every page is new: glibc's default mapped each large
+    temporary afresh (faulted in, unmapped), and keeping freed memory for reuse took a BERT-
+    shaped `q4` command at --jobs 2 from 2.53 s to 2.43 s (system time 0.74 -> 0.59 s)."""
     global _source, _importance
     _source, _importance = source, importance
+    keep_freed_memory()
 
 
 def _encode_in_child(decision: Decision, tile) -> Encoded:

@@ -17,6 +17,8 @@ or one dies, the work runs in this process: the same numbers either way.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import multiprocessing
 import os
 import sys
@@ -29,6 +31,23 @@ from typing import Callable, Iterator, TypeVar
 from ..progress import log
 
 T = TypeVar("T")
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+@functools.cache
+def keep_freed_memory() -> None:
+    """In a worker process: map only blocks over 64 MiB, and keep up to 128 MiB of freed
+    memory, so that temporaries reuse pages already faulted in. Dask's nanny starts workers
+    with MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's adaptive mmap
+    threshold: every temporary array over 128 KiB was then mapped, faulted in and unmapped
+    afresh, and encoding ran 2.5x slower. glibc only; elsewhere nothing changes."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 128 << 20)
+    except (OSError, AttributeError):
+        pass
 
 
 @contextmanager
