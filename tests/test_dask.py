@@ -148,3 +148,19 @@ def test_cli_pack_on_the_cluster(cluster, model, tmp_path):
     )
     assert bad.returncode == 2 and "Dask scheduler" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "x.kf").exists()
+
+
+def test_a_calibrated_pack_on_the_cluster_is_the_local_one(cluster, tmp_path):
+    """Importance reaches the workers, and the manifest counts the tensors it weighed (each
+    part says so): the same bytes as a local pack."""
+    weights = {k: v for k, v in small_vgg_weights(seed=6).items() if k.startswith("classifier")}
+    rng = np.random.default_rng(0)
+    importance = {
+        k: rng.uniform(0.1, 2, v.shape[-1]).astype(np.float32) for k, v in weights.items() if v.ndim == 2
+    }
+    np.savez(tmp_path / "importance.npz", **importance)
+    options = dict(rules=["*=kmeans:4"], importance=tmp_path / "importance.npz")
+    local = kformat.pack(weights, tmp_path / "local.kf", **options)
+    remote = kformat.pack(weights, tmp_path / "remote.kf", scheduler=cluster, **options)
+    assert remote.manifest.metadata["kformat.importance.tensors"] == str(len(importance))
+    assert (tmp_path / "remote.kf").read_bytes() == (tmp_path / "local.kf").read_bytes()

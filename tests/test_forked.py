@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import kformat
-from kformat.errors import QuantizationError
+from kformat.errors import InputError, QuantizationError
 from kformat.methods import kernels
 from kformat.packing import forked
 from kformat.sources import DictSource, open_source
@@ -113,3 +113,38 @@ def test_in_memory_sources_and_safetensors_are_forkable():
     assert DictSource({"a": np.zeros(3)}).forkable
     assert forked.enabled(DictSource({"a": np.zeros(3)}), 2)
     assert not forked.enabled(DictSource({"a": np.zeros(3)}), 1)
+
+
+def test_a_file_cut_short_is_an_input_error_from_the_child(tmp_path):
+    path = tmp_path / "model.safetensors"
+    write_safetensors(path, model().items())
+    source = open_source(path)  # opened whole: the children read the tensors after the cut
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 100_000)
+    with pytest.raises(InputError, match="layer3.weight"):
+        kformat.pack(source, tmp_path / "m.kf", RECIPE, jobs=2)
+    assert not (tmp_path / "m.kf").exists()
+
+
+def test_importance_reaches_the_children(tmp_path, caplog):
+    """A calibrated pack (importance weights and error feedback) in the children: the bytes of
+    one thread."""
+    from test_feedback import correlated_layer, importance_file
+
+    weights = {}
+    for i in range(3):
+        w, x = correlated_layer(seed=i, rows=600, cols=512, samples=600)
+        weights[f"fc{i}.weight"] = w
+        importance_file(tmp_path / f"imp{i}.npz", x, f"fc{i}.weight")
+    arrays = {}
+    for i in range(3):
+        with np.load(tmp_path / f"imp{i}.npz") as part:
+            arrays.update({k: part[k] for k in part.files})
+    np.savez(tmp_path / "importance.npz", **arrays)
+    imp = tmp_path / "importance.npz"
+    kformat.pack(weights, tmp_path / "one.kf", rules=["*=kmeans:4,group=64"], importance=imp, jobs=1)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="kformat"):
+        kformat.pack(weights, tmp_path / "two.kf", rules=["*=kmeans:4,group=64"], importance=imp, jobs=2)
+    assert any("worker processes" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "two.kf").read_bytes() == (tmp_path / "one.kf").read_bytes()

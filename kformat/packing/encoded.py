@@ -54,6 +54,7 @@ class Encoded:
     digests: list[str]  # each blob's SHA-256, hashed by the worker that made it
     tables: dict[str, np.ndarray]
     stats: dict[str, float]
+    weighed: bool = False  # importance weighed its fit (counted where the manifest is written)
 
 
 def encode_blobs(
@@ -104,4 +105,5 @@ def encode_blobs(
         digests=each(lambda blob: hashlib.sha256(blob).hexdigest(), blobs),
         tables=q.tables,
         stats={k: float(v) for k, v in q.stats.items() if np.isfinite(v)},
+        weighed=importance is not None and name in importance.used,
     )

@@ -61,8 +61,10 @@ class ForkedWorkers:
         self._pool: Executor | None = None
         self._usable = True
         self.sent = 0  # tensors handed to the processes
+        self._closing = False
 
     def close(self) -> None:
+        self._closing = True  # a child that dies from now on (^C, an error) is not made up for
         self._stack.close()
         if self.sent:
             log.debug("%d tensors read and encoded in %d worker processes", self.sent, self.jobs)
@@ -101,6 +103,9 @@ class ForkedWorkers:
             _settle(outcome, done.result if error is None else error)
             return
         self._usable = False
+        if self._closing:
+            _settle(outcome, error)
+            return
         log.info("%s: a worker process died; encoding it in this process", decision.name)
         try:
             again = self.fallback.submit(_encode_here, self.source, decision, self.tile, self.importance)

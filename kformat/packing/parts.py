@@ -49,6 +49,7 @@ def to_part(e: Encoded) -> bytes:
             "blobs": list(e.blobs),
             "tables": {k: _array(v) for k, v in e.tables.items()},
             "stats": e.stats,
+            "weighed": e.weighed,
         },
         use_bin_type=True,
     )
@@ -76,6 +77,7 @@ def from_part(data: bytes, where: str) -> Encoded:
             digests=[hashlib.sha256(blob).hexdigest() for blob in d["blobs"]],  # of what was read
             tables={k: _from_array(v) for k, v in d["tables"].items()},
             stats=dict(d["stats"]),
+            weighed=bool(d.get("weighed", False)),
         )
     except (
         ValueError,

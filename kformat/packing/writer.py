@@ -192,6 +192,8 @@ def pack(
             tracker = Tracker(progress, len(decisions), sum(sizes.values()))
 
             def written(e: Encoded) -> None:
+                if e.weighed:  # (a worker process's or a cluster's use, counted here)
+                    importance.used.add(e.name)
                 entries.append(emit(sink, e))
                 tracker.finish_item(sizes[e.name])
                 log.debug("%s: %s (%s)", e.name, entries[-1].rule, entries[-1].reason)
