@@ -75,6 +75,12 @@ def test_sources_that_cannot_be_read_in_a_child_stay_on_threads(tmp_path, caplog
     assert pack_logged(str(path), tmp_path / "m.kf", caplog, jobs=2) == 0
 
 
+def test_a_pack_with_a_long_pole_stays_on_threads(tmp_path, caplog):
+    weights = model()
+    weights["huge.weight"] = np.tile(weights["layer0.weight"], (4, 1))  # over a third
+    assert pack_logged(weights, tmp_path / "m.kf", caplog, jobs=2) == 0
+
+
 def test_while_the_kernels_load_tensors_stay_on_threads(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(kernels, "settled", lambda: False)
     assert pack_logged(model(), tmp_path / "m.kf", caplog, jobs=2) == 0
@@ -132,12 +138,12 @@ def test_importance_reaches_the_children(tmp_path, caplog):
     from test_feedback import correlated_layer, importance_file
 
     weights = {}
-    for i in range(3):
+    for i in range(4):  # (none a third of the model: no long pole)
         w, x = correlated_layer(seed=i, rows=600, cols=512, samples=600)
         weights[f"fc{i}.weight"] = w
         importance_file(tmp_path / f"imp{i}.npz", x, f"fc{i}.weight")
     arrays = {}
-    for i in range(3):
+    for i in range(4):
         with np.load(tmp_path / f"imp{i}.npz") as part:
             arrays.update({k: part[k] for k in part.files})
     np.savez(tmp_path / "importance.npz", **arrays)

@@ -47,7 +47,9 @@ class LocalEncoder:
             done: Future = Future()
             done.set_result(found)
             return done
-        if self.forked is not None and not critical:
+        if critical:  # a long pole: its helpers and the children would share the cores (forked.py)
+            self.forked = None
+        if self.forked is not None:
             forked = self.forked.submit(decision)
             if forked is not None:
                 return forked
