@@ -32,7 +32,7 @@ class LocalEncoder:
         self.tiles = self._stack.enter_context(ThreadPoolExecutor(self.jobs))
         self._stack.enter_context(chunks.threads(self.jobs))
         self.forked = None
-        if forking(self.source, self.jobs):
+        if forking(self.source, self.jobs) and self.earlier is None:  # (see forked.py: allocation)
             self.forked = ForkedWorkers(self.source, self.tile, self.importance, self.jobs, self.encoders)
             self._stack.callback(self.forked.close)  # (closed first: a dead child's work needs encoders)
         return self
