@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import kformat
 from kformat.errors import QuantizationError
 from kformat.packing.encode import encode_tensor
 from kformat.methods import kmeans_codes
@@ -250,3 +251,17 @@ def test_binned_cell_stats_match_the_exact_ones(kind, bits):
         return 10 * math.log10(a.sum_squares / a.squared_error(full))
 
     assert abs(db(binned) - db(exact)) < 0.01
+
+
+@pytest.mark.parametrize(
+    "rule", ["kmeans:4,group=16,scale=row", "kmeans:3,scale=row", "kmeans:4,ecq=0.5,scale=row"]
+)
+def test_scaled_rows_sqnr_stat_is_the_error_of_what_a_reader_restores(tmp_path, rule):
+    """scale=row measures its SQNR group by group while the codes are in cache: it must be
+    the error of the weights a reader gets back (codebook entry x row scale)."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_t(4, (100, 96)) * rng.uniform(0.01, 1.0, (100, 1))).astype(np.float32)
+    report = kformat.pack({"w": w}, tmp_path / "m.kf", rules=[f"*={rule}"])
+    back = kformat.load_all(str(tmp_path / "m.kf"))["w"].astype(np.float64)
+    expected = 10 * math.log10(np.sum(w.astype(np.float64) ** 2) / np.sum((w - back) ** 2))
+    assert report.manifest.tensors[0].stats["sqnr_db"] == pytest.approx(expected, abs=1e-9)
