@@ -243,8 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             default=None,
             metavar="N",
-            help="encode N tensors at once (default: every core; with --target-size/--target-bits,"
-            " candidates are also weighed in N worker processes); the output is the same for any N",
+            help="encode N tensors at once (default: every core): large tensors of a .safetensors input"
+            " are read and encoded by N worker processes, the others by N threads; with --target-size/"
+            "--target-bits, candidates are also weighed in N worker processes. The output is the same"
+            " for any N (KFORMAT_FORK=0: threads only)",
         )
         p.add_argument(
             "--scheduler",
