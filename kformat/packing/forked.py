@@ -9,8 +9,8 @@ forked processes:
 
 - the child reads the tensor itself (the source is `forkable`: in-memory arrays, inherited
   copy-on-write; safetensors, read by offset through descriptors of its own), so reads run
-  side by side too, and only the encoded tensor comes back: tile blobs and tables, 4-10x
-  fewer bytes than its float32;
+  side by side too, and only the encoded tensor comes back: its tile blobs and tables, the
+  bytes the file will hold;
 - small tensors stay in this process, not worth a round trip;
 - a pack with a long pole (a tensor of a third of the model or more, started first) keeps
   every tensor on threads, where the chunk threads help the long pole whenever a worker is
@@ -45,7 +45,7 @@ from ..sources import TensorSource
 from .encoded import Encoded, encode_blobs
 from .processes import keep_freed_memory, worker_processes
 
-FORK_BYTES = 1 << 20  # smaller tensors are encoded in this process (a round trip costs ~1 ms)
+FORK_BYTES = 1 << 20  # smaller tensors (biases, norms) are encoded in this process
 
 _source: TensorSource | None = None  # a child's source and importance (set by _adopt)
 _importance = None
