@@ -163,4 +163,5 @@ def test_a_calibrated_pack_on_the_cluster_is_the_local_one(cluster, tmp_path):
     local = kformat.pack(weights, tmp_path / "local.kf", **options)
     remote = kformat.pack(weights, tmp_path / "remote.kf", scheduler=cluster, **options)
     assert remote.manifest.metadata["kformat.importance.tensors"] == str(len(importance))
+    assert local.manifest.metadata == remote.manifest.metadata
     assert (tmp_path / "remote.kf").read_bytes() == (tmp_path / "local.kf").read_bytes()
