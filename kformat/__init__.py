@@ -37,12 +37,15 @@ from .recipe import PRESETS, Recipe, Rule, build_recipe, load_recipe, parse_rule
 from .summary import format_table as format_summary
 from .summary import human_bytes
 from .progress import TerminalProgress, configure_logging
+from .interrupts import Terminated, terminate_as_interrupt
 
 open = open_model  # noqa: A001 - kformat.open(url) is the loader's front door
 
 __all__ = [
     "TerminalProgress",
     "configure_logging",
+    "Terminated",
+    "terminate_as_interrupt",
     "__version__",
     "open",
     "open_model",

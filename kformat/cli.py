@@ -370,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     kformat.configure_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
     try:
-        return args.func(args)
+        with kformat.terminate_as_interrupt():
+            return args.func(args)
     except KFormatError as exc:
         print(f"kformat: error: {exc}", file=sys.stderr)
         if getattr(args, "json", False):
@@ -380,9 +381,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"kformat: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("kformat: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(
+            f"kformat: {'terminated' if isinstance(exc, kformat.Terminated) else 'interrupted'}",
+            file=sys.stderr,
+        )
+        return 143 if isinstance(exc, kformat.Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -154,3 +154,44 @@ def test_work_in_flight_is_bounded_and_the_oldest_settled_first(tmp_path, monkey
     kformat.pack(weights, tmp_path / "two.kf", "fp16", target_bits=3.0, jobs=2)
     assert len(sent) > 4 and most[0] <= 1 * 2 + 1  # (counted as a task is sent, before the oldest is taken)
     assert (tmp_path / "one.kf").read_bytes() == (tmp_path / "two.kf").read_bytes()
+
+
+ORPHAN_SCRIPT = """
+import sys, time
+from kformat.packing.processes import worker_processes
+import os
+with worker_processes(2) as pool:
+    pids = set(pool.submit(os.getpid).result() for _ in range(8))
+    print(" ".join(map(str, sorted(pids))), flush=True)
+    time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # (a zombie has exited)
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux /proc")
+def test_workers_die_with_a_parent_that_is_killed():
+    """A worker holds its siblings' end of the task queue, so it never sees the queue close:
+    without PR_SET_PDEATHSIG the workers of a killed pack waited for ever."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        assert workers and all(_alive(p) for p in workers)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in workers)

@@ -21,6 +21,7 @@ import ctypes
 import functools
 import multiprocessing
 import os
+import signal
 import sys
 import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -28,6 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
+from ..interrupts import deferred
 from ..progress import log
 
 T = TypeVar("T")
@@ -64,24 +66,66 @@ def worker_processes(count: int, initializer=None, *initargs) -> Iterator[Execut
     ):
         yield None
         return
+    pool = None
     try:
         with warnings.catch_warnings():  # (3.12+ warns of fork in a process with threads)
             warnings.simplefilter("ignore", DeprecationWarning)
             pool = ProcessPoolExecutor(
                 count,
                 mp_context=multiprocessing.get_context("fork"),
-                initializer=initializer,
-                initargs=initargs,
+                initializer=_start_worker,
+                initargs=(os.getpid(), initializer, initargs),
             )
-            pool.submit(int).result()  # forks every worker now, before any thread of ours works
+            with _signals_held():
+                started = pool.submit(int)  # forks every worker now
+            started.result()
     except Exception as exc:  # no processes here (limits, sandboxes): the same work in this one
         log.info("worker processes did not start (%s): working in this process", exc)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         yield None
         return
+    except BaseException:  # ^C or SIGTERM while forking
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise
     try:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+PR_SET_PDEATHSIG = 1  # prctl: the signal a process gets when its parent dies
+HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """^C and SIGTERM wait while the workers are forked, then arrive: raised within the fork
+    (in logging's at-fork hook), their exception was printed and dropped. The mask holds
+    them from this thread; a SIGTERM another thread takes is deferred (kformat.interrupts)."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    try:
+        with deferred():
+            yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _start_worker(parent: int, initializer, initargs) -> None:
+    """A worker's first step: die with the parent, then initializer(*initargs). A worker
+    holds the write end of its siblings' task queue (forked from the same parent), so when
+    the parent was killed (SIGKILL, the OOM killer) the workers waited for tasks for ever."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (not the parent's handler: a killed worker dies)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)  # held while it was forked
+    if initializer is not None:
+        initializer(*initargs)
 
 
 def run(processes: Executor | None, fn: Callable[..., T], *args) -> Callable[[], T]:

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..interrupts import check as check_interrupts
 from .._version import __version__
 from ..errors import KFormatError, StorageError
 from ..format.constants import CORE_CODECS, CORE_METHODS, DEFAULT_SHARD_SIZE
@@ -192,6 +193,7 @@ def pack(
             tracker = Tracker(progress, len(decisions), sum(sizes.values()))
 
             def written(e: Encoded) -> None:
+                check_interrupts()
                 if e.weighed:  # (a worker process's or a cluster's use, counted here)
                     importance.used.add(e.name)
                 entries.append(emit(sink, e))
@@ -206,6 +208,7 @@ def pack(
                 first = _long_pole(decisions, sizes, jobs if scheduler is None else 1)
                 early = encoder.submit(first, critical=True) if first is not None else None
                 for decision in decisions:
+                    check_interrupts()
                     tracker.start(decision.name)
                     future = early if decision is first else encoder.submit(decision)
                     pending.append((future, sizes[decision.name]))

@@ -70,6 +70,8 @@ def open_source(path: str | Path):
     path = Path(path)
     if not path.exists():
         raise NotFound(f"{path}: no such file")
+    if not path.is_dir() and not path.is_file():  # a FIFO, socket or device: a read can wait for ever
+        raise InputError(f"{path}: not a regular file (a pipe, socket or device); expected a model file")
     for fmt in INPUT_FORMATS.values():
         if fmt.claims is not None and fmt.claims(path):
             return fmt.open(path)
