@@ -38,17 +38,27 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
 @functools.cache
+def _libc():
+    """glibc, or None. Loaded before any fork: a child that called dlopen while another of
+    the parent's threads held the loader's lock at the fork would wait for ever."""
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+@functools.cache
 def keep_freed_memory() -> None:
     """In a worker process: map only blocks over 64 MiB, and keep up to 128 MiB of freed
     memory, so that temporaries reuse pages already faulted in. Dask's nanny starts workers
     with MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's adaptive mmap
     threshold: every temporary array over 128 KiB was then mapped, faulted in and unmapped
     afresh, and encoding ran 2.5x slower. glibc only; elsewhere nothing changes."""
+    libc = _libc()
     try:
-        libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
         libc.mallopt(M_TRIM_THRESHOLD, 128 << 20)
-    except (OSError, AttributeError):
+    except AttributeError:  # (not glibc)
         pass
 
 
@@ -76,6 +86,7 @@ def worker_processes(count: int, initializer=None, *initargs) -> Iterator[Execut
                 initializer=_start_worker,
                 initargs=(os.getpid(), initializer, initargs),
             )
+            _libc()  # loaded here, not in the children
             with _signals_held():
                 started = pool.submit(int)  # forks every worker now
             started.result()
@@ -117,8 +128,8 @@ def _start_worker(parent: int, initializer, initargs) -> None:
     holds the write end of its siblings' task queue (forked from the same parent), so when
     the parent was killed (SIGKILL, the OOM killer) the workers waited for tasks for ever."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
+        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except AttributeError:  # (not glibc)
         pass
     if os.getppid() != parent:  # it died before prctl took effect
         os._exit(1)
