@@ -234,3 +234,20 @@ def test_a_sigterm_during_a_fork_arrives_after_it():
                     pass
                 reached = True
     assert reached
+
+
+def test_a_sharded_checkpoint_is_read_by_the_children(tmp_path, caplog):
+    """A Hugging Face checkpoint of safetensors shards: each child opens the shard it needs."""
+    import json
+
+    weights = model()
+    names = sorted(weights)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, members in shards.items():
+        write_safetensors(tmp_path / shard, [(n, weights[n]) for n in members])
+    weight_map = {n: shard for shard, members in shards.items() for n in members}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert open_source(tmp_path).forkable
+    assert pack_logged(str(tmp_path), tmp_path / "forked.kf", caplog, jobs=2) == 4
+    kformat.pack(str(tmp_path), tmp_path / "one.kf", RECIPE, jobs=1)
+    assert (tmp_path / "forked.kf").read_bytes() == (tmp_path / "one.kf").read_bytes()
