@@ -10,11 +10,14 @@ before loading) and reports the peak RSS added on top of the interpreter with to
   (b) kformat.torch.load_state_dict from the `mobile` .kf (float32 weights, filled tile by tile)
   (c) kformat.torch.load_quantized: Linear layers keep codes + codebook, dequantized per band
 
-Outputs of (c) are checked against (b) (same quantized weights) within 1e-4 relative.
+Outputs of (c) are checked against (b) (same quantized weights) within 1e-4 relative. Every
+variant runs on one torch thread, or on `--threads N` (0: torch's default, every core); a
+QuantizedLinear dequantizes its bands on as many threads as torch may use.
 
-    python tools/bench/torch_memory.py [--out bench-out]
+    python tools/bench/torch_memory.py [--out bench-out] [--threads N]
 
-Prints a table and writes bench-out/torch_memory.json.
+Prints a table and writes bench-out/torch_memory.json (torch_memory_threadsN.json with
+--threads N other than 1).
 """
 
 from __future__ import annotations
@@ -51,12 +54,13 @@ def build(torch):
     return torch.nn.Sequential(*layers).eval()
 
 
-def run_child(variant: str, pt: str, kf: str, out: str) -> dict:
+def run_child(variant: str, pt: str, kf: str, out: str, threads: int = 1) -> dict:
     import torch
 
     import kformat.torch as kt
 
-    torch.set_num_threads(1)
+    if threads > 0:
+        torch.set_num_threads(threads)
     base = peak_rss_bytes()
     start = time.perf_counter()
     with torch.device("meta"):
@@ -87,18 +91,29 @@ def run_child(variant: str, pt: str, kf: str, out: str) -> dict:
     }
 
 
+def threads_label(threads: int, torch) -> str:
+    return "one torch thread" if threads == 1 else f"{threads or torch.get_num_threads()} torch threads"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default="bench-out")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for every variant (QuantizedLinear dequantizes on as many); 0: torch's"
+        " default, every core (default 1)",
+    )
     parser.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--pt", help=argparse.SUPPRESS)
     parser.add_argument("--kf", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_child(args.child, args.pt, args.kf, args.result)))
+        print(json.dumps(run_child(args.child, args.pt, args.kf, args.result, args.threads)))
         return 0
 
     import torch
@@ -137,6 +152,8 @@ def main() -> int:
                 str(kf),
                 "--result",
                 str(result),
+                "--threads",
+                str(args.threads),
             ],
             capture_output=True,
             text=True,
@@ -155,7 +172,7 @@ def main() -> int:
         r["max_rel_diff_vs_b"] = float((outputs[r["variant"]] - ref).abs().max() / ref.abs().max())
     print(
         f"\nFC head {SHAPES}: {params:,} parameters, float32 {params * 4 / 2**20:.1f} MiB, kformat"
-        f" {kf.stat().st_size / 2**20:.1f} MiB; batch {BATCH}, one thread"
+        f" {kf.stat().st_size / 2**20:.1f} MiB; batch {BATCH}, {threads_label(args.threads, torch)}"
     )
     print(
         f"{'variant':40s} {'added peak MiB':>15s} {'/ (a)':>7s} {'load s':>7s} {'1st fwd s':>10s}"
@@ -174,6 +191,7 @@ def main() -> int:
         "benchmark": "torch_memory",
         "shapes": SHAPES,
         "batch": BATCH,
+        "torch_threads": args.threads or torch.get_num_threads(),
         "parameters": params,
         "kformat_bytes": kf.stat().st_size,
         "variants": rows,
@@ -183,8 +201,9 @@ def main() -> int:
         " torch",
         "machine": {"python": platform.python_version(), "torch": torch.__version__},
     }
-    (workdir / "torch_memory.json").write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {workdir / 'torch_memory.json'}")
+    name = "torch_memory.json" if args.threads == 1 else f"torch_memory_threads{args.threads}.json"
+    (workdir / name).write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {workdir / name}")
     return 0 if ok else 1
 
 
