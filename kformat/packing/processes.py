@@ -1,4 +1,5 @@
-"""Worker processes for the GIL-bound part of bit allocation's weighing.
+"""Forked worker processes for GIL-bound work: bit allocation's weighing (below) and the
+encoding of large tensors (kformat.packing.forked).
 
 A large tensor's estimates are a few large numpy passes (its histograms: they release the
 GIL and run on the chunk pool's threads) and then the fits of every candidate: thousands of
@@ -9,10 +10,11 @@ candidate, are sent whole (kformat.packing.weighing).
 
 Workers are forked (on Linux only, at most one per core, never from a daemonic process),
 which needs no import of the caller's __main__ (spawn and forkserver import it again,
-running an unguarded script's top level in every worker), and forked before this process
-starts any thread of its own work. Modules whose locks, memo or thread pool a child
-inherits reset them at fork (chunks, kmeans_dp, kmeans_memo). Where workers cannot start,
-or one dies, the work runs in this process: the same numbers either way.
+running an unguarded script's top level in every worker). Modules whose locks, memo or
+thread pool a child inherits reset them at fork (chunks, kernels, kmeans_dp, kmeans_memo);
+glibc is loaded before the fork, ^C and SIGTERM are held while it runs, and a worker dies
+with its parent. Where workers cannot start, or one dies, the work runs in this process:
+the same numbers either way.
 """
 
 from __future__ import annotations
