@@ -128,3 +128,28 @@ def test_load_state_dict_over_http(nginx, packed):
         "bn.num_batches_tracked",
     }
     assert np.array_equal(module.fc1.weight.detach().numpy(), packed.expected["fc1.weight"])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_quantized_linear_of_many_bands_on_torch_s_threads(tmp_path, threads):
+    """A layer of several bands is cut in one part per torch thread, each dequantized band by
+    band and multiplied by torch: the output of the dequantized model, for any thread count."""
+    head = torch.nn.Sequential(torch.nn.Linear(4096, 700))  # 4 MiB bands of 256 rows: three
+    torch.nn.init.normal_(head[0].weight, std=0.02)
+    kt.save(head, tmp_path / "m.kf", rules=["0.weight=kmeans:4", "0.bias=fp16"])
+    dense = torch.nn.Sequential(torch.nn.Linear(4096, 700))
+    kt.load_state_dict(dense, str(tmp_path / "m.kf"))
+    with torch.device("meta"):
+        compact = torch.nn.Sequential(torch.nn.Linear(4096, 700))
+    kt.load_quantized(compact, str(tmp_path / "m.kf"))
+    assert isinstance(compact[0], kt.QuantizedLinear)
+    x = torch.randn(6, 4096)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            want, got = dense(x), compact(x)
+    finally:
+        torch.set_num_threads(before)
+    assert got.shape == want.shape and got.is_contiguous()
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
