@@ -242,7 +242,8 @@ def _banded_matmul(torch, q: QuantizedTensor, x, threads: int):
     rows, cols = q.view
     out = torch.empty((rows, x.shape[0]))  # W @ x.T, rows in order
     step = rows_per_band(cols)
-    xt = x.T
+    parts = max(1, min(threads, rows // step))
+    xt, xt_numpy, out_numpy = x.T, x.numpy().T, out.numpy()
 
     def part(first: int, stop: int) -> None:
         buffer = np.empty((min(step, stop - first), cols), dtype=np.float32)
@@ -250,9 +251,11 @@ def _banded_matmul(torch, q: QuantizedTensor, x, threads: int):
         for r0 in range(first, stop, step):
             r1 = min(stop, r0 + step)
             q.rows(r0, r1, buffer[: r1 - r0])
-            torch.mm(band[: r1 - r0], xt, out=out[r0:r1])
+            if parts == 1:  # numpy's BLAS: 0.17-0.21 ms for a (41 x 25088) band, torch's 0.26
+                np.matmul(buffer[: r1 - r0], xt_numpy, out=out_numpy[r0:r1])
+            else:  # (numpy's BLAS threads would fight these)
+                torch.mm(band[: r1 - r0], xt, out=out[r0:r1])
 
-    parts = max(1, min(threads, rows // step))
     cuts = [rows * i // parts for i in range(parts + 1)]
     if parts > 1 and (_helpers is None or _helpers[1] < parts - 1):
         _helpers = (ThreadPoolExecutor(parts - 1, thread_name_prefix="kformat-linear"), parts - 1)
