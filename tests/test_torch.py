@@ -130,13 +130,14 @@ def test_load_state_dict_over_http(nginx, packed):
     assert np.array_equal(module.fc1.weight.detach().numpy(), packed.expected["fc1.weight"])
 
 
+@pytest.mark.parametrize("rule", ["kmeans:4", "linear:8,row", "kmeans:3,group=100,scale=row"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_a_quantized_linear_of_many_bands_on_torch_s_threads(tmp_path, threads):
+def test_a_quantized_linear_of_many_bands_on_torch_s_threads(tmp_path, threads, rule):
     """A layer of several bands is cut in one part per torch thread, each dequantized band by
     band and multiplied by torch: the output of the dequantized model, for any thread count."""
     head = torch.nn.Sequential(torch.nn.Linear(4096, 700))  # 4 MiB bands of 256 rows: three
     torch.nn.init.normal_(head[0].weight, std=0.02)
-    kt.save(head, tmp_path / "m.kf", rules=["0.weight=kmeans:4", "0.bias=fp16"])
+    kt.save(head, tmp_path / "m.kf", rules=[f"0.weight={rule}", "0.bias=fp16"])
     dense = torch.nn.Sequential(torch.nn.Linear(4096, 700))
     kt.load_state_dict(dense, str(tmp_path / "m.kf"))
     with torch.device("meta"):
