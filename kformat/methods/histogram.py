@@ -198,11 +198,19 @@ def _merge(hist: Histogram, bins: int) -> tuple[np.ndarray, np.ndarray]:
     span = hist.core_hi - hist.core_lo
     idx = np.minimum(((inner - hist.core_lo) * (bins / span)).astype(np.int64), bins - 1)  # ascending
     bounds = np.searchsorted(idx, np.arange(bins + 1))  # each bin's run [bounds[b], bounds[b + 1])
-    starts = bounds[:-1][bounds[1:] > bounds[:-1]]  # where each non-empty bin's run begins
-    totals = np.add.reduceat(weights, starts)
-    sums = np.add.reduceat(weights * inner, starts)
+    _, totals, sums = run_sums(bounds, weights, inner)
     keep = totals > 0
     return (
         np.concatenate((points[:first], sums[keep] / totals[keep], points[stop:])),
         np.concatenate((counts[:first], totals[keep], counts[stop:])),
     )
+
+
+def run_sums(bounds: np.ndarray, weights: np.ndarray, values: np.ndarray):
+    """Sums over the runs [bounds[i], bounds[i + 1]) of sorted points (bounds ascending, from
+    0 to the number of points): which runs hold a point, and those runs' total weight and
+    weight x value, each added in order over the run (np.add.reduceat from where each
+    non-empty run begins: the last one reaches the end)."""
+    filled = bounds[1:] > bounds[:-1]
+    starts = bounds[:-1][filled]
+    return filled, np.add.reduceat(weights, starts), np.add.reduceat(weights * values, starts)
