@@ -18,7 +18,6 @@ import functools
 import logging
 import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +46,7 @@ def encode_part(source, name: str, decision: Decision, tile, importance, part_ur
     """Runs on a worker: one tensor from the source to a part in staging; its size in bytes."""
     keep_freed_memory()  # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536
     array = source if isinstance(source, np.ndarray) else _worker_source(source).load(name)
-    with ThreadPoolExecutor(1) as tiles:
-        encoded = encode_blobs(name, array, decision, tile, tiles, importance)
-    data = to_part(encoded)
+    data = to_part(encode_blobs(name, array, decision, tile, importance=importance))
     put_object(part_url, data)
     return len(data)
 

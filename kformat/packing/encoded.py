@@ -62,12 +62,14 @@ def encode_blobs(
     array: np.ndarray,
     decision: Decision,
     default_tile,
-    pool: Executor,
+    pool: Executor | None = None,
     importance=None,
     threads: int = 1,
 ) -> Encoded:
     """The CPU work of one tensor (quantize, encode every tile), independent of the output;
-    tiles on `threads` threads, the calling one and `pool`'s."""
+    tiles on `threads` threads, the calling one and `pool`'s (without a pool, the calling
+    thread alone)."""
+    threads = threads if pool is not None else 1
 
     def each(fn, items: list) -> list:
         return chunks.map_helping(pool, fn, items, threads)

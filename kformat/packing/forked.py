@@ -34,7 +34,7 @@ file order as before. KFORMAT_FORK=0 keeps every tensor on threads. Linux only (
 from __future__ import annotations
 
 import os
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from typing import Callable
@@ -147,6 +147,4 @@ def _encode_in_child(decision: Decision, tile) -> Encoded:
 
 def _encode_here(source: TensorSource, decision: Decision, tile, importance) -> Encoded:
     """Read and encode one tensor on the calling thread (its tiles and passes too)."""
-    array = source.load(decision.name)
-    with ThreadPoolExecutor(1) as tiles:
-        return encode_blobs(decision.name, array, decision, tile, tiles, importance)
+    return encode_blobs(decision.name, source.load(decision.name), decision, tile, importance=importance)
