@@ -381,12 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"kformat: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt as exc:
-        print(
-            f"kformat: {'terminated' if isinstance(exc, kformat.Terminated) else 'interrupted'}",
-            file=sys.stderr,
-        )
-        return 143 if isinstance(exc, kformat.Terminated) else 130
+    except KeyboardInterrupt as exc:  # ^C, or SIGTERM (kformat.Terminated): 128 + the signal
+        terminated = isinstance(exc, kformat.Terminated)
+        print(f"kformat: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":

@@ -92,16 +92,15 @@ def worker_processes(count: int, initializer=None, *initargs) -> Iterator[Execut
             with _signals_held():
                 started = pool.submit(int)  # forks every worker now
             started.result()
-    except Exception as exc:  # no processes here (limits, sandboxes): the same work in this one
-        log.info("worker processes did not start (%s): working in this process", exc)
+    except BaseException as exc:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+        if not isinstance(exc, Exception):  # ^C or SIGTERM while forking
+            raise
+        # no processes here (limits, sandboxes): the same work in this one
+        log.info("worker processes did not start (%s): working in this process", exc)
         yield None
         return
-    except BaseException:  # ^C or SIGTERM while forking
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-        raise
     try:
         yield pool
     finally:
