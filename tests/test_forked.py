@@ -31,12 +31,14 @@ def model() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(autouse=True)
-def settled_kernels():
+def settled_kernels(monkeypatch):
     """Processes are forked only once the fit kernels are settled: let a load started by an
-    earlier test finish."""
+    earlier test finish, and start none here (the numpy loops' CPU time adds up over the
+    tests, and a load started by a test's first pack kept its second on threads)."""
     loader = kernels._loader
     if loader is not None:
         loader.join()
+    monkeypatch.setenv("KFORMAT_NUMBA", "0")
 
 
 def pack_logged(source, path, caplog, **options) -> int:
