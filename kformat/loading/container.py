@@ -25,6 +25,7 @@ from ..methods import get_method
 from . import mapped, trim
 from .blobs import BlobReader, Labelled
 from .decode import decode_plane, fill_tile
+from .overlap import read_overlapped
 from .opening import OPEN_READ, Opened, open_url
 from .store import ByteRange
 from .stream import BATCH_BYTES, TileStream, tile_batches
@@ -172,6 +173,17 @@ class Container:
         except MemoryError:
             raise LimitError(f"{self.source}: tensor {t.name!r}: cannot allocate {nbytes} bytes") from None
 
+    def _output_dtype(self, t: TensorEntry) -> np.dtype:
+        """float32 for lossy rules, the original dtype for lossless ones."""
+        return numpy_dtype(t.dtype) if get_method(t.quant.method).lossless else np.dtype(np.float32)
+
+    def output_bytes(self, t: TensorEntry) -> int:
+        return math.prod(t.view) * self._output_dtype(t).itemsize
+
+    def output(self, t: TensorEntry) -> np.ndarray:
+        """The 2-D array tensor `t` decodes into (allocate's checks apply)."""
+        return self.allocate(t, tuple(t.view), self._output_dtype(t))
+
     def _check_files_hold(self, t: TensorEntry) -> None:
         """The file (or each shard) is long enough for every blob of `t`: a forged manifest
         cannot make a reader allocate for blobs that are not there."""
@@ -196,9 +208,8 @@ class Container:
         With `out` (an array of the 2-D view's shape and that dtype) each tile is written
         straight into it, so nothing but one tile is held besides."""
         t = self.entry(name)
-        lossless = get_method(t.quant.method).lossless
         if out is None:
-            out = self.allocate(t, tuple(t.view), numpy_dtype(t.dtype) if lossless else np.float32)
+            out = self.output(t)
         tables = self.tables(t)
         if len(t.tiles) == 1:  # nothing to overlap: decode here, without a thread hand-off
             for tile, data, label in self.iter_tiles(name, batch_bytes):
@@ -257,13 +268,9 @@ class Container:
                 self.discard_prefetch(name)
 
     def read_all(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(name, tensor) in file order, the next tensors fetched while the current one decodes."""
-        tied = self.manifest.aliases_of()
-        for name in self.prefetching([t.name for t in self.manifest.tensors], BATCH_BYTES):
-            array = self.read_tensor(name)
-            yield name, array
-            for alias in tied.get(name, ()):  # the same array: tied tensors stay tied
-                yield alias, array
+        """(name, tensor) in file order, the next tensors fetched while the current one decodes
+        and started while its last tiles decode (kformat.loading.overlap)."""
+        return read_overlapped(self)
 
     def verify(self, progress=None) -> list[Problem]:
         """Check every blob's length and hash and that every plane and table decodes; list problems."""
