@@ -48,9 +48,10 @@ def _set_tensor(torch, module, dotted: str, value) -> None:
     _put(module, dotted, value)
 
 
-def _fill(torch, target, lazy: LazyTensor, name: str):
-    """Copy `lazy`'s values into `target` (a tensor), tile by tile when it can; returns the
-    tensor holding the values (a new one when `target` lives on the meta device)."""
+def _destination(torch, target, lazy: LazyTensor, name: str):
+    """The tensor that will hold `lazy`'s values (a new one when `target` lives on the meta
+    device), and the array to decode into: its own storage when it can take float32 tiles
+    directly, else None (decoded apart, then copied)."""
     if tuple(target.shape) != lazy.shape:
         raise InputError(
             f"tensor {name!r}: the module wants shape {list(target.shape)}, the file has {list(lazy.shape)}"
@@ -63,13 +64,7 @@ def _fill(torch, target, lazy: LazyTensor, name: str):
         and target.is_contiguous()
         and not lazy.lossless
     )
-    if not direct:
-        target.copy_(torch.from_numpy(np.asarray(lazy.numpy(), order="C")))
-        return target
-    lazy._container.read_tensor(
-        name, out=target.detach().numpy().reshape(lazy.view), batch_bytes=lazy.batch_bytes
-    )
-    return target
+    return target, (target.detach().numpy().reshape(lazy.view) if direct else None)
 
 
 def _file_order(model: LazyModel, names: Iterable[str]) -> list[str]:
@@ -116,10 +111,18 @@ def load_into(
         raise InputError(f"{model.source}: state dict does not match the module ({'; '.join(parts)})")
     aliases = {a: n for a, n in model.aliases.items() if a in targets and n in targets and a not in skip}
     wanted = [n for n in targets if n in model and n not in skip and n not in aliases]
+    holders: dict[str, tuple] = {}  # name -> (tensor to hold the values, array decoded into or None)
+
+    def output(name: str):
+        holders[name] = _destination(torch, targets[name], model[name], name)
+        return holders[name][1]  # None: a new array (Container.output), copied below
+
     with torch.no_grad():
-        for name, lazy in model.stream(_file_order(model, wanted)):
+        for name, values in model.read(_file_order(model, wanted), output):
             target = targets[name]
-            filled = _fill(torch, target, lazy, name)
+            filled, direct = holders.pop(name)
+            if direct is None:
+                filled.copy_(torch.from_numpy(np.asarray(values, order="C")))
             if filled is not target:
                 _set_tensor(torch, module, name, filled)
                 new = _get(module, name)

@@ -91,3 +91,25 @@ def test_an_error_stops_the_read_at_its_tensor(packed, monkeypatch):
                 handed.append(name)
     assert handed == names[: names.index("layer2.weight")]  # every tensor before it, none after
     assert len(handed) >= 2
+
+
+def test_lazy_read_decodes_into_the_arrays_it_is_given(packed):
+    """LazyModel.read (what kformat.torch.load_state_dict fills parameters with): each tensor
+    decodes into the array `output` gives, or a new one for None, in the order asked."""
+    given = {}
+
+    def output(name):
+        if name.endswith(".bias"):
+            return None
+        given[name] = np.full(model[name].view, np.nan, np.float32)
+        return given[name]
+
+    with kformat.open_model(str(packed)) as model:
+        order = [n for n in reversed(list(model))]
+        got = list(model.read(order, output))
+        assert [n for n, _ in got] == order
+        for name, values in got:
+            assert np.array_equal(values, model[name].numpy())
+            if name in given:
+                assert np.shares_memory(values, given[name])
+    assert given

@@ -270,7 +270,7 @@ class Container:
     def read_all(self) -> Iterator[tuple[str, np.ndarray]]:
         """(name, tensor) in file order, the next tensors fetched while the current one decodes
         and started while its last tiles decode (kformat.loading.overlap)."""
-        return read_overlapped(self)
+        return read_overlapped(self, [t.name for t in self.manifest.tensors], tied=self.manifest.aliases_of())
 
     def verify(self, progress=None) -> list[Problem]:
         """Check every blob's length and hash and that every plane and table decodes; list problems."""

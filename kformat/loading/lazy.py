@@ -12,7 +12,7 @@ about three batches plus one float32 tile, whatever the layer's size.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from ..codecs.bitpack import pack_rows, row_bytes
@@ -23,6 +23,7 @@ from ..methods import QuantizedTensor, get_method
 from ..methods.compact import as_columns
 from .container import BATCH_BYTES, Container
 from .decode import fill_tile
+from .overlap import read_overlapped
 from .tables import tile_label
 
 __all__ = ["LazyModel", "LazyTensor", "QuantizedTensor", "open_model"]
@@ -306,6 +307,23 @@ class LazyModel(Mapping[str, LazyTensor]):
         batches = {name: self._tensors[name].batch_bytes for name in order}
         for name in self._container.prefetching(order, 2 * BATCH_BYTES, batches.get):
             yield name, self._tensors[name]
+
+    def read(
+        self, names: Iterable[str], output: Callable[[str], np.ndarray | None] | None = None
+    ) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, values in the tensor's shape) for stored tensors `names`, in this order, the
+        next tensors' tiles decoding while the current one's last ones finish
+        (kformat.loading.overlap). `output(name)` gives the array a tensor decodes into: its
+        2-D view's shape, float32 (the stored dtype for lossless rules), C order; None (or
+        no `output`) for a new one. It is called in order, before any of the tensor's tiles is decoded."""
+        order = list(names)
+        for name in order:
+            self[name]  # unknown names fail before anything is fetched
+        batches = {name: self._tensors[name].batch_bytes for name in order}
+        provide = None if output is None else (lambda entry: output(entry.name))
+        return read_overlapped(
+            self._container, order, output=provide, batch_bytes=batches.get, window=2 * BATCH_BYTES
+        )
 
     # -- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:

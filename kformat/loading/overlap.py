@@ -18,10 +18,11 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
+from ..format.manifest import TensorEntry
 from . import trim
 from .decode import fill_tile
 from .stream import BATCH_BYTES
@@ -40,12 +41,24 @@ class _Started:
     end: int  # tiles submitted up to and including this tensor's last one
 
 
-def read_overlapped(container: "Container") -> Iterator[tuple[str, np.ndarray]]:
-    """(name, tensor) for every stored tensor and alias, in file order (Container.read_all)."""
-    tied = container.manifest.aliases_of()
-    names = [t.name for t in container.manifest.tensors]
+def read_overlapped(
+    container: "Container",
+    names: list[str],
+    *,
+    tied: dict[str, list[str]] | None = None,
+    output: Callable[[TensorEntry], np.ndarray | None] | None = None,
+    batch_bytes: Callable[[str], int] | None = None,
+    window: int = BATCH_BYTES,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, values in the tensor's shape) for each of `names` (stored tensors, in the order
+    to read them), each followed by its `tied` aliases. `output(entry)` gives the array
+    a tensor decodes into (its 2-D view's shape, float32 or for lossless rules the stored
+    dtype; None, or no `output`: a new one, Container.output); it is called in order, just before the
+    tensor's tiles are submitted. Prefetching as Container.prefetching(names, window,
+    batch_bytes)."""
+    tied = tied or {}
     pool = container._decoders()
-    window = 2 * container.decode_threads  # tiles in flight
+    in_flight = 2 * container.decode_threads  # tiles
     tiles: deque[Future] = deque()
     started: deque[_Started] = deque()
     submitted = resolved = 0
@@ -61,21 +74,23 @@ def read_overlapped(container: "Container") -> Iterator[tuple[str, np.ndarray]]:
                 yield alias, array
 
     try:
-        for name in container.prefetching(names, BATCH_BYTES):
+        for name in container.prefetching(names, window, batch_bytes):
             t = container.entry(name)
             nbytes = container.output_bytes(t)
             while len(started) > 1 and sum(s.out.nbytes for s in list(started)[1:]) + nbytes > OVERLAP_BYTES:
                 tiles.popleft().result()  # the oldest tensor's tiles first: wait for it
                 resolved += 1
                 yield from finished()
-            out = container.output(t)
+            out = None if output is None else output(t)
+            out = container.output(t) if out is None else out
             tables = container.tables(t)
-            for tile, data, label in container.iter_tiles(name):
+            size = BATCH_BYTES if batch_bytes is None else batch_bytes(name)
+            for tile, data, label in container.iter_tiles(name, size):
                 region = out[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols]
                 where = f"{container.source}: {label}"
                 tiles.append(pool.submit(fill_tile, t, tile, data, where, tables, region))
                 submitted += 1
-                while len(tiles) > window:
+                while len(tiles) > in_flight:
                     tiles.popleft().result()
                     resolved += 1
                     yield from finished()
