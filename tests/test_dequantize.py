@@ -8,6 +8,7 @@ import pytest
 
 from kformat.codecs.bitpack import pack_rows
 from kformat.methods import get_method
+from kformat.methods.base import byte_table
 
 
 def _tables(method: str, groups: int, depth: int, rng) -> dict:
@@ -74,3 +75,21 @@ def test_a_tile_dequantizes_without_a_tile_sized_temporary(method, depth):
     finally:
         tracemalloc.stop()
     assert peak < 3 << 19  # the runs' intp indices: 1 MiB
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4, 8])
+def test_byte_tables_of_stacked_groups_are_each_groups_table(depth):
+    """byte_table of a stack of groups' code values (what a tile spanning several row groups
+    makes in one go) gives, for every group, the values of each packed byte's codes."""
+    rng = np.random.default_rng(depth)
+    values = rng.standard_normal((5, 1 << depth)).astype(np.float32)
+    stacked = byte_table(values, depth)
+    assert stacked.shape == (5, 256)
+    per_byte = 8 // depth
+    for g in range(5):
+        one = byte_table(values[g], depth)
+        assert one.tobytes() == stacked[g].tobytes()
+        decoded = np.frombuffer(one.tobytes(), np.float32).reshape(256, per_byte)
+        for byte in (0, 1, 0x5A, 255):
+            codes = [(byte >> (8 - depth * (i + 1))) & ((1 << depth) - 1) for i in range(per_byte)]
+            assert decoded[byte].tolist() == values[g, codes].tolist()

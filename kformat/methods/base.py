@@ -14,6 +14,8 @@ Methods do no I/O: they see arrays, rules and manifest entries only.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
@@ -67,16 +69,26 @@ LUT_MIN_ROWS = 16  # row groups smaller than this dequantize code by code
 BAND_BYTES = 128 << 10  # float32 rows decoded at once into a tile of a wider tensor
 
 
-def byte_table(values: np.ndarray, depth: int) -> np.ndarray:
-    """For each byte 0..255, the float32 values of the 8 // depth codes packed in it (most
-    significant first), as one element of a void dtype, so np.take of packed bytes writes
-    the values of every code in a row at once."""
+@functools.cache
+def _byte_codes(depth: int) -> np.ndarray:
+    """For each byte 0..255, the 8 // depth codes packed in it, most significant first."""
     per_byte = 8 // depth
     byte = np.arange(256, dtype=np.uint8)[:, None]
     shifts = (8 - depth * (np.arange(per_byte) + 1)).astype(np.uint8)
     codes = (byte >> shifts) & np.uint8((1 << depth) - 1)
-    table = np.ascontiguousarray(np.asarray(values, dtype=np.float32)[codes])
-    return table.view(np.dtype((np.void, 4 * per_byte))).reshape(256)
+    codes.setflags(write=False)
+    return codes
+
+
+def byte_table(values: np.ndarray, depth: int) -> np.ndarray:
+    """For each byte 0..255, the float32 values of the 8 // depth codes packed in it (most
+    significant first), as one element of a void dtype, so np.take of packed bytes writes
+    the values of every code in a row at once. `values` may be a stack of groups' code
+    values (groups x entries): then one such table per group (groups x 256)."""
+    per_byte = 8 // depth
+    values = np.asarray(values, dtype=np.float32)
+    table = np.ascontiguousarray(values[..., _byte_codes(depth)])
+    return table.view(np.dtype((np.void, 4 * per_byte))).reshape(values.shape[:-1] + (256,))
 
 
 TAKE_INDICES = 1 << 17  # indices per np.take call: numpy copies them as intp first (1 MiB)
@@ -207,20 +219,27 @@ class Method:
         # cache: a tile-sized band is written, evicted and read again, 3x slower on fresh pages.
         band_rows = max(1, BAND_BYTES // (4 * packed.shape[1] * per_byte))
         band = None if direct else np.empty((min(rows, band_rows), packed.shape[1] * per_byte), np.float32)
+        # One table per group the tile spans, made in one go (one at a time, their making was
+        # an eighth of a BERT-shaped q4 tile's lookup: 22 groups of 64 rows); finish_lookup
+        # (kmeans' row scales) runs on each group's rows just written, while in cache (on
+        # the whole tile it was a second pass over 4 MiB, a quarter of the lookup).
+        first = row0 // group_rows
+        groups = range(first, (row0 + rows - 1) // group_rows + 1)
+        luts = byte_table(np.stack([self.code_values(tables, g, 1 << depth) for g in groups]), depth)
         start = 0
         while start < rows:
             group = (row0 + start) // group_rows
             stop = min(rows, (group + 1) * group_rows - row0)
-            lut = byte_table(self.code_values(tables, group, 1 << depth), depth)
-            if direct:
-                # every byte indexes the 256-entry table
+            lut = luts[group - first]
+            if direct:  # every byte indexes the 256-entry table
                 take_rows(lut, packed[start:stop], out[start:stop].view(lut.dtype))
             for lo in range(start, stop, band_rows) if not direct else ():
                 hi = min(stop, lo + band_rows)
                 take_rows(lut, packed[lo:hi], band[: hi - lo].view(lut.dtype))
                 out[lo:hi] = band[: hi - lo, :cols]
+            self.finish_lookup(out[start:stop], row0 + start, tables)
             start = stop
-        return self.finish_lookup(out, row0, tables)
+        return out
 
     def finish_lookup(self, values: np.ndarray, row0: int, tables: dict[str, np.ndarray]) -> np.ndarray:
         """What a method does to looked-up code values besides the lookup (kmeans: row scales)."""
