@@ -73,6 +73,20 @@ def test_load_state_dict_into_an_existing_module_keeps_its_tensors(tmp_path, net
     assert np.array_equal(weight.detach().numpy(), kformat.load_all(str(tmp_path / "m.kf"))["head.0.weight"])
 
 
+def test_load_state_dict_into_a_half_module_converts_every_tensor(tmp_path, net):
+    """Parameters that cannot take float32 tiles (float16 here) get the decoded values
+    copied in, mixed with tensors in file order that decode straight into their storage."""
+    kt.save(net, tmp_path / "m.kf", recipe="mobile")
+    half = Net().half()
+    half.head[0].float()  # one layer float32: decoded straight into its storage
+    kt.load_state_dict(half, str(tmp_path / "m.kf"))
+    expected = kformat.load_all(str(tmp_path / "m.kf"))
+    for name, value in half.state_dict().items():
+        want = torch.from_numpy(np.asarray(expected[name], order="C")).to(value.dtype)
+        assert torch.equal(value, want), name
+    assert half.head[0].weight.dtype == torch.float32 and half.head[2].weight.dtype == torch.float16
+
+
 def test_mismatched_modules_are_named(tmp_path, net):
     kt.save(net, tmp_path / "m.kf", recipe="fp16")
     small = torch.nn.Sequential(torch.nn.Linear(4, 4))
