@@ -46,6 +46,18 @@ def test_tied_weights_are_stored_once_and_come_back_tied_on_meta(tmp_path, model
     assert torch.allclose(fresh.eval()(ids), model(ids), atol=0.05)
 
 
+def test_a_module_with_only_the_alias_gets_the_stored_tensor(tmp_path, model):
+    """A module holding the file's alias but not the tensor it names (an output head loaded
+    alone) is filled from the stored tensor, under the alias's name."""
+    kt.save(model, tmp_path / "m.kf", recipe="kmeans8")
+    head = torch.nn.Module()
+    head.head = torch.nn.Linear(16, 50, bias=False)
+    missing, unexpected = kt.load_state_dict(head, str(tmp_path / "m.kf"), strict=False)
+    assert missing == [] and "embed.weight" in unexpected
+    stored = kformat.load_all(str(tmp_path / "m.kf"))["embed.weight"]
+    assert np.array_equal(head.head.weight.detach().numpy(), stored)
+
+
 def test_alias_reads_as_the_same_tensor_everywhere(tmp_path, model):
     kt.save(model, tmp_path / "m.kf", recipe="raw")
     with kformat.open_model(str(tmp_path / "m.kf")) as lazy:

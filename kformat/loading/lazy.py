@@ -311,7 +311,7 @@ class LazyModel(Mapping[str, LazyTensor]):
     def read(
         self, names: Iterable[str], output: Callable[[str], np.ndarray | None] | None = None
     ) -> Iterator[tuple[str, np.ndarray]]:
-        """(name, values in the tensor's shape) for stored tensors `names`, in this order, the
+        """(name, values in the tensor's shape) for tensors `names`, in this order, the
         next tensors' tiles decoding while the current one's last ones finish
         (kformat.loading.overlap). `output(name)` gives the array a tensor decodes into: its
         2-D view's shape, float32 (the stored dtype for lossless rules), C order; None (or
@@ -320,7 +320,7 @@ class LazyModel(Mapping[str, LazyTensor]):
         for name in order:
             self[name]  # unknown names fail before anything is fetched
         batches = {name: self._tensors[name].batch_bytes for name in order}
-        provide = None if output is None else (lambda entry: output(entry.name))
+        provide = None if output is None else (lambda name, entry: output(name))
         return read_overlapped(
             self._container, order, output=provide, batch_bytes=batches.get, window=2 * BATCH_BYTES
         )

@@ -46,12 +46,12 @@ def read_overlapped(
     names: list[str],
     *,
     tied: dict[str, list[str]] | None = None,
-    output: Callable[[TensorEntry], np.ndarray | None] | None = None,
+    output: Callable[[str, TensorEntry], np.ndarray | None] | None = None,
     batch_bytes: Callable[[str], int] | None = None,
     window: int = BATCH_BYTES,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(name, values in the tensor's shape) for each of `names` (stored tensors, in the order
-    to read them), each followed by its `tied` aliases. `output(entry)` gives the array
+    to read them), each followed by its `tied` aliases. `output(name, entry)` gives the array
     a tensor decodes into (its 2-D view's shape, float32 or for lossless rules the stored
     dtype; None, or no `output`: a new one, Container.output); it is called in order, just before the
     tensor's tiles are submitted. Prefetching as Container.prefetching(names, window,
@@ -81,7 +81,7 @@ def read_overlapped(
                 tiles.popleft().result()  # the oldest tensor's tiles first: wait for it
                 resolved += 1
                 yield from finished()
-            out = None if output is None else output(t)
+            out = None if output is None else output(name, t)
             out = container.output(t) if out is None else out
             tables = container.tables(t)
             size = BATCH_BYTES if batch_bytes is None else batch_bytes(name)
