@@ -7,7 +7,8 @@ proxy that stands for a CDN link: every byte of every connection shares one toke
 
   safetensors f32 / f16   the whole file fetched over HTTP (fsspec ranged reads), then
                           safetensors.numpy.load of the bytes
-  kformat mobile, eager   kformat.load_all(url): every tensor fetched and dequantized
+  kformat mobile, eager   every tensor fetched and dequantized (LazyModel.read, load_all's
+                          overlapped reader)
   kformat mobile, lazy    kformat.open(url) and the first layer's weights: the forward pass can
                           start while the rest streams in (cold), then the rest of the model
 
@@ -112,7 +113,7 @@ else:
     import kformat
     if variant.endswith("eager"):
         with kformat.open(url) as model:
-            arrays = {name: tensor.numpy() for name, tensor in model.stream()}
+            arrays = dict(model.read(list(model)))  # as load_all: tensors overlap on the decode threads
             result["bytes"] = model.bytes_read
     else:
         with kformat.open(url) as model:
