@@ -65,29 +65,29 @@ def threads(count: int) -> Iterator[None]:
 
 
 @contextmanager
-def occupied(critical: bool = False) -> Iterator[None]:
+def occupied() -> Iterator[None]:
     """Mark this thread as encoding a tensor of its own for the block. Helpers (map_helping)
     go only to threads no tensor occupies: when every worker has a tensor, a tensor's passes
     and tiles run in its own thread. Helping then only added runnable threads, and on a
     transformer's many mid-sized matrices (BERT-base shape, 2 jobs) the contention for the
-    cores and the GIL cost 13-15% of the pack's time. A `critical` tensor (the long pole,
-    which the others wait for) is helped all the same."""
+    cores and the GIL cost 13-15% of the pack's time. The long pole too (VGG16's first FC
+    layer, started first): it is helped once the other workers run out of tensors. Helped
+    all the time, three runnable threads on two cores, VGG16 `q4` and `kmeans4` commands at
+    --jobs 2 took 1.05x and 1.09x the time (median of 6 pairs; the same bytes)."""
     global _busy
     with _lock:
         _busy += 1
-    was, _local.critical = getattr(_local, "critical", False), critical
     try:
         yield
     finally:
-        _local.critical = was
         with _lock:
             _busy -= 1
 
 
 def _spare(threads: int) -> int:
-    """Threads of `threads` this thread may recruit: all the others for a critical tensor,
-    else those no tensor occupies besides the caller's."""
-    return threads - 1 if getattr(_local, "critical", False) else threads - max(_busy, 1)
+    """Threads of `threads` this thread may recruit: those no tensor occupies besides the
+    caller's."""
+    return threads - max(_busy, 1)
 
 
 def row_step(cols: int, values: int = CHUNK) -> int:

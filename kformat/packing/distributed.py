@@ -116,7 +116,7 @@ class DaskEncoder:
             self.client.close()
 
     def submit(self, decision: Decision, critical: bool = False) -> _PartFuture:
-        """(`critical` is for local workers: a cluster's tasks have no helpers.)"""
+        """(`critical`, the long pole, matters to local workers only.)"""
         if self._path is not None:
             source = self._path
         else:

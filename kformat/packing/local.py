@@ -41,7 +41,8 @@ class LocalEncoder:
         self._stack.close()
 
     def submit(self, decision: Decision, critical: bool = False) -> Future:
-        """Encode the tensor on a worker; `critical` (the long pole) always gets helpers."""
+        """Encode the tensor on a worker; `critical` (the long pole) keeps the pack's tensors
+        on threads (no worker processes: forked.py)."""
         found = None if self.earlier is None else self.earlier.find(decision)
         if found is not None:
             done: Future = Future()
@@ -55,11 +56,10 @@ class LocalEncoder:
                 return forked
         array = self.source.load(decision.name)  # this process's reads are from this thread only
         work = (decision.name, array, decision, self.tile, self.tiles, self.importance, self.jobs)
-        return self.encoders.submit(_occupying, critical, *work)
+        return self.encoders.submit(_occupying, *work)
 
 
-def _occupying(critical: bool, *args) -> Encoded:
-    """encode_blobs in a worker marked as occupied (methods.chunks: helpers go to free ones,
-    and always to the `critical` one)."""
-    with chunks.occupied(critical):
+def _occupying(*args) -> Encoded:
+    """encode_blobs in a worker marked as occupied (methods.chunks: helpers go to free ones)."""
+    with chunks.occupied():
         return encode_blobs(*args)
