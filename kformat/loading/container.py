@@ -216,7 +216,7 @@ class Container:
                 fill_tile(t, tile, data, f"{self.source}: {label}", tables, out)
             trim.after_tensor(out.nbytes)
             return out.reshape(t.shape)
-        pool = self._decoders()
+        pool = self.decoders()
         pending: deque[Future] = deque()
         try:
             for tile, data, label in self.iter_tiles(name, batch_bytes):
@@ -234,7 +234,7 @@ class Container:
         trim.after_tensor(out.nbytes)
         return out.reshape(t.shape)
 
-    def _decoders(self) -> ThreadPoolExecutor:
+    def decoders(self) -> ThreadPoolExecutor:
         """Tiles decode on every core: zlib, zstd, hashing and numpy release the GIL."""
         with self._pool_lock:
             self._check_open()

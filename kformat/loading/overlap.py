@@ -57,7 +57,7 @@ def read_overlapped(
     tensor's tiles are submitted. Prefetching as Container.prefetching(names, window,
     batch_bytes)."""
     tied = tied or {}
-    pool = container._decoders()
+    pool = container.decoders()
     in_flight = 2 * container.decode_threads  # tiles
     tiles: deque[Future] = deque()
     started: deque[_Started] = deque()
