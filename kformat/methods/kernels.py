@@ -65,12 +65,21 @@ def loops(*arrays: np.ndarray) -> Iterator[ModuleType]:
     """The module whose fit_loops functions to run on these arrays: kernels_numba when it is
     loaded and they are what its loops were compiled for (float64, C order; anything else
     would compile another version mid-pack), else fit_loops itself, timed."""
-    ready = compiled()
-    if ready is not None and all(a.dtype == np.float64 and a.flags.c_contiguous for a in arrays):
+    ready = _compiled_for(*arrays)
+    if ready is not None:
         yield ready
         return
     with timed_numpy_loop():
         yield fit_loops
+
+
+def _compiled_for(*arrays: np.ndarray) -> ModuleType | None:
+    """kernels_numba when it is loaded and the arrays are what its loops were compiled for
+    (float64, C order), else None."""
+    ready = compiled()
+    if ready is not None and all(a.dtype == np.float64 and a.flags.c_contiguous for a in arrays):
+        return ready
+    return None
 
 
 def bincount(index: np.ndarray, weights: np.ndarray | None, bins: int) -> np.ndarray:
@@ -102,10 +111,8 @@ def prefix_sums(points: np.ndarray, weights: np.ndarray, out: np.ndarray) -> Non
     dependent add, and was a sixth of a BERT-shaped `q4` pack (a prefix of 49K exact points per
     row group); the kernels' loop adds both running sums side by side, without the GIL. Both
     add in order, products rounded first: the same sums to the bit (tests compare)."""
-    ready = compiled()
-    if ready is not None and all(
-        a.dtype == np.float64 and a.flags.c_contiguous for a in (points, weights, out)
-    ):
+    ready = _compiled_for(points, weights, out)
+    if ready is not None:
         ready.prefix_sums(points, weights, out)
         return
     np.cumsum(weights, out=out[1:, 0])
