@@ -117,13 +117,11 @@ class ShardedSource:
                     f"{path}: the index lists tensors its shards do not hold: {', '.join(absent[:5])}"
                 )
         self.aliases = {a: n for a, n in self.aliases.items() if a not in self._owner and n in self._owner}
-        if all(s.suffix == ".safetensors" for s in shards):  # memory mapped: any order is cheap
+        # Safetensors shards only: memory mapped, so any order is cheap; and read by offset,
+        # so forked children may read them too (a PyTorch shard is unpickled whole, in one process)
+        self.forkable = all(s.suffix == ".safetensors" for s in shards)
+        if self.forkable:
             self._infos.sort(key=lambda i: natural_key(i.name))
-
-    @property
-    def forkable(self) -> bool:
-        """Safetensors shards only (a PyTorch shard is unpickled whole, in one process)."""
-        return all(s.suffix == ".safetensors" for s in self._shards)
 
     def _source(self, shard: Path):
         if shard.suffix == ".safetensors":  # memory mapped: every shard stays open
