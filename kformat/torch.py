@@ -257,6 +257,8 @@ def _banded_matmul(torch, q: QuantizedTensor, x, threads: int):
 
     cuts = [rows * i // parts for i in range(parts + 1)]
     if _helpers is None or _helpers[1] < parts - 1:
+        if _helpers is not None:  # torch's thread count grew: a larger pool replaces it
+            _helpers[0].shutdown(wait=False)
         _helpers = (ThreadPoolExecutor(parts - 1, thread_name_prefix="kformat-linear"), parts - 1)
     others = [_helpers[0].submit(part, cuts[i], cuts[i + 1]) for i in range(1, parts)]
     try:
