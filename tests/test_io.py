@@ -182,3 +182,45 @@ def test_a_range_read_in_pieces_on_threads_is_the_file_s_bytes_and_a_short_file_
             reading.read_range(tmp_path / "f.bin", 1500, 9_000, "t")
     with pytest.raises(InputError, match=r"tensor 't': "):
         reading.read_range(tmp_path / "missing.bin", 0, 10, "t")
+
+
+def test_a_mapped_range_is_the_file_s_bytes_read_only_and_a_short_file_says_how_short(tmp_path, monkeypatch):
+    import mmap
+
+    from kformat.sources import reading
+
+    data = (
+        np.random.default_rng(1)
+        .integers(0, 256, 4 * mmap.ALLOCATIONGRANULARITY + 9_000, dtype=np.uint8)
+        .tobytes()
+    )
+    (tmp_path / "f.bin").write_bytes(data)
+    start = mmap.ALLOCATIONGRANULARITY + 123  # not on a page: the mapping starts at the page before
+    got = reading.map_range(tmp_path / "f.bin", start, 9_000, "t")
+    assert got.dtype == np.uint8 and got.tobytes() == data[start : start + 9_000]
+    assert not got.flags.writeable  # the input file is never written through it
+    assert reading.map_range(tmp_path / "f.bin", 5, 0, "t").size == 0
+    with pytest.raises(InputError, match=rf"tensor 't': expected 9000 bytes at {len(data) - 100}, got 100"):
+        reading.map_range(tmp_path / "f.bin", len(data) - 100, 9_000, "t")
+    with pytest.raises(InputError, match=r"tensor 't': "):
+        reading.map_range(tmp_path / "missing.bin", 0, 10, "t")
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")  # a filesystem that cannot map
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    again = reading.map_range(tmp_path / "f.bin", start, 9_000, "t")
+    assert again.tobytes() == data[start : start + 9_000] and again.flags.writeable  # read instead
+
+
+def test_a_safetensors_tensor_at_an_odd_offset_is_copied_to_an_aligned_array(tmp_path):
+    from kformat.sources.safetensors import SafetensorsSource
+
+    blob = np.arange(12, dtype=np.float32).reshape(3, 4)
+    header = b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},'
+    header += b'"w":{"dtype":"F32","shape":[3,4],"data_offsets":[1,49]}}'
+    header += b" " * (-len(header) % 8)
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\x07" + blob.tobytes())
+    got = SafetensorsSource(path).load("w")
+    assert got.flags.aligned and np.array_equal(got, blob)
