@@ -6,11 +6,11 @@ first has the kernel find, zero and fill 411 MB of fresh pages. In a fresh proce
 VM those pages cost 0.05-1.1 s (host faults), all of it before any worker can start: the
 serial head of every pack. The mapping is read-only, and a range past the file's end is an
 InputError before anything is mapped (touching a mapped page past the end would kill the
-process with SIGBUS). Where mapping fails (a filesystem without it), the range is read.
+process with SIGBUS; a file truncated by another process while it is packed can still do
+that, as with safetensors' own loader). Where mapping fails (a filesystem without it), the
+range is read.
 
-A model's largest tensor is read before any worker can start on it (VGG16's first FC layer:
-411 MB), so one thread reading it leaves the others idle; most of that read is the kernel
-finding fresh pages for the new array, which scales over threads. Large ranges are split
+A read (read_range) fills fresh pages, which scales over threads: large ranges are split
 into READ_STEP pieces read with `os.preadv` (no shared file position, no GIL) on the pool of
 kformat.methods.chunks, which the packer sizes by `--jobs`; outside a pack, or at one job,
 the caller's thread reads them all. The bytes are the same either way.
