@@ -122,3 +122,21 @@ def test_helpers_go_only_to_threads_no_tensor_occupies():
         with chunks.occupied():
             assert chunks.map_helping(pool, item, items, threads=2) == items
         assert pool.submitted == 1  # recruited once the other worker was free
+
+
+def test_a_tensor_in_a_worker_process_holds_a_core_as_an_occupied_thread_does():
+    """Beside a long pole the other tensors go to worker processes (kformat.packing.forked):
+    while one holds a tensor, the pole's items stay in its own thread."""
+    items = list(range(40))
+    with CountingPool(2) as pool:
+        try:
+            chunks.elsewhere(1)
+            with chunks.occupied():
+                assert chunks.map_helping(pool, lambda x: x + 1, items, threads=2) == [x + 1 for x in items]
+            assert pool.submitted == 0
+            chunks.elsewhere(0)  # the process's tensor came back
+            with chunks.occupied():
+                assert chunks.map_helping(pool, lambda x: x + 1, items, threads=2) == [x + 1 for x in items]
+            assert pool.submitted == 1
+        finally:
+            chunks.elsewhere(0)

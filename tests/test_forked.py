@@ -77,10 +77,27 @@ def test_sources_that_cannot_be_read_in_a_child_stay_on_threads(tmp_path, caplog
     assert pack_logged(str(path), tmp_path / "m.kf", caplog, jobs=2) == 0
 
 
-def test_a_pack_with_a_long_pole_stays_on_threads(tmp_path, caplog):
+def test_beside_a_long_pole_the_other_tensors_go_to_one_process_fewer_and_the_bytes_stay(
+    tmp_path, caplog, monkeypatch
+):
     weights = model()
     weights["huge.weight"] = np.tile(weights["layer0.weight"], (4, 1))  # over a third
-    assert pack_logged(weights, tmp_path / "m.kf", caplog, jobs=2) == 0
+    seen = []
+    real = forked.worker_processes
+
+    def counted(count, *args):
+        seen.append(count)
+        return real(count, *args)
+
+    monkeypatch.setattr(forked, "worker_processes", counted)
+    assert pack_logged(weights, tmp_path / "three.kf", caplog, jobs=3) == 4  # the four layers, not huge
+    assert seen == [2]  # the pole is encoded in this process
+    monkeypatch.setattr(forked, "FORK_BYTES", 1 << 30)  # not beside a pole: no tensor that large
+    monkeypatch.setattr(forked, "POLE_FORK_BYTES", 1 << 10)  # beside one, the biases (2-3 KB) too
+    assert pack_logged(weights, tmp_path / "two.kf", caplog, jobs=2) == 8 and seen == [2, 1]
+    kformat.pack(weights, tmp_path / "one.kf", RECIPE, jobs=1)
+    one = (tmp_path / "one.kf").read_bytes()
+    assert (tmp_path / "three.kf").read_bytes() == one and (tmp_path / "two.kf").read_bytes() == one
 
 
 def test_while_the_kernels_load_tensors_stay_on_threads(tmp_path, caplog, monkeypatch):

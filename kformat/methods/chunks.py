@@ -27,13 +27,14 @@ _size = 1  # the pool's threads
 _users = 0
 _local = threading.local()  # set in pool threads: nested maps run inline, never deadlock
 _busy = 0  # threads encoding a tensor of their own now (the packer's workers, see occupied())
+_elsewhere = 0  # worker processes encoding a tensor for this pack now (see elsewhere())
 
 
 def _forget_pool_after_fork() -> None:
     """Threads do not survive fork: a child maps and submits inline (the inherited pool would
     queue work for threads it does not have, and wait for ever)."""
-    global _pool, _size, _users, _lock, _busy
-    _pool, _size, _users, _lock, _busy = None, 1, 0, threading.Lock(), 0
+    global _pool, _size, _users, _lock, _busy, _elsewhere
+    _pool, _size, _users, _lock, _busy, _elsewhere = None, 1, 0, threading.Lock(), 0, 0
 
 
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
@@ -84,10 +85,17 @@ def occupied() -> Iterator[None]:
             _busy -= 1
 
 
+def elsewhere(workers: int) -> None:
+    """`workers` of the pack's worker processes are encoding a tensor now: each holds a core,
+    as an occupied thread does (kformat.packing.forked)."""
+    global _elsewhere
+    _elsewhere = workers
+
+
 def _spare(threads: int) -> int:
-    """Threads of `threads` this thread may recruit: those no tensor occupies besides the
-    caller's."""
-    return threads - max(_busy, 1)
+    """Threads of `threads` this thread may recruit: those no tensor occupies, here or in a
+    worker process, besides the caller's."""
+    return threads - max(_busy, 1) - _elsewhere
 
 
 def row_step(cols: int, values: int = CHUNK) -> int:

@@ -12,12 +12,17 @@ forked processes:
   side by side too, and only the encoded tensor comes back: its tile blobs and tables, the
   bytes the file will hold;
 - small tensors stay in this process, not worth a round trip;
-- a pack with a long pole (a tensor of a third of the model or more, started first) keeps
-  every tensor on threads, where the chunk threads help the long pole whenever a worker is
-  free. With children beside it (the long pole's helpers and two children on two cores),
-  VGG16's bit allocation, whose first FC layer is 74% of the weights, took 1.4x the time,
-  and in memory `--jobs 2` gained 1.41 on `kmeans4` and 1.42 on `kmeans8`, against 1.57
-  and 1.51 on threads;
+- a pack with a long pole (a tensor of a third of the model or more, started first)
+  encodes the pole in this process and the other tensors of POLE_FORK_BYTES or more in
+  `jobs` - 1 processes. On threads beside it, the others' fits held the GIL the pole's
+  passes wait for between their numpy calls: VGG16's first FC layer (74% of the weights)
+  took 2.2x as long to fit `mobile` beside a thread fitting the second, 1.03x beside a
+  process doing so. A tensor in a process counts as a busy worker (methods.chunks), so the
+  pole recruits helpers only once the processes run out of tensors: helpers beside the
+  children (three runnable on two cores) had made VGG16's bit allocation 1.4x slower. In
+  memory at `--jobs 2`, from a safetensors file, the pack took 0.89x the time on `mobile`,
+  0.87x on `q4`, 0.94x on `int8`, 0.97x on `kmeans8` and 1.01x on `kmeans4` (medians of 4
+  alternating runs);
 - bit allocation's packing rounds (packs that reuse `earlier` ones) stay on threads: their
   fits start from the seeds and histograms weighing remembered, and with children a BERT-
   shaped --target-bits 4.5 command took 1.04x the time;
@@ -34,6 +39,7 @@ file order as before. KFORMAT_FORK=0 keeps every tensor on threads. Linux only (
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
@@ -41,7 +47,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..methods import kernels
+from ..methods import chunks, kernels
 from ..progress import log
 from ..recipe import Decision
 from ..sources import TensorSource
@@ -49,6 +55,7 @@ from .encoded import Encoded, encode_blobs
 from .processes import keep_freed_memory, worker_processes
 
 FORK_BYTES = 1 << 20  # smaller tensors (biases, norms) are encoded in this process
+POLE_FORK_BYTES = 1 << 14  # the same, beside a long pole: small fits go to the processes too
 
 _source: TensorSource | None = None  # a child's source and importance (set by _adopt)
 _importance = None
@@ -70,18 +77,22 @@ class ForkedWorkers:
         self._pool: Executor | None = None
         self._usable = True
         self.sent = 0  # tensors handed to the processes
+        self._unfinished = 0  # of them, not yet back
         self._closing = False
+        self._lock = threading.Lock()
+        self.smallest = FORK_BYTES  # tensors of fewer bytes are encoded in this process
 
     def close(self) -> None:
         self._closing = True  # a child that dies from now on (^C, an error) is not made up for
         self._stack.close()
+        chunks.elsewhere(0)
         if self.sent:
             log.debug("%d tensors read and encoded in %d worker processes", self.sent, self.jobs)
 
     def submit(self, decision: Decision) -> Future | None:
         """The tensor's Encoded from a worker process, or None: encode it here (too small,
         the kernels still loading, or no processes)."""
-        if not self._usable or self.sizes.get(decision.name, 0) < FORK_BYTES:
+        if not self._usable or self.sizes.get(decision.name, 0) < self.smallest:
             return None
         if self._pool is None:
             if not kernels.settled():
@@ -98,12 +109,14 @@ class ForkedWorkers:
             self._usable = False
             return None
         self.sent += 1
+        self._count(+1)
         outcome: Future = Future()
         child.add_done_callback(lambda done: self._relay(done, outcome, decision))
         return outcome
 
     def _relay(self, done: Future, outcome: Future, decision: Decision) -> None:
         """Pass on a child's result or error; if the child died, encode the tensor here."""
+        self._count(-1)
         if done.cancelled():  # the pack is failing: its pending work is dropped
             outcome.cancel()
             return
@@ -122,6 +135,20 @@ class ForkedWorkers:
             _settle(outcome, exc)
             return
         again.add_done_callback(lambda retried: _settle(outcome, retried.exception() or retried.result))
+
+    def beside_pole(self) -> None:
+        """A long pole is encoded in this process: the processes, one fewer than the jobs, take
+        every other tensor worth a round trip, fits above all, so that this process's
+        interpreter is the pole's alone (see the module's docstring)."""
+        self.jobs = max(1, self.jobs - 1)
+        self.smallest = POLE_FORK_BYTES
+
+    def _count(self, change: int) -> None:
+        """Tensors in the processes' hands, as busy workers for the chunk helpers (at most one
+        per process; the rest wait in its queue)."""
+        with self._lock:
+            self._unfinished += change
+            chunks.elsewhere(min(self._unfinished, self.jobs))
 
 
 def _settle(outcome: Future, result: Callable[[], Encoded] | BaseException) -> None:

@@ -17,9 +17,10 @@ class LocalEncoder:
     encoded at once (one waits for a thread, so a worker that finishes finds the next tensor
     read; finished ones wait for their turn within a byte budget, kformat.packing.admission);
     the passes within one large tensor use the same number of threads (methods.chunks).
-    Large tensors other than the long pole go to `jobs` forked processes where the source
-    allows (kformat.packing.forked). A tensor `earlier` containers hold by the same rule is
-    read back from them instead (kformat.packing.reuse)."""
+    Large tensors go to `jobs` forked processes where the source allows, or beside a long
+    pole, which stays here, every other tensor worth it to `jobs` - 1 (kformat.packing.forked).
+    A tensor `earlier` containers hold by the same rule is read back from them instead
+    (kformat.packing.reuse)."""
 
     def __init__(self, source: TensorSource, tile, importance, jobs: int, earlier=None):
         self.source, self.tile, self.importance, self.jobs = source, tile, importance, jobs
@@ -41,16 +42,16 @@ class LocalEncoder:
         self._stack.close()
 
     def submit(self, decision: Decision, critical: bool = False) -> Future:
-        """Encode the tensor on a worker; `critical` (the long pole) keeps the pack's tensors
-        on threads (no worker processes: forked.py)."""
+        """Encode the tensor on a worker; `critical` (the long pole, submitted first) is
+        encoded in this process, the other tensors in one process fewer (forked.py)."""
         found = None if self.earlier is None else self.earlier.find(decision)
         if found is not None:
             done: Future = Future()
             done.set_result(found)
             return done
-        if critical:  # a long pole: its helpers and the children would share the cores (forked.py)
-            self.forked = None
-        if self.forked is not None:
+        if critical and self.forked is not None:  # the long pole: here, the rest in the processes
+            self.forked.beside_pole()
+        if self.forked is not None and not critical:
             forked = self.forked.submit(decision)
             if forked is not None:
                 return forked
