@@ -2,7 +2,10 @@
 numbers and bytes as in one process, children that neither hang on the parent's thread
 pool nor lose work when a worker dies."""
 
+import importlib
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -159,7 +162,10 @@ def test_work_in_flight_is_bounded_and_the_oldest_settled_first(tmp_path, monkey
 ORPHAN_SCRIPT = """
 import sys, time
 from kformat.packing.processes import worker_processes
+import importlib
 import os
+import threading
+import time
 with worker_processes(2) as pool:
     pids = set(pool.submit(os.getpid).result() for _ in range(8))
     print(" ".join(map(str, sorted(pids))), flush=True)
@@ -195,3 +201,34 @@ def test_workers_die_with_a_parent_that_is_killed():
     while any(_alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(p) for p in workers)
+
+
+def _imported_value(name: str) -> int:
+    return importlib.import_module(name).VALUE
+
+
+@pytest.mark.parametrize("wait", [processes.IMPORT_WAIT, 0.0])
+def test_a_module_another_thread_is_importing_at_the_fork_is_imported_whole_in_the_child(
+    tmp_path, monkeypatch, wait
+):
+    """The fork waits for the import to end; forked mid-import anyway (no wait), the child
+    imports the module afresh instead of waiting for ever on the importing thread's lock."""
+    name = f"slow_module_{int(wait)}"
+    runs = tmp_path / f"{name}.runs"
+    (tmp_path / f"{name}.py").write_text(
+        f"import time\nwith open({str(runs)!r}, 'a') as log:\n    log.write('x')\n"
+        "time.sleep(0.6)\nVALUE = 42\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(processes, "IMPORT_WAIT", wait)
+    importing = threading.Thread(target=importlib.import_module, args=(name,))
+    importing.start()
+    time.sleep(0.2)  # the thread holds the module's import lock now
+    with processes.worker_processes(1) as pool:
+        try:
+            assert pool.submit(_imported_value, name).result(timeout=30) == 42
+        finally:
+            for child in list(getattr(pool, "_processes", {}).values()):
+                child.kill()  # (a child stuck on the lock would keep the pool from shutting down)
+    importing.join()
+    assert runs.read_text() == ("x" if wait else "xx")  # waited: imported once, in this process

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib._bootstrap as _bootstrap
 import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
 import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -89,6 +92,7 @@ def worker_processes(count: int, initializer=None, *initargs) -> Iterator[Execut
                 initargs=(os.getpid(), initializer, initargs),
             )
             _libc()  # loaded here, not in the children
+            _await_imports()
             with _signals_held():
                 started = pool.submit(int)  # forks every worker now
             started.result()
@@ -105,6 +109,49 @@ def worker_processes(count: int, initializer=None, *initargs) -> Iterator[Execut
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+IMPORT_WAIT = 5.0  # seconds to wait for other threads' imports to end before a fork
+
+
+def _await_imports() -> None:
+    """Wait (up to IMPORT_WAIT s) until no other thread is importing a module. A child forked
+    while another thread of the parent was importing (numpy imports numpy.ma at the first
+    np.unique: the long pole's fit, beside the fork) found that module's lock held by a
+    thread it does not have, and waited for ever at its own first np.unique, and the pack
+    with it. An import that starts after the wait is the child's to drop
+    (_forget_imports_under_way)."""
+    deadline = time.monotonic() + IMPORT_WAIT
+    while _imports_held() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def _imports_held() -> list[str]:
+    """Modules whose import lock a thread other than this one holds."""
+    me = threading.get_ident()
+    held = []
+    for name, ref in list(getattr(_bootstrap, "_module_locks", {}).items()):
+        lock = ref()
+        holder = getattr(lock, "owner", None)
+        if holder is not None and holder != me:
+            held.append(name)
+    return held
+
+
+def _forget_imports_under_way() -> None:
+    """In a child, before anything else: a module another thread of the parent was importing
+    at the fork (begun after _await_imports, or longer than it waits) is dropped with its
+    lock, so that this process imports it afresh rather than wait for a thread it does not
+    have. Nothing imports in the child yet, so any lock held, or mid-update, is such a one."""
+    for name, ref in list(getattr(_bootstrap, "_module_locks", {}).items()):
+        lock = ref()
+        raw = [getattr(lock, part, None) for part in ("lock", "wakeup")]
+        if getattr(lock, "owner", None) is None and not any(r is not None and r.locked() for r in raw):
+            continue
+        _bootstrap._module_locks.pop(name, None)
+        module = sys.modules.get(name)
+        if getattr(getattr(module, "__spec__", None), "_initializing", False):
+            del sys.modules[name]
 
 
 PR_SET_PDEATHSIG = 1  # prctl: the signal a process gets when its parent dies
@@ -134,6 +181,7 @@ def _start_worker(parent: int, initializer, initargs) -> None:
         pass
     if os.getppid() != parent:  # it died before prctl took effect
         os._exit(1)
+    _forget_imports_under_way()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (not the parent's handler: a killed worker dies)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)  # held while it was forked
     if initializer is not None:
