@@ -94,15 +94,8 @@ class ForkedWorkers:
         the kernels still loading, or no processes)."""
         if not self._usable or self.sizes.get(decision.name, 0) < self.smallest:
             return None
-        if self._pool is None:
-            if not kernels.settled():
-                return None
-            self._pool = self._stack.enter_context(
-                worker_processes(self.jobs, _adopt, self.source, self.importance)
-            )
-            if self._pool is None:
-                self._usable = False
-                return None
+        if self._pool is None and not self._start():
+            return None
         try:
             child = self._pool.submit(_encode_in_child, decision, self.tile)
         except (BrokenProcessPool, RuntimeError):
@@ -136,12 +129,25 @@ class ForkedWorkers:
             return
         again.add_done_callback(lambda retried: _settle(outcome, retried.exception() or retried.result))
 
+    def _start(self) -> bool:
+        """Fork the processes unless the kernels are loading; whether there are some now."""
+        if self._pool is None and self._usable and kernels.settled():
+            self._pool = self._stack.enter_context(
+                worker_processes(self.jobs, _adopt, self.source, self.importance)
+            )
+            self._usable = self._pool is not None
+        return self._pool is not None
+
     def beside_pole(self) -> None:
         """A long pole is encoded in this process: the processes, one fewer than the jobs, take
         every other tensor worth a round trip, fits above all, so that this process's
-        interpreter is the pole's alone (see the module's docstring)."""
+        interpreter is the pole's alone (see the module's docstring). They are forked now
+        (unless the kernels are loading), before the pole's thread starts, so that no thread
+        of the pack is at work at the fork (one could be mid-import: processes.py). The
+        same pack time as forking at the next tensor (6 alternating runs of 3 presets)."""
         self.jobs = max(1, self.jobs - 1)
         self.smallest = POLE_FORK_BYTES
+        self._start()
 
     def _count(self, change: int) -> None:
         """Tensors in the processes' hands, as busy workers for the chunk helpers (at most one
