@@ -27,6 +27,13 @@ import numpy as np
 from ..errors import InputError
 from ..methods import chunks
 
+# read-only, and on Linux populated at once (one call maps every page, rather than a fault per
+# 64 KiB at the first pass); elsewhere (Windows, macOS) the portable read-only access
+_READ_ONLY: dict = (
+    {"flags": mmap.MAP_SHARED | mmap.MAP_POPULATE, "prot": mmap.PROT_READ}
+    if hasattr(mmap, "MAP_POPULATE")
+    else {"access": mmap.ACCESS_READ}
+)
 READ_STEP = 32 << 20  # bytes per piece: few tasks, and a piece per thread for a 64 MB tensor
 
 
@@ -45,9 +52,8 @@ def map_range(path: str | Path, start: int, length: int, name: str) -> np.ndarra
             got = max(0, size - start)
             raise InputError(f"{path}: tensor {name!r}: expected {length} bytes at {start}, got {got}")
         base = start - start % mmap.ALLOCATIONGRANULARITY
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
         try:
-            mapped = mmap.mmap(fd, start + length - base, flags=flags, prot=mmap.PROT_READ, offset=base)
+            mapped = mmap.mmap(fd, start + length - base, offset=base, **_READ_ONLY)
         except (OSError, ValueError):
             return read_range(path, start, length, name)
     finally:
