@@ -19,10 +19,10 @@ forked processes:
   took 2.2x as long to fit `mobile` beside a thread fitting the second, 1.03x beside a
   process doing so. A tensor in a process counts as a busy worker (methods.chunks), so the
   pole recruits helpers only once the processes run out of tensors: helpers beside the
-  children (three runnable on two cores) had made VGG16's bit allocation 1.4x slower. In
-  memory at `--jobs 2`, from a safetensors file, the pack took 0.89x the time on `mobile`,
-  0.87x on `q4`, 0.94x on `int8`, 0.97x on `kmeans8` and 1.01x on `kmeans4` (medians of 4
-  alternating runs);
+  children (three runnable on two cores) had made VGG16's bit allocation 1.4x slower.
+  `kformat.pack` of VGG16's safetensors file at `--jobs 2` (imports excluded) took 0.89x
+  the time on `mobile`, 0.87x on `q4`, 0.94x on `int8`, 0.97x on `kmeans8` and 1.01x on
+  `kmeans4` (medians of 4 alternating runs);
 - bit allocation's packing rounds (packs that reuse `earlier` ones) stay on threads: their
   fits start from the seeds and histograms weighing remembered, and with children a BERT-
   shaped --target-bits 4.5 command took 1.04x the time;
