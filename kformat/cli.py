@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             metavar="N",
             help="encode N tensors at once (default: every core): large tensors of a .safetensors input"
-            " are read and encoded by N worker processes, the others by N threads; with --target-size/"
+            " are read and encoded by N worker processes, the others by N threads (a tensor of a third"
+            " of the model or more is encoded here, the others by N - 1 processes); with --target-size/"
             "--target-bits, candidates are also weighed in N worker processes. The output is the same"
             " for any N (KFORMAT_FORK=0: threads only)",
         )
