@@ -117,11 +117,11 @@ PARENT = os.getpid()
 REAL_ENCODE = forked._encode_in_child
 
 
-def _dying(decision, tile):
+def _dying(decision, tile, path):
     """forked._encode_in_child, but a child given layer1.weight dies (as if killed)."""
     if decision.name == "layer1.weight" and os.getpid() != PARENT:
         os._exit(9)
-    return REAL_ENCODE(decision, tile)
+    return REAL_ENCODE(decision, tile, path)
 
 
 def test_a_child_that_dies_costs_time_not_the_output(tmp_path, caplog, monkeypatch):

@@ -10,7 +10,8 @@ forked processes:
 - the child reads the tensor itself (the source is `forkable`: in-memory arrays, inherited
   copy-on-write; safetensors, read by offset through descriptors of its own), so reads run
   side by side too, and only the encoded tensor comes back: its tile blobs and tables, the
-  bytes the file will hold;
+  bytes the file will hold, the blobs through a file rather than the result pipe
+  (kformat.packing.spill);
 - small tensors stay in this process, not worth a round trip;
 - a pack with a long pole (a tensor of a third of the model or more, started first)
   encodes the pole in this process and the other tensors of POLE_FORK_BYTES or more in
@@ -53,6 +54,7 @@ from ..recipe import Decision
 from ..sources import TensorSource
 from .encoded import Encoded, encode_blobs
 from .processes import keep_freed_memory, worker_processes
+from .spill import Spill, restored, spilled
 
 FORK_BYTES = 1 << 20  # smaller tensors (biases, norms) are encoded in this process
 POLE_FORK_BYTES = 1 << 14  # the same, beside a long pole: small fits go to the processes too
@@ -75,6 +77,7 @@ class ForkedWorkers:
         self.sizes = {t.name: int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize for t in source.tensors()}
         self._stack = ExitStack()
         self._pool: Executor | None = None
+        self._spill: Spill | None = None
         self._usable = True
         self.sent = 0  # tensors handed to the processes
         self._unfinished = 0  # of them, not yet back
@@ -96,26 +99,28 @@ class ForkedWorkers:
             return None
         if self._pool is None and not self._start():
             return None
+        path = self._spill.next_path() if self._spill is not None else None
         try:
-            child = self._pool.submit(_encode_in_child, decision, self.tile)
+            child = self._pool.submit(_encode_in_child, decision, self.tile, path)
         except (BrokenProcessPool, RuntimeError):
             self._usable = False
             return None
         self.sent += 1
         self._count(+1)
         outcome: Future = Future()
-        child.add_done_callback(lambda done: self._relay(done, outcome, decision))
+        child.add_done_callback(lambda done: self._relay(done, outcome, decision, path))
         return outcome
 
-    def _relay(self, done: Future, outcome: Future, decision: Decision) -> None:
-        """Pass on a child's result or error; if the child died, encode the tensor here."""
+    def _relay(self, done: Future, outcome: Future, decision: Decision, path: str | None) -> None:
+        """Pass on a child's result (its blobs from the spill file) or error; if the child
+        died, encode the tensor here."""
         self._count(-1)
         if done.cancelled():  # the pack is failing: its pending work is dropped
             outcome.cancel()
             return
         error = done.exception()
         if not isinstance(error, BrokenProcessPool):
-            _settle(outcome, done.result if error is None else error)
+            _settle(outcome, (lambda: restored(*done.result(), path)) if error is None else error)
             return
         self._usable = False
         if self._closing:
@@ -132,6 +137,9 @@ class ForkedWorkers:
     def _start(self) -> bool:
         """Fork the processes unless the kernels are loading; whether there are some now."""
         if self._pool is None and self._usable and kernels.settled():
+            self._spill = Spill.made()
+            if self._spill is not None:
+                self._stack.callback(self._spill.close)  # (after the processes have stopped)
             self._pool = self._stack.enter_context(
                 worker_processes(self.jobs, _adopt, self.source, self.importance)
             )
@@ -158,10 +166,15 @@ class ForkedWorkers:
 
 
 def _settle(outcome: Future, result: Callable[[], Encoded] | BaseException) -> None:
-    if isinstance(result, BaseException):
-        outcome.set_exception(result)
-    else:
-        outcome.set_result(result())
+    """Settle `outcome` with result() or the error, whichever: an error raised in a done
+    callback would be logged and dropped, and the pack would wait for ever."""
+    if not isinstance(result, BaseException):
+        try:
+            outcome.set_result(result())
+            return
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting pack as it is
+            result = exc
+    outcome.set_exception(result)
 
 
 def _adopt(source: TensorSource, importance) -> None:
@@ -174,8 +187,9 @@ def _adopt(source: TensorSource, importance) -> None:
     keep_freed_memory()
 
 
-def _encode_in_child(decision: Decision, tile) -> Encoded:
-    return _encode_here(_source, decision, tile, _importance)
+def _encode_in_child(decision: Decision, tile, path: str | None) -> tuple[Encoded, list[int] | None]:
+    """The tensor encoded, its blobs written to `path` if any (kformat.packing.spill)."""
+    return spilled(_encode_here(_source, decision, tile, _importance), path)
 
 
 def _encode_here(source: TensorSource, decision: Decision, tile, importance) -> Encoded:
