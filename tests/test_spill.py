@@ -75,3 +75,18 @@ def test_a_forked_pack_leaves_no_spill_directory_and_one_without_a_temporary_dir
     assert made and forked.FORK_BYTES < 600 * 512 * 4  # (the processes were asked for)
     one = (tmp_path / "one.kf").read_bytes()
     assert (tmp_path / "two.kf").read_bytes() == one and (tmp_path / "pipe.kf").read_bytes() == one
+
+
+def test_a_directory_left_by_a_killed_pack_is_removed_by_the_next_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(spill.tempfile, "tempdir", str(tmp_path))
+    gone = tmp_path / f"{spill.PREFIX}999999999-abc"  # no such process
+    alive = tmp_path / f"{spill.PREFIX}{os.getpid()}-abc"  # this one
+    other = tmp_path / "kformat-blobs-notapid"
+    for d in (gone, alive, other):
+        d.mkdir()
+        (d / "1.blobs").write_bytes(b"x")
+    made = spill.Spill.made()
+    assert made is not None and os.path.basename(made.dir).startswith(f"{spill.PREFIX}{os.getpid()}-")
+    assert not gone.exists() and alive.exists() and other.exists()
+    made.close()
+    assert not os.path.exists(made.dir)

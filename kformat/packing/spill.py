@@ -26,6 +26,32 @@ from ..errors import StorageError
 from .encoded import Encoded
 
 
+PREFIX = "kformat-blobs-"
+
+
+def _sweep() -> None:
+    """Remove the spill directories of processes that no longer run (this user's)."""
+    try:
+        names = os.listdir(tempfile.gettempdir())
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(PREFIX) :].split("-", 1)[0]
+        if not name.startswith(PREFIX) or not pid.isdigit() or _running(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(tempfile.gettempdir(), name), ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # (another user's process: running, and not ours to judge)
+        return True
+    return True
+
+
 class Spill:
     """The pack's directory of blob files, one per tensor a worker process encodes."""
 
@@ -35,9 +61,12 @@ class Spill:
 
     @classmethod
     def made(cls) -> "Spill | None":
-        """A new directory under the system's temporary one, or None where none can be made."""
+        """A new directory under the system's temporary one, or None where none can be made.
+        Its name holds this process's id: directories left by packs whose process is gone
+        (killed before it could remove them) are removed first."""
+        _sweep()
         try:
-            return cls(tempfile.mkdtemp(prefix="kformat-blobs-"))
+            return cls(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
         except OSError:
             return None
 
