@@ -115,8 +115,9 @@ class DaskEncoder:
         finally:
             self.client.close()
 
-    def submit(self, decision: Decision, critical: bool = False) -> _PartFuture:
-        """(`critical`, the long pole, matters to local workers only.)"""
+    def submit(self, decision: Decision, critical: bool = False, stream=None) -> _PartFuture:
+        """(`critical`, the long pole, and `stream`, its blobs as they are made, matter to
+        local workers only: a cluster's tensors come back whole.)"""
         if self._path is not None:
             source = self._path
         else:

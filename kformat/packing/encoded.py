@@ -16,6 +16,7 @@ from ..format.limits import AMPLIFICATION_SLACK, MAX_AMPLIFICATION
 from ..methods import QuantizedTensor, chunks, get_method
 from ..recipe import Decision, Rule, tile_for
 from .encode import encode_tensor
+from .streamed import BlobStream
 
 
 def tile_grid(view: tuple[int, int], tile: tuple[int, int]) -> list[tuple[int, int, int, int]]:
@@ -34,11 +35,16 @@ def tile_blob(q: QuantizedTensor, codec, rect) -> bytes:
     return codec.encode_values(q.values[r : r + h, c : c + w])
 
 
-def _hashed_blob(q: QuantizedTensor, codec, rect) -> tuple[bytes, str]:
-    """A tile's blob and its SHA-256, hashed by the thread that made it while it is in cache
-    (hashed after the last tile, the long pole's 45 MB took 12 ms at the end of a pack)."""
+def _hashed_blob(q: QuantizedTensor, codec, item, stream: BlobStream | None = None) -> tuple[bytes, str]:
+    """Tile `item` (index, rect)'s blob and its SHA-256, hashed by the thread that made it
+    while it is in cache (hashed after the last tile, the long pole's 45 MB took 12 ms at the
+    end of a pack), and put in `stream` if any."""
+    index, rect = item
     blob = tile_blob(q, codec, rect)
-    return blob, hashlib.sha256(blob).hexdigest()
+    digest = hashlib.sha256(blob).hexdigest()
+    if stream is not None:
+        stream.put(index, blob, digest)
+    return blob, digest
 
 
 def _hashed(pairs: list[tuple[bytes, str]]) -> tuple[list[bytes], list[str]]:
@@ -76,10 +82,11 @@ def encode_blobs(
     pool: Executor | None = None,
     importance=None,
     threads: int = 1,
+    stream: BlobStream | None = None,
 ) -> Encoded:
     """The CPU work of one tensor (quantize, encode every tile), independent of the output;
     tiles on `threads` threads, the calling one and `pool`'s (without a pool, the calling
-    thread alone)."""
+    thread alone), each blob also put in `stream` as it is made (kformat.packing.streamed)."""
     threads = threads if pool is not None else 1
 
     def each(fn, items: list) -> list:
@@ -90,16 +97,18 @@ def encode_blobs(
     codec = get_codec(rule.plane_codec)
     tile = tile_for(q.view, rule.tile, default_tile)
     rects = tile_grid(q.view, tile)
-    blobs, digests = _hashed(each(lambda rect: _hashed_blob(q, codec, rect), rects))
     method = get_method(rule.method)
     reason = decision.reason
     itemsize = array.dtype.itemsize if method.lossless else 4
+    if stream is not None:
+        stream.begin(array.size * itemsize, codec.exact)
+    blobs, digests = _hashed(each(lambda item: _hashed_blob(q, codec, item, stream), list(enumerate(rects))))
     stored = sum(map(len, blobs)) + sum(a.nbytes for a in q.tables.values())
     if array.size * itemsize > MAX_AMPLIFICATION * stored + AMPLIFICATION_SLACK and not codec.exact:
         # A huge constant tensor: its planes compress past what a reader accepts from so few
         # bytes (spec/FORMAT.md, limits), so they are stored as they are.
         codec = get_codec("raw")
-        blobs, digests = _hashed(each(lambda rect: _hashed_blob(q, codec, rect), rects))
+        blobs, digests = _hashed(each(lambda item: _hashed_blob(q, codec, item), list(enumerate(rects))))
         reason += f"; codec raw: the planes compress past the reader's {MAX_AMPLIFICATION}:1 limit"
     return Encoded(
         name=name,

@@ -10,6 +10,7 @@ from ..recipe import Decision
 from ..sources import TensorSource
 from .encoded import Encoded, encode_blobs
 from .forked import ForkedWorkers, enabled as forking
+from .streamed import BlobStream
 
 
 class LocalEncoder:
@@ -41,9 +42,10 @@ class LocalEncoder:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
-    def submit(self, decision: Decision, critical: bool = False) -> Future:
+    def submit(self, decision: Decision, critical: bool = False, stream: BlobStream | None = None) -> Future:
         """Encode the tensor on a worker; `critical` (the long pole, submitted first) is
-        encoded in this process, the other tensors in one process fewer (forked.py)."""
+        encoded in this process, the other tensors in one process fewer (forked.py), its
+        blobs also put in `stream` as they are made (kformat.packing.streamed)."""
         found = None if self.earlier is None else self.earlier.find(decision)
         if found is not None:
             done: Future = Future()
@@ -57,10 +59,10 @@ class LocalEncoder:
                 return forked
         array = self.source.load(decision.name)  # this process's reads are from this thread only
         work = (decision.name, array, decision, self.tile, self.tiles, self.importance, self.jobs)
-        return self.encoders.submit(_occupying, *work)
+        return self.encoders.submit(_occupying, *work, stream=stream)
 
 
-def _occupying(*args) -> Encoded:
+def _occupying(*args, stream: BlobStream | None = None) -> Encoded:
     """encode_blobs in a worker marked as occupied (methods.chunks: helpers go to free ones)."""
     with chunks.occupied():
-        return encode_blobs(*args)
+        return encode_blobs(*args, stream=stream)

@@ -19,7 +19,7 @@ from ..interrupts import check as check_interrupts
 from .._version import __version__
 from ..errors import KFormatError, StorageError
 from ..format.constants import CORE_CODECS, CORE_METHODS, DEFAULT_SHARD_SIZE
-from ..format.manifest import Manifest, Quant, Table, TensorEntry, Tile
+from ..format.manifest import BlobRef, Manifest, Quant, Table, TensorEntry, Tile
 from ..methods import get_method, view_2d
 from ..methods.metrics import BLOB_RECORD_BYTES, manifest_entry_bytes
 from ..recipe import Decision, Recipe, Rule, plan, tile_for
@@ -31,6 +31,7 @@ from .encoded import Encoded
 from .local import LocalEncoder
 from .atomic import write_errors
 from .sinks import ShardedSink, SingleFileSink
+from .streamed import BlobStream
 
 Progress = Callable[[int, int, str], None]
 
@@ -73,12 +74,12 @@ def extensions(entries: list[TensorEntry]) -> list[str]:
     return sorted(names)
 
 
-def emit(sink, e: Encoded) -> TensorEntry:
-    """Write an encoded tensor's blobs (tiles, then tables) and describe it."""
-    tiles = [
-        Tile(row=r, col=c, rows=h, cols=w, blob=sink.add(b, digest))
-        for (r, c, h, w), b, digest in zip(e.rects, e.blobs, e.digests)
-    ]
+def emit(sink, e: Encoded, streamed: list[BlobRef] | None = None) -> TensorEntry:
+    """Write an encoded tensor's blobs (tiles, then tables) and describe it; the first tile
+    blobs, `streamed`, were written while it encoded (kformat.packing.streamed)."""
+    done = list(streamed or [])
+    refs = done + [sink.add(b, digest) for b, digest in zip(e.blobs[len(done) :], e.digests[len(done) :])]
+    tiles = [Tile(row=r, col=c, rows=h, cols=w, blob=ref) for (r, c, h, w), ref in zip(e.rects, refs)]
     quant = Quant.build(
         e.rule.method, e.rule.bits, e.group_rows, {n: _table(sink, a) for n, a in e.tables.items()}
     )
@@ -192,11 +193,11 @@ def pack(
             sizes = {t.name: math.prod(t.shape) * np.dtype(t.dtype).itemsize for t in infos}
             tracker = Tracker(progress, len(decisions), sum(sizes.values()))
 
-            def written(e: Encoded) -> None:
+            def written(e: Encoded, streamed: list[BlobRef] | None = None) -> None:
                 check_interrupts()
                 if e.weighed:  # (a worker process's or a cluster's use, counted here)
                     importance.used.add(e.name)
-                entries.append(emit(sink, e))
+                entries.append(emit(sink, e, streamed))
                 tracker.finish_item(sizes[e.name])
                 log.debug("%s: %s (%s)", e.name, entries[-1].rule, entries[-1].reason)
 
@@ -206,7 +207,8 @@ def pack(
             with encoder:
                 pending: deque[tuple[Future, int]] = deque()
                 first = _long_pole(decisions, sizes, jobs if scheduler is None else 1)
-                early = encoder.submit(first, critical=True) if first is not None else None
+                stream = BlobStream()  # the pole's blobs, written as they come once it is due
+                early = encoder.submit(first, critical=True, stream=stream) if first is not None else None
                 for decision in decisions:
                     check_interrupts()
                     tracker.start(decision.name)
@@ -214,7 +216,11 @@ def pack(
                     pending.append((future, sizes[decision.name]))
                     make_room(pending, written, encoder.window, budget, early)
                 while pending:
-                    written(pending.popleft()[0].result())
+                    future = pending.popleft()[0]
+                    streamed = None
+                    if future is early:
+                        streamed = stream.write_while_encoding(sink.add, future, check_interrupts)
+                    written(future.result(), streamed)
             tracker.close()
             if importance is not None:
                 metadata = {**(metadata or {}), **importance.record()}

@@ -1,0 +1,68 @@
+"""The long pole's blobs written while it encodes (kformat.packing.streamed)."""
+
+import threading
+from concurrent.futures import Future
+
+import numpy as np
+
+import kformat
+from kformat.format.limits import AMPLIFICATION_SLACK, MAX_AMPLIFICATION
+from kformat.packing.streamed import BlobStream
+
+
+def test_blobs_are_written_in_tile_order_as_they_come_and_the_rest_after_the_tensor():
+    stream, future, added = BlobStream(), Future(), []
+    stream.begin(1000, exact=True)
+
+    def tiles():
+        for index in (1, 0, 3):  # made out of order; 2 comes after the tensor is done
+            stream.put(index, bytes([index]) * 3, f"d{index}")
+        future.set_result("encoded")
+
+    threading.Timer(0.05, tiles).start()
+    written = stream.write_while_encoding(lambda blob, digest: added.append((blob, digest)) or digest, future)
+    assert written == ["d0", "d1"] and added == [(b"\0" * 3, "d0"), (b"\1" * 3, "d1")]  # 2 is missing
+
+
+def test_nothing_is_written_while_the_planes_could_still_be_stored_raw():
+    """Blobs below (input - slack) / MAX_AMPLIFICATION bytes could still be replaced (a huge
+    constant tensor): they wait for the tensor, and are then written whole by emit."""
+    stream, future, added = BlobStream(), Future(), []
+    input_bytes = AMPLIFICATION_SLACK + 100 * MAX_AMPLIFICATION  # 100 bytes of blobs needed
+    stream.begin(input_bytes, exact=False)
+    stream.put(0, b"x" * 99, "d0")
+    future.set_result("encoded")
+    assert stream.write_while_encoding(lambda blob, digest: added.append(blob), future) == []
+    stream, future = BlobStream(), Future()
+    stream.begin(input_bytes, exact=False)
+    stream.put(1, b"y" * 60, "d1")
+    stream.put(0, b"x" * 60, "d0")  # 120 bytes: past the limit, both go
+    future.set_result("encoded")
+    assert stream.write_while_encoding(lambda blob, digest: digest, future) == ["d0", "d1"]
+
+
+def test_a_long_pole_at_two_jobs_writes_the_bytes_of_one_even_when_its_planes_go_raw(tmp_path, monkeypatch):
+    monkeypatch.setenv("KFORMAT_FORK", "0")
+    streamed, real = [], BlobStream.write_while_encoding
+
+    def recording(self, *args, **kwargs):
+        written = real(self, *args, **kwargs)
+        streamed.append(len(written))
+        return written
+
+    monkeypatch.setattr(BlobStream, "write_while_encoding", recording)
+    rng = np.random.default_rng(2)
+    model = {
+        "big.weight": (rng.standard_normal((3000, 700)) * 0.02).astype(np.float32),
+        "small.weight": (rng.standard_normal((64, 700)) * 0.02).astype(np.float32),
+    }
+    for rule in ("kmeans:4", "fp16,codec=zstd", "linear:8"):
+        kformat.pack(model, tmp_path / "one.kf", "fp16", rules=[f"*={rule},tile=500x700"], jobs=1)
+        kformat.pack(model, tmp_path / "two.kf", "fp16", rules=[f"*={rule},tile=500x700"], jobs=2)
+        assert (tmp_path / "two.kf").read_bytes() == (tmp_path / "one.kf").read_bytes(), rule
+        assert streamed.pop() == 6  # the pole's six tiles went through the stream
+    zeros = {"w": np.zeros((4500, 4500), np.float32), "b": np.ones(10, np.float32)}  # past 4096:1
+    kformat.pack(zeros, tmp_path / "z1.kf", "fp16", rules=["w=kmeans:1,codec=zstd"], jobs=1)
+    report = kformat.pack(zeros, tmp_path / "z2.kf", "fp16", rules=["w=kmeans:1,codec=zstd"], jobs=2)
+    assert {t.name: t.codec for t in report.manifest.tensors}["w"] == "raw" and streamed == [0]
+    assert (tmp_path / "z2.kf").read_bytes() == (tmp_path / "z1.kf").read_bytes()
