@@ -66,3 +66,23 @@ def test_a_long_pole_at_two_jobs_writes_the_bytes_of_one_even_when_its_planes_go
     report = kformat.pack(zeros, tmp_path / "z2.kf", "fp16", rules=["w=kmeans:1,codec=zstd"], jobs=2)
     assert {t.name: t.codec for t in report.manifest.tensors}["w"] == "raw" and streamed == [0]
     assert (tmp_path / "z2.kf").read_bytes() == (tmp_path / "z1.kf").read_bytes()
+
+
+def test_a_sharded_pack_with_a_long_pole_is_the_same_at_two_jobs(tmp_path, monkeypatch):
+    """The pole's streamed blobs cross shard boundaries as any blobs do."""
+    monkeypatch.setenv("KFORMAT_FORK", "0")
+    rng = np.random.default_rng(4)
+    model = {
+        "big.weight": (rng.standard_normal((3000, 700)) * 0.02).astype(np.float32),
+        "small.weight": (rng.standard_normal((64, 700)) * 0.02).astype(np.float32),
+    }
+    for jobs in (1, 2):
+        kformat.pack(model, tmp_path / f"j{jobs}", "q4", rules=["*=kmeans:4,tile=300x700"], layout="sharded",
+                     shard_size=200_000, jobs=jobs)  # fmt: skip
+    one = {
+        p.relative_to(tmp_path / "j1"): p.read_bytes() for p in (tmp_path / "j1").rglob("*") if p.is_file()
+    }
+    two = {
+        p.relative_to(tmp_path / "j2"): p.read_bytes() for p in (tmp_path / "j2").rglob("*") if p.is_file()
+    }
+    assert one == two and len(one) > 3  # several shards
