@@ -1,5 +1,6 @@
 """A worker process's blobs handed back through a file (kformat.packing.spill)."""
 
+import builtins
 import os
 import sys
 
@@ -38,6 +39,26 @@ def test_without_a_file_the_blobs_go_through_the_pipe_and_a_damaged_file_is_a_st
         whole, lengths = spill.spilled(encoded(blobs), path)
         assert lengths is None and whole.blobs == blobs
         assert spill.restored(whole, lengths, path).blobs == blobs
+    full = tmp_path / "full.blobs"
+
+    class Full:  # a disk that fills midway: the part written goes at once, the blobs take the pipe
+        def __init__(self, path, mode, buffering):
+            self.out = builtins.open(path, mode, buffering=buffering)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.out.close()
+
+        def write(self, view):
+            self.out.write(view[:10])
+            raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spill, "open", Full, raising=False)
+        whole, lengths = spill.spilled(encoded(blobs), str(full))
+    assert lengths is None and whole.blobs == blobs and not full.exists()
     sent, lengths = spill.spilled(encoded(blobs), str(tmp_path / "3.blobs"))
     (tmp_path / "3.blobs").write_bytes(b"short")
     with pytest.raises(StorageError, match=r"3.blobs: tensor 'w': .*5 bytes, expected 100"):

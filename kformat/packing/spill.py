@@ -91,6 +91,8 @@ def spilled(e: Encoded, path: str | None) -> tuple[Encoded, list[int] | None]:
                 while view:
                     view = view[out.write(view) :]
     except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # a part written before the disk filled holds no space meanwhile
         return e, None
     return dataclasses.replace(e, blobs=[]), [len(blob) for blob in e.blobs]
 
