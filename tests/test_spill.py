@@ -10,6 +10,7 @@ import pytest
 import kformat
 from kformat.errors import StorageError
 from kformat.packing import forked, spill
+from kformat.packing.atomic import TEMP_MARK, temp_prefix
 from kformat.packing.encoded import Encoded
 from kformat.recipe import parse_rule
 
@@ -78,7 +79,7 @@ def test_a_forked_pack_leaves_no_spill_directory_and_one_without_a_temporary_dir
     created, real = [], spill.tempfile.mkdtemp
 
     def recording(*args, **kwargs):
-        created.append(real(*args, dir=str(tmp_path), **kwargs))
+        created.append(real(*args, **{**kwargs, "dir": str(tmp_path)}))
         return created[-1]
 
     monkeypatch.setattr(spill.tempfile, "mkdtemp", recording)
@@ -100,14 +101,15 @@ def test_a_forked_pack_leaves_no_spill_directory_and_one_without_a_temporary_dir
 
 def test_a_directory_left_by_a_killed_pack_is_removed_by_the_next_one(tmp_path, monkeypatch):
     monkeypatch.setattr(spill.tempfile, "tempdir", str(tmp_path))
-    gone = tmp_path / f"{spill.PREFIX}999999999-abc"  # no such process
-    alive = tmp_path / f"{spill.PREFIX}{os.getpid()}-abc"  # this one
-    other = tmp_path / "kformat-blobs-notapid"
+    mine = temp_prefix(tmp_path / spill.SPILL)  # this process's
+    gone = tmp_path / (mine.replace(f"-{os.getpid()}-", "-999999999-") + "abc")  # no such process
+    alive = tmp_path / f"{mine}abc"  # this one
+    other = tmp_path / f".{spill.SPILL}{TEMP_MARK}notapid"
     for d in (gone, alive, other):
         d.mkdir()
         (d / "1.blobs").write_bytes(b"x")
     made = spill.Spill.made()
-    assert made is not None and os.path.basename(made.dir).startswith(f"{spill.PREFIX}{os.getpid()}-")
+    assert made is not None and os.path.basename(made.dir).startswith(mine)
     assert not gone.exists() and alive.exists() and other.exists()
     made.close()
     assert not os.path.exists(made.dir)

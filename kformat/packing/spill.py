@@ -21,35 +21,14 @@ import mmap
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 from ..errors import StorageError
+from .atomic import sweep_stale, temp_prefix
 from .encoded import Encoded
 
 
-PREFIX = "kformat-blobs-"
-
-
-def _sweep() -> None:
-    """Remove the spill directories of processes that no longer run (this user's)."""
-    try:
-        names = os.listdir(tempfile.gettempdir())
-    except OSError:
-        return
-    for name in names:
-        pid = name[len(PREFIX) :].split("-", 1)[0]
-        if not name.startswith(PREFIX) or not pid.isdigit() or _running(int(pid)):
-            continue
-        shutil.rmtree(os.path.join(tempfile.gettempdir(), name), ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # (another user's process: running, and not ours to judge)
-        return True
-    return True
+SPILL = "kformat-blobs"  # what the pack's directory is a temporary of (atomic.temp_prefix)
 
 
 class Spill:
@@ -62,11 +41,13 @@ class Spill:
     @classmethod
     def made(cls) -> "Spill | None":
         """A new directory under the system's temporary one, or None where none can be made.
-        Its name holds this process's id: directories left by packs whose process is gone
-        (killed before it could remove them) are removed first."""
-        _sweep()
+        It is named as the pack's other temporaries are, with this process's id: directories
+        left by packs whose process is gone (killed before it could remove them) are removed
+        first (kformat.packing.atomic.sweep_stale)."""
+        base = Path(tempfile.gettempdir())
         try:
-            return cls(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+            sweep_stale(base, SPILL)
+            return cls(tempfile.mkdtemp(dir=base, prefix=temp_prefix(base / SPILL)))
         except OSError:
             return None
 
@@ -107,8 +88,9 @@ def restored(e: Encoded, lengths: list[int] | None, path: str | None) -> Encoded
             return dataclasses.replace(e, blobs=[b"" for _ in lengths])
         fd = os.open(path, os.O_RDONLY)
         try:
-            if os.fstat(fd).st_size != total:
-                raise ValueError(f"{os.fstat(fd).st_size} bytes, expected {total}")
+            size = os.fstat(fd).st_size
+            if size != total:
+                raise ValueError(f"{size} bytes, expected {total}")
             whole = memoryview(mmap.mmap(fd, total, access=mmap.ACCESS_READ))
         finally:
             os.close(fd)
