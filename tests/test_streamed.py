@@ -7,12 +7,13 @@ import numpy as np
 
 import kformat
 from kformat.format.limits import AMPLIFICATION_SLACK, MAX_AMPLIFICATION
+from kformat.packing.encoded import stored_raw
 from kformat.packing.streamed import BlobStream
 
 
 def test_blobs_are_written_in_tile_order_as_they_come_and_the_rest_after_the_tensor():
     stream, future, added = BlobStream(), Future(), []
-    stream.begin(1000, exact=True)
+    stream.begin(lambda made: not stored_raw(1000, made, exact=True))
 
     def tiles():
         for index in (1, 0, 3):  # made out of order; 2 comes after the tensor is done
@@ -29,12 +30,12 @@ def test_nothing_is_written_while_the_planes_could_still_be_stored_raw():
     constant tensor): they wait for the tensor, and are then written whole by emit."""
     stream, future, added = BlobStream(), Future(), []
     input_bytes = AMPLIFICATION_SLACK + 100 * MAX_AMPLIFICATION  # 100 bytes of blobs needed
-    stream.begin(input_bytes, exact=False)
+    stream.begin(lambda made: not stored_raw(input_bytes, made, exact=False))
     stream.put(0, b"x" * 99, "d0")
     future.set_result("encoded")
     assert stream.write_while_encoding(lambda blob, digest: added.append(blob), future) == []
     stream, future = BlobStream(), Future()
-    stream.begin(input_bytes, exact=False)
+    stream.begin(lambda made: not stored_raw(input_bytes, made, exact=False))
     stream.put(1, b"y" * 60, "d1")
     stream.put(0, b"x" * 60, "d0")  # 120 bytes: past the limit, both go
     future.set_result("encoded")

@@ -51,6 +51,13 @@ def _hashed(pairs: list[tuple[bytes, str]]) -> tuple[list[bytes], list[str]]:
     return [blob for blob, _ in pairs], [digest for _, digest in pairs]
 
 
+def stored_raw(input_bytes: int, stored: int, exact: bool) -> bool:
+    """Whether planes of `stored` bytes (tables included) for `input_bytes` of input compress
+    past what a reader accepts from so few bytes (spec/FORMAT.md, limits), so that they are
+    stored as they are: a huge constant tensor. Never for an `exact` codec."""
+    return not exact and input_bytes > MAX_AMPLIFICATION * stored + AMPLIFICATION_SLACK
+
+
 @dataclass
 class Encoded:
     """A tensor encoded and cut into tile blobs, not yet written: what a worker hands back."""
@@ -99,16 +106,19 @@ def encode_blobs(
     rects = tile_grid(q.view, tile)
     method = get_method(rule.method)
     reason = decision.reason
-    itemsize = array.dtype.itemsize if method.lossless else 4
-    if stream is not None:
-        stream.begin(array.size * itemsize, codec.exact)
-    blobs, digests = _hashed(each(lambda item: _hashed_blob(q, codec, item, stream), list(enumerate(rects))))
+    input_bytes = array.size * (array.dtype.itemsize if method.lossless else 4)
+
+    def tiles_by(codec, stream: BlobStream | None = None) -> tuple[list[bytes], list[str]]:
+        return _hashed(each(lambda item: _hashed_blob(q, codec, item, stream), list(enumerate(rects))))
+
+    if stream is not None:  # blobs past the fallback's reach are final (stored only grows)
+        exact = codec.exact  # (this codec's: `codec` may become raw below)
+        stream.begin(lambda made: not stored_raw(input_bytes, made, exact))
+    blobs, digests = tiles_by(codec, stream)
     stored = sum(map(len, blobs)) + sum(a.nbytes for a in q.tables.values())
-    if array.size * itemsize > MAX_AMPLIFICATION * stored + AMPLIFICATION_SLACK and not codec.exact:
-        # A huge constant tensor: its planes compress past what a reader accepts from so few
-        # bytes (spec/FORMAT.md, limits), so they are stored as they are.
+    if stored_raw(input_bytes, stored, codec.exact):
         codec = get_codec("raw")
-        blobs, digests = _hashed(each(lambda item: _hashed_blob(q, codec, item), list(enumerate(rects))))
+        blobs, digests = tiles_by(codec)
         reason += f"; codec raw: the planes compress past the reader's {MAX_AMPLIFICATION}:1 limit"
     return Encoded(
         name=name,

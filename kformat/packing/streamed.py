@@ -9,7 +9,7 @@ come, so at the end only the last tiles are left to write.
 
 A blob is written only once the blobs made so far rule out the one change encode_blobs may
 still make to them: planes that compress past the reader's limit are stored raw instead
-(kformat.packing.encoded), which needs the whole tensor's bytes to decide. Past
+(kformat.packing.encoded.stored_raw), which needs the whole tensor's bytes to decide. Past
 (input bytes - slack) / MAX_AMPLIFICATION bytes of blobs (a few KB for any real tensor) it
 can no longer happen. The bytes of the file are the same: the same blobs, in the same order.
 """
@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
-
-from ..format.limits import AMPLIFICATION_SLACK, MAX_AMPLIFICATION
+from typing import Callable
 
 WAKE = 0.05  # seconds between checks for an interrupt while waiting for blobs
 
@@ -28,16 +27,16 @@ class BlobStream:
     """Blobs of one tensor by tile index, put by the threads that make them."""
 
     def __init__(self) -> None:
-        self._needed = float("inf")  # blob bytes past which no fallback can come (begin())
+        self._final: Callable[[int], bool] | None = None  # (begin())
         self._made: dict[int, tuple[bytes, str]] = {}
         self._bytes = 0
         self._changed = threading.Condition()
 
-    def begin(self, input_bytes: int, exact: bool) -> None:
-        """The tensor's tiles are about to be made: `input_bytes` as encode_blobs weighs the
-        fallback, which an `exact` codec never takes."""
+    def begin(self, final: Callable[[int], bool]) -> None:
+        """The tensor's tiles are about to be made; final(bytes) says whether that many bytes
+        of blobs rule out the fallback (then every blob made is final)."""
         with self._changed:
-            self._needed = 0.0 if exact else (input_bytes - AMPLIFICATION_SLACK) / MAX_AMPLIFICATION
+            self._final = final
             self._changed.notify_all()
 
     def put(self, index: int, blob: bytes, digest: str) -> None:
@@ -47,7 +46,7 @@ class BlobStream:
             self._changed.notify_all()
 
     def _safe(self) -> bool:
-        return self._bytes >= self._needed
+        return self._final is not None and self._final(self._bytes)
 
     def write_while_encoding(self, add, future: Future, check=lambda: None) -> list:
         """add(blob, digest) for each blob in tile order as they come, once safe, until
