@@ -1,8 +1,10 @@
 """The chunk pool: maps keep chunk order for every thread count; submitted work runs on the
 pool when there is one, inline otherwise and inside the pool's own tasks (never deadlocks)."""
 
+import gc
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -56,6 +58,28 @@ def test_the_caller_does_its_own_items_when_the_pool_is_busy_and_results_stay_in
         assert {ident for _, ident in got} == {threading.get_ident()}  # all done here, none queued
         assert not blocker.done()
         release.set()
+
+
+def test_a_helping_map_keeps_nothing_alive_once_it_returns():
+    """No reference cycle holds the items or fn: a tensor's arrays went only at the garbage
+    collector's next pass (hundreds of MB after a VGG16 pack at two jobs)."""
+
+    class Item:
+        pass
+
+    items = [Item() for _ in range(200)]
+    watched = [weakref.ref(items[0]), weakref.ref(items[-1])]
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            got = chunks.map_helping(pool, lambda item: id(item), items, threads=3)
+        assert len(got) == 200
+        del items, got
+        assert [ref() for ref in watched] == [None, None]
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def test_helpers_share_the_items_and_a_failure_is_raised_after_the_helpers_stop():

@@ -136,36 +136,45 @@ def map_helping(pool: Executor, fn: Callable[[A], T], items: Sequence[A], thread
     item, maps run inline (as on the pool)."""
     if len(items) < 2 or threads < 2:
         return [fn(item) for item in items]
-    results: list = [None] * len(items)
-    taken = itertools.count()  # next() on it is atomic under the GIL
-    failed = threading.Event()
-    helpers: list[Future] = []
-    most = min(threads, len(items)) - 1
+    shared = _Helping(pool, fn, items, threads)
+    try:
+        shared.drain(recruit=True)
+    except BaseException:
+        _settle(shared.helpers, quiet=True)
+        raise
+    _settle(shared.helpers, quiet=False)
+    return shared.results
 
-    def drain(recruit: bool = False) -> None:
+
+class _Helping:
+    """One map_helping call's items, taken by the caller and its helpers. An object, not a
+    closure: a closure that submits itself is a reference cycle, which kept fn and the items
+    (a tensor's arrays, 400 MB of VGG16's) until the garbage collector's next pass."""
+
+    def __init__(self, pool: Executor, fn: Callable, items: Sequence, threads: int):
+        self.pool, self.fn, self.items, self.threads = pool, fn, items, threads
+        self.results: list = [None] * len(items)
+        self.taken = itertools.count()  # next() on it is atomic under the GIL
+        self.failed = threading.Event()
+        self.helpers: list[Future] = []
+        self.most = min(threads, len(items)) - 1
+
+    def drain(self, recruit: bool = False) -> None:
         was = getattr(_local, "worker", False)
         _local.worker = True
         try:
-            while not failed.is_set():
-                if recruit and len(helpers) < min(most, _spare(threads)):
-                    helpers.append(pool.submit(drain))
-                i = next(taken)
-                if i >= len(items):
+            while not self.failed.is_set():
+                if recruit and len(self.helpers) < min(self.most, _spare(self.threads)):
+                    self.helpers.append(self.pool.submit(self.drain))
+                i = next(self.taken)
+                if i >= len(self.items):
                     return
-                results[i] = fn(items[i])
+                self.results[i] = self.fn(self.items[i])
         except BaseException:
-            failed.set()
+            self.failed.set()
             raise
         finally:
             _local.worker = was
-
-    try:
-        drain(recruit=True)
-    except BaseException:
-        _settle(helpers, quiet=True)
-        raise
-    _settle(helpers, quiet=False)
-    return results
 
 
 def _settle(helpers: list[Future], quiet: bool) -> None:
