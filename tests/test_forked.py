@@ -100,6 +100,22 @@ def test_beside_a_long_pole_the_other_tensors_go_to_one_process_fewer_and_the_by
     assert (tmp_path / "three.kf").read_bytes() == one and (tmp_path / "two.kf").read_bytes() == one
 
 
+def test_a_lone_tensor_is_encoded_on_this_process_threads_and_nothing_is_forked(
+    tmp_path, caplog, monkeypatch
+):
+    """Handed to a process, a model of one tensor ran on one core at any --jobs."""
+    seen = []
+    real = forked.worker_processes
+    monkeypatch.setattr(forked, "worker_processes", lambda *args: seen.append(args[0]) or real(*args))
+    weights = {"only.weight": model()["layer0.weight"]}
+    assert pack_logged(weights, tmp_path / "two.kf", caplog, jobs=2) == 0
+    assert seen == []
+    weights["tiny.bias"] = np.ones(8, np.float32)  # under POLE_FORK_BYTES: still nothing to fork
+    assert pack_logged(weights, tmp_path / "bias.kf", caplog, jobs=2) == 0 and seen == []
+    kformat.pack(weights, tmp_path / "one.kf", RECIPE, jobs=1)
+    assert (tmp_path / "bias.kf").read_bytes() == (tmp_path / "one.kf").read_bytes()
+
+
 def test_while_the_kernels_load_tensors_stay_on_threads(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(kernels, "settled", lambda: False)
     assert pack_logged(model(), tmp_path / "m.kf", caplog, jobs=2) == 0

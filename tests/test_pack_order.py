@@ -35,6 +35,9 @@ def test_the_long_pole_is_the_dominant_tensor_and_only_with_several_jobs():
     assert writer._long_pole(decisions, sizes, 1) is None
     even = {n: 1000 for n in sizes}  # no tensor holds a third of the model
     assert writer._long_pole(decisions, even, 2) is None
+    lone = {decisions[0].name: sizes[decisions[0].name]}
+    assert writer._long_pole(decisions[:1], lone, 2) == decisions[0]  # a lone tensor: all threads
+    assert writer._long_pole(decisions[:1], lone, 1) is None
 
 
 @pytest.mark.parametrize("recipe", ["mobile", "kmeans4"])

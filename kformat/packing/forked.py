@@ -146,16 +146,18 @@ class ForkedWorkers:
             self._usable = self._pool is not None
         return self._pool is not None
 
-    def beside_pole(self) -> None:
+    def beside_pole(self, pole: str) -> None:
         """A long pole is encoded in this process: the processes, one fewer than the jobs, take
         every other tensor worth a round trip, fits above all, so that this process's
         interpreter is the pole's alone (see the module's docstring). They are forked now
         (unless the kernels are loading), before the pole's thread starts, so that no thread
         of the pack is at work at the fork (one could be mid-import: processes.py). The
-        same pack time as forking at the next tensor (6 alternating runs of 3 presets)."""
+        same pack time as forking at the next tensor (6 alternating runs of 3 presets).
+        Nothing is forked when no other tensor is worth a process (a lone tensor)."""
         self.jobs = max(1, self.jobs - 1)
         self.smallest = POLE_FORK_BYTES
-        self._start()
+        if any(size >= self.smallest for name, size in self.sizes.items() if name != pole):
+            self._start()
 
     def _count(self, change: int) -> None:
         """Tensors in the processes' hands, as busy workers for the chunk helpers (at most one

@@ -52,7 +52,7 @@ class LocalEncoder:
             done.set_result(found)
             return done
         if critical and self.forked is not None:  # the long pole: here, the rest in the processes
-            self.forked.beside_pole()
+            self.forked.beside_pole(decision.name)
         if self.forked is not None and not critical:
             forked = self.forked.submit(decision)
             if forked is not None:
