@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import os
 import threading
+import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -41,6 +42,20 @@ CHECK_FILES_ABOVE = 64 << 20  # allocations above this first check that the file
 PREFETCH_TENSORS = 16
 
 
+def _checking(container: "Container") -> Callable[[], None]:
+    """container._check_open, through a weak reference: the stream the container owns would
+    otherwise hold it in a cycle, and an unclosed container's files, manifest and tables
+    would wait for the garbage collector."""
+    ref = weakref.ref(container)
+
+    def check() -> None:
+        alive = ref()
+        if alive is not None:
+            alive._check_open()
+
+    return check
+
+
 class Container:
     """An opened kformat container (single file or sharded directory)."""
 
@@ -56,7 +71,7 @@ class Container:
         self.tensors.update({alias: self.tensors[name] for alias, name in self.manifest.aliases.items()})
         self.blobs = BlobReader(self.store, self.key, self.manifest, self.data_offset)
         self.table_cache = TableCache(self.blobs)
-        self._stream = TileStream(self.table_cache, self._check_open)
+        self._stream = TileStream(self.table_cache, _checking(self))
         self.max_tensor_bytes = max_tensor_bytes
         self.decode_threads = DECODE_THREADS
         self._decode_pool: ThreadPoolExecutor | None = None
