@@ -89,7 +89,6 @@ class ShardedSource:
         else:
             shards = sorted(directory.glob("*.safetensors"), key=lambda p: natural_key(p.name))
             shard_of = None
-        self._shards = shards
         self.files = [*indexes, *shards]
         self._current: tuple[Path, object] | None = None
         self._mapped: dict[Path, object] = {}
