@@ -89,3 +89,34 @@ def test_tensors_behind_the_long_pole_keep_coming_and_are_written_in_file_order(
     threading.Timer(0.05, pole.set_result, ["a"]).start()
     make_room(pending, written.append, window=2, budget=100, pole=pole)  # over budget: head waited for
     assert written == ["a", "b", "c"] and not pending
+
+
+def test_finished_tensors_count_the_bytes_they_hold_not_their_input():
+    """A finished tensor waits holding its blobs and tables (held_bytes), a fraction of its
+    input: counted at input size, finished BERT layers filled the budget behind the word
+    embeddings with a tenth of it held, and the worker processes waited for work."""
+    from collections import deque
+    from concurrent.futures import Future
+
+    from kformat.packing.admission import make_room
+
+    class Held:
+        def __init__(self, name, held_bytes):
+            self.name, self.held_bytes = name, held_bytes
+
+    def finished(value):
+        f = Future()
+        f.set_result(value)
+        return f
+
+    failed = Future()
+    failed.set_exception(ValueError("its turn will raise it"))
+    head, written = Future(), []
+    pending = deque([(head, 100), *((finished(Held(n, 10)), 60) for n in "bcd"), (failed, 60)])
+    threading.Timer(0.2, head.set_result, [Held("a", 0)]).start()
+    make_room(pending, written.append, window=2, budget=100)  # 30 bytes held, not 240: no wait
+    assert written == [] and len(pending) == 5
+    pending.append((finished(Held("e", 80)), 60))  # now 110 held: the head is waited for
+    with pytest.raises(ValueError, match="its turn"):
+        make_room(pending, written.append, window=2, budget=100)
+    assert [h.name for h in written] == ["a", "b", "c", "d"]

@@ -80,6 +80,11 @@ class Encoded:
     stats: dict[str, float]
     weighed: bool = False  # importance weighed its fit (counted where the manifest is written)
 
+    @property
+    def held_bytes(self) -> int:
+        """The bytes it holds until it is written (kformat.packing.admission)."""
+        return sum(len(blob) for blob in self.blobs) + sum(t.nbytes for t in self.tables.values())
+
 
 def encode_blobs(
     name: str,
