@@ -12,8 +12,7 @@ import math
 import os
 import threading
 import weakref
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 import numpy as np
@@ -223,29 +222,14 @@ class Container:
         With `out` (an array of the 2-D view's shape and that dtype) each tile is written
         straight into it, so nothing but one tile is held besides."""
         t = self.entry(name)
-        if out is None:
-            out = self.output(t)
+        if len(t.tiles) != 1:  # on the decode threads, as read_all reads every tensor
+            read = read_overlapped(self, [name], output=lambda *_: out, batch_bytes=lambda _: batch_bytes)
+            ((_, array),) = read  # (run to its end: its prefetch is discarded there)
+            return array
+        out = self.output(t) if out is None else out  # one tile: decoded here, no thread hand-off
         tables = self.tables(t)
-        if len(t.tiles) == 1:  # nothing to overlap: decode here, without a thread hand-off
-            for tile, data, label in self.iter_tiles(name, batch_bytes):
-                fill_tile(t, tile, data, f"{self.source}: {label}", tables, out)
-            trim.after_tensor(out.nbytes)
-            return out.reshape(t.shape)
-        pool = self.decoders()
-        pending: deque[Future] = deque()
-        try:
-            for tile, data, label in self.iter_tiles(name, batch_bytes):
-                region = out[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols]
-                pending.append(
-                    pool.submit(fill_tile, t, tile, data, f"{self.source}: {label}", tables, region)
-                )
-                while len(pending) > 2 * self.decode_threads:  # a bounded window of tiles in flight
-                    pending.popleft().result()
-            while pending:
-                pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+        for tile, data, label in self.iter_tiles(name, batch_bytes):
+            fill_tile(t, tile, data, f"{self.source}: {label}", tables, out)
         trim.after_tensor(out.nbytes)
         return out.reshape(t.shape)
 
