@@ -126,16 +126,16 @@ def _await_imports() -> None:
         time.sleep(0.001)
 
 
+def _module_locks() -> list[tuple[str, object]]:
+    """(module, its import lock) for every import lock the interpreter holds now: importlib's
+    internals, so none where they differ."""
+    return [(name, ref()) for name, ref in list(getattr(_bootstrap, "_module_locks", {}).items())]
+
+
 def _imports_held() -> list[str]:
     """Modules whose import lock a thread other than this one holds."""
     me = threading.get_ident()
-    held = []
-    for name, ref in list(getattr(_bootstrap, "_module_locks", {}).items()):
-        lock = ref()
-        holder = getattr(lock, "owner", None)
-        if holder is not None and holder != me:
-            held.append(name)
-    return held
+    return [name for name, lock in _module_locks() if getattr(lock, "owner", None) not in (None, me)]
 
 
 def _forget_imports_under_way() -> None:
@@ -143,8 +143,7 @@ def _forget_imports_under_way() -> None:
     at the fork (begun after _await_imports, or longer than it waits) is dropped with its
     lock, so that this process imports it afresh rather than wait for a thread it does not
     have. Nothing imports in the child yet, so any lock held, or mid-update, is such a one."""
-    for name, ref in list(getattr(_bootstrap, "_module_locks", {}).items()):
-        lock = ref()
+    for name, lock in _module_locks():
         raw = [getattr(lock, part, None) for part in ("lock", "wakeup")]
         if getattr(lock, "owner", None) is None and not any(r is not None and r.locked() for r in raw):
             continue
