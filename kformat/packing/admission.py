@@ -18,8 +18,8 @@ thread and its passes the others only part of the time.
 from __future__ import annotations
 
 from collections import deque
-from math import inf
 from concurrent.futures import FIRST_COMPLETED, wait
+from math import inf
 from typing import Any, Callable
 
 Pending = deque  # of (future, input bytes), in file order
