@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import weakref
 from dataclasses import dataclass
 
 from ..errors import NotFound, StorageError
@@ -61,6 +62,8 @@ class LocalFiles:
         self.root = root
         self._handles: dict[str, _Handle] = {}
         self._lock = threading.Lock()
+        # a reader never closed closes its descriptors when it goes, as a file object does
+        weakref.finalize(self, _close_handles, self._handles)
 
     def _check_inside(self, path: str, where: str) -> None:
         if os.path.abspath(path) == os.path.abspath(self.root):
@@ -123,6 +126,14 @@ class LocalFiles:
 
     def close(self) -> None:
         with self._lock:
-            handles, self._handles = self._handles, {}
-        for h in handles.values():
+            _close_handles(self._handles)
+
+
+def _close_handles(handles: dict[str, _Handle]) -> None:
+    """Close every handle and forget them (the dict stays the reader's: it may open again)."""
+    for h in list(handles.values()):
+        try:
             os.close(h.fd)
+        except OSError:  # (closed already: nothing to release)
+            pass
+    handles.clear()
