@@ -51,6 +51,11 @@ def _hashed(pairs: list[tuple[bytes, str]]) -> tuple[list[bytes], list[str]]:
     return [blob for blob, _ in pairs], [digest for _, digest in pairs]
 
 
+def stored_bytes(blobs: list[bytes], tables: dict[str, np.ndarray]) -> int:
+    """What a tensor's tile blobs and tables come to: in the file, and in memory until written."""
+    return sum(len(blob) for blob in blobs) + sum(t.nbytes for t in tables.values())
+
+
 def stored_raw(input_bytes: int, stored: int, exact: bool) -> bool:
     """Whether planes of `stored` bytes (tables included) for `input_bytes` of input compress
     past what a reader accepts from so few bytes (spec/FORMAT.md, limits), so that they are
@@ -83,7 +88,7 @@ class Encoded:
     @property
     def held_bytes(self) -> int:
         """The bytes it holds until it is written (kformat.packing.admission)."""
-        return sum(len(blob) for blob in self.blobs) + sum(t.nbytes for t in self.tables.values())
+        return stored_bytes(self.blobs, self.tables)
 
 
 def encode_blobs(
@@ -120,8 +125,7 @@ def encode_blobs(
         exact = codec.exact  # (this codec's: `codec` may become raw below)
         stream.begin(lambda made: not stored_raw(input_bytes, made, exact))
     blobs, digests = tiles_by(codec, stream)
-    stored = sum(map(len, blobs)) + sum(a.nbytes for a in q.tables.values())
-    if stored_raw(input_bytes, stored, codec.exact):
+    if stored_raw(input_bytes, stored_bytes(blobs, q.tables), codec.exact):
         codec = get_codec("raw")
         blobs, digests = tiles_by(codec)
         reason += f"; codec raw: the planes compress past the reader's {MAX_AMPLIFICATION}:1 limit"
