@@ -45,12 +45,11 @@ def map_range(path: str | Path, start: int, length: int, name: str) -> np.ndarra
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
-        raise InputError(f"{path}: tensor {name!r}: {exc.strerror or exc}") from None
+        raise _unreadable(path, name, exc) from None
     try:
         size = os.fstat(fd).st_size
         if start + length > size:
-            got = max(0, size - start)
-            raise InputError(f"{path}: tensor {name!r}: expected {length} bytes at {start}, got {got}")
+            raise _cut_short(path, name, start, length, max(0, size - start))
         base = start - start % mmap.ALLOCATIONGRANULARITY
         try:
             mapped = mmap.mmap(fd, start + length - base, offset=base, **_READ_ONLY)
@@ -76,10 +75,18 @@ def read_range(path: str | Path, start: int, length: int, name: str) -> np.ndarr
         else:
             got = _read_serially(path, out, start)
     except OSError as exc:
-        raise InputError(f"{path}: tensor {name!r}: {exc.strerror or exc}") from None
+        raise _unreadable(path, name, exc) from None
     if got != length:
-        raise InputError(f"{path}: tensor {name!r}: expected {length} bytes at {start}, got {got}")
+        raise _cut_short(path, name, start, length, got)
     return out
+
+
+def _unreadable(path: str | Path, name: str, exc: OSError) -> InputError:
+    return InputError(f"{path}: tensor {name!r}: {exc.strerror or exc}")
+
+
+def _cut_short(path: str | Path, name: str, start: int, length: int, got: int) -> InputError:
+    return InputError(f"{path}: tensor {name!r}: expected {length} bytes at {start}, got {got}")
 
 
 def _read_piece(fd: int, out: np.ndarray, begin: int, end: int, start: int) -> int:
