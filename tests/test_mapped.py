@@ -99,3 +99,26 @@ def test_an_output_not_aligned_to_huge_pages_is_backed_whole(fresh, monkeypatch)
         array = mapped.empty((nbytes,), np.uint8)
         array[...] = 7
         assert int(array.sum()) == 7 * nbytes
+
+
+def test_a_population_refused_for_memory_leaves_the_array_advised_and_tries_again_next_time(
+    fresh, monkeypatch
+):
+    import errno
+    import mmap
+
+    calls = []
+
+    class Refusing(mmap.mmap):
+        def madvise(self, option, *span):
+            if option == mapped._POPULATE_WRITE:
+                calls.append(span)
+                raise OSError(errno.ENOMEM, "Cannot allocate memory")
+            return super().madvise(option, *span)
+
+    monkeypatch.setattr(mapped.mmap, "mmap", Refusing)
+    array = mapped.empty((SIZE // 4,), np.float32)
+    assert len(calls) == 1 and mapped._POPULATE_WRITE is not None and not mapped._huge_paused
+    array[...] = 1.0
+    mapped.empty((SIZE // 4,), np.float32)
+    assert len(calls) == 2

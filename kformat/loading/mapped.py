@@ -23,6 +23,7 @@ system cannot populate (Linux before 5.14) huge pages are only advised, as numpy
 
 from __future__ import annotations
 
+import errno
 import math
 import mmap
 import sys
@@ -87,9 +88,10 @@ def _back(pages: mmap.mmap, nbytes: int, address: int) -> None:
         began = time.perf_counter()
         try:
             pages.madvise(_POPULATE_WRITE, start, end - start)
-        except OSError:  # (an older kernel: advised only)
-            _POPULATE_WRITE = None
-            return
+        except OSError as exc:  # advised only: for good on a kernel without it (EINVAL)
+            if exc.errno == errno.EINVAL:
+                _POPULATE_WRITE = None
+            return  # (ENOMEM: written pages fault in, or fail, as they would without it)
         if end - start == HUGE_PAGE and time.perf_counter() - began > SLOW_HUGE_PAGE:
             slow += 1
             if slow > SLOW_PAGES_ALLOWED:
