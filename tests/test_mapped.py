@@ -38,10 +38,26 @@ def _areas(array: np.ndarray) -> list[dict]:
     return areas
 
 
+def _resident(array: np.ndarray) -> int:
+    """Bytes of `array`'s pages in memory now (mincore(2): exactly its pages, whatever the
+    kernel merged its mapping with)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pages = (array.nbytes + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vector = (ctypes.c_ubyte * pages)()
+    assert array.ctypes.data % mmap.PAGESIZE == 0
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    assert libc.mincore(ctypes.c_void_p(array.ctypes.data), ctypes.c_size_t(array.nbytes), vector) == 0
+    return sum(byte & 1 for byte in vector) * mmap.PAGESIZE
+
+
 @pytest.fixture
 def fresh(monkeypatch):
     """Each test starts with huge pages tried and population available."""
     monkeypatch.setattr(mapped, "_huge_paused", False)
+    monkeypatch.setattr(mapped, "_huge_seen", False)
     monkeypatch.setattr(mapped, "_POPULATE_WRITE", mapped._POPULATE_WRITE)
     return mapped
 
@@ -52,7 +68,7 @@ def test_cheap_huge_pages_back_the_whole_output_populated_at_once(fresh, monkeyp
     areas = _areas(array)
     assert all("hg" in area["flags"] for area in areas)
     if mapped._POPULATE_WRITE is not None:  # (Linux 5.14+)
-        assert sum(area["rss"] for area in areas) >= SIZE  # resident before anything is written
+        assert _resident(array) == SIZE  # resident before anything is written
     assert not mapped._huge_paused
 
 
@@ -70,7 +86,7 @@ def test_at_the_second_slow_huge_page_the_rest_falls_back_to_small_pages_until_a
     low, high = array.ctypes.data, array.ctypes.data + SIZE
     small = sum(min(a["end"], high) - max(a["start"], low) for a in areas if "nh" in a["flags"])
     assert small >= SIZE - 3 * mapped.HUGE_PAGE
-    assert sum(area["rss"] for area in areas) <= 3 * mapped.HUGE_PAGE  # the rest faults in as written
+    assert _resident(array) <= 3 * mapped.HUGE_PAGE  # the rest faults in as written
     assert mapped._huge_paused
     array[...] = 1.5  # the small pages work as any others
     assert float(array.sum()) == 1.5 * array.size
@@ -104,21 +120,52 @@ def test_an_output_not_aligned_to_huge_pages_is_backed_whole(fresh, monkeypatch)
 def test_a_population_refused_for_memory_leaves_the_array_advised_and_tries_again_next_time(
     fresh, monkeypatch
 ):
+    import ctypes
     import errno
-    import mmap
 
     calls = []
 
-    class Refusing(mmap.mmap):
-        def madvise(self, option, *span):
-            if option == mapped._POPULATE_WRITE:
-                calls.append(span)
-                raise OSError(errno.ENOMEM, "Cannot allocate memory")
-            return super().madvise(option, *span)
+    def refusing(address, length, advice):
+        calls.append((address, length, advice))
+        ctypes.set_errno(errno.ENOMEM)
+        return -1
 
-    monkeypatch.setattr(mapped.mmap, "mmap", Refusing)
+    monkeypatch.setattr(mapped, "_MADVISE", refusing)
     array = mapped.empty((SIZE // 4,), np.float32)
     assert len(calls) == 1 and mapped._POPULATE_WRITE is not None and not mapped._huge_paused
+    assert all("hg" in area["flags"] for area in _areas(array))
     array[...] = 1.0
     mapped.empty((SIZE // 4,), np.float32)
     assert len(calls) == 2
+
+
+def test_a_population_is_handed_to_defer_when_given(fresh, monkeypatch):
+    monkeypatch.setattr(mapped, "SLOW_HUGE_PAGE", float("inf"))
+    handed = []
+    array = mapped.empty((SIZE // 4,), np.float32, defer=handed.append)
+    assert len(handed) == 1 and _resident(array) == 0  # nothing faulted in yet
+    handed[0]()
+    if mapped._POPULATE_WRITE is not None:
+        assert _resident(array) == SIZE
+    small = mapped.empty((10,), np.float32, defer=handed.append)  # (from numpy: nothing to hand)
+    assert len(handed) == 1 and small.shape == (10,)
+
+
+@pytest.mark.parametrize("reported", [512, None], ids=["small-pages-given", "not-said"])
+def test_where_the_first_population_gets_small_pages_huge_pages_are_only_advised(
+    fresh, monkeypatch, reported
+):
+    monkeypatch.setattr(mapped, "SLOW_HUGE_PAGE", float("inf"))
+    monkeypatch.setattr(mapped, "_anon_huge_kb", lambda: reported)  # no growth (or unknown)
+    array = mapped.empty((SIZE // 4,), np.float32)
+    assert mapped._POPULATE_WRITE is None and not mapped._huge_paused and not mapped._huge_seen
+    areas = _areas(array)
+    assert all("hg" in area["flags"] for area in areas)
+    assert _resident(array) <= 2 * mapped.HUGE_PAGE  # the rest faults in as written
+    array[...] = 0.5
+    assert float(array.sum()) == 0.5 * array.size
+
+
+def test_the_process_anonymous_huge_pages_are_read_from_the_kernel():
+    kb = mapped._anon_huge_kb()
+    assert kb is None or kb >= 0

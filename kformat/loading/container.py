@@ -183,9 +183,14 @@ class Container:
         if nbytes > CHECK_FILES_ABOVE:
             self._check_files_hold(t)
         try:
-            return mapped.empty(shape, dtype)
+            return mapped.empty(shape, dtype, defer=self._populating)
         except MemoryError:
             raise LimitError(f"{self.source}: tensor {t.name!r}: cannot allocate {nbytes} bytes") from None
+
+    def _populating(self, populate: Callable[[], None]) -> None:
+        """A large output's pages are faulted in on a decode thread (kformat.loading.mapped),
+        beside the tiles being decoded: in this thread they held up the next tensor's tiles."""
+        self.decoders().submit(populate)
 
     def _output_dtype(self, t: TensorEntry) -> np.dtype:
         """float32 for lossy rules, the original dtype for lossless ones."""

@@ -14,21 +14,26 @@ the system must take from memory it handed back to its host costs far more: in a
 machine with free page reporting (a balloon), where idle free memory is returned to the host,
 a fresh huge page cost 2.5-4.6 ms to zero against 0.65 ms for 512 small pages, and a first
 load in a new process took 0.53-0.70 s instead of 0.27-0.30 s. So a large output's huge pages
-are populated 2 MiB at a time (MADV_POPULATE_WRITE), and at the second one slower than
-SLOW_HUGE_PAGE the rest of the array falls back to small pages, faulted in as tiles are
-decoded, and huge pages are not tried again until one of these outputs has been freed (its
-pages are the system's to hand out again: a second load in the process finds them). Where the
-system cannot populate (Linux before 5.14) huge pages are only advised, as numpy does.
+are populated 2 MiB at a time (MADV_POPULATE_WRITE; the loader hands that to a decode thread,
+beside the tiles being decoded), each timed in the thread's CPU time, and at the second one
+slower than SLOW_HUGE_PAGE the rest of the array falls back to small pages, faulted in as tiles
+are decoded, and huge pages are not tried again until an output advised huge pages has been
+freed (the huge pages it held are the system's to hand out again, cheaply). Where the
+system cannot populate (Linux before 5.14), or its first population in the process got small
+pages (huge pages switched off, or none free), huge pages are only advised, as numpy does.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import math
 import mmap
 import sys
 import time
 import weakref
+from typing import Callable
 
 import numpy as np
 
@@ -47,11 +52,29 @@ _SMALL = getattr(mmap, "MADV_NOHUGEPAGE", None)
 _POPULATE_WRITE: int | None = getattr(
     mmap, "MADV_POPULATE_WRITE", 23 if sys.platform.startswith("linux") else None
 )
+
+
+def _libc_madvise():
+    """madvise(2) through ctypes, which lets go of the GIL while it runs; None where absent."""
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+_MADVISE = _libc_madvise() if _POPULATE_WRITE is not None else None
 _huge_paused = False  # after a fallback, until one of these outputs is freed
+_huge_seen = False  # a population has been seen to get a huge page in this process
 
 
-def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """np.empty(shape, dtype), in a mapping of its own when it is large."""
+def empty(
+    shape: tuple[int, ...], dtype, defer: Callable[[Callable[[], None]], object] | None = None
+) -> np.ndarray:
+    """np.empty(shape, dtype), in a mapping of its own when it is large. Its huge pages are
+    populated now, or by `defer(populate)` (a decode thread, beside the tiles being written)."""
     dtype = np.dtype(dtype)
     count = math.prod(shape)
     nbytes = count * dtype.itemsize
@@ -62,9 +85,15 @@ def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     except OSError:
         raise MemoryError(f"cannot map {nbytes} bytes") from None
     array = np.frombuffer(pages, dtype=dtype, count=count).reshape(shape)
-    if _HUGE is not None:
-        _back(pages, nbytes, array.ctypes.data)
-        weakref.finalize(pages, _resume_huge_pages)
+    if _HUGE is not None and not _huge_paused:
+        pages.madvise(_HUGE)
+        weakref.finalize(pages, _resume_huge_pages)  # (huge pages to hand out again)
+        if _POPULATE_WRITE is not None and _SMALL is not None:
+            populate = functools.partial(_populate_huge, pages, nbytes, array.ctypes.data)
+            if defer is None:
+                populate()
+            else:
+                defer(populate)
     return array
 
 
@@ -73,30 +102,76 @@ def _resume_huge_pages() -> None:
     _huge_paused = False
 
 
-def _back(pages: mmap.mmap, nbytes: int, address: int) -> None:
-    """Huge pages for the mapping at `address`, populated now while each comes cheap; the
-    rest on small pages from the second slow one (see the module's docstring)."""
-    global _huge_paused, _POPULATE_WRITE
-    if _huge_paused:
-        return
-    pages.madvise(_HUGE)
-    if _POPULATE_WRITE is None or _SMALL is None:
+def _populate_huge(pages: mmap.mmap, nbytes: int, address: int) -> None:
+    """The huge pages of the mapping at `address`, populated 2 MiB at a time while each comes
+    cheap; the rest on small pages from the second slow one (see the module's docstring)."""
+    global _huge_paused
+    if _huge_paused:  # (another output fell back since this one was advised)
+        _advise_small(pages, 0, nbytes)
         return
     slow = 0
     start = 0
     for end in [*range((-address) % HUGE_PAGE or HUGE_PAGE, nbytes, HUGE_PAGE), nbytes]:
-        began = time.perf_counter()
-        try:
-            pages.madvise(_POPULATE_WRITE, start, end - start)
-        except OSError as exc:  # advised only: for good on a kernel without it (EINVAL)
-            if exc.errno == errno.EINVAL:
-                _POPULATE_WRITE = None
-            return  # (ENOMEM: written pages fault in, or fail, as they would without it)
-        if end - start == HUGE_PAGE and time.perf_counter() - began > SLOW_HUGE_PAGE:
+        whole = end - start == HUGE_PAGE
+        began = time.thread_time()  # (not the wall clock: waits for a core or the GIL are not the page's)
+        populated = (
+            _populate_checked(address, start) if whole and not _huge_seen else _populate(address, start, end)
+        )
+        if not populated:
+            return
+        if whole and time.thread_time() - began > SLOW_HUGE_PAGE:
             slow += 1
             if slow > SLOW_PAGES_ALLOWED:
-                if end < nbytes:
-                    pages.madvise(_SMALL, end, nbytes - end)
                 _huge_paused = True
+                _advise_small(pages, end, nbytes - end)
                 return
         start = end
+
+
+def _advise_small(pages: mmap.mmap, start: int, length: int) -> None:
+    if length > 0:
+        try:
+            pages.madvise(_SMALL, start, length)
+        except (OSError, ValueError):  # (closed meanwhile: nothing left to advise)
+            pass
+
+
+def _populate(address: int, start: int, end: int) -> bool:
+    """Fault in [start, end) of the mapping now, without the GIL (mmap.madvise holds it, and
+    the decode threads waited on it); False when the kernel would not (advised only, then)."""
+    global _POPULATE_WRITE
+    if _MADVISE is not None and _MADVISE(address + start, end - start, _POPULATE_WRITE) == 0:
+        return True
+    error = ctypes.get_errno() if _MADVISE is not None else errno.ENOSYS
+    if error in (errno.EINVAL, errno.ENOSYS):  # a kernel without it (before 5.14): for good
+        _POPULATE_WRITE = None
+    return False  # (ENOMEM: written pages fault in, or fail, as they would without it)
+
+
+def _populate_checked(address: int, start: int) -> bool:
+    """_populate of the process's first whole huge page, and whether the system gave a huge
+    page for it. Where it gives small pages (huge pages switched off, or none free), populating
+    would only fault them in on one thread, where the decode threads would share the faults
+    (and nothing would ever fall back): never again in this process, then."""
+    global _POPULATE_WRITE, _huge_seen
+    before = _anon_huge_kb()
+    if not _populate(address, start, start + HUGE_PAGE):
+        return False
+    after = _anon_huge_kb()
+    if before is None or after is None or after - before < HUGE_PAGE >> 10:
+        _POPULATE_WRITE = None
+        return False
+    _huge_seen = True
+    return True
+
+
+def _anon_huge_kb() -> int | None:
+    """The process's anonymous memory on huge pages, in KiB (None where the system does not say)."""
+    try:
+        with open("/proc/self/smaps_rollup", "rb") as rollup:
+            for line in rollup:
+                if line.startswith(b"AnonHugePages:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
