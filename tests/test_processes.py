@@ -110,7 +110,7 @@ def test_batches_of_small_tensors_weighed_in_workers_write_the_same_bytes(tmp_pa
     sent = []
     real_run = weighing.run
     monkeypatch.setattr(
-        weighing, "run", lambda pool, fn, *a: sent.append(fn.__name__) or real_run(pool, fn, *a)
+        weighing, "run", lambda pool, fn, *a, **k: sent.append(fn.__name__) or real_run(pool, fn, *a, **k)
     )
     kformat.pack(model(), tmp_path / "two.kf", "fp16", target_bits=3.0, jobs=2)
     assert sent.count("_weigh_batch") == 2  # of the 4 weight matrices' batches, 2 in workers
@@ -142,8 +142,8 @@ def test_work_in_flight_is_bounded_and_the_oldest_settled_first(tmp_path, monkey
     sent, taken, most = [], [], [0]
     real_run = weighing.run
 
-    def run(pool, fn, *args):
-        task = real_run(pool, fn, *args)
+    def run(pool, fn, *args, **options):
+        task = real_run(pool, fn, *args, **options)
         sent.append(task)
 
         def result():
@@ -232,3 +232,28 @@ def test_a_module_another_thread_is_importing_at_the_fork_is_imported_whole_in_t
                 child.kill()  # (a child stuck on the lock would keep the pool from shutting down)
     importing.join()
     assert runs.read_text() == ("x" if wait else "xx")  # waited: imported once, in this process
+
+
+def test_tasks_the_processes_hold_count_as_busy_workers_for_the_chunk_helpers_until_done():
+    """Weighing's fits and the pack's tensors in worker processes hold cores: while a task is
+    out, this process's passes recruit no helper thread for it (chunks.elsewhere)."""
+    from concurrent.futures import Future
+
+    from kformat.packing.processes import InHand, run, worker_processes
+
+    held = InHand(workers=1)
+    first, second = Future(), Future()
+    held.track(first)
+    held.track(second)
+    assert chunks._elsewhere == 1  # two tasks out, one process: one core
+    first.set_result(None)
+    assert chunks._elsewhere == 1
+    second.set_exception(RuntimeError("failed"))  # a failed task is back too
+    assert chunks._elsewhere == 0
+    with worker_processes(1) as pool:
+        if pool is None:
+            pytest.skip("no worker processes here")
+        out = run(pool, time.sleep, 0.2, in_hand=held)
+        assert chunks._elsewhere == 1
+        out()
+    assert chunks._elsewhere == 0  # (its callback has run once the pool is shut down)

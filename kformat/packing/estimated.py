@@ -67,7 +67,7 @@ class Batch:
     def add(self, name: str, parts: list[Part]) -> None:
         self.tensors.append((name, parts))
 
-    def submit(self, processes=None) -> Callable[[], dict[str, list[Candidate]]]:
+    def submit(self, processes=None, in_hand=None) -> Callable[[], dict[str, list[Candidate]]]:
         """Fit the batch (in a worker when there is a pool); a callable that returns every
         tensor's candidates and keeps here what the fits share (Method.reuse)."""
         items: dict[str, list] = {}
@@ -76,7 +76,7 @@ class Batch:
                 if isinstance(part, tuple):
                     method_name, rules, summary = part
                     items.setdefault(method_name, []).append((summary, rules))
-        tasks = {m: run(processes, _fit, m, batch) for m, batch in items.items()}
+        tasks = {m: run(processes, _fit, m, batch, in_hand=in_hand) for m, batch in items.items()}
         tensors = self.tensors
 
         def result() -> dict[str, list[Candidate]]:

@@ -40,7 +40,6 @@ file order as before. KFORMAT_FORK=0 keeps every tensor on threads. Linux only (
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
@@ -53,7 +52,7 @@ from ..progress import log
 from ..recipe import Decision
 from ..sources import TensorSource
 from .encoded import Encoded, encode_blobs
-from .processes import keep_freed_memory, worker_processes
+from .processes import InHand, keep_freed_memory, worker_processes
 from .spill import Spill, restored, spilled
 
 FORK_BYTES = 1 << 20  # smaller tensors (biases, norms) are encoded in this process
@@ -80,9 +79,8 @@ class ForkedWorkers:
         self._spill: Spill | None = None
         self._usable = True
         self.sent = 0  # tensors handed to the processes
-        self._unfinished = 0  # of them, not yet back
         self._closing = False
-        self._lock = threading.Lock()
+        self._in_hand = InHand(jobs)  # the tensors they hold, for the chunk helpers
         self.smallest = FORK_BYTES  # tensors of fewer bytes are encoded in this process
 
     def close(self) -> None:
@@ -106,7 +104,7 @@ class ForkedWorkers:
             self._usable = False
             return None
         self.sent += 1
-        self._count(+1)
+        self._in_hand.track(child)  # (counted off before _relay runs)
         outcome: Future = Future()
         child.add_done_callback(lambda done: self._relay(done, outcome, decision, path))
         return outcome
@@ -114,7 +112,6 @@ class ForkedWorkers:
     def _relay(self, done: Future, outcome: Future, decision: Decision, path: str | None) -> None:
         """Pass on a child's result (its blobs from the spill file) or error; if the child
         died, encode the tensor here."""
-        self._count(-1)
         if done.cancelled():  # the pack is failing: its pending work is dropped
             outcome.cancel()
             return
@@ -154,17 +151,10 @@ class ForkedWorkers:
         of the pack is at work at the fork (one could be mid-import: processes.py). The
         same pack time as forking at the next tensor (6 alternating runs of 3 presets).
         Nothing is forked when no other tensor is worth a process (a lone tensor)."""
-        self.jobs = max(1, self.jobs - 1)
+        self.jobs = self._in_hand.workers = max(1, self.jobs - 1)
         self.smallest = POLE_FORK_BYTES
         if any(size >= self.smallest for name, size in self.sizes.items() if name != pole):
             self._start()
-
-    def _count(self, change: int) -> None:
-        """Tensors in the processes' hands, as busy workers for the chunk helpers (at most one
-        per process; the rest wait in its queue)."""
-        with self._lock:
-            self._unfinished += change
-            chunks.elsewhere(min(self._unfinished, self.jobs))
 
 
 def _settle(outcome: Future, result: Callable[[], Encoded] | BaseException) -> None:

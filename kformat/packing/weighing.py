@@ -43,7 +43,7 @@ from .encode import check_finite
 from .estimated import Batch, estimated_candidates, summarized
 from .exact import ALLOCATION_METHODS, candidate_rules, exact_candidates, method_candidates, small_candidates
 from .knapsack import Candidate
-from .processes import run, worker_processes
+from .processes import InHand, run, worker_processes
 
 __all__ = ["candidate_rules", "estimate", "estimated_candidates", "exact_candidates", "method_candidates"]
 
@@ -181,16 +181,18 @@ def estimate(
         return {n: np.asarray(source.load(n)) for n in names}  # sources are read from this thread only
 
     workers = min(jobs, len(large) + len(batches)) if jobs > 1 else 0
+    in_hand = InHand(workers)  # the processes' tasks, as busy workers for the chunk helpers
     with worker_processes(workers) as processes:  # forked before any thread of ours works
         # of every (workers + 1) batches of small tensors, one is weighed here, the others in workers
         shared = [] if processes is None else [f for i, f in enumerate(batches) if i % (workers + 1)]
         for first in shared:
-            later(_seeds_kept(run(processes, _weigh_batch, load(batches[first]), tiles, importance)))
+            batch_of = load(batches[first])
+            later(_seeds_kept(run(processes, _weigh_batch, batch_of, tiles, importance, in_hand=in_hand)))
         batch = Batch()  # large tensors summarized here, fitted together (in a worker, with a pool)
         for name in large:
             batch.add(name, summarized(name, load([name])[name], tiles[name], importance))
             if len(batch) == LARGE_BATCH or name == large[-1]:
-                later(batch.submit(processes))
+                later(batch.submit(processes, in_hand))
                 batch = Batch()
         with ExitStack() as seeds:
             for d in decisions:
