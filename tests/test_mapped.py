@@ -41,15 +41,19 @@ def _areas(array: np.ndarray) -> list[dict]:
 def _resident(array: np.ndarray) -> int:
     """Bytes of `array`'s pages in memory now (mincore(2): exactly its pages, whatever the
     kernel merged its mapping with)."""
+    return _resident_at(array.ctypes.data, array.nbytes)
+
+
+def _resident_at(address: int, nbytes: int) -> int:
     import ctypes
     import mmap
 
     libc = ctypes.CDLL(None, use_errno=True)
-    pages = (array.nbytes + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    pages = (nbytes + mmap.PAGESIZE - 1) // mmap.PAGESIZE
     vector = (ctypes.c_ubyte * pages)()
-    assert array.ctypes.data % mmap.PAGESIZE == 0
+    assert address % mmap.PAGESIZE == 0
     libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
-    assert libc.mincore(ctypes.c_void_p(array.ctypes.data), ctypes.c_size_t(array.nbytes), vector) == 0
+    assert libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(nbytes), vector) == 0
     return sum(byte & 1 for byte in vector) * mmap.PAGESIZE
 
 
@@ -169,3 +173,20 @@ def test_where_the_first_population_gets_small_pages_huge_pages_are_only_advised
 def test_the_process_anonymous_huge_pages_are_read_from_the_kernel():
     kb = mapped._anon_huge_kb()
     assert kb is None or kb >= 0
+
+
+def test_an_output_dropped_before_its_population_runs_is_not_populated(fresh, monkeypatch):
+    monkeypatch.setattr(mapped, "SLOW_HUGE_PAGE", float("inf"))
+    handed = []
+    array = mapped.empty((SIZE // 4,), np.float32, defer=handed.append)
+    kept = array.reshape(2, -1)[1]  # a view keeps it: populated
+    del array
+    handed.pop()()
+    if mapped._POPULATE_WRITE is not None:
+        assert _resident(kept) == SIZE // 2
+    array = mapped.empty((SIZE // 4,), np.float32, defer=handed.append)
+    address = array.ctypes.data
+    del array, kept  # no view left: a load that failed at its first tile
+    task = handed.pop()  # (it keeps the mapping itself, not the array)
+    task()
+    assert _resident_at(address, SIZE) == 0

@@ -84,12 +84,13 @@ def empty(
         pages = mmap.mmap(-1, nbytes, flags=_FLAGS)
     except OSError:
         raise MemoryError(f"cannot map {nbytes} bytes") from None
-    array = np.frombuffer(pages, dtype=dtype, count=count).reshape(shape)
+    flat = np.frombuffer(pages, dtype=dtype, count=count)  # (every view of it keeps it)
+    array = flat.reshape(shape)
     if _HUGE is not None and not _huge_paused:
         pages.madvise(_HUGE)
         weakref.finalize(pages, _resume_huge_pages)  # (huge pages to hand out again)
         if _POPULATE_WRITE is not None and _SMALL is not None:
-            populate = functools.partial(_populate_huge, pages, nbytes, array.ctypes.data)
+            populate = functools.partial(_populate_huge, pages, nbytes, array.ctypes.data, weakref.ref(flat))
             if defer is None:
                 populate()
             else:
@@ -102,9 +103,11 @@ def _resume_huge_pages() -> None:
     _huge_paused = False
 
 
-def _populate_huge(pages: mmap.mmap, nbytes: int, address: int) -> None:
+def _populate_huge(pages: mmap.mmap, nbytes: int, address: int, array: weakref.ref) -> None:
     """The huge pages of the mapping at `address`, populated 2 MiB at a time while each comes
-    cheap; the rest on small pages from the second slow one (see the module's docstring)."""
+    cheap; the rest on small pages from the second slow one (see the module's docstring).
+    Stops once no view of the array is left (a load that failed at its first tile touches no
+    more)."""
     global _huge_paused
     if _huge_paused:  # (another output fell back since this one was advised)
         _advise_small(pages, 0, nbytes)
@@ -112,6 +115,8 @@ def _populate_huge(pages: mmap.mmap, nbytes: int, address: int) -> None:
     slow = 0
     start = 0
     for end in [*range((-address) % HUGE_PAGE or HUGE_PAGE, nbytes, HUGE_PAGE), nbytes]:
+        if array() is None:
+            return
         whole = end - start == HUGE_PAGE
         began = time.thread_time()  # (not the wall clock: waits for a core or the GIL are not the page's)
         populated = (
