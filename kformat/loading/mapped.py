@@ -37,6 +37,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..clib import function as c_function
+
 MAPPED_ABOVE = 1 << 20  # bytes
 HUGE_PAGE = 2 << 20  # bytes (x86-64 and arm64 with 4 KiB pages)
 SLOW_HUGE_PAGE = 1e-3  # seconds to zero a 2 MiB page: more than 512 small pages take (0.65 ms)
@@ -54,18 +56,11 @@ _POPULATE_WRITE: int | None = getattr(
 )
 
 
-def _libc_madvise():
-    """madvise(2) through ctypes, which lets go of the GIL while it runs; None where absent."""
-    try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    madvise.restype = ctypes.c_int
-    return madvise
-
-
-_MADVISE = _libc_madvise() if _POPULATE_WRITE is not None else None
+_MADVISE = (  # madvise(2) through ctypes, which lets go of the GIL while it runs
+    c_function("madvise", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int))
+    if _POPULATE_WRITE is not None
+    else None
+)
 _huge_paused = False  # after a fallback, until one of these outputs is freed
 _huge_seen = False  # a population has been seen to get a huge page in this process
 

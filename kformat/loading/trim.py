@@ -17,21 +17,14 @@ import sys
 import threading
 from typing import Callable
 
+from ..clib import function as c_function
+
 TRIM_BYTES = 16 << 20
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        trim = ctypes.CDLL(None).malloc_trim  # the process's own C library; glibc has it
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
-
-
-_TRIM = _malloc_trim()
+_TRIM: Callable[[int], int] | None = (
+    c_function("malloc_trim", (ctypes.c_size_t,)) if sys.platform.startswith("linux") else None
+)
 _lock = threading.Lock()
 _since = 0  # bytes of tensors read since the last trim, in this process
 

@@ -34,6 +34,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
+from ..clib import function as c_function, libc
 from ..interrupts import deferred
 from ..methods import chunks
 from ..progress import log
@@ -44,28 +45,16 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
 @functools.cache
-def _libc():
-    """glibc, or None. Loaded before any fork: a child that called dlopen while another of
-    the parent's threads held the loader's lock at the fork would wait for ever."""
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-
-@functools.cache
 def keep_freed_memory() -> None:
     """In a worker process: map only blocks over 64 MiB, and keep up to 128 MiB of freed
     memory, so that temporaries reuse pages already faulted in. Dask's nanny starts workers
     with MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's adaptive mmap
     threshold: every temporary array over 128 KiB was then mapped, faulted in and unmapped
     afresh, and encoding ran 2.5x slower. glibc only; elsewhere nothing changes."""
-    libc = _libc()
-    try:
-        libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
-        libc.mallopt(M_TRIM_THRESHOLD, 128 << 20)
-    except AttributeError:  # (not glibc)
-        pass
+    mallopt = c_function("mallopt", (ctypes.c_int, ctypes.c_int))
+    if mallopt is not None:  # (glibc)
+        mallopt(M_MMAP_THRESHOLD, 64 << 20)
+        mallopt(M_TRIM_THRESHOLD, 128 << 20)
 
 
 @contextmanager
@@ -92,7 +81,7 @@ def worker_processes(count: int, initializer=None, *initargs) -> Iterator[Execut
                 initializer=_start_worker,
                 initargs=(os.getpid(), initializer, initargs),
             )
-            _libc()  # loaded here, not in the children
+            libc()  # loaded here, not in the children
             _await_imports()
             with _signals_held():
                 started = pool.submit(int)  # forks every worker now
@@ -175,10 +164,9 @@ def _start_worker(parent: int, initializer, initargs) -> None:
     """A worker's first step: die with the parent, then initializer(*initargs). A worker
     holds the write end of its siblings' task queue (forked from the same parent), so when
     the parent was killed (SIGKILL, the OOM killer) the workers waited for tasks for ever."""
-    try:
-        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except AttributeError:  # (not glibc)
-        pass
+    prctl = c_function("prctl", (ctypes.c_int, ctypes.c_ulong))
+    if prctl is not None:  # (Linux)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # it died before prctl took effect
         os._exit(1)
     _forget_imports_under_way()
