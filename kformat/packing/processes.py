@@ -34,7 +34,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
-from ..clib import function as c_function, libc
+from ..clib import function as c_function
 from ..interrupts import deferred
 from ..methods import chunks
 from ..progress import log
@@ -45,13 +45,24 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
 @functools.cache
+def _c_calls() -> dict[str, Callable | None]:
+    """The C library's calls a worker makes, looked up in the parent before it forks: a
+    child that looked one up (dlsym) while another of the parent's threads held the
+    loader's lock at the fork would wait for ever."""
+    return {
+        "prctl": c_function("prctl", (ctypes.c_int, ctypes.c_ulong)),
+        "mallopt": c_function("mallopt", (ctypes.c_int, ctypes.c_int)),
+    }
+
+
+@functools.cache
 def keep_freed_memory() -> None:
     """In a worker process: map only blocks over 64 MiB, and keep up to 128 MiB of freed
     memory, so that temporaries reuse pages already faulted in. Dask's nanny starts workers
     with MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's adaptive mmap
     threshold: every temporary array over 128 KiB was then mapped, faulted in and unmapped
     afresh, and encoding ran 2.5x slower. glibc only; elsewhere nothing changes."""
-    mallopt = c_function("mallopt", (ctypes.c_int, ctypes.c_int))
+    mallopt = _c_calls()["mallopt"]
     if mallopt is not None:  # (glibc)
         mallopt(M_MMAP_THRESHOLD, 64 << 20)
         mallopt(M_TRIM_THRESHOLD, 128 << 20)
@@ -81,7 +92,7 @@ def worker_processes(count: int, initializer=None, *initargs) -> Iterator[Execut
                 initializer=_start_worker,
                 initargs=(os.getpid(), initializer, initargs),
             )
-            libc()  # loaded here, not in the children
+            _c_calls()  # looked up here, not in the children
             _await_imports()
             with _signals_held():
                 started = pool.submit(int)  # forks every worker now
@@ -164,7 +175,7 @@ def _start_worker(parent: int, initializer, initargs) -> None:
     """A worker's first step: die with the parent, then initializer(*initargs). A worker
     holds the write end of its siblings' task queue (forked from the same parent), so when
     the parent was killed (SIGKILL, the OOM killer) the workers waited for tasks for ever."""
-    prctl = c_function("prctl", (ctypes.c_int, ctypes.c_ulong))
+    prctl = _c_calls()["prctl"]
     if prctl is not None:  # (Linux)
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # it died before prctl took effect
