@@ -140,10 +140,13 @@ def _populate(address: int, start: int, end: int) -> bool:
     """Fault in [start, end) of the mapping now, without the GIL (mmap.madvise holds it, and
     the decode threads waited on it); False when the kernel would not (advised only, then)."""
     global _POPULATE_WRITE
-    if _MADVISE is not None and _MADVISE(address + start, end - start, _POPULATE_WRITE) == 0:
+    advice = _POPULATE_WRITE  # (another decode thread may have given up on it meanwhile)
+    if advice is None or _MADVISE is None:
+        return False
+    if _MADVISE(address + start, end - start, advice) == 0:
         return True
-    error = ctypes.get_errno() if _MADVISE is not None else errno.ENOSYS
-    if error in (errno.EINVAL, errno.ENOSYS):  # a kernel without it (before 5.14): for good
+    error = ctypes.get_errno()
+    if error == errno.EINVAL:  # a kernel without it (before 5.14): for good
         _POPULATE_WRITE = None
     return False  # (ENOMEM: written pages fault in, or fail, as they would without it)
 
