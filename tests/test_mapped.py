@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,7 +63,7 @@ def fresh(monkeypatch):
     """Each test starts with huge pages tried and population available."""
     monkeypatch.setattr(mapped, "_huge_paused", False)
     monkeypatch.setattr(mapped, "_huge_seen", False)
-    monkeypatch.setattr(mapped, "_POPULATE_WRITE", mapped._POPULATE_WRITE)
+    monkeypatch.setattr(mapped, "_POPULATE_WRITE", mapped.POPULATE_WRITE)  # (as a new process has it)
     return mapped
 
 
@@ -155,12 +156,9 @@ def test_a_population_is_handed_to_defer_when_given(fresh, monkeypatch):
     assert len(handed) == 1 and small.shape == (10,)
 
 
-@pytest.mark.parametrize("reported", [512, None], ids=["small-pages-given", "not-said"])
-def test_where_the_first_population_gets_small_pages_huge_pages_are_only_advised(
-    fresh, monkeypatch, reported
-):
+def test_where_the_first_population_gets_small_pages_huge_pages_are_only_advised(fresh, monkeypatch):
     monkeypatch.setattr(mapped, "SLOW_HUGE_PAGE", float("inf"))
-    monkeypatch.setattr(mapped, "_anon_huge_kb", lambda: reported)  # no growth (or unknown)
+    monkeypatch.setattr(mapped, "_on_huge_pages", lambda address: False)  # (or the system does not say)
     array = mapped.empty((SIZE // 4,), np.float32)
     assert mapped._POPULATE_WRITE is None and not mapped._huge_paused and not mapped._huge_seen
     areas = _areas(array)
@@ -170,9 +168,22 @@ def test_where_the_first_population_gets_small_pages_huge_pages_are_only_advised
     assert float(array.sum()) == 0.5 * array.size
 
 
-def test_the_process_anonymous_huge_pages_are_read_from_the_kernel():
-    kb = mapped._anon_huge_kb()
-    assert kb is None or kb >= 0
+def test_the_kernel_says_which_areas_have_huge_pages(fresh, monkeypatch):
+    monkeypatch.setattr(mapped, "SLOW_HUGE_PAGE", float("inf"))
+    array = mapped.empty((SIZE // 4,), np.float32)
+    if mapped._huge_seen:  # (the system gave one: the check saw it)
+        assert mapped._on_huge_pages(array.ctypes.data + SIZE // 2)
+    small = np.ones(SIZE // 4, np.float32)  # numpy's heap pages...
+    mmap_small = mapped.mmap.mmap(-1, SIZE, flags=mapped._FLAGS)  # ...and a mapping never advised
+    plain = np.frombuffer(mmap_small, np.uint8)
+    plain[:] = 1
+    try:
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        mode = ""
+    if "[always]" not in mode:  # (with huge pages for every area, the plain one may have some)
+        assert not mapped._on_huge_pages(plain.ctypes.data) and small.sum() > 0
+    assert not mapped._on_huge_pages(0)  # (no area holds it)
 
 
 def test_an_output_dropped_before_its_population_runs_is_not_populated(fresh, monkeypatch):

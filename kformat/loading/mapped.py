@@ -51,9 +51,10 @@ _FLAGS = (
 )
 _HUGE = getattr(mmap, "MADV_HUGEPAGE", None)
 _SMALL = getattr(mmap, "MADV_NOHUGEPAGE", None)
-_POPULATE_WRITE: int | None = getattr(
+POPULATE_WRITE: int | None = getattr(
     mmap, "MADV_POPULATE_WRITE", 23 if sys.platform.startswith("linux") else None
 )
+_POPULATE_WRITE = POPULATE_WRITE  # None once this process has found it does not pay
 
 
 _MADVISE = (  # madvise(2) through ctypes, which lets go of the GIL while it runs
@@ -157,24 +158,29 @@ def _populate_checked(address: int, start: int) -> bool:
     would only fault them in on one thread, where the decode threads would share the faults
     (and nothing would ever fall back): never again in this process, then."""
     global _POPULATE_WRITE, _huge_seen
-    before = _anon_huge_kb()
     if not _populate(address, start, start + HUGE_PAGE):
         return False
-    after = _anon_huge_kb()
-    if before is None or after is None or after - before < HUGE_PAGE >> 10:
+    if not _on_huge_pages(address + start):
         _POPULATE_WRITE = None
         return False
     _huge_seen = True
     return True
 
 
-def _anon_huge_kb() -> int | None:
-    """The process's anonymous memory on huge pages, in KiB (None where the system does not say)."""
+def _on_huge_pages(address: int) -> bool:
+    """Whether the kernel's area holding `address` has huge pages (its AnonHugePages in
+    /proc/self/smaps; the process's total would move with other threads' frees); False where
+    the system does not say."""
     try:
-        with open("/proc/self/smaps_rollup", "rb") as rollup:
-            for line in rollup:
-                if line.startswith(b"AnonHugePages:"):
-                    return int(line.split()[1])
+        with open("/proc/self/smaps", "rb") as smaps:
+            inside = False
+            for line in smaps:
+                head = line.split(b" ", 1)[0]
+                if b"-" in head and not head.endswith(b":"):
+                    low, _, high = head.partition(b"-")
+                    inside = int(low, 16) <= address < int(high, 16)
+                elif inside and line.startswith(b"AnonHugePages:"):
+                    return int(line.split()[1]) > 0
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    return False
