@@ -76,18 +76,19 @@ def test_tensors_behind_the_long_pole_keep_coming_and_are_written_in_file_order(
         return f
 
     pole, written = Future(), []
+    write = lambda future: written.append(future.result())  # noqa: E731 - what the packer's writes do
     pending = deque([(pole, 100), (finished("b"), 10), (finished("c"), 10)])
-    make_room(pending, written.append, window=2, budget=100, pole=pole)
+    make_room(pending, write, window=2, budget=100, pole=pole)
     assert written == [] and len(pending) == 3  # nothing passes the pole, and none waits
     busy = Future()
     pending.append((busy, 10))
     pending.append((Future(), 10))
     threading.Timer(0.05, busy.set_result, ["d"]).start()
-    make_room(pending, written.append, window=2, budget=100, pole=pole)  # waits for one of two
+    make_room(pending, write, window=2, budget=100, pole=pole)  # waits for one of two
     assert busy.done() and written == []
     pending = deque([(pole, 100), (finished("b"), 60), (finished("c"), 60)])
     threading.Timer(0.05, pole.set_result, ["a"]).start()
-    make_room(pending, written.append, window=2, budget=100, pole=pole)  # over budget: head waited for
+    make_room(pending, write, window=2, budget=100, pole=pole)  # over budget: head waited for
     assert written == ["a", "b", "c"] and not pending
 
 
@@ -112,11 +113,12 @@ def test_finished_tensors_count_the_bytes_they_hold_not_their_input():
     failed = Future()
     failed.set_exception(ValueError("its turn will raise it"))
     head, written = Future(), []
+    write = lambda future: written.append(future.result())  # noqa: E731 - what the packer's writes do
     pending = deque([(head, 100), *((finished(Held(n, 10)), 60) for n in "bcd"), (failed, 60)])
     threading.Timer(0.2, head.set_result, [Held("a", 0)]).start()
-    make_room(pending, written.append, window=2, budget=100)  # 30 bytes held, not 240: no wait
+    make_room(pending, write, window=2, budget=100)  # 30 bytes held, not 240: no wait
     assert written == [] and len(pending) == 5
     pending.append((finished(Held("e", 80)), 60))  # now 110 held: the head is waited for
     with pytest.raises(ValueError, match="its turn"):
-        make_room(pending, written.append, window=2, budget=100)
+        make_room(pending, write, window=2, budget=100)
     assert [h.name for h in written] == ["a", "b", "c", "d"]

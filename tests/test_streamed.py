@@ -87,3 +87,37 @@ def test_a_sharded_pack_with_a_long_pole_is_the_same_at_two_jobs(tmp_path, monke
         p.relative_to(tmp_path / "j2"): p.read_bytes() for p in (tmp_path / "j2").rglob("*") if p.is_file()
     }
     assert one == two and len(one) > 3  # several shards
+
+
+def test_a_long_pole_written_while_tensors_are_still_admitted_goes_through_the_stream(tmp_path, monkeypatch):
+    """The pole at the head of the file order may be written by admission (done, or waited
+    for while finished tensors hold too much), not only after the last tensor is handed out:
+    its blobs go through the stream there too, and the bytes are those of one job."""
+    from kformat.packing import writer
+
+    monkeypatch.setenv("KFORMAT_FORK", "0")
+    streamed, real_stream = [], BlobStream.write_while_encoding
+
+    def recording(self, *args, **kwargs):
+        written = real_stream(self, *args, **kwargs)
+        streamed.append(len(written))
+        return written
+
+    real_room = writer.make_room
+
+    def pole_done_first(pending, write, window, budget, pole=None):
+        if pole is not None:
+            pole.result()  # the pole finishes while tensors are still being handed out
+        real_room(pending, write, window, budget, pole)
+
+    monkeypatch.setattr(BlobStream, "write_while_encoding", recording)
+    monkeypatch.setattr(writer, "make_room", pole_done_first)
+    rng = np.random.default_rng(5)
+    model = {
+        "big.weight": (rng.standard_normal((3000, 700)) * 0.02).astype(np.float32),
+        **{f"small{i}.weight": (rng.standard_normal((64, 700)) * 0.02).astype(np.float32) for i in range(3)},
+    }
+    kformat.pack(model, tmp_path / "one.kf", "fp16", rules=["*=kmeans:4,tile=500x700"], jobs=1)
+    kformat.pack(model, tmp_path / "two.kf", "fp16", rules=["*=kmeans:4,tile=500x700"], jobs=2)
+    assert streamed == [6]  # the pole's six tiles, through the stream, from admission
+    assert (tmp_path / "two.kf").read_bytes() == (tmp_path / "one.kf").read_bytes()

@@ -31,10 +31,12 @@ def make_room(
     """Write the finished tensors at the head of `pending`, then wait until fewer than `window`
     tensors other than `pole` (the long pole, started first and counted apart) are still being
     encoded and the finished ones waiting to be written hold at most `budget` input bytes.
-    Futures need done() and result(); concurrent ones, to be waited on (window counts)."""
+    write(future) writes the head's tensor, waiting for it if need be (the pole's blobs as they
+    come: kformat.packing.streamed). Futures need done() and result(); concurrent ones, to be
+    waited on (window counts)."""
     while True:
         while pending and pending[0][0].done():
-            write(pending.popleft()[0].result())
+            write(pending.popleft()[0])
         working = [future for future, _ in pending if future is not pole and not future.done()]
         held = sum(_held(future, size) for future, size in pending if future.done()) if budget < inf else 0
         if len(working) < window and held <= budget:
@@ -42,7 +44,7 @@ def make_room(
         if len(working) >= window:
             wait(working, return_when=FIRST_COMPLETED)
         else:  # finished tensors hold too much: they wait on the head, so the head is waited for
-            write(pending.popleft()[0].result())
+            write(pending.popleft()[0])
 
 
 def _held(future, input_bytes: int) -> int:

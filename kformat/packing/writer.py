@@ -211,18 +211,23 @@ def pack(
                 first = _long_pole(decisions, sizes, jobs if scheduler is None else 1)
                 stream = BlobStream()  # the pole's blobs, written as they come once it is due
                 early = encoder.submit(first, critical=True, stream=stream) if first is not None else None
+
+                def write_next(future: Future) -> None:
+                    """The tensor at the head of the file order, waited for if need be; the
+                    long pole's blobs written as it makes them."""
+                    streamed = None
+                    if future is early:
+                        streamed = stream.write_while_encoding(sink.add, future, check_interrupts)
+                    written(future.result(), streamed)
+
                 for decision in decisions:
                     check_interrupts()
                     tracker.start(decision.name)
                     future = early if decision is first else encoder.submit(decision)
                     pending.append((future, sizes[decision.name]))
-                    make_room(pending, written, encoder.window, budget, early)
+                    make_room(pending, write_next, encoder.window, budget, early)
                 while pending:
-                    future = pending.popleft()[0]
-                    streamed = None
-                    if future is early:
-                        streamed = stream.write_while_encoding(sink.add, future, check_interrupts)
-                    written(future.result(), streamed)
+                    write_next(pending.popleft()[0])
             tracker.close()
             if importance is not None:
                 metadata = {**(metadata or {}), **importance.record()}
