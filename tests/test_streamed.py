@@ -42,7 +42,8 @@ def test_nothing_is_written_while_the_planes_could_still_be_stored_raw():
     assert stream.write_while_encoding(lambda blob, digest: digest, future) == ["d0", "d1"]
 
 
-def test_a_long_pole_at_two_jobs_writes_the_bytes_of_one_even_when_its_planes_go_raw(tmp_path, monkeypatch):
+def _record_streams(monkeypatch) -> list[int]:
+    """Threads only (the pole here), and how many blobs each stream wrote, pack by pack."""
     monkeypatch.setenv("KFORMAT_FORK", "0")
     streamed, real = [], BlobStream.write_while_encoding
 
@@ -52,6 +53,11 @@ def test_a_long_pole_at_two_jobs_writes_the_bytes_of_one_even_when_its_planes_go
         return written
 
     monkeypatch.setattr(BlobStream, "write_while_encoding", recording)
+    return streamed
+
+
+def test_a_long_pole_at_two_jobs_writes_the_bytes_of_one_even_when_its_planes_go_raw(tmp_path, monkeypatch):
+    streamed = _record_streams(monkeypatch)
     rng = np.random.default_rng(2)
     model = {
         "big.weight": (rng.standard_normal((3000, 700)) * 0.02).astype(np.float32),
@@ -95,14 +101,7 @@ def test_a_long_pole_written_while_tensors_are_still_admitted_goes_through_the_s
     its blobs go through the stream there too, and the bytes are those of one job."""
     from kformat.packing import writer
 
-    monkeypatch.setenv("KFORMAT_FORK", "0")
-    streamed, real_stream = [], BlobStream.write_while_encoding
-
-    def recording(self, *args, **kwargs):
-        written = real_stream(self, *args, **kwargs)
-        streamed.append(len(written))
-        return written
-
+    streamed = _record_streams(monkeypatch)
     real_room = writer.make_room
 
     def pole_done_first(pending, write, window, budget, pole=None):
@@ -110,7 +109,6 @@ def test_a_long_pole_written_while_tensors_are_still_admitted_goes_through_the_s
             pole.result()  # the pole finishes while tensors are still being handed out
         real_room(pending, write, window, budget, pole)
 
-    monkeypatch.setattr(BlobStream, "write_while_encoding", recording)
     monkeypatch.setattr(writer, "make_room", pole_done_first)
     rng = np.random.default_rng(5)
     model = {
