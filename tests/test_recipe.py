@@ -163,9 +163,10 @@ def test_mobile_picks_fully_connected_layers_by_role_and_size():
     rules = {d.name: d.rule.to_text() for d in decisions}
     assert rules["embeddings.word_embeddings.weight"] == "fp16,codec=zstd"
     assert rules["embeddings.position_embeddings.weight"] == "fp16,codec=zstd"
-    assert rules["encoder.layer.0.intermediate.dense.weight"] == "kmeans:4,ecq=0.25"  # first of the largest
-    assert rules["encoder.layer.0.output.dense.weight"] == "kmeans:8,ecq=0.5"
-    assert rules["encoder.layer.0.attention.self.query.weight"] == "kmeans:8,ecq=0.5"
+    first_of_the_largest = rules["encoder.layer.0.intermediate.dense.weight"]
+    assert first_of_the_largest == "kmeans:4,codec=zstd,ecq=0.25"
+    assert rules["encoder.layer.0.output.dense.weight"] == "kmeans:8,codec=zstd,ecq=0.5"
+    assert rules["encoder.layer.0.attention.self.query.weight"] == "kmeans:8,codec=zstd,ecq=0.5"
     assert rules["conv.weight"] == "fp16,codec=zstd" and not unmatched
 
 

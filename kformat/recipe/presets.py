@@ -10,7 +10,11 @@ from typing import Any
 # so on a transformer the embedding tables are not taken for FC layers. Its codebooks are
 # fitted entropy-constrained (ecq: at most 0.25 dB below the plain fit for the 4-bit layer,
 # 0.5 dB for the 8-bit ones, which stay above 43 dB), and fp16 values are byte-shuffled and
-# zstd-compressed: lossless, 16% smaller. See tools/bench/size_quality.py for what each choice buys.
+# zstd-compressed: lossless, 16% smaller. Its code planes are zstd rather than PNG: on VGG16
+# the same bytes (0.06% fewer), and zstd's Huffman decoding runs 2.5x libdeflate's inflate, so
+# a load takes 0.75x the CPU and 0.8x the time (tools/bench/load_speed.py), a pack 0.87x the
+# time, and kformat.js decodes it in the same time (fzstd against the platform's inflate).
+# See tools/bench/size_quality.py for what each choice buys.
 PRESETS: dict[str, dict[str, Any]] = {
     "raw": {"name": "raw", "default": "raw"},
     # Every tensor bit-exact in its own dtype, exponents entropy-coded (the floatz codec):
@@ -51,8 +55,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "name": "mobile",
         "default": "fp16,codec=zstd",
         "rules": [
-            {"match": "*", "role": "fc", "largest": True, "rule": "kmeans:4,ecq=0.25"},
-            {"match": "*", "role": "fc", "rule": "kmeans:8,ecq=0.5"},
+            {"match": "*", "role": "fc", "largest": True, "rule": "kmeans:4,ecq=0.25,codec=zstd"},
+            {"match": "*", "role": "fc", "rule": "kmeans:8,ecq=0.5,codec=zstd"},
         ],
     },
 }
