@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 JS = ROOT / "js"
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(
-    NODE is None or not (JS / "node_modules" / "fzstd").exists(),
+    NODE is None or not (JS / "node_modules" / "zstddec").exists(),
     reason="node and js/node_modules (make test installs them)",
 )
 

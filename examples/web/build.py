@@ -3,7 +3,7 @@
 it as a sharded kformat model, and lay out a directory any static server (nginx) can serve:
 
     OUT/index.html, OUT/app.js           the page (examples/web/)
-    OUT/js/                              the JavaScript reader (js/kformat.js, js/src/, fzstd)
+    OUT/js/                              the JavaScript reader (js/kformat.js, js/src/, zstddec)
     OUT/models/digits/                   manifest.kf + shards/<sha256>.kfs
     OUT/samples.json                     test digits and what the Python reader's model predicts
 
@@ -64,7 +64,7 @@ def build(out: Path, recipe: str = "mobile", epochs: int = 15, samples: int = 24
     (js / "node_modules").mkdir(parents=True)
     shutil.copy(ROOT / "js" / "kformat.js", js / "kformat.js")
     shutil.copytree(ROOT / "js" / "src", js / "src")
-    shutil.copytree(ROOT / "js" / "node_modules" / "fzstd", js / "node_modules" / "fzstd")
+    shutil.copytree(ROOT / "js" / "node_modules" / "zstddec", js / "node_modules" / "zstddec")
     return info
 
 
@@ -77,7 +77,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--serve", action="store_true", help="then serve it from a local nginx until Ctrl-C")
     args = parser.parse_args()
-    if not (ROOT / "js" / "node_modules" / "fzstd").exists():
+    if not (ROOT / "js" / "node_modules" / "zstddec").exists():
         print("error: run `npm ci` in js/ first (make test and make demo do)", file=sys.stderr)
         return 2
     info = build(args.out, args.recipe, args.epochs)

@@ -59,8 +59,8 @@ export const CODECS = {
     values: true,
     exact: false,
     maxInflation: 32768,
-    decodePacked: async (data, rows, cols, depth) => decompressExact(data, packedSize(rows, cols, depth)),
-    decodeValues: async (data, rows, cols, dtype, size) => unshuffle(decompressExact(data, rows * cols * size), rows * cols, size),
+    decodePacked: (data, rows, cols, depth) => decompressExact(data, packedSize(rows, cols, depth)),
+    decodeValues: async (data, rows, cols, dtype, size) => unshuffle(await decompressExact(data, rows * cols * size), rows * cols, size),
   },
   raw: {
     codes: true,
@@ -86,7 +86,7 @@ export const CODECS = {
         } catch {
           throw fail('decode', `floatz byte plane ${i}: not a complete zstd frame`);
         }
-        planes.push(decompressExact(rest.subarray(0, end), count));
+        planes.push(await decompressExact(rest.subarray(0, end), count));
         rest = rest.subarray(end);
       }
       if (rest.length) throw fail('decode', `floatz plane has ${rest.length} bytes after its last frame`);

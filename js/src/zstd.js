@@ -1,8 +1,9 @@
 // zstd frames (RFC 8878) of planes: the declared size and the frame's extent are read from
-// its headers here, then fzstd decompresses it, stopped as soon as it would pass the size the
-// manifest promises.
+// its headers here, then zstd's own decoder compiled to WebAssembly (zstddec) decompresses it
+// into a buffer of exactly the size the manifest promises, so it can never inflate past it.
+// (fzstd, in JavaScript, took 1.5x the time of a whole VGG16 `mobile` decode in Node.)
 
-import { Decompress } from 'fzstd';
+import { ZSTDDecoder } from 'zstddec';
 import { fail } from './errors.js';
 
 const MAGIC = 0xfd2fb528;
@@ -48,27 +49,34 @@ export function frameSize(data) {
   return pos;
 }
 
+let decoder = null;
+
+/** The WebAssembly decoder, instantiated on the first zstd plane (not at import). */
+async function ready() {
+  if (!decoder) {
+    const made = new ZSTDDecoder();
+    decoder = made.init().then(() => made);
+  }
+  return decoder;
+}
+
 /** One frame that must decompress to exactly `size` bytes; never inflated past that. */
-export function decompressExact(frame, size) {
+export async function decompressExact(frame, size) {
   const { size: declared } = frameHeader(frame);
   if (declared !== null && declared !== size) {
     throw fail('decode', `zstd frame declares ${declared} bytes, expected ${size}`);
   }
   const end = frameSize(frame);
   if (end !== frame.length) throw fail('decode', 'zstd plane has trailing bytes after its frame');
-  const out = new Uint8Array(size);
-  let got = 0;
-  const stream = new Decompress((chunk) => {
-    if (got + chunk.length > size) throw fail('decode', `zstd frame decompresses to the wrong size (expected ${size} bytes)`);
-    out.set(chunk, got);
-    got += chunk.length;
-  });
+  const zstd = await ready();
+  let out;
   try {
-    stream.push(frame, true);
+    // ZSTD_decompress into `size` bytes: a frame that holds more fails rather than writing past
+    // them; an error code comes back as a negative length, so an empty copy
+    out = zstd.decode(frame, size);
   } catch (err) {
-    if (err?.kind) throw err;
     throw fail('decode', `zstd frame is corrupt: ${err?.message ?? err}`);
   }
-  if (got !== size) throw fail('decode', `zstd frame decompresses to the wrong size (expected ${size} bytes)`);
+  if (out.length !== size) throw fail('decode', `zstd frame is corrupt or decompresses to the wrong size (expected ${size} bytes)`);
   return out;
 }

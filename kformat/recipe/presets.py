@@ -13,7 +13,8 @@ from typing import Any
 # zstd-compressed: lossless, 16% smaller. Its code planes are zstd rather than PNG: on VGG16
 # the same bytes (0.06% fewer), and zstd's Huffman decoding runs 2.5x libdeflate's inflate, so
 # a load takes 0.75x the CPU and 0.8x the time (tools/bench/load_speed.py), a pack 0.87x the
-# time, and kformat.js decodes it in the same time (fzstd against the platform's inflate).
+# time, and kformat.js decodes it in 0.77x the time in Node, 0.60x in Chromium (zstddec, zstd's
+# decoder in WebAssembly, against the platform's inflate).
 # See tools/bench/size_quality.py for what each choice buys.
 PRESETS: dict[str, dict[str, Any]] = {
     "raw": {"name": "raw", "default": "raw"},

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """kformat.js decode throughput in Node and in Chromium against the Python reader, one model.
 
-The model is the VGG16-shaped one packed with `mobile` (k-means 4- and 8-bit PNG planes,
+The model is the VGG16-shaped one packed with `mobile` (k-means 4- and 8-bit zstd planes,
 fp16 zstd planes), or with --small the 1/8-width one. Each reader decodes every tensor to
 float32 (best of --repeat runs): Python `kformat.load_all` from the page cache, Node through
 kformat.js from the same file, Chromium through kformat.js from a local nginx (playwright-core
@@ -48,10 +48,10 @@ def main() -> int:
     kformat.pack(small_vgg_weights() if args.small else vgg16_weights(), model, "mobile")
     shutil.copy(REPO / "js" / "kformat.js", site / "js" / "kformat.js")
     shutil.copytree(REPO / "js" / "src", site / "js" / "src")
-    shutil.copytree(REPO / "js" / "node_modules" / "fzstd", site / "js" / "node_modules" / "fzstd")
+    shutil.copytree(REPO / "js" / "node_modules" / "zstddec", site / "js" / "node_modules" / "zstddec")
     (site / "index.html").write_text(
         '<!doctype html><script type="importmap">'
-        '{"imports": {"fzstd": "./js/node_modules/fzstd/esm/index.mjs"}}'
+        '{"imports": {"zstddec": "./js/node_modules/zstddec/dist/zstddec.mjs"}}'
         "</script><title>bench</title>"
     )
     for path in [site, *site.rglob("*")]:
