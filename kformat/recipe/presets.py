@@ -26,6 +26,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "kmeans8": {"name": "kmeans8", "default": "kmeans:8"},
     "kmeans4": {"name": "kmeans4", "default": "kmeans:4"},
     "kmeans2": {"name": "kmeans2", "default": "kmeans:2"},
+    # The deployment presets (q8, q4, mobile) keep their code planes in zstd, for the reasons
+    # given for mobile above (BERT-shaped q4: 0.12% smaller, loads in 0.85x the time); the
+    # plain kmeans presets keep the format's default, PNG planes an image viewer opens.
     # q8: near-lossless for any architecture. Every weight matrix, convolution and embedding
     # 8-bit k-means with row scales (one codebook for the tensor, each row divided by its RMS,
     # so depthwise kernels and rows of different ranges keep their precision); biases and
@@ -34,7 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "name": "q8",
         "default": "fp16,codec=zstd",
         "rules": [
-            {"match": "*", "role": role, "rule": "kmeans:8,scale=row"}
+            {"match": "*", "role": role, "rule": "kmeans:8,scale=row,codec=zstd"}
             for role in ("fc", "embedding", "conv", "depthwise")
         ],
     },
@@ -45,9 +48,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "name": "q4",
         "default": "fp16,codec=zstd",
         "rules": [
-            {"match": "*", "role": "depthwise", "rule": "kmeans:8,scale=row"},
+            {"match": "*", "role": "depthwise", "rule": "kmeans:8,scale=row,codec=zstd"},
             *(
-                {"match": "*", "role": role, "rule": "kmeans:4,group=64,scale=row"}
+                {"match": "*", "role": role, "rule": "kmeans:4,group=64,scale=row,codec=zstd"}
                 for role in ("fc", "embedding", "conv")
             ),
         ],
