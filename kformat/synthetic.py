@@ -114,9 +114,21 @@ def bert_base_weights(seed: int = 0) -> dict[str, np.ndarray]:
     """BERT-base-shaped weights: matrices Student-t (5 degrees of freedom, the heavier tails of
     trained transformers) at std 0.02 as BERT initialises them, LayerNorm scales 1, biases
     small."""
+    return bert_like_weights(bert_base_shapes(), seed)
+
+
+def minilm_weights(seed: int = 0) -> dict[str, np.ndarray]:
+    """all-MiniLM-L6-v2-shaped weights (6 layers, width 384, 22.7M parameters), drawn as
+    bert_base_weights draws them. Its word embedding holds 52% of the parameters: a long pole
+    beside many small matrices, where VGG16's pole sits beside a few large ones."""
+    return bert_like_weights(bert_base_shapes(layers=6, width=384, inner=1536), seed)
+
+
+def bert_like_weights(shapes, seed: int = 0) -> dict[str, np.ndarray]:
+    """Weights for BERT-like `shapes` (see bert_base_weights)."""
     rng = np.random.default_rng(seed)
     out = {}
-    for name, shape in bert_base_shapes():
+    for name, shape in shapes:
         if len(shape) == 2:
             t = rng.standard_t(5, size=shape).astype(np.float32)
             out[name] = t * np.float32(0.02 / np.sqrt(5 / 3))  # the t(5) variance is 5/3

@@ -41,13 +41,20 @@ def settled_kernels(monkeypatch):
     monkeypatch.setenv("KFORMAT_NUMBA", "0")
 
 
-def pack_logged(source, path, caplog, **options) -> int:
-    """Pack; how many tensors went to worker processes (from the debug log)."""
+def pack_handed_out(source, path, caplog, **options) -> tuple[int, int]:
+    """Pack; how many tensors the workers' queue handed to processes, and how many this
+    process took from it once the long pole was done (from the debug log)."""
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="kformat"):
         kformat.pack(source, path, options.pop("recipe", RECIPE), **options)
-    sent = [r.args[0] for r in caplog.records if "worker processes" in r.getMessage() and r.args]
-    return sum(sent)
+    logged = [r.args for r in caplog.records if "worker processes" in r.getMessage() and r.args]
+    return sum(args[1] for args in logged), sum(args[3] for args in logged)
+
+
+def pack_logged(source, path, caplog, **options) -> int:
+    """Pack; how many tensors the workers' queue handed out (to processes, or to this
+    process once the long pole was done)."""
+    return sum(pack_handed_out(source, path, caplog, **options))
 
 
 def test_processes_write_the_bytes_of_one_thread(tmp_path, caplog, monkeypatch):
@@ -98,6 +105,20 @@ def test_beside_a_long_pole_the_other_tensors_go_to_one_process_fewer_and_the_by
     kformat.pack(weights, tmp_path / "one.kf", RECIPE, jobs=1)
     one = (tmp_path / "one.kf").read_bytes()
     assert (tmp_path / "three.kf").read_bytes() == one and (tmp_path / "two.kf").read_bytes() == one
+
+
+def test_once_the_long_pole_is_done_this_process_takes_queued_tensors_and_the_bytes_stay(tmp_path, caplog):
+    """A pole that is quickly done (fp16) beside slow fits (8-bit k-means): its thread takes
+    tensors the one process has not started, rather than idle while it works through them."""
+    rng = np.random.default_rng(7)
+    weights = {"pole.weight": rng.standard_normal((4096, 512)).astype(np.float32)}
+    for i in range(8):
+        weights[f"layer{i}.weight"] = (rng.standard_t(4, (256, 512)) * 0.02).astype(np.float32)
+    options = {"recipe": "kmeans8", "rules": ["pole.*=fp16"]}
+    sent, taken = pack_handed_out(weights, tmp_path / "two.kf", caplog, jobs=2, **options)
+    assert sent + taken == 8 and taken >= 1 and sent >= 1
+    kformat.pack(weights, tmp_path / "one.kf", "kmeans8", rules=options["rules"], jobs=1)
+    assert (tmp_path / "two.kf").read_bytes() == (tmp_path / "one.kf").read_bytes()
 
 
 def test_a_lone_tensor_is_encoded_on_this_process_threads_and_nothing_is_forked(

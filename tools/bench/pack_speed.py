@@ -3,7 +3,8 @@
 
 The model is the VGG16-shaped one (138.4M parameters, He-init, seed 0; one FC layer holds 74%
 of them), or with `--model bert` the BERT-base-shaped one (108.9M parameters in 197 tensors,
-none dominant; Student-t weights), in memory. Each variant runs in a fresh process, several
+none dominant; Student-t weights), or with `--model minilm` the all-MiniLM-L6-v2-shaped one
+(22.7M parameters, the word embedding 52% of them), in memory. Each variant runs in a fresh process, several
 times (the best time counts):
 
   gguf Q4_0          gguf.quants.quantize(w, Q4_0) of every tensor (32-value blocks, one
@@ -33,13 +34,14 @@ costs the host's page fault again: touching new memory ran at 0.45 GB/s per thre
 against 13-17 GB/s warm. Back-to-back runs therefore time a mix of the two; with a pause,
 every run is cold, as a user's first command after a while is.
 
-    python tools/bench/pack_speed.py [--out bench-out] [--repeat 2] [--small | --model vgg16|bert]
+    python tools/bench/pack_speed.py [--out bench-out] [--repeat 2] [--small | --model vgg16|bert|minilm]
                                      [--recipes kmeans4,q4]
                                      [--whole-process] [--pairs P] [--ceiling]
                                      [--kernels auto|numpy|compiled] [--pause S]
 
 Prints a table (seconds and ratio to gguf Q4_0) and writes bench-out/pack_speed.json
-(pack_speed_whole_process.json with --whole-process; _bert before .json with --model bert).
+(pack_speed_whole_process.json with --whole-process; _bert or _minilm before .json with
+--model bert or minilm).
 """
 
 from __future__ import annotations
@@ -136,11 +138,17 @@ def compile_package() -> None:
     compileall.compile_dir(Path(kformat.__file__).parent, quiet=1)
 
 
-MODELS = {"vgg16": "vgg16_weights", "vgg16-small": "small_vgg_weights", "bert": "bert_base_weights"}
+MODELS = {
+    "vgg16": "vgg16_weights",
+    "vgg16-small": "small_vgg_weights",
+    "bert": "bert_base_weights",
+    "minilm": "minilm_weights",
+}
 DESCRIPTIONS = {
     "vgg16": "VGG16-shaped",
     "vgg16-small": "VGG16-shaped at 1/8 width",
     "bert": "BERT-base-shaped (Student-t weights)",
+    "minilm": "all-MiniLM-L6-v2-shaped (Student-t weights)",
 }
 
 
@@ -212,10 +220,11 @@ def main() -> int:
     parser.add_argument("--small", action="store_true", help="VGG16 at 1/8 width (a quick check)")
     parser.add_argument(
         "--model",
-        choices=("vgg16", "bert"),
+        choices=("vgg16", "bert", "minilm"),
         default="vgg16",
         help="vgg16: 138M parameters, one FC layer 74%% of them; bert: BERT-base's 109M in 197 "
-        "tensors, none dominant (kformat.synthetic)",
+        "tensors, none dominant; minilm: all-MiniLM-L6-v2's 22.7M, the word embedding 52%% of "
+        "them beside 100 small tensors (kformat.synthetic)",
     )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="the N of --jobs N")
     parser.add_argument(
