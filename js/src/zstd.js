@@ -72,8 +72,9 @@ export async function decompressExact(frame, size) {
   let out;
   try {
     // ZSTD_decompress into `size` bytes: a frame that holds more fails rather than writing past
-    // them; an error code comes back as a negative length, so an empty copy
-    out = zstd.decode(frame, size);
+    // them; an error code comes back as a negative length, so an empty copy. (zstddec takes a
+    // size of 0 for "read it from the frame": an empty plane gets room for one byte instead.)
+    out = zstd.decode(frame, Math.max(size, 1));
   } catch (err) {
     throw fail('decode', `zstd frame is corrupt: ${err?.message ?? err}`);
   }

@@ -55,3 +55,10 @@ test('a size declared in the header must be the promised one', async () => {
   assert.ok(error instanceof KFormatError, String(error));
   assert.match(error.message, /declares 5 bytes, expected 4/);
 });
+
+test('an empty plane decodes from an empty frame, and only from one', async () => {
+  assert.equal((await decompressExact(frame(0, []), 0)).length, 0);
+  const error = await failure(decompressExact(frame(0, [7]), 0));
+  assert.ok(error instanceof KFormatError, String(error));
+  assert.equal(error.kind, 'decode');
+});

@@ -180,7 +180,8 @@ def pack(
         first = _long_pole(decisions, sizes, jobs if scheduler is None else 1)
         if scheduler is None:  # (a cluster's workers fit, not this process)
             processes = jobs if forking(source, jobs) and earlier is None else 1
-            expect_fits(decisions, {t.name: t.shape for t in infos}, processes, first and first.name)
+            pole = first.name if first is not None else None
+            expect_fits(decisions, {t.name: t.shape for t in infos}, processes, pole)
             encoder = LocalEncoder(source, recipe.tile, importance, jobs, earlier)
         else:
             from .distributed import DaskEncoder
