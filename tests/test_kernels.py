@@ -243,3 +243,20 @@ def test_code_lengths_are_the_c_librarys_log2_rounded_with_and_without_numba():
     expected /= fit_loops.LENGTH_STEPS
     _equal(fit_loops.code_lengths(shares), expected)
     _equal(njit(lambda s: fit_loops.code_lengths(s))(shares), expected)
+
+
+def test_bit_allocation_asks_for_the_kernels_by_the_candidates_it_fits(tmp_path):
+    """--target-bits fits every candidate codebook of every tensor while its plan's own rules
+    are fp16: the weighing asks for the kernels by its candidates' work (per core), a small
+    model's too little for them."""
+    code = """if True:
+        import sys, numpy as np, kformat
+        from kformat.methods import kernels
+        rng = np.random.default_rng(0)
+        count = int(sys.argv[2])
+        model = {f"w{i}": rng.standard_normal((64, 64)).astype(np.float32) for i in range(count)}
+        kformat.pack(model, sys.argv[1], "fp16", target_bits=4, jobs=1)
+        print(kernels._loader is not None)
+    """
+    assert _fresh(code, str(tmp_path / "small.kf"), "2") == "False"  # 2 x 382 units
+    assert _fresh(code, str(tmp_path / "many.kf"), "16") == "True"  # 16 x 382 units

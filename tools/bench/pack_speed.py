@@ -116,7 +116,11 @@ def whole_process(variant: str, model: Path, target: Path, repeat: int, pause: f
     else:
         recipe, jobs = variant.split()[1], variant.split("jobs=")[1]
         command = [sys.executable, "-m", "kformat", "pack", str(model), "-o", str(target)]
-        command += ["--recipe", recipe, "--jobs", jobs, "--quiet"]
+        if recipe.startswith("bits"):  # bit allocation to a size, as in memory
+            command += ["--recipe", "fp16", "--target-bits", recipe[4:]]
+        else:
+            command += ["--recipe", recipe]
+        command += ["--jobs", jobs, "--quiet"]
     best = None
     for _ in range(repeat):
         time.sleep(pause)
