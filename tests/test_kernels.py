@@ -170,7 +170,7 @@ def test_fit_work_counts_groups_times_entries():
     kmeans, linear = get_method("kmeans"), get_method("linear")
     assert kmeans.fit_work((4096, 25088), parse_rule("kmeans:8")) == 256
     assert kmeans.fit_work((30522, 768), parse_rule("kmeans:4,group=64")) == 477 * 16
-    assert kmeans.fit_work((768, 768), parse_rule("kmeans:8,ecq=0.5")) == 256  # ecq: no more saved
+    assert kmeans.fit_work((768, 768), parse_rule("kmeans:8,ecq=0.5")) == 3 * 256
     assert linear.fit_work((768, 768), parse_rule("linear:8,row")) == 0
 
 
@@ -259,4 +259,4 @@ def test_bit_allocation_asks_for_the_kernels_by_the_candidates_it_fits(tmp_path)
         print(kernels._loader is not None)
     """
     assert _fresh(code, str(tmp_path / "small.kf"), "2") == "False"  # 2 x 382 units
-    assert _fresh(code, str(tmp_path / "many.kf"), "16") == "True"  # 16 x 382 units
+    assert _fresh(code, str(tmp_path / "many.kf"), "28") == "True"  # 28 x 382 units

@@ -35,7 +35,7 @@ import numpy as np
 from . import fit_loops
 
 WARM_AFTER = 1.0  # CPU seconds of numpy fit loops in a process before the kernels are loaded
-LOAD_FOR_WORK = 6_000  # Method.fit_work units on a pack's longest path from which it loads them at its start
+LOAD_FOR_WORK = 10_000  # Method.fit_work units from which a pack loads the kernels at its start
 
 _lock = threading.Lock()
 _spent = 0.0  # CPU seconds in the numpy loops so far, all threads
@@ -127,11 +127,7 @@ def expect(work: float) -> None:
     BERT-base's kmeans8 command spent its 1.1 s of loops before the kernels were asked for,
     then waited for them at exit (3.5 s, against 2.7 s with numpy loops only and 2.3 s with
     kernels from the start). Below it (VGG16's presets: at most 4,096 units, 0.27 s of
-    loops) loading costs more than it saves. `work` is what lies on the pack's longest path
-    (packing.encode.expect_fits): with two worker processes, an all-MiniLM-L6-v2-shaped
-    `mobile` (8,976 units, no long pole of fits: 4,488 on a process) packed in 0.83 s with
-    numpy loops against 0.99 s with the kernels, whose load the fits and the fork wait for;
-    `q4` (the word embedding's 477 codebooks on one process, 7,632) in 1.59 s against 1.25 s."""
+    loops) loading costs more than it saves."""
     global _awaited
     if work >= LOAD_FOR_WORK and _mode() == "auto":
         _awaited = True

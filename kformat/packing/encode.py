@@ -17,17 +17,10 @@ from ..methods.metrics import error_powers, sqnr_db
 from .feedback import with_feedback
 
 
-def expect_fits(
-    decisions, shapes: dict[str, tuple[int, ...]], processes: int = 1, pole: str | None = None
-) -> None:
-    """Tell the fit loops how much codebook work lies on the pack's longest path
-    (kernels.expect): all of it on one process; spread over `processes` worker processes,
-    the larger of an even share and the long pole's own (`pole`, one process's). Threads
-    share one GIL, which the numpy loops hold: for them the whole plan counts."""
-    work = {d.name: get_method(d.rule.method).fit_work(view_2d(shapes[d.name]), d.rule) for d in decisions}
-    total = sum(work.values())
-    longest = total if processes <= 1 else max(work.get(pole, 0), total / processes)
-    kernels.expect(longest)
+def expect_fits(decisions, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Tell the fit loops how much codebook work the plan holds (kernels.expect)."""
+    work = (get_method(d.rule.method).fit_work(view_2d(shapes[d.name]), d.rule) for d in decisions)
+    kernels.expect(sum(work))
 
 
 def check_finite(name: str, values: np.ndarray) -> None:

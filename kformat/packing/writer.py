@@ -28,7 +28,6 @@ from ..sources import TensorSource, find_aliases
 from .admission import make_room
 from .encode import expect_fits
 from .encoded import Encoded
-from .forked import enabled as forking
 from .local import LocalEncoder
 from .atomic import write_errors
 from .sinks import ShardedSink, SingleFileSink
@@ -178,10 +177,8 @@ def pack(
             decisions = [Decision(d.name, *assigned[d.name]) if d.name in assigned else d for d in decisions]
         sizes = {t.name: math.prod(t.shape) * np.dtype(t.dtype).itemsize for t in infos}
         first = _long_pole(decisions, sizes, jobs if scheduler is None else 1)
-        if scheduler is None:  # (a cluster's workers fit, not this process)
-            processes = jobs if forking(source, jobs) and earlier is None else 1
-            pole = first.name if first is not None else None
-            expect_fits(decisions, {t.name: t.shape for t in infos}, processes, pole)
+        if scheduler is None:
+            expect_fits(decisions, {t.name: t.shape for t in infos})  # (a cluster's workers fit)
             encoder = LocalEncoder(source, recipe.tile, importance, jobs, earlier)
         else:
             from .distributed import DaskEncoder
