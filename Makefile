@@ -29,7 +29,7 @@ nginx:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null 2>&1; } || \
 	  { echo "error: could not install nginx (needed by the HTTP tests and the demo)" >&2; exit 1; }
 
-# The JavaScript reader's packages (zstddec, zstd's decoder in WebAssembly; playwright-core drives Chromium in the tests).
+# The JavaScript reader's packages (zstddec, zstd's decoder in WebAssembly, and fzstd where it cannot run; playwright-core drives Chromium in the tests).
 JS_STAMP := js/node_modules/.kformat-installed
 js: $(JS_STAMP)
 

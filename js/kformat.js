@@ -6,8 +6,8 @@
 //
 // Header and manifest with range requests, checked in the reference reader's order; every
 // blob's SHA-256 checked with WebCrypto; PNG planes inflated by the platform's
-// DecompressionStream, zstd planes by zstd's own decoder in WebAssembly (zstddec); errors
-// are KFormatError with a `kind`.
+// DecompressionStream, zstd planes by zstd's own decoder in WebAssembly (zstddec; fzstd where
+// WebAssembly cannot run); errors are KFormatError with a `kind`.
 
 export { openModel, Model, MAX_MANIFEST_BYTES } from './src/reader.js';
 export { KFormatError } from './src/errors.js';

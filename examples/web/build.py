@@ -3,7 +3,7 @@
 it as a sharded kformat model, and lay out a directory any static server (nginx) can serve:
 
     OUT/index.html, OUT/app.js           the page (examples/web/)
-    OUT/js/                              the JavaScript reader (js/kformat.js, js/src/, zstddec)
+    OUT/js/                              the JavaScript reader (js/kformat.js, js/src/, zstddec, fzstd)
     OUT/models/digits/                   manifest.kf + shards/<sha256>.kfs
     OUT/samples.json                     test digits and what the Python reader's model predicts
 
@@ -64,7 +64,8 @@ def build(out: Path, recipe: str = "mobile", epochs: int = 15, samples: int = 24
     (js / "node_modules").mkdir(parents=True)
     shutil.copy(ROOT / "js" / "kformat.js", js / "kformat.js")
     shutil.copytree(ROOT / "js" / "src", js / "src")
-    shutil.copytree(ROOT / "js" / "node_modules" / "zstddec", js / "node_modules" / "zstddec")
+    for package in ("zstddec", "fzstd"):
+        shutil.copytree(ROOT / "js" / "node_modules" / package, js / "node_modules" / package)
     return info
 
 

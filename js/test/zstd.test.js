@@ -2,6 +2,7 @@
 // KFormatError of kind 'decode' (zstddec itself reports nothing: an error comes back short).
 
 import { test } from 'node:test';
+import { execFileSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import { decompressExact } from '../src/zstd.js';
 import { KFormatError } from '../kformat.js';
@@ -61,4 +62,20 @@ test('an empty plane decodes from an empty frame, and only from one', async () =
   const error = await failure(decompressExact(frame(0, [7]), 0));
   assert.ok(error instanceof KFormatError, String(error));
   assert.equal(error.kind, 'decode');
+});
+
+test('without WebAssembly (node --jitless) zstd planes decode in JavaScript, bad ones still fail', () => {
+  const script = `
+    import { decompressExact } from ${JSON.stringify(new URL('../src/zstd.js', import.meta.url).href)};
+    const frame = (body) => new Uint8Array([0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x58, 1 | (body.length << 3), 0, 0, ...body]);
+    const good = await decompressExact(frame([1, 2, 3]), 3);
+    let kind = null;
+    try { await decompressExact(frame([1, 2, 3, 4]), 3); } catch (err) { kind = err.kind; }
+    console.log(typeof WebAssembly, [...good].join(','), kind);
+  `;
+  const out = execFileSync(process.execPath, ['--jitless', '--input-type=module', '-e', script], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  assert.equal(out.trim(), 'undefined 1,2,3 decode');
 });

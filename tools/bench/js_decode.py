@@ -48,10 +48,12 @@ def main() -> int:
     kformat.pack(small_vgg_weights() if args.small else vgg16_weights(), model, "mobile")
     shutil.copy(REPO / "js" / "kformat.js", site / "js" / "kformat.js")
     shutil.copytree(REPO / "js" / "src", site / "js" / "src")
-    shutil.copytree(REPO / "js" / "node_modules" / "zstddec", site / "js" / "node_modules" / "zstddec")
+    for package in ("zstddec", "fzstd"):
+        shutil.copytree(REPO / "js" / "node_modules" / package, site / "js" / "node_modules" / package)
     (site / "index.html").write_text(
         '<!doctype html><script type="importmap">'
-        '{"imports": {"zstddec": "./js/node_modules/zstddec/dist/zstddec.mjs"}}'
+        '{"imports": {"zstddec": "./js/node_modules/zstddec/dist/zstddec.mjs",'
+        ' "fzstd": "./js/node_modules/fzstd/esm/index.mjs"}}'
         "</script><title>bench</title>"
     )
     for path in [site, *site.rglob("*")]:
