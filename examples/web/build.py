@@ -3,7 +3,7 @@
 it as a sharded kformat model, and lay out a directory any static server (nginx) can serve:
 
     OUT/index.html, OUT/app.js           the page (examples/web/)
-    OUT/js/                              the JavaScript reader (js/kformat.js, js/src/, zstddec, fzstd)
+    OUT/js/                              the JavaScript reader and its packages (reader_site.py)
     OUT/models/digits/                   manifest.kf + shards/<sha256>.kfs
     OUT/samples.json                     test digits and what the Python reader's model predicts
 
@@ -26,9 +26,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT / "examples" / "digits"))
+sys.path.insert(0, str(HERE))
 
 import kformat  # noqa: E402
 from digits import load_data, logits, train  # noqa: E402
+from reader_site import copy_reader, missing  # noqa: E402
+
+IMPORT_MAP_SLOT = "<!-- importmap: build.py writes the reader's import map here -->"
 
 SHARD_SIZE = 64 << 10  # small shards, so the page shows several being fetched and cached
 
@@ -58,14 +62,9 @@ def build(out: Path, recipe: str = "mobile", epochs: int = 15, samples: int = 24
         ],
     }
     (out / "samples.json").write_text(json.dumps(info))
-    for name in ("index.html", "app.js"):
-        shutil.copy(HERE / name, out / name)
-    js = out / "js"
-    (js / "node_modules").mkdir(parents=True)
-    shutil.copy(ROOT / "js" / "kformat.js", js / "kformat.js")
-    shutil.copytree(ROOT / "js" / "src", js / "src")
-    for package in ("zstddec", "fzstd"):
-        shutil.copytree(ROOT / "js" / "node_modules" / package, js / "node_modules" / package)
+    import_map = copy_reader(out)
+    (out / "index.html").write_text((HERE / "index.html").read_text().replace(IMPORT_MAP_SLOT, import_map))
+    shutil.copy(HERE / "app.js", out / "app.js")
     return info
 
 
@@ -78,7 +77,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--serve", action="store_true", help="then serve it from a local nginx until Ctrl-C")
     args = parser.parse_args()
-    if not (ROOT / "js" / "node_modules" / "zstddec").exists():
+    if missing():
         print("error: run `npm ci` in js/ first (make test and make demo do)", file=sys.stderr)
         return 2
     info = build(args.out, args.recipe, args.epochs)

@@ -24,10 +24,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO / "examples" / "web"))
 
 import kformat  # noqa: E402
 from kformat.synthetic import small_vgg_weights, vgg16_weights  # noqa: E402
 from local_nginx import LocalNginx  # noqa: E402
+from reader_site import copy_reader  # noqa: E402
 
 TOOL = REPO / "js" / "tools" / "bench_decode.mjs"
 
@@ -43,19 +45,10 @@ def main() -> int:
     site = (args.out / "js_decode").resolve()
     if site.exists():
         shutil.rmtree(site)
-    (site / "js").mkdir(parents=True)
+    site.mkdir(parents=True)
     model = site / "mobile.kf"
     kformat.pack(small_vgg_weights() if args.small else vgg16_weights(), model, "mobile")
-    shutil.copy(REPO / "js" / "kformat.js", site / "js" / "kformat.js")
-    shutil.copytree(REPO / "js" / "src", site / "js" / "src")
-    for package in ("zstddec", "fzstd"):
-        shutil.copytree(REPO / "js" / "node_modules" / package, site / "js" / "node_modules" / package)
-    (site / "index.html").write_text(
-        '<!doctype html><script type="importmap">'
-        '{"imports": {"zstddec": "./js/node_modules/zstddec/dist/zstddec.mjs",'
-        ' "fzstd": "./js/node_modules/fzstd/esm/index.mjs"}}'
-        "</script><title>bench</title>"
-    )
+    (site / "index.html").write_text(f"<!doctype html>{copy_reader(site)}<title>bench</title>")
     for path in [site, *site.rglob("*")]:
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
     rows = []
