@@ -175,8 +175,6 @@ def pack(
         decisions, unmatched = plan(recipe, [(t.name, t.shape, t.dtype) for t in infos])
         if assigned:
             decisions = [Decision(d.name, *assigned[d.name]) if d.name in assigned else d for d in decisions]
-        sizes = {t.name: math.prod(t.shape) * np.dtype(t.dtype).itemsize for t in infos}
-        first = _long_pole(decisions, sizes, jobs if scheduler is None else 1)
         if scheduler is None:
             expect_fits(decisions, {t.name: t.shape for t in infos})  # (a cluster's workers fit)
             encoder = LocalEncoder(source, recipe.tile, importance, jobs, earlier)
@@ -194,6 +192,7 @@ def pack(
             raise KFormatError(f"unknown layout {layout!r} (single or sharded)")
         try:
             entries = []
+            sizes = {t.name: math.prod(t.shape) * np.dtype(t.dtype).itemsize for t in infos}
             tracker = Tracker(progress, len(decisions), sum(sizes.values()))
 
             def written(e: Encoded, streamed: list[BlobRef] | None = None) -> None:
@@ -209,6 +208,7 @@ def pack(
             budget = max(sizes.values(), default=0) if scheduler is None else math.inf
             with encoder:
                 pending: deque[tuple[Future, int]] = deque()
+                first = _long_pole(decisions, sizes, jobs if scheduler is None else 1)
                 stream = BlobStream()  # the pole's blobs, written as they come once it is due
                 early = encoder.submit(first, critical=True, stream=stream) if first is not None else None
 
