@@ -73,10 +73,12 @@ def _expect_fits(names: list[str], views: dict, calibrated: bool, cores: int, wa
     """Weighing fits every candidate codebook of every tensor: ask for the fit kernels by that
     much work per core (kernels.expect; the plan's own rules are fp16, no fits). With worker
     processes, wait for them before the fork, so that each inherits them: forked first, each
-    ran numpy loops until WARM_AFTER and then loaded the kernels on its own. --target-bits 4.5
-    packs: all-MiniLM-L6-v2-shaped (37,168 units) at one job 2.86 s with the kernels from the
-    start against 3.98 s, at two 2.23 s against 3.17 s (whole commands); VGG16 (11,936) at one
-    job 2.11-2.28 s against 2.36-2.43 s, but at two (5,968 a core) 1.08x the time with the wait."""
+    ran numpy loops until WARM_AFTER and then loaded the kernels on its own. --target-bits 4.5:
+    all-MiniLM-L6-v2-shaped (37,168 units) at one job 2.86 s with the kernels from the start
+    against 3.98 s (one pack in a fresh process), at two 2.36 s against 2.94 s (whole commands,
+    paired); VGG16 (11,936) at one job 2.41 s against 2.68 s (whole, paired). At two jobs,
+    waiting for the load before the fork took VGG16 1.08x the time: hence work per core (5,968
+    there, under LOAD_FOR_WORK: no load)."""
     work = sum(
         get_method(rule.method).fit_work(views[name], rule)
         for name in names

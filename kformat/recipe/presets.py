@@ -12,9 +12,10 @@ from typing import Any
 # 0.5 dB for the 8-bit ones, which stay above 43 dB), and fp16 values are byte-shuffled and
 # zstd-compressed: lossless, 16% smaller. Its code planes are zstd rather than PNG: on VGG16
 # the same bytes (0.06% fewer), and zstd's Huffman decoding runs 2.5x libdeflate's inflate, so
-# a load takes 0.75x the CPU and 0.8x the time (tools/bench/load_speed.py), a pack 0.87x the
-# time, and kformat.js decodes it in 0.77x the time in Node, 0.60x in Chromium (zstddec, zstd's
-# decoder in WebAssembly, against the platform's inflate).
+# a load takes 0.75x the CPU and about 0.85x the time (in-process A/B; load_speed.py went from
+# 0.95x to 1.21-1.31x safetensors f32's speed), a pack 0.87x the time, and kformat.js decodes
+# it in 0.77x the time in Node, 0.60x in Chromium (zstddec, zstd's decoder in WebAssembly,
+# against the platform's inflate).
 # See tools/bench/size_quality.py for what each choice buys.
 PRESETS: dict[str, dict[str, Any]] = {
     "raw": {"name": "raw", "default": "raw"},
