@@ -136,6 +136,17 @@ def test_first_matching_rule_wins_and_unmatched_are_reported(model):
     ]
 
 
+def test_a_presets_own_rules_that_match_nothing_are_not_reported(model):
+    """q4 has rules for depthwise kernels, embeddings and convolutions: on a model without some
+    of them that is no mistake. A rule the user adds to it still is."""
+    recipe = load_recipe("q4")
+    assert plan(recipe, _infos(model))[1] == []
+    with_extra = recipe.with_rules([parse_rule_override("decoder.*=raw")])
+    assert plan(with_extra, _infos(model))[1] == ["rules[0] (match='decoder.*') matched no tensor"]
+    own = recipe_from_dict({"name": "mine", "rules": [r.model_dump() for r in recipe.rules]})
+    assert plan(own, _infos(model))[1]  # the same rules in a recipe of the user's own: reported
+
+
 def test_rule_override_syntax():
     with pytest.raises(RecipeError, match="GLOB=RULE"):
         parse_rule_override("kmeans:4")

@@ -10,7 +10,8 @@ import numpy as np
 from ..codecs import get_codec
 from ..format.dtypes import is_float
 from ..methods import get_method
-from .recipe import Recipe
+from .presets import PRESETS
+from .recipe import Recipe, recipe_from_dict
 from .rules import Rule
 
 
@@ -58,6 +59,7 @@ def plan(
             used[i] = True
             break
         decisions.append(_eligible(name, shape, dtype, chosen, reason, recipe))
+    generic = _generic(recipe)
     unmatched = [
         f"rules[{i}] (match={e.match!r}"
         + (f", ndim={e.ndim}" if e.ndim is not None else "")
@@ -66,9 +68,17 @@ def plan(
         + (", largest" if e.largest else "")
         + ") matched no tensor"
         for i, (e, u) in enumerate(zip(recipe.rules, used))
-        if not u
+        if not u and e not in generic
     ]
     return decisions, unmatched
+
+
+def _generic(recipe: Recipe) -> list:
+    """The entries `recipe` has from the preset it is named after: written for any
+    architecture (q4's depthwise and embedding rules on VGG16, its conv rule on a
+    transformer), they match nothing on many models, which is no mistake to warn of."""
+    preset = PRESETS.get(recipe.name or "")
+    return [] if preset is None else recipe_from_dict(preset, f"preset {recipe.name}").rules
 
 
 def _eligible(name, shape, dtype, rule: Rule, reason: str, recipe: Recipe) -> Decision:
