@@ -34,6 +34,7 @@ from .loading.lazy import LazyModel, LazyTensor, open_model
 from .methods import Method, QuantizedTensor, register_method
 from .codecs import Codec, register_codec
 from .recipe import PRESETS, Recipe, Rule, build_recipe, load_recipe, parse_rule
+from .sources import input_formats
 from .summary import format_table as format_summary
 from .summary import human_bytes
 from .progress import TerminalProgress, configure_logging
@@ -61,6 +62,7 @@ __all__ = [
     "compare",
     "Comparison",
     "build_recipe",
+    "input_formats",
     "Container",
     "open_container",
     "Recipe",

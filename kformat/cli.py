@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add_pack_args(p):
         p.add_argument(
             "input",
-            help="model weights: .npz, .safetensors, or a PyTorch state_dict (.pt/.pth);"
+            help=f"model weights: {', '.join(kformat.input_formats())};"
             " or a kformat container (.kf, sharded directory, URL) to re-lay out as is",
         )
         p.add_argument(
@@ -242,11 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             default=None,
             metavar="N",
-            help="encode N tensors at once (default: every core): large tensors of a .safetensors input"
-            " are read and encoded by N worker processes, the others by N threads (a tensor of a third"
-            " of the model or more is encoded here, the others by N - 1 processes); with --target-size/"
-            "--target-bits, candidates are also weighed in N worker processes. The output is the same"
-            " for any N (KFORMAT_FORK=0: threads only)",
+            help="encode N tensors at once (default: every core): large tensors of a .safetensors"
+            " input (or a checkpoint of .safetensors shards) are read and encoded by N worker"
+            " processes, the others by N threads (a tensor of a third of the model or more is"
+            " encoded here, the others by N - 1 processes); with --target-size/--target-bits,"
+            " candidates are also weighed in N worker processes. The output is the same for any N"
+            " (KFORMAT_FORK=0: threads only)",
         )
         p.add_argument(
             "--scheduler",
@@ -348,9 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
         " similarity, largest absolute error and relative Frobenius error, and totals"
         " over all float tensors. Tensors only one side holds are listed.",
     )
-    p.add_argument(
-        "original", help="the original weights: .npz, .safetensors, .pt/.pth, or a kformat path/URL"
-    )
+    inputs = ", ".join(kformat.input_formats())
+    p.add_argument("original", help=f"the original weights: {inputs}; or a kformat path/URL")
     p.add_argument(
         "packed", help="the kformat model: a .kf file or sharded directory, path or any fsspec URL"
     )

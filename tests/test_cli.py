@@ -111,6 +111,22 @@ def test_help_explains_commands():
     assert "GLOB=RULE" in run("pack", "--help").stdout
 
 
+def test_help_names_every_input_format_registered(capsys):
+    """The inputs pack and compare take come from the formats' registry (a format added there
+    is named in the help), not a list written in the CLI that fell behind it."""
+    import kformat
+    from kformat.sources.formats import INPUT_FORMATS
+
+    given = kformat.input_formats()
+    assert len(given) == len(INPUT_FORMATS) and ".gguf" in given and ".onnx" in given
+    assert any("Hugging Face checkpoint" in g for g in given)
+    for command in ("pack", "compare"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        flat = " ".join(capsys.readouterr().out.split())
+        assert all(g in flat for g in given), command
+
+
 def test_jobs_give_byte_identical_output(tmp_path):
     import numpy as np
 

@@ -77,6 +77,13 @@ def _check_array(name: str, array: np.ndarray, where: str) -> None:
         )
 
 
+def input_formats() -> list[str]:
+    """The model files kformat reads, as a user gives them (e.g. `.gguf`), registration order."""
+    from .formats import input_formats as _described
+
+    return _described()
+
+
 def open_source(path: str | Path) -> TensorSource:
     """The tensors of a model file (or a Hugging Face checkpoint directory), by its format."""
     from .formats import open_source as _open

@@ -24,6 +24,15 @@ class InputFormat:
     source: str  # "module:Class" under kformat.sources
     extra: str | None = None  # the pip extra whose library reads it
     claims: Callable[[Path], bool] | None = None  # directories, index files
+    described: str = ""  # what a user gives for it, where suffixes do not say (claimed paths)
+
+    def as_given(self) -> str:
+        """How a user names an input of this format, for help texts: `.pt/.pth/.bin (torch)`,
+        `.gguf`, or what it claims."""
+        if self.described:
+            return self.described
+        given = "/".join(self.suffixes)
+        return given if self.suffixes == (f".{self.name}",) else f"{given} ({self.name})"
 
     def open(self, path: Path):
         log.info("reading %s as %s", path, self.name)
@@ -54,11 +63,23 @@ for _fmt in (
     InputFormat("npz", (".npz",), "npz:NpzSource"),
     InputFormat("safetensors", (".safetensors",), "safetensors:SafetensorsSource", "safetensors"),
     InputFormat("torch", (".pt", ".pth", ".bin"), "torch_file:TorchSource", "torch"),
-    InputFormat("huggingface", (), "sharded:ShardedSource", "safetensors", _is_hf_checkpoint),
+    InputFormat(
+        "huggingface",
+        (),
+        "sharded:ShardedSource",
+        "safetensors",
+        _is_hf_checkpoint,
+        "a Hugging Face checkpoint (a directory of shards, or its .index.json)",
+    ),
     InputFormat("onnx", (".onnx",), "onnx:OnnxSource", "onnx"),
     InputFormat("gguf", (".gguf",), "gguf:GgufSource", "gguf"),
 ):
     register_input_format(_fmt)
+
+
+def input_formats() -> list[str]:
+    """Every registered input format as a user gives it (InputFormat.as_given), in order."""
+    return [fmt.as_given() for fmt in INPUT_FORMATS.values()]
 
 
 def known_suffixes() -> list[str]:
