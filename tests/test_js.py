@@ -16,8 +16,16 @@ from kformat.synthetic import small_vgg_weights
 ROOT = Path(__file__).resolve().parent.parent
 JS = ROOT / "js"
 NODE = shutil.which("node")
+
+
+def _packages_installed() -> bool:
+    """Every package the reader depends on (js/package.json) is in js/node_modules."""
+    needed = json.loads((JS / "package.json").read_text()).get("dependencies", {})
+    return all((JS / "node_modules" / name / "package.json").exists() for name in needed)
+
+
 pytestmark = pytest.mark.skipif(
-    NODE is None or not (JS / "node_modules" / "zstddec").exists(),
+    NODE is None or not _packages_installed(),
     reason="node and js/node_modules (make test installs them)",
 )
 
