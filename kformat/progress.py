@@ -85,14 +85,15 @@ class TerminalProgress:
             try:
                 from tqdm import tqdm
 
-                width = shutil.get_terminal_size((100, 24)).columns or 100  # 0 on a sizeless pty
-                self.bar = tqdm(
+                size = shutil.get_terminal_size((100, 24))  # 0 x 0 on a sizeless pty, where tqdm
+                self.bar = tqdm(  # took the height for -1 rows and drew nothing
                     desc=self.verb,
                     total=total_bytes,
                     unit="B",
                     unit_scale=True,
                     unit_divisor=1024,
-                    ncols=width,
+                    ncols=size.columns or 100,
+                    nrows=size.lines or 24,
                 )
             except ImportError:
                 self.bar = False
