@@ -257,3 +257,41 @@ def test_tasks_the_processes_hold_count_as_busy_workers_for_the_chunk_helpers_un
         assert chunks._elsewhere == 1
         out()
     assert chunks._elsewhere == 0  # (its callback has run once the pool is shut down)
+
+
+def test_a_child_forked_while_threads_hash_can_hash():
+    """Workers are forked while the packer's threads may be hashing blobs (SHA-256 through
+    OpenSSL): a lock one of them held at the fork would stay held in the child for ever. A
+    hundred forks beside two threads hashing without pause: every child hashes and exits."""
+    import hashlib
+
+    data, stop = os.urandom(1 << 16), threading.Event()
+
+    def hash_on():
+        while not stop.is_set():
+            hashlib.sha256(data).digest()
+
+    threads = [threading.Thread(target=hash_on) for _ in range(2)]
+    for t in threads:
+        t.start()
+    hung = 0
+    try:
+        for _ in range(100):
+            pid = os.fork()
+            if pid == 0:  # the child: hash, then leave without the parent's exit handlers
+                for _ in range(20):
+                    hashlib.sha256(data).digest()
+                os._exit(0)
+            deadline = time.monotonic() + 5
+            while not os.waitpid(pid, os.WNOHANG)[0]:
+                if time.monotonic() > deadline:
+                    hung += 1
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.001)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert hung == 0
