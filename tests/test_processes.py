@@ -274,24 +274,29 @@ def test_a_child_forked_while_threads_hash_can_hash():
     threads = [threading.Thread(target=hash_on) for _ in range(2)]
     for t in threads:
         t.start()
-    hung = 0
+    hung = failed = 0
     try:
         for _ in range(100):
             pid = os.fork()
             if pid == 0:  # the child: hash, then leave without the parent's exit handlers
-                for _ in range(20):
-                    hashlib.sha256(data).digest()
-                os._exit(0)
+                try:
+                    for _ in range(20):
+                        hashlib.sha256(data).digest()
+                    os._exit(0)
+                finally:
+                    os._exit(1)
             deadline = time.monotonic() + 5
-            while not os.waitpid(pid, os.WNOHANG)[0]:
+            while not (done := os.waitpid(pid, os.WNOHANG))[0]:
                 if time.monotonic() > deadline:
                     hung += 1
                     os.kill(pid, 9)
                     os.waitpid(pid, 0)
                     break
                 time.sleep(0.001)
+            else:
+                failed += os.waitstatus_to_exitcode(done[1]) != 0
     finally:
         stop.set()
         for t in threads:
             t.join()
-    assert hung == 0
+    assert hung == 0 and failed == 0

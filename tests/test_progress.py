@@ -1,7 +1,10 @@
 """The progress a terminal shows while a command works."""
 
 import os
+import select
+import signal
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -14,9 +17,14 @@ def _run_on_a_terminal(args: list[str]) -> bytes:
     some CI terminals, `docker run -t` before a resize and editors' shells are)."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: its standard streams are the terminal
-        os.execv(sys.executable, [sys.executable, "-m", "kformat", *args])
-    out = b""
-    while True:
+        try:
+            os.execv(sys.executable, [sys.executable, "-m", "kformat", *args])
+        finally:
+            os._exit(127)  # (never back into pytest)
+    out, deadline = b"", time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if not select.select([fd], [], [], 1.0)[0]:
+            continue
         try:
             chunk = os.read(fd, 4096)
         except OSError:  # the child closed the terminal
@@ -24,6 +32,8 @@ def _run_on_a_terminal(args: list[str]) -> bytes:
         if not chunk:
             break
         out += chunk
+    else:
+        os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, out[-2000:]
     return out
