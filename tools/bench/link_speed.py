@@ -12,7 +12,12 @@ proxy that stands for a CDN link: every byte of every connection shares one toke
   kformat mobile, lazy    kformat.open(url) and the first layer's weights: the forward pass can
                           start while the rest streams in (cold), then the rest of the model
 
-    python tools/bench/link_speed.py [--rate 50] [--out bench-out] [--small]
+Each runs cold (nothing cached on this side of the link) and, with a warm cache, the way an
+app's second start goes: the same URL under fsspec's `filecache::` with a cache directory
+that a first run through the cache filled (its time is given too), then a fresh process timed
+reading it again. Warm, the link carries nothing; the cache's bytes on disk are given.
+
+    python tools/bench/link_speed.py [--rate 50] [--out bench-out] [--small] [--cold-only]
 
 Prints a table and writes bench-out/link_speed.json. The proxy is Python and runs on the same
 machine, so on a 2-core box it competes with the reader for CPU: kformat, which decodes while
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -81,9 +87,12 @@ def proxy(upstream: str, bucket: Bucket) -> ThreadingHTTPServer:
                 self.end_headers()
                 if method == "HEAD":
                     return
-                while chunk := reply.read(64 << 10):
-                    bucket.spend(len(chunk))
-                    self.wfile.write(chunk)
+                try:
+                    while chunk := reply.read(64 << 10):
+                        bucket.spend(len(chunk))
+                        self.wfile.write(chunk)
+                except (BrokenPipeError, ConnectionResetError):  # the client had what it wanted
+                    self.close_connection = True  # (fsspec's size probe reads a GET's headers only)
 
         def do_GET(self) -> None:
             self._forward("GET")
@@ -99,24 +108,27 @@ def proxy(upstream: str, bucket: Bucket) -> ThreadingHTTPServer:
 
 CHILD = r"""
 import json, sys, time
-variant, url = sys.argv[1], sys.argv[2]
+variant, url, cache = sys.argv[1], sys.argv[2], sys.argv[3]
 start = time.perf_counter()
 result = {}
+options = {}
+if cache:  # an app's local cache of what it fetched: fsspec's filecache, in `cache`
+    url, options = f"filecache::{url}", {"filecache": {"cache_storage": cache}}
 if variant.startswith("safetensors"):
     import fsspec
     from safetensors.numpy import load
-    with fsspec.open(url, "rb", block_size=16 << 20) as f:
+    with fsspec.open(url, "rb", **(options or {"block_size": 16 << 20})) as f:
         data = f.read()
     arrays = load(data)
     result["bytes"] = len(data)
 else:
     import kformat
     if variant.endswith("eager"):
-        with kformat.open(url) as model:
+        with kformat.open(url, **options) as model:
             arrays = dict(model.read(list(model)))  # as load_all: tensors overlap on the decode threads
             result["bytes"] = model.bytes_read
     else:
-        with kformat.open(url) as model:
+        with kformat.open(url, **options) as model:
             for i, (name, tensor) in enumerate(model.stream()):
                 tensor.numpy()
                 if i == 0:
@@ -135,11 +147,25 @@ VARIANTS = {
 }
 
 
+def run(variant: str, url: str, cache: Path | None) -> dict:
+    """One fresh process reading `url` as `variant` (through `cache` when given)."""
+    command = [sys.executable, "-c", CHILD, variant, url, str(cache) if cache else ""]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout)
+
+
+def cache_bytes(cache: Path) -> int:
+    return sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=50.0, help="link speed in MB/s (default 50)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-out")
     parser.add_argument("--small", action="store_true", help="a scaled-down VGG (quick check)")
+    parser.add_argument("--cold-only", action="store_true", help="no warm-cache runs")
     args = parser.parse_args()
     work = model_dir(args.out, args.small)
     rows = []
@@ -148,23 +174,31 @@ def main() -> int:
         base = f"http://127.0.0.1:{server.server_address[1]}"
         try:
             for name, file in VARIANTS.items():
-                command = [sys.executable, "-c", CHILD, name, f"{base}/{file}"]
-                done = subprocess.run(command, capture_output=True, text=True)
-                if done.returncode:
-                    raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-                row = json.loads(done.stdout)
-                row.update(variant=name, file_bytes=(work / file).stat().st_size)
+                size = (work / file).stat().st_size
+                cold = run(name, f"{base}/{file}", None)
+                rows.append({**cold, "variant": name, "cache": "cold", "file_bytes": size})
+                if args.cold_only:
+                    continue
+                cache = work / "cache" / name.replace(" ", "_").replace(",", "")
+                shutil.rmtree(cache, ignore_errors=True)
+                filling = run(name, f"{base}/{file}", cache)  # the first start, through the cache
+                row = run(name, f"{base}/{file}", cache)
+                row.update(variant=name, cache="warm", file_bytes=size)
+                row.update(filling_s=filling["seconds"], cache_bytes=cache_bytes(cache))
                 rows.append(row)
+                shutil.rmtree(cache, ignore_errors=True)
         finally:
             server.shutdown()
-    f16 = next(r for r in rows if r["variant"] == "safetensors f16")
     print(f"link: {args.rate:g} MB/s shared by all connections (nginx behind a token-bucket proxy)")
-    print(f"{'variant':24s} {'MiB fetched':>11s} {'ready s':>8s} {'x st f16':>9s} {'first layer s':>14s}")
+    header = f"{'variant':24s} {'cache':>5s} {'MiB read':>9s} {'ready s':>8s} {'x st f16':>9s}"
+    print(header + f" {'first layer s':>14s} {'filling s':>10s} {'cache MiB':>10s}")
     for r in rows:
+        f16 = next(x for x in rows if x["variant"] == "safetensors f16" and x["cache"] == r["cache"])
         r["vs_safetensors_f16"] = r["seconds"] / f16["seconds"]
         first = f"{r['first_layer_s']:14.2f}" if "first_layer_s" in r else f"{'-':>14s}"
-        cells = f"{r['bytes'] / 2**20:11.1f} {r['seconds']:8.2f} {r['vs_safetensors_f16']:9.2f}"
-        print(f"{r['variant']:24s} {cells} {first}")
+        cells = f"{r['bytes'] / 2**20:9.1f} {r['seconds']:8.2f} {r['vs_safetensors_f16']:9.2f}"
+        warm = f"{r['filling_s']:10.2f} {r['cache_bytes'] / 2**20:10.1f}" if r["cache"] == "warm" else ""
+        print(f"{r['variant']:24s} {r['cache']:>5s} {cells} {first} {warm}")
     (args.out / "link_speed.json").write_text(json.dumps({"rate_mb_s": args.rate, "rows": rows}, indent=2))
     return 0
 
