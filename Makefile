@@ -63,6 +63,7 @@ bench: bytecode nginx js chromium
 	$(BIN)/python tools/bench/peak_memory.py
 	$(BIN)/python tools/bench/torch_memory.py
 	$(BIN)/python tools/bench/load_speed.py
+	$(BIN)/python tools/bench/link_speed.py
 	$(BIN)/python tools/bench/pack_speed.py
 	$(BIN)/python tools/bench/dask_pack.py
 	$(BIN)/python tools/bench/js_decode.py
