@@ -27,19 +27,19 @@ import numpy as np
 from ..errors import InputError
 from ..methods import chunks
 
-# read-only, and on Linux populated at once (one call maps every page, rather than a fault per
-# 64 KiB at the first pass); elsewhere (Windows, macOS) the portable read-only access
-_READ_ONLY: dict = (
-    {"flags": mmap.MAP_SHARED | mmap.MAP_POPULATE, "prot": mmap.PROT_READ}
-    if hasattr(mmap, "MAP_POPULATE")
-    else {"access": mmap.ACCESS_READ}
-)
+# Read-only, and not populated: the pages come in at the tensor's first pass (a fault per
+# 64 KiB, on whichever threads make it). Populated at once (MAP_POPULATE), a tensor waiting for
+# a free worker held all its pages from its read on, and whole packs took the same time
+# (paired medians 0.99-1.00x, VGG16 kmeans4 and mobile, BERT-shaped q4, one and two jobs), but
+# a one-job pack of six 32 MiB tensors peaked 32 MiB higher (101 MiB above its imports, not
+# 69), and populating held the process's memory map, which other threads' allocations wait on.
+_READ_ONLY: dict = {"access": mmap.ACCESS_READ}
 READ_STEP = 32 << 20  # bytes per piece: few tasks, and a piece per thread for a 64 MB tensor
 
 
 def map_range(path: str | Path, start: int, length: int, name: str) -> np.ndarray:
     """`length` bytes of `path` from `start`, as a read-only uint8 array over the file's pages
-    (populated at once where the system can); a short file is an InputError as in read_range."""
+    (faulted in as they are first read); a short file is an InputError as in read_range."""
     if length == 0:
         return np.empty(0, dtype=np.uint8)
     try:
