@@ -16,6 +16,7 @@ from .compact import QuantizedTensor
 from .histogram import EXACT_POINTS, FINE_BINS
 from .metrics import entropy_bits, sqnr_db
 from .prune import prune_mask
+from .scaled_rows import ScaledRows
 
 
 def _fit_group(hist, k: int, fixed_zero: bool, seed, rule, dtype: np.dtype):
@@ -39,6 +40,7 @@ def _fit_group(hist, k: int, fixed_zero: bool, seed, rule, dtype: np.dtype):
 
 
 HISTOGRAMS_AT_ONCE = 64 << 20  # bytes of group histograms held at a time (group_batches)
+SCALED_IN_PLACE = 1 << 22  # values of a scale=row group from which it is divided as read (ScaledRows)
 
 
 def group_batches(groups: int, group_values: int) -> list[tuple[int, int]]:
@@ -90,7 +92,11 @@ class KMeans(Method):
             return kmeans_fit.rows_of(weights, r0, r1, rows)
 
         def source(r0, r1):
-            return w[r0:r1] if divisor is None else w[r0:r1] / divisor[r0:r1, None]
+            if divisor is None:
+                return w[r0:r1]
+            if weights is None and mask is None and (r1 - r0) * cols >= SCALED_IN_PLACE:  # (read in slices)
+                return ScaledRows(w[r0:r1], divisor[r0:r1])
+            return w[r0:r1] / divisor[r0:r1, None]
 
         def each_group(fn, first: int, stop: int):
             """[fn(g) for g in first..stop], groups spread over the chunk pool's threads (a
