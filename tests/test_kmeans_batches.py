@@ -52,7 +52,7 @@ def test_importance_weighted_groups_too(monkeypatch, weights):
 
 
 def test_batches_hold_a_bounded_number_of_histograms():
-    """About 64 MiB of histograms a batch: exact points of a 64 x 768 group take 16 bytes each."""
+    """About 32 MiB of histograms a batch: exact points of a 64 x 768 group count 32 bytes each."""
     batches = kmeans.group_batches(477, 64 * 768)  # BERT-base's word embedding under q4
-    assert len(batches) == 6 and batches[0] == (0, 85) and batches[-1][1] == 477
+    assert len(batches) == 23 and batches[0] == (0, 21) and batches[-1] == (462, 477)
     assert kmeans.group_batches(1, 10**8) == [(0, 1)]
