@@ -300,3 +300,24 @@ def test_a_child_forked_while_threads_hash_can_hash():
         for t in threads:
             t.join()
     assert hung == 0 and failed == 0
+
+
+def test_an_interrupt_as_the_workers_start_leaves_no_manager_thread(monkeypatch):
+    """^C or SIGTERM held while the workers fork arrives as they start. The pool was shut down
+    without waiting, and its manager thread, still closing its wake-up pipe at the
+    interpreter's exit, raced ProcessPoolExecutor's exit hook writing to it: EBADF, a
+    traceback after `kformat: terminated`. Now the thread is waited for."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import _ExecutorManagerThread
+
+    real = Future.result
+
+    def interrupted(self, timeout=None):  # the first result waited for: the workers' start
+        monkeypatch.setattr(Future, "result", real)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Future, "result", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with processes.worker_processes(1):
+            pass
+    assert not [t for t in threading.enumerate() if isinstance(t, _ExecutorManagerThread) and t.is_alive()]

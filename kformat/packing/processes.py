@@ -98,10 +98,12 @@ def worker_processes(count: int, initializer=None, *initargs) -> Iterator[Execut
                 started = pool.submit(int)  # forks every worker now
             started.result()
     except BaseException as exc:
+        if not isinstance(exc, Exception):  # ^C or SIGTERM while forking (held, then delivered)
+            if pool is not None:
+                _stop(pool)
+            raise
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-        if not isinstance(exc, Exception):  # ^C or SIGTERM while forking
-            raise
         # no processes here (limits, sandboxes): the same work in this one
         log.info("worker processes did not start (%s): working in this process", exc)
         yield None
@@ -109,7 +111,22 @@ def worker_processes(count: int, initializer=None, *initargs) -> Iterator[Execut
     try:
         yield pool
     finally:
+        _stop(pool)
+
+
+def _stop(pool: Executor) -> None:
+    """Stop the workers and wait for the pool's manager thread, ^C or SIGTERM or not. A manager
+    thread still running when the interpreter exits closes its wake-up pipe while the exit
+    hook of Python 3.11's ProcessPoolExecutor writes to it (EBADF, printed as a traceback
+    after `kformat: terminated`): a SIGTERM that arrived as the workers were forked used to
+    leave it running (shutdown without waiting), and one during the wait cut the wait short.
+    An interrupted wait is finished with ^C and SIGTERM held, then the interrupt goes on."""
+    try:
         pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        with _signals_held():
+            pool.shutdown(wait=True, cancel_futures=True)
+        raise
 
 
 IMPORT_WAIT = 5.0  # seconds to wait for other threads' imports to end before a fork
