@@ -63,6 +63,9 @@ def test_a_packs_peak_is_a_few_tensors_not_the_model(model, tmp_path, jobs):
     jobs the worker process about 1.7x above what it inherited, this process 0.2-0.3x."""
     peaks = _peaks(model, tmp_path / "m.kf", jobs)
     model_mib = LAYERS * LARGEST_MIB
-    assert 0.2 * LARGEST_MIB < peaks["added"] < 3 * LARGEST_MIB < model_mib, peaks  # (a pack adds some)
-    if jobs > 1:
-        assert peaks["worker"] - peaks["before"] < 3 * LARGEST_MIB, peaks  # (it starts with our pages)
+    assert peaks["added"] < 3 * LARGEST_MIB < model_mib, peaks
+    # where the tensors are encoded, the peak grows (a measure that reads no growth proves nothing)
+    grown = (
+        peaks["added"] if jobs == 1 else peaks["worker"] - peaks["before"]
+    )  # (a worker starts with our pages)
+    assert 0.2 * LARGEST_MIB < grown < 3 * LARGEST_MIB, peaks
