@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,20 +57,18 @@ def test_verify_reports_what_open_lets_through(path):
     assert any(case["match"] in p.message for p in problems), [p.message for p in problems]
 
 
-# The peak of the probe's own memory (VmHWM, KiB): ru_maxrss carries over an exec on Linux, so
-# a probe started by pytest (hundreds of MiB by then) began at pytest's peak and grew by nothing.
+# The peak of the probe's own memory (procmem: VmHWM), not ru_maxrss: that carries over an
+# exec on Linux, so a probe started by pytest (hundreds of MiB by then) began at pytest's peak
+# and grew by nothing.
 BOMB_PROBE = """
-import json, os, resource, sys
-def peak():
-    if os.path.exists("/proc/self/status"):
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from procmem import peak_rss_bytes
 import kformat
 from kformat.errors import KFormatError
 kinds = []
-before = peak()
-for path in sys.argv[1:]:
+before = peak_rss_bytes()
+for path in sys.argv[2:]:
     try:
         with kformat.open(path) as model:
             for name in model:
@@ -77,10 +76,12 @@ for path in sys.argv[1:]:
         kinds.append(None)
     except KFormatError as exc:
         kinds.append(exc.kind)
-grown = peak() - before
+grown = (peak_rss_bytes() - before) // 1024
 print(json.dumps({"grown_kib": grown, "kinds": kinds}))
 """
 
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # (procmem)
 
 BOMBS = {
     "png_bomb.kf": "decode",  # 64 MiB of inflated plane
@@ -96,7 +97,10 @@ def test_bombs_stay_small_in_a_fresh_process():
     fresh process's peak RSS stays far below any one bomb's size."""
     bombs = [str(SUITE / "attacks" / n) for n in BOMBS]
     done = subprocess.run(
-        [sys.executable, "-c", BOMB_PROBE, *bombs], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", BOMB_PROBE, str(EXAMPLES), *bombs],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)

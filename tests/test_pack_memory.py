@@ -14,19 +14,20 @@ from kformat.sources.safetensors import write_safetensors
 LAYERS, ROWS, COLS = 6, 2048, 4096  # six 32 MiB float32 tensors: a 192 MiB model
 LARGEST_MIB = ROWS * COLS * 4 / 2**20
 
-# The peak of this process's own memory (VmHWM), not ru_maxrss: Linux carries ru_maxrss over
-# an exec, so a child started by a large process (pytest, holding the model it wrote) began
-# with its parent's peak, and a pack's peak under it read as nothing added.
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+# The peak of the child's own memory (procmem: VmHWM), not ru_maxrss: Linux carries ru_maxrss
+# over an exec, so a child started by a large process (pytest, holding the model it wrote)
+# began with its parent's peak, and a pack's peak under it read as nothing added.
 CHILD = r"""
 import json, resource, sys
-def peak():
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+sys.path.insert(0, sys.argv[4])
+from procmem import peak_rss_bytes
 import kformat
 source, out, jobs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-before = peak()  # MiB: interpreter and imports
+before = peak_rss_bytes() / 2**20  # MiB: interpreter and imports
 kformat.pack(source, out, "kmeans4", jobs=jobs)
-added = peak() - before
+added = peak_rss_bytes() / 2**20 - before
 workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest worker
 print(json.dumps({"before": before, "added": added, "worker": workers}))
 """
@@ -45,7 +46,7 @@ def model(tmp_path_factory) -> Path:
 
 def _peaks(model: Path, out: Path, jobs: int) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(model), str(out), str(jobs)],
+        [sys.executable, "-c", CHILD, str(model), str(out), str(jobs), str(EXAMPLES)],
         capture_output=True,
         text=True,
         timeout=300,
