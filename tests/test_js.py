@@ -4,6 +4,7 @@ models packed here with every method, codec and layout; and its own test suite u
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +17,12 @@ from kformat.synthetic import small_vgg_weights
 ROOT = Path(__file__).resolve().parent.parent
 JS = ROOT / "js"
 NODE = shutil.which("node")
+sys.path.insert(0, str(ROOT / "examples" / "web"))
 
-
-def _packages_installed() -> bool:
-    """Every package the reader depends on (js/package.json) is in js/node_modules."""
-    needed = json.loads((JS / "package.json").read_text()).get("dependencies", {})
-    return all((JS / "node_modules" / name / "package.json").exists() for name in needed)
-
+from reader_site import missing  # noqa: E402 - the reader's packages not installed in js/
 
 pytestmark = pytest.mark.skipif(
-    NODE is None or not _packages_installed(),
+    NODE is None or bool(missing()),
     reason="node and js/node_modules (make test installs them)",
 )
 
