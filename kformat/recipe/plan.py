@@ -11,7 +11,7 @@ from ..codecs import get_codec
 from ..format.dtypes import is_float
 from ..methods import get_method
 from .presets import PRESETS
-from .recipe import Recipe, recipe_from_dict
+from .recipe import Recipe, load_recipe
 from .rules import Rule
 
 
@@ -77,8 +77,7 @@ def _generic(recipe: Recipe) -> list:
     """The entries `recipe` has from the preset it is named after: written for any
     architecture (q4's depthwise and embedding rules on VGG16, its conv rule on a
     transformer), they match nothing on many models, which is no mistake to warn of."""
-    preset = PRESETS.get(recipe.name or "")
-    return [] if preset is None else recipe_from_dict(preset, f"preset {recipe.name}").rules
+    return load_recipe(recipe.name).rules if recipe.name in PRESETS else []
 
 
 def _eligible(name, shape, dtype, rule: Rule, reason: str, recipe: Recipe) -> Decision:
