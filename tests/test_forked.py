@@ -307,3 +307,22 @@ def test_a_sharded_checkpoint_is_read_by_the_children(tmp_path, caplog):
     assert pack_logged(str(tmp_path), tmp_path / "forked.kf", caplog, jobs=2) == 4
     kformat.pack(str(tmp_path), tmp_path / "one.kf", RECIPE, jobs=1)
     assert (tmp_path / "forked.kf").read_bytes() == (tmp_path / "one.kf").read_bytes()
+
+
+def test_the_processes_are_let_go_before_the_commit_and_the_bytes_stay(tmp_path, monkeypatch):
+    """Once every tensor is handed out and the processes hold none, they exit while this
+    process finishes its long pole and commits (their exit, a few ms, no longer follows it)."""
+    from kformat.packing import sinks
+
+    events = []
+    real_stop, real_commit = forked.stop_soon, sinks.SingleFileSink.commit
+    monkeypatch.setattr(forked, "stop_soon", lambda pool: events.append("stop") or real_stop(pool))
+    monkeypatch.setattr(
+        sinks.SingleFileSink, "commit", lambda self, m: events.append("commit") or real_commit(self, m)
+    )
+    weights = model()
+    weights["huge.weight"] = np.tile(weights["layer0.weight"], (4, 1))  # a long pole
+    kformat.pack(weights, tmp_path / "two.kf", RECIPE, jobs=2)
+    assert events == ["stop", "commit"]
+    kformat.pack(weights, tmp_path / "one.kf", RECIPE, jobs=1)
+    assert (tmp_path / "two.kf").read_bytes() == (tmp_path / "one.kf").read_bytes()

@@ -321,3 +321,22 @@ def test_an_interrupt_as_the_workers_start_leaves_no_manager_thread(monkeypatch)
         with processes.worker_processes(1):
             pass
     assert not [t for t in threading.enumerate() if isinstance(t, _ExecutorManagerThread) and t.is_alive()]
+
+
+def test_stop_soon_lets_the_workers_exit_while_the_pool_is_still_open():
+    """A pack whose processes have nothing left lets them go (stop_soon) while it writes and
+    commits the rest; the pool's end then waits for what is left of their exit, once."""
+    from concurrent.futures.process import _ExecutorManagerThread
+
+    with processes.worker_processes(2) as pool:
+        assert pool.submit(int).result() == 0
+        workers = list(pool._processes.values())
+        processes.stop_soon(pool)
+        processes.stop_soon(pool)  # (once is enough)
+        deadline = time.monotonic() + 30
+        while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not any(w.is_alive() for w in workers)  # gone before the pool's end
+    processes.stop_soon(pool)  # after the end: nothing to do, no thread
+    alive = [t for t in threading.enumerate() if t.is_alive()]
+    assert not [t for t in alive if t.name == "kformat-workers-stop" or isinstance(t, _ExecutorManagerThread)]

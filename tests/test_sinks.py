@@ -96,3 +96,32 @@ def test_a_failed_pack_in_place_leaves_nothing(large, tmp_path, monkeypatch):
     with pytest.raises(kformat.KFormatError, match="No space left"):
         kformat.pack(large, tmp_path / "m.kf", "raw")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("layout", ["single", "sharded", "sharded again"])
+def test_an_interrupt_after_the_commit_leaves_the_output_whole(large, tmp_path, monkeypatch, layout):
+    """The commit comes before the encoder closes (its worker processes exit meanwhile): a ^C
+    while it closes reaches the caller, and the committed output stays, every tensor in it
+    (abort after a commit drops nothing; a sharded directory's shards are the output's)."""
+    from kformat.packing.local import LocalEncoder
+
+    out = tmp_path / ("m.kf" if layout == "single" else "shards")
+    sharded = {} if layout == "single" else {"layout": "sharded", "shard_size": 1 << 20}
+    if layout == "sharded again":  # into an existing directory: shards added to it, not a fresh one
+        kformat.pack(large, out, "q8", **sharded)
+    real = LocalEncoder.__exit__
+
+    def interrupted(self, *exc):
+        real(self, *exc)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LocalEncoder, "__exit__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        kformat.pack(large, out, "q4", **sharded)
+    monkeypatch.undo()
+    loaded = kformat.load_all(str(out))
+    assert sorted(loaded) == sorted(large)
+    kformat.pack(large, tmp_path / "again.kf", "q4")
+    expected = kformat.load_all(str(tmp_path / "again.kf"))
+    assert all(np.array_equal(loaded[name], expected[name]) for name in large)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left

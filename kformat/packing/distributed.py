@@ -115,6 +115,9 @@ class DaskEncoder:
         finally:
             self.client.close()
 
+    def no_more(self) -> None:
+        """(The cluster's workers are the cluster's: nothing to let go.)"""
+
     def submit(self, decision: Decision, critical: bool = False, stream=None) -> _PartFuture:
         """(`critical`, the long pole, and `stream`, its blobs as they are made, matter to
         local workers only: a cluster's tensors come back whole.)"""

@@ -61,7 +61,7 @@ from ..progress import log
 from ..recipe import Decision
 from ..sources import TensorSource
 from .encoded import Encoded, encode_blobs
-from .processes import InHand, keep_freed_memory, worker_processes
+from .processes import InHand, keep_freed_memory, stop_soon, worker_processes
 from .spill import Spill, restored, spilled
 
 FORK_BYTES = 1 << 20  # smaller tensors (biases, norms) are encoded in this process
@@ -97,6 +97,7 @@ class ForkedWorkers:
         self._running = 0  # tensors in the processes now
         self._here: Executor | None = None  # this process's thread, once the pole is done
         self._here_busy = False
+        self._last_sent = False  # no tensor comes after those submitted (no_more)
 
     def close(self) -> None:
         self._closing = True  # a child that dies from now on (^C, an error) is not made up for
@@ -187,6 +188,19 @@ class ForkedWorkers:
         with self._lock:
             self._running -= 1
         self._dispatch()
+        self._stop_when_idle()
+
+    def no_more(self) -> None:
+        """No tensor is submitted after those already: once the processes have none left,
+        they may go (processes.stop_soon), while this process still works."""
+        self._last_sent = True
+        self._stop_when_idle()
+
+    def _stop_when_idle(self) -> None:
+        with self._lock:
+            idle = self._last_sent and self._running == 0 and not self._queue and not self._closing
+        if idle and self._pool is not None:
+            stop_soon(self._pool)
 
     def _take_here(self, here: Executor, decision: Decision, outcome: Future) -> None:
         """A queued tensor encoded on this process's free thread (the source reads by offset,

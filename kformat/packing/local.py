@@ -42,6 +42,11 @@ class LocalEncoder:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
+    def no_more(self) -> None:
+        """Every tensor has been submitted: worker processes with none left may go."""
+        if self.forked is not None:
+            self.forked.no_more()
+
     def submit(self, decision: Decision, critical: bool = False, stream: BlobStream | None = None) -> Future:
         """Encode the tensor on a worker; `critical` (the long pole, submitted first) is
         encoded in this process, the other tensors in one process fewer (forked.py), its

@@ -77,6 +77,7 @@ class SingleFileSink:
         self._offset = 0
         self._synced = 0  # blob bytes handed to the last background sync
         self._syncing: threading.Thread | None = None
+        self.committed = False
 
     def add(self, blob: bytes, digest: str | None = None) -> BlobRef:
         """Append a blob (`digest`: its SHA-256 when the caller has it already)."""
@@ -125,6 +126,7 @@ class SingleFileSink:
             _copy_rest(self._spool, out)
             self.total_bytes = out.tell()
         fsync_dir(self.path.parent)
+        self.committed = True
         self._drop_spool()
 
     def _commit_in_place(self, body: bytes) -> None:
@@ -138,9 +140,13 @@ class SingleFileSink:
         self._spool.close()
         publishable(Path(self._spool.name))
         os.replace(self._spool.name, self.path)
+        self.committed = True
         fsync_dir(self.path.parent)
 
     def abort(self) -> None:
+        """Drop what a failed pack wrote; nothing once committed (the output is whole)."""
+        if self.committed:
+            return
         self._sync_done()
         self._drop_spool()
 
@@ -185,6 +191,7 @@ class ShardedSink:
         self._shards: list[Shard] = []
         self._current = bytearray()
         self._created: list[Path] = []
+        self.committed = False
 
     def add(self, blob: bytes, digest: str | None = None) -> BlobRef:
         """Append a blob (`digest`: its SHA-256 when the caller has it already)."""
@@ -229,9 +236,13 @@ class ShardedSink:
         if self._fresh:
             publishable(self.dir, directory=True)
             os.replace(self.dir, self.final_dir)
+        self.committed = True
         fsync_dir(self.final_dir)
 
     def abort(self) -> None:
+        """Drop what a failed pack wrote; nothing once committed (its shards are the output's)."""
+        if self.committed:
+            return
         if self._fresh:
             shutil.rmtree(self.dir, ignore_errors=True)
         else:

@@ -226,24 +226,26 @@ def pack(
                     future = early if decision is first else encoder.submit(decision)
                     pending.append((future, sizes[decision.name]))
                     make_room(pending, write_next, encoder.window, budget, early)
+                encoder.no_more()  # worker processes with nothing left go while the rest is written
                 while pending:
                     write_next(pending.popleft()[0])
-            tracker.close()
-            if importance is not None:
-                metadata = {**(metadata or {}), **importance.record()}
-            return finish(
-                sink,
-                output,
-                entries,
-                extensions(entries),
-                generator or f"kformat {__version__}",
-                recipe.model_dump(mode="python"),
-                metadata,
-                unmatched,
-                aliases,
-            )
+                tracker.close()
+                if importance is not None:
+                    metadata = {**(metadata or {}), **importance.record()}
+                # committed before the encoder closes: its processes' exit overlaps the commit
+                return finish(
+                    sink,
+                    output,
+                    entries,
+                    extensions(entries),
+                    generator or f"kformat {__version__}",
+                    recipe.model_dump(mode="python"),
+                    metadata,
+                    unmatched,
+                    aliases,
+                )
         except BaseException:
-            sink.abort()
+            sink.abort()  # (nothing, once committed: the output is whole)
             raise
 
 
