@@ -119,3 +119,37 @@ def test_a_long_pole_written_while_tensors_are_still_admitted_goes_through_the_s
     kformat.pack(model, tmp_path / "two.kf", "fp16", rules=["*=kmeans:4,tile=500x700"], jobs=2)
     assert streamed == [6]  # the pole's six tiles, through the stream, from admission
     assert (tmp_path / "two.kf").read_bytes() == (tmp_path / "one.kf").read_bytes()
+
+
+def test_a_stream_hands_back_what_the_writer_will_not_take():
+    """All blobs when their bytes never ruled out the fallback (the writer takes none), None
+    for each when they did (it takes them all, and each goes once written)."""
+    input_bytes = AMPLIFICATION_SLACK + 100 * MAX_AMPLIFICATION
+    stream = BlobStream()
+    stream.begin(lambda made: not stored_raw(input_bytes, made, exact=False))
+    stream.put(1, b"y" * 40, "d1")
+    stream.put(0, b"x" * 40, "d0")
+    assert stream.made_bytes == 80
+    assert stream.unwritten(2) == [b"x" * 40, b"y" * 40]  # 80 bytes: could go raw, so here
+    stream = BlobStream()
+    stream.begin(lambda made: not stored_raw(input_bytes, made, exact=False))
+    for index in range(3):
+        stream.put(index, b"z" * 60, f"d{index}")
+    assert stream.unwritten(3) == [None, None, None]
+
+
+def test_a_long_pole_holds_no_copy_of_the_blobs_its_stream_writes(tmp_path, monkeypatch):
+    """The pole's Encoded keeps none of the blobs the stream writes: each is let go once
+    written, not held with every other until the pack ends (45 MB for VGG16 `kmeans4`)."""
+    _record_streams(monkeypatch)
+    handed_back, real = [], BlobStream.unwritten
+    monkeypatch.setattr(
+        BlobStream, "unwritten", lambda self, n: handed_back.append(real(self, n)) or handed_back[-1]
+    )
+    rng = np.random.default_rng(3)
+    weights = {"pole.weight": rng.standard_normal((2048, 512)).astype(np.float32)}
+    weights["small.weight"] = rng.standard_normal((256, 512)).astype(np.float32)
+    kformat.pack(weights, tmp_path / "two.kf", "kmeans4", jobs=2, rules=["*=kmeans:4,tile=128x512"])
+    assert len(handed_back) == 1 and len(handed_back[0]) == 16 and set(handed_back[0]) == {None}
+    kformat.pack(weights, tmp_path / "one.kf", "kmeans4", jobs=1, rules=["*=kmeans:4,tile=128x512"])
+    assert (tmp_path / "two.kf").read_bytes() == (tmp_path / "one.kf").read_bytes()

@@ -35,15 +35,19 @@ def tile_blob(q: QuantizedTensor, codec, rect) -> bytes:
     return codec.encode_values(q.values[r : r + h, c : c + w])
 
 
-def _hashed_blob(q: QuantizedTensor, codec, item, stream: BlobStream | None = None) -> tuple[bytes, str]:
+def _hashed_blob(
+    q: QuantizedTensor, codec, item, stream: BlobStream | None = None
+) -> tuple[bytes | None, str]:
     """Tile `item` (index, rect)'s blob and its SHA-256, hashed by the thread that made it
     while it is in cache (hashed after the last tile, the long pole's 45 MB took 12 ms at the
-    end of a pack), and put in `stream` if any."""
+    end of a pack). With a `stream` the blob goes there alone (None here): the stream holds it
+    until it is written, then lets it go, so a long pole's blobs are not all held at once."""
     index, rect = item
     blob = tile_blob(q, codec, rect)
     digest = hashlib.sha256(blob).hexdigest()
     if stream is not None:
         stream.put(index, blob, digest)
+        return None, digest
     return blob, digest
 
 
@@ -51,9 +55,10 @@ def _hashed(pairs: list[tuple[bytes, str]]) -> tuple[list[bytes], list[str]]:
     return [blob for blob, _ in pairs], [digest for _, digest in pairs]
 
 
-def stored_bytes(blobs: list[bytes], tables: dict[str, np.ndarray]) -> int:
-    """What a tensor's tile blobs and tables come to: in the file, and in memory until written."""
-    return sum(len(blob) for blob in blobs) + sum(t.nbytes for t in tables.values())
+def stored_bytes(blobs: list[bytes | None], tables: dict[str, np.ndarray]) -> int:
+    """What a tensor's tile blobs and tables come to in memory until written (a blob a stream
+    writes, None, counts nothing here)."""
+    return sum(len(blob) for blob in blobs if blob is not None) + sum(t.nbytes for t in tables.values())
 
 
 def stored_raw(input_bytes: int, stored: int, exact: bool) -> bool:
@@ -125,7 +130,10 @@ def encode_blobs(
         exact = codec.exact  # (this codec's: `codec` may become raw below)
         stream.begin(lambda made: not stored_raw(input_bytes, made, exact))
     blobs, digests = tiles_by(codec, stream)
-    if stored_raw(input_bytes, stored_bytes(blobs, q.tables), codec.exact):
+    made = stored_bytes(blobs, q.tables) + (0 if stream is None else stream.made_bytes)
+    if stream is not None:  # the blobs the stream will not write (all or none), here again
+        blobs = stream.unwritten(len(blobs))
+    if stored_raw(input_bytes, made, codec.exact):
         codec = get_codec("raw")
         blobs, digests = tiles_by(codec)
         reason += f"; codec raw: the planes compress past the reader's {MAX_AMPLIFICATION}:1 limit"

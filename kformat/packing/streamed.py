@@ -45,6 +45,20 @@ class BlobStream:
             self._bytes += len(blob)
             self._changed.notify_all()
 
+    @property
+    def made_bytes(self) -> int:
+        """The bytes of every blob put so far."""
+        return self._bytes
+
+    def unwritten(self, count: int) -> list[bytes | None]:
+        """Once all `count` blobs are put: those the writer will not take from the stream,
+        None for each it will. Their bytes rule out the fallback, so it takes them all; or
+        they do not, so it takes none (and they come back whole, the stream let go of them)."""
+        with self._changed:
+            if self._safe():
+                return [None] * count
+            return [self._made.pop(index)[0] for index in range(count)]
+
     def _safe(self) -> bool:
         return self._final is not None and self._final(self._bytes)
 
