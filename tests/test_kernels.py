@@ -146,21 +146,28 @@ def test_kernels_load_once_numpy_loops_have_taken_long_enough():
 
 
 def test_a_plan_with_much_fit_work_loads_the_kernels_at_its_start(tmp_path):
-    """A pack whose plan holds LOAD_FOR_WORK units of fit loops starts loading the kernels at
-    once, and its fits wait for them; a small one leaves them to WARM_AFTER."""
+    """A pack whose plan holds LOAD_FOR_WORK units of fit loops per core starts loading the
+    kernels at once, and its fits wait for them; a small one leaves them to WARM_AFTER. At
+    two jobs the same plan is half as much a core: no load (the load is waited for before
+    the worker processes fork, while the loops would run on both cores)."""
     code = """if True:
         import sys, numpy as np, kformat
         from kformat.methods import kernels
-        small = {"w": np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)}
-        kformat.pack(small, sys.argv[1], "kmeans4")
-        print(kernels._loader is not None)
-        rows = kernels.LOAD_FOR_WORK // 16 * 64  # row groups of 64 rows, 16 entries each
-        big = {"w": np.random.default_rng(0).standard_normal((rows, 4)).astype(np.float32)}
         from kformat.recipe import recipe_from_dict
-        kformat.pack(big, sys.argv[1], recipe_from_dict({"name": "g", "default": "kmeans:4,group=64"}))
+        jobs, cores = int(sys.argv[2]), int(sys.argv[3])
+        small = {"w": np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)}
+        kformat.pack(small, sys.argv[1], "kmeans4", jobs=jobs)
+        print(kernels._loader is not None)
+        rows = kernels.LOAD_FOR_WORK * cores // 16 * 64  # row groups of 64 rows, 16 entries each
+        big = {"w": np.random.default_rng(0).standard_normal((rows, 4)).astype(np.float32)}
+        recipe = recipe_from_dict({"name": "g", "default": "kmeans:4,group=64"})
+        kformat.pack(big, sys.argv[1], recipe, jobs=jobs)
         print(kernels._loader is not None, kernels.compiled() is not None)  # the fits waited
     """
-    assert _fresh(code, str(tmp_path / "m.kf")).split() == ["False", "True", "True"]
+    path = str(tmp_path / "m.kf")
+    assert _fresh(code, path, "1", "1").split() == ["False", "True", "True"]
+    assert _fresh(code, path, "2", "1").split() == ["False", "False", "False"]  # half a load's work each
+    assert _fresh(code, path, "2", "2").split() == ["False", "True", "True"]
 
 
 def test_fit_work_counts_groups_times_entries():
@@ -170,7 +177,7 @@ def test_fit_work_counts_groups_times_entries():
     kmeans, linear = get_method("kmeans"), get_method("linear")
     assert kmeans.fit_work((4096, 25088), parse_rule("kmeans:8")) == 256
     assert kmeans.fit_work((30522, 768), parse_rule("kmeans:4,group=64")) == 477 * 16
-    assert kmeans.fit_work((768, 768), parse_rule("kmeans:8,ecq=0.5")) == 3 * 256
+    assert kmeans.fit_work((768, 768), parse_rule("kmeans:8,ecq=0.5")) == 1.5 * 256
     assert linear.fit_work((768, 768), parse_rule("linear:8,row")) == 0
 
 

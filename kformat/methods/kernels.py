@@ -35,7 +35,7 @@ import numpy as np
 from . import fit_loops
 
 WARM_AFTER = 1.0  # CPU seconds of numpy fit loops in a process before the kernels are loaded
-LOAD_FOR_WORK = 10_000  # Method.fit_work units from which a pack loads the kernels at its start
+LOAD_FOR_WORK = 8_000  # Method.fit_work units per core from which a pack loads the kernels at its start
 
 _lock = threading.Lock()
 _spent = 0.0  # CPU seconds in the numpy loops so far, all threads
@@ -120,13 +120,18 @@ def prefix_sums(points: np.ndarray, weights: np.ndarray, out: np.ndarray) -> Non
 
 
 def expect(work: float) -> None:
-    """A pack is about to run `work` units of fit loops (Method.fit_work): from LOAD_FOR_WORK
-    on, start loading the kernels now, and let the fits wait for them rather than run numpy
-    loops meanwhile (those held the GIL against the loading; reads and histograms go on).
-    Waiting for the loops' first second cost the most on a model with many codebooks:
-    BERT-base's kmeans8 command spent its 1.1 s of loops before the kernels were asked for,
-    then waited for them at exit (3.5 s, against 2.7 s with numpy loops only and 2.3 s with
-    kernels from the start). Below it (VGG16's presets: at most 4,096 units, 0.27 s of
+    """A pack is about to run `work` units of fit loops per core (Method.fit_work over the
+    jobs): from LOAD_FOR_WORK on, start loading the kernels now, and let the fits wait for
+    them rather than run numpy loops meanwhile (those held the GIL against the loading; reads
+    and histograms go on). Waiting for the loops' first second cost the most on a model with
+    many codebooks: BERT-base's kmeans8 command spent its 1.1 s of loops before the kernels
+    were asked for, then waited for them at exit (3.5 s, against 2.7 s with numpy loops only
+    and 2.3 s with kernels from the start). Per core, as the loops run on every core while
+    the load (0.35-0.4 s) is waited for before any worker process is forked; whole commands,
+    kernels from the start against numpy loops: at one job, all-MiniLM-L6-v2-shaped `q8`
+    (9,728 units) 0.88x the time, `mobile` 0.94x; at two, BERT-shaped `kmeans8` and `q8`
+    (9,600 a core) 0.97-0.98x, `q4` 0.82x, while MiniLM-shaped `q4` (6,472 a core) took 1.08x
+    and `mobile` (6,732) 1.22x. Below it (VGG16's presets: at most 4,096 units, 0.27 s of
     loops) loading costs more than it saves."""
     global _awaited
     if work >= LOAD_FOR_WORK and _mode() == "auto":

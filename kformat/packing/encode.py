@@ -17,10 +17,11 @@ from ..methods.metrics import error_powers, sqnr_db
 from .feedback import with_feedback
 
 
-def expect_fits(decisions, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Tell the fit loops how much codebook work the plan holds (kernels.expect)."""
+def expect_fits(decisions, shapes: dict[str, tuple[int, ...]], jobs: int = 1) -> None:
+    """Tell the fit loops how much codebook work the plan holds for each of `jobs` cores
+    (kernels.expect)."""
     work = (get_method(d.rule.method).fit_work(view_2d(shapes[d.name]), d.rule) for d in decisions)
-    kernels.expect(sum(work))
+    kernels.expect(sum(work) / max(1, jobs))
 
 
 def check_finite(name: str, values: np.ndarray) -> None:

@@ -176,7 +176,7 @@ def pack(
         if assigned:
             decisions = [Decision(d.name, *assigned[d.name]) if d.name in assigned else d for d in decisions]
         if scheduler is None:
-            expect_fits(decisions, {t.name: t.shape for t in infos})  # (a cluster's workers fit)
+            expect_fits(decisions, {t.name: t.shape for t in infos}, jobs)  # (a cluster's workers fit)
             encoder = LocalEncoder(source, recipe.tile, importance, jobs, earlier)
         else:
             from .distributed import DaskEncoder
