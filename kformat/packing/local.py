@@ -42,6 +42,12 @@ class LocalEncoder:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
+    @property
+    def fit_cores(self) -> int:
+        """The cores the plan's codebook fits run on side by side: the jobs with worker
+        processes, one on threads (fits hold the GIL)."""
+        return self.jobs if forking(self.source, self.jobs) and self.earlier is None else 1
+
     def no_more(self) -> None:
         """Every tensor has been submitted: worker processes with none left may go."""
         if self.forked is not None:

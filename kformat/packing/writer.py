@@ -176,8 +176,8 @@ def pack(
         if assigned:
             decisions = [Decision(d.name, *assigned[d.name]) if d.name in assigned else d for d in decisions]
         if scheduler is None:
-            expect_fits(decisions, {t.name: t.shape for t in infos}, jobs)  # (a cluster's workers fit)
             encoder = LocalEncoder(source, recipe.tile, importance, jobs, earlier)
+            expect_fits(decisions, {t.name: t.shape for t in infos}, encoder.fit_cores)  # (a cluster's fit)
         else:
             from .distributed import DaskEncoder
 
