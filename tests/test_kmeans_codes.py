@@ -113,3 +113,20 @@ def test_small_inputs_and_few_edges_count_compares_exactly_as_searchsorted(seed,
     if edges.size < kmeans_codes.LOOKUP_EDGES:
         codes, _ = _coded(large, np.zeros(edges.size + 1), edges, None)
         assert np.array_equal(codes, np.searchsorted(edges, large))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**31), k=st.sampled_from([2, 16, 256]), size=st.sampled_from([100, 70_000]))
+def test_codes_of_are_assigns_codes(seed, k, size):
+    """Bit allocation's probes take the codes alone (codes_of): the very codes of assign, by
+    nearest centroid or by explicit edges."""
+    rng = np.random.default_rng(seed)
+    values = rng.standard_t(4, size).astype(np.float32).reshape(-1, 50)
+    centroids = np.unique(rng.standard_normal(k))
+    edges = np.sort(rng.standard_normal(centroids.size - 1))
+    assert np.array_equal(
+        kmeans_codes.codes_of(values, centroids), kmeans_codes.assign(values, centroids).codes
+    )
+    assert np.array_equal(
+        kmeans_codes.codes_of(values, centroids, edges), kmeans_codes.assign(values, centroids, edges).codes
+    )

@@ -85,7 +85,7 @@ def _plane_overhead(block: np.ndarray, fit, bits: int) -> float:
     from ..codecs.png import encode_png
 
     centroids, edges = fit
-    codes = kmeans_codes.assign(block, centroids, edges).codes  # uint8
+    codes = kmeans_codes.codes_of(block, centroids, edges)  # uint8
     entropy = entropy_bytes(np.bincount(codes.reshape(-1), minlength=centroids.size))
     if entropy <= 0:
         return PNG_OVERHEAD

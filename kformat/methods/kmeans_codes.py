@@ -152,6 +152,12 @@ def _count_below(values: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None
         out += above
 
 
+def codes_of(values: np.ndarray, centroids: np.ndarray, edges: np.ndarray | None = None) -> np.ndarray:
+    """The codes assign gives, alone: no counts, sums or power (bit allocation's probes,
+    which count their codes themselves; the per-chunk sums were half of a probe's assign)."""
+    return _coded(values, centroids, edges, None)[0]
+
+
 def assign(
     values: np.ndarray, centroids: np.ndarray, edges: np.ndarray | None = None, span=None, out=None
 ) -> Assignment:
