@@ -339,4 +339,4 @@ def test_stop_soon_lets_the_workers_exit_while_the_pool_is_still_open():
         assert not any(w.is_alive() for w in workers)  # gone before the pool's end
     processes.stop_soon(pool)  # after the end: nothing to do, no thread
     alive = [t for t in threading.enumerate() if t.is_alive()]
-    assert not [t for t in alive if t.name == "kformat-workers-stop" or isinstance(t, _ExecutorManagerThread)]
+    assert not [t for t in alive if t.name == processes.STOP_THREAD or isinstance(t, _ExecutorManagerThread)]

@@ -27,6 +27,9 @@ class LocalEncoder:
         self.source, self.tile, self.importance, self.jobs = source, tile, importance, jobs
         self.earlier = earlier
         self.window = jobs + 1
+        # large tensors go to worker processes: forkable, several jobs, not an allocation round
+        # (see forked.py: allocation's rounds stay on threads)
+        self.processes = forking(source, jobs) and earlier is None
         self._stack = ExitStack()
 
     def __enter__(self) -> "LocalEncoder":
@@ -34,7 +37,7 @@ class LocalEncoder:
         self.tiles = self._stack.enter_context(ThreadPoolExecutor(self.jobs))
         self._stack.enter_context(chunks.threads(self.jobs))
         self.forked = None
-        if forking(self.source, self.jobs) and self.earlier is None:  # (see forked.py: allocation)
+        if self.processes:
             self.forked = ForkedWorkers(self.source, self.tile, self.importance, self.jobs, self.encoders)
             self._stack.callback(self.forked.close)  # (closed first: a dead child's work needs encoders)
         return self
@@ -46,7 +49,7 @@ class LocalEncoder:
     def fit_cores(self) -> int:
         """The cores the plan's codebook fits run on side by side: the jobs with worker
         processes, one on threads (fits hold the GIL)."""
-        return self.jobs if forking(self.source, self.jobs) and self.earlier is None else 1
+        return self.jobs if self.processes else 1
 
     def no_more(self) -> None:
         """Every tensor has been submitted: worker processes with none left may go."""
