@@ -18,8 +18,6 @@ Modules built on the meta device get real tensors as they are filled.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,10 +27,10 @@ from .errors import InputError
 from .format.dtypes import HAVE_ML_DTYPES
 from .format.constants import DEFAULT_SHARD_SIZE
 from .loading.lazy import open_model
-from .methods import QuantizedTensor, get_method
-from .methods.compact import rows_per_band
+from .methods import QuantizedTensor
 from .torch_fill import empty_weights as _empty_weights
 from .torch_fill import load_into, owner_of
+from .torch_linear import banded_matmul
 
 __all__ = [
     "save",
@@ -218,57 +216,6 @@ def load_state_dict(
 
 
 # -- compact Linear layers ----------------------------------------------------------------------
-_helpers: tuple[ThreadPoolExecutor, int] | None = None  # QuantizedLinear's threads beyond the caller's
-
-
-def _forget_helpers_after_fork() -> None:
-    global _helpers
-    _helpers = None  # (threads do not survive fork)
-
-
-os.register_at_fork(after_in_child=_forget_helpers_after_fork)
-
-
-def _banded_matmul(torch, q: QuantizedTensor, x, threads: int):
-    """x @ W.T for the compact W, (n, out_features): W's rows cut in `threads` parts, each
-    dequantized a band at a time into its own cache-sized buffer (the lookups release the
-    GIL) and multiplied by torch under its own thread count. One band loop on one thread,
-    with numpy's BLAS threading the products, left torch's second core to the float32 model:
-    VGG16's FC head at two torch threads ran 112 ms against float32's 38 ms; cut in two, 63
-    ms."""
-    global _helpers
-    rows, cols = q.view
-    step = rows_per_band(cols)
-    parts = max(1, min(threads, rows // step))
-    if parts == 1 or get_method(q.method).lossless:
-        # one band loop: QuantizedTensor.matmul, with numpy's products (0.17-0.21 ms for a
-        # 41 x 25088 band, torch's 0.26 ms)
-        return torch.from_numpy(np.ascontiguousarray(q.matmul(x.numpy().T).T))
-    out = torch.empty((rows, x.shape[0]))  # W @ x.T, rows in order
-    xt = x.T
-
-    def part(first: int, stop: int) -> None:
-        buffer = np.empty((min(step, stop - first), cols), dtype=np.float32)
-        for r0 in range(first, stop, step):
-            r1 = min(stop, r0 + step)
-            w = q.rows(r0, r1, buffer[: r1 - r0])  # (the buffer, filled)
-            # torch's products: numpy's BLAS threads would fight these parts
-            torch.mm(torch.from_numpy(np.ascontiguousarray(w)), xt, out=out[r0:r1])
-
-    cuts = [rows * i // parts for i in range(parts + 1)]
-    if _helpers is None or _helpers[1] < parts - 1:
-        if _helpers is not None:  # torch's thread count grew: a larger pool replaces it
-            _helpers[0].shutdown(wait=False)
-        _helpers = (ThreadPoolExecutor(parts - 1, thread_name_prefix="kformat-linear"), parts - 1)
-    others = [_helpers[0].submit(part, cuts[i], cuts[i + 1]) for i in range(1, parts)]
-    try:
-        part(cuts[0], cuts[1])
-    finally:
-        for other in others:
-            other.result()
-    return out.T.contiguous()
-
-
 def _module_class():
     torch = _torch()
 
@@ -310,7 +257,7 @@ def _module_class():
             if x.requires_grad and torch.is_grad_enabled():
                 raise RuntimeError("QuantizedLinear is for inference: run it under torch.no_grad()")
             flat = x.reshape(-1, self.in_features).to(torch.float32)
-            y = _banded_matmul(torch, self.quantized(), flat, torch.get_num_threads())
+            y = banded_matmul(torch, self.quantized(), flat, torch.get_num_threads())
             if self.bias is not None:
                 y += self.bias
             return y.reshape(*x.shape[:-1], self.out_features)

@@ -144,7 +144,9 @@ def test_load_state_dict_over_http(nginx, packed):
     assert np.array_equal(module.fc1.weight.detach().numpy(), packed.expected["fc1.weight"])
 
 
-@pytest.mark.parametrize("rule", ["kmeans:4", "linear:8,row", "kmeans:3,group=100,scale=row"])
+@pytest.mark.parametrize(
+    "rule", ["kmeans:4", "linear:8,row", "kmeans:3,group=100,scale=row", "kmeans:8,group=300", "kmeans:2"]
+)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_a_quantized_linear_of_many_bands_on_torch_s_threads(tmp_path, threads, rule):
     """A layer of several bands is cut in one part per torch thread, each dequantized band by
@@ -168,3 +170,27 @@ def test_a_quantized_linear_of_many_bands_on_torch_s_threads(tmp_path, threads, 
         torch.set_num_threads(before)
     assert got.shape == want.shape and got.is_contiguous()
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+@pytest.mark.parametrize("writeable", [True, False])
+def test_torch_s_gather_gives_np_take_s_bits(width, writeable, monkeypatch):
+    """QuantizedLinear's whole-byte lookups gather through torch.index_select (4- and 8-byte
+    entries, as integers) or np.take (other widths, read-only indices): the same bits either
+    way, NaN payloads included."""
+    from kformat import torch_linear
+    from kformat.methods.base import take_rows
+    from kformat.torch_linear import torch_take
+
+    if writeable and width < 4:  # torch's own gather, never np.take's
+        monkeypatch.setattr(torch_linear, "take_rows", None)
+
+    rng = np.random.default_rng(width)
+    bits = rng.integers(0, 2**32, 256 * width, dtype=np.uint32)
+    bits[:width] = 0x7FA00001  # a signalling NaN's pattern, which a float move could quieten
+    table = bits.view(np.dtype((np.void, 4 * width)))
+    indices = rng.integers(0, 256, (37, 101), dtype=np.uint8)
+    indices.setflags(write=writeable)
+    want = take_rows(table, indices, np.empty(indices.shape, table.dtype))
+    got = torch_take(torch)(table, indices, np.empty(indices.shape, table.dtype))
+    assert got.tobytes() == want.tobytes()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -92,6 +92,10 @@ def byte_table(values: np.ndarray, depth: int) -> np.ndarray:
 
 
 TAKE_INDICES = 1 << 17  # indices per np.take call: numpy copies them as intp first (1 MiB)
+
+# take(table, indices, out): out[...] = table[indices], every index valid (take_rows, or a
+# caller's faster gather: kformat.torch's, for QuantizedLinear)
+Take = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def take_rows(table: np.ndarray, indices: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -202,11 +206,13 @@ class Method:
         group_rows: int,
         tables: dict[str, np.ndarray],
         out: np.ndarray | None = None,
+        take: Take = take_rows,
     ) -> np.ndarray:
         """float32 values of a plane given as packed rows at `depth` bits, every code valid.
 
         For lookup methods, one table per group indexed by whole packed bytes yields 8 // depth
-        values per lookup, so codes are never unpacked (the hot loop of loading)."""
+        values per lookup, so codes are never unpacked (the hot loop of loading); `take`
+        gathers the table's entries."""
         rows = packed.shape[0]
         if out is None:
             out = np.empty((rows, cols), dtype=np.float32)
@@ -232,10 +238,10 @@ class Method:
             stop = min(rows, (group + 1) * group_rows - row0)
             lut = luts[group - first]
             if direct:  # every byte indexes the 256-entry table
-                take_rows(lut, packed[start:stop], out[start:stop].view(lut.dtype))
+                take(lut, packed[start:stop], out[start:stop].view(lut.dtype))
             for lo in range(start, stop, band_rows) if not direct else ():
                 hi = min(stop, lo + band_rows)
-                take_rows(lut, packed[lo:hi], band[: hi - lo].view(lut.dtype))
+                take(lut, packed[lo:hi], band[: hi - lo].view(lut.dtype))
                 out[lo:hi] = band[: hi - lo, :cols]
             self.finish_lookup(out[start:stop], row0 + start, tables)
             start = stop

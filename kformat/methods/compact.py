@@ -13,6 +13,7 @@ import numpy as np
 
 from ..codecs.bitpack import unpack_rows
 from ..errors import InputError
+from .base import Take, take_rows
 from .registry import get_method
 
 BAND_BYTES = 4 << 20
@@ -89,15 +90,20 @@ class QuantizedTensor:
         """What dequantize() returns: float32, or the source dtype for lossless methods."""
         return self.values.dtype if get_method(self.method).lossless else np.dtype(np.float32)
 
-    def rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Dequantized rows [start, stop) of the 2-D view."""
+    def rows(
+        self, start: int, stop: int, out: np.ndarray | None = None, take: Take = take_rows
+    ) -> np.ndarray:
+        """Dequantized rows [start, stop) of the 2-D view (`take`: the gather of whole-byte
+        lookups, see Method.dequantize_packed)."""
         method = get_method(self.method)
         if method.lossless:
             return self.values[start:stop]
         plane = self.plane[start:stop]
         if self.packed and self.bits == self.depth:  # every code valid: whole bytes through a table
             cols, tables = self.view[1], self.tables
-            return method.dequantize_packed(plane, self.depth, cols, start, self.group_rows, tables, out)
+            return method.dequantize_packed(
+                plane, self.depth, cols, start, self.group_rows, tables, out, take
+            )
         if self.packed:
             plane = unpack_rows(plane, self.view[1], self.depth)
         return method.dequantize(plane, start, self.group_rows, self.tables, out=out)
@@ -111,7 +117,7 @@ class QuantizedTensor:
             out[r0:r1] = self.rows(r0, r1)
         return out.reshape(self.shape)
 
-    def matmul(self, x, band_rows: int | None = None) -> np.ndarray:
+    def matmul(self, x, band_rows: int | None = None, take: Take = take_rows) -> np.ndarray:
         """W @ x over the 2-D view, one band of rows dequantized into a reused buffer."""
         rows, cols = self.view
         x2, vector = as_columns(x, cols, self.name)
@@ -121,6 +127,6 @@ class QuantizedTensor:
         buffer = None if lossless else np.empty((min(step, rows), cols), dtype=np.float32)
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
-            w = self.rows(r0, r1, None if buffer is None else buffer[: r1 - r0])
+            w = self.rows(r0, r1, None if buffer is None else buffer[: r1 - r0], take)
             np.matmul(w, x2, out=out[r0:r1])
         return out[:, 0] if vector else out

@@ -2,7 +2,7 @@
 """Peak memory of a PyTorch forward pass on an FC-heavy model: float32 vs kformat.
 
 The model is VGG16's classifier head (25088 -> 4096 -> 4096 -> 1000, 123.6M parameters,
-He-init, seed 0), run on a batch of 8 (a first forward, then the best of 5 more). Each
+He-init, seed 0), run on a batch of 8 (`--batch N`; a first forward, then the best of 5 more). Each
 variant runs in a fresh process, builds the module on the meta device (so no weights exist
 before loading) and reports the peak RSS added on top of the interpreter with torch imported:
 
@@ -14,10 +14,12 @@ Outputs of (c) are checked against (b) (same quantized weights) within 1e-4 rela
 variant runs on one torch thread, or on `--threads N` (0: torch's default, every core); a
 QuantizedLinear dequantizes its bands on as many threads as torch may use.
 
-    python tools/bench/torch_memory.py [--out bench-out] [--threads N]
+    python tools/bench/torch_memory.py [--out bench-out] [--threads N] [--batch N]
 
 Prints a table and writes bench-out/torch_memory.json (torch_memory_threadsN.json with
---threads N other than 1).
+--threads N other than 1, _batchN before .json with --batch N other than 8). At batch 1 a
+float32 layer is a matrix-vector product that streams its weights from memory, the hardest
+case for a layer that dequantizes its own.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def build(torch):
     return torch.nn.Sequential(*layers).eval()
 
 
-def run_child(variant: str, pt: str, kf: str, out: str, threads: int = 1) -> dict:
+def run_child(variant: str, pt: str, kf: str, out: str, threads: int = 1, batch: int = BATCH) -> dict:
     import torch
 
     import kformat.torch as kt
@@ -73,7 +75,7 @@ def run_child(variant: str, pt: str, kf: str, out: str, threads: int = 1) -> dic
         kt.load_quantized(model, kf)
     loaded = time.perf_counter() - start
     x = torch.from_numpy(
-        __import__("numpy").random.default_rng(1).standard_normal((BATCH, SHAPES[0][1]), dtype="float32")
+        __import__("numpy").random.default_rng(1).standard_normal((batch, SHAPES[0][1]), dtype="float32")
     )
     times = []
     with torch.no_grad():
@@ -107,13 +109,14 @@ def main() -> int:
         help="torch threads for every variant (QuantizedLinear dequantizes on as many); 0: torch's"
         " default, every core (default 1)",
     )
+    parser.add_argument("--batch", type=int, default=BATCH, help=f"rows of the input (default {BATCH})")
     parser.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--pt", help=argparse.SUPPRESS)
     parser.add_argument("--kf", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_child(args.child, args.pt, args.kf, args.result, args.threads)))
+        print(json.dumps(run_child(args.child, args.pt, args.kf, args.result, args.threads, args.batch)))
         return 0
 
     import torch
@@ -154,6 +157,8 @@ def main() -> int:
                 str(result),
                 "--threads",
                 str(args.threads),
+                "--batch",
+                str(args.batch),
             ],
             capture_output=True,
             text=True,
@@ -172,7 +177,7 @@ def main() -> int:
         r["max_rel_diff_vs_b"] = float((outputs[r["variant"]] - ref).abs().max() / ref.abs().max())
     print(
         f"\nFC head {SHAPES}: {params:,} parameters, float32 {params * 4 / 2**20:.1f} MiB, kformat"
-        f" {kf.stat().st_size / 2**20:.1f} MiB; batch {BATCH}, {threads_label(args.threads, torch)}"
+        f" {kf.stat().st_size / 2**20:.1f} MiB; batch {args.batch}, {threads_label(args.threads, torch)}"
     )
     print(
         f"{'variant':40s} {'added peak MiB':>15s} {'/ (a)':>7s} {'load s':>7s} {'1st fwd s':>10s}"
@@ -190,7 +195,7 @@ def main() -> int:
     report = {
         "benchmark": "torch_memory",
         "shapes": SHAPES,
-        "batch": BATCH,
+        "batch": args.batch,
         "torch_threads": args.threads or torch.get_num_threads(),
         "parameters": params,
         "kformat_bytes": kf.stat().st_size,
@@ -201,7 +206,8 @@ def main() -> int:
         " torch",
         "machine": {"python": platform.python_version(), "torch": torch.__version__},
     }
-    name = "torch_memory.json" if args.threads == 1 else f"torch_memory_threads{args.threads}.json"
+    name = "torch_memory" + ("" if args.threads == 1 else f"_threads{args.threads}")
+    name += ("" if args.batch == BATCH else f"_batch{args.batch}") + ".json"
     (workdir / name).write_text(json.dumps(report, indent=2))
     print(f"\nwrote {workdir / name}")
     return 0 if ok else 1
