@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import kformat
 from kformat.packing.allocate import Candidate, choose, container_size, measured_error
@@ -96,6 +98,58 @@ def test_choose_is_optimal_on_a_small_knapsack():
         assert sum(c.error for c in got.values()) == pytest.approx(best)
     with pytest.raises(KFormatError, match="target is too small"):
         choose(options, 20)
+
+
+def _choose_by_table(options, budget, units):
+    """The programme as a (candidates, units) table reduced along the candidates (argmin: the
+    first on ties), what choose keeps as a running minimum instead."""
+    import math
+
+    unit = budget / units
+    best = np.zeros(units + 1)
+    picks = []
+    for cands in options.values():
+        table = np.full((len(cands), units + 1), np.inf)
+        for k, c in enumerate(cands):
+            ck = math.ceil(c.bytes / unit - 1e-9)
+            if ck <= units:
+                table[k, ck:] = best[: units + 1 - ck] + c.error
+        picks.append(np.argmin(table, axis=0))
+        best = table.min(axis=0)
+    j = int(np.argmin(best))
+    choice = {}
+    for n, pick in zip(reversed(list(options)), reversed(picks)):
+        choice[n] = options[n][int(pick[j])]
+        j -= math.ceil(choice[n].bytes / unit - 1e-9)
+    return choice
+
+
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(1, 40), st.integers(0, 6)), min_size=1, max_size=6),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(10, 200),
+)
+def test_choose_picks_what_the_table_programme_picks_ties_included(tensors, budget):
+    """Small integer sizes and errors make ties common: the running minimum keeps the first
+    candidate of equal error, as argmin over the table does, so allocations stay the same."""
+    from kformat.packing import knapsack
+
+    options = {
+        f"t{i}": [
+            Candidate(Rule(method="kmeans", bits=k + 1), float(b), float(e)) for k, (b, e) in enumerate(cs)
+        ]
+        for i, cs in enumerate(tensors)
+    }
+    try:
+        got = choose(options, float(budget), units=knapsack.MIN_UNITS)
+    except KFormatError:
+        assume(False)
+    want = _choose_by_table(options, float(budget), knapsack.MIN_UNITS)
+    assert {n: c.rule for n, c in got.items()} == {n: c.rule for n, c in want.items()}
 
 
 def test_knapsack_rounding_leaves_little_of_the_budget_unused_with_many_small_tensors():
@@ -386,7 +440,7 @@ def test_knapsack_units_shrink_with_many_tensors_and_the_choice_still_fits(monke
         for i in range(80)
     }
     got = choose(options, 80 * 400.0)
-    assert {shape[1] for shape in calls} == {knapsack.MIN_UNITS + 1}
+    assert {np.atleast_1d(shape)[-1] for shape in calls} == {knapsack.MIN_UNITS + 1}  # (units + 1 each)
     assert sum(c.bytes for c in got.values()) <= 80 * 400.0
 
 
