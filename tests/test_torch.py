@@ -174,14 +174,16 @@ def test_a_quantized_linear_of_many_bands_on_torch_s_threads(tmp_path, threads, 
 
 @pytest.mark.parametrize("width", [1, 2, 4])
 @pytest.mark.parametrize("writeable", [True, False])
-def test_torch_s_gather_gives_np_take_s_bits(width, writeable, monkeypatch):
+@pytest.mark.parametrize("run", [1 << 19, 1000])
+def test_torch_s_gather_gives_np_take_s_bits(width, writeable, run, monkeypatch):
     """QuantizedLinear's whole-byte lookups gather through torch.index_select (4- and 8-byte
-    entries, as integers) or np.take (other widths, read-only indices): the same bits either
-    way, NaN payloads included."""
+    entries, as integers; the indices in runs) or np.take (other widths, read-only indices):
+    the same bits either way, NaN payloads included."""
     from kformat import torch_linear
     from kformat.methods.base import take_rows
     from kformat.torch_linear import torch_take
 
+    monkeypatch.setattr(torch_linear, "GATHER_INDICES", run)  # 1000: four runs of the 3737
     if writeable and width < 4:  # torch's own gather, never np.take's
         monkeypatch.setattr(torch_linear, "take_rows", None)
 
