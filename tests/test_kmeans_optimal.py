@@ -113,3 +113,23 @@ def test_dense_and_divide_and_conquer_layers_choose_the_same_splits(monkeypatch)
             monkeypatch.setattr(dp, "DENSE_CELLS", cells)
             found.append(dp.optimal_centroids_batch([(points, weights)], k)[0])
         assert np.array_equal(*found), (n, k)
+
+
+@pytest.mark.parametrize("layer_points", [1 << 30, 700, 1])
+def test_runs_of_problems_find_what_one_programme_finds(monkeypatch, layer_points):
+    """The numpy layers search a batch's problems in runs of about LAYER_POINTS points (their
+    arrays then stay in cache): every run size gives the very centroids of one run of all,
+    problems of different sizes and with too few points for k included."""
+    import kformat.methods.kmeans_dp as dp
+
+    monkeypatch.setenv("KFORMAT_NUMBA", "0")
+    rng = np.random.default_rng(11)
+    problems = []
+    for n in rng.integers(1, 400, 40):
+        points = np.unique(np.round(rng.standard_t(3, int(n)), 2))
+        problems.append((points, np.round(rng.uniform(0.5, 4, points.size))))
+    monkeypatch.setattr(dp, "LAYER_POINTS", 1 << 30)
+    want = dp.optimal_centroids_batch(problems, 9)
+    monkeypatch.setattr(dp, "LAYER_POINTS", layer_points)
+    got = dp.optimal_centroids_batch(problems, 9)
+    assert all(np.array_equal(a, b) for a, b in zip(want, got))
