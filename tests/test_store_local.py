@@ -55,3 +55,23 @@ def test_merged_blocks_cover_every_range_and_keep_their_limits(items, gap, cap):
     for p, s, e in blocks:  # over the cap only when one range alone is
         if e - s > cap:
             assert any(p == path and start == s and end == e for path, start, end in zip(paths, starts, ends))
+
+
+def test_a_local_store_reads_large_blobs_alone_and_small_ones_together(tmp_path, monkeypatch):
+    """Cutting a merged read into its blobs copies them again: a local store merges only
+    what stays within LOCAL_MERGE_MAX, and every range comes back exact either way."""
+    from kformat.loading import store as store_module
+    from kformat.loading.store import ByteRange, Store
+
+    data = np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()
+    (tmp_path / "blob").write_bytes(data)
+    store = Store.from_url(str(tmp_path))
+    reads = []
+    real = store.local.read
+    monkeypatch.setattr(store.local, "read", lambda *a: reads.append(a[1:3]) or real(*a))
+    small = [(i * 1000, i * 1000 + 900) for i in range(20)]  # 20 small ranges: one read
+    large = [(1 << 20, (1 << 20) + 600_000), ((1 << 20) + 600_100, (2 << 20) + 300_000)]  # 2 more
+    ranges = [ByteRange("blob", s, e) for s, e in small + large]
+    got = store.read_many(ranges)
+    assert got == [data[s:e] for s, e in small + large]
+    assert len(reads) == 3 and all(e - s <= store_module.LOCAL_MERGE_MAX for s, e in reads[:1])

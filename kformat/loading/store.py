@@ -33,6 +33,11 @@ HTTP_CONNECTIONS = 8  # ranges of one batch fetched at once over HTTP
 BACKOFF_SECONDS = 0.2
 MERGE_GAP = 4096  # merge ranges closer than this into one request
 MERGE_MAX = 16 << 20  # never merge into one request larger than this
+# A local file's merged read is cut into its blobs by copying them out again, so there only
+# small blobs share a read: a VGG16 `mobile` load took 0.95x the time (medians of 8, in turn)
+# with each tile read on its own, and a read costs a pread and two stats (the file checked
+# unchanged), which thousands of tiny blobs would repeat.
+LOCAL_MERGE_MAX = 256 << 10
 # A stalled server must not hang a reader: HTTP requests fail (and are retried) after this
 # long without a byte or without a connection. Pass client_kwargs={"timeout": ...} to change it.
 
@@ -268,7 +273,8 @@ class Store:
             paths = [self.path(r.key) for r in wanted]
             starts = [r.start for r in wanted]
             ends = [r.end for r in wanted]
-            m_paths, m_starts, m_ends = merge_ranges(paths, starts, ends, MERGE_GAP, MERGE_MAX)
+            most = MERGE_MAX if self.local is None else LOCAL_MERGE_MAX
+            m_paths, m_starts, m_ends = merge_ranges(paths, starts, ends, MERGE_GAP, most)
             keys = {self.path(r.key): r.key for r in wanted}
             blocks = self._fetch(m_paths, m_starts, m_ends, keys)
             for r in wanted:
