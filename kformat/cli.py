@@ -388,11 +388,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """main() in a process of its own, the imports' 40,000 objects frozen out of the garbage
-    collector: its passes (in forked workers too) and the teardown at exit (30 ms of every
-    command) skip them; and once more at the end, what the command made meanwhile (numba's
-    kernels: an all-MiniLM-L6-v2-shaped --target-bits 4.5 exited in 0.11-0.16 s, now
-    0.045-0.05 s). main() called from other code leaves the caller's collector alone."""
+    """main() in a process of its own: the imports' objects, then what main() made (numba's), frozen
+    out of the collector, whose passes and exit skip them (main() alone leaves a caller's alone)."""
     gc.freeze()
     status = main()
     gc.freeze()
