@@ -74,12 +74,17 @@ def _layer(
         lengths = hi - lo + 1
         starts = np.cumsum(lengths) - lengths
         total = int(starts[-1] + lengths[-1])
-        i = np.arange(total) + np.repeat(lo - starts, lengths)
-        at = np.repeat(mid, lengths)
-        values = previous[i] + _cost_to(w, s1, s2, i, w[at], s1[at], s2[at])
+        i = np.repeat(lo - starts, lengths)
+        i += np.arange(total)
+        # the prefix sums at each mid repeated over its candidates (not gathered at a repeated
+        # index), and each segment's first minimum from the positions equal to its least
+        # value: 0.91-0.95x the time of the index gathers and a where over every candidate
+        at_mid = (np.repeat(w[mid], lengths), np.repeat(s1[mid], lengths), np.repeat(s2[mid], lengths))
+        values = _cost_to(w, s1, s2, i, *at_mid)
+        values += previous[i]
         lowest = np.minimum.reduceat(values, starts)
-        position = np.where(values <= np.repeat(lowest, lengths), np.arange(total), total)
-        chosen = i[np.minimum.reduceat(position, starts)]
+        at_lowest = np.flatnonzero(values == np.repeat(lowest, lengths))
+        chosen = i[at_lowest[np.searchsorted(at_lowest, starts)]]
         best[mid] = lowest
         split[mid] = chosen
         # the halves left and right of each mid, searched left and right of its split
