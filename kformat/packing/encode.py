@@ -7,6 +7,7 @@ scalars are one row), the shape its tiles and groups are cut from.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
@@ -16,12 +17,20 @@ from ..methods.chunks import CHUNK, map_chunks, row_step
 from ..methods.metrics import error_powers, sqnr_db
 from .feedback import with_feedback
 
+if TYPE_CHECKING:
+    from ..recipe import Rule
+
+
+def expect_fit_work(pairs: Iterable[tuple[tuple[int, int], Rule]], cores: int = 1) -> None:
+    """Tell the fit loops how much codebook work the (2-D view, rule) pairs hold for each of
+    `cores` (kernels.expect): a pack's decisions, or weighing's candidates."""
+    work = (get_method(rule.method).fit_work(view, rule) for view, rule in pairs)
+    kernels.expect(sum(work) / max(1, cores))
+
 
 def expect_fits(decisions, shapes: dict[str, tuple[int, ...]], jobs: int = 1) -> None:
-    """Tell the fit loops how much codebook work the plan holds for each of `jobs` cores
-    (kernels.expect)."""
-    work = (get_method(d.rule.method).fit_work(view_2d(shapes[d.name]), d.rule) for d in decisions)
-    kernels.expect(sum(work) / max(1, jobs))
+    """expect_fit_work of the plan's decisions, for each of `jobs` cores."""
+    expect_fit_work(((view_2d(shapes[d.name]), d.rule) for d in decisions), jobs)
 
 
 def check_finite(name: str, values: np.ndarray) -> None:

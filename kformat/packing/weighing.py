@@ -39,7 +39,7 @@ from ..methods.metrics import TILE_OVERHEAD, manifest_entry_bytes
 from ..progress import Tracker
 from ..recipe import Recipe, Rule, is_float_dtype, plan, tile_for
 from ..sources import TensorSource, find_aliases
-from .encode import check_finite
+from .encode import check_finite, expect_fit_work
 from .estimated import Batch, estimated_candidates, summarized
 from .exact import ALLOCATION_METHODS, candidate_rules, exact_candidates, method_candidates, small_candidates
 from .knapsack import Candidate
@@ -79,12 +79,9 @@ def _expect_fits(names: list[str], views: dict, calibrated: bool, cores: int, wa
     paired); VGG16 (11,936) at one job 2.41 s against 2.68 s (whole, paired). At two jobs,
     waiting for the load before the fork took VGG16 1.08x the time: hence work per core (5,968
     there, under LOAD_FOR_WORK: no load)."""
-    work = sum(
-        get_method(rule.method).fit_work(views[name], rule)
-        for name in names
-        for rule in candidate_rules(views[name][0], calibrated)
+    expect_fit_work(
+        ((views[name], rule) for name in names for rule in candidate_rules(views[name][0], calibrated)), cores
     )
-    kernels.expect(work / cores)
     if wait:
         kernels.compiled()  # (waits only for a load expect started)
 
