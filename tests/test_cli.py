@@ -226,12 +226,16 @@ def test_json_errors_and_verbose_logging(tmp_path, npz, capsys):
 
 def test_the_command_freezes_its_imports_and_main_leaves_the_caller_alone(tmp_path, npz):
     """`kformat` and `python -m kformat` freeze the imports' objects out of the collector
-    (30 ms of teardown at exit); main() called in-process changes nothing of the caller's."""
-    code = "import gc\nimport kformat.cli as cli\n"
-    code += "cli.main = lambda: print(gc.get_freeze_count()) or 0\ncli.run()"
+    (30 ms of teardown at exit), then what main() made, and exit with main()'s status;
+    main() called in-process changes nothing of the caller's."""
+    code = "import atexit, gc\nimport kformat.cli as cli\nmade = []\n"
+    code += "def fake():\n    print(gc.get_freeze_count())\n"
+    code += "    made.extend([] for _ in range(5000))\n    return 3\n"
+    code += "cli.main = fake\natexit.register(lambda: print(gc.get_freeze_count()))\ncli.run()"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert int(done.stdout) > 10_000
+    assert done.returncode == 3, done.stderr
+    at_start, at_exit = map(int, done.stdout.split())
+    assert at_start > 10_000 and at_exit > at_start + 4000  # (the 5,000 lists main() made)
     before = gc.get_freeze_count()
     assert main(["pack", str(npz), "-o", str(tmp_path / "m.kf"), "-q"]) == 0
     assert gc.get_freeze_count() == before
