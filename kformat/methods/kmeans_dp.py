@@ -55,18 +55,12 @@ def _cost_to(w, s1, s2, i: np.ndarray, wj: np.ndarray, s1j: np.ndarray, s2j: np.
     return np.maximum(cost, 0.0, out=cost)
 
 
-def _layer(
-    previous: np.ndarray, jl, jr, ol, orr, w, s1, s2, floor=None, best=None, split=None
-) -> tuple[np.ndarray, np.ndarray]:
+def _layer(previous: np.ndarray, jl, jr, ol, orr, w, s1, s2, floor, best, split) -> None:
     """One layer for every problem at once: D[m][j] for j in jl..jr of each problem (split
     points searched in ol..orr), from D[m-1] (`previous`), and the split achieving it (the
-    first, on ties), written into `best` and `split` (new arrays when not given). `floor`,
-    the previous layer's splits, bounds each search from below: with one more cluster the
-    last one never starts earlier (Monge costs: Knuth's bound)."""
-    if best is None:
-        best = np.full(previous.size, np.inf)
-    if split is None:
-        split = np.zeros(previous.size, dtype=np.int64)
+    first, on ties), written into `best` and `split` at those j. `floor` (or None), the
+    previous layer's splits, bounds each search from below: with one more cluster the last
+    one never starts earlier (Monge costs: Knuth's bound)."""
     while jl.size:
         mid = (jl + jr) // 2
         hi = np.minimum(orr, mid - 1)
@@ -92,7 +86,6 @@ def _layer(
         ol, orr = np.concatenate((ol, chosen)), np.concatenate((chosen, orr))
         keep = jl <= jr
         jl, jr, ol, orr = jl[keep], jr[keep], ol[keep], orr[keep]
-    return best, split
 
 
 DENSE_CELLS = 1 << 19  # one problem with at most this many (i, j) pairs: every pair at once
