@@ -74,4 +74,6 @@ def test_a_local_store_reads_large_blobs_alone_and_small_ones_together(tmp_path,
     ranges = [ByteRange("blob", s, e) for s, e in small + large]
     got = store.read_many(ranges)
     assert got == [data[s:e] for s, e in small + large]
-    assert len(reads) == 3 and all(e - s <= store_module.LOCAL_MERGE_MAX for s, e in reads[:1])
+    assert reads == [(small[0][0], small[-1][1]), *large]  # the small ones in one, each large alone
+    # (the small ones' span fits the cap, the large pair's does not)
+    assert small[-1][1] - small[0][0] <= store_module.LOCAL_MERGE_MAX < large[1][1] - large[0][0]
