@@ -86,7 +86,7 @@ def _deflate(data) -> list[bytes]:
     Deterministic: the choice depends on the bytes alone."""
     huffman = huffman_only(data, ZLIB_LEVEL)
     probe = data[:PROBE_BYTES]
-    probe_huffman = sum(map(len, huffman_only(probe, ZLIB_LEVEL)))
+    probe_huffman = sum(map(len, huffman if len(data) <= PROBE_BYTES else huffman_only(probe, ZLIB_LEVEL)))
     if len(deflate(probe, 1, zlib.Z_DEFAULT_STRATEGY)) < PROBE_GAIN * probe_huffman:
         matched = deflate(data, MATCHING_LEVEL, zlib.Z_DEFAULT_STRATEGY)
         if len(matched) < sum(map(len, huffman)):
