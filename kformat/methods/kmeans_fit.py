@@ -149,7 +149,7 @@ def _sse(points: np.ndarray, weights: np.ndarray, centroids: np.ndarray) -> floa
     return float(np.sum(weights * err * err))
 
 
-def _split_largest(points, weights, centroids, k):
+def _split_largest(points, weights, centroids, k, sums=None):
     """Grow a codebook that lost cells by splitting the cell with the largest error."""
     while centroids.size < min(k, points.size):
         cells = np.searchsorted(boundaries(centroids), points)
@@ -161,7 +161,7 @@ def _split_largest(points, weights, centroids, k):
         members = points[cells == worst]
         kept = np.delete(centroids, worst)
         split = np.array([members.min(), members.max()])
-        centroids = lloyd(points, weights, np.concatenate([kept, split]), iters=MAX_ITERS)
+        centroids = lloyd(points, weights, np.concatenate([kept, split]), iters=MAX_ITERS, sums=sums)
     return centroids
 
 
@@ -198,13 +198,14 @@ def seeds(hists: list[Histogram], k: int) -> list[np.ndarray]:
 
 
 def fit_centroids(
-    hist: Histogram, k: int, thorough: bool = True, seed: np.ndarray | None = None
+    hist: Histogram, k: int, thorough: bool = True, seed: np.ndarray | None = None, sums=None
 ) -> np.ndarray:
     """Sorted centroids (at most k) that minimise the squared error over the histogram.
 
     When `thorough` (or given a `seed` from `seeds`), the optimum of the histogram merged into
     about 32 bins per centroid (dynamic programming, kformat.methods.kmeans_dp; in pieces at
-    6-8 bits, kmeans_pieces) seeds Lloyd on the fine histogram: within 0.06 dB of the
+    6-8 bits, kmeans_pieces) seeds Lloyd on the fine histogram (`sums`: its CellSums, when
+    the caller fits it several times): within 0.06 dB of the
     optimum of the real values at every width on MiniLM's weights, where Lloyd alone gets
     stuck 1-9 dB short at 8 bits on trained weights. Otherwise (small groups) Lloyd runs from
     a companding init and from equal-mass quantiles, and the better one wins.
@@ -215,7 +216,7 @@ def fit_centroids(
     if thorough or seed is not None:
         if seed is None:
             seed = seeds([hist], k)[0]
-        return _split_largest(points, weights, lloyd(points, weights, seed), k)
+        return _split_largest(points, weights, lloyd(points, weights, seed, sums=sums), k, sums)
     candidates = [_companding_init(hist, k), _quantile_init(points, weights, k)]
     # Race the candidates on a coarser histogram, then polish the winner on the fine one.
     race_points, race_weights = _rebin(hist, max(RACE_BINS, 32 * k))
@@ -225,7 +226,7 @@ def fit_centroids(
         err = _sse(race_points, race_weights, fitted)
         if err < best_err:
             best, best_err = fitted, err
-    return _split_largest(points, weights, lloyd(points, weights, best), k)
+    return _split_largest(points, weights, lloyd(points, weights, best, sums=sums), k, sums)
 
 
 # -- entropy-constrained fit ------------------------------------------------------------------
@@ -299,7 +300,7 @@ def _ec_lloyd(points, weights, centroids, lam, sums: CellSums | None = None, len
     return centroids, edges, sums.sse(centroids, edges), lengths[owners]
 
 
-def fit_entropy_constrained(hist: Histogram, k: int, max_loss_db: float, plain: np.ndarray):
+def fit_entropy_constrained(hist: Histogram, k: int, max_loss_db: float, plain: np.ndarray, sums=None):
     """Centroids and cell edges that lower the code entropy while keeping the SQNR within
     `max_loss_db` of the plain fit `plain` (measured on the histogram). The rate weight
     lambda is found by bisection; falls back to the plain fit. Each step starts from the fit
@@ -316,7 +317,7 @@ def fit_entropy_constrained(hist: Histogram, k: int, max_loss_db: float, plain: 
     mse = base / weights.sum()
     best = (plain, boundaries(plain))
     lo, hi = 0.0, 8.0 * mse
-    sums = CellSums(points, weights)
+    sums = sums or CellSums(points, weights)
     start, start_lengths = plain, None
     for _ in range(ECQ_SEARCH_STEPS):
         lam = (lo + hi) / 2
