@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 
 import kformat
@@ -15,19 +16,9 @@ Progress = kformat.TerminalProgress
 
 
 def parse_size(text: str) -> int:
-    units = {
-        "": 1,
-        "b": 1,
-        "k": 1000,
-        "kb": 1000,
-        "kib": 1024,
-        "m": 1000**2,
-        "mb": 1000**2,
-        "mib": 1024**2,
-        "g": 1000**3,
-        "gb": 1000**3,
-        "gib": 1024**3,
-    }
+    units = {"": 1, "b": 1}
+    for power, prefix in enumerate("kmg", start=1):
+        units.update({prefix: 1000**power, prefix + "b": 1000**power, prefix + "ib": 1024**power})
     number = text.strip().rstrip("bBiI").rstrip("kKmMgG")
     unit = text.strip()[len(number) :].lower()
     try:
@@ -389,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """main() in a process of its own: the imports' objects, then what main() made (numba's), frozen
-    out of the collector, whose passes and exit skip them (main() alone leaves a caller's alone)."""
+    out of the collector, whose passes and exit skip them (main() alone leaves a caller's alone);
+    numba, if a pack loads it, loaded without scipy (kformat.methods.kernels._without_scipy)."""
+    os.environ.setdefault("KFORMAT_NUMBA_SCIPY", "0")
     gc.freeze()
     status = main()
     gc.freeze()

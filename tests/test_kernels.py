@@ -121,8 +121,9 @@ def test_switches(monkeypatch):
     assert kmeans_dp.one_at_a_time() is kmeans_dp.ONE_AT_A_TIME
 
 
-def _fresh(code: str, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "KFORMAT_NUMBA"}
+def _fresh(code: str, *args: str, **extra: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("KFORMAT_NUMBA", "KFORMAT_NUMBA_SCIPY")}
+    env.update(extra)
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
@@ -168,6 +169,35 @@ def test_a_plan_with_much_fit_work_loads_the_kernels_at_its_start(tmp_path):
     assert _fresh(code, path, "1", "1").split() == ["False", "True", "True"]
     assert _fresh(code, path, "2", "1").split() == ["False", "False", "False"]  # half a load's work each
     assert _fresh(code, path, "2", "2").split() == ["False", "True", "True"]
+
+
+def test_the_command_line_loads_numba_without_scipy(tmp_path):
+    """Where scipy is installed, numba imports it while it loads (0.08 s), for linear algebra
+    the kernels never use: a process of kformat's own (cli.run) loads it as if scipy were
+    missing, and the kernels are the same; scipy imports as usual afterwards. A library
+    caller's process keeps numba's default."""
+    pytest.importorskip("scipy")
+    code = """if True:
+        import sys
+        from kformat.methods import kernels
+        kernels.expect(kernels.LOAD_FOR_WORK)
+        loaded = kernels.compiled()
+        print(loaded is not None, "scipy" in sys.modules)
+        import scipy.linalg
+        print(scipy.linalg.det([[2.0]]))
+    """
+    assert _fresh(code).split() == ["True", "True", "2.0"]
+    assert _fresh(code, KFORMAT_NUMBA_SCIPY="0").split() == ["True", "False", "2.0"]
+    np.savez(tmp_path / "w.npz", w=np.random.default_rng(0).standard_normal((256, 64)).astype(np.float32))
+    command = """if True:
+        import atexit, os, sys
+        atexit.register(lambda: print("scipy" in sys.modules, os.environ["KFORMAT_NUMBA_SCIPY"]))
+        from kformat.cli import run
+        sys.argv = ["kformat", "pack", sys.argv[1], "-o", sys.argv[2], "--recipe", "kmeans8", "--quiet"]
+        run()
+    """
+    out = _fresh(command, str(tmp_path / "w.npz"), str(tmp_path / "m.kf"), KFORMAT_NUMBA="1")
+    assert out.split() == ["False", "0"]
 
 
 def test_fit_work_counts_groups_times_entries():

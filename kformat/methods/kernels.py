@@ -18,12 +18,14 @@ GIL, and counting those loaded the kernels into 3-second packs that then ran 1.2
 then loads the kernels on a background thread and switches once they are ready; a pack
 whose plan holds much fit work starts loading them at its start (expect). Never on load.
 KFORMAT_NUMBA=0 keeps the numpy loops; KFORMAT_NUMBA=1 loads the kernels at once (and
-waits for them).
+waits for them). KFORMAT_NUMBA_SCIPY=0 loads numba as if scipy were not installed (the
+command line sets it for its own process; _without_scipy says why).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -182,9 +184,30 @@ def _start() -> None:
 def _load() -> None:
     global _ready
     try:
-        from . import kernels_numba
+        with _without_scipy():
+            from . import kernels_numba
 
-        kernels_numba.warm()
+            kernels_numba.warm()
     except Exception:  # missing, or a numba that does not fit this numpy: numpy loops
         return
     _ready = kernels_numba
+
+
+@contextmanager
+def _without_scipy() -> Iterator[None]:
+    """With KFORMAT_NUMBA_SCIPY=0 and scipy not yet imported, keep numba from importing it
+    while it loads. numba reaches for scipy's BLAS (for np.dot and np.linalg in compiled
+    code, which these kernels do not use) when it sets up its registries, and scipy.linalg
+    clones numpy's namespace, importing numpy.f2py: 0.08-0.09 s of the 0.37 s start here.
+    It is what numba does where scipy is not installed, for the whole process (its compiled
+    code then has no linear algebra), and another thread importing scipy meanwhile would
+    fail: so only a process of kformat's own asks for it (kformat.cli.run)."""
+    if os.environ.get("KFORMAT_NUMBA_SCIPY") != "0" or "scipy" in sys.modules:
+        yield
+        return
+    sys.modules["scipy"] = None  # an import of it, or of a submodule, is an ImportError
+    try:
+        yield
+    finally:
+        if "scipy" in sys.modules and sys.modules["scipy"] is None:
+            del sys.modules["scipy"]
