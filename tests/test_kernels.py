@@ -171,23 +171,27 @@ def test_a_plan_with_much_fit_work_loads_the_kernels_at_its_start(tmp_path):
     assert _fresh(code, path, "2", "2").split() == ["False", "True", "True"]
 
 
-def test_the_command_line_loads_numba_without_scipy(tmp_path):
-    """Where scipy is installed, numba imports it while it loads (0.08 s), for linear algebra
-    the kernels never use: a process of kformat's own (cli.run) loads it as if scipy were
-    missing, and the kernels are the same; scipy imports as usual afterwards. A library
-    caller's process keeps numba's default."""
+def test_the_command_line_loads_numba_without_scipy_and_cffi(tmp_path):
+    """Where scipy and cffi are installed, numba imports them while it loads (0.12 s), for
+    linear algebra and cffi calls the kernels never use: a process of kformat's own
+    (cli.run) loads it as if they were missing, and the kernels are the same. Only numba's
+    own imports are refused: another import of them meanwhile, or afterwards, goes on. A
+    library caller's process keeps numba's default."""
     pytest.importorskip("scipy")
+    pytest.importorskip("cffi")
     code = """if True:
         import sys
         from kformat.methods import kernels
         kernels.expect(kernels.LOAD_FOR_WORK)
         loaded = kernels.compiled()
-        print(loaded is not None, "scipy" in sys.modules)
+        print(loaded is not None, "scipy" in sys.modules, "cffi" in sys.modules)
+        with kernels._without_scipy():
+            import cffi  # (not numba's import)
         import scipy.linalg
-        print(scipy.linalg.det([[2.0]]))
+        print(scipy.linalg.det([[2.0]]), cffi.FFI is not None)
     """
-    assert _fresh(code).split() == ["True", "True", "2.0"]
-    assert _fresh(code, KFORMAT_NUMBA_SCIPY="0").split() == ["True", "False", "2.0"]
+    assert _fresh(code).split() == ["True", "True", "True", "2.0", "True"]
+    assert _fresh(code, KFORMAT_NUMBA_SCIPY="0").split() == ["True", "False", "False", "2.0", "True"]
     np.savez(tmp_path / "w.npz", w=np.random.default_rng(0).standard_normal((256, 64)).astype(np.float32))
     command = """if True:
         import atexit, os, sys

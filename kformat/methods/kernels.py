@@ -18,12 +18,13 @@ GIL, and counting those loaded the kernels into 3-second packs that then ran 1.2
 then loads the kernels on a background thread and switches once they are ready; a pack
 whose plan holds much fit work starts loading them at its start (expect). Never on load.
 KFORMAT_NUMBA=0 keeps the numpy loops; KFORMAT_NUMBA=1 loads the kernels at once (and
-waits for them). KFORMAT_NUMBA_SCIPY=0 loads numba as if scipy were not installed (the
-command line sets it for its own process; _without_scipy says why).
+waits for them). KFORMAT_NUMBA_SCIPY=0 loads numba as if scipy and cffi were not installed
+(the command line sets it for its own process; _without_scipy says why).
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import os
 import sys
 import threading
@@ -193,21 +194,40 @@ def _load() -> None:
     _ready = kernels_numba
 
 
+# What numba imports while it loads, for features these kernels never use: scipy (BLAS and
+# LAPACK for np.dot and np.linalg in compiled code; scipy.linalg clones numpy's namespace,
+# importing numpy.f2py) and cffi (calls into cffi modules; it imports pycparser).
+NOT_FOR_NUMBA = ("scipy", "cffi")
+
+
+class _RefusedToNumba(importlib.abc.MetaPathFinder):
+    """Says a NOT_FOR_NUMBA package is missing to an import numba's own code makes; anyone
+    else's import of it (another thread's, meanwhile) goes on as usual."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] not in NOT_FOR_NUMBA:
+            return None
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_globals.get("__name__", "").startswith(("importlib", "_frozen")):
+            frame = frame.f_back
+        if frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "numba":
+            raise ModuleNotFoundError(f"No module named {name!r} (kformat: not for numba)", name=name)
+        return None
+
+
 @contextmanager
 def _without_scipy() -> Iterator[None]:
-    """With KFORMAT_NUMBA_SCIPY=0 and scipy not yet imported, keep numba from importing it
-    while it loads. numba reaches for scipy's BLAS (for np.dot and np.linalg in compiled
-    code, which these kernels do not use) when it sets up its registries, and scipy.linalg
-    clones numpy's namespace, importing numpy.f2py: 0.08-0.09 s of the 0.37 s start here.
-    It is what numba does where scipy is not installed, for the whole process (its compiled
-    code then has no linear algebra), and another thread importing scipy meanwhile would
-    fail: so only a process of kformat's own asks for it (kformat.cli.run)."""
-    if os.environ.get("KFORMAT_NUMBA_SCIPY") != "0" or "scipy" in sys.modules:
+    """With KFORMAT_NUMBA_SCIPY=0, load numba as it loads where scipy and cffi are not
+    installed: 0.12 s of its 0.37 s start here, with both installed. That holds for the
+    whole process (its compiled code then has no linear algebra and no cffi calls), so only
+    a process of kformat's own asks for it (kformat.cli.run); a package already imported
+    is used as it is."""
+    if os.environ.get("KFORMAT_NUMBA_SCIPY") != "0":
         yield
         return
-    sys.modules["scipy"] = None  # an import of it, or of a submodule, is an ImportError
+    finder = _RefusedToNumba()
+    sys.meta_path.insert(0, finder)
     try:
         yield
     finally:
-        if "scipy" in sys.modules and sys.modules["scipy"] is None:
-            del sys.modules["scipy"]
+        sys.meta_path.remove(finder)
