@@ -381,8 +381,8 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """main() in a process of its own: the imports' objects, then what main() made (numba's), frozen
     out of the collector, whose passes and exit skip them (main() alone leaves a caller's alone);
-    numba, if a pack loads it, loaded without scipy (kformat.methods.kernels._without_scipy)."""
-    os.environ.setdefault("KFORMAT_NUMBA_SCIPY", "0")
+    numba, if a pack loads it, loaded without scipy and cffi (kformat.methods.kernels._lean_numba)."""
+    os.environ.setdefault("KFORMAT_NUMBA_LEAN", "1")
     gc.freeze()
     status = main()
     gc.freeze()

@@ -122,7 +122,7 @@ def test_switches(monkeypatch):
 
 
 def _fresh(code: str, *args: str, **extra: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("KFORMAT_NUMBA", "KFORMAT_NUMBA_SCIPY")}
+    env = {k: v for k, v in os.environ.items() if k not in ("KFORMAT_NUMBA", "KFORMAT_NUMBA_LEAN")}
     env.update(extra)
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
@@ -185,23 +185,23 @@ def test_the_command_line_loads_numba_without_scipy_and_cffi(tmp_path):
         kernels.expect(kernels.LOAD_FOR_WORK)
         loaded = kernels.compiled()
         print(loaded is not None, "scipy" in sys.modules, "cffi" in sys.modules)
-        with kernels._without_scipy():
+        with kernels._lean_numba():
             import cffi  # (not numba's import)
         import scipy.linalg
         print(scipy.linalg.det([[2.0]]), cffi.FFI is not None)
     """
     assert _fresh(code).split() == ["True", "True", "True", "2.0", "True"]
-    assert _fresh(code, KFORMAT_NUMBA_SCIPY="0").split() == ["True", "False", "False", "2.0", "True"]
+    assert _fresh(code, KFORMAT_NUMBA_LEAN="1").split() == ["True", "False", "False", "2.0", "True"]
     np.savez(tmp_path / "w.npz", w=np.random.default_rng(0).standard_normal((256, 64)).astype(np.float32))
     command = """if True:
         import atexit, os, sys
-        atexit.register(lambda: print("scipy" in sys.modules, os.environ["KFORMAT_NUMBA_SCIPY"]))
+        atexit.register(lambda: print("scipy" in sys.modules, os.environ["KFORMAT_NUMBA_LEAN"]))
         from kformat.cli import run
         sys.argv = ["kformat", "pack", sys.argv[1], "-o", sys.argv[2], "--recipe", "kmeans8", "--quiet"]
         run()
     """
     out = _fresh(command, str(tmp_path / "w.npz"), str(tmp_path / "m.kf"), KFORMAT_NUMBA="1")
-    assert out.split() == ["False", "0"]
+    assert out.split() == ["False", "1"]
 
 
 def test_fit_work_counts_groups_times_entries():

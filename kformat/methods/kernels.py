@@ -18,8 +18,8 @@ GIL, and counting those loaded the kernels into 3-second packs that then ran 1.2
 then loads the kernels on a background thread and switches once they are ready; a pack
 whose plan holds much fit work starts loading them at its start (expect). Never on load.
 KFORMAT_NUMBA=0 keeps the numpy loops; KFORMAT_NUMBA=1 loads the kernels at once (and
-waits for them). KFORMAT_NUMBA_SCIPY=0 loads numba as if scipy and cffi were not installed
-(the command line sets it for its own process; _without_scipy says why).
+waits for them). KFORMAT_NUMBA_LEAN=1 loads numba as if scipy and cffi were not installed
+(the command line sets it for its own process; _lean_numba says why).
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def _start() -> None:
 def _load() -> None:
     global _ready
     try:
-        with _without_scipy():
+        with _lean_numba():
             from . import kernels_numba
 
             kernels_numba.warm()
@@ -216,13 +216,13 @@ class _RefusedToNumba(importlib.abc.MetaPathFinder):
 
 
 @contextmanager
-def _without_scipy() -> Iterator[None]:
-    """With KFORMAT_NUMBA_SCIPY=0, load numba as it loads where scipy and cffi are not
+def _lean_numba() -> Iterator[None]:
+    """With KFORMAT_NUMBA_LEAN=1, load numba as it loads where scipy and cffi are not
     installed: 0.12 s of its 0.37 s start here, with both installed. That holds for the
     whole process (its compiled code then has no linear algebra and no cffi calls), so only
     a process of kformat's own asks for it (kformat.cli.run); a package already imported
     is used as it is."""
-    if os.environ.get("KFORMAT_NUMBA_SCIPY") != "0":
+    if os.environ.get("KFORMAT_NUMBA_LEAN") != "1":
         yield
         return
     finder = _RefusedToNumba()
