@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import kformat
-from kformat.methods import chunks
+from kformat.methods import chunks, kmeans_fit
+from kformat.methods.kmeans_allocation import whole_key
 from kformat.packing import processes, weighing
 from kformat.methods.kmeans import KMeans
 from kformat.packing.estimated import Batch, estimated_candidates, summarized
@@ -70,6 +71,34 @@ def test_weighing_gives_the_same_options_with_and_without_processes(small_exact_
     with chunks.threads(2):
         together = estimate(source, load_recipe("fp16"), jobs=2)
     assert alone == together and list(alone[0]) == [n for n in model() if n in alone[0]]
+
+
+def test_large_tensors_are_read_and_summarized_in_the_workers(small_exact_max, monkeypatch):
+    """From a forkable source a worker reads the large tensors it weighs, and hands back
+    their candidates, seeds and whole histograms (for the encodes here): no summary is made
+    here and pickled to it."""
+    made_here = []
+    monkeypatch.setattr(weighing, "summarized", lambda name, *rest: made_here.append(name))
+    weights = model()
+    large = {n: w for n, w in weights.items() if w.ndim == 2 and w.size > 20_000}
+    with kmeans_fit.remembered_seeds():
+        options, _ = estimate(DictSource(weights), load_recipe("fp16"), jobs=2)
+        histograms = [kmeans_fit.remembered_histogram(whole_key(n, False, w.shape)) for n, w in large.items()]
+    assert made_here == [] and set(large) <= set(options)
+    assert all(h is not None and h.points.size for h in histograms)
+
+
+def _dies_weighing(names, tiles):
+    os._exit(3)
+
+
+def test_large_tensors_a_dying_worker_held_are_weighed_here(small_exact_max, monkeypatch, caplog):
+    source = DictSource(model())
+    alone = estimate(source, load_recipe("fp16"), jobs=1)
+    monkeypatch.setattr(weighing, "weighed_in_worker", _dies_weighing)
+    with caplog.at_level("INFO", logger="kformat"):
+        assert estimate(source, load_recipe("fp16"), jobs=2) == alone
+    assert "a worker process died" in caplog.text
 
 
 def _chunked_sum(n: int) -> int:

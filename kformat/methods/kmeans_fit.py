@@ -28,6 +28,8 @@ from . import kernels, kmeans_memo
 from .fit_loops import cell_bounds, cell_moments, ec_step, every_line_owns
 from .kmeans_codes import boundaries
 from .kmeans_memo import (  # noqa: F401 (re-exported: what allocation keeps while it runs)
+    histograms_kept,
+    keep_histograms,
     keep_seeds,
     remember_histogram,
     remembered_histogram,

@@ -93,6 +93,19 @@ def remember_histogram(key: tuple, hist: Histogram) -> None:
             _MEMO.bytes += size
 
 
+def histograms_kept() -> dict:
+    """The whole tensors' histograms remembered so far (a copy): what a worker process that
+    summarized tensors hands back, for this process's encodes (keep_histograms)."""
+    with _MEMO.lock:
+        return dict(_MEMO.histograms)
+
+
+def keep_histograms(found: dict) -> None:
+    """Remember whole tensors' histograms made elsewhere (histograms_kept)."""
+    for key, hist in found.items():
+        remember_histogram(key, hist)
+
+
 def remembered_histogram(key: tuple) -> Histogram | None:
     with _MEMO.lock:
         return _MEMO.histograms.get(key) if _MEMO.users else None

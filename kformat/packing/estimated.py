@@ -14,7 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..methods import get_method, view_2d
+from ..methods import get_method, kmeans_fit, view_2d
+from ..sources import TensorSource
 from .encode import check_finite
 from .exact import ALLOCATION_METHODS, exact_candidates, method_candidates
 from .knapsack import Candidate
@@ -100,6 +101,35 @@ class Batch:
             return out
 
         return result
+
+
+_source: TensorSource | None = None  # a worker's source and importance (adopt, at its start)
+_importance = None
+
+
+def adopt(source: TensorSource, importance) -> None:
+    """A worker process's first step: the source it reads large tensors from (inherited)."""
+    global _source, _importance
+    _source, _importance = source, importance
+
+
+def weighed_in_worker(names: list[str], tiles: dict):
+    """weighed_where_read in a worker process, from the source it adopted."""
+    return weighed_where_read(_source, names, tiles, _importance)
+
+
+def weighed_where_read(source: TensorSource, names: list[str], tiles: dict, importance=None):
+    """Large tensors read, summarized and fitted in one process: their candidates, and the
+    seeds and whole tensors' histograms the fits kept, for the encodes of the process that
+    asked (kmeans_fit.keep_seeds, keep_histograms). In a worker that reads the tensors
+    itself (a forkable source), no summary crosses a pipe: an all-MiniLM-L6-v2-shaped
+    model's were 122 MB pickled, read and unpickled, beside their making in the parent."""
+    with kmeans_fit.remembered_seeds():
+        batch = Batch()
+        for name in names:
+            batch.add(name, summarized(name, np.asarray(source.load(name)), tiles[name], importance))
+        found = batch.submit()()
+        return found, kmeans_fit.seeds_kept(), kmeans_fit.histograms_kept()
 
 
 def estimated_candidates(

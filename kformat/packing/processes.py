@@ -257,11 +257,16 @@ class InHand:
 
 
 def run(
-    processes: Executor | None, fn: Callable[..., T], *args, in_hand: InHand | None = None
+    processes: Executor | None,
+    fn: Callable[..., T],
+    *args,
+    in_hand: InHand | None = None,
+    here: Callable[..., T] | None = None,
 ) -> Callable[[], T]:
     """fn(*args) in a worker process when there is a pool, else here; a callable that returns
-    its result. A pool that broke (a worker killed) costs time, never the result: fn runs here.
-    `in_hand` counts the task while a process holds it."""
+    its result. A pool that broke (a worker killed) costs time, never the result: fn runs here
+    (or `here`, what fn does in a worker, for this process). `in_hand` counts the task while
+    a process holds it."""
     future: Future | None = None
     if processes is not None:
         try:
@@ -277,6 +282,6 @@ def run(
                 return future.result()
             except BrokenProcessPool:
                 log.info("a worker process died: estimating in this process")
-        return fn(*args)
+        return (here or fn)(*args)
 
     return result

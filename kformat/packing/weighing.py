@@ -27,6 +27,7 @@ fp16 under a 4.5 bits/weight target took its top-1 predictions kept from 40% to 
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import ExitStack
 from typing import Callable
@@ -40,7 +41,7 @@ from ..progress import Tracker
 from ..recipe import Recipe, Rule, is_float_dtype, plan, tile_for
 from ..sources import TensorSource, find_aliases
 from .encode import check_finite, expect_fit_work
-from .estimated import Batch, estimated_candidates, summarized
+from .estimated import Batch, adopt, estimated_candidates, summarized, weighed_in_worker, weighed_where_read
 from .exact import ALLOCATION_METHODS, candidate_rules, exact_candidates, method_candidates, small_candidates
 from .knapsack import Candidate
 from .processes import InHand, run, worker_processes
@@ -148,6 +149,18 @@ def _weigh_batch(arrays: dict[str, np.ndarray], tiles: dict, importance):
         return found, kmeans_fit.seeds_kept()
 
 
+def _kept(result: Callable) -> Callable[[], dict[str, list[Candidate]]]:
+    """weighed_where_read's candidates, once the seeds and histograms it kept are kept here."""
+
+    def found() -> dict[str, list[Candidate]]:
+        candidates_of, seeds, histograms = result()
+        kmeans_fit.keep_seeds(seeds)
+        kmeans_fit.keep_histograms(histograms)
+        return candidates_of
+
+    return found
+
+
 def _seeds_kept(result: Callable) -> Callable[[], dict[str, list[Candidate]]]:
     def found() -> dict[str, list[Candidate]]:
         candidates_of, seeds = result()
@@ -206,12 +219,22 @@ def estimate(
     workers = min(jobs, len(large) + len(batches)) if jobs > 1 else 0
     _expect_fits(sorted(chosen), views, importance is not None, max(1, jobs), wait=workers > 0)
     in_hand = InHand(workers)  # the processes' tasks, as busy workers for the chunk helpers
-    with worker_processes(workers) as processes:  # forked before any thread of ours works
+    # forked before any thread of ours works
+    with worker_processes(workers, adopt, source, importance) as processes:
         # of every (workers + 1) batches of small tensors, one is weighed here, the others in workers
         shared = [] if processes is None else [f for i, f in enumerate(batches) if i % (workers + 1)]
         for first in shared:
             batch_of = load(batches[first])
             later(_seeds_kept(run(processes, _weigh_batch, batch_of, tiles, importance, in_hand=in_hand)))
+        if processes is not None and getattr(source, "forkable", False):  # read where weighed
+            for start in range(0, len(large), LARGE_BATCH):
+                names = large[start : start + LARGE_BATCH]
+                for name in names:
+                    tracker.start(f"weighing {name}")
+                here = functools.partial(weighed_where_read, source, importance=importance)
+                tiles_of = {n: tiles[n] for n in names}
+                later(_kept(run(processes, weighed_in_worker, names, tiles_of, in_hand=in_hand, here=here)))
+            large = []
         batch = Batch()  # large tensors summarized here, fitted together (in a worker, with a pool)
         for name in large:
             batch.add(name, summarized(name, load([name])[name], tiles[name], importance))
