@@ -4,7 +4,8 @@ encoding of large tensors (kformat.packing.forked).
 A large tensor's estimates are a few large numpy passes (its histograms: they release the
 GIL and run on the chunk pool's threads) and then the fits of every candidate: thousands of
 small numpy calls that hold the GIL, so threads do not run them side by side. The passes
-make a Summary of a few MB (kformat.methods.kmeans_allocation) that a worker process fits
+make a Summary of a few MB (kformat.methods.kmeans_allocation), which a worker process
+makes and fits itself where it can read the tensor (a forkable source), and else fits
 while this one reads the next tensor; batches of small tensors, encoded under every
 candidate, are sent whole (kformat.packing.weighing).
 

@@ -177,8 +177,9 @@ def estimate(
     (header, manifest, and the tensors kept by the recipe's own rule).
 
     With `jobs` > 1 the GIL-bound work runs in `jobs` worker processes as well as here
-    (kformat.packing.processes): every large tensor is read and summarized here and fitted
-    in a worker (LARGE_BATCH at a time), while the tensors encoded under every candidate
+    (kformat.packing.processes): every large tensor is read, summarized and fitted in a
+    worker, LARGE_BATCH at a time (from a source that is not forkable, read and summarized
+    here, its summary sent), while the tensors encoded under every candidate
     (up to EXACT_MAX elements) go WARM_BATCH at a time, their shared work done for the batch
     first, one batch in (workers + 1) here (its encodes on the chunk pool's threads) and the
     others in workers. At most IN_FLIGHT tasks per job are outstanding. `progress` hears of
