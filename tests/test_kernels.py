@@ -159,7 +159,7 @@ def test_a_plan_with_much_fit_work_loads_the_kernels_at_its_start(tmp_path):
         small = {"w": np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)}
         kformat.pack(small, sys.argv[1], "kmeans4", jobs=jobs)
         print(kernels._loader is not None)
-        rows = int(kernels.load_for_work()) * cores // 16 * 64  # row groups of 64 rows, 16 entries each
+        rows = -(-int(kernels.load_for_work()) * cores // 16) * 64  # groups of 64 rows, 16 entries each
         big = {"w": np.random.default_rng(0).standard_normal((rows, 4)).astype(np.float32)}
         recipe = recipe_from_dict({"name": "g", "default": "kmeans:4,group=64"})
         kformat.pack(big, sys.argv[1], recipe, jobs=jobs)

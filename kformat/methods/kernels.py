@@ -39,7 +39,7 @@ from . import fit_loops
 
 WARM_AFTER = 1.0  # CPU seconds of numpy fit loops in a process before the kernels are loaded
 LOAD_FOR_WORK = 8_000  # Method.fit_work units per core from which a pack loads the kernels at its start
-LOAD_FOR_WORK_LEAN = 5_600  # the same where the load is lean (_lean_numba): 0.26 s, not 0.37
+LOAD_FOR_WORK_LEAN = 4_500  # the same where the load is lean (_lean_numba): 0.26 s, not 0.37
 
 _lock = threading.Lock()
 _spent = 0.0  # CPU seconds in the numpy loops so far, all threads
@@ -145,11 +145,11 @@ def expect(work: float) -> None:
 
 def load_for_work() -> float:
     """The fit work per core from which a pack loads the kernels at its start: less where
-    their load will be lean (_lean_numba, or scipy imported already), in proportion to its
-    cost. Whole commands at two jobs, the kernels from the start against numpy loops, with
-    a lean load: MiniLM-shaped `q4` (6,472 units a core) 0.815x the time, `mobile` (6,732)
-    0.98x, VGG16's --target-bits 4.5 (5,968) 0.90x; VGG16 `kmeans8` at one job (4,096, left
-    under) 1.03x, at two (2,048) 1.14x."""
+    their load will be lean (_lean_numba, or scipy imported already). Whole commands, the
+    kernels from the start against numpy loops, with a lean load, at two jobs: MiniLM-shaped
+    `q4` (6,472 units a core) 0.815x the time, `mobile` (6,732) 0.98x, `q8` (4,864) 0.94x,
+    VGG16's --target-bits 4.5 (5,968) 0.90x; VGG16 `kmeans8` (2,048) 1.14x, and at one job
+    (4,096, left under) 1.03x."""
     lean = os.environ.get("KFORMAT_NUMBA_LEAN") == "1" or "scipy" in sys.modules
     return LOAD_FOR_WORK_LEAN if lean else LOAD_FOR_WORK
 
