@@ -88,6 +88,28 @@ def test_large_tensors_are_read_and_summarized_in_the_workers(small_exact_max, m
     assert all(h is not None and h.points.size for h in histograms)
 
 
+def test_allocation_with_importance_in_worker_processes_writes_the_same_bytes(tmp_path, small_exact_max):
+    """Workers weigh large tensors by the importance they adopted at the fork: the same bytes."""
+    weights = model()
+    rng = np.random.default_rng(3)
+    np.savez(
+        tmp_path / "imp.npz",
+        **{
+            n: rng.uniform(0.1, 2.0, w.shape[1]).astype(np.float32) for n, w in weights.items() if w.ndim == 2
+        },
+    )
+    for jobs in (1, 2):
+        kformat.pack(
+            weights,
+            tmp_path / f"{jobs}.kf",
+            "fp16",
+            target_bits=3.5,
+            jobs=jobs,
+            importance=tmp_path / "imp.npz",
+        )
+    assert (tmp_path / "1.kf").read_bytes() == (tmp_path / "2.kf").read_bytes()
+
+
 def _dies_weighing(names, tiles):
     os._exit(3)
 
