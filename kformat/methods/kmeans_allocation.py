@@ -99,14 +99,15 @@ def _plane_overhead(block: np.ndarray, fit, bits: int) -> float:
     if entropy <= 0:
         return PNG_OVERHEAD
     depth = plane_depth(bits)
-    planes = len(encode_png(codes, depth, 1 << depth)) - _tile_overhead(bits)
+    planes = len(encode_png(codes, depth, 1 << bits)) - _tile_overhead(bits)
     return float(np.clip(planes / entropy, *PROBE_CLAMP))
 
 
 def _tile_overhead(bits: int) -> int:
-    from ..codecs import plane_depth
-
-    return TILE_OVERHEAD + 3 * (1 << plane_depth(bits))  # + the PNG palette
+    """A tile's bytes besides its codes: PNG chunks, zlib and Huffman tables, and a palette
+    of 2^bits entries, as encoded.tile_blob writes it (counted at the plane depth's 2^depth,
+    a 6-bit tile was 576 bytes over: MiniLM-shaped 384 x 384 matrices 0.45%)."""
+    return TILE_OVERHEAD + 3 * (1 << bits)
 
 
 def warm(problems) -> None:
@@ -181,7 +182,7 @@ def summarize(w, rules, tile, weights=None, name: str | None = None) -> Summary:
         group = group_rows_for(rule, w.shape[0])
         if rule.granularity == "tensor" or group in groups:
             continue
-        picks, stands = _sampled_groups(row_mass, group, math.ceil(w.shape[0] / group))
+        picks, stands = _sampled_groups(row_mass, group, w.shape[0])
         hists = []
         for g in picks:
             block, part = (
@@ -267,22 +268,29 @@ def _power(hist: kmeans_fit.Histogram) -> float:
     return float(np.sum(hist.counts * hist.points**2) + hist.counts.sum() * hist.width**2 / 12)
 
 
-def _sampled_groups(row_mass: np.ndarray | None, group: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """The row groups a per-group estimate fits, and how many groups each stands for.
+def _sampled_groups(row_mass: np.ndarray | None, group: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The row groups a per-group estimate fits, and how many groups' worth of values each
+    stands for, in units of its own values (so a short last group stands for as many values
+    as a full one sampled in its place: counted as a full group, it had MiniLM's word
+    embedding's 4-bit groups 0.55% short, 58 rows among 64-row groups).
 
     Evenly spaced groups; with importance, half of them are instead the groups that carry
     the most importance, each standing for itself (an embedding's importance sits in its
     frequent tokens' rows, which evenly spaced groups would miss)."""
+    groups = math.ceil(rows / group)
+    sizes = np.minimum(group, rows - np.arange(groups) * group)  # rows of each group
     count = min(groups, SAMPLE_GROUPS)
     if row_mass is None or count == groups:
         picks = np.unique(np.linspace(0, groups - 1, count).astype(int))
-        return picks, np.full(picks.size, groups / picks.size)
+        if picks.size == groups:
+            return picks, np.ones(groups)
+        return picks, rows / picks.size / sizes[picks]
     mass = np.add.reduceat(row_mass, np.arange(0, row_mass.size, group))
     top = np.sort(np.argsort(-mass, kind="stable")[: count // 2])
     rest = np.setdiff1d(np.arange(groups), top)
     spread = rest[np.unique(np.linspace(0, rest.size - 1, count - top.size).astype(int))]
     picks = np.concatenate([top, spread])
-    stands = np.concatenate([np.ones(top.size), np.full(spread.size, rest.size / spread.size)])
+    stands = np.concatenate([np.ones(top.size), sizes[rest].sum() / spread.size / sizes[spread]])
     return picks, stands
 
 
