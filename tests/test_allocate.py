@@ -77,6 +77,24 @@ def test_impossible_targets_are_refused_and_leave_nothing(tmp_path, capsys):
     assert "not allowed with" in capsys.readouterr().err
 
 
+def test_the_best_uniform_rule_is_the_first_of_equal_ones():
+    """One rule for all, least error that fits: of rules with equal errors the first to appear
+    wins, every run (they were tried in a set's order, which a process's hash seed sets)."""
+    from kformat.packing.allocate import _best_uniform
+
+    four, five, six = (Rule(method="kmeans", bits=b) for b in (4, 5, 6))
+    small = [Candidate(Rule(method="raw"), 8.0, 0.0), Candidate(Rule(method="fp16"), 4.0, 1e-6)]
+    options = {
+        "a": [Candidate(five, 50.0, 2.0), Candidate(four, 40.0, 2.0), Candidate(six, 60.0, 1.0)],
+        "b": [Candidate(four, 40.0, 3.0), Candidate(five, 40.0, 3.0)],
+        "bias": small,
+    }
+    chosen = _best_uniform(options, 100.0)
+    assert [c.rule for c in chosen.values()] == [five, five, Rule(method="fp16")]  # five first, not four
+    assert _best_uniform(options, 90.0) == {"a": options["a"][1], "b": options["b"][0], "bias": small[1]}
+    assert _best_uniform(options, 10.0) is None
+
+
 def test_choose_is_optimal_on_a_small_knapsack():
     """Against brute force over every combination of candidates."""
     import itertools

@@ -69,18 +69,26 @@ def _shifted(options: dict[str, list[Candidate]], offsets: dict[str, float]) -> 
 
 def _best_uniform(options: dict[str, list[Candidate]], budget: float) -> dict[str, Candidate] | None:
     """The same rule everywhere (per tensor where a tensor lacks it), least error that fits;
-    small tensors that may only go fp16 (weighing.small_candidates) take their smallest."""
+    small tensors that may only go fp16 (weighing.small_candidates) take their smallest.
+    Rules are tried in the order they first appear (the first wins a tie)."""
+    by_tensor = []  # per tensor: its first candidate by rule, by (method, bits), or its smallest
+    for cs in options.values():
+        same: dict = {}
+        kind: dict = {}
+        for c in cs:
+            same.setdefault(c.rule, c)
+            kind.setdefault((c.rule.method, c.rule.bits), c)
+        floats = all(c.rule.method in ("raw", "fp16") for c in cs)
+        smallest = min(cs, key=lambda c: c.bytes) if floats else None
+        by_tensor.append((same, kind, smallest))
     best = None
-    for rule in {c.rule for cs in options.values() for c in cs}:
+    for rule in dict.fromkeys(c.rule for cs in options.values() for c in cs):
         choice = {}
-        for name, cs in options.items():
-            same = [c for c in cs if c.rule == rule]
-            fallback = [c for c in cs if c.rule.method == rule.method and c.rule.bits == rule.bits]
-            if not (same or fallback) and all(c.rule.method in ("raw", "fp16") for c in cs):
-                fallback = [min(cs, key=lambda c: c.bytes)]
-            if not (same or fallback):
+        for name, (same, kind, smallest) in zip(options, by_tensor):
+            c = same.get(rule) or kind.get((rule.method, rule.bits)) or smallest
+            if c is None:
                 break
-            choice[name] = (same or fallback)[0]
+            choice[name] = c
         else:
             size = sum(c.bytes for c in choice.values())
             error = sum(c.error for c in choice.values())

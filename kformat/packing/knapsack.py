@@ -41,21 +41,28 @@ def choose(options: dict[str, list[Candidate]], budget: float, units: int = UNIT
         )
     units = max(MIN_UNITS, min(units, PICKS_BYTES // max(1, len(names))))  # 4,096 tensors keep them all
     unit = budget / units
+    sizes = [[math.ceil(c.bytes / unit - 1e-9) for c in options[n]] for n in names]
+    least = [min(s) for s in sizes]
+    # Within j units the tensors so far need at least `low` of them, and those after leave
+    # at most `high`: only that band of each layer is ever read (the next layer reads j - ck
+    # <= its high - its least = this high), so the rest is left infinite, not computed.
+    low, high = 0, units - sum(least)
     best = np.zeros(units + 1)  # best[j]: least error of the tensors so far within j units
     picks = []
-    for n in names:
+    for n, size, fewest in zip(names, sizes, least):
+        low, high = low + fewest, high + fewest
         # the least error within j units with this tensor's candidate k, for every j, kept
         # as a running minimum over k: the first k on ties, as an argmin over a (k, j) table
         # would pick, and 6x faster than building that table and reducing it along k
         after = np.full(units + 1, np.inf)
         pick = np.zeros(units + 1, dtype=np.uint8 if len(options[n]) <= 256 else np.int32)
-        for k, c in enumerate(options[n]):
-            ck = math.ceil(c.bytes / unit - 1e-9)
-            if ck <= units:
-                with_k = best[: units + 1 - ck] + c.error
-                better = with_k < after[ck:]
-                np.copyto(after[ck:], with_k, where=better)
-                np.copyto(pick[ck:], k, where=better)
+        for k, (c, ck) in enumerate(zip(options[n], size)):
+            first = max(ck, low)
+            if ck <= units and first <= high:
+                with_k = best[first - ck : high + 1 - ck] + c.error
+                better = with_k < after[first : high + 1]
+                np.copyto(after[first : high + 1], with_k, where=better)
+                np.copyto(pick[first : high + 1], k, where=better)
         picks.append(pick)
         best = after
     j = int(np.argmin(best))
