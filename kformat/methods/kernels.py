@@ -125,7 +125,7 @@ def prefix_sums(points: np.ndarray, weights: np.ndarray, out: np.ndarray) -> Non
 
 def expect(work: float) -> None:
     """A pack is about to run `work` units of fit loops per core (Method.fit_work over the
-    jobs): from LOAD_FOR_WORK on, start loading the kernels now, and let the fits wait for
+    jobs): from load_for_work() on, start loading the kernels now, and let the fits wait for
     them rather than run numpy loops meanwhile (those held the GIL against the loading; reads
     and histograms go on). Waiting for the loops' first second cost the most on a model with
     many codebooks: BERT-base's kmeans8 command spent its 1.1 s of loops before the kernels
