@@ -142,29 +142,21 @@ def _warm(arrays: dict[str, np.ndarray], importance) -> None:
 
 def _weigh_batch(arrays: dict[str, np.ndarray], tiles: dict, importance):
     """Every candidate of a batch of small tensors, encoded (in a worker process), and the
-    seeds it computed, for this process's encodes of the chosen rules (kmeans_fit.keep_seeds)."""
+    seeds and histograms it kept, for this process's encodes of the chosen rules (_kept)."""
     with kmeans_fit.remembered_seeds():
         _warm(arrays, importance)
         found = {n: candidates(n, a, tiles[n], importance) for n, a in arrays.items()}
-        return found, kmeans_fit.seeds_kept()
+        return found, kmeans_fit.seeds_kept(), kmeans_fit.histograms_kept()
 
 
 def _kept(result: Callable) -> Callable[[], dict[str, list[Candidate]]]:
-    """weighed_where_read's candidates, once the seeds and histograms it kept are kept here."""
+    """The candidates of a task weighed elsewhere (_weigh_batch, weighed_where_read), once the
+    seeds and whole tensors' histograms it kept are kept here."""
 
     def found() -> dict[str, list[Candidate]]:
         candidates_of, seeds, histograms = result()
         kmeans_fit.keep_seeds(seeds)
         kmeans_fit.keep_histograms(histograms)
-        return candidates_of
-
-    return found
-
-
-def _seeds_kept(result: Callable) -> Callable[[], dict[str, list[Candidate]]]:
-    def found() -> dict[str, list[Candidate]]:
-        candidates_of, seeds = result()
-        kmeans_fit.keep_seeds(seeds)
         return candidates_of
 
     return found
@@ -226,22 +218,22 @@ def estimate(
         shared = [] if processes is None else [f for i, f in enumerate(batches) if i % (workers + 1)]
         for first in shared:
             batch_of = load(batches[first])
-            later(_seeds_kept(run(processes, _weigh_batch, batch_of, tiles, importance, in_hand=in_hand)))
+            later(_kept(run(processes, _weigh_batch, batch_of, tiles, importance, in_hand=in_hand)))
         if processes is not None and getattr(source, "forkable", False):  # read where weighed
+            here = functools.partial(weighed_where_read, source, importance=importance)
             for start in range(0, len(large), LARGE_BATCH):
                 names = large[start : start + LARGE_BATCH]
                 for name in names:
                     tracker.start(f"weighing {name}")
-                here = functools.partial(weighed_where_read, source, importance=importance)
                 tiles_of = {n: tiles[n] for n in names}
                 later(_kept(run(processes, weighed_in_worker, names, tiles_of, in_hand=in_hand, here=here)))
-            large = []
-        batch = Batch()  # large tensors summarized here, fitted together (in a worker, with a pool)
-        for name in large:
-            batch.add(name, summarized(name, load([name])[name], tiles[name], importance))
-            if len(batch) == LARGE_BATCH or name == large[-1]:
-                later(batch.submit(processes, in_hand))
-                batch = Batch()
+        else:
+            batch = Batch()  # large tensors summarized here, fitted together (in a worker, with a pool)
+            for name in large:
+                batch.add(name, summarized(name, load([name])[name], tiles[name], importance))
+                if len(batch) == LARGE_BATCH or name == large[-1]:
+                    later(batch.submit(processes, in_hand))
+                    batch = Batch()
         with ExitStack() as seeds:
             for d in decisions:
                 if d.name in shrinkable:
