@@ -35,7 +35,8 @@ def _estimate(
     ecq: float | None = None,
     dtype: np.dtype = np.dtype(np.float16),
     seed: np.ndarray | None = None,
-    sums: dict | None = None,
+    *,
+    sums: dict,
 ) -> tuple[float, np.ndarray, tuple]:
     """(noise energy, code counts) of a k-entry codebook fitted to `hist` (entropy-constrained
     within `ecq` dB of the plain fit, when given); when `hist` is importance-weighted, `plain`
@@ -44,7 +45,6 @@ def _estimate(
     Both come from each histogram's prefix sums (kmeans_fit.CellSums, kept in `sums` by
     histogram for the caller's other candidates of it): O(k log n) per candidate where a pass
     over every point (cells, gather, squares, bincount) was half of the estimates' time."""
-    sums = {} if sums is None else sums
     cell_sums = _sums_of(hist, sums)
     centroids = kmeans_fit.fit_centroids(hist, k, thorough, seed, cell_sums)
     centroids = np.unique(np.asarray(centroids, dtype=np.float64))

@@ -121,7 +121,7 @@ def weighed_in_worker(names: list[str], tiles: dict):
     return weighed_where_read(_source, names, tiles, _importance)
 
 
-def weighed_where_read(source: TensorSource, names: list[str], tiles: dict, importance=None):
+def weighed_where_read(source: TensorSource, names: list[str], tiles: dict, importance):
     """Large tensors read, summarized and fitted in one process: their candidates, and the
     seeds and whole tensors' histograms the fits kept, for the encodes of the process that
     asked (kmeans_fit.keep_seeds, keep_histograms). In a worker that reads the tensors

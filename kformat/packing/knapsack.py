@@ -58,7 +58,7 @@ def choose(options: dict[str, list[Candidate]], budget: float, units: int = UNIT
         pick = np.zeros(units + 1, dtype=np.uint8 if len(options[n]) <= 256 else np.int32)
         for k, (c, ck) in enumerate(zip(options[n], size)):
             first = max(ck, low)
-            if ck <= units and first <= high:
+            if first <= high:  # (high <= units: a candidate past the budget never fits)
                 with_k = best[first - ck : high + 1 - ck] + c.error
                 better = with_k < after[first : high + 1]
                 np.copyto(after[first : high + 1], with_k, where=better)
