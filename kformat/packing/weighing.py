@@ -78,8 +78,9 @@ def _expect_fits(names: list[str], views: dict, calibrated: bool, cores: int, wa
     all-MiniLM-L6-v2-shaped (37,168 units) at one job 2.86 s with the kernels from the start
     against 3.98 s (one pack in a fresh process), at two 2.36 s against 2.94 s (whole commands,
     paired); VGG16 (11,936) at one job 2.41 s against 2.68 s (whole, paired). At two jobs,
-    waiting for the load before the fork took VGG16 1.08x the time: hence work per core (5,968
-    there, under LOAD_FOR_WORK: no load)."""
+    waiting for the full load (0.37 s) before the fork took VGG16 1.08x the time: hence work
+    per core, against kernels.load_for_work() (5,968 there: loaded where the load is lean, as
+    from the command line, which took 0.90x the time; not otherwise)."""
     expect_fit_work(
         ((views[name], rule) for name in names for rule in candidate_rules(views[name][0], calibrated)), cores
     )
