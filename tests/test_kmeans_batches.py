@@ -4,7 +4,7 @@ seeded, used, then dropped): the codebooks, codes and stats do not depend on the
 import numpy as np
 import pytest
 
-from kformat.methods import kmeans
+from kformat.methods import kmeans, kmeans_groups
 from kformat.packing.encode import encode_tensor
 from kformat.recipe import parse_rule
 
@@ -29,8 +29,8 @@ def weights():
 )
 def test_batches_of_groups_give_the_same_tensor(monkeypatch, weights, rule):
     whole = encode_tensor("t", weights, parse_rule(rule))
-    monkeypatch.setattr(kmeans, "HISTOGRAMS_AT_ONCE", 1)  # one group a batch
-    assert kmeans.group_batches(12, 8 * 200) == [(g, g + 1) for g in range(12)]
+    monkeypatch.setattr(kmeans_groups, "HISTOGRAMS_AT_ONCE", 1)  # one group a batch
+    assert kmeans_groups.group_batches(12, 8 * 200) == [(g, g + 1) for g in range(12)]
     batched = encode_tensor("t", weights, parse_rule(rule))
     assert np.array_equal(whole.codes, batched.codes)
     assert whole.tables.keys() == batched.tables.keys()
@@ -44,7 +44,7 @@ def test_importance_weighted_groups_too(monkeypatch, weights):
     method = kmeans.KMeans()
     rule = parse_rule("kmeans:4,group=8")
     whole = method.encode("t", weights, rule, weights=importance)
-    monkeypatch.setattr(kmeans, "HISTOGRAMS_AT_ONCE", 1)
+    monkeypatch.setattr(kmeans_groups, "HISTOGRAMS_AT_ONCE", 1)
     batched = method.encode("t", weights, rule, weights=importance)
     assert np.array_equal(whole.codes, batched.codes)
     assert np.array_equal(whole.tables["codebook"], batched.tables["codebook"])
@@ -53,6 +53,6 @@ def test_importance_weighted_groups_too(monkeypatch, weights):
 
 def test_batches_hold_a_bounded_number_of_histograms():
     """About 32 MiB of histograms a batch: exact points of a 64 x 768 group count 32 bytes each."""
-    batches = kmeans.group_batches(477, 64 * 768)  # BERT-base's word embedding under q4
+    batches = kmeans_groups.group_batches(477, 64 * 768)  # BERT-base's word embedding under q4
     assert len(batches) == 23 and batches[0] == (0, 21) and batches[-1] == (462, 477)
-    assert kmeans.group_batches(1, 10**8) == [(0, 1)]
+    assert kmeans_groups.group_batches(1, 10**8) == [(0, 1)]

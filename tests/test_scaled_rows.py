@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kformat
-from kformat.methods import kmeans
+from kformat.methods import kmeans_groups
 from kformat.methods.scaled_rows import ScaledRows
 
 
@@ -47,7 +47,7 @@ def test_a_large_scaled_tensor_packs_the_same_bytes_without_the_copy(tmp_path, m
     ScaledRows, against the same pack with the whole division made first."""
     rows, _ = _rows(1, (1024, 4160))  # 4.26M values: above 2^22
     weights = {"fc.weight": rows}
-    assert rows.size >= kmeans.SCALED_IN_PLACE
+    assert rows.size >= kmeans_groups.SCALED_IN_PLACE
     made = []
 
     class Counted(ScaledRows):
@@ -55,9 +55,9 @@ def test_a_large_scaled_tensor_packs_the_same_bytes_without_the_copy(tmp_path, m
             made.append(1)
             super().__init__(*args)
 
-    monkeypatch.setattr(kmeans, "ScaledRows", Counted)
+    monkeypatch.setattr(kmeans_groups, "ScaledRows", Counted)
     kformat.pack(weights, tmp_path / "view.kf", "q8", jobs=1)
     assert made  # (the histogram's and the codes' reads went through it)
-    monkeypatch.setattr(kmeans, "SCALED_IN_PLACE", 1 << 62)  # the whole division, as before
+    monkeypatch.setattr(kmeans_groups, "SCALED_IN_PLACE", 1 << 62)  # the whole division, as before
     kformat.pack(weights, tmp_path / "copy.kf", "q8", jobs=1)
     assert (tmp_path / "view.kf").read_bytes() == (tmp_path / "copy.kf").read_bytes()

@@ -163,6 +163,13 @@ class Method:
         `weighted` also takes `weights=`, importance broadcastable to w."""
         raise NotImplementedError
 
+    def group_encoder(self, name: str, w: np.ndarray, rule: "Rule", weights=None, codes=None):
+        """encode's work as row groups that may run apart, each part's codes written into
+        `codes` (uint8, w's shape), with `groups`, `batches`, `run(first, stop)` and
+        `finish(parts)` (kformat.methods.kmeans_groups.GroupEncoder); None where a method
+        has no such groups or this rule's depend on each other."""
+        return None
+
     # -- format --------------------------------------------------------------------------
     def storage(self, dtype: str) -> str:
         """Element type of this method's planes for a tensor of `dtype`."""
