@@ -16,6 +16,7 @@ from ..methods import QuantizedTensor, get_method, kernels, view_2d
 from ..methods.chunks import CHUNK, map_chunks, row_step
 from ..methods.metrics import error_powers, sqnr_db
 from .feedback import with_feedback
+from .split import encode_split, worth_splitting
 
 if TYPE_CHECKING:
     from ..recipe import Rule
@@ -53,13 +54,14 @@ def check_finite(name: str, values: np.ndarray) -> None:
 
 
 def encode_tensor(
-    name: str, array: np.ndarray, rule, importance=None, feedback: bool = False
+    name: str, array: np.ndarray, rule, importance=None, feedback: bool = False, jobs: int = 1
 ) -> QuantizedTensor:
     """Quantize or convert one tensor by `rule` (the planner has already checked it applies).
     The result's stats hold the SQNR against the source (inf when exact). With `importance`
     (kformat.packing.importance.Importance) a weighted method fits the weighted error, and
     with `feedback` codes are rounded with error feedback where the importance holds the
-    tensor's input covariance (the final pack; bit allocation's trial encodes do without)."""
+    tensor's input covariance (the final pack; bit allocation's trial encodes do without).
+    With `jobs` >= 2 a long pole's row groups may be fitted in two processes (split.py)."""
     method = get_method(rule.method)
     view = view_2d(array.shape)
     if method.lossless:
@@ -79,7 +81,9 @@ def encode_tensor(
     if method.codes:
         w = w.astype(np.float32, copy=False)
     weights = importance.weights(name, view) if importance is not None and method.weighted else None
-    q = method.encode(name, w, rule) if weights is None else method.encode(name, w, rule, weights=weights)
+    q = encode_split(method, name, w, rule, weights) if worth_splitting(method, view, rule, jobs) else None
+    if q is None:
+        q = method.encode(name, w, rule) if weights is None else method.encode(name, w, rule, weights=weights)
     if (
         feedback
         and importance is not None

@@ -105,17 +105,19 @@ def encode_blobs(
     importance=None,
     threads: int = 1,
     stream: BlobStream | None = None,
+    split: bool = False,
 ) -> Encoded:
     """The CPU work of one tensor (quantize, encode every tile), independent of the output;
     tiles on `threads` threads, the calling one and `pool`'s (without a pool, the calling
-    thread alone), each blob also put in `stream` as it is made (kformat.packing.streamed)."""
+    thread alone), each blob also put in `stream` as it is made (kformat.packing.streamed).
+    With `split` (the long pole) its row groups may be fitted in two processes (split.py)."""
     threads = threads if pool is not None else 1
 
     def each(fn, items: list) -> list:
         return chunks.map_helping(pool, fn, items, threads)
 
     rule = decision.rule
-    q = encode_tensor(name, array, rule, importance, feedback=True)
+    q = encode_tensor(name, array, rule, importance, feedback=True, jobs=threads if split else 1)
     codec = get_codec(rule.plane_codec)
     tile = tile_for(q.view, rule.tile, default_tile)
     rects = tile_grid(q.view, tile)

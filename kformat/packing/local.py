@@ -73,13 +73,13 @@ class LocalEncoder:
                 return forked
         array = self.source.load(decision.name)  # this process's reads are from this thread only
         work = (decision.name, array, decision, self.tile, self.tiles, self.importance, self.jobs)
-        future = self.encoders.submit(_occupying, *work, stream=stream)
+        future = self.encoders.submit(_occupying, *work, stream=stream, split=critical)
         if critical and self.forked is not None:  # its thread then takes queued tensors too
             future.add_done_callback(lambda _: self.forked.pole_done(self.encoders))
         return future
 
 
-def _occupying(*args, stream: BlobStream | None = None) -> Encoded:
+def _occupying(*args, stream: BlobStream | None = None, split: bool = False) -> Encoded:
     """encode_blobs in a worker marked as occupied (methods.chunks: helpers go to free ones)."""
     with chunks.occupied():
-        return encode_blobs(*args, stream=stream)
+        return encode_blobs(*args, stream=stream, split=split)
