@@ -134,3 +134,24 @@ def test_a_pack_whose_pole_is_split_is_the_one_job_pack(tmp_path, caplog):
         "embed.weight" in r.getMessage() and "forked process" in r.getMessage() for r in caplog.records
     )
     assert (tmp_path / "one.kf").read_bytes() == (tmp_path / "two.kf").read_bytes()
+
+
+def test_on_threads_any_tensor_of_enough_fit_work_is_split(tmp_path, caplog, monkeypatch):
+    """No long pole (the embedding is a fifth of the weights), no worker processes (as in bit
+    allocation's rounds, or for a source that cannot be forked): the embedding is split."""
+    rng = np.random.default_rng(6)
+    weights = {
+        f"layer{i}.weight": (rng.standard_normal((256, 96)) * 0.05).astype(np.float32) for i in range(8)
+    }
+    weights["embed.weight"] = (rng.standard_normal((2048, 24)) * 0.05).astype(np.float32)
+    recipe = kformat.Recipe.model_validate(
+        {"name": "groups", "default": "fp16", "rules": [{"match": "embed.*", "rule": "kmeans:4,group=8"}]}
+    )
+    kformat.pack(weights, tmp_path / "one.kf", recipe, jobs=1)
+    monkeypatch.setattr("kformat.packing.local.forking", lambda source, jobs: False)
+    with caplog.at_level(logging.DEBUG, logger="kformat"):
+        kformat.pack(weights, tmp_path / "two.kf", recipe, jobs=2)
+    assert any(
+        "embed.weight" in r.getMessage() and "forked process" in r.getMessage() for r in caplog.records
+    )
+    assert (tmp_path / "one.kf").read_bytes() == (tmp_path / "two.kf").read_bytes()

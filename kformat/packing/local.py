@@ -73,7 +73,9 @@ class LocalEncoder:
                 return forked
         array = self.source.load(decision.name)  # this process's reads are from this thread only
         work = (decision.name, array, decision, self.tile, self.tiles, self.importance, self.jobs)
-        future = self.encoders.submit(_occupying, *work, stream=stream, split=critical)
+        # a pole's row groups, or any tensor's on threads, may be fitted in two processes
+        split = self.jobs >= 2 and (critical or self.forked is None)
+        future = self.encoders.submit(_occupying, *work, stream=stream, split=split)
         if critical and self.forked is not None:  # its thread then takes queued tensors too
             future.add_done_callback(lambda _: self.forked.pole_done(self.encoders))
         return future
