@@ -155,3 +155,14 @@ def test_on_threads_any_tensor_of_enough_fit_work_is_split(tmp_path, caplog, mon
         "embed.weight" in r.getMessage() and "forked process" in r.getMessage() for r in caplog.records
     )
     assert (tmp_path / "one.kf").read_bytes() == (tmp_path / "two.kf").read_bytes()
+
+
+@pytest.mark.parametrize("row", [3, 500])  # a group this process fits, and one the child does
+def test_a_group_past_float16_is_the_same_error_split(w, row):
+    from kformat.errors import QuantizationError
+
+    w = w.copy()
+    w[row, :8] = 1e6
+    method, rule = get_method("kmeans"), parse_rule("kmeans:4,group=4")
+    with pytest.raises(QuantizationError, match="'t': weights exceed the float16 range"):
+        split.encode_split(method, "t", w, rule)
