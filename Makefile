@@ -11,7 +11,8 @@ all: test
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# (setup.py builds the fit loops' C extension, kformat/methods/_kernels.c, in place)
+$(STAMP): pyproject.toml constraints.txt setup.py kformat/methods/_kernels.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
@@ -53,10 +54,11 @@ demo: bytecode nginx
 
 # KFORMAT_REQUIRE_NGINX: a missing nginx fails the HTTP tests instead of skipping them.
 # KFORMAT_REQUIRE_BROWSER: a missing Chromium fails the web page test instead of skipping it.
+# KFORMAT_REQUIRE_C_KERNELS: an extension that was not built fails the C loops' tests.
 test: bytecode nginx js chromium
 	$(BIN)/ruff check kformat tests tools examples
 	cd js && npm test --silent
-	KFORMAT_REQUIRE_NGINX=1 KFORMAT_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
+	KFORMAT_REQUIRE_NGINX=1 KFORMAT_REQUIRE_BROWSER=1 KFORMAT_REQUIRE_C_KERNELS=1 $(BIN)/python -m pytest
 
 bench: bytecode nginx js chromium
 	$(BIN)/python tools/bench/size_quality.py

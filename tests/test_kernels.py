@@ -1,5 +1,6 @@
-"""The compiled fit loops (kernels_numba) give exactly what the numpy loops give: the same
-floats, the same first minima, so a pack's bytes do not depend on whether numba is installed."""
+"""The compiled fit loops, C's (kernels_c) and numba's (kernels_numba), give exactly what
+the numpy loops give: the same floats, the same first minima, so a pack's bytes do not depend
+on whether the extension was built or numba is installed."""
 
 from __future__ import annotations
 
@@ -12,16 +13,30 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("numba")
+import kformat
+from kformat.methods import kernels, kmeans_dp, kmeans_fit
+from kformat.methods.kmeans_pieces import seed_in_pieces
 
-import kformat  # noqa: E402
-from kformat.methods import kernels, kmeans_dp, kmeans_fit  # noqa: E402
-from kformat.methods.kmeans_pieces import seed_in_pieces  # noqa: E402
+BACKENDS = ["c", "numba"]
 
 
-def numpy_only(function, *args):
-    """function(*args) with the numpy loops (KFORMAT_NUMBA=0), then with the compiled ones
-    (KFORMAT_NUMBA=1: loaded at once)."""
+def use(backend: str) -> None:
+    """Make `backend` the compiled loops kernels.compiled() hands out (KFORMAT_NUMBA=1)."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+        os.environ["KFORMAT_C_KERNELS"] = "0"
+    else:
+        os.environ.pop("KFORMAT_C_KERNELS", None)
+        if kernels._in_c() is None:
+            if os.environ.get("KFORMAT_REQUIRE_C_KERNELS") == "1":
+                pytest.fail("kformat.methods._kernels was not built (make venv builds it)")
+            pytest.skip("kformat.methods._kernels was not built (no compiler at install)")
+
+
+def numpy_only(function, *args, backend: str = "c"):
+    """function(*args) with the numpy loops (KFORMAT_NUMBA=0), then with `backend`'s
+    compiled ones (KFORMAT_NUMBA=1: loaded at once)."""
+    use(backend)
     os.environ["KFORMAT_NUMBA"] = "0"
     try:
         assert kernels.compiled() is None
@@ -29,10 +44,12 @@ def numpy_only(function, *args):
     finally:
         os.environ["KFORMAT_NUMBA"] = "1"
     try:
-        assert kernels.compiled() is not None
+        compiled = kernels.compiled()
+        assert compiled is not None and compiled.__name__.endswith(f"kernels_{backend}")
         return plain, function(*args)
     finally:
         del os.environ["KFORMAT_NUMBA"]
+        os.environ.pop("KFORMAT_C_KERNELS", None)
 
 
 def _problem(rng: np.random.Generator, size: int, ties: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -48,9 +65,10 @@ def _equal(a, b) -> None:
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=40)
 @given(seed=st.integers(0, 2**32 - 1), ties=st.booleans(), k=st.sampled_from([2, 3, 5, 16, 40]))
-def test_programme_layers_equal(seed, ties, k):
+def test_programme_layers_equal(backend, seed, ties, k):
     rng = np.random.default_rng(seed)
     problems = [_problem(rng, int(rng.integers(1, 300)), ties) for _ in range(int(rng.integers(1, 5)))]
 
@@ -60,7 +78,7 @@ def test_programme_layers_equal(seed, ties, k):
         programme.extend(k)
         return programme
 
-    plain, fast = numpy_only(run)
+    plain, fast = numpy_only(run, backend=backend)
     for a, b in zip(plain.errors, fast.errors, strict=True):
         _equal(a, b)
     for a, b in zip(plain.splits, fast.splits, strict=True):
@@ -68,45 +86,49 @@ def test_programme_layers_equal(seed, ties, k):
     _equal(plain.layer, fast.layer)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=20)
 @given(seed=st.integers(0, 2**32 - 1), size=st.integers(2, 700))
-def test_dense_programme_equals_compiled(seed, size):
+def test_dense_programme_equals_compiled(backend, seed, size):
     """One small problem takes the dense path in numpy; the compiled loop finds the same."""
     points, weights = _problem(np.random.default_rng(seed), size, ties=False)
-    plain, fast = numpy_only(kmeans_dp.optimal_centroids, points, weights, 16)
+    plain, fast = numpy_only(kmeans_dp.optimal_centroids, points, weights, 16, backend=backend)
     _equal(plain, fast)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=10)
 @given(seed=st.integers(0, 2**32 - 1), k=st.sampled_from([64, 256]))
-def test_seeds_in_pieces_equal(seed, k):
+def test_seeds_in_pieces_equal(backend, seed, k):
     rng = np.random.default_rng(seed)
     problems = [_problem(rng, 4096, ties=False), _problem(rng, 3000, ties=True)]
-    plain, fast = numpy_only(seed_in_pieces, problems, k)
+    plain, fast = numpy_only(seed_in_pieces, problems, k, backend=backend)
     for a, b in zip(plain, fast, strict=True):
         _equal(a, b)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=40)
 @given(seed=st.integers(0, 2**32 - 1), ties=st.booleans(), k=st.sampled_from([2, 4, 16, 256]))
-def test_lloyd_equal(seed, ties, k):
+def test_lloyd_equal(backend, seed, ties, k):
     rng = np.random.default_rng(seed)
     points, weights = _problem(rng, int(rng.integers(2, 5000)), ties)
     start = rng.choice(points, size=min(k, points.size))  # duplicates and empty cells included
-    plain, fast = numpy_only(kmeans_fit.lloyd, points, weights, start)
+    plain, fast = numpy_only(kmeans_fit.lloyd, points, weights, start, backend=backend)
     _equal(plain, fast)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=40)
 @given(seed=st.integers(0, 2**32 - 1), ties=st.booleans(), k=st.sampled_from([2, 4, 16, 256]))
-def test_entropy_constrained_equal(seed, ties, k):
+def test_entropy_constrained_equal(backend, seed, ties, k):
     """Up to rate weights where lines lose their cells: the compiled loop hands those back."""
     rng = np.random.default_rng(seed)
     points, weights = _problem(rng, int(rng.integers(k + 1, 5000)), ties)
     plain_fit = kmeans_fit.lloyd(points, weights, np.quantile(points, np.linspace(0, 1, k)))
     mse = float(np.average((points - np.median(points)) ** 2, weights=weights + 1e-9))
     for lam in (0.0, 0.01 * mse, mse, 8 * mse):
-        plain, fast = numpy_only(kmeans_fit._ec_lloyd, points, weights, plain_fit, lam)
+        plain, fast = numpy_only(kmeans_fit._ec_lloyd, points, weights, plain_fit, lam, backend=backend)
         for a, b in zip(plain, fast, strict=True):
             _equal(a, b)
 
@@ -122,8 +144,9 @@ def test_switches(monkeypatch):
 
 
 def _fresh(code: str, *args: str, **extra: str) -> str:
+    """`code` in a fresh process, numba's loading as without the C loops unless `extra` says."""
     env = {k: v for k, v in os.environ.items() if k not in ("KFORMAT_NUMBA", "KFORMAT_NUMBA_LEAN")}
-    env.update(extra)
+    env.update({"KFORMAT_C_KERNELS": "0", **extra})
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
@@ -237,21 +260,23 @@ def test_a_load_does_not_import_numba_or_pillow(tmp_path):
     assert _fresh(code, str(tmp_path / "m.kf")) == "False False"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=30)
 @given(seed=st.integers(0, 2**32 - 1), bins=st.sampled_from([1, 7, 256, 65536]), weighted=st.booleans())
-def test_bincount_equal(seed, bins, weighted):
+def test_bincount_equal(backend, seed, bins, weighted):
     """The histograms' counts and weighted sums, compiled or numpy's: the same numbers."""
     rng = np.random.default_rng(seed)
     index = rng.integers(0, bins, int(rng.integers(0, 5000))).astype(np.int32)
     weights = rng.standard_t(2, index.size) if weighted else None
-    plain, compiled = numpy_only(kernels.bincount, index, weights, bins)
+    plain, compiled = numpy_only(kernels.bincount, index, weights, bins, backend=backend)
     _equal(plain, compiled)
     _equal(plain, np.bincount(index, weights, minlength=bins))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=30)
 @given(seed=st.integers(0, 2**32 - 1), size=st.sampled_from([1, 2, 9, 1000, 49_152]), ties=st.booleans())
-def test_prefix_sums_equal(seed, size, ties):
+def test_prefix_sums_equal(backend, seed, size, ties):
     """The cell sums' prefixes, compiled or numpy's cumsum: the same floats to the bit (both
     add in order, each product rounded before it is added: no fused multiply-add)."""
     points, weights = _problem(np.random.default_rng(seed), size, ties)
@@ -261,12 +286,14 @@ def test_prefix_sums_equal(seed, size, ties):
         kernels.prefix_sums(points, weights, out)
         return out
 
-    plain, compiled = numpy_only(sums, points, weights)
+    plain, compiled = numpy_only(sums, points, weights, backend=backend)
     _equal(plain, compiled)
     _equal(plain[1:, 1], np.cumsum(weights * points))
 
 
-def test_bincount_of_a_bad_index_is_numpy_s_error():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bincount_of_a_bad_index_is_numpy_s_error(backend):
+    use(backend)
     os.environ["KFORMAT_NUMBA"] = "1"
     try:
         with pytest.raises(ValueError):
@@ -274,6 +301,7 @@ def test_bincount_of_a_bad_index_is_numpy_s_error():
         assert kernels.bincount(np.array([0, 5], dtype=np.int32), None, 4).size == 6  # as numpy
     finally:
         del os.environ["KFORMAT_NUMBA"]
+        os.environ.pop("KFORMAT_C_KERNELS", None)
 
 
 def test_code_lengths_are_the_c_librarys_log2_rounded_with_and_without_numba():
@@ -283,8 +311,10 @@ def test_code_lengths_are_the_c_librarys_log2_rounded_with_and_without_numba():
     entropy-constrained fits of 1 in 400 random problems came out differently)."""
     import math
 
-    from kformat.methods import fit_loops, kernels_numba  # noqa: F401 (registers the helpers)
+    pytest.importorskip("numba")
     from numba import njit
+
+    from kformat.methods import fit_loops, kernels_numba  # noqa: F401 (registers the helpers)
 
     rng = np.random.default_rng(0)
     shares = np.concatenate([rng.random(200_000), rng.random(1000) * 1e-12, [1.0, 0.5, 2.0**-30]])
@@ -311,3 +341,51 @@ def test_bit_allocation_asks_for_the_kernels_by_the_candidates_it_fits(tmp_path)
     """
     assert _fresh(code, str(tmp_path / "small.kf"), "2") == "False"  # 2 x 382 units
     assert _fresh(code, str(tmp_path / "many.kf"), "28") == "True"  # 28 x 382 units
+
+
+def test_the_c_loops_are_there_from_the_start_without_numba(tmp_path):
+    """Where the extension was built, a process's fits use it from the first (nothing to
+    load, no threshold of work), and numba is never imported."""
+    use("c")
+    code = """if True:
+        import sys, numpy as np, kformat
+        from kformat.methods import kernels
+        from kformat.recipe import recipe_from_dict
+        big = {"w": np.random.default_rng(0).standard_normal((64 * 400, 4)).astype(np.float32)}
+        kformat.pack(big, sys.argv[1], recipe_from_dict({"name": "g", "default": "kmeans:4,group=64"}))
+        print(kernels.compiled().__name__, kernels.settled(), "numba" in sys.modules)
+    """
+    out = _fresh(code, str(tmp_path / "m.kf"), KFORMAT_C_KERNELS="")
+    assert out.split() == ["kformat.methods.kernels_c", "True", "False"]
+
+
+def test_the_c_loops_refuse_buffers_too_short():
+    """Lengths are checked again in C: a wrong call is a ValueError, never a stray write."""
+    use("c")
+    from kformat.methods import _kernels
+
+    points, w_wp = np.linspace(0, 1, 10), np.zeros((11, 2))
+    with pytest.raises(ValueError, match="w_wp"):
+        _kernels.lloyd(points, w_wp[:5], points[:3].copy(), 5, 1e-9, np.empty(3))
+    with pytest.raises(ValueError, match="out"):
+        _kernels.lloyd(points, w_wp, points[:3].copy(), 5, 1e-9, np.empty(2))
+    with pytest.raises(ValueError, match="outside the layer"):
+        layer = np.zeros(11)
+        _kernels.dp_extend(
+            layer,
+            layer,
+            layer,
+            layer,
+            np.array([5]),
+            np.array([9]),
+            np.array([0]),
+            2,
+            3,
+            np.zeros(1, np.int64),
+            False,
+            np.empty(11),
+            np.zeros((2, 11), np.int64),
+            np.full((2, 1), np.inf),
+        )
+    with pytest.raises(ValueError, match="out"):
+        _kernels.prefix_sums(points, points, np.zeros((10, 2)))

@@ -1,4 +1,10 @@
-"""Compiled loops for the codebook fits, when numba is installed (the `fast` extra).
+"""Compiled loops for the codebook fits: C (kformat.methods._kernels, built at install where
+a compiler is found), else numba's (the `fast` extra), else the numpy loops of fit_loops.
+
+The C loops (kernels_c) are the first choice: loaded in about a millisecond, they cost
+nothing to ask for, so a process uses them from its first fit. The rest of this docstring,
+and the thresholds below, are about numba, the fallback where the extension was not built.
+KFORMAT_C_KERNELS=0 passes the C loops over (tests compare the three).
 
 A fit's inner loops (a layer of the 1-D k-means programme, Lloyd and entropy-constrained
 Lloyd iterations on cell sums) are thousands of numpy calls on arrays of a few dozen values:
@@ -53,11 +59,14 @@ def _mode() -> str:
 
 
 def compiled() -> ModuleType | None:
-    """kernels_numba once it is loaded, else None (numba missing, not yet worth loading,
-    still loading, or KFORMAT_NUMBA=0)."""
+    """kernels_c, or kernels_numba once it is loaded, else None (neither built nor installed,
+    numba not yet worth loading, still loading, or KFORMAT_NUMBA=0)."""
     mode = _mode()
     if mode == "0":
         return None
+    in_c = _in_c()
+    if in_c is not None:
+        return in_c
     if mode == "1" or (_awaited and _loader is not None):
         _start()
         _loader.join()
@@ -184,9 +193,30 @@ def _new_lock_after_fork() -> None:
 os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
+_c: ModuleType | bool | None = None  # kernels_c once imported, False where it cannot be
+
+
+def _in_c() -> ModuleType | None:
+    """kernels_c, unless the extension was not built or KFORMAT_C_KERNELS=0."""
+    global _c
+    if os.environ.get("KFORMAT_C_KERNELS") == "0":
+        return None
+    if _c is None:
+        try:
+            from . import kernels_c
+        except ImportError:  # (not built: no compiler at install)
+            _c = False
+        else:
+            _c = kernels_c
+    return _c or None
+
+
 def _start() -> None:
-    """Start loading the kernels on a thread of their own, once per process."""
+    """Start loading numba's kernels on a thread of their own, once per process (never
+    where the C loops are there)."""
     global _loader
+    if _in_c() is not None:
+        return
     with _lock:
         if _loader is None:
             # not a daemon: an exit waits for it rather than stopping numba mid-compile

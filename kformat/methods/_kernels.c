@@ -1,0 +1,533 @@
+/* The fits' inner loops in C: kernels_numba's loops, loaded in a millisecond instead of the
+ * third of a second numba's start costs, and run without the GIL.
+ *
+ * Each function does the arithmetic of its numba twin (kernels_numba, fit_loops) in the same
+ * order, every product and quotient rounded on its own (built with -ffp-contract=off, never
+ * fast-math), so all three give the same floats; tests/test_kernels.py compares them. The
+ * Python side (kernels_c.py) checks the arrays' types and shapes and allocates the outputs;
+ * this file checks the buffers' lengths again before it reads or writes them.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define STACK 512 /* pending halves of a layer's divide and conquer: about 2 log2(points) */
+#define LENGTH_STEPS 1024.0
+
+typedef struct {
+    Py_buffer view;
+    int held;
+} Buffer;
+
+static void release(Buffer *b, int count) {
+    for (int i = 0; i < count; i++) {
+        if (b[i].held) {
+            PyBuffer_Release(&b[i].view);
+            b[i].held = 0;
+        }
+    }
+}
+
+/* The buffer of `obj`, C-contiguous, of at least `items` items of `size` bytes. */
+static int take(PyObject *obj, Buffer *b, int writable, Py_ssize_t items, Py_ssize_t size, const char *what) {
+    int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, &b->view, flags) < 0)
+        return -1;
+    b->held = 1;
+    if (b->view.len < items * size || b->view.len % size) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes, expected at least %zd", what, b->view.len, items * size);
+        return -1;
+    }
+    return 0;
+}
+
+#define DOUBLES(b) ((double *)(b).view.buf)
+#define INTS(b) ((int64_t *)(b).view.buf)
+#define COUNT(b, type) ((b).view.len / (Py_ssize_t)sizeof(type))
+
+/* kmeans_dp._cost_to of one pair: the squared error of points i..j-1 around their mean. */
+static inline double cost_to(const double *w, const double *s1, const double *s2, int64_t i, double wj,
+                             double s1j, double s2j) {
+    double dw = wj - w[i];
+    double d1 = s1j - s1[i];
+    d1 *= d1;
+    d1 = dw > 0 ? d1 / dw : 0.0;
+    double cost = s2j - s2[i];
+    cost -= d1;
+    return (cost > 0.0 || cost != cost) ? cost : 0.0; /* np.maximum(cost, 0): NaN stays */
+}
+
+/* kmeans_dp._layer for one problem, depth first; 0, or -1 if the stack would overflow. */
+static int layer_of(const double *previous, double *best, int64_t *split, int64_t jl, int64_t jr, int64_t ol,
+                    int64_t orr, const double *w, const double *s1, const double *s2, const int64_t *floor,
+                    int has_floor) {
+    int64_t stack[STACK][4];
+    int top = 1;
+    stack[0][0] = jl, stack[0][1] = jr, stack[0][2] = ol, stack[0][3] = orr;
+    while (top) {
+        top -= 1;
+        int64_t a = stack[top][0], b = stack[top][1], lo0 = stack[top][2], hi0 = stack[top][3];
+        if (a > b)
+            continue;
+        int64_t mid = (a + b) / 2;
+        int64_t hi = hi0 < mid - 1 ? hi0 : mid - 1;
+        int64_t lo = lo0;
+        if (has_floor) {
+            lo = lo0 > floor[mid] ? lo0 : floor[mid];
+            lo = lo < hi ? lo : hi;
+        }
+        double wj = w[mid], s1j = s1[mid], s2j = s2[mid];
+        double lowest = previous[lo] + cost_to(w, s1, s2, lo, wj, s1j, s2j);
+        int64_t chosen = lo;
+        for (int64_t i = lo + 1; i <= hi; i++) {
+            double value = previous[i] + cost_to(w, s1, s2, i, wj, s1j, s2j);
+            if (value < lowest)
+                lowest = value, chosen = i;
+        }
+        best[mid] = lowest, split[mid] = chosen;
+        if (top + 2 > STACK)
+            return -1;
+        stack[top][0] = mid + 1, stack[top][1] = b, stack[top][2] = chosen, stack[top][3] = hi0;
+        stack[top + 1][0] = a, stack[top + 1][1] = mid - 1, stack[top + 1][2] = lo0, stack[top + 1][3] = chosen;
+        top += 2;
+    }
+    return 0;
+}
+
+/* dp_extend(layer, w, s1, s2, base, sizes, chosen, m_from, m_to, floor, has_floor,
+ *           out_layer, splits, errors): kernels_numba.dp_extend, its results written into
+ * out_layer (the last layer), splits [count, layer size] and errors [count, problems]
+ * (zeros and inf on entry). */
+static PyObject *dp_extend(PyObject *self, PyObject *args) {
+    PyObject *o[14];
+    long long m_from, m_to;
+    int has_floor;
+    Buffer b[12] = {0};
+    if (!PyArg_ParseTuple(args, "OOOOOOOLLOpOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &m_from,
+                          &m_to, &o[9], &has_floor, &o[11], &o[12], &o[13]))
+        return NULL;
+    Py_ssize_t size, problems, count = m_to - m_from + 1;
+    int bad = 0;
+    if (take(o[0], &b[0], 0, 1, 8, "layer") < 0)
+        goto fail;
+    size = COUNT(b[0], double);
+    if (take(o[1], &b[1], 0, size, 8, "w") < 0 || take(o[2], &b[2], 0, size, 8, "s1") < 0 ||
+        take(o[3], &b[3], 0, size, 8, "s2") < 0 || take(o[4], &b[4], 0, 0, 8, "base") < 0)
+        goto fail;
+    problems = COUNT(b[4], int64_t);
+    if (take(o[5], &b[5], 0, problems, 8, "sizes") < 0 || take(o[6], &b[6], 0, 0, 8, "chosen") < 0 ||
+        take(o[9], &b[7], 0, has_floor ? size : 0, 8, "floor") < 0 ||
+        take(o[11], &b[8], 1, size, 8, "out_layer") < 0 ||
+        take(o[12], &b[9], 1, count > 0 ? count * size : 0, 8, "splits") < 0 ||
+        take(o[13], &b[10], 1, count > 0 ? count * problems : 0, 8, "errors") < 0)
+        goto fail;
+    {
+        const double *w = DOUBLES(b[1]), *s1 = DOUBLES(b[2]), *s2 = DOUBLES(b[3]);
+        const int64_t *base = INTS(b[4]), *sizes = INTS(b[5]), *chosen = INTS(b[6]);
+        Py_ssize_t picked = COUNT(b[6], int64_t);
+        for (Py_ssize_t c = 0; c < picked; c++) {
+            int64_t g = chosen[c];
+            if (g < 0 || g >= problems || base[g] < 0 || sizes[g] < 0 || base[g] + sizes[g] >= size) {
+                PyErr_SetString(PyExc_ValueError, "dp_extend: a chosen problem lies outside the layer");
+                goto fail;
+            }
+        }
+        double *current = PyMem_RawMalloc(size * sizeof(double)), *best = PyMem_RawMalloc(size * sizeof(double));
+        if (!current || !best) {
+            PyMem_RawFree(current), PyMem_RawFree(best);
+            PyErr_NoMemory();
+            goto fail;
+        }
+        memcpy(current, DOUBLES(b[0]), size * sizeof(double));
+        int64_t *splits = INTS(b[9]);
+        double *errors = DOUBLES(b[10]);
+        const int64_t *floor = INTS(b[7]);
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t step = 0; step < count && !bad; step++) {
+            int64_t m = m_from + step;
+            for (Py_ssize_t j = 0; j < size; j++)
+                best[j] = INFINITY;
+            for (Py_ssize_t c = 0; c < picked && !bad; c++) {
+                int64_t g = chosen[c], n = sizes[g], at = base[g];
+                if (n < m)
+                    continue;
+                bad = layer_of(current, best, splits + step * size, at + m, at + n, at + m - 1, at + n - 1, w, s1, s2,
+                               floor, has_floor);
+                errors[step * problems + g] = best[at + n];
+            }
+            double *swap = current;
+            current = best, best = swap;
+            floor = splits + step * size, has_floor = 1;
+        }
+        Py_END_ALLOW_THREADS
+        memcpy(DOUBLES(b[8]), current, size * sizeof(double));
+        PyMem_RawFree(current), PyMem_RawFree(best);
+        if (bad) {
+            PyErr_SetString(PyExc_RuntimeError, "dp_extend: divide and conquer ran past its stack");
+            goto fail;
+        }
+    }
+    release(b, 12);
+    Py_RETURN_NONE;
+fail:
+    release(b, 12);
+    return NULL;
+}
+
+/* dp_dense(first, w, s1, s2, k, out_layer, splits, ends): kernels_numba.dp_dense into
+ * out_layer [size], splits [k - 1, size] (zeros) and ends [k - 1]. */
+static PyObject *dp_dense(PyObject *self, PyObject *args) {
+    PyObject *o[8];
+    long long k;
+    Buffer b[8] = {0};
+    if (!PyArg_ParseTuple(args, "OOOOLOOO", &o[0], &o[1], &o[2], &o[3], &k, &o[5], &o[6], &o[7]))
+        return NULL;
+    Py_ssize_t size, rows = k > 1 ? k - 1 : 0;
+    if (take(o[0], &b[0], 0, 1, 8, "first") < 0)
+        goto fail;
+    size = COUNT(b[0], double);
+    if (take(o[1], &b[1], 0, size, 8, "w") < 0 || take(o[2], &b[2], 0, size, 8, "s1") < 0 ||
+        take(o[3], &b[3], 0, size, 8, "s2") < 0 || take(o[5], &b[5], 1, size, 8, "out_layer") < 0 ||
+        take(o[6], &b[6], 1, rows * size, 8, "splits") < 0 || take(o[7], &b[7], 1, rows, 8, "ends") < 0)
+        goto fail;
+    {
+        const double *w = DOUBLES(b[1]), *s1 = DOUBLES(b[2]), *s2 = DOUBLES(b[3]);
+        double *layer = DOUBLES(b[5]), *ends = DOUBLES(b[7]);
+        int64_t *splits = INTS(b[6]);
+        double *best = PyMem_RawMalloc(size * sizeof(double));
+        if (!best) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        memcpy(layer, DOUBLES(b[0]), size * sizeof(double));
+        layer[0] = INFINITY; /* one cluster over no points */
+        Py_BEGIN_ALLOW_THREADS
+        for (int64_t m = 2; m <= k; m++) {
+            for (Py_ssize_t j = 0; j < size; j++) {
+                double wj = w[j], s1j = s1[j], s2j = s2[j];
+                double lowest = j > 0 ? cost_to(w, s1, s2, 0, wj, s1j, s2j) + layer[0] : INFINITY;
+                int64_t chosen = 0;
+                for (Py_ssize_t i = 1; i < j; i++) {
+                    double value = cost_to(w, s1, s2, i, wj, s1j, s2j) + layer[i];
+                    if (value < lowest)
+                        lowest = value, chosen = i;
+                }
+                best[j] = lowest, splits[(m - 2) * size + j] = chosen;
+            }
+            for (Py_ssize_t j = 0; j < m && j < size; j++)
+                best[j] = INFINITY; /* j < m points cannot fill m clusters */
+            ends[m - 2] = best[size - 1];
+            memcpy(layer, best, size * sizeof(double));
+        }
+        Py_END_ALLOW_THREADS
+        PyMem_RawFree(best);
+    }
+    release(b, 8);
+    Py_RETURN_NONE;
+fail:
+    release(b, 8);
+    return NULL;
+}
+
+/* numpy's float order for searchsorted: NaN after every number. */
+static inline int less(double a, double b) { return a < b || (b != b && a == a); }
+
+/* np.searchsorted(points, edge, side="right"): the first index whose point is above edge. */
+static inline int64_t above(const double *points, int64_t n, double edge) {
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (less(edge, points[mid]))
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+/* fit_loops.cell_moments: each cell's (weight, sum) between `edges` (ne of them). */
+static void cell_moments(const double *points, int64_t n, const double *w_wp, const double *edges, int64_t ne,
+                         double *counts, double *moments) {
+    int64_t previous = 0;
+    for (int64_t e = 0; e <= ne; e++) {
+        int64_t next = e < ne ? above(points, n, edges[e]) : n;
+        counts[e] = w_wp[2 * next] - w_wp[2 * previous];
+        moments[e] = w_wp[2 * next + 1] - w_wp[2 * previous + 1];
+        previous = next;
+    }
+}
+
+/* max |a - b| <= tol, as numpy's max says it (a NaN makes it false). */
+static int within(const double *a, const double *b, int64_t n, double tol) {
+    double largest = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs(a[i] - b[i]);
+        if (d != d)
+            return 0;
+        if (d > largest)
+            largest = d;
+    }
+    return largest <= tol;
+}
+
+/* lloyd(points, w_wp, centroids, iters, tol, out): fit_loops.lloyd_iterations, the final
+ * centroids written into out (as large as centroids); their count. */
+static PyObject *lloyd(PyObject *self, PyObject *args) {
+    PyObject *o[6];
+    long long iters;
+    double tol;
+    Buffer b[6] = {0};
+    if (!PyArg_ParseTuple(args, "OOOLdO", &o[0], &o[1], &o[2], &iters, &tol, &o[5]))
+        return NULL;
+    Py_ssize_t n, k;
+    if (take(o[0], &b[0], 0, 0, 8, "points") < 0)
+        goto fail;
+    n = COUNT(b[0], double);
+    if (take(o[1], &b[1], 0, 2 * (n + 1), 8, "w_wp") < 0 || take(o[2], &b[2], 0, 0, 8, "centroids") < 0)
+        goto fail;
+    k = COUNT(b[2], double);
+    if (take(o[5], &b[5], 1, k, 8, "out") < 0)
+        goto fail;
+    {
+        double *work = PyMem_RawMalloc((4 * k + 1) * sizeof(double));
+        if (!work) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        double *c = work, *edges = work + k, *counts = work + 2 * k, *moments = work + 3 * k;
+        const double *points = DOUBLES(b[0]), *w_wp = DOUBLES(b[1]);
+        memcpy(c, DOUBLES(b[2]), k * sizeof(double));
+        Py_BEGIN_ALLOW_THREADS
+        for (long long it = 0; it < iters; it++) {
+            if (k < 2)
+                break;
+            for (Py_ssize_t e = 0; e + 1 < k; e++)
+                edges[e] = (c[e] + c[e + 1]) / 2.0;
+            cell_moments(points, n, w_wp, edges, k - 1, counts, moments);
+            int all = 1, converged;
+            for (Py_ssize_t i = 0; i < k; i++)
+                all &= counts[i] != 0;
+            if (all) {
+                for (Py_ssize_t i = 0; i < k; i++)
+                    moments[i] = moments[i] / counts[i];
+                converged = within(moments, c, k, tol);
+                memcpy(c, moments, k * sizeof(double));
+            } else { /* empty cells are dropped */
+                Py_ssize_t kept = 0;
+                for (Py_ssize_t i = 0; i < k; i++)
+                    if (counts[i] > 0)
+                        c[kept++] = moments[i] / counts[i];
+                k = kept;
+                converged = 0;
+            }
+            if (converged)
+                break;
+        }
+        Py_END_ALLOW_THREADS
+        memcpy(DOUBLES(b[5]), c, k * sizeof(double));
+        PyMem_RawFree(work);
+    }
+    release(b, 6);
+    return PyLong_FromSsize_t(k);
+fail:
+    release(b, 6);
+    return NULL;
+}
+
+/* fit_loops.code_lengths in place: -log2 of each share, rounded to 1/1024 of a bit (the C
+ * library's log2, as numba's and the numpy loops' midpoint cases take). */
+static void code_lengths(double *shares, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        double steps = -log2(shares[i]) * LENGTH_STEPS;
+        double rounded = nearbyint(steps);
+        shares[i] = rounded / LENGTH_STEPS;
+    }
+}
+
+/* fit_loops.every_line_owns into edges (n - 1): whether every line owns a cell. */
+static int every_line_owns(const double *c, const double *lengths, int64_t n, double lam, double *edges,
+                           double *scratch) {
+    if (n < 2)
+        return 0;
+    double *offsets = scratch;
+    for (int64_t i = 0; i < n; i++)
+        offsets[i] = c[i] * c[i] + lam * lengths[i];
+    for (int64_t i = 0; i + 1 < n; i++) {
+        double gap = -2.0 * c[i] - -2.0 * c[i + 1];
+        if (!(gap > 0))
+            return 0;
+        edges[i] = (offsets[i + 1] - offsets[i]) / gap;
+    }
+    for (int64_t i = 0; i + 2 < n; i++)
+        if (!(edges[i + 1] > edges[i]))
+            return 0;
+    return -INFINITY < edges[0] && edges[n - 2] < INFINITY;
+}
+
+/* ec(points, w_wp, centroids, lengths, lam, iters, tol, total, out_c, out_lengths):
+ * fit_loops.ec_iterations into out_c and out_lengths (as large as centroids); (count,
+ * iterations done, finished). */
+static PyObject *ec(PyObject *self, PyObject *args) {
+    PyObject *o[10];
+    double lam, tol, total;
+    long long iters;
+    Buffer b[10] = {0};
+    if (!PyArg_ParseTuple(args, "OOOOdLddOO", &o[0], &o[1], &o[2], &o[3], &lam, &iters, &tol, &total, &o[8], &o[9]))
+        return NULL;
+    Py_ssize_t n, k;
+    long long done = iters;
+    int finished = 1;
+    if (take(o[0], &b[0], 0, 0, 8, "points") < 0)
+        goto fail;
+    n = COUNT(b[0], double);
+    if (take(o[1], &b[1], 0, 2 * (n + 1), 8, "w_wp") < 0 || take(o[2], &b[2], 0, 0, 8, "centroids") < 0)
+        goto fail;
+    k = COUNT(b[2], double);
+    if (take(o[3], &b[3], 0, k, 8, "lengths") < 0 || take(o[8], &b[8], 1, k, 8, "out_c") < 0 ||
+        take(o[9], &b[9], 1, k, 8, "out_lengths") < 0)
+        goto fail;
+    {
+        double *work = PyMem_RawMalloc((6 * k + 1) * sizeof(double));
+        if (!work) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        double *c = work, *lengths = work + k, *edges = work + 2 * k, *counts = work + 3 * k;
+        double *moments = work + 4 * k, *scratch = work + 5 * k;
+        const double *points = DOUBLES(b[0]), *w_wp = DOUBLES(b[1]);
+        memcpy(c, DOUBLES(b[2]), k * sizeof(double));
+        memcpy(lengths, DOUBLES(b[3]), k * sizeof(double));
+        Py_BEGIN_ALLOW_THREADS
+        for (long long it = 0; it < iters; it++) {
+            if (!every_line_owns(c, lengths, k, lam, edges, scratch)) {
+                done = it, finished = 0;
+                break;
+            }
+            cell_moments(points, n, w_wp, edges, k - 1, counts, moments);
+            Py_ssize_t kept = 0;
+            for (Py_ssize_t i = 0; i < k; i++)
+                if (counts[i] > 0) {
+                    moments[kept] = moments[i] / counts[i];
+                    scratch[kept] = counts[i] / total;
+                    kept++;
+                }
+            code_lengths(scratch, kept);
+            int converged = kept == k && within(moments, c, k, tol);
+            memcpy(c, moments, kept * sizeof(double));
+            memcpy(lengths, scratch, kept * sizeof(double));
+            k = kept;
+            if (converged) {
+                done = it + 1;
+                break;
+            }
+        }
+        Py_END_ALLOW_THREADS
+        memcpy(DOUBLES(b[8]), c, k * sizeof(double));
+        memcpy(DOUBLES(b[9]), lengths, k * sizeof(double));
+        PyMem_RawFree(work);
+    }
+    release(b, 10);
+    return Py_BuildValue("nLO", k, done, finished ? Py_True : Py_False);
+fail:
+    release(b, 10);
+    return NULL;
+}
+
+/* bins(index, weights or None, out): kernels_numba.count_bins (out int64) or sum_bins (out
+ * float64) into out (zeros); False when an index falls outside out. */
+static PyObject *bins(PyObject *self, PyObject *args) {
+    PyObject *o[3];
+    Buffer b[3] = {0};
+    if (!PyArg_ParseTuple(args, "OOO", &o[0], &o[1], &o[2]))
+        return NULL;
+    int weighted = o[1] != Py_None, ok = 1;
+    Py_ssize_t n, size;
+    if (take(o[0], &b[0], 0, 0, 4, "index") < 0)
+        goto fail;
+    n = COUNT(b[0], int32_t);
+    if ((weighted && take(o[1], &b[1], 0, n, 8, "weights") < 0) || take(o[2], &b[2], 1, 0, 8, "out") < 0)
+        goto fail;
+    size = COUNT(b[2], int64_t);
+    {
+        const int32_t *index = (const int32_t *)b[0].view.buf;
+        Py_BEGIN_ALLOW_THREADS
+        if (weighted) {
+            const double *weights = DOUBLES(b[1]);
+            double *out = DOUBLES(b[2]);
+            for (Py_ssize_t i = 0; i < n; i++) {
+                int32_t k = index[i];
+                if (k < 0 || k >= size) {
+                    ok = 0;
+                    break;
+                }
+                out[k] += weights[i];
+            }
+        } else {
+            int64_t *out = INTS(b[2]);
+            for (Py_ssize_t i = 0; i < n; i++) {
+                int32_t k = index[i];
+                if (k < 0 || k >= size) {
+                    ok = 0;
+                    break;
+                }
+                out[k] += 1;
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    release(b, 3);
+    return PyBool_FromLong(ok);
+fail:
+    release(b, 3);
+    return NULL;
+}
+
+/* prefix_sums(points, weights, out): kernels_numba.prefix_sums. */
+static PyObject *prefix_sums(PyObject *self, PyObject *args) {
+    PyObject *o[3];
+    Buffer b[3] = {0};
+    if (!PyArg_ParseTuple(args, "OOO", &o[0], &o[1], &o[2]))
+        return NULL;
+    Py_ssize_t n;
+    if (take(o[0], &b[0], 0, 0, 8, "points") < 0)
+        goto fail;
+    n = COUNT(b[0], double);
+    if (take(o[1], &b[1], 0, n, 8, "weights") < 0 || take(o[2], &b[2], 1, 2 * (n + 1), 8, "out") < 0)
+        goto fail;
+    {
+        const double *points = DOUBLES(b[0]), *weights = DOUBLES(b[1]);
+        double *out = DOUBLES(b[2]);
+        Py_BEGIN_ALLOW_THREADS
+        double total = 0.0, moment = 0.0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            total += weights[i];
+            double product = weights[i] * points[i];
+            moment += product;
+            out[2 * (i + 1)] = total;
+            out[2 * (i + 1) + 1] = moment;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    release(b, 3);
+    Py_RETURN_NONE;
+fail:
+    release(b, 3);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"dp_extend", dp_extend, METH_VARARGS, "kernels_numba.dp_extend, into given outputs"},
+    {"dp_dense", dp_dense, METH_VARARGS, "kernels_numba.dp_dense, into given outputs"},
+    {"lloyd", lloyd, METH_VARARGS, "fit_loops.lloyd_iterations, into a given output"},
+    {"ec", ec, METH_VARARGS, "fit_loops.ec_iterations, into given outputs"},
+    {"bins", bins, METH_VARARGS, "kernels_numba.count_bins / sum_bins, into a given output"},
+    {"prefix_sums", prefix_sums, METH_VARARGS, "kernels_numba.prefix_sums"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "kformat's fit loops in C", -1, methods};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }

@@ -1,0 +1,77 @@
+"""kernels_numba's functions over the C loops of _kernels.c (imported by kernels, never directly).
+
+The same names, arguments and results as kernels_numba, so kernels hands either out; this
+side checks what the loops take (float64, int64 and int32 arrays, C order), makes the
+outputs, and trims the results the loops count. Loading it costs about a millisecond, where
+numba's start took 0.26-0.37 s of one core in every process that asked for the loops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernels  # noqa: F401 (ImportError where the extension was not built: kernels falls back)
+
+
+def _f64(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def _i64(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def dp_extend(layer, w, s1, s2, base, sizes, chosen, m_from, m_to, floor, has_floor):
+    layer, base = _f64(layer), _i64(base)
+    count = max(0, m_to - m_from + 1)
+    out = np.empty(layer.size)
+    splits = np.zeros((count, layer.size), dtype=np.int64)
+    errors = np.full((count, base.size), np.inf)
+    sums = (_f64(w), _f64(s1), _f64(s2))
+    problems = (base, _i64(sizes), _i64(chosen), int(m_from), int(m_to), _i64(floor), bool(has_floor))
+    _kernels.dp_extend(layer, *sums, *problems, out, splits, errors)
+    return (out if count else layer), splits, errors
+
+
+def dp_dense(first, w, s1, s2, k):
+    first = _f64(first)
+    out = np.empty(first.size)
+    splits = np.zeros((max(0, k - 1), first.size), dtype=np.int64)
+    ends = np.empty(max(0, k - 1))
+    _kernels.dp_dense(first, _f64(w), _f64(s1), _f64(s2), int(k), out, splits, ends)
+    return out, splits, ends
+
+
+def lloyd_iterations(points, w_wp, centroids, iters, tol):
+    centroids = _f64(centroids)
+    out = np.empty(centroids.size)
+    kept = _kernels.lloyd(_f64(points), _f64(w_wp), centroids, int(iters), float(tol), out)
+    return out[:kept]
+
+
+def ec_iterations(points, w_wp, centroids, lengths, lam, iters, tol, total):
+    centroids = _f64(centroids)
+    out, out_lengths = np.empty(centroids.size), np.empty(centroids.size)
+    fit = (_f64(lengths), float(lam), int(iters), float(tol), float(total))
+    kept, done, finished = _kernels.ec(_f64(points), _f64(w_wp), centroids, *fit, out, out_lengths)
+    return out[:kept], out_lengths[:kept], done, finished
+
+
+def count_bins(index, bins):
+    out = np.zeros(bins, np.int64)
+    return out, _kernels.bins(np.ascontiguousarray(index, dtype=np.int32), None, out)
+
+
+def sum_bins(index, weights, bins):
+    out = np.zeros(bins, np.float64)
+    return out, _kernels.bins(np.ascontiguousarray(index, dtype=np.int32), _f64(weights), out)
+
+
+def prefix_sums(points, weights, out):
+    if out.dtype != np.float64 or not out.flags.c_contiguous or out.shape != (points.size + 1, 2):
+        raise ValueError("prefix_sums: out must be float64, C order, (points + 1, 2)")
+    _kernels.prefix_sums(_f64(points), _f64(weights), out)
+
+
+def warm() -> None:
+    """Nothing to load (kernels_numba.warm's twin)."""
