@@ -15,6 +15,7 @@ from .loading.container import Container, Problem
 from .packing.relayout import is_container, relayout
 from .packing.writer import PackReport
 from .progress import Progress, Tracker
+from .packing.processes import keep_freed_memory_if_asked
 from .packing.writer import pack as _pack
 from .recipe import Recipe, build_recipe
 from .sources import DictSource, TensorSource, open_source, source_metadata, write_tensors
@@ -76,6 +77,7 @@ def pack(
     elif isinstance(source, (str, Path)):
         source = open_source(source)
     metadata = {**source_metadata(source), **(metadata or {})}  # the caller's keys win
+    keep_freed_memory_if_asked()
     weights = None
     if importance is not None:
         from .packing.importance import Importance

@@ -219,13 +219,14 @@ def test_the_command_line_loads_numba_without_scipy_and_cffi(tmp_path):
     np.savez(tmp_path / "w.npz", w=np.random.default_rng(0).standard_normal((256, 64)).astype(np.float32))
     command = """if True:
         import atexit, os, sys
-        atexit.register(lambda: print("scipy" in sys.modules, os.environ["KFORMAT_NUMBA_LEAN"]))
+        flags = ("KFORMAT_NUMBA_LEAN", "KFORMAT_KEEP_FREED")
+        atexit.register(lambda: print("scipy" in sys.modules, *(os.environ[f] for f in flags)))
         from kformat.cli import run
         sys.argv = ["kformat", "pack", sys.argv[1], "-o", sys.argv[2], "--recipe", "kmeans8", "--quiet"]
         run()
     """
     out = _fresh(command, str(tmp_path / "w.npz"), str(tmp_path / "m.kf"), KFORMAT_NUMBA="1")
-    assert out.split() == ["False", "1"]
+    assert out.split() == ["False", "1", "1"]  # (and freed memory kept: processes.keep_freed_memory_if_asked)
 
 
 def test_a_lean_load_is_worth_it_for_less_work(monkeypatch):

@@ -391,3 +391,18 @@ def test_stop_soon_lets_the_workers_exit_while_the_pool_is_still_open():
     processes.stop_soon(pool)  # after the end: nothing to do, no thread
     alive = [t for t in threading.enumerate() if t.is_alive()]
     assert not [t for t in alive if t.name == processes.STOP_THREAD or isinstance(t, _ExecutorManagerThread)]
+
+
+def test_a_pack_keeps_freed_memory_where_its_owner_asks(tmp_path, monkeypatch):
+    """KFORMAT_KEEP_FREED=1 (the command line's own process sets it) makes a pack's own
+    process keep freed memory for reuse, as its worker processes do; a library caller's
+    process keeps glibc's defaults."""
+    calls = []
+    monkeypatch.setattr(processes, "keep_freed_memory", lambda: calls.append(1))
+    weights = {"w": np.ones((8, 8), np.float32)}
+    monkeypatch.delenv("KFORMAT_KEEP_FREED", raising=False)
+    kformat.pack(weights, tmp_path / "a.kf", "fp16", jobs=1)
+    assert calls == []
+    monkeypatch.setenv("KFORMAT_KEEP_FREED", "1")
+    kformat.pack(weights, tmp_path / "b.kf", "fp16", jobs=1)
+    assert calls == [1]
