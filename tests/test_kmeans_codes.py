@@ -5,8 +5,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kformat.methods import kmeans_codes
+import contextlib
+import os
+
+from kformat.methods import kernels, kmeans_codes
 from kformat.methods.kmeans_codes import LOOKUP_BINS, _coded, _top_half_lookup, boundaries
+
+
+LOOPS = ["compiled", "numpy"]
+
+
+@contextlib.contextmanager
+def loops(which: str):
+    """The C loops' one-pass codes (where built), or numpy's lookups and compares alone."""
+    if which == "numpy":
+        os.environ["KFORMAT_NUMBA"] = "0"
+    try:
+        assert which == "compiled" or kernels.compiled() is None
+        yield
+    finally:
+        os.environ.pop("KFORMAT_NUMBA", None)
 
 
 def _values(seed: int, kind: str, scale: float) -> np.ndarray:
@@ -33,6 +51,7 @@ def _edges(values: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.sort(edges)
 
 
+@pytest.mark.parametrize("which", LOOPS)
 @given(
     st.integers(0, 2**32 - 1),
     st.sampled_from(["gaussian", "heavy", "positive", "tiny"]),
@@ -40,17 +59,19 @@ def _edges(values: np.ndarray, k: int, seed: int) -> np.ndarray:
     st.sampled_from([2, 4, 16, 64, 256]),
 )
 @settings(max_examples=60, deadline=None, derandomize=True)
-def test_codes_are_the_count_of_edges_below_every_value(seed, kind, scale, k):
+def test_codes_are_the_count_of_edges_below_every_value(which, seed, kind, scale, k):
     values = _values(seed, kind, scale)
     edges = _edges(values, k, seed)
     span = (float(values.min()), float(values.max())) if seed % 2 else None
-    codes, _ = _coded(values, np.zeros(edges.size + 1), edges, span)
+    with loops(which):
+        codes, _ = _coded(values, np.zeros(edges.size + 1), edges, span)
     expected = np.searchsorted(edges.astype(np.float32), values)
     assert np.array_equal(codes, expected)
 
 
+@pytest.mark.parametrize("which", LOOPS)
 @pytest.mark.parametrize("span", [None, "values"])
-def test_each_lookup_path_is_taken_and_exact(span):
+def test_each_lookup_path_is_taken_and_exact(span, which):
     """Well-spaced edges take the top-16-bit table; two edges inside one of its intervals make
     it decline (then the uniform grid, or for still closer edges the search, answers)."""
     values = _values(1, "gaussian", 1.0)
@@ -62,7 +83,8 @@ def test_each_lookup_path_is_taken_and_exact(span):
     assert _top_half_lookup(close, reach) is None
     closest = np.sort(np.append(spaced, [one, np.nextafter(one, np.float32(2))])).astype(np.float32)
     for edges in (spaced, close, closest):
-        codes, _ = _coded(values, np.zeros(edges.size + 1), edges, reach)
+        with loops(which):
+            codes, _ = _coded(values, np.zeros(edges.size + 1), edges, reach)
         assert np.array_equal(codes, np.searchsorted(edges, values))
 
 
@@ -91,6 +113,7 @@ def test_a_tensor_of_subnormals_encodes():
         assert q.stats["sqnr_db"] > 15  # (a float16 codebook cannot hold them: test_quantize)
 
 
+@pytest.mark.parametrize("which", LOOPS)
 @given(
     st.integers(0, 2**32 - 1),
     st.sampled_from(["gaussian", "heavy", "positive"]),
@@ -99,7 +122,7 @@ def test_a_tensor_of_subnormals_encodes():
     st.integers(1, 5000),
 )
 @settings(max_examples=60, deadline=None, derandomize=True)
-def test_small_inputs_and_few_edges_count_compares_exactly_as_searchsorted(seed, kind, k, dtype, size):
+def test_small_inputs_and_few_edges_count_compares_exactly_as_searchsorted(which, seed, kind, k, dtype, size):
     """Below LOOKUP_BINS values, or with fewer than LOOKUP_EDGES edges, codes are counted by
     one compare per edge: values on an edge, and signed zeros, as searchsorted places them."""
     values = _values(seed, kind, 1.0)[:size].astype(dtype)
@@ -107,11 +130,13 @@ def test_small_inputs_and_few_edges_count_compares_exactly_as_searchsorted(seed,
     values[: min(size, edges.size)] = edges[: min(size, edges.size)]  # some values exactly on edges
     if size > 3:
         values[-2:] = [-0.0, 0.0]
-    codes, _ = _coded(values, np.zeros(edges.size + 1), edges, None)
+    with loops(which):
+        codes, _ = _coded(values, np.zeros(edges.size + 1), edges, None)
     assert np.array_equal(codes, np.searchsorted(edges, values))
     large = np.resize(values, LOOKUP_BINS + 7)  # a large input with few edges: compares too
     if edges.size < kmeans_codes.LOOKUP_EDGES:
-        codes, _ = _coded(large, np.zeros(edges.size + 1), edges, None)
+        with loops(which):
+            codes, _ = _coded(large, np.zeros(edges.size + 1), edges, None)
         assert np.array_equal(codes, np.searchsorted(edges, large))
 
 

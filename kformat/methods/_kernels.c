@@ -518,7 +518,100 @@ fail:
     return NULL;
 }
 
+/* top_codes(values, below, inside, out): kmeans_codes' top-half lookup in one pass: each
+ * float32's code is below[top 16 bits] + (value > inside[top 16 bits]); below is uint8,
+ * inside float32, both 2^16 long. */
+static PyObject *top_codes(PyObject *self, PyObject *args) {
+    PyObject *o[4];
+    Buffer b[4] = {0};
+    if (!PyArg_ParseTuple(args, "OOOO", &o[0], &o[1], &o[2], &o[3]))
+        return NULL;
+    Py_ssize_t n;
+    if (take(o[0], &b[0], 0, 0, 4, "values") < 0)
+        goto fail;
+    n = COUNT(b[0], float);
+    if (take(o[1], &b[1], 0, 1 << 16, 1, "below") < 0 || take(o[2], &b[2], 0, 1 << 16, 4, "inside") < 0 ||
+        take(o[3], &b[3], 1, n, 1, "out") < 0)
+        goto fail;
+    {
+        const float *values = (const float *)b[0].view.buf, *inside = (const float *)b[2].view.buf;
+        const uint8_t *below = (const uint8_t *)b[1].view.buf;
+        uint8_t *out = (uint8_t *)b[3].view.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            float v = values[i];
+            uint32_t bits;
+            memcpy(&bits, &v, 4);
+            uint32_t top = bits >> 16;
+            out[i] = (uint8_t)(below[top] + (v > inside[top]));
+        }
+        Py_END_ALLOW_THREADS
+    }
+    release(b, 4);
+    Py_RETURN_NONE;
+fail:
+    release(b, 4);
+    return NULL;
+}
+
+/* count_codes(values, edges, out): kmeans_codes._count_below for float32 values and edges:
+ * how many edges each value is above, by a search of the edges; False (nothing written)
+ * where the edges are not sorted or more than 255. */
+static PyObject *count_codes(PyObject *self, PyObject *args) {
+    PyObject *o[3];
+    Buffer b[3] = {0};
+    if (!PyArg_ParseTuple(args, "OOO", &o[0], &o[1], &o[2]))
+        return NULL;
+    Py_ssize_t n, ne;
+    if (take(o[0], &b[0], 0, 0, 4, "values") < 0 || take(o[1], &b[1], 0, 0, 4, "edges") < 0)
+        goto fail;
+    n = COUNT(b[0], float), ne = COUNT(b[1], float);
+    if (take(o[2], &b[2], 1, n, 1, "out") < 0)
+        goto fail;
+    {
+        const float *values = (const float *)b[0].view.buf, *edges = (const float *)b[1].view.buf;
+        uint8_t *out = (uint8_t *)b[2].view.buf;
+        int sorted = ne <= 255;
+        for (Py_ssize_t e = 1; e < ne && sorted; e++)
+            sorted = edges[e - 1] <= edges[e];
+        if (!sorted) {
+            release(b, 3);
+            Py_RETURN_FALSE;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        if (ne <= 16) {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                float v = values[i];
+                unsigned count = 0;
+                for (Py_ssize_t e = 0; e < ne; e++)
+                    count += v > edges[e];
+                out[i] = (uint8_t)count;
+            }
+        } else {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                float v = values[i];
+                Py_ssize_t lo = 0, size = ne; /* edges[0, lo) are below v */
+                while (size > 0) {
+                    Py_ssize_t half = size / 2;
+                    int above = v > edges[lo + half];
+                    lo = above ? lo + half + 1 : lo;
+                    size = above ? size - half - 1 : half;
+                }
+                out[i] = (uint8_t)lo;
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    release(b, 3);
+    Py_RETURN_TRUE;
+fail:
+    release(b, 3);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"top_codes", top_codes, METH_VARARGS, "kmeans_codes' top-half lookup, into a given output"},
+    {"count_codes", count_codes, METH_VARARGS, "kmeans_codes._count_below, into a given output"},
     {"dp_extend", dp_extend, METH_VARARGS, "kernels_numba.dp_extend, into given outputs"},
     {"dp_dense", dp_dense, METH_VARARGS, "kernels_numba.dp_dense, into given outputs"},
     {"lloyd", lloyd, METH_VARARGS, "fit_loops.lloyd_iterations, into a given output"},

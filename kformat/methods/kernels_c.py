@@ -73,5 +73,16 @@ def prefix_sums(points, weights, out):
     _kernels.prefix_sums(_f64(points), _f64(weights), out)
 
 
+def top_codes(values, below, inside, out) -> None:
+    """kmeans_codes' top-half lookup of float32 values (contiguous) into `out` (uint8)."""
+    _kernels.top_codes(values, below, inside, out)
+
+
+def count_codes(values, edges, out) -> bool:
+    """kmeans_codes._count_below of float32 values by float32 edges into `out` (uint8);
+    False (nothing written) where the edges are not sorted or more than 255."""
+    return _kernels.count_codes(values, edges, out)
+
+
 def warm() -> None:
     """Nothing to load (kernels_numba.warm's twin)."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import kernels
 from .chunks import map_chunks
 from .fit_loops import boundaries  # noqa: F401 (also used here)
 from .histogram import Histogram, _bin_index, run_sums, value_range
@@ -126,20 +127,35 @@ def _coded(values: np.ndarray, centroids: np.ndarray, edges, span, collect=None,
             if hi > lo:
                 grid = _edge_lookup(edges, lo, hi, LOOKUP_BINS)
 
+    ready = _in_c(flat)
+
     def part(start: int, stop: int):
         chunk = flat[start:stop]
         out = codes[start:stop]
         if top is not None:  # the top 16 bits of each float32, read in place
-            idx = chunk.view(np.uint16)[_TOP::2].astype(np.intp)
-            np.add(np.take(top[0], idx), chunk > np.take(top[1], idx), out=out, casting="unsafe")
+            if ready is not None and top[0].dtype == np.uint8:
+                ready.top_codes(chunk, top[0], top[1], out)
+            else:
+                idx = chunk.view(np.uint16)[_TOP::2].astype(np.intp)
+                np.add(np.take(top[0], idx), chunk > np.take(top[1], idx), out=out, casting="unsafe")
         elif grid is not None:
             idx = _bin_index(chunk, lo, hi, LOOKUP_BINS)
             np.add(np.take(grid[0], idx), chunk > np.take(grid[1], idx), out=out, casting="unsafe")
-        else:
+        elif ready is None or not ready.count_codes(chunk, edges, out):
             _count_below(chunk, edges, out)
         return None if collect is None else collect(chunk, out)
 
     return codes.reshape(values.shape), map_chunks(part, flat.size)  # parts in chunk order
+
+
+def _in_c(flat: np.ndarray):
+    """The C loops, where they are built and take these values (float32, contiguous, codes
+    written in place): one pass per chunk without the GIL, where numpy's lookup made an
+    8-byte index per value and gathered twice (the same codes: integers)."""
+    ready = kernels.compiled()
+    if ready is None or not hasattr(ready, "top_codes") or flat.dtype != np.float32:
+        return None
+    return ready if flat.flags.c_contiguous else None
 
 
 def _count_below(values: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None:
