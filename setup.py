@@ -9,7 +9,7 @@ import sys
 from setuptools import Extension, setup
 
 # no contraction of a * b + c into one rounding: the loops must round as numpy and numba do
-flags = [] if sys.platform == "win32" else ["-O2", "-ffp-contract=off", "-fno-fast-math"]
+flags = [] if sys.platform == "win32" else ["-O3", "-ffp-contract=off", "-fno-fast-math"]
 
 setup(
     ext_modules=[

@@ -151,7 +151,8 @@ def _coded(values: np.ndarray, centroids: np.ndarray, edges, span, collect=None,
 def _in_c(flat: np.ndarray):
     """The C loops, where they are built and take these values (float32, contiguous, codes
     written in place): one pass per chunk without the GIL, where numpy's lookup made an
-    8-byte index per value and gathered twice (the same codes: integers)."""
+    8-byte index per value and gathered twice, and a grid and compares where numpy compared
+    every value with every one of many edges (the same codes: integers)."""
     ready = kernels.compiled()
     if ready is None or not hasattr(ready, "top_codes") or flat.dtype != np.float32:
         return None
