@@ -44,6 +44,17 @@ static int take(PyObject *obj, Buffer *b, int writable, Py_ssize_t items, Py_ssi
     return 0;
 }
 
+/* The `count` arguments of a call that takes objects only. */
+static int objects(PyObject *args, PyObject **o, Py_ssize_t count, const char *name) {
+    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) != count) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd arguments", name, count);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++)
+        o[i] = PyTuple_GET_ITEM(args, i);
+    return 0;
+}
+
 #define DOUBLES(b) ((double *)(b).view.buf)
 #define INTS(b) ((int64_t *)(b).view.buf)
 #define COUNT(b, type) ((b).view.len / (Py_ssize_t)sizeof(type))
@@ -102,6 +113,7 @@ static int layer_of(const double *previous, double *best, int64_t *split, int64_
  * out_layer (the last layer), splits [count, layer size] and errors [count, problems]
  * (zeros and inf on entry). */
 static PyObject *dp_extend(PyObject *self, PyObject *args) {
+    PyObject *result = NULL;
     PyObject *o[14];
     long long m_from, m_to;
     int has_floor;
@@ -112,18 +124,18 @@ static PyObject *dp_extend(PyObject *self, PyObject *args) {
     Py_ssize_t size, problems, count = m_to - m_from + 1;
     int bad = 0;
     if (take(o[0], &b[0], 0, 1, 8, "layer") < 0)
-        goto fail;
+        goto done;
     size = COUNT(b[0], double);
     if (take(o[1], &b[1], 0, size, 8, "w") < 0 || take(o[2], &b[2], 0, size, 8, "s1") < 0 ||
         take(o[3], &b[3], 0, size, 8, "s2") < 0 || take(o[4], &b[4], 0, 0, 8, "base") < 0)
-        goto fail;
+        goto done;
     problems = COUNT(b[4], int64_t);
     if (take(o[5], &b[5], 0, problems, 8, "sizes") < 0 || take(o[6], &b[6], 0, 0, 8, "chosen") < 0 ||
         take(o[9], &b[7], 0, has_floor ? size : 0, 8, "floor") < 0 ||
         take(o[11], &b[8], 1, size, 8, "out_layer") < 0 ||
         take(o[12], &b[9], 1, count > 0 ? count * size : 0, 8, "splits") < 0 ||
         take(o[13], &b[10], 1, count > 0 ? count * problems : 0, 8, "errors") < 0)
-        goto fail;
+        goto done;
     {
         const double *w = DOUBLES(b[1]), *s1 = DOUBLES(b[2]), *s2 = DOUBLES(b[3]);
         const int64_t *base = INTS(b[4]), *sizes = INTS(b[5]), *chosen = INTS(b[6]);
@@ -132,14 +144,14 @@ static PyObject *dp_extend(PyObject *self, PyObject *args) {
             int64_t g = chosen[c];
             if (g < 0 || g >= problems || base[g] < 0 || sizes[g] < 0 || base[g] + sizes[g] >= size) {
                 PyErr_SetString(PyExc_ValueError, "dp_extend: a chosen problem lies outside the layer");
-                goto fail;
+                goto done;
             }
         }
         double *current = PyMem_RawMalloc(size * sizeof(double)), *best = PyMem_RawMalloc(size * sizeof(double));
         if (!current || !best) {
             PyMem_RawFree(current), PyMem_RawFree(best);
             PyErr_NoMemory();
-            goto fail;
+            goto done;
         }
         memcpy(current, DOUBLES(b[0]), size * sizeof(double));
         int64_t *splits = INTS(b[9]);
@@ -167,19 +179,19 @@ static PyObject *dp_extend(PyObject *self, PyObject *args) {
         PyMem_RawFree(current), PyMem_RawFree(best);
         if (bad) {
             PyErr_SetString(PyExc_RuntimeError, "dp_extend: divide and conquer ran past its stack");
-            goto fail;
+            goto done;
         }
     }
+    result = Py_NewRef(Py_None);
+done:
     release(b, 12);
-    Py_RETURN_NONE;
-fail:
-    release(b, 12);
-    return NULL;
+    return result;
 }
 
 /* dp_dense(first, w, s1, s2, k, out_layer, splits, ends): kernels_numba.dp_dense into
  * out_layer [size], splits [k - 1, size] (zeros) and ends [k - 1]. */
 static PyObject *dp_dense(PyObject *self, PyObject *args) {
+    PyObject *result = NULL;
     PyObject *o[8];
     long long k;
     Buffer b[8] = {0};
@@ -187,12 +199,12 @@ static PyObject *dp_dense(PyObject *self, PyObject *args) {
         return NULL;
     Py_ssize_t size, rows = k > 1 ? k - 1 : 0;
     if (take(o[0], &b[0], 0, 1, 8, "first") < 0)
-        goto fail;
+        goto done;
     size = COUNT(b[0], double);
     if (take(o[1], &b[1], 0, size, 8, "w") < 0 || take(o[2], &b[2], 0, size, 8, "s1") < 0 ||
         take(o[3], &b[3], 0, size, 8, "s2") < 0 || take(o[5], &b[5], 1, size, 8, "out_layer") < 0 ||
         take(o[6], &b[6], 1, rows * size, 8, "splits") < 0 || take(o[7], &b[7], 1, rows, 8, "ends") < 0)
-        goto fail;
+        goto done;
     {
         const double *w = DOUBLES(b[1]), *s1 = DOUBLES(b[2]), *s2 = DOUBLES(b[3]);
         double *layer = DOUBLES(b[5]), *ends = DOUBLES(b[7]);
@@ -200,7 +212,7 @@ static PyObject *dp_dense(PyObject *self, PyObject *args) {
         double *best = PyMem_RawMalloc(size * sizeof(double));
         if (!best) {
             PyErr_NoMemory();
-            goto fail;
+            goto done;
         }
         memcpy(layer, DOUBLES(b[0]), size * sizeof(double));
         layer[0] = INFINITY; /* one cluster over no points */
@@ -225,11 +237,10 @@ static PyObject *dp_dense(PyObject *self, PyObject *args) {
         Py_END_ALLOW_THREADS
         PyMem_RawFree(best);
     }
+    result = Py_NewRef(Py_None);
+done:
     release(b, 8);
-    Py_RETURN_NONE;
-fail:
-    release(b, 8);
-    return NULL;
+    return result;
 }
 
 /* numpy's float order for searchsorted: NaN after every number. */
@@ -276,6 +287,7 @@ static int within(const double *a, const double *b, int64_t n, double tol) {
 /* lloyd(points, w_wp, centroids, iters, tol, out): fit_loops.lloyd_iterations, the final
  * centroids written into out (as large as centroids); their count. */
 static PyObject *lloyd(PyObject *self, PyObject *args) {
+    PyObject *result = NULL;
     PyObject *o[6];
     long long iters;
     double tol;
@@ -284,18 +296,18 @@ static PyObject *lloyd(PyObject *self, PyObject *args) {
         return NULL;
     Py_ssize_t n, k;
     if (take(o[0], &b[0], 0, 0, 8, "points") < 0)
-        goto fail;
+        goto done;
     n = COUNT(b[0], double);
     if (take(o[1], &b[1], 0, 2 * (n + 1), 8, "w_wp") < 0 || take(o[2], &b[2], 0, 0, 8, "centroids") < 0)
-        goto fail;
+        goto done;
     k = COUNT(b[2], double);
     if (take(o[5], &b[5], 1, k, 8, "out") < 0)
-        goto fail;
+        goto done;
     {
         double *work = PyMem_RawMalloc((4 * k + 1) * sizeof(double));
         if (!work) {
             PyErr_NoMemory();
-            goto fail;
+            goto done;
         }
         double *c = work, *edges = work + k, *counts = work + 2 * k, *moments = work + 3 * k;
         const double *points = DOUBLES(b[0]), *w_wp = DOUBLES(b[1]);
@@ -330,11 +342,10 @@ static PyObject *lloyd(PyObject *self, PyObject *args) {
         memcpy(DOUBLES(b[5]), c, k * sizeof(double));
         PyMem_RawFree(work);
     }
+    result = PyLong_FromSsize_t(k);
+done:
     release(b, 6);
-    return PyLong_FromSsize_t(k);
-fail:
-    release(b, 6);
-    return NULL;
+    return result;
 }
 
 /* fit_loops.code_lengths in place: -log2 of each share, rounded to 1/1024 of a bit (the C
@@ -371,6 +382,7 @@ static int every_line_owns(const double *c, const double *lengths, int64_t n, do
  * fit_loops.ec_iterations into out_c and out_lengths (as large as centroids); (count,
  * iterations done, finished). */
 static PyObject *ec(PyObject *self, PyObject *args) {
+    PyObject *result = NULL;
     PyObject *o[10];
     double lam, tol, total;
     long long iters;
@@ -381,19 +393,19 @@ static PyObject *ec(PyObject *self, PyObject *args) {
     long long done = iters;
     int finished = 1;
     if (take(o[0], &b[0], 0, 0, 8, "points") < 0)
-        goto fail;
+        goto done;
     n = COUNT(b[0], double);
     if (take(o[1], &b[1], 0, 2 * (n + 1), 8, "w_wp") < 0 || take(o[2], &b[2], 0, 0, 8, "centroids") < 0)
-        goto fail;
+        goto done;
     k = COUNT(b[2], double);
     if (take(o[3], &b[3], 0, k, 8, "lengths") < 0 || take(o[8], &b[8], 1, k, 8, "out_c") < 0 ||
         take(o[9], &b[9], 1, k, 8, "out_lengths") < 0)
-        goto fail;
+        goto done;
     {
         double *work = PyMem_RawMalloc((6 * k + 1) * sizeof(double));
         if (!work) {
             PyErr_NoMemory();
-            goto fail;
+            goto done;
         }
         double *c = work, *lengths = work + k, *edges = work + 2 * k, *counts = work + 3 * k;
         double *moments = work + 4 * k, *scratch = work + 5 * k;
@@ -429,27 +441,27 @@ static PyObject *ec(PyObject *self, PyObject *args) {
         memcpy(DOUBLES(b[9]), lengths, k * sizeof(double));
         PyMem_RawFree(work);
     }
+    result = Py_BuildValue("nLO", k, done, finished ? Py_True : Py_False);
+done:
     release(b, 10);
-    return Py_BuildValue("nLO", k, done, finished ? Py_True : Py_False);
-fail:
-    release(b, 10);
-    return NULL;
+    return result;
 }
 
 /* bins(index, weights or None, out): kernels_numba.count_bins (out int64) or sum_bins (out
  * float64) into out (zeros); False when an index falls outside out. */
 static PyObject *bins(PyObject *self, PyObject *args) {
+    PyObject *result = NULL;
     PyObject *o[3];
     Buffer b[3] = {0};
-    if (!PyArg_ParseTuple(args, "OOO", &o[0], &o[1], &o[2]))
+    if (objects(args, o, 3, "bins") < 0)
         return NULL;
     int weighted = o[1] != Py_None, ok = 1;
     Py_ssize_t n, size;
     if (take(o[0], &b[0], 0, 0, 4, "index") < 0)
-        goto fail;
+        goto done;
     n = COUNT(b[0], int32_t);
     if ((weighted && take(o[1], &b[1], 0, n, 8, "weights") < 0) || take(o[2], &b[2], 1, 0, 8, "out") < 0)
-        goto fail;
+        goto done;
     size = COUNT(b[2], int64_t);
     {
         const int32_t *index = (const int32_t *)b[0].view.buf;
@@ -478,25 +490,25 @@ static PyObject *bins(PyObject *self, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
     }
+    result = PyBool_FromLong(ok);
+done:
     release(b, 3);
-    return PyBool_FromLong(ok);
-fail:
-    release(b, 3);
-    return NULL;
+    return result;
 }
 
 /* prefix_sums(points, weights, out): kernels_numba.prefix_sums. */
 static PyObject *prefix_sums(PyObject *self, PyObject *args) {
+    PyObject *result = NULL;
     PyObject *o[3];
     Buffer b[3] = {0};
-    if (!PyArg_ParseTuple(args, "OOO", &o[0], &o[1], &o[2]))
+    if (objects(args, o, 3, "prefix_sums") < 0)
         return NULL;
     Py_ssize_t n;
     if (take(o[0], &b[0], 0, 0, 8, "points") < 0)
-        goto fail;
+        goto done;
     n = COUNT(b[0], double);
     if (take(o[1], &b[1], 0, n, 8, "weights") < 0 || take(o[2], &b[2], 1, 2 * (n + 1), 8, "out") < 0)
-        goto fail;
+        goto done;
     {
         const double *points = DOUBLES(b[0]), *weights = DOUBLES(b[1]);
         double *out = DOUBLES(b[2]);
@@ -511,28 +523,28 @@ static PyObject *prefix_sums(PyObject *self, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
     }
+    result = Py_NewRef(Py_None);
+done:
     release(b, 3);
-    Py_RETURN_NONE;
-fail:
-    release(b, 3);
-    return NULL;
+    return result;
 }
 
 /* top_codes(values, below, inside, out): kmeans_codes' top-half lookup in one pass: each
  * float32's code is below[top 16 bits] + (value > inside[top 16 bits]); below is uint8,
  * inside float32, both 2^16 long. */
 static PyObject *top_codes(PyObject *self, PyObject *args) {
+    PyObject *result = NULL;
     PyObject *o[4];
     Buffer b[4] = {0};
-    if (!PyArg_ParseTuple(args, "OOOO", &o[0], &o[1], &o[2], &o[3]))
+    if (objects(args, o, 4, "top_codes") < 0)
         return NULL;
     Py_ssize_t n;
     if (take(o[0], &b[0], 0, 0, 4, "values") < 0)
-        goto fail;
+        goto done;
     n = COUNT(b[0], float);
     if (take(o[1], &b[1], 0, 1 << 16, 1, "below") < 0 || take(o[2], &b[2], 0, 1 << 16, 4, "inside") < 0 ||
         take(o[3], &b[3], 1, n, 1, "out") < 0)
-        goto fail;
+        goto done;
     {
         const float *values = (const float *)b[0].view.buf, *inside = (const float *)b[2].view.buf;
         const uint8_t *below = (const uint8_t *)b[1].view.buf;
@@ -547,11 +559,10 @@ static PyObject *top_codes(PyObject *self, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
     }
+    result = Py_NewRef(Py_None);
+done:
     release(b, 4);
-    Py_RETURN_NONE;
-fail:
-    release(b, 4);
-    return NULL;
+    return result;
 }
 
 /* Codes of n values by ne sorted edges (more than 16): a grid over the edges' range says
@@ -593,16 +604,17 @@ static void grid_codes(const float *values, Py_ssize_t n, const float *edges, Py
  * where numpy's compare per edge took 1.25 ms. False (nothing written) for other edges:
  * up to 16, numpy's vectorised compares are as fast (0.08 ms for 15). */
 static PyObject *count_codes(PyObject *self, PyObject *args) {
+    PyObject *result = NULL;
     PyObject *o[3];
     Buffer b[3] = {0};
-    if (!PyArg_ParseTuple(args, "OOO", &o[0], &o[1], &o[2]))
+    if (objects(args, o, 3, "count_codes") < 0)
         return NULL;
     Py_ssize_t n, ne;
     if (take(o[0], &b[0], 0, 0, 4, "values") < 0 || take(o[1], &b[1], 0, 0, 4, "edges") < 0)
-        goto fail;
+        goto done;
     n = COUNT(b[0], float), ne = COUNT(b[1], float);
     if (take(o[2], &b[2], 1, n, 1, "out") < 0)
-        goto fail;
+        goto done;
     {
         const float *values = (const float *)b[0].view.buf, *edges = (const float *)b[1].view.buf;
         uint8_t *out = (uint8_t *)b[2].view.buf;
@@ -610,25 +622,24 @@ static PyObject *count_codes(PyObject *self, PyObject *args) {
         for (Py_ssize_t e = 1; e < ne && sorted; e++)
             sorted = edges[e - 1] <= edges[e];
         if (!sorted) {
-            release(b, 3);
-            Py_RETURN_FALSE;
+            result = Py_NewRef(Py_False);
+            goto done;
         }
         Py_ssize_t cells = 16 * ne;
         uint16_t *grid = PyMem_RawMalloc(cells * sizeof(uint16_t));
         if (!grid) {
             PyErr_NoMemory();
-            goto fail;
+            goto done;
         }
         Py_BEGIN_ALLOW_THREADS
         grid_codes(values, n, edges, ne, out, grid, cells);
         Py_END_ALLOW_THREADS
         PyMem_RawFree(grid);
     }
+    result = Py_NewRef(Py_True);
+done:
     release(b, 3);
-    Py_RETURN_TRUE;
-fail:
-    release(b, 3);
-    return NULL;
+    return result;
 }
 
 static PyMethodDef methods[] = {
