@@ -1,7 +1,8 @@
 """The codebook fits' Lloyd loops on cell sums, in plain numpy that numba can also compile.
 
 kmeans_fit runs these functions as they are; kernels_numba compiles these same functions
-into loops that release the GIL. One text for both is what keeps their arithmetic, and so a
+into loops that release the GIL (and _kernels.c writes them again in C, operation for
+operation). One text for both is what keeps their arithmetic, and so a
 pack's bytes, the same with and without numba. So: only numpy that numba supports, no
 imports from the package, and every helper called here registered in kernels_numba.
 """

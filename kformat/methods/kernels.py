@@ -75,9 +75,9 @@ def compiled() -> ModuleType | None:
 
 @contextmanager
 def loops(*arrays: np.ndarray) -> Iterator[ModuleType]:
-    """The module whose fit_loops functions to run on these arrays: kernels_numba when it is
-    loaded and they are what its loops were compiled for (float64, C order; anything else
-    would compile another version mid-pack), else fit_loops itself, timed."""
+    """The module whose fit_loops functions to run on these arrays: the compiled loops (C or
+    numba) when they are loaded and these are what they were compiled for (float64, C order;
+    anything else would compile another numba version mid-pack), else fit_loops, timed."""
     ready = _compiled_for(*arrays)
     if ready is not None:
         yield ready
@@ -87,8 +87,8 @@ def loops(*arrays: np.ndarray) -> Iterator[ModuleType]:
 
 
 def _compiled_for(*arrays: np.ndarray) -> ModuleType | None:
-    """kernels_numba when it is loaded and the arrays are what its loops were compiled for
-    (float64, C order), else None."""
+    """The compiled loops (C or numba) when they are loaded and the arrays are what they
+    were compiled for (float64, C order), else None."""
     ready = compiled()
     if ready is not None and all(a.dtype == np.float64 and a.flags.c_contiguous for a in arrays):
         return ready

@@ -178,7 +178,8 @@ class Programme:
                 self.errors.append(errors)
 
     def _extend_compiled(self, compiled, k: int, active: np.ndarray | None, dense: bool) -> None:
-        """extend() by kernels_numba: the dense path's or divide and conquer's splits."""
+        """extend() by the compiled loops (kernels_c or kernels_numba): the dense path's or
+        divide and conquer's splits."""
         if dense:
             self.layer, splits, ends = compiled.dp_dense(self.layer, self.w, self.s1, self.s2, k)
             self.splits += list(splits)
