@@ -61,7 +61,8 @@ def encode_tensor(
     (kformat.packing.importance.Importance) a weighted method fits the weighted error, and
     with `feedback` codes are rounded with error feedback where the importance holds the
     tensor's input covariance (the final pack; bit allocation's trial encodes do without).
-    With `jobs` >= 2 a long pole's row groups may be fitted in two processes (split.py)."""
+    With `jobs` >= 2 its row groups may be fitted in two processes (split.py; the caller asks
+    for the long pole, and for every tensor where tensors are encoded on threads)."""
     method = get_method(rule.method)
     view = view_2d(array.shape)
     if method.lossless:

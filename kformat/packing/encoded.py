@@ -110,7 +110,8 @@ def encode_blobs(
     """The CPU work of one tensor (quantize, encode every tile), independent of the output;
     tiles on `threads` threads, the calling one and `pool`'s (without a pool, the calling
     thread alone), each blob also put in `stream` as it is made (kformat.packing.streamed).
-    With `split` (the long pole) its row groups may be fitted in two processes (split.py)."""
+    With `split` (the long pole, or any tensor where tensors are encoded on threads) its row
+    groups may be fitted in two processes (split.py)."""
     threads = threads if pool is not None else 1
 
     def each(fn, items: list) -> list:
