@@ -196,3 +196,55 @@ def test_torch_s_gather_gives_np_take_s_bits(width, writeable, run, monkeypatch)
     want = take_rows(table, indices, np.empty(indices.shape, table.dtype))
     got = torch_take(torch)(table, indices, np.empty(indices.shape, table.dtype))
     assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("rule", ["kmeans:4", "kmeans:4,group=64,scale=row", "kmeans:4,ecq=0.25"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("cols", [4096, 1001])  # (an odd width: a half byte ends each row)
+def test_a_single_input_row_is_multiplied_from_the_packed_codes(tmp_path, rule, threads, cols, monkeypatch):
+    """Batch 1 through 4-bit codes: the C loops' product straight from the packed codes
+    (where built, on AVX2), the dequantized model's output to float32 rounding; with the C
+    loops passed over, the bands as before."""
+    from kformat import torch_linear
+    from kformat.methods import kernels
+
+    head = torch.nn.Sequential(torch.nn.Linear(cols, 700))
+    torch.nn.init.normal_(head[0].weight, std=0.02)
+    kt.save(head, tmp_path / "m.kf", rules=[f"0.weight={rule}", "0.bias=fp16"])
+    dense = torch.nn.Sequential(torch.nn.Linear(cols, 700))
+    kt.load_state_dict(dense, str(tmp_path / "m.kf"))
+    with torch.device("meta"):
+        compact = torch.nn.Sequential(torch.nn.Linear(cols, 700))
+    kt.load_quantized(compact, str(tmp_path / "m.kf"))
+    x = torch.randn(1, cols)
+    direct = []
+    original = torch_linear.packed_matvec
+    monkeypatch.setattr(torch_linear, "packed_matvec", lambda *a: direct.append(original(*a)) or direct[-1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            want, got = dense(x), compact(x)
+            monkeypatch.setenv("KFORMAT_C_KERNELS", "0")
+            banded = compact(x)
+    finally:
+        torch.set_num_threads(before)
+    assert got.shape == want.shape == (1, 700)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    assert torch.allclose(banded, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    assert direct[-1] is None  # (passed over)
+    monkeypatch.delenv("KFORMAT_C_KERNELS")
+    if kernels.c_loops() is None:
+        pytest.skip("the C loops were not built")
+    import kformat.methods._kernels as c  # (AVX2 and FMA on this processor, or the bands)
+
+    assert (direct[0] is not None) == c.matvec4(
+        np.zeros((1, 1), np.uint8),
+        1,
+        1,
+        np.zeros(16, np.float32),
+        np.zeros(1, np.float32),
+        np.zeros(1, np.float32),
+        0,
+        0,
+    )

@@ -642,7 +642,107 @@ done:
     return result;
 }
 
+/* y = W x for one input vector, W given by 4-bit codes packed two a byte (the earlier column
+ * in the high nibble, each row starting on a byte) and a float32 codebook of 16 entries per
+ * row group: no float32 copy of W is made, so the product reads half a byte a weight.
+ * AVX2: eight codes looked up at once (two permutes of eight entries and a blend), multiplied
+ * and added into eight running sums. The sums' order is not a matmul's: the same product to
+ * float32 rounding, not to the bit. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_AVX2_PATH 1
+
+__attribute__((target("avx2,fma"))) static void matvec4_rows(const uint8_t *packed, Py_ssize_t row_bytes,
+                                                            Py_ssize_t cols, Py_ssize_t first, Py_ssize_t stop,
+                                                            Py_ssize_t group_rows, const float *codebooks,
+                                                            const float *x, float *y) {
+    const __m256i shifts = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
+    const __m256i nibble = _mm256_set1_epi32(15);
+    Py_ssize_t whole = cols / 8;
+    for (Py_ssize_t r = first; r < stop; r++) {
+        const float *cb = codebooks + 16 * (r / group_rows);
+        __m256 low = _mm256_loadu_ps(cb), high = _mm256_loadu_ps(cb + 8);
+        const uint8_t *row = packed + r * row_bytes;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        Py_ssize_t k = 0;
+        for (; k + 1 < whole; k += 2) {
+            uint32_t b0, b1;
+            memcpy(&b0, row + 4 * k, 4);
+            memcpy(&b1, row + 4 * k + 4, 4);
+            __m256i i0 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)b0), shifts), nibble);
+            __m256i i1 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)b1), shifts), nibble);
+            __m256 w0 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(low, i0), _mm256_permutevar8x32_ps(high, i0),
+                                         _mm256_castsi256_ps(_mm256_slli_epi32(i0, 28)));
+            __m256 w1 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(low, i1), _mm256_permutevar8x32_ps(high, i1),
+                                         _mm256_castsi256_ps(_mm256_slli_epi32(i1, 28)));
+            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + 8 * k), a0);
+            a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8 * k + 8), a1);
+        }
+        for (; k < whole; k++) {
+            uint32_t b0;
+            memcpy(&b0, row + 4 * k, 4);
+            __m256i i0 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)b0), shifts), nibble);
+            __m256 w0 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(low, i0), _mm256_permutevar8x32_ps(high, i0),
+                                         _mm256_castsi256_ps(_mm256_slli_epi32(i0, 28)));
+            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + 8 * k), a0);
+        }
+        __m256 sum = _mm256_add_ps(a0, a1);
+        __m128 half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+        half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        half = _mm_add_ss(half, _mm_shuffle_ps(half, half, 1));
+        float total = _mm_cvtss_f32(half);
+        for (Py_ssize_t c = 8 * whole; c < cols; c++) {
+            uint8_t byte = row[c / 2];
+            total += cb[(c % 2) ? (byte & 15) : (byte >> 4)] * x[c];
+        }
+        y[r] = total;
+    }
+}
+#endif
+
+/* matvec4(packed, cols, group_rows, codebooks, x, y, first, stop): y[first:stop] of W x (see
+ * above); False (nothing written) where this processor has no AVX2 and FMA. */
+static PyObject *matvec4(PyObject *self, PyObject *args) {
+    PyObject *result = NULL;
+    PyObject *o[6];
+    Py_ssize_t cols, group_rows, first, stop;
+    Buffer b[6] = {0};
+    if (!PyArg_ParseTuple(args, "OnnOOOnn", &o[0], &cols, &group_rows, &o[3], &o[4], &o[5], &first, &stop))
+        return NULL;
+#ifdef HAVE_AVX2_PATH
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+        return Py_NewRef(Py_False);
+    Py_ssize_t row_bytes = (cols + 1) / 2, rows, groups;
+    if (cols < 1 || group_rows < 1 || first < 0 || stop < first) {
+        PyErr_SetString(PyExc_ValueError, "matvec4: bad shape or rows");
+        return NULL;
+    }
+    if (take(o[0], &b[0], 0, row_bytes, 1, "packed") < 0)
+        goto done;
+    rows = b[0].view.len / row_bytes;
+    groups = (rows + group_rows - 1) / group_rows;
+    if (stop > rows || take(o[3], &b[3], 0, 16 * groups, 4, "codebooks") < 0 || take(o[4], &b[4], 0, cols, 4, "x") < 0 ||
+        take(o[5], &b[5], 1, rows, 4, "y") < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "matvec4: rows past the codes");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    matvec4_rows((const uint8_t *)b[0].view.buf, row_bytes, cols, first, stop, group_rows,
+                 (const float *)b[3].view.buf, (const float *)b[4].view.buf, (float *)b[5].view.buf);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_True);
+done:
+    release(b, 6);
+    return result;
+#else
+    (void)o, (void)b;
+    return Py_NewRef(Py_False);
+#endif
+}
+
 static PyMethodDef methods[] = {
+    {"matvec4", matvec4, METH_VARARGS, "W x for 4-bit packed codes and per-group codebooks"},
     {"top_codes", top_codes, METH_VARARGS, "kmeans_codes' top-half lookup, into a given output"},
     {"count_codes", count_codes, METH_VARARGS, "kmeans_codes._count_below, into a given output"},
     {"dp_extend", dp_extend, METH_VARARGS, "kernels_numba.dp_extend, into given outputs"},

@@ -196,6 +196,12 @@ os.register_at_fork(after_in_child=_new_lock_after_fork)
 _c: ModuleType | bool | None = None  # kernels_c once imported, False where it cannot be
 
 
+def c_loops() -> ModuleType | None:
+    """kernels_c where it was built (and not passed over): for work numba has no twin of
+    (kformat.torch_linear's product from packed codes), never loading numba."""
+    return _in_c()
+
+
 def _in_c() -> ModuleType | None:
     """kernels_c, unless the extension was not built or KFORMAT_C_KERNELS=0."""
     global _c

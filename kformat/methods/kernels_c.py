@@ -84,5 +84,12 @@ def count_codes(values, edges, out) -> bool:
     return _kernels.count_codes(values, edges, out)
 
 
+def matvec4(packed, cols: int, group_rows: int, codebooks, x, y, first: int, stop: int) -> bool:
+    """y[first:stop] = W[first:stop] @ x for 4-bit codes packed two a byte (rows starting on
+    a byte) and a float32 codebook of 16 entries per group of `group_rows` rows; False
+    (nothing written) where the processor lacks AVX2 and FMA."""
+    return _kernels.matvec4(packed, int(cols), int(group_rows), codebooks, x, y, int(first), int(stop))
+
+
 def warm() -> None:
     """Nothing to load (kernels_numba.warm's twin)."""
