@@ -19,7 +19,7 @@ from ..sources import TensorSource
 from .encode import check_finite
 from .exact import ALLOCATION_METHODS, exact_candidates, method_candidates
 from .knapsack import Candidate
-from .processes import keep_freed_memory, run
+from .processes import run
 
 # A part of a tensor's candidates: found here, or (method, rules, summary) to be fitted.
 Part = list[Candidate] | tuple[str, list, object]
@@ -108,12 +108,9 @@ _importance = None
 
 
 def adopt(source: TensorSource, importance) -> None:
-    """A worker process's first step: the source it reads large tensors from (inherited),
-    and freed memory kept for its temporaries (processes.keep_freed_memory: MiniLM-shaped
-    --target-bits 4.5 at two jobs, 0.983x the time, CPU 0.97x)."""
+    """A worker process's first step: the source it reads large tensors from (inherited)."""
     global _source, _importance
     _source, _importance = source, importance
-    keep_freed_memory()
 
 
 def weighed_in_worker(names: list[str], tiles: dict):

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..methods import Method, QuantizedTensor, kernels
 from ..progress import log
-from .processes import keep_freed_memory, run, worker_processes
+from .processes import run, worker_processes
 
 SPLIT_WORK = 2_000  # Method.fit_work units from which a pole's groups are split
 RUNS = 16  # at least this many runs of groups to share out, where there are as many groups
@@ -46,7 +46,6 @@ _shared = None  # the child's (encoder, runs, marks), inherited at the fork (_ad
 def _adopt(encoder, runs, marks) -> None:
     global _shared
     _shared = (encoder, runs, marks)
-    keep_freed_memory()
 
 
 def _child_runs() -> list:
