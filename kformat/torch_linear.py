@@ -111,10 +111,7 @@ def packed_matvec(torch, q: QuantizedTensor, x, threads: int):
     def part(first: int, stop: int) -> None:
         done[cuts.index(first)] = ready.matvec4(packed, cols, q.group_rows, books, vector, y, first, stop)
 
-    if parts == 1:
-        part(0, rows)
-    else:
-        _in_parts(part, cuts)
+    _in_parts(part, cuts)
     if not all(done):  # (no AVX2 here)
         return None
     scale = q.tables.get("scale")
@@ -161,6 +158,9 @@ def _in_parts(part: Callable[[int, int], None], cuts: list[int]) -> None:
     """part(cuts[i], cuts[i + 1]) for every i, the first on this thread, the others on helpers."""
     global _helpers
     parts = len(cuts) - 1
+    if parts == 1:  # (no helper to start)
+        part(cuts[0], cuts[1])
+        return
     if _helpers is None or _helpers[1] < parts - 1:
         if _helpers is not None:  # torch's thread count grew: a larger pool replaces it
             _helpers[0].shutdown(wait=False)
