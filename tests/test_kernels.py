@@ -27,7 +27,7 @@ def use(backend: str) -> None:
         os.environ["KFORMAT_C_KERNELS"] = "0"
     else:
         os.environ.pop("KFORMAT_C_KERNELS", None)
-        if kernels._in_c() is None:
+        if kernels.c_loops() is None:
             if os.environ.get("KFORMAT_REQUIRE_C_KERNELS") == "1":
                 pytest.fail("kformat.methods._kernels was not built (make venv builds it)")
             pytest.skip("kformat.methods._kernels was not built (no compiler at install)")

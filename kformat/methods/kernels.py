@@ -64,7 +64,7 @@ def compiled() -> ModuleType | None:
     mode = _mode()
     if mode == "0":
         return None
-    in_c = _in_c()
+    in_c = c_loops()
     if in_c is not None:
         return in_c
     if mode == "1" or (_awaited and _loader is not None):
@@ -197,13 +197,9 @@ _c: ModuleType | bool | None = None  # kernels_c once imported, False where it c
 
 
 def c_loops() -> ModuleType | None:
-    """kernels_c where it was built (and not passed over): for work numba has no twin of
-    (kformat.torch_linear's product from packed codes), never loading numba."""
-    return _in_c()
-
-
-def _in_c() -> ModuleType | None:
-    """kernels_c, unless the extension was not built or KFORMAT_C_KERNELS=0."""
+    """kernels_c, unless the extension was not built or KFORMAT_C_KERNELS=0: what compiled()
+    hands out first, and what work numba has no twin of asks for (kformat.torch_linear's
+    product from packed codes), never loading numba."""
     global _c
     if os.environ.get("KFORMAT_C_KERNELS") == "0":
         return None
@@ -221,7 +217,7 @@ def _start() -> None:
     """Start loading numba's kernels on a thread of their own, once per process (never
     where the C loops are there)."""
     global _loader
-    if _in_c() is not None:
+    if c_loops() is not None:
         return
     with _lock:
         if _loader is None:
