@@ -220,9 +220,8 @@ class GroupEncoder:
     def finish(self, parts: list[GroupsPart]) -> QuantizedTensor:
         """The tensor from parts covering every group once (in any order)."""
         parts = sorted(parts, key=lambda p: p.first)
-        if [(p.first, p.stop) for p in parts] != list(
-            zip([0] + [p.stop for p in parts[:-1]], [p.stop for p in parts])
-        ) or (parts[-1].stop if parts else 0) != self.groups:
+        bounds = [0] + [p.stop for p in parts]  # each part starts where the one before stops
+        if [p.first for p in parts] != bounds[:-1] or bounds[-1] != self.groups:
             raise ValueError(f"parts {[(p.first, p.stop) for p in parts]} do not cover {self.groups} groups")
         codebook = np.concatenate([p.codebook for p in parts])
         edges = None if self.rule.ecq is None else np.concatenate([p.edges for p in parts])
