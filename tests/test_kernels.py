@@ -88,10 +88,10 @@ def test_programme_layers_equal(backend, seed, ties, k):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=20)
-@given(seed=st.integers(0, 2**32 - 1), size=st.integers(2, 700))
-def test_dense_programme_equals_compiled(backend, seed, size):
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(2, 700), ties=st.booleans())
+def test_dense_programme_equals_compiled(backend, seed, size, ties):
     """One small problem takes the dense path in numpy; the compiled loop finds the same."""
-    points, weights = _problem(np.random.default_rng(seed), size, ties=False)
+    points, weights = _problem(np.random.default_rng(seed), size, ties)
     plain, fast = numpy_only(kmeans_dp.optimal_centroids, points, weights, 16, backend=backend)
     _equal(plain, fast)
 

@@ -71,6 +71,76 @@ static inline double cost_to(const double *w, const double *s1, const double *s2
     return (cost > 0.0 || cost != cost) ? cost : 0.0; /* np.maximum(cost, 0): NaN stays */
 }
 
+/* The DP's inner loop: the lowest of previous[i] + cost_to(.., i, ..) over i = first..last
+ * and the first i that gives it, as a loop of `value < lowest` from i = first finds them
+ * (a NaN at first stays; later NaNs never win). */
+typedef void (*Scan)(const double *previous, const double *w, const double *s1, const double *s2, int64_t first,
+                     int64_t last, double wj, double s1j, double s2j, double *lowest, int64_t *chosen);
+
+static void scan_plain(const double *previous, const double *w, const double *s1, const double *s2, int64_t first,
+                       int64_t last, double wj, double s1j, double s2j, double *lowest, int64_t *chosen) {
+    double low = previous[first] + cost_to(w, s1, s2, first, wj, s1j, s2j);
+    int64_t at = first;
+    for (int64_t i = first + 1; i <= last; i++) {
+        double value = previous[i] + cost_to(w, s1, s2, i, wj, s1j, s2j);
+        if (value < low)
+            low = value, at = i;
+    }
+    *lowest = low, *chosen = at;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_AVX2_PATH 1
+
+/* scan_plain four values at a time: each lane computes cost_to's operations in its order
+ * (the same roundings, so the same values) and keeps its own lowest and first index; the
+ * lanes then give the lowest value and, among equals, the first index, and the loop goes on
+ * from there one value at a time. */
+__attribute__((target("avx2"))) static void scan_avx2(const double *previous, const double *w, const double *s1,
+                                                     const double *s2, int64_t first, int64_t last, double wj,
+                                                     double s1j, double s2j, double *lowest, int64_t *chosen) {
+    double low = previous[first] + cost_to(w, s1, s2, first, wj, s1j, s2j);
+    int64_t at = first, i = first + 1;
+    if (low == low && last - i >= 7) {
+        const __m256d zero = _mm256_setzero_pd(), vw = _mm256_set1_pd(wj), v1 = _mm256_set1_pd(s1j),
+                      v2 = _mm256_set1_pd(s2j);
+        __m256d best = _mm256_set1_pd(low);
+        __m256i where = _mm256_set1_epi64x(at), index = _mm256_setr_epi64x(i, i + 1, i + 2, i + 3);
+        const __m256i four = _mm256_set1_epi64x(4);
+        for (; i + 3 <= last; i += 4) {
+            __m256d dw = _mm256_sub_pd(vw, _mm256_loadu_pd(w + i));
+            __m256d d1 = _mm256_sub_pd(v1, _mm256_loadu_pd(s1 + i));
+            d1 = _mm256_mul_pd(d1, d1);
+            d1 = _mm256_blendv_pd(zero, _mm256_div_pd(d1, dw), _mm256_cmp_pd(dw, zero, _CMP_GT_OQ));
+            __m256d cost = _mm256_sub_pd(_mm256_sub_pd(v2, _mm256_loadu_pd(s2 + i)), d1);
+            __m256d kept = _mm256_or_pd(_mm256_cmp_pd(cost, zero, _CMP_GT_OQ), _mm256_cmp_pd(cost, cost, _CMP_UNORD_Q));
+            __m256d value = _mm256_add_pd(_mm256_loadu_pd(previous + i), _mm256_blendv_pd(zero, cost, kept));
+            __m256d less = _mm256_cmp_pd(value, best, _CMP_LT_OQ);
+            best = _mm256_blendv_pd(best, value, less);
+            where = _mm256_castpd_si256(
+                _mm256_blendv_pd(_mm256_castsi256_pd(where), _mm256_castsi256_pd(index), less));
+            index = _mm256_add_epi64(index, four);
+        }
+        double lanes[4];
+        int64_t places[4];
+        _mm256_storeu_pd(lanes, best);
+        _mm256_storeu_si256((__m256i *)places, where);
+        for (int l = 0; l < 4; l++)
+            if (lanes[l] < low || (lanes[l] == low && places[l] < at))
+                low = lanes[l], at = places[l];
+    }
+    for (; i <= last; i++) {
+        double value = previous[i] + cost_to(w, s1, s2, i, wj, s1j, s2j);
+        if (value < low)
+            low = value, at = i;
+    }
+    *lowest = low, *chosen = at;
+}
+#endif
+
+static Scan scan = scan_plain; /* scan_avx2 where the processor has AVX2 (set at import) */
+
 /* kmeans_dp._layer for one problem, depth first; 0, or -1 if the stack would overflow. */
 static int layer_of(const double *previous, double *best, int64_t *split, int64_t jl, int64_t jr, int64_t ol,
                     int64_t orr, const double *w, const double *s1, const double *s2, const int64_t *floor,
@@ -90,14 +160,9 @@ static int layer_of(const double *previous, double *best, int64_t *split, int64_
             lo = lo0 > floor[mid] ? lo0 : floor[mid];
             lo = lo < hi ? lo : hi;
         }
-        double wj = w[mid], s1j = s1[mid], s2j = s2[mid];
-        double lowest = previous[lo] + cost_to(w, s1, s2, lo, wj, s1j, s2j);
-        int64_t chosen = lo;
-        for (int64_t i = lo + 1; i <= hi; i++) {
-            double value = previous[i] + cost_to(w, s1, s2, i, wj, s1j, s2j);
-            if (value < lowest)
-                lowest = value, chosen = i;
-        }
+        double lowest;
+        int64_t chosen;
+        scan(previous, w, s1, s2, lo, hi, w[mid], s1[mid], s2[mid], &lowest, &chosen);
         best[mid] = lowest, split[mid] = chosen;
         if (top + 2 > STACK)
             return -1;
@@ -218,15 +283,11 @@ static PyObject *dp_dense(PyObject *self, PyObject *args) {
         layer[0] = INFINITY; /* one cluster over no points */
         Py_BEGIN_ALLOW_THREADS
         for (int64_t m = 2; m <= k; m++) {
-            for (Py_ssize_t j = 0; j < size; j++) {
-                double wj = w[j], s1j = s1[j], s2j = s2[j];
-                double lowest = j > 0 ? cost_to(w, s1, s2, 0, wj, s1j, s2j) + layer[0] : INFINITY;
-                int64_t chosen = 0;
-                for (Py_ssize_t i = 1; i < j; i++) {
-                    double value = cost_to(w, s1, s2, i, wj, s1j, s2j) + layer[i];
-                    if (value < lowest)
-                        lowest = value, chosen = i;
-                }
+            best[0] = INFINITY, splits[(m - 2) * size] = 0;
+            for (Py_ssize_t j = 1; j < size; j++) {
+                double lowest;
+                int64_t chosen;
+                scan(layer, w, s1, s2, 0, j - 1, w[j], s1[j], s2[j], &lowest, &chosen);
                 best[j] = lowest, splits[(m - 2) * size + j] = chosen;
             }
             for (Py_ssize_t j = 0; j < m && j < size; j++)
@@ -648,10 +709,7 @@ done:
  * AVX2: eight codes looked up at once (two permutes of eight entries and a blend), multiplied
  * and added into eight running sums. The sums' order is not a matmul's: the same product to
  * float32 rounding, not to the bit. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define HAVE_AVX2_PATH 1
-
+#ifdef HAVE_AVX2_PATH
 __attribute__((target("avx2,fma"))) static void matvec4_rows(const uint8_t *packed, Py_ssize_t row_bytes,
                                                             Py_ssize_t cols, Py_ssize_t first, Py_ssize_t stop,
                                                             Py_ssize_t group_rows, const float *codebooks,
@@ -756,4 +814,10 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "kformat's fit loops in C", -1, methods};
 
-PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__kernels(void) {
+#ifdef HAVE_AVX2_PATH
+    if (__builtin_cpu_supports("avx2"))
+        scan = scan_avx2;
+#endif
+    return PyModule_Create(&module);
+}
