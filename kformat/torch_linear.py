@@ -80,12 +80,13 @@ def _index_buffer(torch):
 
 
 def packed_matvec(torch, q: QuantizedTensor, x, threads: int):
-    """x @ W.T for one input row (batch 1) straight from 4-bit k-means codes, where the C
-    loops are built and the processor has AVX2: eight codes looked up per instruction and
-    multiplied as they are read, half a byte a weight, no float32 band written and read
-    again. None where that does not apply (the caller dequantizes in bands). VGG16's fc1
-    (4096 x 25088) took 8.7 ms against float32's 13.2 on one thread; the sums run in another
-    order than a matmul's, so the outputs agree to float32 rounding, not to the bit."""
+    """x @ W.T for one input row (batch 1) straight from 4- or 8-bit k-means codes, where the
+    C loops are built and the processor has AVX2: eight codes looked up per instruction and
+    multiplied as they are read, half a byte or a byte a weight, no float32 band written and
+    read again. None where that does not apply (the caller dequantizes in bands). On one
+    thread VGG16's 4-bit fc1 (4096 x 25088) took 8.7 ms against float32's 13.2; see
+    tools/bench/README.md for the 8-bit layers. The sums run in another order than a
+    matmul's, so the outputs agree to float32 rounding, not to the bit."""
     ready = kernels.c_loops()
     rows, cols = q.view
     codebook = q.tables.get("codebook")
@@ -94,13 +95,13 @@ def packed_matvec(torch, q: QuantizedTensor, x, threads: int):
         or x.shape[0] != 1
         or q.method != "kmeans"
         or not q.packed
-        or q.bits != 4
-        or q.depth != 4
+        or q.bits not in (4, 8)
+        or q.depth != q.bits
         or codebook is None
-        or codebook.shape[1:] != (16,)
+        or codebook.shape[1:] != (1 << q.bits,)
     ):
         return None
-    packed = np.ascontiguousarray(q.codes)
+    codes = np.ascontiguousarray(q.codes)
     books = np.ascontiguousarray(codebook, dtype=np.float32)
     vector = np.ascontiguousarray(x.numpy()[0], dtype=np.float32)
     y = np.empty(rows, dtype=np.float32)
@@ -109,7 +110,8 @@ def packed_matvec(torch, q: QuantizedTensor, x, threads: int):
     done = [True] * parts
 
     def part(first: int, stop: int) -> None:
-        done[cuts.index(first)] = ready.matvec4(packed, cols, q.group_rows, books, vector, y, first, stop)
+        made = ready.matvec(q.bits, codes, cols, q.group_rows, books, vector, y, first, stop)
+        done[cuts.index(first)] = made
 
     _in_parts(part, cuts)
     if not all(done):  # (no AVX2 here)

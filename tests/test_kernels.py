@@ -390,11 +390,3 @@ def test_the_c_loops_refuse_buffers_too_short():
         )
     with pytest.raises(ValueError, match="out"):
         _kernels.prefix_sums(points, points, np.zeros((10, 2)))
-    packed, books, x = np.zeros((4, 5), np.uint8), np.zeros((1, 16), np.float32), np.zeros(9, np.float32)
-    if _kernels.matvec4(packed, 9, 4, books, x, np.empty(4, np.float32), 0, 4):  # (AVX2 here)
-        with pytest.raises(ValueError, match="rows past the codes"):
-            _kernels.matvec4(packed, 9, 4, books, x, np.empty(4, np.float32), 0, 5)
-        with pytest.raises(ValueError, match="codebooks"):
-            _kernels.matvec4(packed, 9, 2, books, x, np.empty(4, np.float32), 0, 4)  # two groups, one book
-        with pytest.raises(ValueError, match="x"):
-            _kernels.matvec4(packed, 9, 4, books, x[:8], np.empty(4, np.float32), 0, 4)

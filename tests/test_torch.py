@@ -198,13 +198,22 @@ def test_torch_s_gather_gives_np_take_s_bits(width, writeable, run, monkeypatch)
     assert got.tobytes() == want.tobytes()
 
 
-@pytest.mark.parametrize("rule", ["kmeans:4", "kmeans:4,group=64,scale=row", "kmeans:4,ecq=0.25"])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "kmeans:4",
+        "kmeans:4,group=64,scale=row",
+        "kmeans:4,ecq=0.25",
+        "kmeans:8",
+        "kmeans:8,group=64,scale=row",
+    ],
+)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("cols", [4096, 1001])  # (an odd width: a half byte ends each row)
 def test_a_single_input_row_is_multiplied_from_the_packed_codes(tmp_path, rule, threads, cols, monkeypatch):
-    """Batch 1 through 4-bit codes: the C loops' product straight from the packed codes
-    (where built, on AVX2), the dequantized model's output to float32 rounding; with the C
-    loops passed over, the bands as before."""
+    """Batch 1 through 4- and 8-bit codes: the C loops' product straight from the codes
+    (where built, on AVX2 or AVX-512), the dequantized model's output to float32 rounding;
+    with the C loops passed over, the bands as before."""
     from kformat import torch_linear
     from kformat.methods import kernels
 
@@ -236,15 +245,6 @@ def test_a_single_input_row_is_multiplied_from_the_packed_codes(tmp_path, rule, 
     monkeypatch.delenv("KFORMAT_C_KERNELS")
     if kernels.c_loops() is None:
         pytest.skip("the C loops were not built")
-    import kformat.methods._kernels as c  # (AVX2 and FMA on this processor, or the bands)
+    from kformat.methods import kernels_c  # (AVX2 and FMA on this processor, or the bands)
 
-    assert (direct[0] is not None) == c.matvec4(
-        np.zeros((1, 1), np.uint8),
-        1,
-        1,
-        np.zeros(16, np.float32),
-        np.zeros(1, np.float32),
-        np.zeros(1, np.float32),
-        0,
-        0,
-    )
+    assert (direct[0] is not None) == (kernels_c.set_vectors(2) > 0)

@@ -84,11 +84,21 @@ def count_codes(values, edges, out) -> bool:
     return _kernels.count_codes(values, edges, out)
 
 
-def matvec4(packed, cols: int, group_rows: int, codebooks, x, y, first: int, stop: int) -> bool:
-    """y[first:stop] = W[first:stop] @ x for 4-bit codes packed two a byte (rows starting on
-    a byte) and a float32 codebook of 16 entries per group of `group_rows` rows; False
-    (nothing written) where the processor lacks AVX2 and FMA."""
-    return _kernels.matvec4(packed, int(cols), int(group_rows), codebooks, x, y, int(first), int(stop))
+def matvec(bits: int, codes, cols: int, group_rows: int, codebooks, x, y, first: int, stop: int) -> bool:
+    """y[first:stop] = W[first:stop] @ x for k-means codes of 4 bits packed two a byte (rows
+    starting on a byte) or of 8 bits, a byte each, and a float32 codebook of 2**bits entries
+    per group of `group_rows` rows; False (nothing written) where the processor lacks AVX2
+    and FMA."""
+    return _kernels.matvec(
+        int(bits), codes, int(cols), int(group_rows), codebooks, x, y, int(first), int(stop)
+    )
+
+
+def set_vectors(level: int) -> int:
+    """The widest vectors the C loops may use from now on: 0 none, 1 AVX2, 2 AVX-512 (at most
+    what the processor has, which is the level at import); the level now in force. For tests:
+    every level gives the same results."""
+    return _kernels.set_vectors(int(level))
 
 
 def warm() -> None:
