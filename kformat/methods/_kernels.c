@@ -922,6 +922,62 @@ done:
 #endif
 }
 
+/* lookup(table, indices, out): out[i] = table[indices[i]] for byte indices into a table of
+ * 256 entries of 4, 8, 16 or 32 bytes (a byte of codes' float32 values: 8-, 4-, 2- and 1-bit
+ * codes), the loader's hot loop (Method.dequantize_packed). np.take first widens every byte
+ * to an 8-byte index, then copies entry by entry. */
+#define LOOKUP(type)                                                                                              \
+    do {                                                                                                          \
+        const type *t = (const type *)table;                                                                      \
+        type *o = (type *)out;                                                                                    \
+        for (Py_ssize_t i = 0; i < n; i++)                                                                        \
+            o[i] = t[index[i]];                                                                                   \
+    } while (0)
+
+typedef struct {
+    uint64_t part[2];
+} Entry16;
+typedef struct {
+    uint64_t part[4];
+} Entry32;
+
+static PyObject *lookup(PyObject *self, PyObject *args) {
+    PyObject *result = NULL;
+    PyObject *o[3];
+    Buffer b[3] = {0};
+    if (objects(args, o, 3, "lookup") < 0)
+        return NULL;
+    if (take(o[0], &b[0], 0, 256, 1, "table") < 0 || take(o[1], &b[1], 0, 0, 1, "indices") < 0)
+        goto done;
+    Py_ssize_t entry = b[0].view.len / 256, n = b[1].view.len;
+    if (b[0].view.len != 256 * entry || (entry != 4 && entry != 8 && entry != 16 && entry != 32)) {
+        PyErr_Format(PyExc_ValueError, "lookup: table of %zd bytes, expected 256 entries of 4, 8, 16 or 32",
+                     b[0].view.len);
+        goto done;
+    }
+    if (take(o[2], &b[2], 1, n * entry, 1, "out") < 0)
+        goto done;
+    {
+        const char *table = (const char *)b[0].view.buf;
+        const uint8_t *index = (const uint8_t *)b[1].view.buf;
+        char *out = (char *)b[2].view.buf;
+        Py_BEGIN_ALLOW_THREADS
+        if (entry == 4)
+            LOOKUP(uint32_t);
+        else if (entry == 8)
+            LOOKUP(uint64_t);
+        else if (entry == 16)
+            LOOKUP(Entry16);
+        else
+            LOOKUP(Entry32);
+        Py_END_ALLOW_THREADS
+    }
+    result = Py_NewRef(Py_None);
+done:
+    release(b, 3);
+    return result;
+}
+
 /* set_vectors(level): the widest vectors the loops may use from now on (0 none, 1 AVX2, 2
  * AVX-512), at most the processor's; returns the level in force. The results are the same
  * at every level, to the bit (the DP) or to float32 rounding (matvec); tests compare them. */
@@ -935,6 +991,7 @@ static PyObject *set_vectors(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"set_vectors", set_vectors, METH_VARARGS, "the widest vectors the loops may use"},
+    {"lookup", lookup, METH_VARARGS, "out[i] = table[indices[i]], byte indices, 256 entries"},
     {"matvec", matvec, METH_VARARGS, "W x for 4- or 8-bit codes and per-group codebooks"},
     {"top_codes", top_codes, METH_VARARGS, "kmeans_codes' top-half lookup, into a given output"},
     {"count_codes", count_codes, METH_VARARGS, "kmeans_codes._count_below, into a given output"},

@@ -102,7 +102,12 @@ def take_rows(table: np.ndarray, indices: np.ndarray, out: np.ndarray) -> np.nda
     """np.take(table, indices, out=out, mode="clip"), a run of rows at a time. numpy first
     copies non-intp indices as intp, 8 bytes each: a whole tile's was a 4-8 MiB temporary
     per decode thread (16 MiB of a VGG16 load's peak); in runs it stays in cache, as fast.
-    Every index must be valid (clip never clips then); it is what keeps out= unbuffered."""
+    Every index must be valid (clip never clips then); it is what keeps out= unbuffered.
+    Bytes into a table of 256 entries (whole packed bytes of codes, Method.dequantize_packed)
+    go through the C loops where they are built (kernels_c.lookup): no wider copy of the
+    indices, a fixed-size copy per entry."""
+    if _lookup_in_c(table, indices, out):
+        return out
     if indices.ndim < 2:
         step = TAKE_INDICES
     else:
@@ -110,6 +115,26 @@ def take_rows(table: np.ndarray, indices: np.ndarray, out: np.ndarray) -> np.nda
     for start in range(0, indices.shape[0], step):
         np.take(table, indices[start : start + step], out=out[start : start + step], mode="clip")
     return out
+
+
+def _lookup_in_c(table: np.ndarray, indices: np.ndarray, out: np.ndarray) -> bool:
+    """kernels_c.lookup(table, indices, out) where it applies; whether it ran."""
+    if (
+        indices.dtype != np.uint8
+        or table.shape != (256,)
+        or table.dtype.itemsize not in (4, 8, 16, 32)
+        or out.dtype != table.dtype
+        or out.shape != indices.shape
+        or not (table.flags.c_contiguous and indices.flags.c_contiguous and out.flags.c_contiguous)
+    ):
+        return False
+    from . import kernels  # (imports this module's package: not at the top)
+
+    loops = kernels.c_loops()
+    if loops is None:
+        return False
+    loops.lookup(table, indices, out)
+    return True
 
 
 def row_groups(row0: int, rows: int, group_rows: int) -> np.ndarray:

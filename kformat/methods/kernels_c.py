@@ -94,6 +94,12 @@ def matvec(bits: int, codes, cols: int, group_rows: int, codebooks, x, y, first:
     )
 
 
+def lookup(table, indices, out) -> None:
+    """out[i] = table[indices[i]]: uint8 indices into 256 entries of 4, 8, 16 or 32 bytes, all
+    three C-contiguous, out of the table's dtype and the indices' shape (base.take_rows)."""
+    _kernels.lookup(table, indices, out)
+
+
 def set_vectors(level: int) -> int:
     """The widest vectors the C loops may use from now on: 0 none, 1 AVX2, 2 AVX-512 (at most
     what the processor has, which is the level at import); the level now in force. For tests:

@@ -1,0 +1,64 @@
+"""The loader's lookup of whole packed bytes (methods.base.take_rows) gives the same bytes
+through the C loops as through np.take: every entry size a byte of codes makes (8-, 4-, 2-
+and 1-bit codes), any bit pattern (NaN payloads, signed zeros), rows of any shape."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kformat.methods import kernels
+from kformat.methods.base import byte_table, take_rows
+
+
+def _c_or_skip():
+    loops = kernels.c_loops()
+    if loops is None:
+        if os.environ.get("KFORMAT_REQUIRE_C_KERNELS") == "1":
+            pytest.fail("kformat.methods._kernels was not built (make venv builds it)")
+        pytest.skip("kformat.methods._kernels was not built")
+    return loops
+
+
+@pytest.mark.parametrize("depth", [8, 4, 2, 1])
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(0, 9), cols=st.integers(1, 700))
+def test_whole_byte_lookups_in_c_are_np_take_s(depth, seed, rows, cols):
+    loops = _c_or_skip()
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 2**32, 1 << depth, dtype=np.uint32).view(np.float32)  # any bits
+    table = byte_table(values, depth)
+    indices = rng.integers(0, 256, (rows, cols), dtype=np.uint8)
+    want = np.take(table, indices.astype(np.intp))
+    out = np.empty(indices.shape, table.dtype)
+    loops.lookup(table, indices, out)
+    assert out.tobytes() == want.tobytes()
+    again = np.empty(indices.shape, table.dtype)
+    assert take_rows(table, indices, again).tobytes() == want.tobytes()  # (the C loops, here)
+
+
+def test_other_lookups_stay_with_numpy():
+    """Indices wider than a byte, tables of other lengths, strided outputs: np.take, the same."""
+    table = np.arange(256, dtype=np.float32)
+    wide = np.array([[3, 255], [0, 7]], dtype=np.int64)
+    assert take_rows(table, wide, np.empty((2, 2), np.float32)).tolist() == [[3, 255], [0, 7]]
+    small = np.arange(16, dtype=np.float32)
+    assert take_rows(small, np.array([15, 2], np.uint8), np.empty(2, np.float32)).tolist() == [15, 2]
+    out = np.zeros((2, 4), np.float32)
+    take_rows(table, np.array([[1, 2], [3, 4]], np.uint8), out[:, ::2])
+    assert out.tolist() == [[1, 0, 2, 0], [3, 0, 4, 0]]
+
+
+def test_the_c_lookup_refuses_tables_and_outputs_of_the_wrong_size():
+    loops = _c_or_skip()
+    indices = np.zeros(4, np.uint8)
+    with pytest.raises(ValueError, match="table"):
+        loops.lookup(np.zeros(255, np.float32), indices, np.empty(4, np.float32))
+    with pytest.raises(ValueError, match="256 entries"):
+        loops.lookup(np.zeros(256, np.float16), indices, np.empty(4, np.float16))
+    with pytest.raises(ValueError, match="out"):
+        loops.lookup(np.zeros(256, np.float32), indices, np.empty(3, np.float32))
