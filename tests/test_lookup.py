@@ -51,6 +51,7 @@ def test_other_lookups_stay_with_numpy():
     out = np.zeros((2, 4), np.float32)
     take_rows(table, np.array([[1, 2], [3, 4]], np.uint8), out[:, ::2])
     assert out.tolist() == [[1, 0, 2, 0], [3, 0, 4, 0]]
+    assert take_rows(table, np.zeros((0, 3), np.int64), np.empty((0, 3), np.float32)).shape == (0, 3)
 
 
 def test_the_c_lookup_refuses_tables_and_outputs_of_the_wrong_size():

@@ -15,6 +15,7 @@ Methods do no I/O: they see arrays, rules and manifest entries only.
 from __future__ import annotations
 
 import functools
+import math
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
@@ -111,7 +112,7 @@ def take_rows(table: np.ndarray, indices: np.ndarray, out: np.ndarray) -> np.nda
     if indices.ndim < 2:
         step = TAKE_INDICES
     else:
-        step = max(1, TAKE_INDICES // max(1, indices[0].size))
+        step = max(1, TAKE_INDICES // max(1, math.prod(indices.shape[1:])))  # (none: no rows)
     for start in range(0, indices.shape[0], step):
         np.take(table, indices[start : start + step], out=out[start : start + step], mode="clip")
     return out
