@@ -63,3 +63,14 @@ def test_the_c_lookup_refuses_tables_and_outputs_of_the_wrong_size():
         loops.lookup(np.zeros(256, np.float16), indices, np.empty(4, np.float16))
     with pytest.raises(ValueError, match="out"):
         loops.lookup(np.zeros(256, np.float32), indices, np.empty(3, np.float32))
+
+
+def test_float16_widened_by_its_table_is_numpy_s_cast_for_every_pattern():
+    """The fp16 method's widening (a 65536-entry table by 16-bit patterns, np.take): every
+    pattern, NaN payloads and signed zeros included, the same float32 bits as numpy's cast."""
+    from kformat.methods.fp16 import _widened
+
+    patterns = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    got = take_rows(_widened(), patterns, np.empty(patterns.shape, np.float32))
+    want = patterns.view(np.float16).astype(np.float32)
+    assert got.view(np.uint32).tolist() == want.view(np.uint32).tolist()
