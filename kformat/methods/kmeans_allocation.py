@@ -12,6 +12,7 @@ import numpy as np
 from . import kmeans_codes, kmeans_fit
 from .base import FP16_MAX, FP16_NORMAL, group_rows_for
 from .chunks import spans
+from .histogram import unique
 from .kmeans_fit import group_source, rows_of, stored_centroids
 from .metrics import PNG_OVERHEAD, TILE_OVERHEAD, entropy_bytes, tile_count
 
@@ -47,7 +48,7 @@ def _estimate(
     over every point (cells, gather, squares, bincount) was half of the estimates' time."""
     cell_sums = _sums_of(hist, sums)
     centroids = kmeans_fit.fit_centroids(hist, k, thorough, seed, cell_sums)
-    centroids = np.unique(np.asarray(centroids, dtype=np.float64))
+    centroids = unique(np.asarray(centroids, dtype=np.float64))
     edges = None
     if ecq is not None and centroids.size > 1:
         # started, as encode starts it, from the centroids rounded to the codebook's dtype
@@ -82,7 +83,7 @@ PROBE_CLAMP = (0.05, 1.1)
 def _probe(w: np.ndarray) -> np.ndarray:
     """About PROBE_VALUES values of `w` from evenly spaced rows, what _plane_overhead codes."""
     rows = max(1, min(w.shape[0], PROBE_VALUES // max(1, w.shape[1])))
-    picks = np.unique(np.linspace(0, w.shape[0] - 1, rows).astype(np.intp))
+    picks = unique(np.linspace(0, w.shape[0] - 1, rows).astype(np.intp))
     return np.ascontiguousarray(w[picks, : PROBE_VALUES // picks.size], dtype=np.float32)
 
 
@@ -281,14 +282,14 @@ def _sampled_groups(row_mass: np.ndarray | None, group: int, rows: int) -> tuple
     sizes = np.minimum(group, rows - np.arange(groups) * group)  # rows of each group
     count = min(groups, SAMPLE_GROUPS)
     if row_mass is None or count == groups:
-        picks = np.unique(np.linspace(0, groups - 1, count).astype(int))
+        picks = unique(np.linspace(0, groups - 1, count).astype(int))
         if picks.size == groups:
             return picks, np.ones(groups)
         return picks, rows / picks.size / sizes[picks]
     mass = np.add.reduceat(row_mass, np.arange(0, row_mass.size, group))
     top = np.sort(np.argsort(-mass, kind="stable")[: count // 2])
     rest = np.setdiff1d(np.arange(groups), top)
-    spread = rest[np.unique(np.linspace(0, rest.size - 1, count - top.size).astype(int))]
+    spread = rest[unique(np.linspace(0, rest.size - 1, count - top.size).astype(int))]
     picks = np.concatenate([top, spread])
     stands = np.concatenate([np.ones(top.size), sizes[rest].sum() / spread.size / sizes[spread]])
     return picks, stands

@@ -23,7 +23,7 @@ import hashlib
 
 import numpy as np
 
-from .histogram import FINE_BINS, SAMPLE_VALUES, Histogram, _rebin, histogram  # noqa: F401 (re-exported)
+from .histogram import FINE_BINS, SAMPLE_VALUES, Histogram, _rebin, histogram, unique  # noqa: F401 (re-exported)
 from . import kernels, kmeans_memo
 from .fit_loops import cell_bounds, cell_moments, ec_step, every_line_owns
 from .kmeans_codes import boundaries
@@ -48,7 +48,7 @@ def stored_centroids(centroids: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """The distinct centroids the codebook dtype can hold, sorted, as float64 (inf where they
     overflow it; encode refuses those with a clear error)."""
     with np.errstate(over="ignore"):
-        return np.unique(centroids.astype(dtype)).astype(np.float64)
+        return unique(centroids.astype(dtype)).astype(np.float64)
 
 
 def group_source(
@@ -138,7 +138,7 @@ class CellSums:
 
 def lloyd(points: np.ndarray, weights: np.ndarray, centroids: np.ndarray, iters: int = MAX_ITERS, sums=None):
     """Weighted Lloyd iterations on sorted points; empty cells are dropped."""
-    centroids = np.unique(centroids)
+    centroids = unique(centroids)
     tol = TOLERANCE * float(points[-1] - points[0])
     sums = sums or CellSums(points, weights)
     with kernels.loops(sums.points, sums.w_wp, centroids) as run:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kmeans_dp
+from .histogram import median, unique
 from .kmeans_dp import Programme, means, optimal_centroids_batch
 
 WIDE = 64  # codebooks with at least this many entries (6-8 bits) are seeded in pieces
@@ -38,10 +39,10 @@ def _pieces(points: np.ndarray, weights: np.ndarray, count: int) -> np.ndarray:
     spacing = np.empty_like(points)
     spacing[0], spacing[-1] = gaps[0], gaps[-1]
     spacing[1:-1] = (gaps[:-1] + gaps[1:]) / 2
-    spacing = np.minimum(spacing, np.median(spacing))
+    spacing = np.minimum(spacing, median(spacing))
     share = np.cumsum(np.cbrt(weights) * np.cbrt(spacing) ** 2)
     cuts = np.searchsorted(share, share[-1] * np.arange(1, count) / count)
-    return np.unique(np.concatenate(([0], cuts)))
+    return unique(np.concatenate(([0], cuts)))
 
 
 def _hand_out(errors: np.ndarray, k: int) -> np.ndarray:
@@ -91,7 +92,7 @@ def _shifted(starts: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """Pieces whose seams sit mid-way through the previous pieces, on cluster edges found."""
     middles = (starts + np.append(starts[1:], bounds[-1])) // 2
     seams = bounds[np.minimum(np.searchsorted(bounds, middles), bounds.size - 2)]  # never the end
-    return np.unique(np.concatenate(([0], seams)))
+    return unique(np.concatenate(([0], seams)))
 
 
 def seed_in_pieces(problems: list[Problem], k: int) -> list[np.ndarray]:
