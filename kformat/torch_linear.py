@@ -1,4 +1,5 @@
-"""QuantizedLinear's product: x @ W.T from the compact W, a band of rows dequantized at a time.
+"""QuantizedLinear's product: x @ W.T from the compact W, straight from the codes for one
+input row (packed_matvec), otherwise a band of rows dequantized at a time.
 
 kformat.torch owns the torch import and passes the module in, so this file never imports
 torch itself. Whole-byte lookups (Method.dequantize_packed) gather through torch's
@@ -17,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from .methods import QuantizedTensor, get_method, kernels
-from .methods.base import Take, take_rows
+from .methods.base import Take, lookup_in_c, take_rows
 from .methods.compact import rows_per_band
 
 _helpers: tuple[ThreadPoolExecutor, int] | None = None  # QuantizedLinear's threads beyond the caller's
@@ -37,15 +38,19 @@ os.register_at_fork(after_in_child=_forget_helpers_after_fork)
 
 
 def torch_take(torch) -> Take:
-    """A `take` (kformat.methods.base.Take) by torch.index_select, for tables of 4- or 8-byte
-    entries (one or two float32 values a byte: 8- and 4-bit codes) gathered as integers, bits
-    untouched; a 2-D table of rows gathers 4x slower, so other widths, and arrays torch cannot
-    share, go to np.take. The indices go in runs of GATHER_INDICES through one int32 buffer per
-    thread: a band's indices made afresh each time (2-4 MB) were kept by the C heap, and a
-    forward pass of VGG16's FC head grew the process by 30-40 MiB."""
+    """A `take` (kformat.methods.base.Take): the C loops' lookup of whole bytes where they are
+    built (a 41 x 25088 band of 4-bit codes 0.13 ms, against index_select's 0.25), else
+    torch.index_select, for tables of 4- or 8-byte entries (one or two float32 values a byte:
+    8- and 4-bit codes) gathered as integers, bits untouched; a 2-D table of rows gathers 4x
+    slower, so other widths, and arrays torch cannot share, go to np.take. The indices go in
+    runs of GATHER_INDICES through one int32 buffer per thread: a band's indices made afresh
+    each time (2-4 MB) were kept by the C heap, and a forward pass of VGG16's FC head grew
+    the process by 30-40 MiB."""
     as_integers = {4: np.int32, 8: np.int64}
 
     def take(table: np.ndarray, indices: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if lookup_in_c(table, indices, out):
+            return out
         integer = as_integers.get(table.dtype.itemsize)
         shareable = (
             integer is not None
@@ -81,12 +86,13 @@ def _index_buffer(torch):
 
 def packed_matvec(torch, q: QuantizedTensor, x, threads: int):
     """x @ W.T for one input row (batch 1) straight from 4- or 8-bit k-means codes, where the
-    C loops are built and the processor has AVX2: eight codes looked up per instruction and
-    multiplied as they are read, half a byte or a byte a weight, no float32 band written and
-    read again. None where that does not apply (the caller dequantizes in bands). On one
-    thread VGG16's 4-bit fc1 (4096 x 25088) took 8.7 ms against float32's 13.2; see
-    tools/bench/README.md for the 8-bit layers. The sums run in another order than a
-    matmul's, so the outputs agree to float32 rounding, not to the bit."""
+    C loops are built and the processor has AVX2 or AVX-512: eight or sixteen codes looked up
+    at a time and multiplied as they are read, half a byte or a byte a weight, no float32
+    band written and read again. None where that does not apply (the caller dequantizes in
+    bands). On one thread, with AVX-512, VGG16's 4-bit fc1 (4096 x 25088) took 6.5 ms and its
+    8-bit fc2 (4096 x 4096) 1.8 ms, against float32's 13.2 and 2.5 (tools/bench/README.md).
+    The sums run in another order than a matmul's: the outputs agree to float32 rounding,
+    not to the bit."""
     ready = kernels.c_loops()
     rows, cols = q.view
     codebook = q.tables.get("codebook")
@@ -114,7 +120,7 @@ def packed_matvec(torch, q: QuantizedTensor, x, threads: int):
         done[cuts.index(first)] = made
 
     _in_parts(part, cuts)
-    if not all(done):  # (no AVX2 here)
+    if not all(done):  # (no AVX2 here, or the C loops' vectors set lower)
         return None
     scale = q.tables.get("scale")
     if scale is not None:  # scale=row: each row's value times its scale

@@ -107,7 +107,7 @@ def take_rows(table: np.ndarray, indices: np.ndarray, out: np.ndarray) -> np.nda
     Bytes into a table of 256 entries (whole packed bytes of codes, Method.dequantize_packed)
     go through the C loops where they are built (kernels_c.lookup): no wider copy of the
     indices, a fixed-size copy per entry."""
-    if _lookup_in_c(table, indices, out):
+    if lookup_in_c(table, indices, out):
         return out
     if indices.ndim < 2:
         step = TAKE_INDICES
@@ -118,7 +118,7 @@ def take_rows(table: np.ndarray, indices: np.ndarray, out: np.ndarray) -> np.nda
     return out
 
 
-def _lookup_in_c(table: np.ndarray, indices: np.ndarray, out: np.ndarray) -> bool:
+def lookup_in_c(table: np.ndarray, indices: np.ndarray, out: np.ndarray) -> bool:
     """kernels_c.lookup(table, indices, out) where it applies; whether it ran."""
     if (
         indices.dtype != np.uint8
