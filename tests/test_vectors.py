@@ -133,3 +133,23 @@ def test_the_dp_scan_is_the_same_at_every_level(c_loops, seed, ties, k):
     for other in flat[1:]:
         for a, b in zip(other, flat[0], strict=True):
             np.testing.assert_array_equal(a, b, strict=True)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(0, 100), edges=st.integers(0, 16))
+def test_codes_by_few_edges_are_numpy_s_at_every_level(c_loops, level, seed, size, edges):
+    """Up to 16 edges, any order: the count of edges below each value, as numpy's compare per
+    edge gives (values on the edges, signed zeros, NaN and infinities among them)."""
+    from kformat.methods.kmeans_codes import _count_below
+
+    loops = at_level(c_loops, level)
+    rng = np.random.default_rng(seed)
+    cuts = rng.standard_normal(edges).astype(np.float32)
+    odd = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)
+    values = np.concatenate([rng.standard_normal(size).astype(np.float32), cuts, odd])
+    rng.shuffle(values)
+    got, want = np.full(values.size, 99, np.uint8), np.empty(values.size, np.uint8)
+    assert loops.count_codes(values, cuts, got)
+    _count_below(values, cuts, want)
+    assert got.tolist() == want.tolist()

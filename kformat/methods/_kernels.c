@@ -670,10 +670,65 @@ static void grid_codes(const float *values, Py_ssize_t n, const float *edges, Py
     }
 }
 
-/* count_codes(values, edges, out): kmeans_codes._count_below for float32 values and more
- * than 16 sorted edges (at most 255), by grid_codes: 0.19 ms for 65K values by 255 edges,
- * where numpy's compare per edge took 1.25 ms. False (nothing written) for other edges:
- * up to 16, numpy's vectorised compares are as fast (0.08 ms for 15). */
+/* Up to 16 edges: each value compared with every edge and the edges below it counted, as
+ * numpy's compare per edge does (any order of edges; NaN above none). AVX-512 or AVX2:
+ * sixteen or eight values against one edge per instruction, the counts in lanes. */
+static void count_plain(const float *values, Py_ssize_t n, const float *edges, Py_ssize_t ne, uint8_t *out) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int c = 0;
+        for (Py_ssize_t e = 0; e < ne; e++)
+            c += values[i] > edges[e];
+        out[i] = (uint8_t)c;
+    }
+}
+
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx2"))) static Py_ssize_t count_avx2(const float *values, Py_ssize_t n, const float *edges,
+                                                            Py_ssize_t ne, uint8_t *out) {
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(values + i);
+        __m256i c = _mm256_setzero_si256();
+        for (Py_ssize_t e = 0; e < ne; e++) /* a true compare is all ones: -1 */
+            c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_set1_ps(edges[e]), _CMP_GT_OQ)));
+        int32_t lanes[8];
+        _mm256_storeu_si256((__m256i *)lanes, c);
+        for (int l = 0; l < 8; l++)
+            out[i + l] = (uint8_t)lanes[l];
+    }
+    return i;
+}
+
+__attribute__((target("avx512f"))) static Py_ssize_t count_avx512(const float *values, Py_ssize_t n,
+                                                                 const float *edges, Py_ssize_t ne, uint8_t *out) {
+    const __m512i one = _mm512_set1_epi32(1);
+    Py_ssize_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_loadu_ps(values + i);
+        __m512i c = _mm512_setzero_si512();
+        for (Py_ssize_t e = 0; e < ne; e++)
+            c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(v, _mm512_set1_ps(edges[e]), _CMP_GT_OQ), c, one);
+        _mm_storeu_si128((__m128i *)(out + i), _mm512_cvtepi32_epi8(c));
+    }
+    return i;
+}
+#endif
+
+static void count_small(const float *values, Py_ssize_t n, const float *edges, Py_ssize_t ne, uint8_t *out) {
+    Py_ssize_t done = 0;
+#ifdef HAVE_AVX2_PATH
+    if (vectors >= 2)
+        done = count_avx512(values, n, edges, ne, out);
+    else if (vectors >= 1)
+        done = count_avx2(values, n, edges, ne, out);
+#endif
+    count_plain(values + done, n - done, edges, ne, out + done);
+}
+
+/* count_codes(values, edges, out): kmeans_codes._count_below for float32 values: up to 16
+ * edges by count_small (2.5 ms for a MiniLM-shaped word embedding's 477 groups of 15 edges
+ * where numpy's compare per edge took 26 ms), 17-255 sorted ones by grid_codes (0.19 ms for
+ * 65K values by 255 edges, numpy 1.25 ms). False (nothing written) for other edges. */
 static PyObject *count_codes(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     PyObject *o[3];
@@ -689,7 +744,14 @@ static PyObject *count_codes(PyObject *self, PyObject *args) {
     {
         const float *values = (const float *)b[0].view.buf, *edges = (const float *)b[1].view.buf;
         uint8_t *out = (uint8_t *)b[2].view.buf;
-        int sorted = ne > 16 && ne <= 255 && edges[ne - 1] > edges[0]; /* (a range for the grid) */
+        if (ne <= 16) {
+            Py_BEGIN_ALLOW_THREADS
+            count_small(values, n, edges, ne, out);
+            Py_END_ALLOW_THREADS
+            result = Py_NewRef(Py_True);
+            goto done;
+        }
+        int sorted = ne <= 255 && edges[ne - 1] > edges[0]; /* (a range for the grid) */
         for (Py_ssize_t e = 1; e < ne && sorted; e++)
             sorted = edges[e - 1] <= edges[e];
         if (!sorted) {

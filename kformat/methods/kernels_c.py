@@ -79,8 +79,8 @@ def top_codes(values, below, inside, out) -> None:
 
 
 def count_codes(values, edges, out) -> bool:
-    """kmeans_codes._count_below of float32 values by 17-255 sorted float32 edges into `out`
-    (uint8); False (nothing written) for other edges (up to 16, numpy's compares are as fast)."""
+    """kmeans_codes._count_below of float32 values by float32 edges into `out` (uint8): up to
+    16 edges in any order, or 17-255 sorted ones; False (nothing written) for others."""
     return _kernels.count_codes(values, edges, out)
 
 
