@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kformat
+from c_kernels import built_or_skip
 from kformat.methods import kernels, kmeans_dp, kmeans_fit
 from kformat.methods.kmeans_pieces import seed_in_pieces
 
@@ -27,10 +28,7 @@ def use(backend: str) -> None:
         os.environ["KFORMAT_C_KERNELS"] = "0"
     else:
         os.environ.pop("KFORMAT_C_KERNELS", None)
-        if kernels.c_loops() is None:
-            if os.environ.get("KFORMAT_REQUIRE_C_KERNELS") == "1":
-                pytest.fail("kformat.methods._kernels was not built (make venv builds it)")
-            pytest.skip("kformat.methods._kernels was not built (no compiler at install)")
+        built_or_skip()
 
 
 def numpy_only(function, *args, backend: str = "c"):

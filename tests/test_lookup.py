@@ -4,31 +4,20 @@ and 1-bit codes), any bit pattern (NaN payloads, signed zeros), rows of any shap
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kformat.methods import kernels
+from c_kernels import built_or_skip
 from kformat.methods.base import byte_table, take_rows
-
-
-def _c_or_skip():
-    loops = kernels.c_loops()
-    if loops is None:
-        if os.environ.get("KFORMAT_REQUIRE_C_KERNELS") == "1":
-            pytest.fail("kformat.methods._kernels was not built (make venv builds it)")
-        pytest.skip("kformat.methods._kernels was not built")
-    return loops
 
 
 @pytest.mark.parametrize("depth", [8, 4, 2, 1])
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), rows=st.integers(0, 9), cols=st.integers(1, 700))
 def test_whole_byte_lookups_in_c_are_np_take_s(depth, seed, rows, cols):
-    loops = _c_or_skip()
+    loops = built_or_skip()
     rng = np.random.default_rng(seed)
     values = rng.integers(0, 2**32, 1 << depth, dtype=np.uint32).view(np.float32)  # any bits
     table = byte_table(values, depth)
@@ -55,7 +44,7 @@ def test_other_lookups_stay_with_numpy():
 
 
 def test_the_c_lookup_refuses_tables_and_outputs_of_the_wrong_size():
-    loops = _c_or_skip()
+    loops = built_or_skip()
     indices = np.zeros(4, np.uint8)
     with pytest.raises(ValueError, match="table"):
         loops.lookup(np.zeros(255, np.float32), indices, np.empty(4, np.float32))

@@ -5,25 +5,20 @@ it has; a level the processor lacks is skipped."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kformat.methods import kernels, kmeans_dp
+from c_kernels import built_or_skip
+from kformat.methods import kmeans_dp
 
 LEVELS = [0, 1, 2]  # none, AVX2, AVX-512
 
 
 @pytest.fixture(scope="module")
 def c_loops():
-    loops = kernels.c_loops()
-    if loops is None:
-        if os.environ.get("KFORMAT_REQUIRE_C_KERNELS") == "1":
-            pytest.fail("kformat.methods._kernels was not built (make venv builds it)")
-        pytest.skip("kformat.methods._kernels was not built")
+    loops = built_or_skip()
     top = loops.set_vectors(2)
     yield loops, top
     loops.set_vectors(top)
