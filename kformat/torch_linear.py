@@ -86,13 +86,13 @@ def _index_buffer(torch):
 
 def packed_matvec(torch, q: QuantizedTensor, x, threads: int):
     """x @ W.T for one input row (batch 1) straight from 4- or 8-bit k-means codes, where the
-    C loops are built and the processor has AVX2 or AVX-512: eight or sixteen codes looked up
-    at a time and multiplied as they are read, half a byte or a byte a weight, no float32
-    band written and read again. None where that does not apply (the caller dequantizes in
-    bands). On one thread, with AVX-512, VGG16's 4-bit fc1 (4096 x 25088) took 6.5 ms and its
-    8-bit fc2 (4096 x 4096) 1.8 ms, against float32's 13.2 and 2.5 (tools/bench/README.md).
-    The sums run in another order than a matmul's: the outputs agree to float32 rounding,
-    not to the bit."""
+    C loops are built and the processor has AVX2 (4-bit codes) or AVX-512 (both): eight or
+    sixteen codes looked up at a time and multiplied as they are read, half a byte or a byte
+    a weight, no float32 band written and read again. None where that does not apply (the
+    caller dequantizes in bands). On one thread, with AVX-512, VGG16's 4-bit fc1 (4096 x
+    25088) took 6.5 ms and its 8-bit fc2 (4096 x 4096) 1.8 ms, against float32's 13.2 and 2.5
+    (tools/bench/README.md). The sums run in another order than a matmul's: the outputs
+    agree to float32 rounding, not to the bit."""
     ready = kernels.c_loops()
     rows, cols = q.view
     codebook = q.tables.get("codebook")
@@ -120,7 +120,7 @@ def packed_matvec(torch, q: QuantizedTensor, x, threads: int):
         done[cuts.index(first)] = made
 
     _in_parts(part, cuts)
-    if not all(done):  # (no AVX2 here, or the C loops' vectors set lower)
+    if not all(done):  # (no AVX2 here, no AVX-512 for 8-bit codes, or the vectors set lower)
         return None
     scale = q.tables.get("scale")
     if scale is not None:  # scale=row: each row's value times its scale

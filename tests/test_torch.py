@@ -247,4 +247,5 @@ def test_a_single_input_row_is_multiplied_from_the_packed_codes(tmp_path, rule, 
         pytest.skip("the C loops were not built")
     from kformat.methods import kernels_c  # (AVX2 and FMA on this processor, or the bands)
 
-    assert (direct[0] is not None) == (kernels_c.set_vectors(2) > 0)
+    needs = 2 if rule.startswith("kmeans:8") else 1  # (8-bit codes: AVX-512, 4-bit: AVX2)
+    assert (direct[0] is not None) == (kernels_c.set_vectors(2) >= needs)

@@ -62,6 +62,10 @@ def test_the_product_from_codes_is_float64_s(c_loops, level, bits, seed, rows, c
     x = rng.standard_normal(cols).astype(np.float32)
     first, stop = sorted(int(v) for v in rng.integers(0, rows + 1, 2))
     y = np.full(rows, np.nan, np.float32)
+    if bits == 8 and level < 2:  # (8-bit codes need AVX-512: with AVX2 the bands are faster)
+        assert loops.matvec(bits, codes, cols, group_rows, books, x, y, first, stop) is False
+        assert np.isnan(y).all()
+        return
     assert loops.matvec(bits, codes, cols, group_rows, books, x, y, first, stop)
     want = _reference(codes, bits, cols, group_rows, books, x)
     scale = np.abs(books).max() * np.abs(x).sum()
@@ -91,8 +95,9 @@ def test_the_product_refuses_buffers_too_short(c_loops, level):
         loops.matvec(4, packed, 9, 2, books, x, y, 0, 4)  # two groups, one book
     with pytest.raises(ValueError, match="x"):
         loops.matvec(4, packed, 9, 4, books, x[:8], y, 0, 4)
-    with pytest.raises(ValueError, match="codebooks"):  # 8-bit codes: 256 entries a group
-        loops.matvec(8, np.zeros((4, 9), np.uint8), 9, 4, books, x, y, 0, 4)
+    if level >= 2:  # (8-bit codes: AVX-512 only)
+        with pytest.raises(ValueError, match="codebooks"):  # 256 entries a group
+            loops.matvec(8, np.zeros((4, 9), np.uint8), 9, 4, books, x, y, 0, 4)
     with pytest.raises(ValueError, match="bad bits"):
         loops.matvec(2, packed, 9, 4, books, x, y, 0, 4)
 

@@ -859,42 +859,12 @@ __attribute__((target("avx512f"))) static void matvec4_rows_512(const uint8_t *p
     }
 }
 
-/* The same for 8-bit codes, a byte each, and a 256-entry codebook per row group: eight
- * codes widened to 32-bit indices and gathered from the codebook per instruction. */
-__attribute__((target("avx2,fma"))) static void matvec8_rows(const uint8_t *codes, Py_ssize_t cols, Py_ssize_t first,
-                                                            Py_ssize_t stop, Py_ssize_t group_rows,
-                                                            const float *codebooks, const float *x, float *y) {
-    Py_ssize_t whole = cols / 8;
-    for (Py_ssize_t r = first; r < stop; r++) {
-        const float *cb = codebooks + 256 * (r / group_rows);
-        const uint8_t *row = codes + r * cols;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-        Py_ssize_t k = 0;
-        for (; k + 1 < whole; k += 2) {
-            __m256i i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + 8 * k)));
-            __m256i i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + 8 * k + 8)));
-            a0 = _mm256_fmadd_ps(_mm256_i32gather_ps(cb, i0, 4), _mm256_loadu_ps(x + 8 * k), a0);
-            a1 = _mm256_fmadd_ps(_mm256_i32gather_ps(cb, i1, 4), _mm256_loadu_ps(x + 8 * k + 8), a1);
-        }
-        for (; k < whole; k++) {
-            __m256i i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + 8 * k)));
-            a0 = _mm256_fmadd_ps(_mm256_i32gather_ps(cb, i0, 4), _mm256_loadu_ps(x + 8 * k), a0);
-        }
-        __m256 sum = _mm256_add_ps(a0, a1);
-        __m128 half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-        half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-        half = _mm_add_ss(half, _mm_shuffle_ps(half, half, 1));
-        float total = _mm_cvtss_f32(half);
-        for (Py_ssize_t c = 8 * whole; c < cols; c++)
-            total += cb[row[c]] * x[c];
-        y[r] = total;
-    }
-}
-
-/* With AVX-512, sixteen codes at a time and no gather: the group's 256 entries held in
- * sixteen registers, each code looked up in the eight tables of 32 entries it may fall in
- * (two-register permutes by its low five bits), then the one its top three bits name kept
- * (blends by bits 5, 6 and 7). Gathers took 6.0 ms for VGG16's 8-bit fc2 on one thread. */
+/* The same for 8-bit codes, a byte each, and a 256-entry codebook per row group, with
+ * AVX-512: sixteen codes at a time, the group's entries held in sixteen registers, each code
+ * looked up in the eight tables of 32 entries it may fall in (two-register permutes by its
+ * low five bits), then the one its top three bits name kept (blends by bits 5, 6 and 7).
+ * With AVX2 only, 8-bit layers keep to the bands: gathers from the codebook (about a value
+ * a cycle) took 6.2 ms for VGG16's fc2 on one thread, the bands 5.0 ms. */
 __attribute__((target("avx512f"))) static void matvec8_rows_512(const uint8_t *codes, Py_ssize_t cols,
                                                                Py_ssize_t first, Py_ssize_t stop,
                                                                Py_ssize_t group_rows, const float *codebooks,
@@ -931,7 +901,8 @@ __attribute__((target("avx512f"))) static void matvec8_rows_512(const uint8_t *c
 
 /* matvec(bits, codes, cols, group_rows, codebooks, x, y, first, stop): y[first:stop] of W x
  * for 4-bit codes packed two a byte (16 codebook entries a group) or 8-bit ones (256), see
- * above; False (nothing written) where this processor has no AVX2 and FMA. */
+ * above; False (nothing written) where this processor has no AVX2 and FMA, or for 8-bit
+ * codes no AVX-512. */
 static PyObject *matvec(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     PyObject *o[7];
@@ -941,7 +912,7 @@ static PyObject *matvec(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "iOnnOOOnn", &bits, &o[1], &cols, &group_rows, &o[4], &o[5], &o[6], &first, &stop))
         return NULL;
 #ifdef HAVE_AVX2_PATH
-    if (vectors < 1)
+    if (vectors < 1 || (bits == 8 && vectors < 2))
         return Py_NewRef(Py_False);
     if ((bits != 4 && bits != 8) || cols < 1 || group_rows < 1 || first < 0 || stop < first) {
         PyErr_SetString(PyExc_ValueError, "matvec: bad bits, shape or rows");
@@ -968,10 +939,8 @@ static PyObject *matvec(PyObject *self, PyObject *args) {
             matvec4_rows_512(codes, row_bytes, cols, first, stop, group_rows, books, x, y);
         else if (bits == 4)
             matvec4_rows(codes, row_bytes, cols, first, stop, group_rows, books, x, y);
-        else if (wide)
-            matvec8_rows_512(codes, cols, first, stop, group_rows, books, x, y);
         else
-            matvec8_rows(codes, cols, first, stop, group_rows, books, x, y);
+            matvec8_rows_512(codes, cols, first, stop, group_rows, books, x, y);
         Py_END_ALLOW_THREADS
     }
     result = Py_NewRef(Py_True);

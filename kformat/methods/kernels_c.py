@@ -88,7 +88,7 @@ def matvec(bits: int, codes, cols: int, group_rows: int, codebooks, x, y, first:
     """y[first:stop] = W[first:stop] @ x for k-means codes of 4 bits packed two a byte (rows
     starting on a byte) or of 8 bits, a byte each, and a float32 codebook of 2**bits entries
     per group of `group_rows` rows; False (nothing written) where the processor lacks AVX2
-    and FMA."""
+    and FMA, or for 8-bit codes AVX-512 (there the bands are faster than gathers)."""
     return _kernels.matvec(
         int(bits), codes, int(cols), int(group_rows), codebooks, x, y, int(first), int(stop)
     )
