@@ -6,6 +6,7 @@ scalars are one row), the shape its tiles and groups are cut from.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING, Iterable
 
@@ -14,6 +15,7 @@ import numpy as np
 from ..errors import QuantizationError
 from ..methods import QuantizedTensor, get_method, kernels, view_2d
 from ..methods.chunks import CHUNK, map_chunks, row_step
+from ..methods.histogram import joined_range, known_range, range_parts
 from ..methods.metrics import error_powers, sqnr_db
 from .feedback import with_feedback
 from .split import encode_split, worth_splitting
@@ -34,8 +36,22 @@ def expect_fits(decisions, shapes: dict[str, tuple[int, ...]], jobs: int = 1) ->
     expect_fit_work(((view_2d(shapes[d.name]), d.rule) for d in decisions), jobs)
 
 
-def check_finite(name: str, values: np.ndarray) -> None:
+def check_finite(name: str, values: np.ndarray) -> tuple[float, float] | None:
+    """Refuse NaN and inf with a QuantizationError naming the first; for float32 values, their
+    (min, max) as histogram.value_range gives it, read in the same pass (each chunk's min and
+    max: NaN where it holds one, inf where it holds one), for the caller to pass on
+    (histogram.known_range); None for other dtypes."""
     flat = values.reshape(-1)
+    if flat.dtype == np.float32 and flat.size:
+        parts = range_parts(flat)
+        if all(np.isfinite(lo) and np.isfinite(hi) for lo, hi in parts):
+            return joined_range(parts)
+    _refuse(name, flat)  # (raises where a value is not finite)
+    return None
+
+
+def _refuse(name: str, flat: np.ndarray) -> None:
+    """The QuantizationError for the first NaN or inf of `flat`, if it holds one."""
 
     def first_bad(start: int, stop: int) -> int:
         chunk = flat[start:stop]
@@ -75,12 +91,18 @@ def encode_tensor(
             values=values,
             stats={"sqnr_db": float("inf")},
         )
-    check_finite(name, array)
+    span = check_finite(name, array)  # (float32: the values' range, which the method reads again)
     w = np.ascontiguousarray(array, dtype=np.float64 if array.dtype == np.float64 else np.float32).reshape(
         view
     )
     if method.codes:
         w = w.astype(np.float32, copy=False)
+    with known_range(w.reshape(-1), span) if span is not None else nullcontext():
+        return _encoded(name, array, w, method, rule, importance, feedback, jobs)
+
+
+def _encoded(name, array, w, method, rule, importance, feedback: bool, jobs: int) -> QuantizedTensor:
+    view = w.shape
     weights = importance.weights(name, view) if importance is not None and method.weighted else None
     q = encode_split(method, name, w, rule, weights) if worth_splitting(method, view, rule, jobs) else None
     if q is None:

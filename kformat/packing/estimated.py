@@ -10,11 +10,13 @@ summaries: the same numbers wherever they are fitted.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
 
 from ..methods import get_method, kmeans_fit, view_2d
+from ..methods.histogram import known_range
 from ..sources import TensorSource
 from .encode import check_finite
 from .exact import ALLOCATION_METHODS, exact_candidates, method_candidates
@@ -29,7 +31,12 @@ def summarized(name: str, array: np.ndarray, tile: tuple[int, int], importance=N
     """A large tensor's candidates, per method: estimated here when the method has no summary,
     encoded for real when it has no estimate, else its summary to fit."""
     w = np.asarray(array, dtype=np.float32).reshape(view_2d(array.shape))
-    check_finite(name, w)  # as every candidate's encode would (a NaN broke the histogram)
+    span = check_finite(name, w)  # as every candidate's encode would (a NaN broke the histogram)
+    with known_range(w.reshape(-1), span) if span is not None else nullcontext():  # (read once)
+        return _parts(name, w, tile, importance)
+
+
+def _parts(name: str, w: np.ndarray, tile: tuple[int, int], importance) -> list[Part]:
     weights = None if importance is None else importance.weights(name, w.shape)
     parts: list[Part] = []
     for method_name in ALLOCATION_METHODS:
