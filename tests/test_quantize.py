@@ -131,9 +131,22 @@ def test_non_finite_values_are_named(bad, rule):
         encode_tensor("layer.w", w, parse_rule(rule))
 
 
-def test_fp16_overflow_is_an_error():
+@pytest.mark.parametrize("sign", [1, -1])  # (the largest magnitude from either end of the range)
+def test_fp16_overflow_is_an_error(sign):
     with pytest.raises(QuantizationError, match="float16 range"):
-        encode_tensor("big", np.full((4, 4), 1e6, np.float32), parse_rule("fp16"))
+        encode_tensor("big", np.full((4, 4), sign * 1e6, np.float32), parse_rule("fp16"))
+    w = np.zeros((4, 4), np.float32)
+    w[1, 2] = sign * 70000.0
+    with pytest.raises(QuantizationError, match="float16 range"):
+        encode_tensor("one", w, parse_rule("fp16"))
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_fp16_of_values_all_below_its_smallest_is_an_error(sign):
+    with pytest.raises(QuantizationError, match="below float16's smallest"):
+        encode_tensor("tiny", np.full((4, 4), sign * 1e-9, np.float32), parse_rule("fp16"))
+    zeros = encode_tensor("zeros", np.zeros((4, 4), np.float32), parse_rule("fp16"))  # (all zero: fine)
+    assert not zeros.values.any()
 
 
 @pytest.mark.parametrize("rule", ["kmeans:4", "kmeans:8", "kmeans:4,group=64,scale=row"])

@@ -27,6 +27,16 @@ def _widened() -> np.ndarray:
     return np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 
+def _largest(w: np.ndarray) -> float:
+    """The largest magnitude of the values: from their range where they are float32 in one
+    block (read once already where the packer checked them: histogram.known_range), not from
+    a copy of their absolute values."""
+    if w.size == 0 or w.dtype != np.float32 or not w.flags.c_contiguous:
+        return float(np.abs(w).max(initial=0))
+    lo, hi = value_range(w.reshape(-1))
+    return max(-lo, hi, 0.0)
+
+
 class Fp16(Method):
     name = "fp16"
     codes = False
@@ -37,7 +47,7 @@ class Fp16(Method):
         return "float16"
 
     def encode(self, name: str, w: np.ndarray, rule) -> QuantizedTensor:
-        largest = np.abs(w).max(initial=0)
+        largest = _largest(w)
         if largest > FP16_MAX:
             raise QuantizationError(f"tensor {name!r}: values exceed the float16 range (±65504); use raw")
         if largest > 0 and np.float16(largest) == 0:  # every value would come back as zero
