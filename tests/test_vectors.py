@@ -153,3 +153,32 @@ def test_codes_by_few_edges_are_numpy_s_at_every_level(c_loops, level, seed, siz
     assert loops.count_codes(values, cuts, got)
     _count_below(values, cuts, want)
     assert got.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    rows=st.integers(1, 80),
+    cols=st.integers(1, 300),
+    bits=st.sampled_from([2, 4, 8]),
+    group=st.sampled_from([1, 7, 64]),
+    halves=st.booleans(),
+)
+def test_linear_codes_in_c_are_numpy_s_at_every_level(c_loops, level, seed, rows, cols, bits, group, halves):
+    """quantize_linear's codes, scales, zero points, counts and powers, through the C loops at
+    every level and through numpy: the same to the bit (values on rounding ties included)."""
+    from kformat.methods import kernels, linear
+
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_t(3, (rows, cols)) * 0.05).astype(np.float32)
+    if halves:  # many values whose quotient lands on .5
+        w = (np.round(w * 50) / 50).astype(np.float32)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(kernels, "c_loops", lambda: None)
+        want = linear.quantize_linear(w, bits, group)
+    at_level(c_loops, level)
+    got = linear.quantize_linear(w, bits, group)
+    for a, b in zip(got[:4], want[:4], strict=True):
+        np.testing.assert_array_equal(a, b, strict=True)
+    assert got[4] == want[4]

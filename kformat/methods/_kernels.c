@@ -567,6 +567,104 @@ done:
     return result;
 }
 
+/* One row of linear_rows: codes, back and counts (four tallies, summed by the caller, so that
+ * a run of equal codes does not wait on one counter). */
+static void linear_row_plain(const float *x, Py_ssize_t cols, float s, float z, float top, uint8_t *codes, float *back,
+                             int64_t (*tally)[256]) {
+    for (Py_ssize_t c = 0; c < cols; c++) {
+        float q = nearbyintf(x[c] / s) + z;
+        q = q < 0.0f ? 0.0f : (q > top ? top : q);
+        codes[c] = (uint8_t)q;
+        tally[c & 3][codes[c]] += 1;
+        back[c] = (q - z) * s;
+    }
+}
+
+#ifdef HAVE_AVX2_PATH
+/* The same, sixteen values at a time with AVX-512: the quotient rounded half to even
+ * (roundscale, as nearbyintf), the clip as compares that keep q where it equals a bound. */
+__attribute__((target("avx512f"))) static void linear_row_512(const float *x, Py_ssize_t cols, float s, float z,
+                                                             float top, uint8_t *codes, float *back,
+                                                             int64_t (*tally)[256]) {
+    const __m512 vs = _mm512_set1_ps(s), vz = _mm512_set1_ps(z), zero = _mm512_setzero_ps(), vtop = _mm512_set1_ps(top);
+    Py_ssize_t c = 0;
+    for (; c + 16 <= cols; c += 16) {
+        __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(x + c), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q = _mm512_add_ps(q, vz);
+        q = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(q, zero, _CMP_LT_OQ), q, zero);
+        q = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(q, vtop, _CMP_GT_OQ), q, vtop);
+        _mm_storeu_si128((__m128i *)(codes + c), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(q)));
+        _mm512_storeu_ps(back + c, _mm512_mul_ps(_mm512_sub_ps(q, vz), vs));
+        for (int l = 0; l < 16; l++)
+            tally[l & 3][codes[c + l]] += 1;
+    }
+    linear_row_plain(x + c, cols - c, s, z, top, codes + c, back + c, tally);
+}
+#endif
+
+/* linear_rows(x, cols, group_rows, first_row, scale, zero_point, levels, codes, back, counts):
+ * linear._linear_codes and what rows_of makes of them, in one pass: for each value of the
+ * rows x (rows x cols, float32; row r of group (first_row + r) / group_rows), q = x / scale
+ * rounded half to even, plus the zero point, clipped to [0, levels]; codes = q, back =
+ * (q - zero point) * scale, counts[code] += 1. Each operation in float32 as numpy does it,
+ * one rounding each, so the same codes and the same back to the bit. */
+static PyObject *linear_rows(PyObject *self, PyObject *args) {
+    PyObject *result = NULL;
+    PyObject *o[10];
+    Py_ssize_t cols, group_rows, first_row;
+    int levels;
+    Buffer b[10] = {0};
+    if (!PyArg_ParseTuple(args, "OnnnOOiOOO", &o[0], &cols, &group_rows, &first_row, &o[4], &o[5], &levels, &o[7],
+                          &o[8], &o[9]))
+        return NULL;
+    if (cols < 1 || group_rows < 1 || first_row < 0 || levels < 1 || levels > 255) {
+        PyErr_SetString(PyExc_ValueError, "linear_rows: bad shape or levels");
+        return NULL;
+    }
+    if (take(o[0], &b[0], 0, 0, 4, "x") < 0)
+        goto done;
+    Py_ssize_t n = COUNT(b[0], float), rows = n / cols;
+    Py_ssize_t groups = rows ? (first_row + rows - 1) / group_rows + 1 : 0;
+    if (n % cols || take(o[4], &b[4], 0, groups, 4, "scale") < 0 || take(o[5], &b[5], 0, groups, 4, "zero_point") < 0 ||
+        take(o[7], &b[7], 1, n, 1, "codes") < 0 || take(o[8], &b[8], 1, n, 4, "back") < 0 ||
+        take(o[9], &b[9], 1, levels + 1, 8, "counts") < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "linear_rows: x is not whole rows");
+        goto done;
+    }
+    {
+        const float *x = (const float *)b[0].view.buf, *scale = (const float *)b[4].view.buf,
+                    *zero = (const float *)b[5].view.buf;
+        uint8_t *codes = (uint8_t *)b[7].view.buf;
+        float *back = (float *)b[8].view.buf, top = (float)levels;
+        int64_t *counts = INTS(b[9]);
+        int64_t(*tally)[256] = PyMem_RawCalloc(4, sizeof *tally);
+        if (!tally) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            Py_ssize_t g = (first_row + r) / group_rows, at = r * cols;
+#ifdef HAVE_AVX2_PATH
+            if (vectors >= 2) {
+                linear_row_512(x + at, cols, scale[g], zero[g], top, codes + at, back + at, tally);
+                continue;
+            }
+#endif
+            linear_row_plain(x + at, cols, scale[g], zero[g], top, codes + at, back + at, tally);
+        }
+        for (int k = 0; k <= levels; k++)
+            counts[k] += tally[0][k] + tally[1][k] + tally[2][k] + tally[3][k];
+        Py_END_ALLOW_THREADS
+        PyMem_RawFree(tally);
+    }
+    result = Py_NewRef(Py_None);
+done:
+    release(b, 10);
+    return result;
+}
+
 /* prefix_sums(points, weights, out): kernels_numba.prefix_sums. */
 static PyObject *prefix_sums(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
@@ -1022,6 +1120,7 @@ static PyObject *set_vectors(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"set_vectors", set_vectors, METH_VARARGS, "the widest vectors the loops may use"},
+    {"linear_rows", linear_rows, METH_VARARGS, "linear codes, dequantized values and counts of rows"},
     {"lookup", lookup, METH_VARARGS, "out[i] = table[indices[i]], byte indices, 256 entries"},
     {"matvec", matvec, METH_VARARGS, "W x for 4- or 8-bit codes and per-group codebooks"},
     {"top_codes", top_codes, METH_VARARGS, "kmeans_codes' top-half lookup, into a given output"},

@@ -100,6 +100,16 @@ def lookup(table, indices, out) -> None:
     _kernels.lookup(table, indices, out)
 
 
+def linear_rows(x, cols: int, group_rows: int, first_row: int, scale, zero_point, levels: int, *out) -> None:
+    """linear.quantize_linear's rows in one pass, into `out` = (codes, back, counts): codes
+    (uint8), back (their float32 values) and counts (int64, added to) of float32 rows x, row r
+    in group (first_row + r) // group_rows."""
+    codes, back, counts = out
+    _kernels.linear_rows(
+        x, int(cols), int(group_rows), int(first_row), scale, zero_point, int(levels), codes, back, counts
+    )
+
+
 def set_vectors(level: int) -> int:
     """The widest vectors the C loops may use from now on: 0 none, 1 AVX2, 2 AVX-512 (at most
     what the processor has, which is the level at import); the level now in force. For tests:

@@ -12,6 +12,7 @@ from ..errors import DecodeError
 from .base import Method, TableSpec, group_rows_for, row_groups
 from .compact import QuantizedTensor
 from .metrics import entropy_bits, error_powers, sqnr_db
+from . import kernels
 from .chunks import map_chunks, row_step
 from .histogram import value_range
 from .prune import prune_mask
@@ -95,6 +96,15 @@ def quantize_linear(w: np.ndarray, bits: int, group_rows: int, weights: np.ndarr
         lo, hi = lo * best, hi * best
     scale, zero_point = _scale_zero(lo, hi, levels)
     codes = np.empty((rows, cols), dtype=np.uint8)
+    in_c = kernels.c_loops() if w.dtype == np.float32 and w.flags.c_contiguous else None
+    zeros = zero_point.astype(np.float32)
+
+    def rows_in_c(r0: int, r1: int):
+        """rows_of in one pass of the C loops: the same codes, back and counts."""
+        back = np.empty((r1 - r0, cols), dtype=np.float32)
+        counts = np.zeros(levels + 1, dtype=np.int64)
+        in_c.linear_rows(w[r0:r1], cols, group_rows, r0, scale, zeros, levels, codes[r0:r1], back, counts)
+        return counts, error_powers(w[r0:r1], back)
 
     def rows_of(r0: int, r1: int):
         g = np.arange(r0, r1) // group_rows
@@ -105,7 +115,7 @@ def quantize_linear(w: np.ndarray, bits: int, group_rows: int, weights: np.ndarr
         back *= s
         return np.bincount(codes[r0:r1].reshape(-1), minlength=levels + 1), error_powers(w[r0:r1], back)
 
-    parts = map_chunks(rows_of, rows, row_step(cols))  # chunks that stay in cache
+    parts = map_chunks(rows_of if in_c is None else rows_in_c, rows, row_step(cols))  # chunks in cache
     counts = sum(c for c, _ in parts)
     powers = (sum(p[0] for _, p in parts), sum(p[1] for _, p in parts))
     return codes, scale, zero_point, counts, powers
