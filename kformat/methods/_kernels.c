@@ -665,6 +665,43 @@ done:
     return result;
 }
 
+/* bin_floats(values, lo, scale, out): histogram._bin_index and the count of its bins in one
+ * pass, for float32 values: (v - lo) * scale in float32 (each rounded as numpy rounds it),
+ * capped at the last bin, truncated; out[bin] += 1 (int64, `bins` of them). False (counts
+ * partly added) where a value falls outside (below lo, or NaN): the caller recounts. */
+static PyObject *bin_floats(PyObject *self, PyObject *args) {
+    PyObject *result = NULL;
+    PyObject *o[4];
+    float lo, scale;
+    Buffer b[4] = {0};
+    if (!PyArg_ParseTuple(args, "OffO", &o[0], &lo, &scale, &o[3]))
+        return NULL;
+    if (take(o[0], &b[0], 0, 0, 4, "values") < 0 || take(o[3], &b[3], 1, 1, 8, "out") < 0)
+        goto done;
+    {
+        const float *values = (const float *)b[0].view.buf;
+        Py_ssize_t n = COUNT(b[0], float), bins = COUNT(b[3], int64_t);
+        int64_t *out = INTS(b[3]);
+        float last = (float)(bins - 1);
+        int ok = 1;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            float s = (values[i] - lo) * scale;
+            s = s > last ? last : s; /* np.minimum (a NaN stays, and fails the check below) */
+            if (!(s >= 0.0f)) {
+                ok = 0;
+                break;
+            }
+            out[(int32_t)s] += 1;
+        }
+        Py_END_ALLOW_THREADS
+        result = PyBool_FromLong(ok);
+    }
+done:
+    release(b, 4);
+    return result;
+}
+
 /* prefix_sums(points, weights, out): kernels_numba.prefix_sums. */
 static PyObject *prefix_sums(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
@@ -1120,6 +1157,7 @@ static PyObject *set_vectors(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"set_vectors", set_vectors, METH_VARARGS, "the widest vectors the loops may use"},
+    {"bin_floats", bin_floats, METH_VARARGS, "histogram bins of float32 values, counted in one pass"},
     {"linear_rows", linear_rows, METH_VARARGS, "linear codes, dequantized values and counts of rows"},
     {"lookup", lookup, METH_VARARGS, "out[i] = table[indices[i]], byte indices, 256 entries"},
     {"matvec", matvec, METH_VARARGS, "W x for 4- or 8-bit codes and per-group codebooks"},

@@ -131,6 +131,10 @@ def _counts(flat: np.ndarray, lo: float, hi: float, bins: int, weights=None, str
     def part(start: int, stop: int) -> np.ndarray:
         chunk_weights = None if weights is None else weights[start:stop:stride]
         sample = np.ascontiguousarray(flat[start:stop:stride])  # binned 1.6x faster than a strided view
+        if chunk_weights is None:
+            counted = _counted_in_c(sample, lo, hi, bins)
+            if counted is not None:
+                return counted
         return kernels.bincount(_bin_index(sample, lo, hi, bins), chunk_weights, bins)
 
     # a chunk holds CHUNK sampled values: fewer partial counts of every bin to add up
@@ -214,6 +218,16 @@ def _uniform(counts: np.ndarray, core_lo: float, core_hi: float, lo: float, hi: 
     width = (core_hi - core_lo) / bins
     centres = core_lo + (np.arange(bins) + 0.5) * width
     return Histogram(centres[keep], counts[keep].astype(np.float64), lo, hi, core_lo, core_hi, width)
+
+
+def _counted_in_c(sample: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray | None:
+    """_bin_index's float32 steps and their bincount in one pass of the C loops, where built and
+    the values take the float32 path; None otherwise (or where a value falls outside)."""
+    loops = kernels.c_loops()
+    if loops is None or sample.dtype != np.float32 or bins / (float(hi) - float(lo)) > FLOAT32_MAX:
+        return None
+    counts = np.zeros(bins, dtype=np.int64)
+    return counts if loops.bin_floats(sample, lo, bins / (hi - lo), counts) else None
 
 
 def _bin_index(chunk: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:

@@ -110,6 +110,12 @@ def linear_rows(x, cols: int, group_rows: int, first_row: int, scale, zero_point
     )
 
 
+def bin_floats(values, lo: float, scale: float, out) -> bool:
+    """Count float32 values into `out` (int64 bins) by histogram._bin_index's float32 steps:
+    (v - lo) * scale, capped at the last bin, truncated; False where one falls outside."""
+    return _kernels.bin_floats(values, float(lo), float(scale), out)
+
+
 def set_vectors(level: int) -> int:
     """The widest vectors the C loops may use from now on: 0 none, 1 AVX2, 2 AVX-512 (at most
     what the processor has, which is the level at import); the level now in force. For tests:

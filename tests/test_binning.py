@@ -1,0 +1,50 @@
+"""A histogram's bins counted in one pass of the C loops (kernels_c.bin_floats) are the ones
+numpy's steps count (histogram._bin_index, then bincount): the same points and counts, so
+the same fits and the same bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from c_kernels import built_or_skip
+from kformat.methods import histogram, kernels
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    size=st.sampled_from([70_000, 300_000, 1_200_000]),  # (past EXACT_POINTS: binned; sampled)
+    tails=st.booleans(),
+    ties=st.booleans(),
+)
+def test_binned_in_c_as_in_numpy(seed, size, tails, ties):
+    built_or_skip()
+    rng = np.random.default_rng(seed)
+    values = (rng.standard_t(2 if tails else 30, size) * 0.02).astype(np.float32)
+    if ties:  # values on bin edges and repeated
+        values = (np.round(values * 400) / 400).astype(np.float32)
+    got = histogram.histogram(values)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(kernels, "c_loops", lambda: None)
+        want = histogram.histogram(values)
+    np.testing.assert_array_equal(got.points, want.points, strict=True)
+    np.testing.assert_array_equal(got.counts, want.counts, strict=True)
+    assert (got.lo, got.hi, got.core_lo, got.core_hi, got.width) == (
+        want.lo,
+        want.hi,
+        want.core_lo,
+        want.core_hi,
+        want.width,
+    )
+
+
+def test_a_value_outside_the_range_is_declined_not_counted():
+    loops = built_or_skip()
+    counts = np.zeros(4, np.int64)
+    assert loops.bin_floats(np.array([0.5, 1.0], np.float32), 0.0, 3.0, counts)
+    assert counts.tolist() == [0, 1, 0, 1]  # (1.0 lands on the last bin's cap)
+    assert not loops.bin_floats(np.array([-0.5], np.float32), 0.0, 3.0, np.zeros(4, np.int64))
+    assert not loops.bin_floats(np.array([np.nan], np.float32), 0.0, 3.0, np.zeros(4, np.int64))
