@@ -199,11 +199,15 @@ def _identity(flat: np.ndarray) -> tuple:
 
 
 @contextmanager
-def known_range(flat: np.ndarray, span: tuple[float, float]) -> Iterator[None]:
+def known_range(flat: np.ndarray, span: tuple[float, float] | None) -> Iterator[None]:
     """Within the block, on this thread, value_range of `flat` (the same memory, size, dtype
     and strides, unchanged meanwhile) is `span` without a pass: the packer has just read it
     to check every value is finite, and a whole tensor's histogram read it again (VGG16's
-    first FC layer: 20 ms a pass)."""
+    first FC layer: 20 ms a pass). A span of None (not read: check_finite's for other
+    dtypes) changes nothing."""
+    if span is None:
+        yield
+        return
     before = getattr(_known, "range", None)
     _known.range = (_identity(flat), span)
     try:

@@ -6,7 +6,6 @@ scalars are one row), the shape its tiles and groups are cut from.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING, Iterable
 
@@ -97,7 +96,7 @@ def encode_tensor(
     )
     if method.codes:
         w = w.astype(np.float32, copy=False)
-    with known_range(w.reshape(-1), span) if span is not None else nullcontext():
+    with known_range(w.reshape(-1), span):
         return _encoded(name, array, w, method, rule, importance, feedback, jobs)
 
 

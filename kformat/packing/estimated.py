@@ -10,7 +10,6 @@ summaries: the same numbers wherever they are fitted.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -32,7 +31,7 @@ def summarized(name: str, array: np.ndarray, tile: tuple[int, int], importance=N
     encoded for real when it has no estimate, else its summary to fit."""
     w = np.asarray(array, dtype=np.float32).reshape(view_2d(array.shape))
     span = check_finite(name, w)  # as every candidate's encode would (a NaN broke the histogram)
-    with known_range(w.reshape(-1), span) if span is not None else nullcontext():  # (read once)
+    with known_range(w.reshape(-1), span):  # (read once)
         return _parts(name, w, tile, importance)
 
 
