@@ -228,16 +228,22 @@ def _counted_in_c(sample: np.ndarray, lo: float, hi: float, bins: int) -> np.nda
     """_bin_index's float32 steps and their bincount in one pass of the C loops, where built and
     the values take the float32 path; None otherwise (or where a value falls outside)."""
     loops = kernels.c_loops()
-    if loops is None or sample.dtype != np.float32 or bins / (float(hi) - float(lo)) > FLOAT32_MAX:
+    if loops is None or _scaled_in(sample, lo, hi, bins) != np.float32:
         return None
     counts = np.zeros(bins, dtype=np.int64)
     return counts if loops.bin_floats(sample, lo, bins / (hi - lo), counts) else None
 
 
+def _scaled_in(chunk: np.ndarray, lo: float, hi: float, bins: int) -> type:
+    """The dtype _bin_index scales values in: their own for float32, float64 otherwise, and
+    for a range of subnormals (its scale past float32's range)."""
+    if chunk.dtype != np.float32 or bins / (float(hi) - float(lo)) > FLOAT32_MAX:
+        return np.float64
+    return np.float32
+
+
 def _bin_index(chunk: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
-    dtype = np.float32 if chunk.dtype == np.float32 else np.float64
-    if bins / (float(hi) - float(lo)) > FLOAT32_MAX:  # a range of subnormals: scale in float64
-        dtype = np.float64
+    dtype = _scaled_in(chunk, lo, hi, bins)
     scaled = np.subtract(chunk, dtype(lo), dtype=dtype)
     scaled *= dtype(bins / (hi - lo))
     np.minimum(scaled, bins - 1, out=scaled)  # (never below 0: lo is at most the least value)
