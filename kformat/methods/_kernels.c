@@ -1144,6 +1144,97 @@ done:
     return result;
 }
 
+/* A float32's bits as an unsigned key that sorts as the float does: negatives flipped whole,
+ * positives with the sign bit set (-0.0 sorts just before +0.0), and back. */
+static inline uint32_t float_key(uint32_t bits) { return bits ^ ((uint32_t)((int32_t)bits >> 31) | 0x80000000u); }
+static inline uint32_t key_float(uint32_t key) { return key ^ (((key >> 31) - 1u) | 0x80000000u); }
+
+#define RADIX_PASSES 3
+static const int radix_shift[RADIX_PASSES] = {0, 11, 22};
+
+/* unique_floats(values, points, counts): histogram._unique_counts of float32 values, sorted
+ * by an LSD radix sort of their keys (three passes of 11, 11 and 10 bits, a pass skipped
+ * where every key has the same digit) and split into runs: points (float64) the distinct
+ * values ascending, counts (int64) how many of each; -0.0 and +0.0 one point, +0.0. Returns
+ * the number of points, or -1 (nothing written) where a value is NaN: the caller sorts. */
+static PyObject *unique_floats(PyObject *self, PyObject *args) {
+    PyObject *result = NULL;
+    PyObject *o[3];
+    Buffer b[3] = {0};
+    if (objects(args, o, 3, "unique_floats") < 0)
+        return NULL;
+    if (take(o[0], &b[0], 0, 0, 4, "values") < 0)
+        goto done;
+    Py_ssize_t n = COUNT(b[0], float);
+    if (take(o[1], &b[1], 1, n, 8, "points") < 0 || take(o[2], &b[2], 1, n, 8, "counts") < 0)
+        goto done;
+    {
+        const uint32_t *bits = (const uint32_t *)b[0].view.buf;
+        double *points = DOUBLES(b[1]);
+        int64_t *counts = INTS(b[2]);
+        Py_ssize_t found = 0;
+        int failed = 0, nan = 0;
+        Py_BEGIN_ALLOW_THREADS
+        uint32_t *keys = PyMem_RawMalloc((size_t)(n ? n : 1) * 2 * sizeof(uint32_t));
+        Py_ssize_t *tally = PyMem_RawCalloc((size_t)RADIX_PASSES << 11, sizeof(Py_ssize_t));
+        if (keys == NULL || tally == NULL) {
+            failed = 1;
+        } else {
+            uint32_t *from = keys, *to = keys + n;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                if ((bits[i] & 0x7fffffffu) > 0x7f800000u) {
+                    nan = 1;
+                    break;
+                }
+                uint32_t key = float_key(bits[i]);
+                from[i] = key;
+                for (int p = 0; p < RADIX_PASSES; p++)
+                    tally[(p << 11) + ((key >> radix_shift[p]) & 0x7ffu)]++;
+            }
+            for (int p = 0; p < RADIX_PASSES && !nan && n > 0; p++) {
+                Py_ssize_t *bucket = tally + (p << 11);
+                if (bucket[(from[0] >> radix_shift[p]) & 0x7ffu] == n)
+                    continue; /* one digit for all: the order stands */
+                Py_ssize_t start = 0;
+                for (int d = 0; d < 2048; d++) {
+                    Py_ssize_t size = bucket[d];
+                    bucket[d] = start;
+                    start += size;
+                }
+                for (Py_ssize_t i = 0; i < n; i++)
+                    to[bucket[(from[i] >> radix_shift[p]) & 0x7ffu]++] = from[i];
+                uint32_t *swap = from;
+                from = to;
+                to = swap;
+            }
+            for (Py_ssize_t i = 0; i < n && !nan; i++) {
+                uint32_t raw = key_float(from[i]);
+                float value;
+                memcpy(&value, &raw, sizeof value);
+                if (i > 0 && from[i] == from[i - 1]) {
+                    counts[found - 1]++;
+                } else if (i > 0 && (double)value == points[found - 1]) { /* +0.0 after -0.0 */
+                    counts[found - 1]++;
+                    points[found - 1] = value;
+                } else {
+                    points[found] = value;
+                    counts[found++] = 1;
+                }
+            }
+        }
+        PyMem_RawFree(keys);
+        PyMem_RawFree(tally);
+        Py_END_ALLOW_THREADS
+        if (failed)
+            PyErr_NoMemory();
+        else
+            result = PyLong_FromSsize_t(nan ? -1 : found);
+    }
+done:
+    release(b, 3);
+    return result;
+}
+
 /* set_vectors(level): the widest vectors the loops may use from now on (0 none, 1 AVX2, 2
  * AVX-512), at most the processor's; returns the level in force. The results are the same
  * at every level, to the bit (the DP) or to float32 rounding (matvec); tests compare them. */
@@ -1169,6 +1260,7 @@ static PyMethodDef methods[] = {
     {"ec", ec, METH_VARARGS, "fit_loops.ec_iterations, into given outputs"},
     {"bins", bins, METH_VARARGS, "kernels_numba.count_bins / sum_bins, into a given output"},
     {"prefix_sums", prefix_sums, METH_VARARGS, "kernels_numba.prefix_sums"},
+    {"unique_floats", unique_floats, METH_VARARGS, "sorted distinct float32 values and their counts"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -165,7 +165,14 @@ def median(values: np.ndarray) -> float:
 def _unique_counts(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.unique(flat, return_counts=True), the values as float64: sorted in their own dtype
     (float32 sorts 5x faster than float64) and split into runs, 2-6x faster than np.unique
-    on a row group's 49K values. Equal values (-0.0 and 0.0 among them) make one point."""
+    on a row group's 49K values. Equal values (-0.0 and 0.0 among them) make one point.
+    float32 values are counted by the C loops where built, a radix sort of their bits: 3x
+    faster again (kernels_c.unique_floats; there -0.0 and 0.0 make the point 0.0)."""
+    loops = kernels.c_loops()
+    if loops is not None and flat.dtype == np.float32 and flat.flags.c_contiguous:
+        found = loops.unique_floats(flat)
+        if found is not None:
+            return found
     ordered = np.sort(flat)
     starts = np.concatenate(([0], np.flatnonzero(ordered[1:] != ordered[:-1]) + 1))
     counts = np.diff(np.append(starts, ordered.size))

@@ -116,6 +116,18 @@ def bin_floats(values, lo: float, scale: float, out) -> bool:
     return _kernels.bin_floats(values, float(lo), float(scale), out)
 
 
+def unique_floats(values) -> tuple[np.ndarray, np.ndarray] | None:
+    """histogram._unique_counts of float32 values (contiguous): the distinct values ascending
+    (float64) and how many of each (int64); None where one is NaN."""
+    points, counts = np.empty(values.size), np.empty(values.size, dtype=np.int64)
+    found = _kernels.unique_floats(values, points, counts)
+    if found < 0:
+        return None
+    if found == values.size:
+        return points, counts
+    return points[:found].copy(), counts[:found].copy()  # (the spare room freed, as numpy's are)
+
+
 def set_vectors(level: int) -> int:
     """The widest vectors the C loops may use from now on: 0 none, 1 AVX2, 2 AVX-512 (at most
     what the processor has, which is the level at import); the level now in force. For tests:
