@@ -1235,6 +1235,81 @@ done:
     return result;
 }
 
+/* half_values(values, half, error): float32 values rounded to float16 as numpy rounds them
+ * (to nearest, ties to even; past 65504 to infinity; subnormals kept), eight at a time by
+ * F16C: their bits into `half` (uint16) unless it is None, and value - its float16's value
+ * (float32, exact) into `error` unless None. False where the processor lacks F16C (or
+ * set_vectors lowered the level to none) or a value is NaN (F16C quiets a NaN that numpy
+ * keeps): then nothing is promised of the outputs, and the caller converts with numpy. */
+#ifdef HAVE_AVX2_PATH
+static int processor_f16c = 0;
+
+__attribute__((target("avx2,f16c"))) static void half_block(const float *x, uint16_t *half, float *error) {
+    __m256 v = _mm256_loadu_ps(x);
+    __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+    if (half != NULL)
+        _mm_storeu_si128((__m128i *)half, h);
+    if (error != NULL)
+        _mm256_storeu_ps(error, _mm256_sub_ps(v, _mm256_cvtph_ps(h)));
+}
+
+__attribute__((target("avx2,f16c"))) static int half_pass(const float *x, Py_ssize_t n, uint16_t *half,
+                                                           float *error) {
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)))
+            return 0;
+        half_block(x + i, half == NULL ? NULL : half + i, error == NULL ? NULL : error + i);
+    }
+    if (i < n) { /* the tail through a block of eight, zero-padded */
+        float in[8] = {0}, err[8];
+        uint16_t bits[8];
+        memcpy(in, x + i, (size_t)(n - i) * sizeof(float));
+        for (Py_ssize_t j = 0; j < n - i; j++)
+            if (in[j] != in[j])
+                return 0;
+        half_block(in, bits, err);
+        if (half != NULL)
+            memcpy(half + i, bits, (size_t)(n - i) * sizeof(uint16_t));
+        if (error != NULL)
+            memcpy(error + i, err, (size_t)(n - i) * sizeof(float));
+    }
+    return 1;
+}
+#endif
+
+static PyObject *half_values(PyObject *self, PyObject *args) {
+    PyObject *result = NULL;
+    PyObject *o[3];
+    Buffer b[3] = {0};
+    if (objects(args, o, 3, "half_values") < 0)
+        return NULL;
+    if (take(o[0], &b[0], 0, 0, 4, "values") < 0)
+        goto done;
+    Py_ssize_t n = COUNT(b[0], float);
+    if ((o[1] != Py_None && take(o[1], &b[1], 1, n, 2, "half") < 0) ||
+        (o[2] != Py_None && take(o[2], &b[2], 1, n, 4, "error") < 0))
+        goto done;
+    {
+        int ok = 0;
+#ifdef HAVE_AVX2_PATH
+        if (vectors >= 1 && processor_f16c) {
+            const float *x = (const float *)b[0].view.buf;
+            uint16_t *half = b[1].held ? (uint16_t *)b[1].view.buf : NULL;
+            float *error = b[2].held ? (float *)b[2].view.buf : NULL;
+            Py_BEGIN_ALLOW_THREADS
+            ok = half_pass(x, n, half, error);
+            Py_END_ALLOW_THREADS
+        }
+#endif
+        result = PyBool_FromLong(ok);
+    }
+done:
+    release(b, 3);
+    return result;
+}
+
 /* set_vectors(level): the widest vectors the loops may use from now on (0 none, 1 AVX2, 2
  * AVX-512), at most the processor's; returns the level in force. The results are the same
  * at every level, to the bit (the DP) or to float32 rounding (matvec); tests compare them. */
@@ -1261,6 +1336,7 @@ static PyMethodDef methods[] = {
     {"bins", bins, METH_VARARGS, "kernels_numba.count_bins / sum_bins, into a given output"},
     {"prefix_sums", prefix_sums, METH_VARARGS, "kernels_numba.prefix_sums"},
     {"unique_floats", unique_floats, METH_VARARGS, "sorted distinct float32 values and their counts"},
+    {"half_values", half_values, METH_VARARGS, "float32 values rounded to float16, and the rounding error"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1271,6 +1347,7 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         processor_vectors = __builtin_cpu_supports("avx512f") ? 2 : 1;
+    processor_f16c = processor_vectors >= 1 && __builtin_cpu_supports("f16c");
 #endif
     vectors = processor_vectors;
     return PyModule_Create(&module);

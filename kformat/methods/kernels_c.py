@@ -128,6 +128,13 @@ def unique_floats(values) -> tuple[np.ndarray, np.ndarray] | None:
     return points[:found].copy(), counts[:found].copy()  # (the spare room freed, as numpy's are)
 
 
+def half_values(values, half=None, error=None) -> bool:
+    """float32 values (contiguous) rounded to float16 as numpy's astype rounds them: their bits
+    into `half` (float16 or uint16) and value - float16 value into `error` (float32), either
+    None; False (outputs undefined) without F16C or where a value is NaN."""
+    return _kernels.half_values(values, half, error)
+
+
 def set_vectors(level: int) -> int:
     """The widest vectors the C loops may use from now on: 0 none, 1 AVX2, 2 AVX-512 (at most
     what the processor has, which is the level at import); the level now in force. For tests:

@@ -1,0 +1,86 @@
+"""float32 values rounded to float16 by the C loops' F16C pass (kernels_c.half_values) are
+numpy's astype bits, ties, subnormals and overflow included, and so are fp16's stored values
+and its estimate's rounding errors: the same planes and the same candidates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from c_kernels import built_or_skip
+from kformat.methods import fp16, kernels
+
+
+def _finite_bits(rng: np.random.Generator, size: int) -> np.ndarray:
+    values = rng.integers(0, 2**32, size, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    return values[np.isfinite(values)]
+
+
+def _numpy(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with np.errstate(over="ignore", invalid="ignore"):
+        half = values.astype(np.float16)
+        return half, values - half.astype(np.float32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    size=st.sampled_from([0, 1, 7, 8, 9, 1000, 4099]),
+    kind=st.sampled_from(["weights", "bits", "ties", "edge"]),
+)
+def test_f16c_rounds_as_numpy(seed, size, kind):
+    loops = built_or_skip()
+    rng = np.random.default_rng(seed)
+    if kind == "weights":
+        values = (rng.standard_normal(size) * 10.0 ** rng.uniform(-9, 5)).astype(np.float32)
+    elif kind == "bits":  # any finite bit pattern: subnormals, huge values, both zeros
+        values = _finite_bits(rng, size)
+    elif kind == "ties":  # halfway between neighbouring float16 values, normal and subnormal
+        bits = rng.integers(0, 0x7BFF, size, dtype=np.uint16)
+        low, high = (b.view(np.float16).astype(np.float64) for b in (bits, bits + np.uint16(1)))
+        values = ((low + high) / 2).astype(np.float32) * rng.choice(np.array([-1, 1], np.float32), size)
+    else:  # around float16's largest (65504) and past it
+        values = (np.float32(65504) + rng.integers(-64, 64, size).astype(np.float32)) * rng.choice(
+            [-1, 1], size
+        )
+    values = values.astype(np.float32)
+    half, error = np.empty(values.size, np.float16), np.empty(values.size, np.float32)
+    level = kernels.c_loops().set_vectors(1)
+    try:
+        if level < 1:
+            pytest.skip("this processor has no AVX2 path")
+        if not loops.half_values(values, half, error):
+            pytest.skip("this processor has no F16C")
+    finally:
+        kernels.c_loops().set_vectors(9)
+    want_half, want_error = _numpy(values)
+    np.testing.assert_array_equal(half.view(np.uint16), want_half.view(np.uint16))
+    np.testing.assert_array_equal(error, want_error)
+    np.testing.assert_array_equal(fp16.rounded(values).view(np.uint16), want_half.view(np.uint16))
+    np.testing.assert_array_equal(fp16.rounding_error(values), want_error)
+
+
+def test_nan_and_no_vectors_are_left_to_numpy():
+    loops = built_or_skip()
+    values = np.array([1.0, 2.0, np.nan, 3.0], np.float32)
+    assert not loops.half_values(values, np.empty(4, np.float16), None)
+    assert not loops.half_values(np.full(11, np.nan, np.float32), None, np.empty(11, np.float32))
+    with np.errstate(invalid="ignore"):
+        want = values.astype(np.float16)
+    np.testing.assert_array_equal(fp16.rounded(values).view(np.uint16), want.view(np.uint16))
+    level = loops.set_vectors(0)
+    try:
+        assert level == 0 and not loops.half_values(np.ones(8, np.float32), np.empty(8, np.float16), None)
+        np.testing.assert_array_equal(fp16.rounded(np.full(9, 0.1, np.float32)), np.full(9, 0.1, np.float16))
+    finally:
+        loops.set_vectors(9)
+    with pytest.raises(ValueError, match="half"):
+        loops.half_values(np.ones(8, np.float32), np.empty(7, np.float16), None)
+
+
+def test_an_fp16_tensor_from_a_strided_or_float64_array_takes_numpys_path():
+    w = np.random.default_rng(3).standard_normal((6, 10)).astype(np.float32)
+    np.testing.assert_array_equal(fp16.rounded(w[:, ::2]), w[:, ::2].astype(np.float16))
+    np.testing.assert_array_equal(fp16.rounded(w.astype(np.float64)), w.astype(np.float16))
