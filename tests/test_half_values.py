@@ -84,3 +84,26 @@ def test_an_fp16_tensor_from_a_strided_or_float64_array_takes_numpys_path():
     w = np.random.default_rng(3).standard_normal((6, 10)).astype(np.float32)
     np.testing.assert_array_equal(fp16.rounded(w[:, ::2]), w[:, ::2].astype(np.float16))
     np.testing.assert_array_equal(fp16.rounded(w.astype(np.float64)), w.astype(np.float16))
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+@pytest.mark.parametrize("count", [65536, 65531, 9, 8, 1, 0])
+def test_widened_by_f16c_is_numpy_s_cast_for_every_pattern(level, count):
+    """fp16's dequantize (F16C where built, its table otherwise) gives numpy's float32 bits for
+    every float16 pattern, NaN payloads (F16C alone would quiet them) and signed zeros included,
+    at every vector level and for tails of every length."""
+    loops = built_or_skip()
+    patterns = np.arange(65536, dtype=np.uint16)[65536 - count :]
+    want = patterns.view(np.float16).astype(np.float32)
+    loops.set_vectors(level)
+    try:
+        got = fp16.Fp16().dequantize(patterns.view(np.float16).reshape(1, -1), 0, 0, {})
+        direct = np.full(count, 7.0, np.float32)
+        ran = loops.widen_half(patterns, direct)
+    finally:
+        loops.set_vectors(9)
+    assert got.view(np.uint32).tolist() == [want.view(np.uint32).tolist()]
+    if ran:
+        assert direct.view(np.uint32).tolist() == want.view(np.uint32).tolist()
+    with pytest.raises(ValueError, match="out"):
+        loops.widen_half(np.zeros(4, np.uint16), np.empty(3, np.float32))

@@ -85,12 +85,16 @@ class Fp16(Method):
         return QuantizedTensor(name=name, method=self.name, shape=w.shape, view=w.shape, values=rounded(w))
 
     def dequantize(self, plane, row0, group_rows, tables, out=None):
-        """Widened through a 65536-entry table (256 KiB, cache-resident): 1.4x numpy's cast."""
+        """Widened by the C loops' F16C pass where built (6x the table's speed, numpy's bits
+        for every pattern), else through a 65536-entry table (256 KiB, cache-resident): 1.4x
+        numpy's cast."""
         if out is None:
             out = np.empty(plane.shape, np.float32)
         bits = np.ascontiguousarray(plane).view(np.uint16)
         if out.flags.c_contiguous:
-            take_rows(_widened(), bits, out)  # every 16-bit pattern has an entry
+            loops = kernels.c_loops()
+            if loops is None or not loops.widen_half(bits, out):
+                take_rows(_widened(), bits, out)  # every 16-bit pattern has an entry
             return out
         band_rows = max(1, BAND_BYTES // (4 * max(1, bits.shape[1])))  # a tile of a wider tensor
         band = np.empty((min(band_rows, bits.shape[0]), bits.shape[1]), np.float32)

@@ -135,6 +135,13 @@ def half_values(values, half=None, error=None) -> bool:
     return _kernels.half_values(values, half, error)
 
 
+def widen_half(half, out) -> bool:
+    """float16 values (or their uint16 bits, contiguous) widened into `out` (float32, as many,
+    contiguous) with numpy's bits for every pattern, NaNs' included; False (nothing written)
+    without F16C."""
+    return _kernels.widen_half(half, out)
+
+
 def set_vectors(level: int) -> int:
     """The widest vectors the C loops may use from now on: 0 none, 1 AVX2, 2 AVX-512 (at most
     what the processor has, which is the level at import); the level now in force. For tests:
