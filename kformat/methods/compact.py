@@ -55,7 +55,9 @@ class QuantizedTensor:
     group_rows: int = 0
     packed: bool = False
     codes: np.ndarray | None = None
-    values: np.ndarray | None = None  # (rows, cols) in the method's storage dtype
+    # (rows, cols) in the method's storage dtype; from the fp16 encode an array-like whose
+    # slices are arrays, made as they are read (fp16.RoundedLater; np.asarray: the whole)
+    values: np.ndarray | None = None
     tables: dict[str, np.ndarray] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
     # From encode, never stored: each row group's cell edges (groups, 2**bits - 1), in the

@@ -54,6 +54,31 @@ def rounding_error(block: np.ndarray) -> np.ndarray:
     return d
 
 
+class RoundedLater:
+    """w rounded to float16 (rounded()) a slice at a time, as it is read: the fp16 values a
+    QuantizedTensor holds for the packer, whose tiles and SQNR rows are each read once. A
+    whole float16 copy was VGG16's largest allocation under the `fp16` preset (205 MB for
+    fc1), faulted in and written once only to be cut into tiles; slices of it are made in
+    cache. np.asarray() gives the whole array."""
+
+    dtype = np.dtype(np.float16)
+
+    def __init__(self, w: np.ndarray):
+        self.w = w
+        self.shape, self.ndim, self.size = w.shape, w.ndim, w.size
+        self.nbytes = 2 * w.size
+
+    def __getitem__(self, key) -> np.ndarray:
+        return rounded(np.ascontiguousarray(self.w[key]))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = rounded(self.w)
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
 def _largest(w: np.ndarray) -> float:
     """The largest magnitude of the values: from their range where they are float32 in one
     block (read once already where the packer checked them: histogram.known_range), not from
@@ -82,7 +107,9 @@ class Fp16(Method):
                 f"tensor {name!r}: every value is below float16's smallest ({largest:.3g} < 6e-08) "
                 "and would be stored as zero; use raw"
             )
-        return QuantizedTensor(name=name, method=self.name, shape=w.shape, view=w.shape, values=rounded(w))
+        return QuantizedTensor(
+            name=name, method=self.name, shape=w.shape, view=w.shape, values=RoundedLater(w)
+        )
 
     def dequantize(self, plane, row0, group_rows, tables, out=None):
         """Widened by the C loops' F16C pass where built (6x the table's speed, numpy's bits
