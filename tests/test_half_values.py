@@ -107,3 +107,18 @@ def test_widened_by_f16c_is_numpy_s_cast_for_every_pattern(level, count):
         assert direct.view(np.uint32).tolist() == want.view(np.uint32).tolist()
     with pytest.raises(ValueError, match="out"):
         loops.widen_half(np.zeros(4, np.uint16), np.empty(3, np.float32))
+
+
+def test_values_rounded_later_are_the_whole_cast_slice_by_slice():
+    """The packer's fp16 values (fp16.RoundedLater) read a slice at a time, tiles with a column
+    range and rows alike, are those slices of the whole cast; np.asarray gives the whole."""
+    w = (np.random.default_rng(5).standard_normal((37, 53)) * 3).astype(np.float32)
+    later = fp16.Fp16().encode("w", w, None).values
+    whole = w.astype(np.float16)
+    assert later.shape == w.shape and later.dtype == np.float16 and len(later) == 37
+    for key in (np.s_[0:5], np.s_[3:17, 8:40], np.s_[30:37, 50:53], np.s_[::4]):
+        got = later[key]
+        assert isinstance(got, np.ndarray) and got.dtype == np.float16
+        np.testing.assert_array_equal(got.view(np.uint16), whole[key].view(np.uint16))
+    np.testing.assert_array_equal(np.asarray(later).view(np.uint16), whole.view(np.uint16))
+    np.testing.assert_array_equal(np.asarray(later, dtype=np.float32), whole.astype(np.float32))
