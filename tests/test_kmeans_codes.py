@@ -155,3 +155,58 @@ def test_codes_of_are_assigns_codes(seed, k, size):
     assert np.array_equal(
         kmeans_codes.codes_of(values, centroids, edges), kmeans_codes.assign(values, centroids, edges).codes
     )
+
+
+@pytest.mark.parametrize("which", LOOPS)
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["gaussian", "heavy", "tiny"]),
+    st.sampled_from([2, 16, 256]),
+    st.sampled_from([(96, 700), (640, 300), (7, 9001)]),
+)
+def test_codes_made_later_are_the_whole_codes_slice_by_slice(which, seed, kind, k, shape):
+    """A per-tensor codebook's codes made as tiles read them (CodesLater) are the codes of the
+    whole, for row bands, tiles with a column range, single rows and np.asarray, whether a
+    slice pays for a lookup table or not; and so are a packed tensor's."""
+    with loops(which):
+        rng = np.random.default_rng(seed)
+        draw = {"gaussian": rng.standard_normal, "heavy": lambda n: rng.standard_t(2, n)}
+        values = draw.get(kind, lambda n: rng.standard_normal(n) * 1e-39)(shape[0] * shape[1])
+        values = values.astype(np.float32).reshape(shape)
+        cut = _edges(values.reshape(-1), k, seed).astype(np.float32)
+        span = (float(values.min()), float(values.max()))
+        whole = _coded(values, None, cut, span)[0]
+        later = kmeans_codes.CodesLater(values, cut, span)
+        rows, cols = shape
+        for key in (
+            np.s_[:],
+            np.s_[0:1],
+            np.s_[rows // 3 : rows],
+            np.s_[1 : rows - 1, cols // 4 : cols // 2],
+        ):
+            np.testing.assert_array_equal(later[key], whole[key])
+        np.testing.assert_array_equal(np.asarray(later), whole)
+        assert later.shape == shape and later.dtype == np.uint8 and len(later) == rows
+
+
+def test_a_per_tensor_encode_makes_its_codes_later_with_the_codes_and_stats_of_a_whole_pass():
+    """kmeans encodes of one codebook leave their codes to be made as they are read (no whole
+    copy in hand), the codes, tables and stats an encode that writes them all gives; group
+    rules write theirs."""
+    from kformat.methods import get_method
+    from kformat.methods.kmeans_groups import GroupEncoder
+    from kformat.recipe import parse_rule
+
+    w = (np.random.default_rng(11).standard_t(4, (300, 400)) * 0.02).astype(np.float32)
+    for text in ("kmeans:4", "kmeans:8,ecq=0.5", "kmeans:2"):
+        rule = parse_rule(text)
+        q = get_method("kmeans").encode("w", w, rule)
+        written = GroupEncoder("w", w, rule, codes=np.empty(w.shape, np.uint8)).whole()
+        assert isinstance(q.codes, kmeans_codes.CodesLater) and isinstance(written.codes, np.ndarray)
+        np.testing.assert_array_equal(np.asarray(q.codes), written.codes)
+        np.testing.assert_array_equal(q.codes[10:20, 5:50], written.codes[10:20, 5:50])
+        np.testing.assert_array_equal(q.codebook, written.codebook)
+        assert q.stats == written.stats
+    grouped = get_method("kmeans").encode("w", w, parse_rule("kmeans:4,group=64"))
+    assert isinstance(grouped.codes, np.ndarray)

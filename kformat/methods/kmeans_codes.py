@@ -20,6 +20,7 @@ codebooks, where numpy's searchsorted takes 16 ns (42 ns at 8 bits, against 21).
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,24 +109,33 @@ def _edge_lookup(edges: np.ndarray, lo: float, hi: float, bins: int):
     return base.astype(np.uint8 if edges.size < 256 else np.int16), inside
 
 
-def _coded(values: np.ndarray, centroids: np.ndarray, edges, span, collect=None, out=None):
-    """Codes for every value (nearest centroid, or by explicit cell edges), in chunks, and
-    collect(chunk, codes) of every chunk while it is in cache. `span` is the values' (min,
-    max) when the caller knows it. Codes go to `out` (contiguous uint8, the values' shape)
-    when given. The lookup tables (module docstring) cost about as much as 2^16 values, so
-    smaller inputs search."""
-    flat = values.reshape(-1)
-    codes = np.empty(flat.size, dtype=np.uint8) if out is None else out.reshape(-1)
-    edges = boundaries(centroids) if edges is None else edges
-    edges = edges.astype(_edge_dtype(values))
+def _lookups(flat: np.ndarray, edges: np.ndarray, span) -> tuple:
+    """(top, grid, lo, hi): the table _coded looks codes up in for these values (module
+    docstring), or None for both where the values are too few to pay for one (it costs about
+    as much as 2^16 values) or the edges too few."""
     top = grid = None
+    lo = hi = 0.0
     if flat.size >= LOOKUP_BINS and edges.size >= LOOKUP_EDGES:
-        if values.dtype == np.float32 and flat.flags.c_contiguous:
+        if flat.dtype == np.float32 and flat.flags.c_contiguous:
             top = _top_half_lookup(edges, span)
         if top is None:
             lo, hi = value_range(flat) if span is None else span
             if hi > lo:
                 grid = _edge_lookup(edges, lo, hi, LOOKUP_BINS)
+    return top, grid, lo, hi
+
+
+def _coded(values: np.ndarray, centroids: np.ndarray, edges, span, collect=None, out=None, lookups=None):
+    """Codes for every value (nearest centroid, or by explicit cell edges), in chunks, and
+    collect(chunk, codes) of every chunk while it is in cache. `span` is the values' (min,
+    max) when the caller knows it. Codes go to `out` (contiguous uint8, the values' shape)
+    when given. `lookups` is _lookups' table where the caller keeps one for many calls with
+    these edges and span (CodesLater's slices)."""
+    flat = values.reshape(-1)
+    codes = np.empty(flat.size, dtype=np.uint8) if out is None else out.reshape(-1)
+    edges = boundaries(centroids) if edges is None else edges
+    edges = edges.astype(_edge_dtype(values))
+    top, grid, lo, hi = _lookups(flat, edges, span) if lookups is None else lookups
 
     ready = _in_c(flat)
 
@@ -197,8 +207,50 @@ def assign(
     return Assignment(codes, counts, sums, sum_squares)
 
 
+class CodesLater:
+    """The uint8 codes of 2-D float32 `values` by cell edges `cut` (float32, sorted), made a
+    slice at a time as they are read, each the codes _coded gives the whole: a per-tensor
+    codebook's codes are read once, by the tiles that encode them, and a whole copy was its
+    largest allocation (VGG16's fc1: 103 MB, faulted in and written only to be cut into
+    tiles). The lookup table is built once, for the first slice that pays for one, and its
+    choice depends only on the edges and `span` (the values' range). np.asarray: the whole."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 2
+
+    def __init__(self, values: np.ndarray, cut: np.ndarray, span: tuple[float, float]):
+        self.values, self.cut, self.span = values, cut, span
+        self.shape, self.size, self.nbytes = values.shape, values.size, values.size
+        self._table = None
+        self._lock = threading.Lock()
+
+    def _lookups(self, block: np.ndarray):
+        if block.size < LOOKUP_BINS or self.cut.size < LOOKUP_EDGES:
+            return None  # (_coded searches: no table for these)
+        with self._lock:
+            if self._table is None:
+                self._table = _lookups(block.reshape(-1), self.cut, self.span)
+            return self._table
+
+    def __getitem__(self, key) -> np.ndarray:
+        block = np.ascontiguousarray(self.values[key])
+        return _coded(block, None, self.cut, self.span, lookups=self._lookups(block))[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
 def assign_binned(
-    values: np.ndarray, hist: Histogram, centroids: np.ndarray, edges: np.ndarray | None = None, out=None
+    values: np.ndarray,
+    hist: Histogram,
+    centroids: np.ndarray,
+    edges: np.ndarray | None = None,
+    out=None,
+    later: bool = False,
 ) -> Assignment:
     """Codes for the values, with counts, sums and power taken from their histogram `hist`
     (unweighted) instead of a second pass over the values. An exact histogram (width 0: the
@@ -207,9 +259,14 @@ def assign_binned(
     it (the w^2/12 term): the bins are a few parts in 10^5 of the range wide, so the cell
     means differ from the exact ones by far less than the codebook's fp16 rounding, and the
     SQNR stat by under 0.01 dB. The bincounts this saves were a third of a large tensor's pack
-    time and held the GIL, and a fifth of a row group's."""
+    time and held the GIL, and a fifth of a row group's. With `later` (2-D float32 values in
+    one block) the codes are made as they are read (CodesLater), not now."""
     cut = (boundaries(centroids) if edges is None else edges).astype(_edge_dtype(values))
-    codes, _ = _coded(values, centroids, cut, (hist.lo, hist.hi), out=out)
+    span = (hist.lo, hist.hi)
+    if later:
+        codes = CodesLater(values, cut, span)
+    else:
+        codes, _ = _coded(values, centroids, cut, span, out=out)
     k = centroids.size
     # points are sorted: each cell's points are one run, from the first point above its lower edge
     bounds = np.concatenate(([0], np.searchsorted(hist.points, cut, side="right"), [hist.points.size]))

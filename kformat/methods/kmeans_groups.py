@@ -109,6 +109,9 @@ class GroupEncoder:
         self.groups = -(-rows // self.group_rows)
         self.spans = chunk_spans(rows, self.group_rows)  # each group's (first row, stop)
         self.codes = np.empty((rows, cols), dtype=np.uint8) if codes is None else codes
+        # one codebook for the tensor, codes nobody asked to have in hand: made as tiles read
+        # them (kmeans_codes.CodesLater), where they come from the histogram's pass alone
+        self.codes_later = codes is None and self.groups == 1 and self.mask is None and weights is None
         self.batches = group_batches(self.groups, self.group_rows * cols)
 
     @property
@@ -182,7 +185,10 @@ class GroupEncoder:
                 )
             out = self.codes[r0:r1]
             if self.weights is None and block_mask is None and hist is not None:
-                found = kmeans_codes.assign_binned(block, hist, centroids, cells, out=out)
+                later = self.codes_later and isinstance(block, np.ndarray) and block.dtype == np.float32
+                found = kmeans_codes.assign_binned(block, hist, centroids, cells, out=out, later=later)
+                if later:
+                    self.codes = found.codes
             else:
                 span = None if hist is None or block_mask is not None else (hist.lo, hist.hi)
                 found = kmeans_codes.assign(block, centroids, cells, span, out=out)
