@@ -110,8 +110,10 @@ class GroupEncoder:
         self.spans = chunk_spans(rows, self.group_rows)  # each group's (first row, stop)
         self.codes = np.empty((rows, cols), dtype=np.uint8) if codes is None else codes
         # one codebook for the tensor, codes nobody asked to have in hand: made as tiles read
-        # them (kmeans_codes.CodesLater), where they come from the histogram's pass alone
-        self.codes_later = codes is None and self.groups == 1 and self.mask is None and weights is None
+        # them (kmeans_codes.CodesLater), where they come from the histogram's pass alone and
+        # from the weights as they are (scaled rows would be held at 4 bytes a value, not 1)
+        alone = self.mask is None and weights is None and self.divisor is None
+        self.codes_later = codes is None and self.groups == 1 and alone
         self.batches = group_batches(self.groups, self.group_rows * cols)
 
     @property
