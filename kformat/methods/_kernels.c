@@ -71,19 +71,24 @@ static inline double cost_to(const double *w, const double *s1, const double *s2
     return (cost > 0.0 || cost != cost) ? cost : 0.0; /* np.maximum(cost, 0): NaN stays */
 }
 
-/* The DP's inner loop: the lowest of previous[i] + cost_to(.., i, ..) over i = first..last
- * and the first i that gives it, as a loop of `value < lowest` from i = first finds them
- * (a NaN at first stays; later NaNs never win). */
+/* The DP's inner loop from i = first on, given the lowest value so far and where: each
+ * previous[i] + cost_to(.., i, ..) up to last that is lower takes their place. */
+static inline void scan_on(const double *previous, const double *w, const double *s1, const double *s2, int64_t first,
+                           int64_t last, double wj, double s1j, double s2j, double *lowest, int64_t *chosen) {
+    for (int64_t i = first; i <= last; i++) {
+        double value = previous[i] + cost_to(w, s1, s2, i, wj, s1j, s2j);
+        if (value < *lowest)
+            *lowest = value, *chosen = i;
+    }
+}
+
+/* The lowest of previous[i] + cost_to(.., i, ..) over i = first..last and the first i that
+ * gives it, as a loop of `value < lowest` from i = first finds them (a NaN at first stays;
+ * later NaNs never win). */
 static void scan_plain(const double *previous, const double *w, const double *s1, const double *s2, int64_t first,
                        int64_t last, double wj, double s1j, double s2j, double *lowest, int64_t *chosen) {
-    double low = previous[first] + cost_to(w, s1, s2, first, wj, s1j, s2j);
-    int64_t at = first;
-    for (int64_t i = first + 1; i <= last; i++) {
-        double value = previous[i] + cost_to(w, s1, s2, i, wj, s1j, s2j);
-        if (value < low)
-            low = value, at = i;
-    }
-    *lowest = low, *chosen = at;
+    *lowest = previous[first] + cost_to(w, s1, s2, first, wj, s1j, s2j), *chosen = first;
+    scan_on(previous, w, s1, s2, first + 1, last, wj, s1j, s2j, lowest, chosen);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -127,12 +132,8 @@ __attribute__((target("avx2"))) static void scan_avx2(const double *previous, co
             if (lanes[l] < low || (lanes[l] == low && places[l] < at))
                 low = lanes[l], at = places[l];
     }
-    for (; i <= last; i++) {
-        double value = previous[i] + cost_to(w, s1, s2, i, wj, s1j, s2j);
-        if (value < low)
-            low = value, at = i;
-    }
     *lowest = low, *chosen = at;
+    scan_on(previous, w, s1, s2, i, last, wj, s1j, s2j, lowest, chosen);
 }
 #endif
 
@@ -916,13 +917,28 @@ done:
  * AVX2: eight codes looked up at once (two permutes of eight entries and a blend), multiplied
  * and added into eight running sums. The sums' order is not a matmul's: the same product to
  * float32 rounding, not to the bit. */
+/* The 4-bit code of column c of a packed row (the earlier column in the high nibble). */
+static inline int code4(const uint8_t *row, Py_ssize_t c) {
+    uint8_t byte = row[c / 2];
+    return (c % 2) ? (byte & 15) : (byte >> 4);
+}
+
 #ifdef HAVE_AVX2_PATH
+/* The codebook entries of the eight 4-bit codes in four bytes: the codes' indices by shifts,
+ * each looked up in the low and the high eight entries, the right one kept by its bit 3. */
+__attribute__((target("avx2,fma"))) static inline __m256 entries8(const uint8_t *bytes, __m256 low, __m256 high) {
+    const __m256i shifts = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24), nibble = _mm256_set1_epi32(15);
+    uint32_t word;
+    memcpy(&word, bytes, 4);
+    __m256i index = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts), nibble);
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(low, index), _mm256_permutevar8x32_ps(high, index),
+                            _mm256_castsi256_ps(_mm256_slli_epi32(index, 28)));
+}
+
 __attribute__((target("avx2,fma"))) static void matvec4_rows(const uint8_t *packed, Py_ssize_t row_bytes,
                                                             Py_ssize_t cols, Py_ssize_t first, Py_ssize_t stop,
                                                             Py_ssize_t group_rows, const float *codebooks,
                                                             const float *x, float *y) {
-    const __m256i shifts = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
-    const __m256i nibble = _mm256_set1_epi32(15);
     Py_ssize_t whole = cols / 8;
     for (Py_ssize_t r = first; r < stop; r++) {
         const float *cb = codebooks + 16 * (r / group_rows);
@@ -931,35 +947,18 @@ __attribute__((target("avx2,fma"))) static void matvec4_rows(const uint8_t *pack
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
         Py_ssize_t k = 0;
         for (; k + 1 < whole; k += 2) {
-            uint32_t b0, b1;
-            memcpy(&b0, row + 4 * k, 4);
-            memcpy(&b1, row + 4 * k + 4, 4);
-            __m256i i0 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)b0), shifts), nibble);
-            __m256i i1 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)b1), shifts), nibble);
-            __m256 w0 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(low, i0), _mm256_permutevar8x32_ps(high, i0),
-                                         _mm256_castsi256_ps(_mm256_slli_epi32(i0, 28)));
-            __m256 w1 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(low, i1), _mm256_permutevar8x32_ps(high, i1),
-                                         _mm256_castsi256_ps(_mm256_slli_epi32(i1, 28)));
-            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + 8 * k), a0);
-            a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8 * k + 8), a1);
+            a0 = _mm256_fmadd_ps(entries8(row + 4 * k, low, high), _mm256_loadu_ps(x + 8 * k), a0);
+            a1 = _mm256_fmadd_ps(entries8(row + 4 * k + 4, low, high), _mm256_loadu_ps(x + 8 * k + 8), a1);
         }
-        for (; k < whole; k++) {
-            uint32_t b0;
-            memcpy(&b0, row + 4 * k, 4);
-            __m256i i0 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)b0), shifts), nibble);
-            __m256 w0 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(low, i0), _mm256_permutevar8x32_ps(high, i0),
-                                         _mm256_castsi256_ps(_mm256_slli_epi32(i0, 28)));
-            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + 8 * k), a0);
-        }
+        for (; k < whole; k++)
+            a0 = _mm256_fmadd_ps(entries8(row + 4 * k, low, high), _mm256_loadu_ps(x + 8 * k), a0);
         __m256 sum = _mm256_add_ps(a0, a1);
         __m128 half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
         half = _mm_add_ps(half, _mm_movehl_ps(half, half));
         half = _mm_add_ss(half, _mm_shuffle_ps(half, half, 1));
         float total = _mm_cvtss_f32(half);
-        for (Py_ssize_t c = 8 * whole; c < cols; c++) {
-            uint8_t byte = row[c / 2];
-            total += cb[(c % 2) ? (byte & 15) : (byte >> 4)] * x[c];
-        }
+        for (Py_ssize_t c = 8 * whole; c < cols; c++)
+            total += cb[code4(row, c)] * x[c];
         y[r] = total;
     }
 }
@@ -986,10 +985,8 @@ __attribute__((target("avx512f"))) static void matvec4_rows_512(const uint8_t *p
             a0 = a1, a1 = sum;
         }
         float total = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-        for (Py_ssize_t c = 16 * whole; c < cols; c++) {
-            uint8_t byte = row[c / 2];
-            total += cb[(c % 2) ? (byte & 15) : (byte >> 4)] * x[c];
-        }
+        for (Py_ssize_t c = 16 * whole; c < cols; c++)
+            total += cb[code4(row, c)] * x[c];
         y[r] = total;
     }
 }
@@ -1244,32 +1241,31 @@ done:
 #ifdef HAVE_AVX2_PATH
 static int processor_f16c = 0;
 
-__attribute__((target("avx2,f16c"))) static void half_block(const float *x, uint16_t *half, float *error) {
+/* Eight values; 0 (nothing written) where one is NaN. */
+__attribute__((target("avx2,f16c"))) static int half_block(const float *x, uint16_t *half, float *error) {
     __m256 v = _mm256_loadu_ps(x);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)))
+        return 0;
     __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
     if (half != NULL)
         _mm_storeu_si128((__m128i *)half, h);
     if (error != NULL)
         _mm256_storeu_ps(error, _mm256_sub_ps(v, _mm256_cvtph_ps(h)));
+    return 1;
 }
 
 __attribute__((target("avx2,f16c"))) static int half_pass(const float *x, Py_ssize_t n, uint16_t *half,
                                                            float *error) {
     Py_ssize_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i);
-        if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)))
+    for (; i + 8 <= n; i += 8)
+        if (!half_block(x + i, half == NULL ? NULL : half + i, error == NULL ? NULL : error + i))
             return 0;
-        half_block(x + i, half == NULL ? NULL : half + i, error == NULL ? NULL : error + i);
-    }
     if (i < n) { /* the tail through a block of eight, zero-padded */
         float in[8] = {0}, err[8];
         uint16_t bits[8];
         memcpy(in, x + i, (size_t)(n - i) * sizeof(float));
-        for (Py_ssize_t j = 0; j < n - i; j++)
-            if (in[j] != in[j])
-                return 0;
-        half_block(in, bits, err);
+        if (!half_block(in, bits, err))
+            return 0;
         if (half != NULL)
             memcpy(half + i, bits, (size_t)(n - i) * sizeof(uint16_t));
         if (error != NULL)
@@ -1317,30 +1313,30 @@ done:
 #ifdef HAVE_AVX2_PATH
 static inline uint32_t nan_bits(uint16_t h) { return ((uint32_t)(h & 0x8000u) << 16) | 0x7f800000u | ((uint32_t)(h & 0x3ffu) << 13); }
 
-__attribute__((target("avx2,f16c"))) static void widen_pass(const uint16_t *half, Py_ssize_t n, float *out) {
+/* Eight values. */
+__attribute__((target("avx2,f16c"))) static void widen_block(const uint16_t *half, float *out) {
     const __m128i magnitude = _mm_set1_epi16(0x7fff), infinity = _mm_set1_epi16(0x7c00);
+    __m128i h = _mm_loadu_si128((const __m128i *)half);
+    _mm256_storeu_ps(out, _mm256_cvtph_ps(h));
+    /* NaN: magnitude above infinity's (signed compare: magnitudes are below 0x8000) */
+    if (_mm_movemask_epi8(_mm_cmpgt_epi16(_mm_and_si128(h, magnitude), infinity)))
+        for (int j = 0; j < 8; j++)
+            if ((half[j] & 0x7fffu) > 0x7c00u) {
+                uint32_t bits = nan_bits(half[j]);
+                memcpy(out + j, &bits, sizeof bits);
+            }
+}
+
+__attribute__((target("avx2,f16c"))) static void widen_pass(const uint16_t *half, Py_ssize_t n, float *out) {
     Py_ssize_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m128i h = _mm_loadu_si128((const __m128i *)(half + i));
-        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
-        /* NaN: magnitude above infinity's (signed compare: magnitudes are below 0x8000) */
-        if (_mm_movemask_epi8(_mm_cmpgt_epi16(_mm_and_si128(h, magnitude), infinity)))
-            for (int j = 0; j < 8; j++)
-                if ((half[i + j] & 0x7fffu) > 0x7c00u) {
-                    uint32_t bits = nan_bits(half[i + j]);
-                    memcpy(out + i + j, &bits, sizeof bits);
-                }
-    }
-    for (; i < n; i++) {
+    for (; i + 8 <= n; i += 8)
+        widen_block(half + i, out + i);
+    if (i < n) { /* the tail through a block of eight, zero-padded */
         uint16_t block[8] = {0};
         float wide[8];
-        block[0] = half[i];
-        _mm256_storeu_ps(wide, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)block)));
-        if ((half[i] & 0x7fffu) > 0x7c00u) {
-            uint32_t bits = nan_bits(half[i]);
-            memcpy(wide, &bits, sizeof bits);
-        }
-        out[i] = wide[0];
+        memcpy(block, half + i, (size_t)(n - i) * sizeof(uint16_t));
+        widen_block(block, wide);
+        memcpy(out + i, wide, (size_t)(n - i) * sizeof(float));
     }
 }
 #endif
