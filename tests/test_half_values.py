@@ -122,3 +122,20 @@ def test_values_rounded_later_are_the_whole_cast_slice_by_slice():
         np.testing.assert_array_equal(got.view(np.uint16), whole[key].view(np.uint16))
     np.testing.assert_array_equal(np.asarray(later).view(np.uint16), whole.view(np.uint16))
     np.testing.assert_array_equal(np.asarray(later, dtype=np.float32), whole.astype(np.float32))
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_widened_into_a_strided_output_band_by_band_is_numpy_s_cast(level):
+    """A tile narrower than its tensor is widened into a strided output through a band: the
+    same bits for every pattern, with F16C and without."""
+    loops = built_or_skip()
+    patterns = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    whole = np.zeros((256, 300), np.float32)
+    loops.set_vectors(level)
+    try:
+        fp16.Fp16().dequantize(patterns.view(np.float16), 0, 0, {}, out=whole[:, 10:266])
+    finally:
+        loops.set_vectors(9)
+    want = patterns.view(np.float16).astype(np.float32)
+    assert whole[:, 10:266].view(np.uint32).tolist() == want.view(np.uint32).tolist()
+    assert not whole[:, :10].any() and not whole[:, 266:].any()

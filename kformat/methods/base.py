@@ -138,6 +138,29 @@ def lookup_in_c(table: np.ndarray, indices: np.ndarray, out: np.ndarray) -> bool
     return True
 
 
+class MadeAsRead:
+    """A read-only 2-D array-like whose slices are arrays made as they are read (fp16's
+    RoundedLater, kmeans_codes' CodesLater): what the packer's tiles and SQNR rows each read
+    once, where a whole copy would be faulted in and written only to be cut up. A subclass
+    sets `dtype` and makes `self[key]`; np.asarray gives the whole."""
+
+    dtype: ClassVar[np.dtype]
+
+    def __init__(self, source: np.ndarray):
+        self.shape, self.ndim, self.size = source.shape, source.ndim, source.size
+        self.nbytes = source.size * self.dtype.itemsize
+
+    def __getitem__(self, key) -> np.ndarray:
+        raise NotImplementedError
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
 def row_groups(row0: int, rows: int, group_rows: int) -> np.ndarray:
     return np.arange(row0, row0 + rows, dtype=np.int64) // group_rows
 

@@ -54,10 +54,10 @@ class QuantizedTensor:
     depth: int | None = None
     group_rows: int = 0
     packed: bool = False
+    # From the packer's encodes, codes and values may be array-likes whose slices are made
+    # as they are read (base.MadeAsRead: a per-tensor codebook's codes, fp16's values).
     codes: np.ndarray | None = None
-    # (rows, cols) in the method's storage dtype; from the fp16 encode an array-like whose
-    # slices are arrays, made as they are read (fp16.RoundedLater; np.asarray: the whole)
-    values: np.ndarray | None = None
+    values: np.ndarray | None = None  # (rows, cols) in the method's storage dtype
     tables: dict[str, np.ndarray] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
     # From encode, never stored: each row group's cell edges (groups, 2**bits - 1), in the

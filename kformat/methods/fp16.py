@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import QuantizationError
 from . import kernels
-from .base import BAND_BYTES, FP16_MAX, Method, take_rows
+from .base import BAND_BYTES, FP16_MAX, MadeAsRead, Method, take_rows
 from .compact import QuantizedTensor
 from .chunks import map_chunks, row_step
 from .histogram import value_range
@@ -54,29 +54,28 @@ def rounding_error(block: np.ndarray) -> np.ndarray:
     return d
 
 
-class RoundedLater:
+class RoundedLater(MadeAsRead):
     """w rounded to float16 (rounded()) a slice at a time, as it is read: the fp16 values a
-    QuantizedTensor holds for the packer, whose tiles and SQNR rows are each read once. A
-    whole float16 copy was VGG16's largest allocation under the `fp16` preset (205 MB for
-    fc1), faulted in and written once only to be cut into tiles; slices of it are made in
-    cache. np.asarray() gives the whole array."""
+    QuantizedTensor holds for the packer. A whole float16 copy was VGG16's largest
+    allocation under the `fp16` preset (205 MB for fc1); slices of it are made in cache."""
 
     dtype = np.dtype(np.float16)
 
     def __init__(self, w: np.ndarray):
+        super().__init__(w)
         self.w = w
-        self.shape, self.ndim, self.size = w.shape, w.ndim, w.size
-        self.nbytes = 2 * w.size
 
     def __getitem__(self, key) -> np.ndarray:
         return rounded(np.ascontiguousarray(self.w[key]))
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        whole = rounded(self.w)
-        return whole if dtype is None else whole.astype(dtype)
 
-    def __len__(self) -> int:
-        return self.shape[0]
+def _widen(bits: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out (float32, contiguous) = the float16 values of `bits` (uint16, contiguous): by the C
+    loops' F16C pass where built, else through the table (every 16-bit pattern has an entry)."""
+    loops = kernels.c_loops()
+    if loops is None or not loops.widen_half(bits, out):
+        take_rows(_widened(), bits, out)
+    return out
 
 
 def _largest(w: np.ndarray) -> float:
@@ -119,16 +118,12 @@ class Fp16(Method):
             out = np.empty(plane.shape, np.float32)
         bits = np.ascontiguousarray(plane).view(np.uint16)
         if out.flags.c_contiguous:
-            loops = kernels.c_loops()
-            if loops is None or not loops.widen_half(bits, out):
-                take_rows(_widened(), bits, out)  # every 16-bit pattern has an entry
-            return out
+            return _widen(bits, out)
         band_rows = max(1, BAND_BYTES // (4 * max(1, bits.shape[1])))  # a tile of a wider tensor
         band = np.empty((min(band_rows, bits.shape[0]), bits.shape[1]), np.float32)
         for lo in range(0, bits.shape[0], band_rows):
             hi = min(bits.shape[0], lo + band_rows)
-            take_rows(_widened(), bits[lo:hi], band[: hi - lo])
-            out[lo:hi] = band[: hi - lo]
+            out[lo:hi] = _widen(bits[lo:hi], band[: hi - lo])
         return out
 
     def candidates(self, rows: int) -> list[str]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels
+from .base import MadeAsRead
 from .chunks import map_chunks
 from .fit_loops import boundaries  # noqa: F401 (also used here)
 from .histogram import Histogram, _bin_index, run_sums, value_range
@@ -109,13 +110,18 @@ def _edge_lookup(edges: np.ndarray, lo: float, hi: float, bins: int):
     return base.astype(np.uint8 if edges.size < 256 else np.int16), inside
 
 
+def _pays_for_table(values: int, edges: np.ndarray) -> bool:
+    """Whether a lookup table pays for this many values and edges (it costs about as much as
+    2^16 values; with few edges, compares are faster)."""
+    return values >= LOOKUP_BINS and edges.size >= LOOKUP_EDGES
+
+
 def _lookups(flat: np.ndarray, edges: np.ndarray, span) -> tuple:
     """(top, grid, lo, hi): the table _coded looks codes up in for these values (module
-    docstring), or None for both where the values are too few to pay for one (it costs about
-    as much as 2^16 values) or the edges too few."""
+    docstring), or None for both where one does not pay (_pays_for_table)."""
     top = grid = None
     lo = hi = 0.0
-    if flat.size >= LOOKUP_BINS and edges.size >= LOOKUP_EDGES:
+    if _pays_for_table(flat.size, edges):
         if flat.dtype == np.float32 and flat.flags.c_contiguous:
             top = _top_half_lookup(edges, span)
         if top is None:
@@ -207,25 +213,24 @@ def assign(
     return Assignment(codes, counts, sums, sum_squares)
 
 
-class CodesLater:
+class CodesLater(MadeAsRead):
     """The uint8 codes of 2-D float32 `values` by cell edges `cut` (float32, sorted), made a
     slice at a time as they are read, each the codes _coded gives the whole: a per-tensor
     codebook's codes are read once, by the tiles that encode them, and a whole copy was its
-    largest allocation (VGG16's fc1: 103 MB, faulted in and written only to be cut into
-    tiles). The lookup table is built once, for the first slice that pays for one, and its
-    choice depends only on the edges and `span` (the values' range). np.asarray: the whole."""
+    largest allocation (VGG16's fc1: 103 MB). The lookup table is built once, for the first
+    slice that pays for one, and its choice depends only on the edges and `span` (the
+    values' range)."""
 
     dtype = np.dtype(np.uint8)
-    ndim = 2
 
     def __init__(self, values: np.ndarray, cut: np.ndarray, span: tuple[float, float]):
+        super().__init__(values)
         self.values, self.cut, self.span = values, cut, span
-        self.shape, self.size, self.nbytes = values.shape, values.size, values.size
         self._table = None
         self._lock = threading.Lock()
 
     def _lookups(self, block: np.ndarray):
-        if block.size < LOOKUP_BINS or self.cut.size < LOOKUP_EDGES:
+        if not _pays_for_table(block.size, self.cut):
             return None  # (_coded searches: no table for these)
         with self._lock:
             if self._table is None:
@@ -235,13 +240,6 @@ class CodesLater:
     def __getitem__(self, key) -> np.ndarray:
         block = np.ascontiguousarray(self.values[key])
         return _coded(block, None, self.cut, self.span, lookups=self._lookups(block))[0]
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        whole = self[:]
-        return whole if dtype is None else whole.astype(dtype)
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
 
 def assign_binned(
