@@ -28,11 +28,14 @@ memory, `--pairs P` does the same: P rounds of a fresh `--jobs 1` process and a 
 `--jobs N` one, each the best of `--repeat` packs. `--ceiling` also times, per preset, two
 `--jobs 1` processes at once against one alone: 2 x alone / at once is what this machine's
 cores give the work with no threads in the way, the yardstick for the `--jobs N` gain.
-`--pause S` sleeps S seconds before each timed process. On this virtual machine, memory a
-process has just freed is quick to reuse for a few seconds, and after that a fresh page
-costs the host's page fault again: touching new memory ran at 0.45 GB/s per thread cold
-against 13-17 GB/s warm. Back-to-back runs therefore time a mix of the two; with a pause,
-every run is cold, as a user's first command after a while is.
+Whole commands also time the command's start-up S (`python -m kformat --version`: the
+interpreter and the package's imports, the best of several) and give, per preset, the bound
+on the gain with everything after S split perfectly over N cores: (S + P) / (S + P / N) for
+a one-job command of S + P seconds. `--pause S` sleeps S seconds before each timed process.
+On this virtual machine, memory a process has just freed is quick to reuse for a few
+seconds, and after that a fresh page costs the host's page fault again: touching new memory
+ran at 0.45 GB/s per thread cold against 13-17 GB/s warm. Back-to-back runs therefore time a
+mix of the two; with a pause, every run is cold, as a user's first command after a while is.
 
     python tools/bench/pack_speed.py [--out bench-out] [--repeat 2] [--small | --model vgg16|bert|minilm]
                                      [--recipes kmeans4,q4]
@@ -129,6 +132,25 @@ def whole_process(variant: str, model: Path, target: Path, repeat: int, pause: f
         seconds = time.perf_counter() - start
         best = seconds if best is None else min(best, seconds)
     return {"seconds": best}
+
+
+def start_up(runs: int) -> float:
+    """The best wall time of `python -m kformat --version` over `runs` processes: the
+    interpreter and the package's imports, the serial start of every command."""
+    best = None
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "kformat", "--version"], capture_output=True, check=True)
+        seconds = time.perf_counter() - start
+        best = seconds if best is None else min(best, seconds)
+    return best
+
+
+def perfect_split_bound(serial: float, one_job: float, cores: int) -> float:
+    """The largest gain of `cores` jobs over one when only `serial` seconds of a one-job
+    command stay serial and the rest divides perfectly."""
+    rest = max(0.0, one_job - serial)
+    return one_job / (serial + rest / cores)
 
 
 def compile_package() -> None:
@@ -275,9 +297,12 @@ def main() -> int:
     work = args.out / "pack_speed"
     work.mkdir(parents=True, exist_ok=True)
     model = work / "model.safetensors"
+    serial = None
     if args.whole_process:
         write_model(model, model_key)
         compile_package()
+        serial = start_up(max(5, args.repeat))
+        print(f"  start-up (python -m kformat --version): {serial:.3f} s", file=sys.stderr, flush=True)
     rows = []
     paired: dict[str, list[float]] = {}  # jobs=1 and jobs=N run in turn, ratios per pair
     pairs = args.repeat if args.whole_process else args.pairs  # rounds of (jobs=1, jobs=N)
@@ -331,6 +356,9 @@ def main() -> int:
             gains = paired[row["variant"]]
             middle = row["paired_speedup_median"] = statistics.median(gains)
             line += f"   paired: median {middle:.2f} (min {gains[0]:.2f}, max {gains[-1]:.2f})"
+        if serial is not None and recipe in single and not row["variant"].endswith("jobs=1"):
+            bound = row["perfect_split_bound"] = perfect_split_bound(serial, single[recipe], args.jobs)
+            line += f"   bound at a perfect split {bound:.2f}"
         print(line)
     ceilings = {}
     if args.ceiling:
@@ -348,6 +376,7 @@ def main() -> int:
         "timing": "whole process, from a .safetensors file" if args.whole_process else "pack() in memory",
         "kernels": args.kernels,
         "pause_seconds": args.pause,
+        "start_up_seconds": serial,
         "rows": rows,
         "byte_identical": same,
         "ceiling": ceilings,
