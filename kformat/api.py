@@ -15,7 +15,7 @@ from .loading.container import Container, Problem
 from .packing.relayout import is_container, relayout
 from .packing.writer import PackReport
 from .progress import Progress, Tracker
-from .packing.processes import keep_freed_memory_if_asked
+from .heap import keep_freed_memory_if_asked
 from .packing.writer import pack as _pack
 from .recipe import Recipe, build_recipe
 from .sources import DictSource, TensorSource, open_source, source_metadata, write_tensors
@@ -165,7 +165,9 @@ def _float_dtype(name: str) -> np.dtype:
 
 
 def load_all(url: str, **storage_options) -> dict[str, np.ndarray]:
-    """Every tensor of a container, eagerly (dequantized to float32 where lossy)."""
+    """Every tensor of a container, eagerly (dequantized to float32 where lossy). Like every
+    container open, the first in a process sets glibc's malloc thresholds where glibc settles
+    by itself, unless the process chose its own or set KFORMAT_KEEP_FREED=0 (kformat.heap)."""
     with Container.open(url, **storage_options) as container:
         return dict(container.read_all())
 

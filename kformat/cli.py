@@ -382,7 +382,7 @@ def run() -> None:
     """main() in a process of its own: the imports' objects, then what main() made (numba's), frozen
     out of the collector, whose passes and exit skip them (main() alone leaves a caller's alone);
     numba, if a pack loads it, loaded without scipy and cffi (kformat.methods.kernels._lean_numba);
-    freed memory kept for reuse (kformat.packing.processes.keep_freed_memory_if_asked)."""
+    freed memory kept for reuse (kformat.heap)."""
     os.environ.setdefault("KFORMAT_NUMBA_LEAN", "1")
     os.environ.setdefault("KFORMAT_KEEP_FREED", "1")
     gc.freeze()

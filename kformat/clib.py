@@ -1,8 +1,8 @@
-"""The process's own C library, for the calls Python's standard library does not make:
-madvise without the GIL (kformat.loading.mapped), malloc_trim (kformat.loading.trim), mallopt
-and prctl (kformat.packing.processes). One handle, looked up once, before any fork: a child
-that called dlopen while another of the parent's threads held the loader's lock at the fork
-would wait for ever."""
+"""The process's own C library, for the calls Python's standard library does not make: madvise
+without the GIL (kformat.loading.mapped), malloc_trim (kformat.loading.trim), mallopt
+(kformat.heap) and prctl (kformat.packing.processes). One handle, looked up once, before any
+fork: a child that called dlopen while another of the parent's threads held the loader's lock at
+the fork would wait for ever."""
 
 from __future__ import annotations
 

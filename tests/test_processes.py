@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import kformat
+from kformat import heap
 from kformat.methods import chunks, kmeans_fit
 from kformat.methods.kmeans_allocation import whole_key
 from kformat.packing import processes, weighing
@@ -398,7 +399,7 @@ def test_a_pack_keeps_freed_memory_where_its_owner_asks(tmp_path, monkeypatch):
     process keep freed memory for reuse, as its worker processes do; a library caller's
     process keeps glibc's defaults."""
     calls = []
-    monkeypatch.setattr(processes, "keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(heap, "keep_freed_memory", lambda: calls.append(1))
     weights = {"w": np.ones((8, 8), np.float32)}
     monkeypatch.delenv("KFORMAT_KEEP_FREED", raising=False)
     kformat.pack(weights, tmp_path / "a.kf", "fp16", jobs=1)

@@ -27,7 +27,7 @@ from ..loading.store import get_object, put_object, remove_objects
 from ..recipe import Decision
 from ..sources import TensorSource, open_source
 from .parts import from_part, to_part
-from .processes import keep_freed_memory
+from ..heap import keep_freed_memory
 from .encoded import Encoded, encode_blobs
 
 log = logging.getLogger("kformat")

@@ -37,13 +37,12 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
 from ..clib import function as c_function
+from ..heap import keep_freed_memory
 from ..interrupts import deferred
 from ..methods import chunks
 from ..progress import log
 
 T = TypeVar("T")
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
 @functools.cache
@@ -53,32 +52,7 @@ def _c_calls() -> dict[str, Callable | None]:
     loader's lock at the fork would wait for ever."""
     return {
         "prctl": c_function("prctl", (ctypes.c_int, ctypes.c_ulong)),
-        "mallopt": c_function("mallopt", (ctypes.c_int, ctypes.c_int)),
     }
-
-
-@functools.cache
-def keep_freed_memory() -> None:
-    """In a worker process: map only blocks over 64 MiB, and keep up to 128 MiB of freed
-    memory, so that temporaries reuse pages already faulted in. Dask's nanny starts workers
-    with MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's adaptive mmap
-    threshold: every temporary array over 128 KiB was then mapped, faulted in and unmapped
-    afresh, and encoding ran 2.5x slower. glibc only; elsewhere nothing changes."""
-    mallopt = _c_calls()["mallopt"]
-    if mallopt is not None:  # (glibc)
-        mallopt(M_MMAP_THRESHOLD, 64 << 20)
-        mallopt(M_TRIM_THRESHOLD, 128 << 20)
-
-
-def keep_freed_memory_if_asked() -> None:
-    """keep_freed_memory in this process too, where its owner asked for it with
-    KFORMAT_KEEP_FREED=1 (the command line does, for its own process; a library caller's
-    process keeps glibc's defaults unless it sets it). With the defaults, glibc gave each
-    thread's arena's freed temporaries back at once (madvise, hundreds of 4 MB calls) and
-    faulted them in again: a VGG16 `q8` command at --jobs 2 spent 1.03 s in the kernel, not
-    0.2 s, and took 1.44x the time, once the fits' C loops let its threads run side by side."""
-    if os.environ.get("KFORMAT_KEEP_FREED") == "1":
-        keep_freed_memory()
 
 
 @contextmanager

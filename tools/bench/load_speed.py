@@ -12,6 +12,8 @@ imports, and the whole process's peak RSS (what `/usr/bin/time` would say):
   safetensors f16    the same of the float16 model (widened to float32 by nothing: fp16 arrays)
   kformat mobile     kformat.load_all of the `mobile` .kf (float32 out; fp16 layers widened)
   kformat mobile, 1 thread   the same with one decode thread
+  kformat mobile, glibc's defaults   the same with glibc's malloc thresholds as a process
+                     starts with (KFORMAT_KEEP_FREED=0; kformat.heap)
 
     python tools/bench/load_speed.py [--out bench-out] [--repeat 3] [--rounds 3] [--small]
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -64,6 +67,7 @@ VARIANTS = {
     "safetensors f16": "f16.safetensors",
     "kformat mobile": "mobile.kf",
     "kformat mobile, 1 thread": "mobile.kf",
+    "kformat mobile, glibc's defaults": "mobile.kf",
 }
 
 
@@ -127,7 +131,7 @@ def main() -> int:
     reference = rows[0]
     widths, digits = (9, 8, 9, 9, 8, 9, 9, 9, 9, 9), (1, 3, 2, 2, 3, 2, 1, 2, 1, 2)
     print(
-        f"{'variant':26s} {'file MiB':>9s} {'seconds':>8s} {'GB/s f32':>9s} {'x st f32':>9s} {'first s':>8s}"
+        f"{'variant':33s} {'file MiB':>9s} {'seconds':>8s} {'GB/s f32':>9s} {'x st f32':>9s} {'first s':>8s}"
         f" {'x st f32':>9s} {'peak MiB':>9s} {'x st f32':>9s} {'process':>9s} {'x st f32':>9s}"
     )
     for r in rows:
@@ -148,7 +152,7 @@ def main() -> int:
             r["process_peak"] / 2**20,
             r["process_peak_vs_safetensors_f32"],
         )
-        print(f"{r['variant']:26s} " + " ".join(f"{v:{w}.{d}f}" for v, w, d in zip(cells, widths, digits)))
+        print(f"{r['variant']:33s} " + " ".join(f"{v:{w}.{d}f}" for v, w, d in zip(cells, widths, digits)))
     report = {
         "machine": platform.processor() or platform.machine(),
         "small": args.small,
@@ -165,11 +169,15 @@ def main() -> int:
 def _run(name: str, path: Path, repeat: int) -> dict:
     """One fresh process loading `path` `repeat` times."""
     variant = "kformat1" if name.endswith("1 thread") else name
+    env = {k: v for k, v in os.environ.items() if k != "KFORMAT_KEEP_FREED"}
+    if name.endswith("glibc's defaults"):
+        env["KFORMAT_KEEP_FREED"] = "0"
     done = subprocess.run(
         [sys.executable, "-c", CHILD, variant, str(path), str(repeat), str(REPO / "examples")],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     return json.loads(done.stdout)
 
