@@ -10,11 +10,11 @@ nothing.
 
 Two settings:
 
-- `glibc_steady`: the top of glibc's own range (mmap 32 MiB, trim 64 MiB), where it would get
-  by itself once a few-MB block has been freed. Set at a process's first container open,
-  before any tile is read: the first load then took 0.22-0.27 s, its peak 20 MiB higher.
-  Skipped where the process chose for itself: KFORMAT_KEEP_FREED=0, or glibc's own variables
-  (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, glibc.malloc tunables).
+- `glibc_steady`: the top of glibc's own range (mmap 32 MiB, trim 64 MiB), the ceiling glibc
+  raises them to itself as mapped blocks of up to 32 MiB are freed. Set at a process's first
+  container open, before any tile is read: the first load then took 0.22-0.27 s, its peak 20
+  MiB higher. Skipped where the process chose for itself: KFORMAT_KEEP_FREED=0, or glibc's own
+  variables (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, glibc.malloc tunables).
 - `keep_freed_memory`: more (64 MiB, 128 MiB), for kformat's own processes. That is the
   command line (KFORMAT_KEEP_FREED=1), the pack's worker processes and Dask tasks.
 
