@@ -166,8 +166,9 @@ def _float_dtype(name: str) -> np.dtype:
 
 def load_all(url: str, **storage_options) -> dict[str, np.ndarray]:
     """Every tensor of a container, eagerly (dequantized to float32 where lossy). Like every
-    container open, the first in a process sets glibc's malloc thresholds at the top of glibc's
-    own adaptive range, unless the process chose its own or set KFORMAT_KEEP_FREED=0 (kformat.heap)."""
+    load of whole tensors, the first in a process sets glibc's malloc thresholds at the top of
+    glibc's own adaptive range, unless the process chose its own or set KFORMAT_KEEP_FREED=0
+    (kformat.heap)."""
     with Container.open(url, **storage_options) as container:
         return dict(container.read_all())
 

@@ -12,9 +12,11 @@ Two settings:
 
 - `glibc_steady`: the top of glibc's own range (mmap 32 MiB, trim 64 MiB), the ceiling glibc
   raises them to itself as mapped blocks of up to 32 MiB are freed. Set at a process's first
-  container open, before any tile is read: the first load then took 0.22-0.27 s, its peak 20
-  MiB higher. Skipped where the process chose for itself: KFORMAT_KEEP_FREED=0, or glibc's own
-  variables (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, glibc.malloc tunables).
+  load of whole tensors (kformat.loading.overlap), before any tile is read: the first load
+  then took 0.22-0.27 s, its peak 20-30 MiB higher. A product streamed tile by tile keeps
+  glibc's defaults: VGG16 streamed over HTTP peaked at 0.24x a float32 load with them set,
+  0.22x without. Skipped where the process chose for itself: KFORMAT_KEEP_FREED=0, or glibc's
+  own variables (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, glibc.malloc tunables).
 - `keep_freed_memory`: more (64 MiB, 128 MiB), for kformat's own processes. That is the
   command line (KFORMAT_KEEP_FREED=1), the pack's worker processes and Dask tasks.
 

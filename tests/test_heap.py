@@ -1,5 +1,6 @@
 """glibc's malloc thresholds (kformat.heap): set once, never lowered, and never where the
-process chose its own; and in a fresh process, really in effect after a container opens."""
+process chose its own; set by whole-tensor reads, not by streamed products; and in a fresh
+process, really in effect after a load."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 import kformat
 from kformat import heap
-from kformat.loading import container
+from kformat.loading import overlap
 
 MIB = 1 << 20
 
@@ -73,16 +74,23 @@ def test_thresholds_are_raised_never_lowered(mallopt):
     assert mallopt == STEADY_CALLS + KEPT_CALLS
 
 
-def test_opening_a_container_sets_them_before_any_tile(tmp_path, monkeypatch):
-    kformat.pack({"w": np.ones((64, 64), np.float32)}, tmp_path / "m.kf", "fp16")
+def test_whole_tensor_reads_set_them_and_streamed_products_do_not(tmp_path, monkeypatch):
+    """A load of whole tensors wants speed (its first load in a process paid glibc's warm-up);
+    a product streamed tile by tile wants its small footprint, so it keeps glibc's defaults."""
+    w = np.random.default_rng(0).standard_normal((512, 64)).astype(np.float32)
+    kformat.pack({"w": w}, tmp_path / "m.kf", "kmeans4", rules=["w=kmeans:4,tile=64x64"])
     calls = []
-    monkeypatch.setattr(container, "for_loading", lambda: calls.append(1))
-    with kformat.open(str(tmp_path / "m.kf")):
-        pass
+    monkeypatch.setattr(overlap, "for_loading", lambda: calls.append(1))
+    with kformat.open(str(tmp_path / "m.kf")) as model:
+        model["w"].matmul(np.ones(64, np.float32))
+        assert calls == []
+        model["w"].numpy()
     assert calls == [1]
+    kformat.load_all(str(tmp_path / "m.kf"))
+    assert calls == [1, 1]
 
 
-MAPPED_AFTER_OPEN = """if True:
+MAPPED_AFTER_LOAD = """if True:
     import ctypes, sys
     import numpy as np
     import kformat
@@ -94,8 +102,7 @@ MAPPED_AFTER_OPEN = """if True:
 
     libc = ctypes.CDLL(None)
     libc.mallinfo2.restype = MallInfo2
-    with kformat.open(sys.argv[1]):
-        pass
+    kformat.load_all(sys.argv[1])
     before = libc.mallinfo2().hblkhd
     block = np.ones(16 << 20, np.uint8)  # 16 MiB: above glibc's starting threshold
     print(libc.mallinfo2().hblkhd - before >= 16 << 20)
@@ -110,7 +117,7 @@ def _mallinfo2() -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not _mallinfo2(), reason="glibc 2.33+ only")
-def test_in_a_fresh_process_a_16_mib_block_comes_from_the_heap_once_a_container_is_open(tmp_path):
+def test_in_a_fresh_process_a_16_mib_block_comes_from_the_heap_after_a_load(tmp_path):
     """Measured, not assumed: glibc's own counters say whether a 16 MiB block was mapped
     afresh (its default) or taken from the heap (the thresholds kformat set)."""
     kformat.pack({"w": np.ones((64, 64), np.float32)}, tmp_path / "m.kf", "fp16")
@@ -119,7 +126,7 @@ def test_in_a_fresh_process_a_16_mib_block_comes_from_the_heap_once_a_container_
         chosen = ("KFORMAT_KEEP_FREED", "GLIBC_TUNABLES", *heap.OWN_CHOICE)
         env = {k: v for k, v in os.environ.items() if k not in chosen}
         env.update(extra)
-        command = [sys.executable, "-c", MAPPED_AFTER_OPEN, str(tmp_path / "m.kf")]
+        command = [sys.executable, "-c", MAPPED_AFTER_LOAD, str(tmp_path / "m.kf")]
         out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
         return out.stdout.strip()
 

@@ -21,7 +21,6 @@ from ..errors import LimitError, StorageError, TensorNotFound
 from ..format.constants import MAX_MANIFEST_BYTES
 from ..format.dtypes import numpy_dtype
 from ..format.manifest import BlobRef, TensorEntry, Tile
-from ..heap import for_loading
 from ..methods import get_method
 from . import mapped, trim
 from .blobs import BlobReader, Labelled
@@ -60,7 +59,6 @@ class Container:
     """An opened kformat container (single file or sharded directory)."""
 
     def __init__(self, opened: Opened, max_tensor_bytes: int | None = None):
-        for_loading()  # (glibc's malloc thresholds, before any tile buffer: kformat.heap)
         self.store = opened.store
         self.key = opened.key
         self.manifest = opened.manifest

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import numpy as np
 
 from ..format.manifest import TensorEntry
+from ..heap import for_loading
 from . import trim
 from .decode import fill_tile
 from .stream import BATCH_BYTES
@@ -57,6 +58,7 @@ def read_overlapped(
     tensor's tiles are submitted. Prefetching as Container.prefetching(names, window,
     batch_bytes)."""
     tied = tied or {}
+    for_loading()  # (glibc's malloc thresholds, before any tile buffer: kformat.heap)
     pool = container.decoders()
     in_flight = 2 * container.decode_threads  # tiles
     tiles: deque[Future] = deque()
