@@ -11,9 +11,10 @@ nothing.
 Two settings:
 
 - `glibc_steady`: the top of glibc's own range (mmap 32 MiB, trim 64 MiB), the ceiling glibc
-  raises them to itself as mapped blocks of up to 32 MiB are freed. Set at a process's first
-  load of whole tensors (kformat.loading.overlap), before any tile is read: the first load
-  then took 0.22-0.27 s, its peak 20-30 MiB higher. A product streamed tile by tile keeps
+  raises them to itself as mapped blocks of up to 32 MiB are freed. It is set before the
+  tiles of a process's first load of whole tensors of LARGE_LOAD (64 MiB) or more are read
+  (kformat.loading.overlap). That first load then took 0.22-0.27 s, its peak 20-30 MiB
+  higher. Smaller loads pay little of glibc's warm-up. A product streamed tile by tile keeps
   glibc's defaults: VGG16 streamed over HTTP peaked at 0.24x a float32 load with them set,
   0.22x without. Skipped where the process chose for itself: KFORMAT_KEEP_FREED=0, or glibc's
   own variables (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, glibc.malloc tunables).
@@ -35,6 +36,7 @@ from .clib import function as c_function
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 STEADY = (32 << 20, 64 << 20)  # glibc's own ceiling: DEFAULT_MMAP_THRESHOLD_MAX and twice it
 KEPT = (64 << 20, 128 << 20)  # what kformat's own processes keep
+LARGE_LOAD = 64 << 20  # output bytes from which a load sets glibc_steady (smaller ones pay little warm-up)
 OWN_CHOICE = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 # looked up at import, before any fork: a child looking a symbol up (dlsym) while another of
@@ -92,12 +94,12 @@ def _own_choice() -> bool:
     return "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
 
 
-def for_loading() -> None:
-    """Before a container's tiles are read: the thresholds where glibc would settle by itself
-    (glibc_steady), or kformat's own where the process asked for them."""
+def for_loading(nbytes: int) -> None:
+    """Before a load of `nbytes` of outputs reads its tiles: kformat's own thresholds where the
+    process asked for them, else glibc_steady for a load of LARGE_LOAD or more."""
     if os.environ.get("KFORMAT_KEEP_FREED") == "1":
         keep_freed_memory()
-    elif not _own_choice():
+    elif nbytes >= LARGE_LOAD and not _own_choice():
         glibc_steady()
 
 

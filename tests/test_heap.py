@@ -34,9 +34,11 @@ STEADY_CALLS = [(heap.M_MMAP_THRESHOLD, 32 * MIB), (heap.M_TRIM_THRESHOLD, 64 * 
 KEPT_CALLS = [(heap.M_MMAP_THRESHOLD, 64 * MIB), (heap.M_TRIM_THRESHOLD, 128 * MIB)]
 
 
-def test_a_load_sets_glibcs_steady_thresholds_once(mallopt):
-    heap.for_loading()
-    heap.for_loading()
+def test_a_large_load_sets_glibcs_steady_thresholds_once(mallopt):
+    heap.for_loading(heap.LARGE_LOAD - 1)  # (a small load pays little of glibc's warm-up)
+    assert mallopt == []
+    heap.for_loading(heap.LARGE_LOAD)
+    heap.for_loading(heap.LARGE_LOAD)
     assert mallopt == STEADY_CALLS
 
 
@@ -51,19 +53,19 @@ def test_a_load_sets_glibcs_steady_thresholds_once(mallopt):
 )
 def test_a_process_that_chose_its_own_keeps_it(mallopt, monkeypatch, name, value):
     monkeypatch.setenv(name, value)
-    heap.for_loading()
+    heap.for_loading(heap.LARGE_LOAD)
     assert mallopt == []
 
 
 def test_other_tunables_are_not_a_choice_of_thresholds(mallopt, monkeypatch):
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX512F")
-    heap.for_loading()
+    heap.for_loading(heap.LARGE_LOAD)
     assert mallopt == STEADY_CALLS
 
 
 def test_kformats_own_processes_keep_more(mallopt, monkeypatch):
     monkeypatch.setenv("KFORMAT_KEEP_FREED", "1")
-    heap.for_loading()
+    heap.for_loading(heap.LARGE_LOAD)
     assert mallopt == KEPT_CALLS
 
 
@@ -80,14 +82,14 @@ def test_whole_tensor_reads_set_them_and_streamed_products_do_not(tmp_path, monk
     w = np.random.default_rng(0).standard_normal((512, 64)).astype(np.float32)
     kformat.pack({"w": w}, tmp_path / "m.kf", "kmeans4", rules=["w=kmeans:4,tile=64x64"])
     calls = []
-    monkeypatch.setattr(overlap, "for_loading", lambda: calls.append(1))
+    monkeypatch.setattr(overlap, "for_loading", calls.append)
     with kformat.open(str(tmp_path / "m.kf")) as model:
         model["w"].matmul(np.ones(64, np.float32))
         assert calls == []
         model["w"].numpy()
-    assert calls == [1]
+    assert calls == [w.nbytes]
     kformat.load_all(str(tmp_path / "m.kf"))
-    assert calls == [1, 1]
+    assert calls == [w.nbytes, w.nbytes]
 
 
 MAPPED_AFTER_LOAD = """if True:
@@ -120,7 +122,8 @@ def _mallinfo2() -> bool:
 def test_in_a_fresh_process_a_16_mib_block_comes_from_the_heap_after_a_load(tmp_path):
     """Measured, not assumed: glibc's own counters say whether a 16 MiB block was mapped
     afresh (its default) or taken from the heap (the thresholds kformat set)."""
-    kformat.pack({"w": np.ones((64, 64), np.float32)}, tmp_path / "m.kf", "fp16")
+    big = np.ones(heap.LARGE_LOAD // 4, np.float32).reshape(-1, 4096)  # a load of LARGE_LOAD bytes
+    kformat.pack({"w": big}, tmp_path / "m.kf", "fp16")
 
     def mapped(**extra: str) -> str:
         chosen = ("KFORMAT_KEEP_FREED", "GLIBC_TUNABLES", *heap.OWN_CHOICE)

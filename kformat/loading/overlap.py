@@ -58,7 +58,7 @@ def read_overlapped(
     tensor's tiles are submitted. Prefetching as Container.prefetching(names, window,
     batch_bytes)."""
     tied = tied or {}
-    for_loading()  # (glibc's malloc thresholds, before any tile buffer: kformat.heap)
+    for_loading(sum(container.output_bytes(container.entry(name)) for name in names))  # (kformat.heap)
     pool = container.decoders()
     in_flight = 2 * container.decode_threads  # tiles
     tiles: deque[Future] = deque()
