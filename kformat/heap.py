@@ -96,10 +96,10 @@ def _own_choice() -> bool:
 
 def for_loading(nbytes: int) -> None:
     """Before a load of `nbytes` of outputs reads its tiles: kformat's own thresholds where the
-    process asked for them, else glibc_steady for a load of LARGE_LOAD or more."""
-    if os.environ.get("KFORMAT_KEEP_FREED") == "1":
-        keep_freed_memory()
-    elif nbytes >= LARGE_LOAD and not _own_choice():
+    process asked for them, else glibc_steady for a load of LARGE_LOAD or more (which never
+    lowers kformat's own)."""
+    keep_freed_memory_if_asked()
+    if nbytes >= LARGE_LOAD and not _own_choice():
         glibc_steady()
 
 

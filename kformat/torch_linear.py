@@ -49,8 +49,6 @@ def torch_take(torch) -> Take:
     as_integers = {4: np.int32, 8: np.int64}
 
     def take(table: np.ndarray, indices: np.ndarray, out: np.ndarray) -> np.ndarray:
-        if lookup_in_c(table, indices, out):
-            return out
         integer = as_integers.get(table.dtype.itemsize)
         shareable = (
             integer is not None
@@ -61,7 +59,9 @@ def torch_take(torch) -> Take:
             and out.flags.c_contiguous
         )
         if not shareable:
-            return take_rows(table, indices, out)
+            return take_rows(table, indices, out)  # (the C lookup first, there too)
+        if lookup_in_c(table, indices, out):
+            return out
         entries = torch.from_numpy(table.view(integer))
         source = torch.from_numpy(indices).reshape(-1)
         target = torch.from_numpy(out.view(integer)).reshape(-1)
